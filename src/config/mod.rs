@@ -1,0 +1,293 @@
+//! Connector files (TOML) -> typed config.
+//!
+//! Every error names the file and, where the TOML parser knows it, the line and column,
+//! plus the expected form. Unknown keys are errors (a typo must never be ignored).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+mod kinds;
+mod secret;
+pub use secret::{resolve_password, Secret};
+
+/// A connector file: one pipeline from one source to one or more sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Connector name, used in events (`source.connector`) and logs. Defaults to the
+    /// file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub source: SourceConfig,
+    #[serde(rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+    pub state: StateConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The file this was read from (not a TOML key).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[source]`, by `kind`. Deserialized through `kinds::` so errors keep their spans.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Mariadb(crate::source::mysql::MysqlSourceConfig),
+    Mysql(crate::source::mysql::MysqlSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Mariadb(_) => "mariadb",
+            SourceConfig::Mysql(_) => "mysql",
+        }
+    }
+}
+
+/// `[[sink]]`, by `kind`. Deserialized through `kinds::` so errors keep their spans.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    Log(crate::sink::log::LogSinkConfig),
+    Stdout(crate::sink::stdout::StdoutSinkConfig),
+    /// Discards events after counting them: for benchmarks and dry runs.
+    Null(crate::sink::null::NullSinkConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the offsets store (`offsets.redb`).
+    pub dir: PathBuf,
+}
+
+/// Queue bounds and checkpoint cadence between the source and the sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most events queued between source and sinks.
+    pub queue_events: usize,
+    /// Most bytes (approximate, in memory) queued between source and sinks.
+    pub queue_bytes: usize,
+    /// How often the position is checkpointed, at most, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_events: 16_384,
+            queue_bytes: 16 << 20,
+            checkpoint_interval_ms: 200,
+        }
+    }
+}
+
+/// A config error, rendered as `file:line:column: message`.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line_col: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line_col {
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn new(path: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_path_buf(),
+            line_col: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error located at the first occurrence of `key = ` in the file (best effort).
+    pub fn at_key(path: &Path, text: &str, key: &str, message: impl Into<String>) -> Self {
+        let line_col = text.lines().enumerate().find_map(|(i, line)| {
+            let t = line.trim_start();
+            let rest = t.strip_prefix(key)?;
+            rest.trim_start()
+                .starts_with('=')
+                .then(|| (i + 1, line.len() - t.len() + 1))
+        });
+        ConfigError {
+            path: path.to_path_buf(),
+            line_col,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map(|nl| before.len() - nl)
+        .unwrap_or(before.len() + 1);
+    (line, col)
+}
+
+/// Parses TOML text into `T`, turning parser errors into `file:line:column` errors.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line_col: e.span().map(|s| line_col(text, s.start)),
+        message: e.message().trim().to_string(),
+    })
+}
+
+impl ConnectorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, format!("cannot read connector file: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut cfg: ConnectorConfig =
+            kinds::with_kind_plan(path, text, || parse_toml(path, text))?;
+        cfg.path = path.to_path_buf();
+        cfg.validate(text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let p = &self.path;
+        if self.sinks.is_empty() {
+            return Err(ConfigError::new(
+                p,
+                "no [[sink]] section: add at least one, e.g. [[sink]] kind = \"log\" dir = \"data/log\"",
+            ));
+        }
+        match &self.source {
+            SourceConfig::Mariadb(s) | SourceConfig::Mysql(s) => s.validate(p, text)?,
+        }
+        let mut seen = std::collections::HashSet::new();
+        for sink in &self.sinks {
+            if let SinkConfig::Log(l) = sink {
+                l.validate(p, text)?;
+            }
+            let id = sink.id();
+            if !seen.insert(id.clone()) {
+                return Err(ConfigError::new(
+                    p,
+                    format!("two sinks share the id `{id}`: give them different `dir` or `name`"),
+                ));
+            }
+        }
+        if self.pipeline.queue_events == 0 || self.pipeline.queue_bytes < 4096 {
+            return Err(ConfigError::at_key(
+                p,
+                text,
+                "queue_events",
+                "[pipeline] queue_events must be > 0 and queue_bytes >= 4096",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connector's name: `name` or the file stem.
+    pub fn connector_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "tributary".into())
+        })
+    }
+}
+
+impl SinkConfig {
+    /// A stable id for the sink, under which its cursor is stored in the offsets store.
+    pub fn id(&self) -> String {
+        match self {
+            SinkConfig::Log(l) => l
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("log:{}", l.dir.display())),
+            SinkConfig::Stdout(_) => "stdout".into(),
+            SinkConfig::Null(_) => "null".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "shop"
+[source]
+kind = "mariadb"
+host = "127.0.0.1"
+port = 3306
+user = "tributary"
+password = "x"
+server_id = 4242
+include = ["shop.*"]
+
+[[sink]]
+kind = "log"
+dir = "data/log"
+
+[state]
+dir = "data/state"
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let c = ConnectorConfig::parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(c.connector_name(), "shop");
+        assert_eq!(c.sinks.len(), 1);
+        assert_eq!(c.source.kind(), "mariadb");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let bad = GOOD.replace("server_id = 4242", "server_id = 4242\nserverid = 1");
+        let e = ConnectorConfig::parse(Path::new("conn/c.toml"), &bad).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("conn/c.toml:10:1: unknown field `serverid`"),
+            "{msg}"
+        );
+        assert!(msg.contains("expected one of"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let bad = GOOD.replace("port = 3306", "port = \"3306\"");
+        let e = ConnectorConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:6:8:"), "{e}");
+        assert!(e.to_string().contains("u16"), "{e}");
+    }
+
+    #[test]
+    fn unknown_sink_kind_lists_the_kinds() {
+        let bad = GOOD.replace("kind = \"log\"", "kind = \"lgo\"");
+        let e = ConnectorConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(e.to_string().contains("log"), "{e}");
+        assert!(e.to_string().contains("stdout"), "{e}");
+    }
+
+    #[test]
+    fn line_col_is_one_based() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

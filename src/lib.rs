@@ -1,0 +1,9 @@
+//! tributary: change-data-capture from MySQL/MariaDB binlogs (and, later, PostgreSQL
+//! logical replication) into log streams and search indexes. See DESIGN.md.
+
+pub mod config;
+pub mod event;
+pub mod offsets;
+pub mod pipeline;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,283 @@
+//! The tributary command line. Errors end here as one message and a non-zero exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use tributary::config::{ConnectorConfig, SourceConfig};
+use tributary::offsets::OffsetStore;
+use tributary::sink::log::read_log;
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Change-data-capture daemon: MySQL/MariaDB binlog into log streams (and Elasticsearch)"
+)]
+struct Cli {
+    /// Log format: human (default on a terminal) or json.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info`, `debug`, `tributary=debug` (also RUST_LOG).
+    #[arg(long, global = true, default_value = "info", env = "TRIBUTARY_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a connector: stream changes into its sinks until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+    /// Check a connector: config, connectivity, server settings and grants.
+    Check {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+    /// Show or reset the stored checkpoint.
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsAction,
+    },
+    /// Read log streams.
+    Log {
+        #[command(subcommand)]
+        action: LogAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsAction {
+    /// Print the checkpoint, sink cursors and schema versions.
+    Show {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+    /// Forget the source checkpoint: the next run starts from `[source] start`.
+    Reset {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Print every record of a log stream as JSON lines, verifying each checksum.
+    Cat {
+        /// The log sink's directory.
+        dir: PathBuf,
+    },
+}
+
+/// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.downcast_ref::<tributary::config::ConfigError>().is_some() {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
+    let json = match cli.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Human) => false,
+        None => false,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { connector } => run(&connector).await,
+        Command::Check { connector } => check(&connector).await,
+        Command::Offsets { action } => offsets(action),
+        Command::Log {
+            action: LogAction::Cat { dir },
+        } => log_cat(&dir),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<ConnectorConfig> {
+    Ok(ConnectorConfig::load(path)?)
+}
+
+async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let shutdown = CancellationToken::new();
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight changes and checkpointing");
+        signal_token.cancel();
+    });
+    tracing::info!(connector = %cfg.connector_name(), file = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    let stats = tributary::pipeline::run(&cfg, shutdown)
+        .await
+        .with_context(|| format!("connector {}", path.display()))?;
+    tracing::info!(
+        changes = stats.changes,
+        transactions = stats.transactions,
+        checkpoint = ?stats.last_checkpoint.map(|p| p.to_string()),
+        "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    println!("ok    connector file {} parses", path.display());
+    let (m, mariadb) = match &cfg.source {
+        SourceConfig::Mariadb(m) => (m, true),
+        SourceConfig::Mysql(m) => (m, false),
+    };
+    let password = m
+        .password()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut conn = match tributary::source::mysql::connect::connect(m, password.as_ref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("error {}", e.message());
+            return Ok(ExitCode::from(EXIT_FAILURE));
+        }
+    };
+    println!("ok    connected to {} as {}", m.address(), m.user);
+    let report = tributary::source::mysql::checks::check_server(&mut conn, m, mariadb)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    for i in &report.info {
+        println!("info  {i}");
+    }
+    for w in &report.warnings {
+        println!("warn  {w}");
+    }
+    for e in &report.errors {
+        println!("error {e}");
+    }
+    // State dir and sinks: can we open them?
+    match OffsetStore::open(&cfg.state.dir) {
+        Ok(_) => println!("ok    state dir {} is usable", cfg.state.dir.display()),
+        Err(e) => {
+            println!("error {e}");
+            return Ok(ExitCode::from(EXIT_FAILURE));
+        }
+    }
+    if report.ok() {
+        println!("ready");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("not ready: {} problem(s) above", report.errors.len());
+        Ok(ExitCode::from(EXIT_FAILURE))
+    }
+}
+
+fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
+    match action {
+        OffsetsAction::Show { connector } => {
+            let cfg = load(&connector)?;
+            let store = OffsetStore::open(&cfg.state.dir)?;
+            let out = serde_json::json!({
+                "connector": cfg.connector_name(),
+                "checkpoint": store.checkpoint()?,
+                "sinks": store.sink_cursors()?.into_iter().collect::<serde_json::Map<_, _>>(),
+                "schema_versions": store.schema_versions()?.into_iter().map(|(t, v)| (t, serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        OffsetsAction::Reset { connector } => {
+            let cfg = load(&connector)?;
+            let store = OffsetStore::open(&cfg.state.dir)?;
+            if store.reset_source()? {
+                println!("checkpoint removed: the next run starts from [source] start; log sinks keep their records and append after them");
+            } else {
+                println!("there was no checkpoint");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log_cat(dir: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_err = None;
+    let result = read_log(dir, |r| match writeln!(out, "{}", r.json) {
+        Ok(()) => true,
+        Err(e) => {
+            write_err = Some(e);
+            false
+        }
+    });
+    out.flush().ok();
+    if let Some(e) = write_err {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e.into());
+    }
+    let n = result?;
+    eprintln!("{n} record(s), all checksums valid");
+    Ok(ExitCode::SUCCESS)
+}

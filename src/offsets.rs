@@ -1,0 +1,242 @@
+//! Durable local state (redb, `<state dir>/offsets.redb`): the source checkpoint, each
+//! sink's cursor at that checkpoint, and the schema versions seen per table.
+//!
+//! The checkpoint and the sink cursors are written in one transaction, so they always
+//! describe the same transaction boundary.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Position;
+
+const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoint");
+const SINK_CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("sink_cursors");
+const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_versions");
+const SOURCE_KEY: &str = "source";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("state dir {path}: {message}")]
+    Store { path: PathBuf, message: String },
+}
+
+/// The last transaction boundary every sink acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Where the source resumes.
+    pub position: Position,
+    /// Source kind and address it was taken from (`mariadb 127.0.0.1:3306`).
+    pub source: String,
+    /// When it was written, ms since the epoch.
+    pub at_ms: u64,
+}
+
+pub struct OffsetStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl OffsetStore {
+    /// Opens (or creates) the store in `dir`. Only one process may hold it.
+    pub fn open(dir: &Path) -> Result<Self, OffsetError> {
+        let err = |message: String| OffsetError::Store {
+            path: dir.to_path_buf(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+        let path = dir.join("offsets.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => err(
+                "offsets.redb is in use by another tributary process; each connector needs its own [state] dir".into(),
+            ),
+            other => err(format!("cannot open offsets.redb: {other}")),
+        })?;
+        let store = OffsetStore { db, path };
+        // Create the tables so readers never see "table does not exist".
+        let tx = store.db.begin_write().map_err(|e| store.err(e))?;
+        {
+            tx.open_table(CHECKPOINT).map_err(|e| store.err(e))?;
+            tx.open_table(SINK_CURSORS).map_err(|e| store.err(e))?;
+            tx.open_table(SCHEMAS).map_err(|e| store.err(e))?;
+        }
+        tx.commit().map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> OffsetError {
+        OffsetError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, OffsetError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(CHECKPOINT).map_err(|e| self.err(e))?;
+        match t.get(SOURCE_KEY).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| self.err(format!("corrupt checkpoint: {e}"))),
+        }
+    }
+
+    /// A sink's cursor as it stored it (sink-specific JSON).
+    pub fn sink_cursor(&self, sink_id: &str) -> Result<Option<serde_json::Value>, OffsetError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
+        match t.get(sink_id).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| self.err(format!("corrupt cursor of sink {sink_id}: {e}"))),
+        }
+    }
+
+    pub fn sink_cursors(&self) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let v = serde_json::from_slice(v.value()).unwrap_or(serde_json::Value::Null);
+            out.push((k.value().to_string(), v));
+        }
+        Ok(out)
+    }
+
+    /// Writes the checkpoint (if any) and the sink cursors atomically, durably.
+    pub fn commit(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        cursors: &[(String, serde_json::Value)],
+    ) -> Result<(), OffsetError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            if let Some(cp) = checkpoint {
+                let mut t = tx.open_table(CHECKPOINT).map_err(|e| self.err(e))?;
+                let bytes = serde_json::to_vec(cp).map_err(|e| self.err(e))?;
+                t.insert(SOURCE_KEY, bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
+            for (id, cur) in cursors {
+                let bytes = serde_json::to_vec(cur).map_err(|e| self.err(e))?;
+                t.insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Forgets the source checkpoint (the next run starts from `[source] start`). Sink
+    /// cursors stay, so log streams keep their history and append after it.
+    pub fn reset_source(&self) -> Result<bool, OffsetError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let had = {
+            let mut t = tx.open_table(CHECKPOINT).map_err(|e| self.err(e))?;
+            let had = t.remove(SOURCE_KEY).map_err(|e| self.err(e))?.is_some();
+            had
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(had)
+    }
+
+    /// The schema version of `table` with this column-layout fingerprint: the known
+    /// version, or the next one (stored at once).
+    pub fn schema_version(&self, table: &str, fingerprint: u64) -> Result<u32, OffsetError> {
+        {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(SCHEMAS).map_err(|e| self.err(e))?;
+            if let Some(v) = t.get(table).map_err(|e| self.err(e))? {
+                let known: Vec<u64> = serde_json::from_slice(v.value()).unwrap_or_default();
+                if let Some(i) = known.iter().position(|f| *f == fingerprint) {
+                    return Ok(i as u32 + 1);
+                }
+            }
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let version = {
+            let mut t = tx.open_table(SCHEMAS).map_err(|e| self.err(e))?;
+            let mut known: Vec<u64> = match t.get(table).map_err(|e| self.err(e))? {
+                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let version = match known.iter().position(|f| *f == fingerprint) {
+                Some(i) => i as u32 + 1,
+                None => {
+                    known.push(fingerprint);
+                    known.len() as u32
+                }
+            };
+            let bytes = serde_json::to_vec(&known).map_err(|e| self.err(e))?;
+            t.insert(table, bytes.as_slice()).map_err(|e| self.err(e))?;
+            version
+        };
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(version)
+    }
+
+    /// Tables with their latest schema version.
+    pub fn schema_versions(&self) -> Result<Vec<(String, u32)>, OffsetError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(SCHEMAS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let known: Vec<u64> = serde_json::from_slice(v.value()).unwrap_or_default();
+            out.push((k.value().to_string(), known.len() as u32));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_and_cursors_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint {
+            position: Position::Binlog {
+                file: "binlog.000002".into(),
+                offset: 777,
+                gtid: Some("0-1-9".into()),
+            },
+            source: "mariadb 127.0.0.1:3306".into(),
+            at_ms: 1,
+        };
+        {
+            let s = OffsetStore::open(dir.path()).unwrap();
+            assert!(s.checkpoint().unwrap().is_none());
+            s.commit(
+                Some(&cp),
+                &[("log:x".into(), serde_json::json!({"segment":1,"offset":5}))],
+            )
+            .unwrap();
+            assert!(
+                OffsetStore::open(dir.path()).is_err(),
+                "second open must fail"
+            );
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(s.checkpoint().unwrap(), Some(cp));
+        assert_eq!(s.sink_cursor("log:x").unwrap().unwrap()["offset"], 5);
+        assert!(s.reset_source().unwrap());
+        assert!(s.checkpoint().unwrap().is_none());
+        assert!(s.sink_cursor("log:x").unwrap().is_some());
+    }
+
+    #[test]
+    fn schema_versions_are_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version("a.b", 11).unwrap(), 1);
+        assert_eq!(s.schema_version("a.b", 22).unwrap(), 2);
+        assert_eq!(s.schema_version("a.b", 11).unwrap(), 1);
+        assert_eq!(s.schema_version("a.c", 22).unwrap(), 1);
+    }
+}

@@ -1,0 +1,184 @@
+//! source -> sinks, through a bounded queue; checkpoint on acknowledgement.
+//!
+//! The position of a transaction boundary is written to the offsets store only after
+//! every sink flushed everything up to it, together with each sink's cursor there.
+
+pub mod queue;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConnectorConfig, SourceConfig};
+use crate::event::{now_ms, Position, SourceMessage};
+use crate::offsets::{Checkpoint, OffsetStore};
+use crate::sink::{open_sinks, Sink};
+use crate::source::mysql::MysqlSource;
+use crate::source::{Source, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Offsets(#[from] crate::offsets::OffsetError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error("{0}")]
+    Source(String),
+}
+
+/// What a finished run did.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    pub changes: u64,
+    pub transactions: u64,
+    pub checkpoints: u64,
+    pub last_checkpoint: Option<Position>,
+}
+
+/// Builds the source described by the connector file.
+pub fn build_source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn Source>, String) {
+    let name = cfg.connector_name();
+    match &cfg.source {
+        SourceConfig::Mariadb(m) => {
+            let s = MysqlSource::new(m.clone(), true, &name, store);
+            let d = s.describe();
+            (Box::new(s), d)
+        }
+        SourceConfig::Mysql(m) => {
+            let s = MysqlSource::new(m.clone(), false, &name, store);
+            let d = s.describe();
+            (Box::new(s), d)
+        }
+    }
+}
+
+/// Runs the connector until `shutdown` fires (then drains and checkpoints) or an error.
+pub async fn run(
+    cfg: &ConnectorConfig,
+    shutdown: CancellationToken,
+) -> Result<RunStats, PipelineError> {
+    let store = Arc::new(OffsetStore::open(&cfg.state.dir)?);
+    let mut sinks = open_sinks(&cfg.sinks, &store)?;
+    // Record where every sink starts, so a log written before the first checkpoint is
+    // cut back on the next start instead of looking foreign.
+    let mut initial = Vec::new();
+    for s in sinks.iter_mut() {
+        if let Some(c) = s.flush().await? {
+            initial.push((s.id().to_string(), c));
+        }
+    }
+    store.commit(None, &initial)?;
+
+    let resume = store.checkpoint()?.map(|c| c.position);
+    match &resume {
+        Some(p) => tracing::info!(position = %p, "resuming from checkpoint"),
+        None => tracing::info!("no checkpoint: starting from [source] start"),
+    }
+    let (mut source, source_desc) = build_source(cfg, store.clone());
+    let (tx, mut rx) = queue::bounded(cfg.pipeline.queue_events, cfg.pipeline.queue_bytes);
+    let source_stop = shutdown.child_token();
+    let source_token = source_stop.clone();
+    let source_task = tokio::spawn(async move { source.run(resume, tx, source_token).await });
+
+    let interval = Duration::from_millis(cfg.pipeline.checkpoint_interval_ms.max(1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stats = RunStats::default();
+    let mut pending: Option<Position> = None;
+    let mut last_cp = Instant::now();
+    let mut last_report = Instant::now();
+    let mut reported_changes = 0u64;
+
+    let result: Result<(), PipelineError> = async {
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    for m in &batch.messages {
+                        match m {
+                            SourceMessage::Change(_) => stats.changes += 1,
+                            SourceMessage::Commit(p) => {
+                                stats.transactions += 1;
+                                pending = Some(p.clone());
+                            }
+                            SourceMessage::Rewind => {}
+                        }
+                    }
+                    for s in sinks.iter_mut() {
+                        s.accept(&batch.messages).await?;
+                    }
+                    drop(batch);
+                    if pending.is_some() && last_cp.elapsed() >= interval {
+                        checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
+                        last_cp = Instant::now();
+                    }
+                }
+                _ = ticker.tick() => {
+                    if pending.is_some() {
+                        checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
+                        last_cp = Instant::now();
+                    }
+                    if last_report.elapsed() >= Duration::from_secs(30) {
+                        let n = stats.changes - reported_changes;
+                        tracing::info!(
+                            changes = stats.changes,
+                            per_s = (n as f64 / last_report.elapsed().as_secs_f64()) as u64,
+                            position = ?stats.last_checkpoint.as_ref().map(|p| p.to_string()),
+                            "progress"
+                        );
+                        reported_changes = stats.changes;
+                        last_report = Instant::now();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    if let Err(e) = result {
+        // A sink failed: stop the source; nothing past the last checkpoint counts.
+        source_stop.cancel();
+        drop(rx);
+        let _ = source_task.await;
+        return Err(e);
+    }
+    // The source ended (shutdown or error) and the queue is drained: final checkpoint.
+    checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
+    match source_task.await {
+        Ok(Ok(())) => Ok(stats),
+        Ok(Err(SourceError::Closed)) => Ok(stats),
+        Ok(Err(SourceError::Fatal(m))) => Err(PipelineError::Source(m)),
+        Err(join) => Err(PipelineError::Source(format!(
+            "the source task failed: {join}"
+        ))),
+    }
+}
+
+async fn checkpoint(
+    store: &OffsetStore,
+    sinks: &mut [Box<dyn Sink>],
+    pending: &mut Option<Position>,
+    source_desc: &str,
+    stats: &mut RunStats,
+) -> Result<(), PipelineError> {
+    let Some(position) = pending.take() else {
+        return Ok(());
+    };
+    let mut cursors = Vec::with_capacity(sinks.len());
+    for s in sinks.iter_mut() {
+        if let Some(c) = s.flush().await? {
+            cursors.push((s.id().to_string(), c));
+        }
+    }
+    let cp = Checkpoint {
+        position: position.clone(),
+        source: source_desc.to_string(),
+        at_ms: now_ms(),
+    };
+    store.commit(Some(&cp), &cursors)?;
+    stats.checkpoints += 1;
+    stats.last_checkpoint = Some(position);
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Counts and discards changes: for benchmarks (source and pipeline cost alone).
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{Sink, SinkError};
+use crate::event::SourceMessage;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {
+    /// `null` (chooses this config; see config::kinds).
+    #[serde(default)]
+    pub kind: String,
+}
+
+pub struct NullSink {
+    id: String,
+    pub changes: u64,
+}
+
+impl NullSink {
+    pub fn new(id: String) -> Self {
+        NullSink { id, changes: 0 }
+    }
+}
+
+#[async_trait]
+impl Sink for NullSink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+        self.changes += batch
+            .iter()
+            .filter(|m| matches!(m, SourceMessage::Change(_)))
+            .count() as u64;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Option<serde_json::Value>, SinkError> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,63 @@
+//! Writes each change as one JSON line on standard output.
+
+use std::io::Write;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{Sink, SinkError};
+use crate::event::SourceMessage;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {
+    /// `stdout` (chooses this config; see config::kinds).
+    #[serde(default)]
+    pub kind: String,
+}
+
+pub struct StdoutSink {
+    id: String,
+    buf: Vec<u8>,
+}
+
+impl StdoutSink {
+    pub fn new(id: String, _cfg: &StdoutSinkConfig) -> Self {
+        StdoutSink {
+            id,
+            buf: Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for StdoutSink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+        for m in batch {
+            if let SourceMessage::Change(e) = m {
+                serde_json::to_writer(&mut self.buf, e)
+                    .map_err(|e| SinkError::new(&self.id, e.to_string()))?;
+                self.buf.push(b'\n');
+            }
+        }
+        // A rewound transaction may already be on the terminal: stdout is a view, not a
+        // durable stream, so it is not taken back.
+        if self.buf.len() > 1 << 16 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Option<serde_json::Value>, SinkError> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&self.buf)
+            .and_then(|_| out.flush())
+            .map_err(|e| SinkError::new(&self.id, format!("writing to stdout: {e}")))?;
+        self.buf.clear();
+        Ok(None)
+    }
+}

@@ -1,0 +1,148 @@
+//! `[source] kind = "mariadb" | "mysql"`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{resolve_password, ConfigError, Secret};
+use crate::source::filter::TableFilter;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mariadb` or `mysql` (chooses this config; see config::kinds).
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    /// Local demos only: prefer `password_env` or `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Replica server id; must be unique among the server's replicas.
+    pub server_id: u32,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where to start when there is no checkpoint.
+    #[serde(default)]
+    pub start: StartFrom,
+    /// How to resume from a checkpoint.
+    #[serde(default)]
+    pub resume: ResumeBy,
+    /// Seconds of silence after which the server sends a heartbeat; three missed
+    /// heartbeats mean the connection is dead and the source reconnects.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Longest wait between reconnect attempts.
+    #[serde(default = "default_max_backoff")]
+    pub max_reconnect_backoff_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The server's current binlog position: only changes made from now on.
+    #[default]
+    Current,
+    /// The oldest binlog the server still has.
+    Earliest,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumeBy {
+    /// MariaDB: resume by GTID state (survives a switch to another server of the same
+    /// replication topology); MySQL falls back to `file`.
+    #[default]
+    Gtid,
+    /// Binlog file name and offset.
+    File,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    3306
+}
+fn default_heartbeat() -> u64 {
+    10
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_max_backoff() -> u64 {
+    30
+}
+
+impl MysqlSourceConfig {
+    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        if self.server_id == 0 {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "server_id",
+                "[source] server_id must be a non-zero number no other replica of this server uses",
+            ));
+        }
+        if let Err(e) = TableFilter::new(&self.include, &self.exclude) {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "include",
+                format!("[source] {e}"),
+            ));
+        }
+        if self.heartbeat_secs == 0 || self.heartbeat_secs > 4_000_000 {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "heartbeat_secs",
+                "[source] heartbeat_secs must be between 1 and 4000000",
+            ));
+        }
+        let given = [
+            self.password.is_some(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "password_env",
+                "[source] set only one of password_env, password_file and password",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn filter(&self) -> TableFilter {
+        TableFilter::new(&self.include, &self.exclude).expect("validated when loaded")
+    }
+
+    /// The password, read now from its env var or file.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        resolve_password(
+            self.password.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+        )
+        .map_err(|e| format!("[source] {e}"))
+    }
+
+    /// `host:port`, for messages (never includes credentials).
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}

@@ -1,0 +1,102 @@
+//! Connections to the server, with errors that say what to fix.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+use super::config::MysqlSourceConfig;
+use crate::config::Secret;
+
+/// Whether an error may go away by itself (reconnect) or needs the operator.
+#[derive(Debug)]
+pub enum ConnError {
+    Transient(String),
+    Fatal(String),
+}
+
+impl ConnError {
+    pub fn message(&self) -> &str {
+        match self {
+            ConnError::Transient(m) | ConnError::Fatal(m) => m,
+        }
+    }
+}
+
+pub async fn connect(
+    cfg: &MysqlSourceConfig,
+    password: Option<&Secret>,
+) -> Result<Conn, ConnError> {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname(cfg.host.clone())
+        .tcp_port(cfg.port)
+        .user(Some(cfg.user.clone()))
+        .pass(password.map(|p| p.expose().to_string()))
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    let timeout = Duration::from_secs(cfg.connect_timeout_secs);
+    match tokio::time::timeout(timeout, Conn::new(opts)).await {
+        Err(_) => Err(ConnError::Transient(format!(
+            "cannot connect to {}: no answer within {}s (connect_timeout_secs); is [source] host/port right and the port reachable?",
+            cfg.address(),
+            cfg.connect_timeout_secs
+        ))),
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(classify(cfg, &e)),
+    }
+}
+
+/// Turns a driver error into an operator-facing message.
+pub fn classify(cfg: &MysqlSourceConfig, e: &mysql_async::Error) -> ConnError {
+    use mysql_async::Error as E;
+    let addr = cfg.address();
+    match e {
+        E::Server(se) => match se.code {
+            1045 => ConnError::Fatal(format!(
+                "access denied for user '{}' at {addr}: check [source] user and the password ({})",
+                cfg.user,
+                password_origin(cfg)
+            )),
+            1236 => ConnError::Fatal(format!(
+                "the server cannot send the binlog from the checkpointed position: {}. \
+                 The binlog was probably purged (expire_logs_days / binlog_expire_logs_seconds) while tributary was stopped. \
+                 Changes in between are lost to the stream: re-snapshot the tables, and run `tributary offsets reset --connector <file>` to start from the current position",
+                se.message
+            )),
+            1227 | 1142 | 1044 => ConnError::Fatal(format!(
+                "user '{}' lacks a privilege at {addr}: {} (see `tributary check`)",
+                cfg.user, se.message
+            )),
+            1040 | 1053 | 1152 | 1153 | 1158..=1161 | 1927 | 2013 | 4031 => {
+                ConnError::Transient(format!("server {addr}: {} (code {})", se.message, se.code))
+            }
+            _ => ConnError::Fatal(format!("server {addr} refused: {} (code {})", se.message, se.code)),
+        },
+        E::Io(io) => ConnError::Transient(format!(
+            "cannot reach {addr}: {io}; is the server running and [source] host/port right?"
+        )),
+        E::Driver(d) => ConnError::Transient(format!("connection to {addr}: {d}")),
+        other => ConnError::Fatal(format!("connection to {addr}: {other}")),
+    }
+}
+
+fn password_origin(cfg: &MysqlSourceConfig) -> String {
+    if let Some(v) = &cfg.password_env {
+        format!("from environment variable {v}")
+    } else if let Some(f) = &cfg.password_file {
+        format!("from file {}", f.display())
+    } else if cfg.password.is_some() {
+        "from `password`".into()
+    } else {
+        "none given: set password_env or password_file".into()
+    }
+}
+
+/// Runs a query and collects rows, mapping errors.
+pub async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(
+    conn: &mut Conn,
+    cfg: &MysqlSourceConfig,
+    sql: &str,
+) -> Result<Vec<T>, ConnError> {
+    conn.query(sql).await.map_err(|e| classify(cfg, &e))
+}

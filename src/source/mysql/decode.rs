@@ -1,0 +1,274 @@
+//! Row images -> exact values.
+//!
+//! The row loop (bitmaps, images) is ours so table metadata is decoded once per table
+//! map, not per row; each value is decoded by mysql_common's `BinlogValue`, then made
+//! exact with the column's metadata (charset, signedness, labels, fsp, padding).
+
+use mysql_common::binlog::value::BinlogValue;
+use mysql_common::constants::ColumnType;
+use mysql_common::io::ParseBuf;
+use mysql_common::value::Value as MyValue;
+use serde_json::value::RawValue;
+
+use super::charset::Charset;
+use super::table::{ColumnInfo, TableInfo};
+use crate::event::{Row, Value};
+
+/// A value that cannot be decoded. The caller adds table and position.
+#[derive(Debug, thiserror::Error)]
+#[error("column `{column}`: {message}")]
+pub struct DecodeError {
+    pub column: String,
+    pub message: String,
+}
+
+/// Reads one row image (null bitmap + values) for the columns marked in `present`.
+/// `present` holds one flag per table column.
+pub fn read_image<'a>(
+    buf: &mut ParseBuf<'a>,
+    table: &'a TableInfo,
+    present: &[bool],
+) -> Result<Row, DecodeError> {
+    let err = |column: &str, message: String| DecodeError {
+        column: column.to_string(),
+        message,
+    };
+    let n_present = present.iter().filter(|p| **p).count();
+    let bitmap: &[u8] = buf
+        .checked_eat(n_present.div_ceil(8))
+        .ok_or_else(|| err("", "row image ends inside its null bitmap".into()))?;
+    let mut row = Vec::with_capacity(table.columns.len());
+    let mut image_idx = 0usize;
+    for (col, &is_present) in table.columns.iter().zip(present) {
+        if !is_present {
+            return Err(err(
+                &col.name,
+                "column missing from the row image: the server's binlog_row_image is not FULL \
+                 (SET GLOBAL binlog_row_image = 'FULL')"
+                    .into(),
+            ));
+        }
+        let is_null = bitmap[image_idx / 8] & (1 << (image_idx % 8)) != 0;
+        image_idx += 1;
+        if is_null {
+            row.push(Value::Null);
+            continue;
+        }
+        let ctx = (col.col_type, col.meta.as_slice(), col.unsigned, false);
+        let raw: BinlogValue<'_> = buf
+            .parse(ctx)
+            .map_err(|e| err(&col.name, format!("cannot decode {:?}: {e}", col.col_type)))?;
+        row.push(convert(col, raw).map_err(|m| err(&col.name, m))?);
+    }
+    Ok(row)
+}
+
+/// Makes a mysql_common value exact for its column.
+pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> {
+    use ColumnType::*;
+    let v = match raw {
+        BinlogValue::Value(v) => v,
+        BinlogValue::Jsonb(j) => {
+            let json = serde_json::Value::try_from(j).map_err(|e| format!("binary JSON: {e}"))?;
+            let raw = RawValue::from_string(json.to_string()).map_err(|e| e.to_string())?;
+            return Ok(Value::Json(raw));
+        }
+        BinlogValue::JsonDiff(_) => {
+            return Err(
+                "partial JSON update: set binlog_row_value_options = '' on the server".into(),
+            )
+        }
+    };
+    Ok(match (col.col_type, v) {
+        (_, MyValue::NULL) => Value::Null,
+        (
+            MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG
+            | MYSQL_TYPE_LONGLONG,
+            MyValue::Int(i),
+        ) => Value::Int(i),
+        (MYSQL_TYPE_LONGLONG, MyValue::UInt(u)) => Value::UInt(u),
+        (
+            MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG,
+            MyValue::UInt(u),
+        ) => Value::Int(u as i64),
+        (MYSQL_TYPE_FLOAT, MyValue::Float(f)) => Value::Float(f),
+        (MYSQL_TYPE_DOUBLE, MyValue::Double(d)) => Value::Double(d),
+        (MYSQL_TYPE_NEWDECIMAL, MyValue::Bytes(b)) => Value::Decimal(ascii(b)?),
+        (MYSQL_TYPE_YEAR, MyValue::Bytes(b)) => {
+            // mysql_common reports 1900 + stored byte; byte 0 is the year 0000.
+            let y: i64 = ascii(b)?.parse().map_err(|e| format!("YEAR: {e}"))?;
+            Value::Int(if y == 1900 { 0 } else { y })
+        }
+        (MYSQL_TYPE_BIT, MyValue::Bytes(b)) => {
+            if b.len() > 8 {
+                return Err(format!("BIT value of {} bytes", b.len()));
+            }
+            Value::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
+        }
+        (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, MyValue::Date(y, m, d, ..)) => {
+            Value::String(format!("{y:04}-{m:02}-{d:02}"))
+        }
+        (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
+            let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+            push_fraction(&mut out, us, col.fsp);
+            Value::String(out)
+        }
+        (MYSQL_TYPE_TIMESTAMP2, MyValue::Bytes(b)) => {
+            let text = ascii(b)?;
+            let (sec, usec) = match text.split_once('.') {
+                Some((s, u)) => (s.parse::<i64>(), u.parse::<u32>()),
+                None => (text.parse::<i64>(), Ok(0)),
+            };
+            let (sec, usec) = (
+                sec.map_err(|e| e.to_string())?,
+                usec.map_err(|e| e.to_string())?,
+            );
+            Value::String(format_timestamp(sec, usec, col.fsp))
+        }
+        (MYSQL_TYPE_TIMESTAMP, MyValue::Int(sec)) => Value::String(format_timestamp(sec, 0, 0)),
+        (MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2, MyValue::Time(neg, days, h, m, s, us)) => {
+            let hours = days as u64 * 24 + h as u64;
+            let mut out = format!("{}{hours:02}:{m:02}:{s:02}", if neg { "-" } else { "" });
+            push_fraction(&mut out, us, col.fsp);
+            Value::String(out)
+        }
+        (MYSQL_TYPE_ENUM, MyValue::Int(idx)) => {
+            // Index 0 is the empty string MySQL stores for invalid values.
+            if idx == 0 {
+                Value::String(String::new())
+            } else {
+                Value::String(col.labels.get(idx as usize - 1).cloned().ok_or_else(|| {
+                    format!("ENUM index {idx} outside its {} labels", col.labels.len())
+                })?)
+            }
+        }
+        (MYSQL_TYPE_SET, MyValue::Bytes(b)) => {
+            let bits = b.iter().rev().fold(0u64, |acc, x| (acc << 8) | *x as u64);
+            let mut labels = Vec::new();
+            for (i, label) in col.labels.iter().enumerate() {
+                if bits & (1 << i) != 0 {
+                    labels.push(Value::String(label.clone()));
+                }
+            }
+            Value::Array(labels)
+        }
+        (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) => {
+            // Stored as a 4-byte SRID followed by WKB; events carry the WKB.
+            if b.len() < 4 {
+                return Err("GEOMETRY shorter than its SRID".into());
+            }
+            Value::Bytes(b[4..].to_vec())
+        }
+        (MYSQL_TYPE_STRING, MyValue::Bytes(mut b)) => match col.charset {
+            Some(Charset::Binary) | None => {
+                // The server strips trailing zero bytes of BINARY(n) in the binlog.
+                if b.len() < col.fixed_len {
+                    b.resize(col.fixed_len, 0);
+                }
+                Value::Bytes(b)
+            }
+            Some(cs) => text(cs, b)?,
+        },
+        (MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING | MYSQL_TYPE_BLOB, MyValue::Bytes(b)) => {
+            match col.charset {
+                Some(Charset::Binary) | None => Value::Bytes(b),
+                Some(cs) if col.json => {
+                    let s = match text(cs, b)? {
+                        Value::String(s) => s,
+                        _ => unreachable!("text() returns strings"),
+                    };
+                    Value::Json(
+                        RawValue::from_string(s)
+                            .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?,
+                    )
+                }
+                Some(cs) => text(cs, b)?,
+            }
+        }
+        (t, v) => return Err(format!("unsupported value {v:?} for column type {t:?}")),
+    })
+}
+
+fn ascii(b: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(b).map_err(|_| "non-ASCII numeric text".to_string())
+}
+
+fn text(cs: Charset, b: Vec<u8>) -> Result<Value, String> {
+    cs.decode(b).map(Value::String).map_err(|b| {
+        format!(
+            "{} bytes that are not valid in the column's character set",
+            b.len()
+        )
+    })
+}
+
+/// Appends `.ffffff` cut to `fsp` digits (nothing when fsp is 0).
+fn push_fraction(out: &mut String, micros: u32, fsp: u8) {
+    if fsp == 0 {
+        return;
+    }
+    let digits = format!("{micros:06}");
+    out.push('.');
+    out.push_str(&digits[..(fsp as usize).min(6)]);
+}
+
+/// A TIMESTAMP (seconds since the epoch, UTC) as ISO-8601 with `Z`. The zero
+/// timestamp keeps its zero digits: `0000-00-00T00:00:00Z`.
+pub fn format_timestamp(sec: i64, micros: u32, fsp: u8) -> String {
+    let mut out = if sec == 0 && micros == 0 {
+        "0000-00-00T00:00:00".to_string()
+    } else {
+        let days = sec.div_euclid(86_400);
+        let rem = sec.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    };
+    push_fraction(&mut out, micros, fsp);
+    out.push('Z');
+    out
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (H. Hinnant).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_iso() {
+        assert_eq!(format_timestamp(0, 0, 0), "0000-00-00T00:00:00Z");
+        assert_eq!(format_timestamp(1, 0, 0), "1970-01-01T00:00:01Z");
+        assert_eq!(
+            format_timestamp(2147483647, 999999, 6),
+            "2038-01-19T03:14:07.999999Z"
+        );
+        assert_eq!(
+            format_timestamp(951782400, 120000, 2),
+            "2000-02-29T00:00:00.12Z"
+        );
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11016), (2000, 2, 29));
+    }
+}

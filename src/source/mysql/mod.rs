@@ -1,0 +1,76 @@
+//! MySQL/MariaDB binlog source.
+
+pub mod charset;
+pub mod checks;
+pub mod config;
+pub mod connect;
+pub mod decode;
+pub mod mariadb;
+mod stream;
+pub mod table;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+pub use config::MysqlSourceConfig;
+pub use stream::{file_sequence, row_version};
+
+use crate::event::Position;
+use crate::offsets::OffsetStore;
+use crate::pipeline::queue::QueueSender;
+use crate::source::{Source, SourceError};
+
+pub struct MysqlSource {
+    cfg: MysqlSourceConfig,
+    mariadb: bool,
+    connector: Arc<str>,
+    store: Arc<OffsetStore>,
+}
+
+impl MysqlSource {
+    pub fn new(
+        cfg: MysqlSourceConfig,
+        mariadb: bool,
+        connector: &str,
+        store: Arc<OffsetStore>,
+    ) -> Self {
+        MysqlSource {
+            cfg,
+            mariadb,
+            connector: Arc::from(connector),
+            store,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            if self.mariadb { "mariadb" } else { "mysql" },
+            self.cfg.address()
+        )
+    }
+}
+
+#[async_trait]
+impl Source for MysqlSource {
+    async fn run(
+        &mut self,
+        resume: Option<Position>,
+        tx: QueueSender,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let password = self.cfg.password().map_err(SourceError::Fatal)?;
+        let streamer = stream::Streamer {
+            cfg: &self.cfg,
+            mariadb: self.mariadb,
+            kind: if self.mariadb { "mariadb" } else { "mysql" },
+            connector: self.connector.clone(),
+            store: self.store.clone(),
+            filter: self.cfg.filter(),
+            password,
+        };
+        streamer.run(resume, tx, shutdown).await
+    }
+}

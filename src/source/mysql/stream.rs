@@ -1,0 +1,789 @@
+//! The binlog stream: connect, position, read events, turn rows into change events,
+//! mark transaction boundaries, reconnect with backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::binlog::EventType;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn};
+use mysql_common::io::ParseBuf;
+use tokio_util::sync::CancellationToken;
+
+use super::charset::Collations;
+use super::config::{MysqlSourceConfig, ResumeBy, StartFrom};
+use super::connect::{classify, connect, ConnError};
+use super::decode::read_image;
+use super::mariadb::{self, GtidState};
+use super::table::{ExtraColumnInfo, TableInfo};
+use crate::config::Secret;
+use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage};
+use crate::offsets::OffsetStore;
+use crate::pipeline::queue::QueueSender;
+use crate::source::filter::TableFilter;
+use crate::source::SourceError;
+
+/// Why one streaming session ended.
+enum Stop {
+    Shutdown,
+    Transient(String),
+    Fatal(String),
+    Closed,
+}
+
+impl From<ConnError> for Stop {
+    fn from(e: ConnError) -> Self {
+        match e {
+            ConnError::Transient(m) => Stop::Transient(m),
+            ConnError::Fatal(m) => Stop::Fatal(m),
+        }
+    }
+}
+
+enum CachedTable {
+    Included { raw: Vec<u8>, info: Arc<TableInfo> },
+    Excluded { raw: Vec<u8> },
+}
+
+/// Everything that survives a reconnect.
+struct StreamState {
+    /// Current binlog file (from rotate events).
+    file: String,
+    /// The last transaction boundary handed to the pipeline: where a reconnect resumes.
+    boundary: Option<Position>,
+    gtid: GtidState,
+    in_txn: bool,
+    txn_gtid: Option<mariadb::Gtid>,
+    txid: Option<Arc<str>>,
+    standalone: bool,
+    tables: HashMap<u64, CachedTable>,
+    extra: HashMap<String, ExtraColumnInfo>,
+    collations: Collations,
+    /// A start position was just chosen (no checkpoint): hand it to the pipeline first
+    /// so a restart before any change resumes there instead of skipping ahead.
+    announce_start: bool,
+    /// The server checksums events (binlog_checksum != NONE).
+    checksums: bool,
+    /// A format description arrived on this connection (until then the stream reader
+    /// cannot know events carry checksums).
+    seen_fde: bool,
+}
+
+pub(super) struct Streamer<'a> {
+    pub cfg: &'a MysqlSourceConfig,
+    pub mariadb: bool,
+    pub kind: &'static str,
+    pub connector: Arc<str>,
+    pub store: Arc<OffsetStore>,
+    pub filter: TableFilter,
+    pub password: Option<Secret>,
+}
+
+impl Streamer<'_> {
+    pub async fn run(
+        &self,
+        resume: Option<Position>,
+        mut tx: QueueSender,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let mut st = StreamState {
+            file: String::new(),
+            gtid: match &resume {
+                Some(Position::Binlog { gtid: Some(g), .. }) => {
+                    GtidState::parse(g).map_err(SourceError::Fatal)?
+                }
+                _ => GtidState::default(),
+            },
+            boundary: resume,
+            in_txn: false,
+            txn_gtid: None,
+            txid: None,
+            standalone: false,
+            tables: HashMap::new(),
+            extra: HashMap::new(),
+            collations: Collations::default(),
+            announce_start: false,
+            checksums: true,
+            seen_fde: false,
+        };
+        let mut backoff = Duration::from_secs(1);
+        let max_backoff = Duration::from_secs(self.cfg.max_reconnect_backoff_secs.max(1));
+        let mut connected_once = false;
+        loop {
+            let mut progressed = false;
+            let stop = self
+                .stream_once(
+                    &mut st,
+                    &mut tx,
+                    &shutdown,
+                    &mut progressed,
+                    &mut connected_once,
+                )
+                .await;
+            match stop {
+                Stop::Shutdown => {
+                    let _ = tx.flush().await;
+                    return Ok(());
+                }
+                Stop::Closed => return Err(SourceError::Closed),
+                Stop::Fatal(m) => {
+                    let _ = tx.flush().await;
+                    return Err(SourceError::Fatal(m));
+                }
+                Stop::Transient(m) if !connected_once => return Err(SourceError::Fatal(m)),
+                Stop::Transient(m) => {
+                    if st.in_txn {
+                        // The transaction will be read again from its start.
+                        tx.send(SourceMessage::Rewind)
+                            .await
+                            .map_err(|_| SourceError::Closed)?;
+                        st.in_txn = false;
+                        st.txn_gtid = None;
+                    }
+                    tx.flush().await.map_err(|_| SourceError::Closed)?;
+                    if progressed {
+                        backoff = Duration::from_secs(1);
+                    }
+                    tracing::warn!(error = %m, retry_in_s = backoff.as_secs(), "binlog connection lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        shutdown: &CancellationToken,
+        progressed: &mut bool,
+        connected_once: &mut bool,
+    ) -> Stop {
+        let cfg = self.cfg;
+        let mut meta = match connect(cfg, self.password.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        if !*connected_once {
+            match super::checks::check_server(&mut meta, cfg, self.mariadb).await {
+                Ok(report) => {
+                    for w in &report.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    if !report.ok() {
+                        return Stop::Fatal(format!(
+                            "the server at {} is not ready for tributary:\n  - {}",
+                            cfg.address(),
+                            report.errors.join("\n  - ")
+                        ));
+                    }
+                }
+                Err(e) => return e.into(),
+            }
+        }
+        let collations: Vec<(Option<u16>, Option<String>)> = match meta
+            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS")
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return classify(cfg, &e).into(),
+        };
+        st.collations = Collations::from_server(
+            collations
+                .into_iter()
+                .filter_map(|(id, cs)| Some((id?, cs?))),
+        );
+
+        let checksum: Option<String> =
+            match meta.query_first("SELECT @@GLOBAL.binlog_checksum").await {
+                Ok(v) => v,
+                Err(e) => return classify(cfg, &e).into(),
+            };
+        st.checksums = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
+        st.seen_fde = false;
+
+        // Where to start.
+        let (file, pos, gtid_connect) = match self.start_point(&mut meta, st).await {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+        let mut conn = match connect(cfg, self.password.as_ref()).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let heartbeat_ns = cfg.heartbeat_secs * 1_000_000_000;
+        let mut setup = vec![format!("SET @master_heartbeat_period = {heartbeat_ns}")];
+        if self.mariadb {
+            // 4 = MARIA_SLAVE_CAPABILITY_GTID: the server sends GTID events as they are.
+            setup.push("SET @mariadb_slave_capability = 4".into());
+            if let Some(g) = &gtid_connect {
+                setup.push(format!("SET @slave_connect_state = '{g}'"));
+            }
+        }
+        for sql in setup {
+            if let Err(e) = conn.query_drop(sql).await {
+                return classify(cfg, &e).into();
+            }
+        }
+        let mut request = BinlogStreamRequest::new(self.cfg.server_id);
+        if gtid_connect.is_none() {
+            request = request.with_filename(file.as_bytes()).with_pos(pos);
+        } else {
+            request = request.with_filename(b"").with_pos(4);
+        }
+        let mut stream = match conn.get_binlog_stream(request).await {
+            Ok(s) => s,
+            Err(e) => return classify(cfg, &e).into(),
+        };
+        match &gtid_connect {
+            Some(g) => tracing::info!(gtid = %g, "streaming binlog from GTID position"),
+            None => tracing::info!(file = %file, pos, "streaming binlog"),
+        }
+        *connected_once = true;
+        st.file = file;
+        if std::mem::take(&mut st.announce_start) {
+            let start = st.boundary.clone().expect("start point sets the boundary");
+            if tx.send(SourceMessage::Commit(start)).await.is_err() {
+                return Stop::Closed;
+            }
+        }
+
+        let silence = Duration::from_secs(cfg.heartbeat_secs * 3 + 5);
+        loop {
+            // Hand over what is buffered before waiting, so a quiet stream never holds
+            // changes back.
+            let next = match stream.next().now_or_never() {
+                Some(n) => n,
+                None => {
+                    if tx.flush().await.is_err() {
+                        return Stop::Closed;
+                    }
+                    tokio::select! {
+                        n = tokio::time::timeout(silence, stream.next()) => match n {
+                            Ok(n) => n,
+                            Err(_) => return Stop::Transient(format!(
+                                "no event or heartbeat from {} for {}s", cfg.address(), silence.as_secs()
+                            )),
+                        },
+                        _ = shutdown.cancelled() => return Stop::Shutdown,
+                    }
+                }
+            };
+            let event = match next {
+                None => {
+                    return Stop::Transient(format!("{} closed the binlog stream", cfg.address()))
+                }
+                Some(Err(e)) => return classify(cfg, &e).into(),
+                Some(Ok(ev)) => ev,
+            };
+            *progressed = true;
+            if let Err(stop) = self.handle_event(st, tx, &mut meta, &event).await {
+                return stop;
+            }
+        }
+    }
+
+    /// Returns (file, pos, gtid state to connect with).
+    async fn start_point(
+        &self,
+        meta: &mut Conn,
+        st: &mut StreamState,
+    ) -> Result<(String, u64, Option<String>), Stop> {
+        let cfg = self.cfg;
+        if let Some(Position::Binlog { file, offset, gtid }) = &st.boundary {
+            let by_gtid = self.mariadb
+                && cfg.resume == ResumeBy::Gtid
+                && gtid.as_deref().is_some_and(|g| !g.is_empty());
+            return Ok((
+                file.clone(),
+                *offset,
+                if by_gtid { gtid.clone() } else { None },
+            ));
+        }
+        if st.boundary.is_some() {
+            return Err(Stop::Fatal(
+                "the checkpoint is not a binlog position (was the state dir used by another source kind?): \
+                 run `tributary offsets reset --connector <file>`"
+                    .into(),
+            ));
+        }
+        let (file, pos) = match cfg.start {
+            StartFrom::Current => {
+                let row: Option<mysql_async::Row> = meta
+                    .query_first("SHOW MASTER STATUS")
+                    .await
+                    .map_err(|e| Stop::from(classify(cfg, &e)))?;
+                let row = row.ok_or_else(|| {
+                    Stop::Fatal("SHOW MASTER STATUS returned nothing: the binlog is off".into())
+                })?;
+                let file: String = row.get(0).unwrap_or_default();
+                let pos: u64 = row.get(1).unwrap_or(4);
+                (file, pos)
+            }
+            StartFrom::Earliest => {
+                let row: Option<mysql_async::Row> = meta
+                    .query_first("SHOW BINARY LOGS")
+                    .await
+                    .map_err(|e| Stop::from(classify(cfg, &e)))?;
+                let row = row.ok_or_else(|| {
+                    Stop::Fatal("SHOW BINARY LOGS returned nothing: the binlog is off".into())
+                })?;
+                (row.get::<String, _>(0).unwrap_or_default(), 4)
+            }
+        };
+        let gtid = if self.mariadb && cfg.start == StartFrom::Current {
+            let g: Option<Option<String>> = meta
+                .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos))
+                .await
+                .map_err(|e| Stop::from(classify(cfg, &e)))?;
+            g.flatten().filter(|g| !g.is_empty())
+        } else {
+            None
+        };
+        if let Some(g) = &gtid {
+            st.gtid = GtidState::parse(g).map_err(Stop::Fatal)?;
+        }
+        let start = Position::Binlog {
+            file: file.clone(),
+            offset: pos,
+            gtid: gtid.clone(),
+        };
+        st.boundary = Some(start);
+        st.announce_start = true;
+        Ok((file, pos, None))
+    }
+
+    async fn handle_event(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        meta: &mut Conn,
+        event: &mysql_async::binlog::events::Event,
+    ) -> Result<(), Stop> {
+        let header = event.header();
+        let ty = header.event_type_raw();
+        let log_pos = header.log_pos() as u64;
+        let at = || {
+            format!(
+                "{}:{}",
+                st.file,
+                log_pos.saturating_sub(header.event_size() as u64)
+            )
+        };
+
+        // Checksums: the stream reader strips them; verify here so a corrupted event
+        // stops the pipeline instead of decoding garbage.
+        if let (Ok(Some(alg)), Some(sum)) = (event.footer().get_checksum_alg(), event.checksum()) {
+            if ty != EventType::FORMAT_DESCRIPTION_EVENT as u8
+                && event.footer().get_checksum_enabled()
+                && u32::from_le_bytes(sum) != event.calc_checksum(alg)
+            {
+                return Err(Stop::Fatal(format!(
+                    "binlog event at {} fails its checksum",
+                    at()
+                )));
+            }
+        }
+
+        match ty {
+            t if t == EventType::ROTATE_EVENT as u8 => {
+                if let Ok(Some(EventData::RotateEvent(r))) = event.read_data() {
+                    let mut name = r.name_raw();
+                    // The artificial rotate that opens a stream comes before the format
+                    // description, so the reader left its checksum on the name.
+                    if !st.seen_fde && st.checksums && name.len() > 4 {
+                        name = &name[..name.len() - 4];
+                    }
+                    st.file = String::from_utf8_lossy(name).into_owned();
+                    if st.boundary.is_none() {
+                        st.boundary = Some(self.position(st, r.position()));
+                    }
+                }
+            }
+            mariadb::GTID_EVENT => {
+                let g = mariadb::parse_gtid_event(event.data(), header.server_id())
+                    .ok_or_else(|| Stop::Fatal(format!("malformed GTID event at {}", at())))?;
+                st.in_txn = true;
+                st.standalone = g.standalone();
+                st.txn_gtid = Some(g.gtid);
+                st.txid = Some(Arc::from(g.gtid.to_string()));
+            }
+            mariadb::GTID_LIST_EVENT => {
+                if let Some(list) = mariadb::parse_gtid_list(event.data()) {
+                    st.gtid.seed(&list);
+                }
+            }
+            mariadb::ANNOTATE_ROWS_EVENT
+            | mariadb::BINLOG_CHECKPOINT_EVENT
+            | mariadb::START_ENCRYPTION_EVENT => {}
+            mariadb::QUERY_COMPRESSED_EVENT | mariadb::FIRST_COMPRESSED_ROWS_EVENT..=mariadb::LAST_COMPRESSED_ROWS_EVENT => {
+                return Err(Stop::Fatal(format!(
+                    "compressed binlog event (type {ty}) at {}: tributary cannot decode compressed events and never skips one. \
+                     Set log_bin_compress = OFF on the server; changes already written compressed must be re-snapshotted",
+                    at()
+                )));
+            }
+            t if t == EventType::GTID_EVENT as u8 => {
+                if let Ok(Some(EventData::GtidEvent(g))) = event.read_data() {
+                    st.txid = Some(Arc::from(format!("{}:{}", uuid_text(&g.sid()), g.gno())));
+                }
+                st.in_txn = true;
+            }
+            t if t == EventType::QUERY_EVENT as u8 => {
+                let q = match event.read_data() {
+                    Ok(Some(EventData::QueryEvent(q))) => q,
+                    _ => return Err(Stop::Fatal(format!("malformed query event at {}", at()))),
+                };
+                let sql = q.query();
+                let head = sql.trim_start().get(..12).unwrap_or(sql.trim_start()).to_ascii_uppercase();
+                if head.starts_with("BEGIN") || head.starts_with("XA START") {
+                    st.in_txn = true;
+                } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") || head.starts_with("XA COMMIT") {
+                    self.commit(st, tx, log_pos).await?;
+                } else {
+                    for dml in ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA"] {
+                        if head.starts_with(dml) {
+                            return Err(Stop::Fatal(format!(
+                                "statement-based change at {} ({}...): a session wrote with binlog_format other than ROW, \
+                                 so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
+                                at(),
+                                sql.chars().take(60).collect::<String>()
+                            )));
+                        }
+                    }
+                    // DDL: table maps after it describe the new layout; extra column info
+                    // (JSON checks) must be read again.
+                    st.extra.clear();
+                    if st.standalone || !st.in_txn {
+                        self.commit(st, tx, log_pos).await?;
+                    }
+                }
+            }
+            t if t == EventType::XID_EVENT as u8 => self.commit(st, tx, log_pos).await?,
+            t if t == EventType::TABLE_MAP_EVENT as u8 => self.table_map(st, meta, event).await?,
+            t if t == EventType::WRITE_ROWS_EVENT as u8
+                || t == EventType::UPDATE_ROWS_EVENT as u8
+                || t == EventType::DELETE_ROWS_EVENT as u8
+                || t == EventType::WRITE_ROWS_EVENT_V1 as u8
+                || t == EventType::UPDATE_ROWS_EVENT_V1 as u8
+                || t == EventType::DELETE_ROWS_EVENT_V1 as u8 =>
+            {
+                let rows = match event.read_data() {
+                    Ok(Some(EventData::RowsEvent(r))) => r,
+                    Ok(_) => return Err(Stop::Fatal(format!("malformed rows event at {}", at()))),
+                    Err(e) => return Err(Stop::Fatal(format!("malformed rows event at {}: {e}", at()))),
+                };
+                let info = match st.tables.get(&rows.table_id()) {
+                    Some(CachedTable::Included { info, .. }) => info.clone(),
+                    Some(CachedTable::Excluded { .. }) => return Ok(()),
+                    None => {
+                        return Err(Stop::Fatal(format!(
+                            "rows event at {} refers to table id {} with no table map before it",
+                            at(),
+                            rows.table_id()
+                        )))
+                    }
+                };
+                let start = log_pos.saturating_sub(header.event_size() as u64);
+                let ts = header.timestamp() as u64 * 1000;
+                let messages = self.decode_rows(st, &info, &rows, start, ts).map_err(|m| {
+                    Stop::Fatal(format!("cannot decode a row of {} at {}: {m}", info.schema.qualified_name(), at()))
+                })?;
+                for m in messages {
+                    tx.send(m).await.map_err(|_| Stop::Closed)?;
+                }
+            }
+            t if t == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 => {
+                return Err(Stop::Fatal(format!(
+                    "partial JSON update event at {}: set binlog_row_value_options = '' on the server",
+                    at()
+                )))
+            }
+            t if t == EventType::INCIDENT_EVENT as u8 => {
+                return Err(Stop::Fatal(format!(
+                    "incident event at {}: the server reports that changes may be missing from the binlog; re-snapshot the tables",
+                    at()
+                )))
+            }
+            t if t == EventType::XA_PREPARE_LOG_EVENT as u8 => {
+                return Err(Stop::Fatal(format!("XA PREPARE at {}: XA transactions are not supported yet", at())))
+            }
+            t if t == EventType::FORMAT_DESCRIPTION_EVENT as u8 => st.seen_fde = true,
+            t if t == EventType::HEARTBEAT_EVENT as u8
+                || t == EventType::STOP_EVENT as u8
+                || t == EventType::PREVIOUS_GTIDS_EVENT as u8
+                || t == EventType::ANONYMOUS_GTID_EVENT as u8
+                || t == EventType::ROWS_QUERY_EVENT as u8
+                || t == EventType::TRANSACTION_PAYLOAD_EVENT as u8
+                || t == EventType::TRANSACTION_CONTEXT_EVENT as u8
+                || t == EventType::VIEW_CHANGE_EVENT as u8
+                || t == EventType::IGNORABLE_EVENT as u8
+                || t == EventType::INTVAR_EVENT as u8
+                || t == EventType::RAND_EVENT as u8
+                || t == EventType::USER_VAR_EVENT as u8 => {}
+            _ => {
+                // LOG_EVENT_IGNORABLE_F: the server says a reader may skip it.
+                if header.flags_raw() & 0x80 == 0 {
+                    return Err(Stop::Fatal(format!(
+                        "unknown binlog event type {ty} at {}: tributary never skips an event it does not understand",
+                        at()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn position(&self, st: &StreamState, offset: u64) -> Position {
+        Position::Binlog {
+            file: st.file.clone(),
+            offset,
+            gtid: if st.gtid.is_empty() {
+                None
+            } else {
+                Some(st.gtid.to_string())
+            },
+        }
+    }
+
+    async fn commit(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        log_pos: u64,
+    ) -> Result<(), Stop> {
+        if let Some(g) = st.txn_gtid.take() {
+            st.gtid.update(g);
+        }
+        st.in_txn = false;
+        st.standalone = false;
+        st.txid = None;
+        if log_pos == 0 {
+            return Ok(());
+        }
+        let p = self.position(st, log_pos);
+        st.boundary = Some(p.clone());
+        tx.send(SourceMessage::Commit(p))
+            .await
+            .map_err(|_| Stop::Closed)
+    }
+
+    async fn table_map(
+        &self,
+        st: &mut StreamState,
+        meta: &mut Conn,
+        event: &mysql_async::binlog::events::Event,
+    ) -> Result<(), Stop> {
+        let tme = match event.read_data() {
+            Ok(Some(EventData::TableMapEvent(t))) => t,
+            _ => return Err(Stop::Fatal("malformed table map event".into())),
+        };
+        let id = tme.table_id();
+        let raw = event.data();
+        let same = match st.tables.get(&id) {
+            Some(CachedTable::Included { raw: r, .. }) | Some(CachedTable::Excluded { raw: r }) => {
+                r.as_slice() == raw
+            }
+            None => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let (db, table) = (
+            tme.database_name().into_owned(),
+            tme.table_name().into_owned(),
+        );
+        if !self.filter.matches(&db, &table) {
+            st.tables
+                .insert(id, CachedTable::Excluded { raw: raw.to_vec() });
+            return Ok(());
+        }
+        let qualified = format!("{db}.{table}");
+        if !st.extra.contains_key(&qualified) {
+            let extra = if self.mariadb {
+                self.json_columns(meta, &db, &table).await?
+            } else {
+                ExtraColumnInfo::default()
+            };
+            st.extra.insert(qualified.clone(), extra);
+        }
+        let extra = &st.extra[&qualified];
+        // The layout fingerprint leaves out the table id (first 8 bytes), which changes
+        // whenever the server reopens the table.
+        let mut fp = crc32c::crc32c(raw.get(8..).unwrap_or(raw));
+        let mut json: Vec<_> = extra.json_columns.iter().collect();
+        json.sort();
+        for c in json {
+            fp = crc32c::crc32c_append(fp, c.as_bytes());
+        }
+        let fingerprint = ((fp as u64) << 32) | raw.len() as u64;
+        let version = self
+            .store
+            .schema_version(&qualified, fingerprint)
+            .map_err(|e| Stop::Fatal(e.to_string()))?;
+        let info = TableInfo::from_table_map(
+            &tme,
+            &st.collations,
+            extra,
+            self.connector.clone(),
+            self.kind,
+            version,
+        )
+        .map_err(|e| Stop::Fatal(e.to_string()))?;
+        if info.schema.primary_key.is_empty() {
+            tracing::warn!(table = %qualified, "table has no primary key: events carry a null key");
+        }
+        st.tables.insert(
+            id,
+            CachedTable::Included {
+                raw: raw.to_vec(),
+                info: Arc::new(info),
+            },
+        );
+        Ok(())
+    }
+
+    /// MariaDB's JSON type is LONGTEXT plus a `json_valid(col)` check constraint.
+    async fn json_columns(
+        &self,
+        meta: &mut Conn,
+        db: &str,
+        table: &str,
+    ) -> Result<ExtraColumnInfo, Stop> {
+        let rows: Vec<(String, String)> = meta
+            .exec(
+                "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, table),
+            )
+            .await
+            .map_err(|e| Stop::from(classify(self.cfg, &e)))?;
+        let mut extra = ExtraColumnInfo::default();
+        for (_, clause) in rows {
+            let c: String = clause.chars().filter(|c| !c.is_whitespace()).collect();
+            if let Some(col) = c
+                .to_ascii_lowercase()
+                .starts_with("json_valid(`")
+                .then(|| c.get(12..c.len().saturating_sub(2)))
+                .flatten()
+                .filter(|_| c.ends_with("`)"))
+            {
+                extra.json_columns.insert(col.replace("``", "`"));
+            }
+        }
+        Ok(extra)
+    }
+
+    fn decode_rows(
+        &self,
+        st: &StreamState,
+        info: &Arc<TableInfo>,
+        rows: &RowsEventData<'_>,
+        start: u64,
+        source_ts_ms: u64,
+    ) -> Result<Vec<SourceMessage>, String> {
+        let n = info.columns.len();
+        if rows.num_columns() as usize != n {
+            return Err(format!(
+                "rows event has {} columns, its table map {n}",
+                rows.num_columns()
+            ));
+        }
+        let before_cols: Option<Vec<bool>> = rows.columns_before_image().map(|b| {
+            (0..n)
+                .map(|i| b.get(i).map(|x| *x).unwrap_or(false))
+                .collect()
+        });
+        let after_cols: Option<Vec<bool>> = rows.columns_after_image().map(|b| {
+            (0..n)
+                .map(|i| b.get(i).map(|x| *x).unwrap_or(false))
+                .collect()
+        });
+        let op = match rows {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
+            RowsEventData::UpdateRowsEvent(_) | RowsEventData::UpdateRowsEventV1(_) => Op::Update,
+            _ => Op::Delete,
+        };
+        let seq = file_sequence(&st.file);
+        let ts_ms = now_ms();
+        let mut out = Vec::new();
+        let mut buf = ParseBuf(rows.rows_data());
+        let mut idx = 0u64;
+        while !buf.is_empty() {
+            let before = match &before_cols {
+                Some(p) => Some(read_image(&mut buf, info, p).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let after = match &after_cols {
+                Some(p) => Some(read_image(&mut buf, info, p).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            out.push(SourceMessage::Change(ChangeEvent {
+                op,
+                table: info.schema.clone(),
+                pos: Position::Binlog {
+                    file: st.file.clone(),
+                    offset: start,
+                    gtid: st.txn_gtid.map(|g| g.to_string()),
+                },
+                txid: st.txid.clone(),
+                source_ts_ms,
+                before,
+                after,
+                version: row_version(seq, start, idx),
+                ts_ms,
+            }));
+            idx += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// `binlog.000042` -> 42.
+pub fn file_sequence(file: &str) -> u64 {
+    file.rsplit('.')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The event version (DESIGN.md): binlog file sequence in the high bits, the rows
+/// event's offset plus the row's index in the low 32 bits. Every rows event is longer
+/// than its row count, so versions never collide and grow in commit order. The top 8
+/// bits are left for the epoch.
+pub fn row_version(file_seq: u64, event_offset: u64, row_index: u64) -> u64 {
+    ((file_seq & 0xff_ffff) << 32) | ((event_offset + row_index) & 0xffff_ffff)
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_grow_across_files_and_rows() {
+        assert_eq!(file_sequence("binlog.000042"), 42);
+        let a = row_version(1, 4000, 0);
+        let b = row_version(1, 4000, 1);
+        let c = row_version(2, 4, 0);
+        assert!(a < b && b < c);
+    }
+}

@@ -1,0 +1,331 @@
+//! Table metadata from table-map events (binlog_row_metadata=FULL), decoded once per
+//! table map and shared by every row of the table.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
+use mysql_common::constants::ColumnType;
+
+use super::charset::{Charset, Collations};
+use crate::event::{Column, TableSchema};
+
+/// How one column's binlog value is decoded.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// The real type (ENUM/SET resolved from MYSQL_TYPE_STRING).
+    pub col_type: ColumnType,
+    /// The column's table-map metadata bytes.
+    pub meta: Vec<u8>,
+    pub unsigned: bool,
+    /// Character set of text, ENUM and SET columns.
+    pub charset: Option<Charset>,
+    /// ENUM and SET labels, in definition order.
+    pub labels: Vec<String>,
+    /// Declared byte length of CHAR/BINARY columns (BINARY values are zero-padded to it).
+    pub fixed_len: usize,
+    /// Fractional-second digits of TIME/DATETIME/TIMESTAMP.
+    pub fsp: u8,
+    /// MariaDB JSON (LONGTEXT with a json_valid check): emitted as nested JSON.
+    pub json: bool,
+}
+
+/// A table as the binlog describes it, plus the event-facing schema.
+#[derive(Debug)]
+pub struct TableInfo {
+    pub schema: Arc<TableSchema>,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableMapError {
+    #[error(
+        "table map of {table} carries no column names: the server's binlog_row_metadata is not FULL \
+         (SET GLOBAL binlog_row_metadata = 'FULL' and put binlog_row_metadata = FULL in my.cnf); \
+         changes written before that cannot be decoded safely"
+    )]
+    NoColumnNames { table: String },
+    #[error("table map of {table}: {message}")]
+    Bad { table: String, message: String },
+}
+
+/// What the table map alone does not say: which LONGTEXT columns are MariaDB JSON.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraColumnInfo {
+    pub json_columns: HashSet<String>,
+}
+
+impl TableInfo {
+    pub fn from_table_map(
+        tme: &TableMapEvent<'_>,
+        collations: &Collations,
+        extra: &ExtraColumnInfo,
+        connector: Arc<str>,
+        kind: &'static str,
+        schema_version: u32,
+    ) -> Result<TableInfo, TableMapError> {
+        let db = tme.database_name().into_owned();
+        let table = tme.table_name().into_owned();
+        let qualified = format!("{db}.{table}");
+        let bad = |message: String| TableMapError::Bad {
+            table: qualified.clone(),
+            message,
+        };
+        let n = tme.columns_count() as usize;
+
+        let mut names = Vec::new();
+        let mut unsigned_flags = Vec::new();
+        let mut charsets_default: Option<(u16, Vec<(u64, u16)>)> = None;
+        let mut charsets_per_col: Option<Vec<u16>> = None;
+        let mut es_default: Option<(u16, Vec<(u64, u16)>)> = None;
+        let mut es_per_col: Option<Vec<u16>> = None;
+        let mut enum_labels: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut set_labels: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut pk = Vec::new();
+        for field in tme.iter_optional_meta() {
+            let field = field.map_err(|e| bad(format!("optional metadata: {e}")))?;
+            match field {
+                OptionalMetadataField::Signedness(bits) => {
+                    unsigned_flags = bits.iter().by_vals().collect();
+                }
+                OptionalMetadataField::ColumnName(cn) => {
+                    for name in cn.iter_names() {
+                        let name = name.map_err(|e| bad(format!("column names: {e}")))?;
+                        names.push(name.name().into_owned());
+                    }
+                }
+                OptionalMetadataField::DefaultCharset(dc) => {
+                    let mut non_default = Vec::new();
+                    for nd in dc.iter_non_default() {
+                        let nd = nd.map_err(|e| bad(format!("charsets: {e}")))?;
+                        non_default.push((nd.column_index(), nd.charset()));
+                    }
+                    charsets_default = Some((dc.default_charset(), non_default));
+                }
+                OptionalMetadataField::ColumnCharset(cc) => {
+                    let mut v = Vec::new();
+                    for c in cc.iter_charsets() {
+                        v.push(c.map_err(|e| bad(format!("charsets: {e}")))?);
+                    }
+                    charsets_per_col = Some(v);
+                }
+                OptionalMetadataField::EnumAndSetDefaultCharset(dc) => {
+                    let mut non_default = Vec::new();
+                    for nd in dc.iter_non_default() {
+                        let nd = nd.map_err(|e| bad(format!("charsets: {e}")))?;
+                        non_default.push((nd.column_index(), nd.charset()));
+                    }
+                    es_default = Some((dc.default_charset(), non_default));
+                }
+                OptionalMetadataField::EnumAndSetColumnCharset(cc) => {
+                    let mut v = Vec::new();
+                    for c in cc.iter_charsets() {
+                        v.push(c.map_err(|e| bad(format!("charsets: {e}")))?);
+                    }
+                    es_per_col = Some(v);
+                }
+                OptionalMetadataField::EnumStrValue(vals) => {
+                    for set in vals.iter_values() {
+                        let set = set.map_err(|e| bad(format!("enum labels: {e}")))?;
+                        enum_labels.push(
+                            set.values()
+                                .iter()
+                                .map(|v| v.value_raw().to_vec())
+                                .collect(),
+                        );
+                    }
+                }
+                OptionalMetadataField::SetStrValue(vals) => {
+                    for set in vals.iter_values() {
+                        let set = set.map_err(|e| bad(format!("set labels: {e}")))?;
+                        set_labels.push(
+                            set.values()
+                                .iter()
+                                .map(|v| v.value_raw().to_vec())
+                                .collect(),
+                        );
+                    }
+                }
+                OptionalMetadataField::SimplePrimaryKey(k) => {
+                    for i in k.iter_indexes() {
+                        pk.push(i.map_err(|e| bad(format!("primary key: {e}")))? as usize);
+                    }
+                }
+                OptionalMetadataField::PrimaryKeyWithPrefix(k) => {
+                    for i in k.iter_keys() {
+                        pk.push(
+                            i.map_err(|e| bad(format!("primary key: {e}")))?
+                                .column_index() as usize,
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        if names.len() != n {
+            return Err(TableMapError::NoColumnNames { table: qualified });
+        }
+
+        // Charset entries are numbered among character columns (resp. ENUM/SET columns).
+        let charset_at =
+            |default: &Option<(u16, Vec<(u64, u16)>)>, per_col: &Option<Vec<u16>>, k: usize| {
+                if let Some(v) = per_col {
+                    return v.get(k).copied();
+                }
+                default.as_ref().map(|(d, nd)| {
+                    nd.iter()
+                        .find(|(idx, _)| *idx as usize == k)
+                        .map(|(_, c)| *c)
+                        .unwrap_or(*d)
+                })
+            };
+
+        let mut columns = Vec::with_capacity(n);
+        let (mut numeric_k, mut char_k, mut es_k, mut enum_k, mut set_k) = (0, 0, 0, 0, 0);
+        for (i, name) in names.into_iter().enumerate() {
+            let col_type = match tme.get_column_type(i) {
+                Ok(Some(t)) => t,
+                Ok(None) => return Err(bad(format!("column {name}: no type"))),
+                Err(e) => return Err(bad(format!("column {name}: {e}"))),
+            };
+            let meta = tme.get_column_metadata(i).unwrap_or(&[]).to_vec();
+            let mut info = ColumnInfo {
+                name,
+                col_type,
+                meta,
+                unsigned: false,
+                charset: None,
+                labels: Vec::new(),
+                fixed_len: 0,
+                fsp: 0,
+                json: false,
+            };
+            if col_type.is_numeric_type() {
+                info.unsigned = unsigned_flags.get(numeric_k).copied().unwrap_or(false);
+                numeric_k += 1;
+            }
+            let charset_id = if col_type.is_character_type() {
+                char_k += 1;
+                charset_at(&charsets_default, &charsets_per_col, char_k - 1)
+            } else if col_type.is_enum_or_set_type() {
+                es_k += 1;
+                charset_at(&es_default, &es_per_col, es_k - 1)
+            } else {
+                None
+            };
+            if let Some(id) = charset_id {
+                info.charset = Some(
+                    collations
+                        .charset(id)
+                        .map_err(|e| bad(format!("column {}: {e}", info.name)))?,
+                );
+            }
+            let decode_label = |raw: &Vec<u8>| -> String {
+                info.charset
+                    .unwrap_or(Charset::Utf8)
+                    .decode(raw.clone())
+                    .unwrap_or_else(|b| String::from_utf8_lossy(&b).into_owned())
+            };
+            match col_type {
+                ColumnType::MYSQL_TYPE_ENUM => {
+                    info.labels = enum_labels
+                        .get(enum_k)
+                        .map(|l| l.iter().map(decode_label).collect())
+                        .unwrap_or_default();
+                    enum_k += 1;
+                }
+                ColumnType::MYSQL_TYPE_SET => {
+                    info.labels = set_labels
+                        .get(set_k)
+                        .map(|l| l.iter().map(decode_label).collect())
+                        .unwrap_or_default();
+                    set_k += 1;
+                }
+                ColumnType::MYSQL_TYPE_STRING => info.fixed_len = string_length(&info.meta),
+                ColumnType::MYSQL_TYPE_TIME2
+                | ColumnType::MYSQL_TYPE_DATETIME2
+                | ColumnType::MYSQL_TYPE_TIMESTAMP2 => {
+                    info.fsp = info.meta.first().copied().unwrap_or(0)
+                }
+                ColumnType::MYSQL_TYPE_BLOB => {
+                    info.json = extra.json_columns.contains(&info.name)
+                        && info.charset != Some(Charset::Binary);
+                }
+                _ => {}
+            }
+            columns.push(info);
+        }
+        pk.retain(|&i| i < n);
+
+        let schema = Arc::new(TableSchema {
+            connector,
+            kind,
+            db,
+            table,
+            columns: columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    type_name: type_name(c),
+                })
+                .collect(),
+            primary_key: pk,
+            schema_version,
+        });
+        Ok(TableInfo { schema, columns })
+    }
+}
+
+/// Declared byte length of a MYSQL_TYPE_STRING column from its metadata (as the server
+/// packs it: two bytes of the length hide in the type byte for long CHAR columns).
+fn string_length(meta: &[u8]) -> usize {
+    if meta.len() < 2 {
+        return 0;
+    }
+    let (b0, b1) = (meta[0] as usize, meta[1] as usize);
+    if (b0 & 0x30) != 0x30 {
+        b1 | (((b0 & 0x30) ^ 0x30) << 4)
+    } else {
+        b1
+    }
+}
+
+/// A readable type name for the schema (`bigint unsigned`, `varchar`, `json`, ...).
+pub fn type_name(c: &ColumnInfo) -> String {
+    use ColumnType::*;
+    let binary = c.charset == Some(Charset::Binary);
+    let base = match c.col_type {
+        MYSQL_TYPE_TINY => "tinyint",
+        MYSQL_TYPE_SHORT => "smallint",
+        MYSQL_TYPE_INT24 => "mediumint",
+        MYSQL_TYPE_LONG => "int",
+        MYSQL_TYPE_LONGLONG => "bigint",
+        MYSQL_TYPE_FLOAT => "float",
+        MYSQL_TYPE_DOUBLE => "double",
+        MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DECIMAL => "decimal",
+        MYSQL_TYPE_BIT => "bit",
+        MYSQL_TYPE_YEAR => "year",
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => "date",
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => "time",
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => "datetime",
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => "timestamp",
+        MYSQL_TYPE_ENUM => "enum",
+        MYSQL_TYPE_SET => "set",
+        MYSQL_TYPE_JSON => "json",
+        MYSQL_TYPE_GEOMETRY => "geometry",
+        MYSQL_TYPE_BLOB if c.json => "json",
+        MYSQL_TYPE_BLOB if binary => "blob",
+        MYSQL_TYPE_BLOB => "text",
+        MYSQL_TYPE_STRING if binary => "binary",
+        MYSQL_TYPE_STRING => "char",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if binary => "varbinary",
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => "varchar",
+        _ => "unknown",
+    };
+    if c.unsigned {
+        format!("{base} unsigned")
+    } else {
+        base.to_string()
+    }
+}
