@@ -59,6 +59,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunStats, PipelineError> {
     let store = Arc::new(OffsetStore::open(&cfg.state.dir)?);
+    let (mut source, source_desc) = build_source(cfg, store.clone());
+    if let Err(e) = source.preflight().await {
+        drop(source);
+        // Leave no trace of a run that never started: a state dir this run created
+        // holds nothing but empty tables.
+        if store.checkpoint()?.is_none() && store.sink_cursors()?.is_empty() {
+            drop(store);
+            let _ = std::fs::remove_file(cfg.state.dir.join("offsets.redb"));
+            let _ = std::fs::remove_dir(&cfg.state.dir);
+        }
+        return Err(PipelineError::Source(e.to_string()));
+    }
     let mut sinks = open_sinks(&cfg.sinks, &store)?;
     // Record where every sink starts, so a log written before the first checkpoint is
     // cut back on the next start instead of looking foreign.
@@ -75,7 +87,6 @@ pub async fn run(
         Some(p) => tracing::info!(position = %p, "resuming from checkpoint"),
         None => tracing::info!("no checkpoint: starting from [source] start"),
     }
-    let (mut source, source_desc) = build_source(cfg, store.clone());
     let (tx, mut rx) = queue::bounded(cfg.pipeline.queue_events, cfg.pipeline.queue_bytes);
     let source_stop = shutdown.child_token();
     let source_token = source_stop.clone();

@@ -25,6 +25,10 @@ pub enum SourceError {
 
 #[async_trait]
 pub trait Source: Send {
+    /// Connects and checks server settings and grants, before any local state is
+    /// created: a misconfigured server fails here and leaves nothing behind.
+    async fn preflight(&mut self) -> Result<(), SourceError>;
+
     /// Streams changes after `resume` (or from the configured start when `None`) into
     /// `tx`, reconnecting on transient errors, until `shutdown` fires or a fatal error.
     async fn run(

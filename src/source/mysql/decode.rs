@@ -54,6 +54,14 @@ pub fn read_image<'a>(
             row.push(Value::Null);
             continue;
         }
+        if col.col_type == ColumnType::MYSQL_TYPE_TIME2 {
+            row.push(read_time2(buf, col.fsp).map_err(|m| err(&col.name, m))?);
+            continue;
+        }
+        if col.col_type == ColumnType::MYSQL_TYPE_INT24 {
+            row.push(read_int24(buf, col.unsigned).map_err(|m| err(&col.name, m))?);
+            continue;
+        }
         let ctx = (col.col_type, col.meta.as_slice(), col.unsigned, false);
         let raw: BinlogValue<'_> = buf
             .parse(ctx)
@@ -189,6 +197,67 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
     })
 }
 
+/// MEDIUMINT, decoded here: mysql_common's signed 24-bit read does not sign-extend
+/// (-8388608 comes back as 8388608).
+pub fn read_int24(buf: &mut ParseBuf<'_>, unsigned: bool) -> Result<Value, String> {
+    let b = buf
+        .checked_eat(3)
+        .ok_or("row image ends inside a MEDIUMINT")?;
+    let v = b[0] as i64 | (b[1] as i64) << 8 | (b[2] as i64) << 16;
+    Ok(Value::Int(if !unsigned && v & 0x80_0000 != 0 {
+        v - 0x100_0000
+    } else {
+        v
+    }))
+}
+
+/// TIME(fsp) in the binlog's packed form, decoded here rather than by mysql_common:
+/// its TIME(1)/TIME(2) path subtracts from an unsigned fraction, so negative values
+/// with a fraction overflow (a panic in debug builds, a wrong time in release builds).
+/// Follows the server's my_time_packed_from_binary with signed arithmetic.
+pub fn read_time2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> {
+    const TIMEF_INT_OFS: i64 = 0x80_0000;
+    const TIMEF_OFS: i64 = 0x8000_0000_0000;
+    let mut take = |n: usize| -> Result<i64, String> {
+        let b = buf
+            .checked_eat(n)
+            .ok_or("row image ends inside a TIME value")?;
+        Ok(b.iter().fold(0i64, |acc, x| (acc << 8) | *x as i64))
+    };
+    let packed = match fsp {
+        1 | 2 => {
+            let (mut int, mut frac) = (take(3)? - TIMEF_INT_OFS, take(1)?);
+            if int < 0 && frac > 0 {
+                int += 1;
+                frac -= 0x100;
+            }
+            int * (1 << 24) + frac * 10_000
+        }
+        3 | 4 => {
+            let (mut int, mut frac) = (take(3)? - TIMEF_INT_OFS, take(2)?);
+            if int < 0 && frac > 0 {
+                int += 1;
+                frac -= 0x1_0000;
+            }
+            int * (1 << 24) + frac * 100
+        }
+        5 | 6 => take(6)? - TIMEF_OFS,
+        _ => (take(3)? - TIMEF_INT_OFS) * (1 << 24),
+    };
+    let neg = packed < 0;
+    let abs = packed.unsigned_abs();
+    let hms = abs >> 24;
+    let micros = (abs % (1 << 24)) as u32;
+    let (h, m, s) = (
+        (hms >> 12) % (1 << 10),
+        (hms >> 6) % (1 << 6),
+        hms % (1 << 6),
+    );
+    let mut out = format!("{}{h:02}:{m:02}:{s:02}", if neg { "-" } else { "" });
+    push_fraction(&mut out, micros, fsp);
+    Ok(Value::String(out))
+}
+
 fn ascii(b: Vec<u8>) -> Result<String, String> {
     String::from_utf8(b).map_err(|_| "non-ASCII numeric text".to_string())
 }
@@ -263,6 +332,68 @@ mod tests {
             format_timestamp(951782400, 120000, 2),
             "2000-02-29T00:00:00.12Z"
         );
+    }
+
+    /// Packs a time the way the server's my_time_packed_to_binary does.
+    fn pack_time(neg: bool, h: i64, m: i64, s: i64, micros: i64, fsp: u8) -> Vec<u8> {
+        let int = (h << 12) | (m << 6) | s;
+        let mut packed = (int << 24) + micros;
+        if neg {
+            packed = -packed;
+        }
+        let be = |v: i64, n: usize| {
+            (0..n)
+                .rev()
+                .map(|i| (v >> (8 * i)) as u8)
+                .collect::<Vec<u8>>()
+        };
+        // The server's my_time_packed_to_binary: `>>` floors, `%` and `/` truncate,
+        // and the fraction is stored through a wrapping cast.
+        let int_part = packed >> 24;
+        let frac = packed % (1 << 24);
+        let mut out = be(int_part + 0x80_0000, 3);
+        match fsp {
+            1 | 2 => out.push((frac / 10_000) as u8),
+            3 | 4 => out.extend(be((frac / 100) as u16 as i64, 2)),
+            5 | 6 => return be(packed + 0x8000_0000_0000, 6),
+            _ => {}
+        }
+        out
+    }
+
+    #[test]
+    fn time2_all_precisions_and_signs() {
+        let cases = [
+            (false, 838, 59, 59, 0, 0, "838:59:59"),
+            (true, 838, 59, 59, 0, 0, "-838:59:59"),
+            (true, 0, 0, 1, 500_000, 1, "-00:00:01.5"),
+            (true, 838, 59, 59, 900_000, 1, "-838:59:59.9"),
+            (false, 12, 34, 56, 780_000, 2, "12:34:56.78"),
+            (true, 1, 2, 3, 40_000, 2, "-01:02:03.04"),
+            (true, 0, 0, 0, 1_000, 3, "-00:00:00.001"),
+            (true, 100, 0, 0, 123_400, 4, "-100:00:00.1234"),
+            (true, 1, 2, 3, 40_506, 6, "-01:02:03.040506"),
+            (false, 0, 0, 0, 1, 6, "00:00:00.000001"),
+        ];
+        for (neg, h, m, s, us, fsp, want) in cases {
+            let bytes = pack_time(neg, h, m, s, us, fsp);
+            let mut buf = ParseBuf(&bytes);
+            assert_eq!(
+                read_time2(&mut buf, fsp).unwrap(),
+                Value::String(want.into()),
+                "fsp {fsp}"
+            );
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn int24_signs() {
+        let read = |b: [u8; 3], u| read_int24(&mut ParseBuf(&b), u).unwrap();
+        assert_eq!(read([0, 0, 0x80], false), Value::Int(-8_388_608));
+        assert_eq!(read([0xff, 0xff, 0x7f], false), Value::Int(8_388_607));
+        assert_eq!(read([0xff, 0xff, 0xff], false), Value::Int(-1));
+        assert_eq!(read([0xff, 0xff, 0xff], true), Value::Int(16_777_215));
     }
 
     #[test]

@@ -55,6 +55,28 @@ impl MysqlSource {
 
 #[async_trait]
 impl Source for MysqlSource {
+    async fn preflight(&mut self) -> Result<(), SourceError> {
+        let password = self.cfg.password().map_err(SourceError::Fatal)?;
+        let mut conn = connect::connect(&self.cfg, password.as_ref())
+            .await
+            .map_err(|e| SourceError::Fatal(e.message().to_string()))?;
+        let report = checks::check_server(&mut conn, &self.cfg, self.mariadb)
+            .await
+            .map_err(|e| SourceError::Fatal(e.message().to_string()))?;
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
+        if !report.ok() {
+            return Err(SourceError::Fatal(format!(
+                "the server at {} is not ready for tributary:\n  - {}",
+                self.cfg.address(),
+                report.errors.join("\n  - ")
+            )));
+        }
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
     async fn run(
         &mut self,
         resume: Option<Position>,

@@ -171,23 +171,6 @@ impl Streamer<'_> {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        if !*connected_once {
-            match super::checks::check_server(&mut meta, cfg, self.mariadb).await {
-                Ok(report) => {
-                    for w in &report.warnings {
-                        tracing::warn!("{w}");
-                    }
-                    if !report.ok() {
-                        return Stop::Fatal(format!(
-                            "the server at {} is not ready for tributary:\n  - {}",
-                            cfg.address(),
-                            report.errors.join("\n  - ")
-                        ));
-                    }
-                }
-                Err(e) => return e.into(),
-            }
-        }
         let collations: Vec<(Option<u16>, Option<String>)> = match meta
             .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS")
             .await

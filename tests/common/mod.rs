@@ -1,0 +1,227 @@
+//! Shared test harness: real MariaDB servers started by deploy/mariadb.sh, the real
+//! tributary binary, and readers for what it wrote.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use serde_json::Value as Json;
+
+/// Port of the MariaDB server shared by most tests.
+pub const SHARED_PORT: u16 = 33071;
+
+static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts (once per test process) a MariaDB on `port` with extra server arguments.
+pub fn mariadb(port: u16, extra_args: &str) {
+    let mut started = STARTED.lock().unwrap();
+    if started.contains(&port) {
+        return;
+    }
+    deploy(port, "start", extra_args);
+    started.push(port);
+}
+
+pub fn deploy(port: u16, action: &str, extra_args: &str) {
+    let out = Command::new("bash")
+        .arg(repo().join("deploy/mariadb.sh"))
+        .arg(action)
+        .arg(port.to_string())
+        .env("TRIBUTARY_MARIADB_EXTRA_ARGS", extra_args)
+        .output()
+        .expect("run deploy/mariadb.sh");
+    assert!(
+        out.status.success(),
+        "deploy/mariadb.sh {action} {port} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub async fn admin(port: u16) -> Conn {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some("admin"))
+        .pass(Some("admin"))
+        .prefer_socket(false);
+    Conn::new(opts).await.expect("admin connection")
+}
+
+/// A fresh database name, unique per test run.
+pub fn unique_db(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A connector file in `dir` streaming `db.*` from the server on `port` into `dir/log`.
+pub fn connector(dir: &Path, port: u16, db: &str, extra_source: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "test"
+[source]
+kind = "mariadb"
+host = "127.0.0.1"
+port = {port}
+user = "tributary"
+password = "tributary"
+server_id = {server_id}
+include = ["{db}.*"]
+heartbeat_secs = 2
+max_reconnect_backoff_secs = 2
+{extra_source}
+
+[[sink]]
+kind = "log"
+dir = "{log}"
+segment_bytes = 1048576
+
+[state]
+dir = "{state}"
+"#,
+        server_id = 5000 + (std::process::id() % 10_000) + rand_u32() % 1000,
+        log = dir.join("log").display(),
+        state = dir.join("state").display(),
+    );
+    let path = dir.join("connector.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rand_u32() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(1);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    t.wrapping_add(N.fetch_add(7919, Ordering::SeqCst))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tributary"))
+}
+
+/// Runs the daemon in the background; its stderr goes to `dir/daemon.log`.
+pub fn spawn_daemon(connector: &Path) -> Child {
+    let dir = connector.parent().unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap();
+    Command::new(bin())
+        .args(["run", "--connector"])
+        .arg(connector)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tributary")
+}
+
+/// Runs a tributary command to completion: (exit code, stdout, stderr).
+pub fn tributary(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run tributary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn daemon_log(connector: &Path) -> String {
+    std::fs::read_to_string(connector.parent().unwrap().join("daemon.log")).unwrap_or_default()
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub fn stop(child: &mut Child) -> i32 {
+    unsafe_kill(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    status.code().unwrap_or(-1)
+}
+
+/// kill -9.
+pub fn kill9(child: &mut Child) {
+    unsafe_kill(child.id(), "KILL");
+    let _ = child.wait();
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Every event in the log stream, parsed (checksums verified by the reader).
+pub fn read_events(log_dir: &Path) -> Vec<Json> {
+    if !log_dir.exists() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    tributary::sink::log::read_log(log_dir, |r| {
+        out.push(serde_json::from_str(&r.json).unwrap());
+        true
+    })
+    .unwrap_or_else(|e| panic!("log stream unreadable: {e}"));
+    out
+}
+
+/// Waits until the daemon checkpointed a position (it is streaming).
+pub async fn wait_streaming(connector: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = connector.parent().unwrap().join("daemon.log");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("streaming binlog") {
+            // Give the start checkpoint a moment to land.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("daemon exited early ({status}):\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not start streaming:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the log holds at least `n` events (best effort reads of a live log
+/// stop at a partly written record).
+pub async fn wait_for_events(log_dir: &Path, n: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut count = 0;
+        let _ = tributary::sink::log::read_log(log_dir, |_| {
+            count += 1;
+            true
+        });
+        if count >= n || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn exec(conn: &mut Conn, sql: &str) {
+    conn.query_drop(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
