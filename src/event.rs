@@ -44,14 +44,79 @@ impl Op {
 pub enum Position {
     /// MySQL/MariaDB: binlog file and byte offset; `gtid` is the MariaDB GTID state
     /// (one `domain-server-seq` per domain, comma separated) when known.
+    /// Strings are shared (`Arc`): every event of a transaction carries the same ones.
     Binlog {
-        file: String,
+        file: Arc<str>,
         offset: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        gtid: Option<String>,
+        gtid: Option<Arc<str>>,
     },
     /// PostgreSQL: a WAL location, `X/Y` in hex.
     Wal { lsn: String },
+}
+
+impl Position {
+    /// Whether `self` is at or past `other`; `None` when they are not comparable (different
+    /// source kinds or binlog base names).
+    pub fn at_or_after(&self, other: &Position) -> Option<bool> {
+        match (self, other) {
+            (
+                Position::Binlog {
+                    file: a,
+                    offset: oa,
+                    ..
+                },
+                Position::Binlog {
+                    file: b,
+                    offset: ob,
+                    ..
+                },
+            ) => {
+                let split = |f: &str| {
+                    f.rsplit_once('.')
+                        .map(|(base, n)| (base.to_string(), n.parse::<u64>().ok()))
+                };
+                match (split(a), split(b)) {
+                    (Some((ba, Some(na))), Some((bb, Some(nb)))) if ba == bb => {
+                        Some((na, *oa) >= (nb, *ob))
+                    }
+                    _ => None,
+                }
+            }
+            (Position::Wal { lsn: a }, Position::Wal { lsn: b }) => {
+                Some(parse_lsn(a)? >= parse_lsn(b)?)
+            }
+            _ => None,
+        }
+    }
+
+    /// Parses `binlog.000003:1234` or a Postgres LSN `0/16B3748`.
+    pub fn parse(text: &str) -> Result<Position, String> {
+        if let Some((file, off)) = text.rsplit_once(':') {
+            let offset = off
+                .parse()
+                .map_err(|_| format!("bad offset in `{text}` (expected FILE:OFFSET)"))?;
+            return Ok(Position::Binlog {
+                file: file.into(),
+                offset,
+                gtid: None,
+            });
+        }
+        if parse_lsn(text).is_some() {
+            return Ok(Position::Wal {
+                lsn: text.to_string(),
+            });
+        }
+        Err(format!(
+            "`{text}` is neither FILE:OFFSET nor an LSN like 0/16B3748"
+        ))
+    }
+}
+
+/// `X/Y` hex -> u64.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 impl fmt::Display for Position {
@@ -391,6 +456,22 @@ mod tests {
             json,
             r#"{"op":"u","source":{"connector":"demo","kind":"mariadb","db":"shop","table":"orders","pos":{"file":"binlog.000003","offset":1234,"gtid":"0-1-57"},"txid":"0-1-57","ts_ms":1763800000000},"key":{"id":18446744073709551615},"before":{"id":18446744073709551615,"status":"new"},"after":{"id":18446744073709551615,"status":"paid"},"schema_version":3,"version":42,"ts_ms":1763800000012}"#
         );
+    }
+
+    #[test]
+    fn positions_compare_within_a_source() {
+        let p = |s: &str| Position::parse(s).unwrap();
+        assert_eq!(
+            p("binlog.000010:4").at_or_after(&p("binlog.000009:999999")),
+            Some(true)
+        );
+        assert_eq!(
+            p("binlog.000010:4").at_or_after(&p("binlog.000010:5")),
+            Some(false)
+        );
+        assert_eq!(p("0/16B3748").at_or_after(&p("0/16B3747")), Some(true));
+        assert_eq!(p("a.000001:4").at_or_after(&p("b.000001:4")), None);
+        assert!(Position::parse("nonsense").is_err());
     }
 
     #[test]

@@ -53,10 +53,12 @@ pub fn build_source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn 
     }
 }
 
-/// Runs the connector until `shutdown` fires (then drains and checkpoints) or an error.
+/// Runs the connector until `shutdown` fires (then drains and checkpoints), an error,
+/// or (with `until`) a checkpoint at or past that position.
 pub async fn run(
     cfg: &ConnectorConfig,
     shutdown: CancellationToken,
+    until: Option<Position>,
 ) -> Result<RunStats, PipelineError> {
     let store = Arc::new(OffsetStore::open(&cfg.state.dir)?);
     let (mut source, source_desc) = build_source(cfg, store.clone());
@@ -120,9 +122,17 @@ pub async fn run(
                         s.accept(&batch.messages).await?;
                     }
                     drop(batch);
-                    if pending.is_some() && last_cp.elapsed() >= interval {
+                    let reached = match (&until, &pending) {
+                        (Some(u), Some(p)) => p.at_or_after(u) == Some(true),
+                        _ => false,
+                    };
+                    if reached || (pending.is_some() && last_cp.elapsed() >= interval) {
                         checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
                         last_cp = Instant::now();
+                    }
+                    if reached {
+                        tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
+                        source_stop.cancel();
                     }
                 }
                 _ = ticker.tick() => {

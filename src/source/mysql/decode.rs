@@ -58,6 +58,10 @@ pub fn read_image<'a>(
             row.push(read_time2(buf, col.fsp).map_err(|m| err(&col.name, m))?);
             continue;
         }
+        if col.col_type == ColumnType::MYSQL_TYPE_TIMESTAMP2 {
+            row.push(read_timestamp2(buf, col.fsp).map_err(|m| err(&col.name, m))?);
+            continue;
+        }
         if col.col_type == ColumnType::MYSQL_TYPE_INT24 {
             row.push(read_int24(buf, col.unsigned).map_err(|m| err(&col.name, m))?);
             continue;
@@ -114,10 +118,15 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             Value::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
         }
         (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, MyValue::Date(y, m, d, ..)) => {
-            Value::String(format!("{y:04}-{m:02}-{d:02}"))
+            let mut out = String::with_capacity(10);
+            push_date(&mut out, y as u64, m as u64, d as u64);
+            Value::String(out)
         }
         (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+            let mut out = String::with_capacity(26);
+            push_date(&mut out, y as u64, mo as u64, d as u64);
+            out.push('T');
+            push_hms(&mut out, h as u64, mi as u64, s as u64);
             push_fraction(&mut out, us, col.fsp);
             Value::String(out)
         }
@@ -197,6 +206,24 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
     })
 }
 
+/// TIMESTAMP(fsp): seconds since the epoch (4 bytes, big endian) and the fraction in
+/// 1-3 bytes, as the server's my_timestamp_from_binary reads it. Decoded here to skip
+/// mysql_common's round trip through a formatted string on the hot path.
+pub fn read_timestamp2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> {
+    let frac_len = (fsp as usize).div_ceil(2);
+    let b = buf
+        .checked_eat(4 + frac_len)
+        .ok_or("row image ends inside a TIMESTAMP")?;
+    let sec = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64;
+    let frac = b[4..].iter().fold(0u32, |acc, x| (acc << 8) | *x as u32);
+    let micros = match frac_len {
+        1 => frac * 10_000,
+        2 => frac * 100,
+        _ => frac,
+    };
+    Ok(Value::String(format_timestamp(sec, micros, fsp)))
+}
+
 /// MEDIUMINT, decoded here: mysql_common's signed 24-bit read does not sign-extend
 /// (-8388608 comes back as 8388608).
 pub fn read_int24(buf: &mut ParseBuf<'_>, unsigned: bool) -> Result<Value, String> {
@@ -253,7 +280,11 @@ pub fn read_time2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> {
         (hms >> 6) % (1 << 6),
         hms % (1 << 6),
     );
-    let mut out = format!("{}{h:02}:{m:02}:{s:02}", if neg { "-" } else { "" });
+    let mut out = String::with_capacity(18);
+    if neg {
+        out.push('-');
+    }
+    push_hms(&mut out, h, m, s);
     push_fraction(&mut out, micros, fsp);
     Ok(Value::String(out))
 }
@@ -276,27 +307,58 @@ fn push_fraction(out: &mut String, micros: u32, fsp: u8) {
     if fsp == 0 {
         return;
     }
-    let digits = format!("{micros:06}");
     out.push('.');
-    out.push_str(&digits[..(fsp as usize).min(6)]);
+    let fsp = (fsp as u32).min(6);
+    push_padded(out, (micros / 10u32.pow(6 - fsp)) as u64, fsp as usize);
+}
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits, without allocating.
+fn push_padded(out: &mut String, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut n = v;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width.min(20));
+    out.extend(buf[start..].iter().map(|b| *b as char));
+}
+
+fn push_date(out: &mut String, y: u64, m: u64, d: u64) {
+    push_padded(out, y, 4);
+    out.push('-');
+    push_padded(out, m, 2);
+    out.push('-');
+    push_padded(out, d, 2);
+}
+
+fn push_hms(out: &mut String, h: u64, m: u64, s: u64) {
+    push_padded(out, h, 2);
+    out.push(':');
+    push_padded(out, m, 2);
+    out.push(':');
+    push_padded(out, s, 2);
 }
 
 /// A TIMESTAMP (seconds since the epoch, UTC) as ISO-8601 with `Z`. The zero
 /// timestamp keeps its zero digits: `0000-00-00T00:00:00Z`.
 pub fn format_timestamp(sec: i64, micros: u32, fsp: u8) -> String {
-    let mut out = if sec == 0 && micros == 0 {
-        "0000-00-00T00:00:00".to_string()
+    let mut out = String::with_capacity(28);
+    if sec == 0 && micros == 0 {
+        out.push_str("0000-00-00T00:00:00");
     } else {
         let days = sec.div_euclid(86_400);
-        let rem = sec.rem_euclid(86_400);
+        let rem = sec.rem_euclid(86_400) as u64;
         let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
-    };
+        push_date(&mut out, y as u64, m as u64, d as u64);
+        out.push('T');
+        push_hms(&mut out, rem / 3600, rem % 3600 / 60, rem % 60);
+    }
     push_fraction(&mut out, micros, fsp);
     out.push('Z');
     out
@@ -385,6 +447,31 @@ mod tests {
             );
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn timestamp2_fractions() {
+        let read = |b: &[u8], fsp| read_timestamp2(&mut ParseBuf(b), fsp).unwrap();
+        assert_eq!(
+            read(&[0x7f, 0xff, 0xff, 0xff], 0),
+            Value::String("2038-01-19T03:14:07Z".into())
+        );
+        assert_eq!(
+            read(&[0, 0, 0, 1, 12], 2),
+            Value::String("1970-01-01T00:00:01.12Z".into())
+        );
+        assert_eq!(
+            read(&[0, 0, 0, 1, 0x27, 0x06], 3),
+            Value::String("1970-01-01T00:00:01.999Z".into())
+        );
+        assert_eq!(
+            read(&[0, 0, 0, 1, 0x0f, 0x42, 0x3f], 6),
+            Value::String("1970-01-01T00:00:01.999999Z".into())
+        );
+        assert_eq!(
+            read(&[0, 0, 0, 0, 0, 0, 0], 6),
+            Value::String("0000-00-00T00:00:00.000000Z".into())
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ enum CachedTable {
 /// Everything that survives a reconnect.
 struct StreamState {
     /// Current binlog file (from rotate events).
-    file: String,
+    file: Arc<str>,
     /// The last transaction boundary handed to the pipeline: where a reconnect resumes.
     boundary: Option<Position>,
     gtid: GtidState,
@@ -90,7 +90,7 @@ impl Streamer<'_> {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let mut st = StreamState {
-            file: String::new(),
+            file: Arc::from(""),
             gtid: match &resume {
                 Some(Position::Binlog { gtid: Some(g), .. }) => {
                     GtidState::parse(g).map_err(SourceError::Fatal)?
@@ -230,7 +230,7 @@ impl Streamer<'_> {
             None => tracing::info!(file = %file, pos, "streaming binlog"),
         }
         *connected_once = true;
-        st.file = file;
+        st.file = Arc::from(file.as_str());
         if std::mem::take(&mut st.announce_start) {
             let start = st.boundary.clone().expect("start point sets the boundary");
             if tx.send(SourceMessage::Commit(start)).await.is_err() {
@@ -285,9 +285,13 @@ impl Streamer<'_> {
                 && cfg.resume == ResumeBy::Gtid
                 && gtid.as_deref().is_some_and(|g| !g.is_empty());
             return Ok((
-                file.clone(),
+                file.to_string(),
                 *offset,
-                if by_gtid { gtid.clone() } else { None },
+                if by_gtid {
+                    gtid.as_deref().map(str::to_string)
+                } else {
+                    None
+                },
             ));
         }
         if st.boundary.is_some() {
@@ -334,9 +338,9 @@ impl Streamer<'_> {
             st.gtid = GtidState::parse(g).map_err(Stop::Fatal)?;
         }
         let start = Position::Binlog {
-            file: file.clone(),
+            file: Arc::from(file.as_str()),
             offset: pos,
-            gtid: gtid.clone(),
+            gtid: gtid.as_deref().map(Arc::from),
         };
         st.boundary = Some(start);
         st.announce_start = true;
@@ -384,7 +388,7 @@ impl Streamer<'_> {
                     if !st.seen_fde && st.checksums && name.len() > 4 {
                         name = &name[..name.len() - 4];
                     }
-                    st.file = String::from_utf8_lossy(name).into_owned();
+                    st.file = Arc::from(String::from_utf8_lossy(name).as_ref());
                     if st.boundary.is_none() {
                         st.boundary = Some(self.position(st, r.position()));
                     }
@@ -531,7 +535,7 @@ impl Streamer<'_> {
             gtid: if st.gtid.is_empty() {
                 None
             } else {
-                Some(st.gtid.to_string())
+                Some(Arc::from(st.gtid.to_string()))
             },
         }
     }
@@ -714,7 +718,7 @@ impl Streamer<'_> {
                 pos: Position::Binlog {
                     file: st.file.clone(),
                     offset: start,
-                    gtid: st.txn_gtid.map(|g| g.to_string()),
+                    gtid: st.txn_gtid.and(st.txid.clone()),
                 },
                 txid: st.txid.clone(),
                 source_ts_ms,

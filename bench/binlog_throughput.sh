@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Binlog streaming benchmark (not part of the test run).
+#
+#   bench/binlog_throughput.sh [N]      default N = 1000000
+#
+# Loads N rows into a fresh binlog (inserts in transactions of 1,000, then updates of
+# every row and deletes of half of them, also in transactions of 1,000), then measures
+# on that same binlog:
+#   - tributary streaming it to the null sink (decode + pipeline cost)
+#   - tributary streaming it to the log sink (fsync before each checkpoint)
+#   - mariadb-binlog --read-from-remote-server -v > /dev/null (the server's own tool)
+# and prints events/s, wall time and peak RSS of each, and the ratio to mariadb-binlog.
+# Results go to bench/results/binlog_throughput.json.
+set -euo pipefail
+N=${1:-1000000}
+PORT=${TRIBUTARY_BENCH_PORT:-33081}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
+work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+echo "building release binary..." >&2
+cargo build --release --quiet
+bash deploy/mariadb.sh start "$PORT" >/dev/null
+M=(mariadb -h127.0.0.1 -P"$PORT" -uadmin -padmin)
+
+echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
+"${M[@]}" -e "RESET MASTER; DROP DATABASE IF EXISTS bench; CREATE DATABASE bench;
+  CREATE TABLE bench.orders (id BIGINT UNSIGNED PRIMARY KEY, customer_id INT NOT NULL,
+    status VARCHAR(20) NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(200),
+    created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
+load_start=$(date +%s.%N)
+python3 - "$N" > "$work/load.sql" <<'PY'
+import sys
+n = int(sys.argv[1]); step = 1000
+for a in range(1, n + 1, step):
+    b = min(a + step - 1, n)
+    print(f"INSERT INTO bench.orders SELECT seq, seq % 5000, 'new', seq * 1.25, CONCAT('order note ', seq), NOW(6), NULL FROM seq_{a}_to_{b};")
+for a in range(1, n + 1, step):
+    b = min(a + step - 1, n)
+    print(f"UPDATE bench.orders SET status = 'paid', updated_at = NOW(3), amount = amount + 1 WHERE id BETWEEN {a} AND {b};")
+for a in range(1, n + 1, 2 * step):
+    b = min(a + step - 1, n)
+    print(f"DELETE FROM bench.orders WHERE id BETWEEN {a} AND {b};")
+PY
+"${M[@]}" -D bench < "$work/load.sql"
+load_s=$(python3 -c "import time;print(round(time.time()-$load_start,1))")
+read -r end_file end_pos < <("${M[@]}" -N -e "SHOW MASTER STATUS" | awk '{print $1, $2}')
+first_file=$("${M[@]}" -N -e "SHOW BINARY LOGS" | head -1 | awk '{print $1}')
+binlog_bytes=$("${M[@]}" -N -e "SHOW BINARY LOGS" | awk '{s+=$2} END {print s}')
+expected=$(python3 -c "n=$N; print(n + n + sum(min(a+999,n)-a+1 for a in range(1,n+1,2000)))")
+echo "loaded in ${load_s}s: $expected row changes, binlog $binlog_bytes bytes up to $end_file:$end_pos" >&2
+
+run_tributary() { # $1 = sink kind
+  local dir="$work/$1"; mkdir -p "$dir"
+  local sink="kind = \"null\""
+  [ "$1" = log ] && sink="kind = \"log\"
+dir = \"$dir/log\""
+  cat > "$dir/c.toml" <<TOML
+[source]
+kind = "mariadb"
+port = $PORT
+user = "tributary"
+password = "tributary"
+server_id = 9901
+include = ["bench.*"]
+start = "earliest"
+[[sink]]
+$sink
+[state]
+dir = "$dir/state"
+TOML
+  /usr/bin/time -f "%e %M" -o "$dir/time" target/release/tributary --log-format json run \
+    --connector "$dir/c.toml" --until "$end_file:$end_pos" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
+  local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
+  [ "$changes" = "$expected" ] || { echo "tributary ($1) streamed $changes changes, expected $expected" >&2; exit 1; }
+  read -r secs rss < "$dir/time"
+  echo "$secs $rss"
+}
+
+echo "tributary -> null sink..." >&2
+read -r null_s null_rss < <(run_tributary null)
+echo "tributary -> log sink..." >&2
+read -r log_s log_rss < <(run_tributary log)
+echo "mariadb-binlog -v..." >&2
+/usr/bin/time -f "%e %M" -o "$work/mb.time" mariadb-binlog --read-from-remote-server -h127.0.0.1 -P"$PORT" \
+  -uadmin -padmin -v --to-last-log "$first_file" > /dev/null
+read -r mb_s mb_rss < "$work/mb.time"
+
+python3 - "$N" "$expected" "$binlog_bytes" "$null_s" "$null_rss" "$log_s" "$log_rss" "$mb_s" "$mb_rss" "$load_s" <<'PY'
+import json, sys, time, platform, os
+n, ev, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+null_s, null_rss, log_s, log_rss, mb_s, mb_rss, load_s = map(float, sys.argv[4:11])
+res = {
+  "benchmark": "binlog_throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+  "machine": f"{os.cpu_count()} cores, {platform.machine()}", "rows": n, "row_changes": ev,
+  "binlog_bytes": size, "load_seconds": load_s,
+  "tributary_null": {"seconds": null_s, "events_per_s": round(ev / null_s), "peak_rss_mib": round(null_rss / 1024, 1)},
+  "tributary_log": {"seconds": log_s, "events_per_s": round(ev / log_s), "peak_rss_mib": round(log_rss / 1024, 1)},
+  "mariadb_binlog_v": {"seconds": mb_s, "events_per_s": round(ev / mb_s), "peak_rss_mib": round(mb_rss / 1024, 1)},
+}
+res["ratio_null_vs_mariadb_binlog"] = round(mb_s / null_s, 2)
+res["ratio_log_vs_mariadb_binlog"] = round(mb_s / log_s, 2)
+os.makedirs("bench/results", exist_ok=True)
+with open("bench/results/binlog_throughput.json", "w") as f:
+    json.dump(res, f, indent=2); f.write("\n")
+print(f"{'':24}{'seconds':>9}{'events/s':>12}{'peak RSS MiB':>14}")
+for k, label in [("tributary_null", "tributary -> null"), ("tributary_log", "tributary -> log"), ("mariadb_binlog_v", "mariadb-binlog -v")]:
+    r = res[k]; print(f"{label:24}{r['seconds']:>9}{r['events_per_s']:>12}{r['peak_rss_mib']:>14}")
+print(f"speed vs mariadb-binlog: null sink x{res['ratio_null_vs_mariadb_binlog']}, log sink x{res['ratio_log_vs_mariadb_binlog']}  ({ev} row changes, {size} binlog bytes)")
+PY
