@@ -38,8 +38,8 @@ pub fn read_image<'a>(
         .checked_eat(n_present.div_ceil(8))
         .ok_or_else(|| err("", "row image ends inside its null bitmap".into()))?;
     let mut row = Vec::with_capacity(table.columns.len());
-    let mut image_idx = 0usize;
-    for (col, &is_present) in table.columns.iter().zip(present) {
+    // Absent columns are an error (FULL row images), so the image index is the column's.
+    for (image_idx, (col, &is_present)) in table.columns.iter().zip(present).enumerate() {
         if !is_present {
             return Err(err(
                 &col.name,
@@ -49,7 +49,6 @@ pub fn read_image<'a>(
             ));
         }
         let is_null = bitmap[image_idx / 8] & (1 << (image_idx % 8)) != 0;
-        image_idx += 1;
         if is_null {
             row.push(Value::Null);
             continue;

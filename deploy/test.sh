@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine with the Rust toolchain:
+# installs what it needs (MariaDB 10.11 from Debian packages), checks formatting and
+# lints, then runs unit and integration tests against real MariaDB servers that the
+# tests start on loopback ports through deploy/mariadb.sh. Stops them afterwards.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+command -v cargo >/dev/null || { echo "cargo is not installed: install the Rust toolchain first" >&2; exit 1; }
+bash deploy/mariadb.sh install
+
+# Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test.
+cleanup() {
+  for port in 33071 33072 33073; do
+    bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
+    rm -rf "/tmp/tributary-mariadb-$port"
+  done
+}
+trap cleanup EXIT
+cleanup
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --all-targets
