@@ -1,14 +1,17 @@
 //! The one model every stage shares: change events, positions, rows and values.
 //!
-//! Events are serialized once, straight into a sink's buffer (`serde_json::to_writer`);
-//! there is no intermediate JSON tree per row. The JSON form is documented in
-//! docs/events.md and DESIGN.md.
+//! Events are serialized once, straight into a sink's buffer (`ChangeEvent::write_json`);
+//! there is no intermediate JSON tree per row. The JSON form is in README.md and
+//! docs/DESIGN.md.
+
+mod json;
+
+pub use json::write_json_str;
 
 use std::fmt;
 use std::sync::Arc;
 
-use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// What happened to a row.
@@ -145,8 +148,36 @@ pub enum Value {
     Double(f64),
     /// DECIMAL/NUMERIC: the digits as the server prints them, emitted as a JSON string.
     Decimal(String),
-    /// Text and formatted temporal values (ISO-8601 dates, times, timestamps).
+    /// Text.
     String(String),
+    /// DATE, emitted as `YYYY-MM-DD` (zero dates keep their zeros).
+    Date {
+        year: u16,
+        month: u8,
+        day: u8,
+    },
+    /// DATETIME/TIMESTAMP, emitted as `YYYY-MM-DDTHH:MM:SS[.f]` with `fsp` fraction
+    /// digits, and `Z` when `utc` (TIMESTAMP, timestamptz).
+    DateTime {
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+        micros: u32,
+        fsp: u8,
+        utc: bool,
+    },
+    /// TIME, emitted as `[-]HH:MM:SS[.f]`; hours may exceed 24.
+    Time {
+        negative: bool,
+        hours: u32,
+        minute: u8,
+        second: u8,
+        micros: u32,
+        fsp: u8,
+    },
     /// Binary values, emitted as base64.
     Bytes(Vec<u8>),
     /// JSON documents, kept as their exact text and emitted as nested JSON.
@@ -166,6 +197,9 @@ impl PartialEq for Value {
             (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
             (Double(a), Double(b)) => a.to_bits() == b.to_bits(),
             (Decimal(a), Decimal(b)) | (String(a), String(b)) => a == b,
+            (Date { .. }, Date { .. })
+            | (DateTime { .. }, DateTime { .. })
+            | (Time { .. }, Time { .. }) => self.to_json() == other.to_json(),
             (Bytes(a), Bytes(b)) => a == b,
             (Json(a), Json(b)) => a.get() == b.get(),
             (Array(a), Array(b)) => a == b,
@@ -189,44 +223,12 @@ impl Value {
     }
 }
 
-impl Serialize for Value {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Value::Null => s.serialize_unit(),
-            Value::Bool(b) => s.serialize_bool(*b),
-            Value::Int(i) => s.serialize_i64(*i),
-            Value::UInt(u) => s.serialize_u64(*u),
-            Value::Float(f) => serialize_float(s, *f as f64, Some(*f)),
-            Value::Double(d) => serialize_float(s, *d, None),
-            Value::Decimal(d) | Value::String(d) => s.serialize_str(d),
-            Value::Bytes(b) => {
-                use base64::Engine;
-                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
-            }
-            Value::Json(j) => j.serialize(s),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for v in items {
-                    seq.serialize_element(v)?;
-                }
-                seq.end()
-            }
-        }
-    }
-}
-
-/// JSON has no NaN or infinities: they are emitted as the strings "NaN", "Infinity" and
-/// "-Infinity" (PostgreSQL's spelling). Finite f32 values are written with the shortest
-/// f32 representation so 0.3 stays 0.3, not 0.30000001192092896.
-fn serialize_float<S: Serializer>(s: S, d: f64, as_f32: Option<f32>) -> Result<S::Ok, S::Error> {
-    if d.is_nan() {
-        s.serialize_str("NaN")
-    } else if d.is_infinite() {
-        s.serialize_str(if d > 0.0 { "Infinity" } else { "-Infinity" })
-    } else if let Some(f) = as_f32 {
-        s.serialize_f32(f)
-    } else {
-        s.serialize_f64(d)
+impl Value {
+    /// The value's JSON text (tests, messages; sinks use `ChangeEvent::write_json`).
+    pub fn to_json(&self) -> std::string::String {
+        let mut out = Vec::new();
+        json::write_value(&mut out, self);
+        std::string::String::from_utf8(out).expect("the encoder writes UTF-8")
     }
 }
 
@@ -250,9 +252,33 @@ pub struct TableSchema {
     /// Indexes into `columns`, in key order. Empty when the table has no primary key.
     pub primary_key: Vec<usize>,
     pub schema_version: u32,
+    /// JSON pieces that are the same for every event of this schema, rendered once.
+    fragments: json::TableFragments,
 }
 
 impl TableSchema {
+    pub fn new(
+        connector: Arc<str>,
+        kind: &'static str,
+        db: String,
+        table: String,
+        columns: Vec<Column>,
+        primary_key: Vec<usize>,
+        schema_version: u32,
+    ) -> Self {
+        let fragments = json::TableFragments::new(&connector, kind, &db, &table, &columns);
+        TableSchema {
+            connector,
+            kind,
+            db,
+            table,
+            columns,
+            primary_key,
+            schema_version,
+            fragments,
+        }
+    }
+
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.db, self.table)
     }
@@ -300,83 +326,17 @@ impl ChangeEvent {
     }
 }
 
-/// Serializes a row as an object keyed by column name.
-struct RowJson<'a> {
-    columns: &'a [Column],
-    row: &'a Row,
-}
-
-impl Serialize for RowJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.row.len()))?;
-        for (col, v) in self.columns.iter().zip(self.row.iter()) {
-            m.serialize_entry(&col.name, v)?;
-        }
-        m.end()
+impl ChangeEvent {
+    /// Appends the event's JSON (one line, no newline) to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        json::write_event(out, self);
     }
-}
 
-struct KeyJson<'a> {
-    table: &'a TableSchema,
-    row: &'a Row,
-}
-
-impl Serialize for KeyJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.table.primary_key.len()))?;
-        for &i in &self.table.primary_key {
-            if let (Some(col), Some(v)) = (self.table.columns.get(i), self.row.get(i)) {
-                m.serialize_entry(&col.name, v)?;
-            }
-        }
-        m.end()
+    pub fn to_json(&self) -> std::string::String {
+        let mut out = Vec::with_capacity(256);
+        self.write_json(&mut out);
+        std::string::String::from_utf8(out).expect("the encoder writes UTF-8")
     }
-}
-
-struct SourceJson<'a>(&'a ChangeEvent);
-
-impl Serialize for SourceJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let e = self.0;
-        let mut m = s.serialize_struct("source", 7)?;
-        m.serialize_field("connector", &*e.table.connector)?;
-        m.serialize_field("kind", e.table.kind)?;
-        m.serialize_field("db", &e.table.db)?;
-        m.serialize_field("table", &e.table.table)?;
-        m.serialize_field("pos", &e.pos)?;
-        m.serialize_field("txid", &e.txid.as_deref())?;
-        m.serialize_field("ts_ms", &e.source_ts_ms)?;
-        m.end()
-    }
-}
-
-impl Serialize for ChangeEvent {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let cols = &self.table.columns;
-        let mut m = s.serialize_struct("event", 8)?;
-        m.serialize_field("op", self.op.code())?;
-        m.serialize_field("source", &SourceJson(self))?;
-        match (self.key_row(), self.table.primary_key.is_empty()) {
-            (Some(row), false) => m.serialize_field(
-                "key",
-                &KeyJson {
-                    table: &self.table,
-                    row,
-                },
-            )?,
-            _ => m.serialize_field("key", &())?,
-        }
-        m.serialize_field("before", &image(cols, &self.before))?;
-        m.serialize_field("after", &image(cols, &self.after))?;
-        m.serialize_field("schema_version", &self.table.schema_version)?;
-        m.serialize_field("version", &self.version)?;
-        m.serialize_field("ts_ms", &self.ts_ms)?;
-        m.end()
-    }
-}
-
-fn image<'a>(columns: &'a [Column], row: &'a Option<Row>) -> Option<RowJson<'a>> {
-    row.as_ref().map(|row| RowJson { columns, row })
 }
 
 /// What a source hands to the pipeline, in commit order.
@@ -414,12 +374,12 @@ mod tests {
     use super::*;
 
     fn table() -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            connector: "demo".into(),
-            kind: "mariadb",
-            db: "shop".into(),
-            table: "orders".into(),
-            columns: vec![
+        Arc::new(TableSchema::new(
+            "demo".into(),
+            "mariadb",
+            "shop".into(),
+            "orders".into(),
+            vec![
                 Column {
                     name: "id".into(),
                     type_name: "bigint unsigned".into(),
@@ -429,9 +389,9 @@ mod tests {
                     type_name: "varchar".into(),
                 },
             ],
-            primary_key: vec![0],
-            schema_version: 3,
-        })
+            vec![0],
+            3,
+        ))
     }
 
     #[test]
@@ -451,7 +411,7 @@ mod tests {
             version: 42,
             ts_ms: 1763800000012,
         };
-        let json = serde_json::to_string(&e).unwrap();
+        let json = e.to_json();
         assert_eq!(
             json,
             r#"{"op":"u","source":{"connector":"demo","kind":"mariadb","db":"shop","table":"orders","pos":{"file":"binlog.000003","offset":1234,"gtid":"0-1-57"},"txid":"0-1-57","ts_ms":1763800000000},"key":{"id":18446744073709551615},"before":{"id":18446744073709551615,"status":"new"},"after":{"id":18446744073709551615,"status":"paid"},"schema_version":3,"version":42,"ts_ms":1763800000012}"#
@@ -476,7 +436,7 @@ mod tests {
 
     #[test]
     fn values_serialize_exactly() {
-        let j = |v: Value| serde_json::to_string(&v).unwrap();
+        let j = |v: Value| v.to_json();
         assert_eq!(j(Value::Float(0.3)), "0.3");
         assert_eq!(j(Value::Double(0.1)), "0.1");
         assert_eq!(j(Value::Double(f64::NAN)), "\"NaN\"");

@@ -39,8 +39,7 @@ impl Sink for StdoutSink {
     async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
         for m in batch {
             if let SourceMessage::Change(e) = m {
-                serde_json::to_writer(&mut self.buf, e)
-                    .map_err(|e| SinkError::new(&self.id, e.to_string()))?;
+                e.write_json(&mut self.buf);
                 self.buf.push(b'\n');
             }
         }

@@ -144,7 +144,7 @@ impl LogSink {
 
     fn append(&mut self, event: &crate::event::ChangeEvent) -> Result<(), SinkError> {
         self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, event).map_err(|e| self.err(e.to_string()))?;
+        event.write_json(&mut self.scratch);
         let crc = crc32c::crc32c(&self.scratch);
         let mut head = [0u8; 9];
         write_hex(crc, &mut head);

@@ -116,18 +116,23 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             }
             Value::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
         }
-        (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, MyValue::Date(y, m, d, ..)) => {
-            let mut out = String::with_capacity(10);
-            push_date(&mut out, y as u64, m as u64, d as u64);
-            Value::String(out)
-        }
+        (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, MyValue::Date(y, m, d, ..)) => Value::Date {
+            year: y,
+            month: m,
+            day: d,
+        },
         (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            let mut out = String::with_capacity(26);
-            push_date(&mut out, y as u64, mo as u64, d as u64);
-            out.push('T');
-            push_hms(&mut out, h as u64, mi as u64, s as u64);
-            push_fraction(&mut out, us, col.fsp);
-            Value::String(out)
+            Value::DateTime {
+                year: y,
+                month: mo,
+                day: d,
+                hour: h,
+                minute: mi,
+                second: s,
+                micros: us,
+                fsp: col.fsp,
+                utc: false,
+            }
         }
         (MYSQL_TYPE_TIMESTAMP2, MyValue::Bytes(b)) => {
             let text = ascii(b)?;
@@ -139,14 +144,18 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
                 sec.map_err(|e| e.to_string())?,
                 usec.map_err(|e| e.to_string())?,
             );
-            Value::String(format_timestamp(sec, usec, col.fsp))
+            timestamp_value(sec, usec, col.fsp)
         }
-        (MYSQL_TYPE_TIMESTAMP, MyValue::Int(sec)) => Value::String(format_timestamp(sec, 0, 0)),
+        (MYSQL_TYPE_TIMESTAMP, MyValue::Int(sec)) => timestamp_value(sec, 0, 0),
         (MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2, MyValue::Time(neg, days, h, m, s, us)) => {
-            let hours = days as u64 * 24 + h as u64;
-            let mut out = format!("{}{hours:02}:{m:02}:{s:02}", if neg { "-" } else { "" });
-            push_fraction(&mut out, us, col.fsp);
-            Value::String(out)
+            Value::Time {
+                negative: neg,
+                hours: days * 24 + h as u32,
+                minute: m,
+                second: s,
+                micros: us,
+                fsp: col.fsp,
+            }
         }
         (MYSQL_TYPE_ENUM, MyValue::Int(idx)) => {
             // Index 0 is the empty string MySQL stores for invalid values.
@@ -220,7 +229,7 @@ pub fn read_timestamp2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String>
         2 => frac * 100,
         _ => frac,
     };
-    Ok(Value::String(format_timestamp(sec, micros, fsp)))
+    Ok(timestamp_value(sec, micros, fsp))
 }
 
 /// MEDIUMINT, decoded here: mysql_common's signed 24-bit read does not sign-extend
@@ -279,13 +288,14 @@ pub fn read_time2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> {
         (hms >> 6) % (1 << 6),
         hms % (1 << 6),
     );
-    let mut out = String::with_capacity(18);
-    if neg {
-        out.push('-');
-    }
-    push_hms(&mut out, h, m, s);
-    push_fraction(&mut out, micros, fsp);
-    Ok(Value::String(out))
+    Ok(Value::Time {
+        negative: neg,
+        hours: h as u32,
+        minute: m as u8,
+        second: s as u8,
+        micros,
+        fsp,
+    })
 }
 
 fn ascii(b: Vec<u8>) -> Result<String, String> {
@@ -301,66 +311,26 @@ fn text(cs: Charset, b: Vec<u8>) -> Result<Value, String> {
     })
 }
 
-/// Appends `.ffffff` cut to `fsp` digits (nothing when fsp is 0).
-fn push_fraction(out: &mut String, micros: u32, fsp: u8) {
-    if fsp == 0 {
-        return;
-    }
-    out.push('.');
-    let fsp = (fsp as u32).min(6);
-    push_padded(out, (micros / 10u32.pow(6 - fsp)) as u64, fsp as usize);
-}
-
-/// Appends `v` in decimal, zero-padded to at least `width` digits, without allocating.
-fn push_padded(out: &mut String, v: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    let mut n = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let start = i.min(buf.len() - width.min(20));
-    out.extend(buf[start..].iter().map(|b| *b as char));
-}
-
-fn push_date(out: &mut String, y: u64, m: u64, d: u64) {
-    push_padded(out, y, 4);
-    out.push('-');
-    push_padded(out, m, 2);
-    out.push('-');
-    push_padded(out, d, 2);
-}
-
-fn push_hms(out: &mut String, h: u64, m: u64, s: u64) {
-    push_padded(out, h, 2);
-    out.push(':');
-    push_padded(out, m, 2);
-    out.push(':');
-    push_padded(out, s, 2);
-}
-
-/// A TIMESTAMP (seconds since the epoch, UTC) as ISO-8601 with `Z`. The zero
-/// timestamp keeps its zero digits: `0000-00-00T00:00:00Z`.
-pub fn format_timestamp(sec: i64, micros: u32, fsp: u8) -> String {
-    let mut out = String::with_capacity(28);
-    if sec == 0 && micros == 0 {
-        out.push_str("0000-00-00T00:00:00");
+/// A TIMESTAMP (seconds since the epoch, UTC). The zero timestamp keeps its zero
+/// digits: `0000-00-00T00:00:00Z`.
+pub fn timestamp_value(sec: i64, micros: u32, fsp: u8) -> Value {
+    let (year, month, day, rem) = if sec == 0 && micros == 0 {
+        (0, 0, 0, 0)
     } else {
-        let days = sec.div_euclid(86_400);
-        let rem = sec.rem_euclid(86_400) as u64;
-        let (y, m, d) = civil_from_days(days);
-        push_date(&mut out, y as u64, m as u64, d as u64);
-        out.push('T');
-        push_hms(&mut out, rem / 3600, rem % 3600 / 60, rem % 60);
+        let (y, m, d) = civil_from_days(sec.div_euclid(86_400));
+        (y as u16, m as u8, d as u8, sec.rem_euclid(86_400) as u32)
+    };
+    Value::DateTime {
+        year,
+        month,
+        day,
+        hour: (rem / 3600) as u8,
+        minute: (rem % 3600 / 60) as u8,
+        second: (rem % 60) as u8,
+        micros,
+        fsp,
+        utc: true,
     }
-    push_fraction(&mut out, micros, fsp);
-    out.push('Z');
-    out
 }
 
 /// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (H. Hinnant).
@@ -381,18 +351,19 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    fn ts(sec: i64, micros: u32, fsp: u8) -> String {
+        timestamp_value(sec, micros, fsp)
+            .to_json()
+            .trim_matches('"')
+            .to_string()
+    }
+
     #[test]
     fn timestamps_are_utc_iso() {
-        assert_eq!(format_timestamp(0, 0, 0), "0000-00-00T00:00:00Z");
-        assert_eq!(format_timestamp(1, 0, 0), "1970-01-01T00:00:01Z");
-        assert_eq!(
-            format_timestamp(2147483647, 999999, 6),
-            "2038-01-19T03:14:07.999999Z"
-        );
-        assert_eq!(
-            format_timestamp(951782400, 120000, 2),
-            "2000-02-29T00:00:00.12Z"
-        );
+        assert_eq!(ts(0, 0, 0), "0000-00-00T00:00:00Z");
+        assert_eq!(ts(1, 0, 0), "1970-01-01T00:00:01Z");
+        assert_eq!(ts(2147483647, 999999, 6), "2038-01-19T03:14:07.999999Z");
+        assert_eq!(ts(951782400, 120000, 2), "2000-02-29T00:00:00.12Z");
     }
 
     /// Packs a time the way the server's my_time_packed_to_binary does.
@@ -440,8 +411,8 @@ mod tests {
             let bytes = pack_time(neg, h, m, s, us, fsp);
             let mut buf = ParseBuf(&bytes);
             assert_eq!(
-                read_time2(&mut buf, fsp).unwrap(),
-                Value::String(want.into()),
+                read_time2(&mut buf, fsp).unwrap().to_json(),
+                format!("\"{want}\""),
                 "fsp {fsp}"
             );
             assert!(buf.is_empty());
@@ -450,26 +421,26 @@ mod tests {
 
     #[test]
     fn timestamp2_fractions() {
-        let read = |b: &[u8], fsp| read_timestamp2(&mut ParseBuf(b), fsp).unwrap();
-        assert_eq!(
-            read(&[0x7f, 0xff, 0xff, 0xff], 0),
-            Value::String("2038-01-19T03:14:07Z".into())
-        );
-        assert_eq!(
-            read(&[0, 0, 0, 1, 12], 2),
-            Value::String("1970-01-01T00:00:01.12Z".into())
-        );
+        let read = |b: &[u8], fsp| {
+            read_timestamp2(&mut ParseBuf(b), fsp)
+                .unwrap()
+                .to_json()
+                .trim_matches('"')
+                .to_string()
+        };
+        assert_eq!(read(&[0x7f, 0xff, 0xff, 0xff], 0), "2038-01-19T03:14:07Z");
+        assert_eq!(read(&[0, 0, 0, 1, 12], 2), "1970-01-01T00:00:01.12Z");
         assert_eq!(
             read(&[0, 0, 0, 1, 0x27, 0x06], 3),
-            Value::String("1970-01-01T00:00:01.999Z".into())
+            "1970-01-01T00:00:01.999Z"
         );
         assert_eq!(
             read(&[0, 0, 0, 1, 0x0f, 0x42, 0x3f], 6),
-            Value::String("1970-01-01T00:00:01.999999Z".into())
+            "1970-01-01T00:00:01.999999Z"
         );
         assert_eq!(
             read(&[0, 0, 0, 0, 0, 0, 0], 6),
-            Value::String("0000-00-00T00:00:00.000000Z".into())
+            "0000-00-00T00:00:00.000000Z"
         );
     }
 

@@ -26,6 +26,11 @@ use crate::pipeline::queue::QueueSender;
 use crate::source::filter::TableFilter;
 use crate::source::SourceError;
 
+/// How long a part-filled batch waits for more events before it is handed over.
+const LINGER: Duration = Duration::from_millis(1);
+/// Batches at least this full are handed over without waiting.
+const LINGER_BELOW: usize = 128;
+
 /// Why one streaming session ended.
 enum Stop {
     Shutdown,
@@ -244,6 +249,20 @@ impl Streamer<'_> {
             // changes back.
             let next = match stream.next().now_or_never() {
                 Some(n) => n,
+                // More is usually a moment away while the server streams: wait a
+                // millisecond before handing over a part-filled batch (fewer wakeups).
+                None if tx.buffered() > 0 && tx.buffered() < LINGER_BELOW => {
+                    match tokio::time::timeout(LINGER, stream.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            // Quiet: hand over what there is, then wait as long as needed.
+                            if tx.flush().await.is_err() {
+                                return Stop::Closed;
+                            }
+                            continue;
+                        }
+                    }
+                }
                 None => {
                     if tx.flush().await.is_err() {
                         return Stop::Closed;

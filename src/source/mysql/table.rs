@@ -258,21 +258,22 @@ impl TableInfo {
         }
         pk.retain(|&i| i < n);
 
-        let schema = Arc::new(TableSchema {
+        let event_columns = columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                type_name: type_name(c),
+            })
+            .collect();
+        let schema = Arc::new(TableSchema::new(
             connector,
             kind,
             db,
             table,
-            columns: columns
-                .iter()
-                .map(|c| Column {
-                    name: c.name.clone(),
-                    type_name: type_name(c),
-                })
-                .collect(),
-            primary_key: pk,
+            event_columns,
+            pk,
             schema_version,
-        });
+        ));
         Ok(TableInfo { schema, columns })
     }
 }
