@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod decode;
 pub mod mariadb;
+pub mod raw;
 mod stream;
 pub mod table;
 
