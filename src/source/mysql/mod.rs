@@ -6,6 +6,8 @@ pub mod config;
 pub mod connect;
 pub mod decode;
 pub mod mariadb;
+#[cfg(test)]
+mod mysql8_tests;
 pub mod raw;
 mod stream;
 pub mod table;
