@@ -144,18 +144,8 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             month: m,
             day: d,
         },
-        (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, MyValue::Date(y, mo, d, h, mi, s, us)) => {
-            Value::DateTime {
-                year: y,
-                month: mo,
-                day: d,
-                hour: h,
-                minute: mi,
-                second: s,
-                micros: us,
-                fsp: col.fsp,
-                utc: false,
-            }
+        (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, v @ MyValue::Date(..)) => {
+            raw::datetime_from_mysql(&v, col.fsp).expect("matched a date")
         }
         (MYSQL_TYPE_TIMESTAMP2, MyValue::Bytes(b)) => {
             let text = ascii(b)?;

@@ -118,6 +118,25 @@ pub fn read_datetime2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> 
     })
 }
 
+/// A DATETIME as mysql_common reports it, in the event model.
+pub fn datetime_from_mysql(v: &mysql_common::value::Value, fsp: u8) -> Option<Value> {
+    let mysql_common::value::Value::Date(year, month, day, hour, minute, second, micros) = *v
+    else {
+        return None;
+    };
+    Some(Value::DateTime {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        micros,
+        fsp,
+        utc: false,
+    })
+}
+
 /// TIMESTAMP(fsp): seconds since the epoch (4 bytes, big endian) and the fraction in
 /// 1-3 bytes, as the server's my_timestamp_from_binary reads it.
 pub fn read_timestamp2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> {
@@ -441,21 +460,8 @@ mod tests {
             let oracle = datetime_from_packed(
                 my_datetime_packed_from_binary(&bytes[..], fsp as u32).unwrap(),
             );
-            let mysql_common::value::Value::Date(y, mo, d, h, mi, s, us) = oracle else {
-                panic!("not a date")
-            };
             let got = read_datetime2(&mut ParseBuf(&bytes), fsp).unwrap();
-            let want = Value::DateTime {
-                year: y,
-                month: mo,
-                day: d,
-                hour: h,
-                minute: mi,
-                second: s,
-                micros: us,
-                fsp,
-                utc: false,
-            };
+            let want = datetime_from_mysql(&oracle, fsp).expect("a date");
             assert_eq!(got, want, "fsp {fsp}");
         }
     }

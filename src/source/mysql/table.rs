@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
+use mysql_common::binlog::events::{
+    ColumnCharsets, DefaultCharset, OptionalMetadataField, TableMapEvent,
+};
 use mysql_common::constants::ColumnType;
 
 use super::charset::{Charset, Collations};
@@ -76,9 +78,9 @@ impl TableInfo {
 
         let mut names = Vec::new();
         let mut unsigned_flags = Vec::new();
-        let mut charsets_default: Option<(u16, Vec<(u64, u16)>)> = None;
+        let mut charsets_default: Option<DefaultCharsets> = None;
         let mut charsets_per_col: Option<Vec<u16>> = None;
-        let mut es_default: Option<(u16, Vec<(u64, u16)>)> = None;
+        let mut es_default: Option<DefaultCharsets> = None;
         let mut es_per_col: Option<Vec<u16>> = None;
         let mut enum_labels: Vec<Vec<Vec<u8>>> = Vec::new();
         let mut set_labels: Vec<Vec<Vec<u8>>> = Vec::new();
@@ -96,34 +98,16 @@ impl TableInfo {
                     }
                 }
                 OptionalMetadataField::DefaultCharset(dc) => {
-                    let mut non_default = Vec::new();
-                    for nd in dc.iter_non_default() {
-                        let nd = nd.map_err(|e| bad(format!("charsets: {e}")))?;
-                        non_default.push((nd.column_index(), nd.charset()));
-                    }
-                    charsets_default = Some((dc.default_charset(), non_default));
+                    charsets_default = Some(default_charsets(&dc).map_err(bad)?);
                 }
                 OptionalMetadataField::ColumnCharset(cc) => {
-                    let mut v = Vec::new();
-                    for c in cc.iter_charsets() {
-                        v.push(c.map_err(|e| bad(format!("charsets: {e}")))?);
-                    }
-                    charsets_per_col = Some(v);
+                    charsets_per_col = Some(column_charsets(&cc).map_err(bad)?);
                 }
                 OptionalMetadataField::EnumAndSetDefaultCharset(dc) => {
-                    let mut non_default = Vec::new();
-                    for nd in dc.iter_non_default() {
-                        let nd = nd.map_err(|e| bad(format!("charsets: {e}")))?;
-                        non_default.push((nd.column_index(), nd.charset()));
-                    }
-                    es_default = Some((dc.default_charset(), non_default));
+                    es_default = Some(default_charsets(&dc).map_err(bad)?);
                 }
                 OptionalMetadataField::EnumAndSetColumnCharset(cc) => {
-                    let mut v = Vec::new();
-                    for c in cc.iter_charsets() {
-                        v.push(c.map_err(|e| bad(format!("charsets: {e}")))?);
-                    }
-                    es_per_col = Some(v);
+                    es_per_col = Some(column_charsets(&cc).map_err(bad)?);
                 }
                 OptionalMetadataField::EnumStrValue(vals) => {
                     for set in vals.iter_values() {
@@ -276,6 +260,24 @@ impl TableInfo {
         ));
         Ok(TableInfo { schema, columns })
     }
+}
+
+/// A default collation plus (column number, collation) exceptions.
+type DefaultCharsets = (u16, Vec<(u64, u16)>);
+
+fn default_charsets(dc: &DefaultCharset<'_>) -> Result<DefaultCharsets, String> {
+    let mut non_default = Vec::new();
+    for nd in dc.iter_non_default() {
+        let nd = nd.map_err(|e| format!("charsets: {e}"))?;
+        non_default.push((nd.column_index(), nd.charset()));
+    }
+    Ok((dc.default_charset(), non_default))
+}
+
+fn column_charsets(cc: &ColumnCharsets<'_>) -> Result<Vec<u16>, String> {
+    cc.iter_charsets()
+        .map(|c| c.map_err(|e| format!("charsets: {e}")))
+        .collect()
 }
 
 /// Declared byte length of a MYSQL_TYPE_STRING column from its metadata (as the server
