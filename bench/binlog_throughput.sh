@@ -20,11 +20,7 @@ export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
 work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-echo "building release binary..." >&2
-cargo build --release --quiet
-bash deploy/mariadb.sh start "$PORT" >/dev/null
-M=(mariadb -h127.0.0.1 -P"$PORT" -uadmin -padmin)
+. bench/lib.sh
 
 echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
 "${M[@]}" -e "RESET MASTER; DROP DATABASE IF EXISTS bench; CREATE DATABASE bench;
@@ -52,33 +48,6 @@ first_file=$("${M[@]}" -N -e "SHOW BINARY LOGS" | head -1 | awk '{print $1}')
 binlog_bytes=$("${M[@]}" -N -e "SHOW BINARY LOGS" | awk '{s+=$2} END {print s}')
 expected=$(python3 -c "n=$N; print(n + n + sum(min(a+999,n)-a+1 for a in range(1,n+1,2000)))")
 echo "loaded in ${load_s}s: $expected row changes, binlog $binlog_bytes bytes up to $end_file:$end_pos" >&2
-
-run_tributary() { # $1 = sink kind
-  local dir="$work/$1"; mkdir -p "$dir"
-  local sink="kind = \"null\""
-  [ "$1" = log ] && sink="kind = \"log\"
-dir = \"$dir/log\""
-  cat > "$dir/c.toml" <<TOML
-[source]
-kind = "mariadb"
-port = $PORT
-user = "tributary"
-password = "tributary"
-server_id = 9901
-include = ["bench.*"]
-start = "earliest"
-[[sink]]
-$sink
-[state]
-dir = "$dir/state"
-TOML
-  /usr/bin/time -f "%e %M" -o "$dir/time" target/release/tributary --log-format json run \
-    --connector "$dir/c.toml" --until "$end_file:$end_pos" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
-  local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
-  [ "$changes" = "$expected" ] || { echo "tributary ($1) streamed $changes changes, expected $expected" >&2; exit 1; }
-  read -r secs rss < "$dir/time"
-  echo "$secs $rss"
-}
 
 echo "tributary -> null sink..." >&2
 read -r null_s null_rss < <(run_tributary null)

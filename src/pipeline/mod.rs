@@ -8,6 +8,7 @@ pub mod queue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConnectorConfig, SourceConfig};
@@ -78,7 +79,7 @@ pub async fn run(
     // cut back on the next start instead of looking foreign.
     let mut initial = Vec::new();
     for s in sinks.iter_mut() {
-        if let Some(c) = s.flush().await? {
+        if let Some(c) = s.flush().await?.await? {
             initial.push((s.id().to_string(), c));
         }
     }
@@ -99,6 +100,8 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats = RunStats::default();
     let mut pending: Option<Position> = None;
+    // At most one checkpoint waits for its sinks' acks while batches keep flowing.
+    let mut in_flight: Option<InFlight> = None;
     let mut last_cp = Instant::now();
     let mut last_report = Instant::now();
     let mut reported_changes = 0u64;
@@ -126,8 +129,16 @@ pub async fn run(
                         (Some(u), Some(p)) => p.at_or_after(u) == Some(true),
                         _ => false,
                     };
-                    if reached || (pending.is_some() && last_cp.elapsed() >= interval) {
-                        checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
+                    if reached {
+                        if let Some(f) = in_flight.take() {
+                            store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
+                        }
+                        if let Some(f) = begin_checkpoint(&mut sinks, &mut pending).await? {
+                            store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
+                        }
+                        last_cp = Instant::now();
+                    } else if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
+                        in_flight = begin_checkpoint(&mut sinks, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                     if reached {
@@ -135,9 +146,13 @@ pub async fn run(
                         source_stop.cancel();
                     }
                 }
+                done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    store_checkpoint(&store, done?, &source_desc, &mut stats)?;
+                }
                 _ = ticker.tick() => {
-                    if pending.is_some() {
-                        checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
+                    if in_flight.is_none() && pending.is_some() {
+                        in_flight = begin_checkpoint(&mut sinks, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                     if last_report.elapsed() >= Duration::from_secs(30) {
@@ -166,7 +181,12 @@ pub async fn run(
         return Err(e);
     }
     // The source ended (shutdown or error) and the queue is drained: final checkpoint.
-    checkpoint(&store, &mut sinks, &mut pending, &source_desc, &mut stats).await?;
+    if let Some(f) = in_flight.take() {
+        store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
+    }
+    if let Some(f) = begin_checkpoint(&mut sinks, &mut pending).await? {
+        store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
+    }
     match source_task.await {
         Ok(Ok(())) => Ok(stats),
         Ok(Err(SourceError::Closed)) => Ok(stats),
@@ -177,22 +197,42 @@ pub async fn run(
     }
 }
 
-async fn checkpoint(
-    store: &OffsetStore,
+/// A checkpoint whose sinks flushed; resolves with the position and their cursors
+/// once every sink acknowledged durability.
+type InFlight = BoxFuture<'static, Result<Acked, crate::sink::SinkError>>;
+type Acked = (Position, Vec<(String, serde_json::Value)>);
+
+/// Flushes every sink up to the pending transaction boundary and returns the
+/// acknowledgement to wait for (None when nothing is pending).
+async fn begin_checkpoint(
     sinks: &mut [Box<dyn Sink>],
     pending: &mut Option<Position>,
+) -> Result<Option<InFlight>, PipelineError> {
+    let Some(position) = pending.take() else {
+        return Ok(None);
+    };
+    let mut acks = Vec::with_capacity(sinks.len());
+    for s in sinks.iter_mut() {
+        acks.push((s.id().to_string(), s.flush().await?));
+    }
+    Ok(Some(Box::pin(async move {
+        let mut cursors = Vec::with_capacity(acks.len());
+        for (id, ack) in acks {
+            if let Some(c) = ack.await? {
+                cursors.push((id, c));
+            }
+        }
+        Ok((position, cursors))
+    })))
+}
+
+/// Writes an acknowledged checkpoint and the sinks' cursors in one transaction.
+fn store_checkpoint(
+    store: &OffsetStore,
+    (position, cursors): Acked,
     source_desc: &str,
     stats: &mut RunStats,
 ) -> Result<(), PipelineError> {
-    let Some(position) = pending.take() else {
-        return Ok(());
-    };
-    let mut cursors = Vec::with_capacity(sinks.len());
-    for s in sinks.iter_mut() {
-        if let Some(c) = s.flush().await? {
-            cursors.push((s.id().to_string(), c));
-        }
-    }
     let cp = Checkpoint {
         position: position.clone(),
         source: source_desc.to_string(),

@@ -1,14 +1,17 @@
 //! Sinks: accept batches of source messages, acknowledge once durable.
 //!
 //! A sink sees changes, transaction boundaries and rewinds in commit order. `flush`
-//! makes everything up to the last boundary durable and returns the sink's cursor at
-//! that boundary; the pipeline stores the cursors and the source position together.
+//! hands everything up to the last boundary on (written, sent) and returns an `Ack`
+//! that resolves, once that is durable, with the sink's cursor at the boundary. The
+//! pipeline keeps accepting batches while an ack is pending, and stores the cursors
+//! and the source position together when every ack resolved.
 
 pub mod log;
 pub mod null;
 pub mod stdout;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 
 use crate::config::SinkConfig;
 use crate::event::SourceMessage;
@@ -38,9 +41,18 @@ pub trait Sink: Send {
     /// arrived since the last `Commit`.
     async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError>;
 
-    /// Makes everything up to the last `Commit` durable. Returns the cursor to store
-    /// with the checkpoint (None for sinks that keep no position).
-    async fn flush(&mut self) -> Result<Option<serde_json::Value>, SinkError>;
+    /// Hands on everything up to the last `Commit`; the returned `Ack` resolves when it
+    /// is durable, with the cursor to store with the checkpoint (None for sinks that
+    /// keep no position). Data accepted after this call is not covered by the ack.
+    async fn flush(&mut self) -> Result<Ack, SinkError>;
+}
+
+/// A sink's acknowledgement of a flush: its cursor once the data is durable.
+pub type Ack = BoxFuture<'static, Result<Option<serde_json::Value>, SinkError>>;
+
+/// An acknowledgement that is already durable.
+pub fn acked(cursor: Option<serde_json::Value>) -> Ack {
+    Box::pin(std::future::ready(Ok(cursor)))
 }
 
 /// Opens the configured sinks, each positioned at its stored cursor.

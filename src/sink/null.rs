@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{Sink, SinkError};
+use super::{acked, Ack, Sink, SinkError};
 use crate::event::SourceMessage;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -39,7 +39,7 @@ impl Sink for NullSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<Option<serde_json::Value>, SinkError> {
-        Ok(None)
+    async fn flush(&mut self) -> Result<Ack, SinkError> {
+        Ok(acked(None))
     }
 }

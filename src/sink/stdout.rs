@@ -5,7 +5,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{Sink, SinkError};
+use super::{acked, Ack, Sink, SinkError};
 use crate::event::SourceMessage;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,17 +46,17 @@ impl Sink for StdoutSink {
         // A rewound transaction may already be on the terminal: stdout is a view, not a
         // durable stream, so it is not taken back.
         if self.buf.len() > 1 << 16 {
-            self.flush().await?;
+            let _durable_now = self.flush().await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<Option<serde_json::Value>, SinkError> {
+    async fn flush(&mut self) -> Result<Ack, SinkError> {
         let mut out = std::io::stdout().lock();
         out.write_all(&self.buf)
             .and_then(|_| out.flush())
             .map_err(|e| SinkError::new(&self.id, format!("writing to stdout: {e}")))?;
         self.buf.clear();
-        Ok(None)
+        Ok(acked(None))
     }
 }

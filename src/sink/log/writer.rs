@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{list_segments, segment_name, Fsync, LogSinkConfig};
 use crate::event::SourceMessage;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{acked, Ack, Sink, SinkError};
 
 /// A place in the log: segment index and byte length of that segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,30 +215,48 @@ impl Sink for LogSink {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<Option<serde_json::Value>, SinkError> {
+    async fn flush(&mut self) -> Result<Ack, SinkError> {
         self.out
             .flush()
             .map_err(|e| self.err(format!("write: {e}")))?;
-        if self.fsync == Fsync::Checkpoint {
-            for p in std::mem::take(&mut self.unsynced) {
-                File::open(&p)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| self.err(format!("fsync {}: {e}", p.display())))?;
-            }
-            self.out
-                .get_ref()
-                .sync_data()
-                .map_err(|e| self.err(format!("fsync: {e}")))?;
-            if self.new_files {
-                sync_dir(&self.dir)
-                    .map_err(|e| self.err(format!("fsync {}: {e}", self.dir.display())))?;
-            }
-        } else {
+        let cursor = serde_json::to_value(self.boundary).expect("cursor serializes");
+        if self.fsync == Fsync::Never {
             self.unsynced.clear();
+            self.new_files = false;
+            return Ok(acked(Some(cursor)));
         }
-        self.new_files = false;
-        Ok(Some(
-            serde_json::to_value(self.boundary).expect("cursor serializes"),
-        ))
+        // fsync off the pipeline thread: later batches are written meanwhile, and the
+        // checkpoint is stored only when this resolves.
+        let mut files = Vec::new();
+        for p in std::mem::take(&mut self.unsynced) {
+            files.push((
+                File::open(&p).map_err(|e| self.err(format!("open {}: {e}", p.display())))?,
+                p,
+            ));
+        }
+        let current = self
+            .out
+            .get_ref()
+            .try_clone()
+            .map_err(|e| self.err(e.to_string()))?;
+        files.push((current, self.segment_path(self.end.segment)));
+        let dir = std::mem::take(&mut self.new_files).then(|| self.dir.clone());
+        let id = self.id.clone();
+        Ok(Box::pin(async move {
+            let synced = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                for (f, p) in files {
+                    f.sync_data()
+                        .map_err(|e| format!("fsync {}: {e}", p.display()))?;
+                }
+                if let Some(d) = dir {
+                    sync_dir(&d).map_err(|e| format!("fsync {}: {e}", d.display()))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| SinkError::new(&id, format!("fsync task: {e}")))?;
+            synced.map_err(|m| SinkError::new(&id, m))?;
+            Ok(Some(cursor))
+        }))
     }
 }

@@ -1,0 +1,37 @@
+# Shared by the bench scripts: release build, a MariaDB on $PORT, and a measured
+# tributary run over the binlog up to $end_file:$end_pos.
+#   needs: PORT, work (a temp dir), expected (row changes the run must stream)
+
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+echo "building release binary..." >&2
+cargo build --release --quiet
+bash deploy/mariadb.sh start "$PORT" >/dev/null
+M=(mariadb -h127.0.0.1 -P"$PORT" -uadmin -padmin)
+
+run_tributary() { # $1 = sink kind
+  local dir="$work/$1"; mkdir -p "$dir"
+  local sink="kind = \"null\""
+  [ "$1" = log ] && sink="kind = \"log\"
+dir = \"$dir/log\""
+  cat > "$dir/c.toml" <<TOML
+[source]
+kind = "mariadb"
+port = $PORT
+user = "tributary"
+password = "tributary"
+server_id = 9901
+include = ["bench.*"]
+start = "earliest"
+[[sink]]
+$sink
+[state]
+dir = "$dir/state"
+TOML
+  /usr/bin/time -f "%e %M" -o "$dir/time" target/release/tributary --log-format json run \
+    --connector "$dir/c.toml" --until "$end_file:$end_pos" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
+  local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
+  [ "$changes" = "$expected" ] || { echo "tributary ($1) streamed $changes changes, expected $expected" >&2; exit 1; }
+  read -r secs rss < "$dir/time"
+  echo "$secs $rss"
+}
+
