@@ -10,9 +10,10 @@ cd "$repo"
 command -v cargo >/dev/null || { echo "cargo is not installed: install the Rust toolchain first" >&2; exit 1; }
 bash deploy/mariadb.sh install
 
-# Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test.
+# Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test,
+# 33074 has its binlogs purged by a test.
 cleanup() {
-  for port in 33071 33072 33073; do
+  for port in 33071 33072 33073 33074; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-mariadb-$port"
   done

@@ -18,7 +18,7 @@ use tributary::sink::log::read_log;
     about = "Change-data-capture daemon: MySQL/MariaDB binlog into log streams (and Elasticsearch)"
 )]
 struct Cli {
-    /// Log format: human (default on a terminal) or json.
+    /// Log format: human (default) or json (one object per line, for log shippers).
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
     /// Log filter, e.g. `info`, `debug`, `tributary=debug` (also RUST_LOG).

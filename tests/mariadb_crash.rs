@@ -231,3 +231,66 @@ async fn server_restart_mid_stream_loses_nothing() {
         &text,
     );
 }
+
+/// Port of the server whose binlogs the purge test purges.
+const PURGE_PORT: u16 = 33074;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_checkpoint_is_a_clear_error_not_a_silent_gap() {
+    mariadb(PURGE_PORT, "");
+    let db = unique_db("purge");
+    let mut conn = admin(PURGE_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.w (id INT PRIMARY KEY)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let conn_file = connector(dir.path(), PURGE_PORT, &db, "");
+    let mut daemon = spawn_daemon(&conn_file);
+    wait_streaming(&conn_file, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.w VALUES (1)")).await;
+    assert_eq!(
+        wait_for_events(&dir.path().join("log"), 1, Duration::from_secs(30)).await,
+        1
+    );
+    assert_eq!(stop(&mut daemon), 0);
+
+    // While the daemon is down: more changes, then the binlogs holding them are purged.
+    exec(&mut conn, &format!("INSERT INTO `{db}`.w VALUES (2)")).await;
+    exec(&mut conn, "FLUSH BINARY LOGS").await;
+    let current: String = conn
+        .query_first::<mysql_async::Row, _>("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    // MariaDB keeps a binlog until its binlog checkpoint is written: retry until gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        exec(&mut conn, &format!("PURGE BINARY LOGS TO '{current}'")).await;
+        let first: String = conn
+            .query_first::<mysql_async::Row, _>("SHOW BINARY LOGS")
+            .await
+            .unwrap()
+            .unwrap()
+            .get(0)
+            .unwrap();
+        if first == current {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server kept {first}");
+        exec(&mut conn, "FLUSH BINARY LOGS").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let (code, _, err) = tributary(&["run", "--connector", conn_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("purged"), "{err}");
+    assert!(err.contains("re-snapshot"), "{err}");
+    assert!(err.contains("tributary offsets reset"), "{err}");
+    // Nothing was written past the checkpoint.
+    assert_eq!(read_events(&dir.path().join("log")).len(), 1);
+}
