@@ -332,6 +332,11 @@ impl ChangeEvent {
         json::write_event(out, self);
     }
 
+    /// Appends one row image of this event's table as a JSON object (column -> value).
+    pub fn write_row_json(&self, row: &Row, out: &mut Vec<u8>) {
+        json::write_row(out, &self.table.fragments.keys, Some(row));
+    }
+
     pub fn to_json(&self) -> std::string::String {
         let mut out = Vec::with_capacity(256);
         self.write_json(&mut out);

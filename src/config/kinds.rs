@@ -15,7 +15,7 @@ use serde::Deserialize as DeriveDeserialize;
 use super::{line_col, parse_toml, ConfigError, SinkConfig, SourceConfig};
 
 const SOURCE_KINDS: &[&str] = &["mariadb", "mysql"];
-const SINK_KINDS: &[&str] = &["log", "stdout", "null"];
+const SINK_KINDS: &[&str] = &["log", "elasticsearch", "stdout", "null"];
 
 #[derive(DeriveDeserialize)]
 struct KindOnly {
@@ -117,6 +117,9 @@ impl<'de> Deserialize<'de> for SinkConfig {
         let kind = PLAN.with(|p| p.borrow_mut().sinks.pop_front());
         match kind.as_deref() {
             Some("log") => Deserialize::deserialize(d).map(SinkConfig::Log),
+            Some("elasticsearch") => {
+                Deserialize::deserialize(d).map(|c| SinkConfig::Elasticsearch(Box::new(c)))
+            }
             Some("stdout") => Deserialize::deserialize(d).map(SinkConfig::Stdout),
             Some("null") => Deserialize::deserialize(d).map(SinkConfig::Null),
             _ => Err(D::Error::custom(format!(

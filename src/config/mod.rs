@@ -51,6 +51,7 @@ impl SourceConfig {
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Log(crate::sink::log::LogSinkConfig),
+    Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchSinkConfig>),
     Stdout(crate::sink::stdout::StdoutSinkConfig),
     /// Discards events after counting them: for benchmarks and dry runs.
     Null(crate::sink::null::NullSinkConfig),
@@ -179,8 +180,10 @@ impl ConnectorConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for sink in &self.sinks {
-            if let SinkConfig::Log(l) = sink {
-                l.validate(p, text)?;
+            match sink {
+                SinkConfig::Log(l) => l.validate(p, text)?,
+                SinkConfig::Elasticsearch(e) => e.validate(p, text)?,
+                _ => {}
             }
             let id = sink.id();
             if !seen.insert(id.clone()) {
@@ -220,6 +223,7 @@ impl SinkConfig {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("log:{}", l.dir.display())),
+            SinkConfig::Elasticsearch(e) => e.id(),
             SinkConfig::Stdout(_) => "stdout".into(),
             SinkConfig::Null(_) => "null".into(),
         }

@@ -14,7 +14,7 @@ pub(super) struct TableFragments {
     /// `,"source":{"connector":..,"kind":..,"db":..,"table":..,"pos":`
     source_prefix: Vec<u8>,
     /// `"name":` per column.
-    keys: Vec<Vec<u8>>,
+    pub(super) keys: Vec<Vec<u8>>,
 }
 
 impl TableFragments {
@@ -94,7 +94,7 @@ pub(super) fn write_event(out: &mut Vec<u8>, e: &ChangeEvent) {
     out.push(b'}');
 }
 
-fn write_row(out: &mut Vec<u8>, keys: &[Vec<u8>], row: Option<&Row>) {
+pub(super) fn write_row(out: &mut Vec<u8>, keys: &[Vec<u8>], row: Option<&Row>) {
     let Some(row) = row else {
         out.extend_from_slice(b"null");
         return;

@@ -111,24 +111,28 @@ pub async fn run(
             tokio::select! {
                 batch = rx.recv() => {
                     let Some(batch) = batch else { break };
-                    for m in &batch.messages {
+                    // With --until, nothing past the first boundary at or after it.
+                    let mut reached = false;
+                    let mut take = batch.messages.len();
+                    for (i, m) in batch.messages.iter().enumerate() {
                         match m {
                             SourceMessage::Change(_) => stats.changes += 1,
                             SourceMessage::Commit(p) => {
                                 stats.transactions += 1;
                                 pending = Some(p.clone());
+                                if until.as_ref().is_some_and(|u| p.at_or_after(u) == Some(true)) {
+                                    reached = true;
+                                    take = i + 1;
+                                    break;
+                                }
                             }
                             SourceMessage::Rewind => {}
                         }
                     }
                     for s in sinks.iter_mut() {
-                        s.accept(&batch.messages).await?;
+                        s.accept(&batch.messages[..take]).await?;
                     }
                     drop(batch);
-                    let reached = match (&until, &pending) {
-                        (Some(u), Some(p)) => p.at_or_after(u) == Some(true),
-                        _ => false,
-                    };
                     if reached {
                         if let Some(f) = in_flight.take() {
                             store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
@@ -136,14 +140,13 @@ pub async fn run(
                         if let Some(f) = begin_checkpoint(&mut sinks, &mut pending).await? {
                             store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
                         }
-                        last_cp = Instant::now();
-                    } else if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
-                        in_flight = begin_checkpoint(&mut sinks, &mut pending).await?;
-                        last_cp = Instant::now();
-                    }
-                    if reached {
                         tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
                         source_stop.cancel();
+                        break;
+                    }
+                    if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
+                        in_flight = begin_checkpoint(&mut sinks, &mut pending).await?;
+                        last_cp = Instant::now();
                     }
                 }
                 done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
@@ -180,7 +183,9 @@ pub async fn run(
         let _ = source_task.await;
         return Err(e);
     }
-    // The source ended (shutdown or error) and the queue is drained: final checkpoint.
+    // Past --until the source may still be sending: closing the queue releases it.
+    drop(rx);
+    // The source ended (shutdown, error or --until): final checkpoint.
     if let Some(f) = in_flight.take() {
         store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
     }

@@ -6,6 +6,7 @@
 //! pipeline keeps accepting batches while an ack is pending, and stores the cursors
 //! and the source position together when every ack resolved.
 
+pub mod elasticsearch;
 pub mod log;
 pub mod null;
 pub mod stdout;
@@ -68,6 +69,9 @@ pub fn open_sinks(
             .map_err(|e| SinkError::new(&id, e.to_string()))?;
         out.push(match c {
             SinkConfig::Log(l) => Box::new(log::LogSink::open(id, l, cursor)?),
+            SinkConfig::Elasticsearch(e) => {
+                Box::new(elasticsearch::ElasticsearchSink::open(id, e, cursor)?)
+            }
             SinkConfig::Stdout(s) => Box::new(stdout::StdoutSink::new(id, s)),
             SinkConfig::Null(_) => Box::new(null::NullSink::new(id)),
         });

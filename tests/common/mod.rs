@@ -225,3 +225,62 @@ pub async fn exec(conn: &mut Conn, sql: &str) {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
+
+/// Port of the Elasticsearch stand-in (osmem-server) the tests share.
+pub const ES_PORT: u16 = 19271;
+
+static ES_STARTED: Mutex<bool> = Mutex::new(false);
+
+/// Starts (once per test process) the stand-in through deploy/osmem.sh; its URL.
+pub fn elasticsearch() -> String {
+    let mut started = ES_STARTED.lock().unwrap();
+    if !*started {
+        let out = Command::new("bash")
+            .arg(repo().join("deploy/osmem.sh"))
+            .args(["start", &ES_PORT.to_string()])
+            .output()
+            .expect("run deploy/osmem.sh");
+        assert!(
+            out.status.success(),
+            "deploy/osmem.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        *started = true;
+    }
+    format!("http://127.0.0.1:{ES_PORT}")
+}
+
+/// Appends an Elasticsearch sink to a connector file written by `connector`.
+pub fn add_es_sink(connector: &Path, url: &str, extra: &str) {
+    let dir = connector.parent().unwrap();
+    let text = std::fs::read_to_string(connector).unwrap().replace(
+        "[state]",
+        &format!(
+            "[[sink]]\nkind = \"elasticsearch\"\nurls = [\"{url}\"]\ndead_letter_dir = \"{}\"\nbatch_docs = 500\nmax_backoff_secs = 2\n{extra}\n\n[state]",
+            dir.join("dead-letters").display()
+        ),
+    );
+    std::fs::write(connector, text).unwrap();
+}
+
+/// Every document behind `alias`: id -> _source.
+pub async fn es_documents(url: &str, alias: &str) -> std::collections::BTreeMap<String, Json> {
+    use elasticsearch::http::transport::Transport;
+    let client = elasticsearch::Elasticsearch::new(Transport::single_node(url).unwrap());
+    let r = client
+        .search(elasticsearch::SearchParts::Index(&[alias]))
+        .body(serde_json::json!({"size": 10000, "query": {"match_all": {}}}))
+        .send()
+        .await
+        .unwrap();
+    if r.status_code().as_u16() == 404 {
+        return Default::default();
+    }
+    let body: Json = r.json().await.unwrap();
+    body["hits"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("search {alias}: {body}"))
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
+        .collect()
+}

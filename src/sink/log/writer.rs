@@ -143,24 +143,38 @@ impl LogSink {
     }
 
     fn append(&mut self, event: &crate::event::ChangeEvent) -> Result<(), SinkError> {
-        self.scratch.clear();
-        event.write_json(&mut self.scratch);
-        let crc = crc32c::crc32c(&self.scratch);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        event.write_json(&mut scratch);
+        let r = self.append_json(&scratch);
+        self.scratch = scratch;
+        r
+    }
+
+    /// Appends one record of any JSON (dead letters use it); one line, no newline.
+    pub fn append_json(&mut self, json: &[u8]) -> Result<(), SinkError> {
+        let crc = crc32c::crc32c(json);
         let mut head = [0u8; 9];
         write_hex(crc, &mut head);
         head[8] = b' ';
         let w = &mut self.out;
         w.write_all(&head)
-            .and_then(|_| w.write_all(&self.scratch))
+            .and_then(|_| w.write_all(json))
             .and_then(|_| w.write_all(b"\n"))
             .map_err(|e| {
                 SinkError::new(&self.id, format!("write to {}: {e}", self.dir.display()))
             })?;
-        self.end.offset += self.scratch.len() as u64 + 10;
+        self.end.offset += json.len() as u64 + 10;
         if self.end.offset >= self.segment_bytes {
             self.rotate()?;
         }
         Ok(())
+    }
+
+    /// Everything appended so far belongs to complete units (for streams that are not
+    /// fed `SourceMessage`s, like dead letters).
+    pub fn mark_boundary(&mut self) {
+        self.boundary = self.end;
     }
 
     /// Drops records after the last boundary (a transaction the source will resend).

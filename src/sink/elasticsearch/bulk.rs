@@ -1,0 +1,273 @@
+//! Bulk request bodies and per-item outcomes.
+//!
+//! Every write carries the event's version with `version_type=external_gte`, deletes
+//! too, so a replayed or reordered write can never overwrite newer data (DESIGN.md).
+
+use std::ops::Range;
+
+use serde_json::Value as Json;
+
+use crate::event::{write_json_str, ChangeEvent, Op, Value};
+
+/// One action (and its document) in the body, and the event it came from.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Bytes of the action line and document line in `Batch::body`.
+    body: Range<usize>,
+    /// Bytes of the event's JSON in `Batch::events`, for dead letters.
+    event: Range<usize>,
+    pub alias: std::sync::Arc<str>,
+}
+
+/// A bulk request being built.
+#[derive(Debug, Default)]
+pub struct Batch {
+    body: Vec<u8>,
+    events: Vec<u8>,
+    pub items: Vec<Item>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.body.len() + self.events.len()
+    }
+
+    /// Appends the action for `e` (index for inserts, updates and reads; delete for
+    /// deletes) under document id `id`.
+    pub fn push(&mut self, e: &ChangeEvent, alias: std::sync::Arc<str>, id: &str) {
+        let start = self.body.len();
+        let (action, row) = match e.op {
+            Op::Delete => ("delete", None),
+            _ => ("index", e.after.as_ref()),
+        };
+        let b = &mut self.body;
+        b.extend_from_slice(b"{\"");
+        b.extend_from_slice(action.as_bytes());
+        b.extend_from_slice(b"\":{\"_index\":");
+        write_json_str(b, &alias);
+        b.extend_from_slice(b",\"_id\":");
+        write_json_str(b, id);
+        b.extend_from_slice(b",\"version\":");
+        b.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
+        b.extend_from_slice(b",\"version_type\":\"external_gte\"}}\n");
+        if let Some(row) = row {
+            e.write_row_json(row, b);
+            b.push(b'\n');
+        }
+        let ev_start = self.events.len();
+        e.write_json(&mut self.events);
+        self.items.push(Item {
+            body: start..self.body.len(),
+            event: ev_start..self.events.len(),
+            alias,
+        });
+    }
+
+    /// The NDJSON body (each line ends with a newline).
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn event_json(&self, item: usize) -> &[u8] {
+        &self.events[self.items[item].event.clone()]
+    }
+
+    /// A new batch holding only the given items (to retry them).
+    pub fn subset(&self, items: &[usize]) -> Batch {
+        let mut out = Batch::default();
+        for &i in items {
+            let it = &self.items[i];
+            let (b0, e0) = (out.body.len(), out.events.len());
+            out.body.extend_from_slice(&self.body[it.body.clone()]);
+            out.events.extend_from_slice(&self.events[it.event.clone()]);
+            out.items.push(Item {
+                body: b0..out.body.len(),
+                event: e0..out.events.len(),
+                alias: it.alias.clone(),
+            });
+        }
+        out
+    }
+}
+
+/// What became of one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Written; or 409 (a newer version is already there); or 404 on a delete (gone).
+    Done,
+    /// 429 or 5xx: send again.
+    Retry,
+    /// Rejected for good (mapping errors, other 4xx): to the dead-letter stream.
+    Reject { status: u16, error: Json },
+}
+
+/// Reads a bulk response's items in request order.
+pub fn outcomes(response: &Json, expected: usize) -> Result<Vec<Outcome>, String> {
+    let items = response["items"]
+        .as_array()
+        .ok_or("bulk response has no `items` array")?;
+    if items.len() != expected {
+        return Err(format!(
+            "bulk response has {} items for {expected} actions",
+            items.len()
+        ));
+    }
+    Ok(items
+        .iter()
+        .map(|item| {
+            let (action, body) = item
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .map(|(k, v)| (k.as_str(), v))
+                .unwrap_or(("", &Json::Null));
+            let status = body["status"].as_u64().unwrap_or(0) as u16;
+            match status {
+                200..=299 | 409 => Outcome::Done,
+                404 if action == "delete" => Outcome::Done,
+                429 | 500..=599 | 0 => Outcome::Retry,
+                _ => Outcome::Reject {
+                    status,
+                    error: body["error"].clone(),
+                },
+            }
+        })
+        .collect())
+}
+
+/// The document id: the primary key value as text (one column), or the key values as
+/// JSON array text (several columns), which cannot collide across different keys.
+/// None for tables without a primary key.
+pub fn document_id(e: &ChangeEvent) -> Option<String> {
+    let pk = &e.table.primary_key;
+    let row = e.key_row()?;
+    match pk.as_slice() {
+        [] => None,
+        [i] => Some(match &row[*i] {
+            Value::String(s) | Value::Decimal(s) => s.clone(),
+            Value::Int(v) => v.to_string(),
+            Value::UInt(v) => v.to_string(),
+            other => other.to_json(),
+        }),
+        cols => {
+            let mut out = String::from("[");
+            for (n, i) in cols.iter().enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                out.push_str(&row[*i].to_json());
+            }
+            out.push(']');
+            Some(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Column, Position, TableSchema};
+    use std::sync::Arc;
+
+    fn event(op: Op, pk: Vec<usize>, after: Vec<Value>) -> ChangeEvent {
+        let cols = ["a", "b"]
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                type_name: "varchar".into(),
+            })
+            .collect();
+        ChangeEvent {
+            op,
+            table: Arc::new(TableSchema::new(
+                "c".into(),
+                "mariadb",
+                "db".into(),
+                "t".into(),
+                cols,
+                pk,
+                1,
+            )),
+            pos: Position::Binlog {
+                file: "binlog.000001".into(),
+                offset: 4,
+                gtid: None,
+            },
+            txid: None,
+            source_ts_ms: 0,
+            before: if op == Op::Delete {
+                Some(after.clone())
+            } else {
+                None
+            },
+            after: if op == Op::Delete { None } else { Some(after) },
+            version: 77,
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn ids_are_unambiguous() {
+        let v = |a: &str, b: &str| vec![Value::String(a.into()), Value::String(b.into())];
+        assert_eq!(
+            document_id(&event(Op::Create, vec![0], v("x", "y"))).unwrap(),
+            "x"
+        );
+        let ab = document_id(&event(Op::Create, vec![0, 1], v("a,b", "c"))).unwrap();
+        let a_bc = document_id(&event(Op::Create, vec![0, 1], v("a", "b,c"))).unwrap();
+        assert_eq!(ab, r#"["a,b","c"]"#);
+        assert_ne!(ab, a_bc);
+        assert!(document_id(&event(Op::Create, vec![], v("a", "b"))).is_none());
+    }
+
+    #[test]
+    fn bodies_carry_external_versions() {
+        let mut b = Batch::default();
+        b.push(
+            &event(Op::Create, vec![0], vec![Value::Int(1), Value::Null]),
+            "t".into(),
+            "1",
+        );
+        b.push(
+            &event(Op::Delete, vec![0], vec![Value::Int(2), Value::Null]),
+            "t".into(),
+            "2",
+        );
+        let text = String::from_utf8(b.body().to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "{\"index\":{\"_index\":\"t\",\"_id\":\"1\",\"version\":77,\"version_type\":\"external_gte\"}}\n{\"a\":1,\"b\":null}\n\
+             {\"delete\":{\"_index\":\"t\",\"_id\":\"2\",\"version\":77,\"version_type\":\"external_gte\"}}\n"
+        );
+        let only_delete = b.subset(&[1]);
+        assert!(String::from_utf8(only_delete.body().to_vec())
+            .unwrap()
+            .starts_with("{\"delete\""));
+        assert!(String::from_utf8(only_delete.event_json(0).to_vec())
+            .unwrap()
+            .contains("\"op\":\"d\""));
+    }
+
+    #[test]
+    fn item_outcomes() {
+        let resp = serde_json::json!({"items": [
+            {"index": {"status": 201}},
+            {"index": {"status": 409}},
+            {"delete": {"status": 404}},
+            {"index": {"status": 429}},
+            {"index": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
+        ]});
+        let o = outcomes(&resp, 5).unwrap();
+        assert_eq!(
+            &o[..4],
+            &[Outcome::Done, Outcome::Done, Outcome::Done, Outcome::Retry]
+        );
+        assert!(
+            matches!(&o[4], Outcome::Reject { status: 400, error } if error["type"] == "mapper_parsing_exception")
+        );
+        assert!(outcomes(&resp, 4).is_err());
+    }
+}

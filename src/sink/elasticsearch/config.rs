@@ -1,0 +1,175 @@
+//! `[[sink]] kind = "elasticsearch"`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{resolve_password, ConfigError, Secret};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchSinkConfig {
+    /// `elasticsearch` (chooses this config; see config::kinds).
+    #[serde(default)]
+    pub kind: String,
+    /// Stable id (default `elasticsearch:<first url>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// One or more node URLs (`https://es1:9200`), used round robin.
+    pub urls: Vec<String>,
+    /// Basic auth user; its password from `password_env`, `password_file` or `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// API key as `id:key`, from this environment variable (instead of basic auth).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// PEM file of the CA that signed the cluster's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Alias name per table: `{db}` and `{table}` are replaced, the result lowercased.
+    /// The concrete index behind it is `<alias>_v1`.
+    #[serde(default = "default_index")]
+    pub index: String,
+    /// Per-table alias names: `"shop.orders" = "orders"`.
+    #[serde(default)]
+    pub indexes: BTreeMap<String, String>,
+    /// A bulk request is sent when it holds this many documents ...
+    #[serde(default = "default_batch_docs")]
+    pub batch_docs: usize,
+    /// ... or this many bytes, and at every checkpoint (the linger time).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
+    #[serde(default = "default_timeout")]
+    pub request_timeout_secs: u64,
+    /// Longest wait between retries of 429, 5xx and connection errors (retried forever).
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+    /// `index.gc_deletes`: how long delete tombstones keep their version, so a replay
+    /// after a restart cannot bring a deleted row back. Longer than any restart.
+    #[serde(default = "default_gc_deletes")]
+    pub gc_deletes: String,
+    /// DECIMAL/NUMERIC mapping: `keyword` (exact) or `scaled_float`.
+    #[serde(default)]
+    pub decimal: DecimalMapping,
+    /// Documents the cluster rejects for good (mapping errors, other 400s) go to this
+    /// log stream with the reason. Required: a rejection is never dropped.
+    pub dead_letter_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecimalMapping {
+    #[default]
+    Keyword,
+    ScaledFloat,
+}
+
+fn default_index() -> String {
+    "{db}_{table}".into()
+}
+fn default_batch_docs() -> usize {
+    1000
+}
+fn default_batch_bytes() -> usize {
+    5 << 20
+}
+fn default_timeout() -> u64 {
+    30
+}
+fn default_max_backoff() -> u64 {
+    30
+}
+fn default_gc_deletes() -> String {
+    "24h".into()
+}
+
+impl ElasticsearchSinkConfig {
+    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        if self.urls.is_empty() {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "urls",
+                "[[sink]] urls needs at least one node URL, e.g. [\"http://127.0.0.1:9200\"]",
+            ));
+        }
+        for u in &self.urls {
+            if elasticsearch::http::Url::parse(u).is_err() {
+                return Err(ConfigError::at_key(
+                    path,
+                    text,
+                    "urls",
+                    format!(
+                        "[[sink]] `{}` is not a URL (expected http(s)://host:port)",
+                        redact(u)
+                    ),
+                ));
+            }
+        }
+        if self.batch_docs == 0 || self.batch_bytes < 1024 {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "batch_docs",
+                "[[sink]] batch_docs must be > 0 and batch_bytes >= 1024",
+            ));
+        }
+        if !self.index.contains("{table}") && self.indexes.is_empty() {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "index",
+                "[[sink]] index must contain {table} (one index per table), e.g. \"{db}_{table}\"",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn id(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "elasticsearch:{}",
+                redact(self.urls.first().map(String::as_str).unwrap_or(""))
+            )
+        })
+    }
+
+    /// The alias for a table.
+    pub fn alias(&self, db: &str, table: &str) -> String {
+        if let Some(a) = self.indexes.get(&format!("{db}.{table}")) {
+            return a.to_lowercase();
+        }
+        self.index
+            .replace("{db}", db)
+            .replace("{table}", table)
+            .to_lowercase()
+    }
+
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        resolve_password(
+            self.password.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+        )
+        .map_err(|e| format!("[[sink]] elasticsearch: {e}"))
+    }
+}
+
+/// A URL without user info, for messages and ids.
+pub fn redact(url: &str) -> String {
+    match elasticsearch::http::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => "<unparseable url>".into(),
+    }
+}

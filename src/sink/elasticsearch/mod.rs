@@ -1,0 +1,382 @@
+//! Elasticsearch sink: one index per table behind an alias, versioned bulk writes,
+//! retries that never drop data, dead letters for documents rejected for good.
+//!
+//! Written against the Elasticsearch REST API through the official crate, so it works
+//! unchanged against Elasticsearch 8 and OpenSearch 2/3 (tests use osmem-server).
+
+mod bulk;
+mod config;
+pub mod mapping;
+
+pub use bulk::document_id;
+pub use config::{DecimalMapping, ElasticsearchSinkConfig};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::Url;
+use elasticsearch::indices::{IndicesCreateParts, IndicesExistsAliasParts};
+use elasticsearch::{BulkParts, Elasticsearch};
+use serde_json::json;
+
+use self::bulk::{outcomes, Batch, Outcome};
+use self::config::redact;
+use super::log::{LogSink, LogSinkConfig};
+use super::{Ack, Sink, SinkError};
+use crate::event::{SourceMessage, TableSchema};
+
+/// Where a table's documents go.
+#[derive(Clone)]
+enum Target {
+    Alias(Arc<str>),
+    /// No primary key: skipped (warned once).
+    Skip,
+}
+
+pub struct ElasticsearchSink {
+    id: String,
+    cfg: ElasticsearchSinkConfig,
+    client: Elasticsearch,
+    /// By schema (the `Arc` every event of one schema shares).
+    targets: HashMap<usize, (Arc<TableSchema>, Target)>,
+    /// Aliases known to exist.
+    ready: HashMap<String, ()>,
+    batch: Batch,
+    dead_letters: LogSink,
+    rejected: u64,
+}
+
+/// One attempt's result, for the retry loop.
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Fatal(String),
+}
+
+impl ElasticsearchSink {
+    /// `cursor` is the dead-letter stream's cursor stored with the last checkpoint.
+    pub fn open(
+        id: String,
+        cfg: &ElasticsearchSinkConfig,
+        cursor: Option<serde_json::Value>,
+    ) -> Result<Self, SinkError> {
+        let err = |m: String| SinkError::new(&id, m);
+        let urls = cfg
+            .urls
+            .iter()
+            .map(|u| Url::parse(u).map_err(|e| err(format!("url {}: {e}", redact(u)))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool = MultiNodeConnectionPool::round_robin(urls, None);
+        let mut builder =
+            TransportBuilder::new(pool).timeout(Duration::from_secs(cfg.request_timeout_secs));
+        if let Some(var) = &cfg.api_key_env {
+            let key = std::env::var(var)
+                .map_err(|_| err(format!("api_key_env names {var}, which is not set")))?;
+            let (kid, secret) = key
+                .split_once(':')
+                .ok_or_else(|| err(format!("{var} must hold `id:key`")))?;
+            builder = builder.auth(Credentials::ApiKey(kid.into(), secret.into()));
+        } else if let Some(user) = &cfg.user {
+            let pw = cfg
+                .password()
+                .map_err(err)?
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default();
+            builder = builder.auth(Credentials::Basic(user.clone(), pw));
+        }
+        if let Some(ca) = &cfg.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
+            let cert = Certificate::from_pem(&pem)
+                .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
+            builder = builder.cert_validation(CertificateValidation::Full(cert));
+        }
+        let transport = builder.build().map_err(|e| err(format!("client: {e}")))?;
+        let dlq_cfg = LogSinkConfig {
+            kind: "log".into(),
+            dir: cfg.dead_letter_dir.clone(),
+            name: None,
+            segment_bytes: 64 << 20,
+            fsync: super::log::Fsync::Checkpoint,
+        };
+        let dead_letters = LogSink::open(format!("{id}/dead-letters"), &dlq_cfg, cursor)?;
+        Ok(ElasticsearchSink {
+            id,
+            cfg: cfg.clone(),
+            client: Elasticsearch::new(transport),
+            targets: HashMap::new(),
+            ready: HashMap::new(),
+            batch: Batch::default(),
+            dead_letters,
+            rejected: 0,
+        })
+    }
+
+    fn err(&self, m: impl Into<String>) -> SinkError {
+        SinkError::new(&self.id, m)
+    }
+
+    /// Runs `attempt` until it is done, backing off (with jitter) on retryable errors,
+    /// forever: an outage must never drop data; the pipeline waits meanwhile.
+    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let max = Duration::from_secs(self.cfg.max_backoff_secs.max(1));
+        let mut backoff = Duration::from_millis(100);
+        let started = Instant::now();
+        let mut warned = None::<Instant>;
+        loop {
+            match attempt().await {
+                Attempt::Done(v) => {
+                    if warned.is_some() {
+                        tracing::info!(sink = %self.id, "{what} succeeded after {}s of retries", started.elapsed().as_secs());
+                    }
+                    return Ok(v);
+                }
+                Attempt::Fatal(m) => return Err(self.err(format!("{what}: {m}"))),
+                Attempt::Retry(m) => {
+                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(sink = %self.id, error = %m, retrying_for_s = started.elapsed().as_secs(), "{what} failed; retrying (changes wait, none are dropped)");
+                        warned = Some(Instant::now());
+                    }
+                    let jitter = 0.8
+                        + 0.4
+                            * (std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.subsec_nanos())
+                                .unwrap_or(0)
+                                % 1000) as f64
+                            / 1000.0;
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    }
+
+    /// The target of an event's table, creating index and alias on first sight.
+    async fn target(&mut self, table: &Arc<TableSchema>) -> Result<Target, SinkError> {
+        let key = Arc::as_ptr(table) as usize;
+        if let Some((_, t)) = self.targets.get(&key) {
+            return Ok(t.clone());
+        }
+        let target = if table.primary_key.is_empty() {
+            tracing::warn!(sink = %self.id, table = %table.qualified_name(), "table has no primary key: its changes are not indexed");
+            Target::Skip
+        } else {
+            let alias = self.cfg.alias(&table.db, &table.table);
+            if !self.ready.contains_key(&alias) {
+                self.ensure_index(&alias, table).await?;
+                self.ready.insert(alias.clone(), ());
+            }
+            Target::Alias(Arc::from(alias))
+        };
+        self.targets.insert(key, (table.clone(), target.clone()));
+        Ok(target)
+    }
+
+    /// Adopts an existing alias, or creates `<alias>_v1` with the mapping derived from
+    /// the schema and points the alias at it. Never drops anything.
+    async fn ensure_index(&self, alias: &str, table: &TableSchema) -> Result<(), SinkError> {
+        let client = &self.client;
+        let exists = self
+            .retry("checking the alias", || async move {
+                match client
+                    .indices()
+                    .exists_alias(IndicesExistsAliasParts::Name(&[alias]))
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().as_u16() == 200 => Attempt::Done(true),
+                    Ok(r) if r.status_code().as_u16() == 404 => Attempt::Done(false),
+                    Ok(r) => status_attempt(r).await,
+                }
+            })
+            .await?;
+        if exists {
+            tracing::info!(sink = %self.id, alias, table = %table.qualified_name(), "adopting existing index alias");
+            return Ok(());
+        }
+        let concrete = format!("{alias}_v1");
+        let body = mapping::create_index_body(table, self.cfg.decimal, &self.cfg.gc_deletes);
+        let (c, b) = (concrete.as_str(), &body);
+        self.retry("creating the index", || async move {
+            match client
+                .indices()
+                .create(IndicesCreateParts::Index(c))
+                .body(b.clone())
+                .send()
+                .await
+            {
+                Err(e) => Attempt::Retry(e.to_string()),
+                Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                Ok(r) => {
+                    let status = r.status_code().as_u16();
+                    let text = r.text().await.unwrap_or_default();
+                    if status == 400 && text.contains("already_exists") {
+                        Attempt::Done(())
+                    } else if status == 429 || status >= 500 {
+                        Attempt::Retry(format!("HTTP {status}: {text}"))
+                    } else {
+                        Attempt::Fatal(format!("creating index {c}: HTTP {status}: {text}"))
+                    }
+                }
+            }
+        })
+        .await?;
+        let actions = json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]});
+        let a = &actions;
+        self.retry("creating the alias", || async move {
+            match client
+                .indices()
+                .update_aliases()
+                .body(a.clone())
+                .send()
+                .await
+            {
+                Err(e) => Attempt::Retry(e.to_string()),
+                Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                Ok(r) => status_attempt(r).await,
+            }
+        })
+        .await?;
+        tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
+        Ok(())
+    }
+
+    /// Sends the current batch until every item is written, a 409, or dead-lettered.
+    async fn send_batch(&mut self) -> Result<(), SinkError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        loop {
+            let client = &self.client;
+            let b = &batch;
+            let response = self
+                .retry("bulk request", || async move {
+                    let body = b.body();
+                    let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
+                    match client.bulk(BulkParts::None).body(vec![body]).send().await {
+                        Err(e) => Attempt::Retry(e.to_string()),
+                        Ok(r) if r.status_code().is_success() => {
+                            match r.json::<serde_json::Value>().await {
+                                Ok(j) => Attempt::Done(j),
+                                Err(e) => Attempt::Retry(format!("reading the bulk response: {e}")),
+                            }
+                        }
+                        Ok(r) => status_attempt(r).await,
+                    }
+                })
+                .await?;
+            let results = outcomes(&response, batch.items.len()).map_err(|m| self.err(m))?;
+            let mut again = Vec::new();
+            for (i, o) in results.into_iter().enumerate() {
+                match o {
+                    Outcome::Done => {}
+                    Outcome::Retry => again.push(i),
+                    Outcome::Reject { status, error } => {
+                        self.dead_letter(&batch, i, status, &error)?
+                    }
+                }
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(sink = %self.id, items = again.len(), "bulk items throttled or failed on the server; sending them again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            batch = batch.subset(&again);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        batch: &Batch,
+        item: usize,
+        status: u16,
+        error: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        self.rejected += 1;
+        let alias = &batch.items[item].alias;
+        tracing::warn!(sink = %self.id, index = %alias, status, error_type = %error["type"], reason = %error["reason"], "document rejected; written to the dead-letter stream");
+        let mut rec = Vec::with_capacity(256);
+        rec.extend_from_slice(b"{\"sink\":");
+        crate::event::write_json_str(&mut rec, &self.id);
+        rec.extend_from_slice(b",\"index\":");
+        crate::event::write_json_str(&mut rec, alias);
+        rec.extend_from_slice(format!(",\"status\":{status},\"error_type\":").as_bytes());
+        crate::event::write_json_str(&mut rec, error["type"].as_str().unwrap_or(""));
+        rec.extend_from_slice(b",\"reason\":");
+        crate::event::write_json_str(&mut rec, error["reason"].as_str().unwrap_or(""));
+        rec.extend_from_slice(b",\"error\":");
+        rec.extend_from_slice(error.to_string().as_bytes());
+        rec.extend_from_slice(b",\"event\":");
+        rec.extend_from_slice(batch.event_json(item));
+        rec.push(b'}');
+        self.dead_letters.append_json(&rec)
+    }
+
+    /// Documents rejected for good so far in this run.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+}
+
+/// Turns a non-success response into a retry (429, 5xx) or a fatal error (other 4xx:
+/// bad credentials, missing privileges), with the server's own words.
+async fn status_attempt<T>(r: elasticsearch::http::response::Response) -> Attempt<T> {
+    let status = r.status_code().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let text: String = text.chars().take(500).collect();
+    match status {
+        429 | 500..=599 => Attempt::Retry(format!("HTTP {status}: {text}")),
+        401 | 403 => Attempt::Fatal(format!(
+            "HTTP {status}: check the sink's user/password or api_key and its privileges: {text}"
+        )),
+        _ => Attempt::Fatal(format!("HTTP {status}: {text}")),
+    }
+}
+
+#[async_trait]
+impl Sink for ElasticsearchSink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+        for m in batch {
+            // Commits need nothing here; a rewound transaction's documents are resent
+            // with the same versions, which is harmless.
+            let SourceMessage::Change(e) = m else {
+                continue;
+            };
+            let Target::Alias(alias) = self.target(&e.table).await? else {
+                continue;
+            };
+            let Some(id) = document_id(e) else { continue };
+            self.batch.push(e, alias, &id);
+            if self.batch.items.len() >= self.cfg.batch_docs
+                || self.batch.bytes() >= self.cfg.batch_bytes
+            {
+                self.send_batch().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Ack, SinkError> {
+        self.send_batch().await?;
+        // Everything sent so far is acknowledged by the cluster; the dead letters it
+        // produced become durable with the checkpoint.
+        self.dead_letters.mark_boundary();
+        self.dead_letters.flush().await
+    }
+}

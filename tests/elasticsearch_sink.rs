@@ -1,0 +1,256 @@
+//! The Elasticsearch sink against the stand-in (osmem-server) and a real MariaDB: the
+//! index converges exactly to the source across kill -9 and replays; rejected
+//! documents go to the dead-letter stream.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mysql_async::prelude::Queryable;
+use serde_json::{json, Value as Json};
+
+/// The source table as the index should hold it: id -> document.
+async fn source_docs(db: &str) -> BTreeMap<String, Json> {
+    let mut conn = admin(SHARED_PORT).await;
+    let rows: Vec<(u64, i64, String, String)> = conn
+        .query(format!(
+            "SELECT id, v, CAST(amount AS CHAR), note FROM `{db}`.items"
+        ))
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, v, amount, note)| {
+            (
+                id.to_string(),
+                json!({"id": id, "v": v, "amount": amount, "note": note}),
+            )
+        })
+        .collect()
+}
+
+async fn wait_converged(
+    url: &str,
+    alias: &str,
+    db: &str,
+    timeout: Duration,
+) -> (BTreeMap<String, Json>, BTreeMap<String, Json>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (want, got) = (source_docs(db).await, es_documents(url, alias).await);
+        if want == got || Instant::now() > deadline {
+            return (want, got);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn diff(want: &BTreeMap<String, Json>, got: &BTreeMap<String, Json>) -> String {
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let stale: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .take(3)
+        .collect();
+    format!(
+        "{} source rows, {} documents; missing {missing:?}, extra {extra:?}, stale {stale:?}",
+        want.len(),
+        got.len()
+    )
+}
+
+async fn workload(db: String, rounds: u64) {
+    let mut conn = admin(SHARED_PORT).await;
+    for r in 0..rounds {
+        let mut tx = conn.start_transaction(Default::default()).await.unwrap();
+        let values: Vec<String> = (0..40)
+            .map(|i| {
+                let id = r * 40 + i + 1;
+                format!("({id}, {id}, {}.{:02}, 'note {id}')", id * 3, id % 100)
+            })
+            .collect();
+        tx.query_drop(format!(
+            "INSERT INTO `{db}`.items (id, v, amount, note) VALUES {}",
+            values.join(",")
+        ))
+        .await
+        .unwrap();
+        tx.query_drop(format!("UPDATE `{db}`.items SET v = v + 1000, note = CONCAT(note, ' u') WHERE id % 7 = {} AND id > {}", r % 7, r * 40)).await.unwrap();
+        if r > 2 {
+            tx.query_drop(format!(
+                "DELETE FROM `{db}`.items WHERE id BETWEEN {} AND {}",
+                (r - 2) * 40 + 1,
+                (r - 2) * 40 + 6
+            ))
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_equals_source_after_kill_9_and_a_full_replay() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("es");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(&mut conn, &format!("CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, note VARCHAR(100) NOT NULL)")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    let writer = tokio::spawn(workload(db.clone(), 60));
+    let mut kills = 0;
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if writer.is_finished() {
+            break;
+        }
+        kill9(&mut daemon);
+        kills += 1;
+        daemon = spawn_daemon(&c);
+    }
+    writer.await.unwrap();
+    assert!(kills >= 1, "the daemon was never killed mid-stream");
+
+    let alias = format!("{db}_items");
+    let (want, got) = wait_converged(&url, &alias, &db, Duration::from_secs(120)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert!(
+        want == got,
+        "index differs from source after {kills} kills: {}\n{}",
+        diff(&want, &got),
+        daemon_log(&c)
+    );
+    assert!(want.len() > 1000, "workload too small: {}", want.len());
+
+    // The concrete index carries the mapping derived from the schema.
+    let client = elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(&url).unwrap(),
+    );
+    let m: Json = client
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            &format!("{alias}_v1"),
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let props = &m[format!("{alias}_v1")]["mappings"]["properties"];
+    assert_eq!(props["id"]["type"], "unsigned_long", "{m}");
+    assert_eq!(props["amount"]["type"], "keyword", "{m}");
+    assert_eq!(props["note"]["fields"]["keyword"]["type"], "keyword", "{m}");
+
+    // Replaying an old stretch (fresh state, from the oldest binlog up to the middle of
+    // the workload) over the newer index changes nothing: without versions it would
+    // revert updated rows and bring deleted ones back.
+    let events = read_events(&dir.path().join("log"));
+    let middle = &events[events.len() / 2]["source"]["pos"];
+    let until = format!("{}:{}", middle["file"].as_str().unwrap(), middle["offset"]);
+    let replay_dir = tempfile::tempdir().unwrap();
+    let rc = connector(replay_dir.path(), SHARED_PORT, &db, "start = \"earliest\"");
+    add_es_sink(&rc, &url, "");
+    let (code, _, err) = tributary(&[
+        "run",
+        "--connector",
+        rc.to_str().unwrap(),
+        "--until",
+        &until,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let replayed = read_events(&replay_dir.path().join("log"));
+    assert!(
+        replayed.len() >= events.len() / 2,
+        "the replay covered {} of {} changes",
+        replayed.len(),
+        events.len()
+    );
+    assert!(
+        replayed
+            .iter()
+            .any(|e| e["op"] == "c" && !want.contains_key(&e["after"]["id"].to_string())),
+        "the replayed stretch includes rows deleted later"
+    );
+    let after_replay = es_documents(&url, &alias).await;
+    assert!(
+        after_replay == want,
+        "a replay changed the index: {}",
+        diff(&want, &after_replay)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_document_goes_to_dead_letters_and_the_rest_is_indexed() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("esdlq");
+    let alias = format!("{db}_items");
+    // An existing index (adopted, never dropped) whose mapping says `note` is a number.
+    let client = elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(&url).unwrap(),
+    );
+    let created = client
+        .indices()
+        .create(elasticsearch::indices::IndicesCreateParts::Index(&format!("{alias}_v7")))
+        .body(json!({"mappings": {"properties": {"note": {"type": "long"}}}, "aliases": {&alias: {"is_write_index": true}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status_code().is_success());
+
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(&mut conn, &format!("CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, note VARCHAR(100) NOT NULL)")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.items VALUES (1, 1, 1.00, '10'), (2, 2, 2.00, 'not a number'), (3, 3, 3.00, '30')")).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let docs = loop {
+        let docs = es_documents(&url, &alias).await;
+        if docs.len() >= 2 || Instant::now() > deadline {
+            break docs;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert_eq!(
+        docs.keys().collect::<Vec<_>>(),
+        ["1", "3"],
+        "{}",
+        daemon_log(&c)
+    );
+
+    let dead = read_events(&dir.path().join("dead-letters"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d["index"], alias.as_str());
+    assert_eq!(d["status"], 400);
+    assert_eq!(d["error_type"], "mapper_parsing_exception");
+    assert!(d["reason"].as_str().unwrap().contains("note"), "{d}");
+    assert_eq!(d["event"]["after"]["id"], 2);
+    assert_eq!(d["event"]["op"], "c");
+    assert!(daemon_log(&c).contains("dead-letter"));
+}
