@@ -13,7 +13,7 @@ bash deploy/mariadb.sh install
 # Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test,
 # 33074 has its binlogs purged by a test.
 cleanup() {
-  bash deploy/osmem.sh stop 19271 >/dev/null 2>&1 || true
+  for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
   for port in 33071 33072 33073 33074; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-mariadb-$port"

@@ -229,15 +229,20 @@ pub async fn exec(conn: &mut Conn, sql: &str) {
 /// Port of the Elasticsearch stand-in (osmem-server) the tests share.
 pub const ES_PORT: u16 = 19271;
 
-static ES_STARTED: Mutex<bool> = Mutex::new(false);
+static ES_STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
-/// Starts (once per test process) the stand-in through deploy/osmem.sh; its URL.
+/// Starts (once per test process) the shared stand-in through deploy/osmem.sh; its URL.
 pub fn elasticsearch() -> String {
+    elasticsearch_on(ES_PORT)
+}
+
+/// Starts (once per test process) a stand-in on `port`; its URL.
+pub fn elasticsearch_on(port: u16) -> String {
     let mut started = ES_STARTED.lock().unwrap();
-    if !*started {
+    if !started.contains(&port) {
         let out = Command::new("bash")
             .arg(repo().join("deploy/osmem.sh"))
-            .args(["start", &ES_PORT.to_string()])
+            .args(["start", &port.to_string()])
             .output()
             .expect("run deploy/osmem.sh");
         assert!(
@@ -245,9 +250,98 @@ pub fn elasticsearch() -> String {
             "deploy/osmem.sh start failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        *started = true;
+        started.push(port);
     }
-    format!("http://127.0.0.1:{ES_PORT}")
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The stand-in's process id (deploy/osmem.sh keeps it).
+pub fn elasticsearch_pid(port: u16) -> u32 {
+    std::fs::read_to_string(format!("/tmp/tributary-osmem-{port}/pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP proxy the test controls: forwards `listen` to `target`; while refusing, the
+/// port is closed (connections are refused) and open connections are cut.
+pub struct Proxy {
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub fn start(listen: u16, target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let refuse = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (r, g) = (refuse.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                if r.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let gen_now = g.load(Ordering::SeqCst);
+                loop {
+                    let accepted =
+                        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
+                    if r.load(Ordering::SeqCst) {
+                        break; // drops the listener: the port refuses connections
+                    }
+                    let Ok(Ok((mut inbound, _))) = accepted else {
+                        continue;
+                    };
+                    let g2 = g.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                        else {
+                            return;
+                        };
+                        let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                        tokio::pin!(copy);
+                        loop {
+                            tokio::select! {
+                                _ = &mut copy => return,
+                                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                                    if g2.load(Ordering::SeqCst) != gen_now { return; }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { refuse, generation }
+    }
+
+    /// Closes the port and cuts open connections.
+    pub fn refuse(&self) {
+        self.refuse.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn accept(&self) {
+        self.refuse.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Appends an Elasticsearch sink to a connector file written by `connector`.
