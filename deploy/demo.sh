@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian machine: a local MariaDB (deploy/mariadb.sh), a demo
-# table with a writer changing it, and tributary streaming every change into a log
-# stream (data/demo/log) and to this terminal.
+# The main job on a fresh Debian machine: a local MariaDB (deploy/mariadb.sh), the
+# Elasticsearch stand-in (deploy/osmem.sh), a demo table with a writer changing it, and
+# tributary syncing every change into the index demo_orders, a log stream
+# (data/demo/log) and this terminal. Ends with a search against the index.
 #
 #   bash deploy/demo.sh            runs for DEMO_SECONDS (default 30; 0 = until Ctrl-C)
 set -euo pipefail
@@ -11,10 +12,14 @@ seconds=${DEMO_SECONDS:-30}
 port=33061
 
 bash deploy/mariadb.sh start "$port" >/dev/null
+bash deploy/osmem.sh start 19200 >/dev/null
+es=http://127.0.0.1:19200
+# A fresh playground: the demo drops its own index (tributary itself never drops one).
+curl -s -XDELETE "$es/demo_orders_v1" >/dev/null || true
 echo "building tributary (release)..." >&2
 cargo build --release --quiet
 M=(mariadb -h127.0.0.1 -P"$port" -uadmin -padmin)
-"${M[@]}" -e "CREATE DATABASE IF NOT EXISTS demo;
+"${M[@]}" -e "CREATE DATABASE IF NOT EXISTS demo; DROP TABLE IF EXISTS demo.orders;
   CREATE TABLE IF NOT EXISTS demo.orders (
     id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY,
     customer VARCHAR(100) NOT NULL,
@@ -50,3 +55,11 @@ trap - EXIT
 echo >&2
 target/release/tributary log cat data/demo/log > /dev/null
 echo "the log stream in data/demo/log holds every change; read it with: target/release/tributary log cat data/demo/log" >&2
+echo >&2
+rows=$("${M[@]}" -N -e "SELECT COUNT(*) FROM demo.orders")
+docs=$(curl -s "$es/demo_orders/_count" | python3 -c "import sys,json; print(json.load(sys.stdin)['count'])")
+echo "demo.orders has $rows rows; the index demo_orders has $docs documents" >&2
+echo "search: paid orders, newest first ($es/demo_orders/_search)" >&2
+curl -s "$es/demo_orders/_search" -H 'content-type: application/json' \
+  -d '{"size": 3, "query": {"term": {"status": "paid"}}, "sort": [{"id": "desc"}]}' \
+  | python3 -c "import sys,json; [print(json.dumps(h['_source'])) for h in json.load(sys.stdin)['hits']['hits']]"
