@@ -4,7 +4,7 @@
 //! Written against the Elasticsearch REST API through the official crate, so it works
 //! unchanged against Elasticsearch 8 and OpenSearch 2/3 (tests use osmem-server).
 
-mod bulk;
+pub mod bulk;
 mod config;
 pub mod mapping;
 
