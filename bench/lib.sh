@@ -13,6 +13,9 @@ run_tributary() { # $1 = sink kind
   local sink="kind = \"null\""
   [ "$1" = log ] && sink="kind = \"log\"
 dir = \"$dir/log\""
+  [ "$1" = elasticsearch ] && sink="kind = \"elasticsearch\"
+urls = [\"$ES\"]
+dead_letter_dir = \"$dir/dead-letters\""
   cat > "$dir/c.toml" <<TOML
 [source]
 kind = "mariadb"
