@@ -223,6 +223,31 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     for e in &report.errors {
         println!("error {e}");
     }
+    // Sinks that talk to a server: can we reach it?
+    let mut sink_errors = 0;
+    for sink in &cfg.sinks {
+        if let tributary::config::SinkConfig::Elasticsearch(es) = sink {
+            let probe_dir = tempfile_dir()?;
+            let mut probe_cfg = (**es).clone();
+            probe_cfg.dead_letter_dir = probe_dir.join("dead-letters");
+            let ping = match tributary::sink::elasticsearch::ElasticsearchSink::open(
+                sink.id(),
+                &probe_cfg,
+                None,
+            ) {
+                Ok(s) => s.ping().await,
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = std::fs::remove_dir_all(&probe_dir);
+            match ping {
+                Ok(m) => println!("ok    sink {}: {m}", sink.id()),
+                Err(m) => {
+                    println!("error sink {}: {m}", sink.id());
+                    sink_errors += 1;
+                }
+            }
+        }
+    }
     // State dir and sinks: can we open them?
     match OffsetStore::open(&cfg.state.dir) {
         Ok(_) => println!("ok    state dir {} is usable", cfg.state.dir.display()),
@@ -231,13 +256,23 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_FAILURE));
         }
     }
-    if report.ok() {
+    if report.ok() && sink_errors == 0 {
         println!("ready");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("not ready: {} problem(s) above", report.errors.len());
+        println!(
+            "not ready: {} problem(s) above",
+            report.errors.len() + sink_errors
+        );
         Ok(ExitCode::from(EXIT_FAILURE))
     }
+}
+
+/// A scratch dir for probes that must not touch the connector's own directories.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tributary-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {

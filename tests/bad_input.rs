@@ -272,3 +272,27 @@ async fn a_log_shorter_than_its_checkpoint_stops_the_daemon() {
         "{err}"
     );
 }
+
+#[test]
+fn check_names_an_unreachable_elasticsearch_sink() {
+    mariadb(SHARED_PORT, "");
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, "anydb", "");
+    add_es_sink(
+        &c,
+        "http://user:secret-pw@127.0.0.1:1",
+        "request_timeout_secs = 2",
+    );
+    let (code, out, err) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("error sink elasticsearch:http://127.0.0.1:1"),
+        "{out}"
+    );
+    assert!(out.contains("cannot reach http://127.0.0.1:1"), "{out}");
+    assert!(
+        !out.contains("secret-pw") && !err.contains("secret-pw"),
+        "credentials leaked: {out}{err}"
+    );
+    assert!(out.contains("not ready"), "{out}");
+}

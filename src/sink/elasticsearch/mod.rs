@@ -324,6 +324,29 @@ impl ElasticsearchSink {
         self.dead_letters.append_json(&rec)
     }
 
+    /// For `tributary check`: reaches the cluster and reports what answers.
+    pub async fn ping(&self) -> Result<String, String> {
+        let urls: Vec<String> = self.cfg.urls.iter().map(|u| redact(u)).collect();
+        match self.client.info().send().await {
+            Err(e) => Err(format!("cannot reach {}: {e}", urls.join(", "))),
+            Ok(r) if r.status_code().is_success() => {
+                let j: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{} answers: {} {}",
+                    urls.join(", "),
+                    j["version"]["distribution"]
+                        .as_str()
+                        .unwrap_or("elasticsearch"),
+                    j["version"]["number"].as_str().unwrap_or("?")
+                ))
+            }
+            Ok(r) => match status_attempt::<()>(r).await {
+                Attempt::Fatal(m) | Attempt::Retry(m) => Err(format!("{}: {m}", urls.join(", "))),
+                Attempt::Done(()) => unreachable!("non-success status"),
+            },
+        }
+    }
+
     /// Documents rejected for good so far in this run.
     pub fn rejected(&self) -> u64 {
         self.rejected
