@@ -9,11 +9,14 @@ cd "$repo"
 
 command -v cargo >/dev/null || { echo "cargo is not installed: install the Rust toolchain first" >&2; exit 1; }
 bash deploy/mariadb.sh install
+bash deploy/postgres.sh install
 
 # Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test,
 # 33074 has its binlogs purged by a test.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
+  bash deploy/postgres.sh stop 54371 >/dev/null 2>&1 || true
+  rm -rf /tmp/tributary-postgres-54371
   for port in 33071 33072 33073 33074; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-mariadb-$port"

@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod mysql;
+pub mod postgres;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
