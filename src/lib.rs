@@ -7,3 +7,4 @@ pub mod offsets;
 pub mod pipeline;
 pub mod sink;
 pub mod source;
+pub mod temporal;

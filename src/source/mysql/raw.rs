@@ -158,7 +158,7 @@ pub fn timestamp_value(sec: i64, micros: u32, fsp: u8) -> Value {
     let (year, month, day, rem) = if sec == 0 && micros == 0 {
         (0, 0, 0, 0)
     } else {
-        let (y, m, d) = civil_from_days(sec.div_euclid(86_400));
+        let (y, m, d) = crate::temporal::civil_from_days(sec.div_euclid(86_400));
         (y as u16, m as u8, d as u8, sec.rem_euclid(86_400) as u32)
     };
     Value::DateTime {
@@ -172,20 +172,6 @@ pub fn timestamp_value(sec: i64, micros: u32, fsp: u8) -> Value {
         fsp,
         utc: true,
     }
-}
-
-/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (H. Hinnant).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// TIME(fsp) in the binlog's packed form. mysql_common's TIME(1)/TIME(2) path
@@ -593,9 +579,9 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11016), (2000, 2, 29));
+    fn civil_dates_are_shared() {
+        assert_eq!(crate::temporal::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(crate::temporal::civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(crate::temporal::civil_from_days(11016), (2000, 2, 29));
     }
 }

@@ -5,3 +5,4 @@
 //! decoding will sit beside it.
 
 pub mod pgoutput;
+pub mod values;
