@@ -47,6 +47,10 @@ psql_admin() { PGPASSWORD=admin psql -h 127.0.0.1 -p "$port" -U admin -v ON_ERRO
 
 start() {
   install
+  # Concurrent starts (parallel tests) would race in initdb: one at a time.
+  mkdir -p "$(dirname "$dir")"
+  exec 9>"$dir.lock"
+  flock 9
   if psql_admin -d postgres -c 'SELECT 1' >/dev/null 2>&1; then
     echo "PostgreSQL already running on 127.0.0.1:$port (data in $dir)" >&2
     print_env

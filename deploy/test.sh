@@ -16,7 +16,7 @@ bash deploy/postgres.sh install
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
   bash deploy/postgres.sh stop 54371 >/dev/null 2>&1 || true
-  rm -rf /tmp/tributary-postgres-54371
+  rm -rf /tmp/tributary-postgres-54371 /tmp/tributary-postgres-54371.lock
   for port in 33071 33072 33073 33074; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-mariadb-$port"

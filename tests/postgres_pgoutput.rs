@@ -8,7 +8,13 @@ use tributary::source::postgres::pgoutput::{decode, Datum, Message, OldTuple};
 
 const PORT: u16 = 54371;
 
+/// Starts the server once per test process (tests in this file run in parallel).
 fn start_postgres() {
+    static STARTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut started = STARTED.lock().unwrap();
+    if *started {
+        return;
+    }
     let out = Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/postgres.sh"))
         .args(["start", &PORT.to_string()])
@@ -19,6 +25,7 @@ fn start_postgres() {
         "deploy/postgres.sh start failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    *started = true;
 }
 
 #[tokio::test]
