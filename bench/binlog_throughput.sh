@@ -13,13 +13,7 @@
 # Results go to bench/results/binlog_throughput.json.
 set -euo pipefail
 N=${1:-1000000}
-PORT=${TRIBUTARY_BENCH_PORT:-33081}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
-work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-
+cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2

@@ -11,13 +11,9 @@
 # bench/results/elasticsearch_sync.json.
 set -euo pipefail
 N=${1:-100000}
-PORT=${TRIBUTARY_BENCH_PORT:-33081}
 ES_PORT=${TRIBUTARY_BENCH_ES_PORT:-19281}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
-export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
-work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
-trap 'rm -rf "$work"; bash deploy/osmem.sh stop "$ES_PORT" >/dev/null 2>&1 || true' EXIT
+cd "$(dirname "$0")/.."
+bench_cleanup() { bash deploy/osmem.sh stop "$ES_PORT" >/dev/null 2>&1 || true; }
 . bench/lib.sh
 bash deploy/osmem.sh stop "$ES_PORT" >/dev/null 2>&1 || true
 bash deploy/osmem.sh start "$ES_PORT" >/dev/null

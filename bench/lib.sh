@@ -1,6 +1,13 @@
-# Shared by the bench scripts: release build, a MariaDB on $PORT, and a measured
-# tributary run over the binlog up to $end_file:$end_pos.
-#   needs: PORT, work (a temp dir), expected (row changes the run must stream)
+# Shared by the bench scripts (sourced from the repository root): a work dir removed on
+# exit (and `bench_cleanup` called, when the script defines it), the release build, a
+# MariaDB on $PORT, and a measured tributary run over the binlog up to
+# $end_file:$end_pos.
+#   run_tributary needs: expected (row changes the run must stream)
+
+PORT=${TRIBUTARY_BENCH_PORT:-33081}
+export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
+work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
+trap 'rm -rf "$work"; if declare -F bench_cleanup >/dev/null; then bench_cleanup; fi' EXIT
 
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 echo "building release binary..." >&2

@@ -69,6 +69,28 @@ fn diff(want: &BTreeMap<String, Json>, got: &BTreeMap<String, Json>) -> String {
     )
 }
 
+/// Creates `<db>.items` and starts a daemon streaming it into the index (and a log
+/// stream); returns an admin connection, the work dir, the connector and the daemon.
+async fn stream_items(
+    db: &str,
+    url: &str,
+) -> (
+    mysql_async::Conn,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::process::Child,
+) {
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(&mut conn, &format!("CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, note VARCHAR(100) NOT NULL)")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, db, "");
+    add_es_sink(&c, url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    (conn, dir, c, daemon)
+}
+
 async fn workload(db: String, rounds: u64) {
     let mut conn = admin(SHARED_PORT).await;
     for r in 0..rounds {
@@ -105,15 +127,7 @@ async fn index_equals_source_after_kill_9_and_a_full_replay() {
     mariadb(SHARED_PORT, "");
     let url = elasticsearch();
     let db = unique_db("es");
-    let mut conn = admin(SHARED_PORT).await;
-    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
-    exec(&mut conn, &format!("CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, note VARCHAR(100) NOT NULL)")).await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let c = connector(dir.path(), SHARED_PORT, &db, "");
-    add_es_sink(&c, &url, "");
-    let mut daemon = spawn_daemon(&c);
-    wait_streaming(&c, &mut daemon).await;
+    let (_conn, dir, c, mut daemon) = stream_items(&db, &url).await;
 
     let writer = tokio::spawn(workload(db.clone(), 60));
     let mut kills = 0;
@@ -217,14 +231,7 @@ async fn a_rejected_document_goes_to_dead_letters_and_the_rest_is_indexed() {
         .unwrap();
     assert!(created.status_code().is_success());
 
-    let mut conn = admin(SHARED_PORT).await;
-    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
-    exec(&mut conn, &format!("CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, note VARCHAR(100) NOT NULL)")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = connector(dir.path(), SHARED_PORT, &db, "");
-    add_es_sink(&c, &url, "");
-    let mut daemon = spawn_daemon(&c);
-    wait_streaming(&c, &mut daemon).await;
+    let (mut conn, dir, c, mut daemon) = stream_items(&db, &url).await;
     exec(&mut conn, &format!("INSERT INTO `{db}`.items VALUES (1, 1, 1.00, '10'), (2, 2, 2.00, 'not a number'), (3, 3, 3.00, '30')")).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);

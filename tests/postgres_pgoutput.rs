@@ -28,8 +28,10 @@ fn start_postgres() {
     *started = true;
 }
 
-#[tokio::test]
-async fn decodes_what_postgres_15_sends() {
+/// An admin session with the settings the replication session pins, committing
+/// synchronously: logical decoding reads flushed WAL only and the test server commits
+/// asynchronously.
+async fn admin_session() -> tokio_postgres::Client {
     start_postgres();
     let (client, conn) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port={PORT} user=admin password=admin dbname=app"),
@@ -38,11 +40,50 @@ async fn decodes_what_postgres_15_sends() {
     .await
     .expect("connect as admin");
     tokio::spawn(conn);
-    // Logical decoding reads flushed WAL only; the test server commits asynchronously.
     client
-        .batch_execute("SET synchronous_commit = on")
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'iso_8601'; \
+             SET bytea_output = 'hex'; SET synchronous_commit = on",
+        )
         .await
         .unwrap();
+    client
+}
+
+/// A pgoutput slot. Its own statement: a slot cannot be created in a transaction that
+/// wrote.
+async fn create_slot(client: &tokio_postgres::Client, slot: &str) {
+    client
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+        ))
+        .await
+        .unwrap();
+}
+
+/// The slot's changes for publication `p_<slot>` as the server's raw pgoutput messages;
+/// drops the slot.
+async fn take_changes(client: &tokio_postgres::Client, slot: &str) -> Vec<Vec<u8>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, \
+                 'proto_version', '1', 'publication_names', 'p_{slot}')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect()
+}
+
+#[tokio::test]
+async fn decodes_what_postgres_15_sends() {
+    let client = admin_session().await;
     let slot = format!("t_{}", std::process::id());
     client
         .batch_execute(&format!(
@@ -56,13 +97,7 @@ async fn decodes_what_postgres_15_sends() {
         ))
         .await
         .unwrap();
-    // A slot cannot be created in a transaction that wrote: its own statement.
-    client
-        .batch_execute(&format!(
-            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-        ))
-        .await
-        .unwrap();
+    create_slot(&client, &slot).await;
     let big = "x".repeat(1 << 20);
     client
         .execute("INSERT INTO docs VALUES (1, 'first', $1)", &[&big])
@@ -80,22 +115,8 @@ async fn decodes_what_postgres_15_sends() {
         .await
         .unwrap();
 
-    let rows = client
-        .query(
-            &format!(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, \
-                 'proto_version', '1', 'publication_names', 'p_{slot}')"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    let raw: Vec<Vec<u8>> = rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
+    let raw = take_changes(&client, &slot).await;
     let msgs: Vec<Message> = raw.iter().map(|b| decode(b).expect("decodes")).collect();
-    client
-        .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
-        .await
-        .unwrap();
 
     let kinds: String = msgs
         .iter()
@@ -174,22 +195,7 @@ async fn values_round_trip_exactly() {
     use serde_json::Value as Json;
     use tributary::source::postgres::values::{builtin, decode_text};
 
-    start_postgres();
-    let (client, conn) = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={PORT} user=admin password=admin dbname=app"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    // The settings the replication session pins.
-    client
-        .batch_execute(
-            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'iso_8601'; \
-             SET bytea_output = 'hex'; SET synchronous_commit = on",
-        )
-        .await
-        .unwrap();
+    let client = admin_session().await;
     let slot = format!("v_{}", std::process::id());
     // (column, type, how the server renders the expectation, values for two rows)
     let cols: &[(&str, &str, &str, &str, &str)] = &[
@@ -290,12 +296,7 @@ async fn values_round_trip_exactly() {
         ))
         .await
         .unwrap();
-    client
-        .batch_execute(&format!(
-            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
-        ))
-        .await
-        .unwrap();
+    create_slot(&client, &slot).await;
     for (id, pick) in [(1, 3usize), (2, 4usize)] {
         let vals: Vec<&str> = cols
             .iter()
@@ -309,20 +310,7 @@ async fn values_round_trip_exactly() {
             .await
             .unwrap();
     }
-    let raw: Vec<Vec<u8>> = client
-        .query(
-            &format!("SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, 'proto_version', '1', 'publication_names', 'p_{slot}')"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    client
-        .batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
-        .await
-        .unwrap();
+    let raw = take_changes(&client, &slot).await;
     let msgs: Vec<Message> = raw.iter().map(|b| decode(b).unwrap()).collect();
     let rel = msgs
         .iter()
