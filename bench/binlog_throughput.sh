@@ -17,10 +17,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
-"${M[@]}" -e "RESET MASTER; DROP DATABASE IF EXISTS bench; CREATE DATABASE bench;
-  CREATE TABLE bench.orders (id BIGINT UNSIGNED PRIMARY KEY, customer_id INT NOT NULL,
-    status VARCHAR(20) NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(200),
-    created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
+reset_bench_table
 load_start=$(date +%s.%N)
 python3 - "$N" > "$work/load.sql" <<'PY'
 import sys

@@ -21,10 +21,7 @@ ES=http://127.0.0.1:$ES_PORT
 
 inserts=$((N / 2)); updates=$((N * 4 / 10)); deletes=$((N - inserts - updates))
 echo "loading $N changes ($inserts inserts, $updates updates, $deletes deletes)..." >&2
-"${M[@]}" -e "RESET MASTER; DROP DATABASE IF EXISTS bench; CREATE DATABASE bench;
-  CREATE TABLE bench.orders (id BIGINT UNSIGNED PRIMARY KEY, customer_id INT NOT NULL,
-    status VARCHAR(20) NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(200),
-    created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
+reset_bench_table
 python3 - "$inserts" "$updates" "$deletes" > "$work/load.sql" <<'PY'
 import sys
 ins, upd, dele = map(int, sys.argv[1:4])

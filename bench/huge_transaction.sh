@@ -8,10 +8,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 echo "loading one transaction of $N rows..." >&2
-"${M[@]}" -e "RESET MASTER; DROP DATABASE IF EXISTS bench; CREATE DATABASE bench;
-  CREATE TABLE bench.orders (id BIGINT UNSIGNED PRIMARY KEY, customer_id INT NOT NULL,
-    status VARCHAR(20) NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(200),
-    created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
+reset_bench_table
 "${M[@]}" -D bench -e "INSERT INTO bench.orders SELECT seq, seq % 5000, 'new', seq * 1.25,
   CONCAT('order note ', seq), NOW(6), NULL FROM seq_1_to_$N"
 read -r end_file end_pos < <("${M[@]}" -N -e "SHOW MASTER STATUS" | awk '{print $1, $2}')

@@ -15,6 +15,14 @@ cargo build --release --quiet
 bash deploy/mariadb.sh start "$PORT" >/dev/null
 M=(mariadb -h127.0.0.1 -P"$PORT" -uadmin -padmin)
 
+# A fresh binlog and an empty bench.orders.
+reset_bench_table() {
+  "${M[@]}" -e "RESET MASTER; DROP DATABASE IF EXISTS bench; CREATE DATABASE bench;
+    CREATE TABLE bench.orders (id BIGINT UNSIGNED PRIMARY KEY, customer_id INT NOT NULL,
+      status VARCHAR(20) NOT NULL, amount DECIMAL(12,2) NOT NULL, note VARCHAR(200),
+      created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
+}
+
 run_tributary() { # $1 = sink kind
   local dir="$work/$1"; mkdir -p "$dir"
   local sink="kind = \"null\""
