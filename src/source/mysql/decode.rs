@@ -69,8 +69,8 @@ fn decode_value<'a>(buf: &mut ParseBuf<'a>, col: &'a ColumnInfo) -> Result<Value
         MYSQL_TYPE_LONG => raw::read_int(buf, 4, col.unsigned),
         MYSQL_TYPE_LONGLONG => raw::read_int(buf, 8, col.unsigned),
         MYSQL_TYPE_INT24 => raw::read_int24(buf, col.unsigned),
-        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if col.meta.len() >= 2 => {
-            let max_len = u16::from_le_bytes([col.meta[0], col.meta[1]]) as usize;
+        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => {
+            let max_len = u16::from_le_bytes(meta2(col)?) as usize;
             raw::read_short_string(buf, max_len, col.charset, 0)
         }
         MYSQL_TYPE_STRING => {
@@ -84,8 +84,9 @@ fn decode_value<'a>(buf: &mut ParseBuf<'a>, col: &'a ColumnInfo) -> Result<Value
         MYSQL_TYPE_DATETIME2 => raw::read_datetime2(buf, col.fsp),
         MYSQL_TYPE_TIMESTAMP2 => raw::read_timestamp2(buf, col.fsp),
         MYSQL_TYPE_TIME2 => raw::read_time2(buf, col.fsp),
-        MYSQL_TYPE_NEWDECIMAL if col.meta.len() >= 2 => {
-            raw::read_decimal(buf, col.meta[0], col.meta[1])
+        MYSQL_TYPE_NEWDECIMAL => {
+            let [precision, scale] = meta2(col)?;
+            raw::read_decimal(buf, precision, scale)
         }
         _ => {
             let ctx = (col.col_type, col.meta.as_slice(), col.unsigned, false);
@@ -97,7 +98,20 @@ fn decode_value<'a>(buf: &mut ParseBuf<'a>, col: &'a ColumnInfo) -> Result<Value
     }
 }
 
-/// Makes a mysql_common value exact for its column.
+/// The two metadata bytes of a VARCHAR (max length) or DECIMAL (precision, scale).
+fn meta2(col: &ColumnInfo) -> Result<[u8; 2], String> {
+    match col.meta.as_slice() {
+        [a, b, ..] => Ok([*a, *b]),
+        _ => Err(format!(
+            "{:?} column without its table-map metadata",
+            col.col_type
+        )),
+    }
+}
+
+/// Makes a mysql_common value exact for its column: the types decode_value leaves to
+/// mysql_common (FLOAT, DOUBLE, YEAR, BIT, DATE, old-format temporals, ENUM, SET,
+/// GEOMETRY, BLOB/TEXT, JSON).
 pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> {
     use ColumnType::*;
     let v = match raw {
@@ -115,19 +129,8 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
     };
     Ok(match (col.col_type, v) {
         (_, MyValue::NULL) => Value::Null,
-        (
-            MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG
-            | MYSQL_TYPE_LONGLONG,
-            MyValue::Int(i),
-        ) => Value::Int(i),
-        (MYSQL_TYPE_LONGLONG, MyValue::UInt(u)) => Value::UInt(u),
-        (
-            MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG,
-            MyValue::UInt(u),
-        ) => Value::Int(u as i64),
         (MYSQL_TYPE_FLOAT, MyValue::Float(f)) => Value::Float(f),
         (MYSQL_TYPE_DOUBLE, MyValue::Double(d)) => Value::Double(d),
-        (MYSQL_TYPE_NEWDECIMAL, MyValue::Bytes(b)) => Value::Decimal(ascii(b)?),
         (MYSQL_TYPE_YEAR, MyValue::Bytes(b)) => {
             // mysql_common reports 1900 + stored byte; byte 0 is the year 0000.
             let y: i64 = ascii(b)?.parse().map_err(|e| format!("YEAR: {e}"))?;
@@ -144,32 +147,18 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             month: m,
             day: d,
         },
-        (MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2, v @ MyValue::Date(..)) => {
+        (MYSQL_TYPE_DATETIME, v @ MyValue::Date(..)) => {
             raw::datetime_from_mysql(&v, col.fsp).expect("matched a date")
         }
-        (MYSQL_TYPE_TIMESTAMP2, MyValue::Bytes(b)) => {
-            let text = ascii(b)?;
-            let (sec, usec) = match text.split_once('.') {
-                Some((s, u)) => (s.parse::<i64>(), u.parse::<u32>()),
-                None => (text.parse::<i64>(), Ok(0)),
-            };
-            let (sec, usec) = (
-                sec.map_err(|e| e.to_string())?,
-                usec.map_err(|e| e.to_string())?,
-            );
-            raw::timestamp_value(sec, usec, col.fsp)
-        }
         (MYSQL_TYPE_TIMESTAMP, MyValue::Int(sec)) => raw::timestamp_value(sec, 0, 0),
-        (MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2, MyValue::Time(neg, days, h, m, s, us)) => {
-            Value::Time {
-                negative: neg,
-                hours: days * 24 + h as u32,
-                minute: m,
-                second: s,
-                micros: us,
-                fsp: col.fsp,
-            }
-        }
+        (MYSQL_TYPE_TIME, MyValue::Time(neg, days, h, m, s, us)) => Value::Time {
+            negative: neg,
+            hours: days * 24 + h as u32,
+            minute: m,
+            second: s,
+            micros: us,
+            fsp: col.fsp,
+        },
         (MYSQL_TYPE_ENUM, MyValue::Int(idx)) => {
             // Index 0 is the empty string MySQL stores for invalid values.
             if idx == 0 {
@@ -197,32 +186,20 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             }
             Value::Bytes(b[4..].to_vec())
         }
-        (MYSQL_TYPE_STRING, MyValue::Bytes(mut b)) => match col.charset {
-            Some(Charset::Binary) | None => {
-                // The server strips trailing zero bytes of BINARY(n) in the binlog.
-                if b.len() < col.fixed_len {
-                    b.resize(col.fixed_len, 0);
-                }
-                Value::Bytes(b)
+        (MYSQL_TYPE_BLOB, MyValue::Bytes(b)) => match col.charset {
+            Some(Charset::Binary) | None => Value::Bytes(b),
+            Some(cs) if col.json => {
+                let s = match text(cs, b)? {
+                    Value::String(s) => s,
+                    _ => unreachable!("text() returns strings"),
+                };
+                Value::Json(
+                    RawValue::from_string(s)
+                        .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?,
+                )
             }
             Some(cs) => text(cs, b)?,
         },
-        (MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING | MYSQL_TYPE_BLOB, MyValue::Bytes(b)) => {
-            match col.charset {
-                Some(Charset::Binary) | None => Value::Bytes(b),
-                Some(cs) if col.json => {
-                    let s = match text(cs, b)? {
-                        Value::String(s) => s,
-                        _ => unreachable!("text() returns strings"),
-                    };
-                    Value::Json(
-                        RawValue::from_string(s)
-                            .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?,
-                    )
-                }
-                Some(cs) => text(cs, b)?,
-            }
-        }
         (t, v) => return Err(format!("unsupported value {v:?} for column type {t:?}")),
     })
 }
