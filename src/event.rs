@@ -197,9 +197,59 @@ impl PartialEq for Value {
             (Float(a), Float(b)) => a.to_bits() == b.to_bits(),
             (Double(a), Double(b)) => a.to_bits() == b.to_bits(),
             (Decimal(a), Decimal(b)) | (String(a), String(b)) => a == b,
-            (Date { .. }, Date { .. })
-            | (DateTime { .. }, DateTime { .. })
-            | (Time { .. }, Time { .. }) => self.to_json() == other.to_json(),
+            (
+                Date { year, month, day },
+                Date {
+                    year: y2,
+                    month: m2,
+                    day: d2,
+                },
+            ) => (year, month, day) == (y2, m2, d2),
+            (
+                DateTime {
+                    year,
+                    month,
+                    day,
+                    hour,
+                    minute,
+                    second,
+                    micros,
+                    fsp,
+                    utc,
+                },
+                DateTime {
+                    year: y2,
+                    month: mo2,
+                    day: d2,
+                    hour: h2,
+                    minute: mi2,
+                    second: s2,
+                    micros: us2,
+                    fsp: f2,
+                    utc: u2,
+                },
+            ) => {
+                (year, month, day, hour, minute, second, micros, fsp, utc)
+                    == (y2, mo2, d2, h2, mi2, s2, us2, f2, u2)
+            }
+            (
+                Time {
+                    negative,
+                    hours,
+                    minute,
+                    second,
+                    micros,
+                    fsp,
+                },
+                Time {
+                    negative: n2,
+                    hours: h2,
+                    minute: mi2,
+                    second: s2,
+                    micros: us2,
+                    fsp: f2,
+                },
+            ) => (negative, hours, minute, second, micros, fsp) == (n2, h2, mi2, s2, us2, f2),
             (Bytes(a), Bytes(b)) => a == b,
             (Json(a), Json(b)) => a.get() == b.get(),
             (Array(a), Array(b)) => a == b,
@@ -437,6 +487,22 @@ mod tests {
         assert_eq!(p("0/16B3748").at_or_after(&p("0/16B3747")), Some(true));
         assert_eq!(p("a.000001:4").at_or_after(&p("b.000001:4")), None);
         assert!(Position::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn temporal_values_compare_by_value_not_by_text() {
+        let t = |micros| Value::Time {
+            negative: false,
+            hours: 1,
+            minute: 2,
+            second: 3,
+            micros,
+            fsp: 2,
+        };
+        // Both print as "01:02:03.12"; they are still different values.
+        assert_eq!(t(120_000).to_json(), t(129_999).to_json());
+        assert_ne!(t(120_000), t(129_999));
+        assert_eq!(t(120_000), t(120_000));
     }
 
     #[test]
