@@ -134,12 +134,7 @@ pub async fn run(
                     }
                     drop(batch);
                     if reached {
-                        if let Some(f) = in_flight.take() {
-                            store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
-                        }
-                        if let Some(f) = begin_checkpoint(&mut sinks, &mut pending).await? {
-                            store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
-                        }
+                        checkpoint_now(&store, &mut sinks, &mut pending, &mut in_flight, &source_desc, &mut stats).await?;
                         tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
                         source_stop.cancel();
                         break;
@@ -186,12 +181,15 @@ pub async fn run(
     // Past --until the source may still be sending: closing the queue releases it.
     drop(rx);
     // The source ended (shutdown, error or --until): final checkpoint.
-    if let Some(f) = in_flight.take() {
-        store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
-    }
-    if let Some(f) = begin_checkpoint(&mut sinks, &mut pending).await? {
-        store_checkpoint(&store, f.await?, &source_desc, &mut stats)?;
-    }
+    checkpoint_now(
+        &store,
+        &mut sinks,
+        &mut pending,
+        &mut in_flight,
+        &source_desc,
+        &mut stats,
+    )
+    .await?;
     match source_task.await {
         Ok(Ok(())) => Ok(stats),
         Ok(Err(SourceError::Closed)) => Ok(stats),
@@ -229,6 +227,25 @@ async fn begin_checkpoint(
         }
         Ok((position, cursors))
     })))
+}
+
+/// Settles the checkpoint in flight, then checkpoints what is pending and waits for it:
+/// for --until and for the final checkpoint at exit.
+async fn checkpoint_now(
+    store: &OffsetStore,
+    sinks: &mut [Box<dyn Sink>],
+    pending: &mut Option<Position>,
+    in_flight: &mut Option<InFlight>,
+    source_desc: &str,
+    stats: &mut RunStats,
+) -> Result<(), PipelineError> {
+    if let Some(f) = in_flight.take() {
+        store_checkpoint(store, f.await?, source_desc, stats)?;
+    }
+    if let Some(f) = begin_checkpoint(sinks, pending).await? {
+        store_checkpoint(store, f.await?, source_desc, stats)?;
+    }
+    Ok(())
 }
 
 /// Writes an acknowledged checkpoint and the sinks' cursors in one transaction.
