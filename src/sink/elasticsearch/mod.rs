@@ -11,7 +11,7 @@ pub mod mapping;
 pub use bulk::document_id;
 pub use config::{DecimalMapping, ElasticsearchSinkConfig};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,10 +42,11 @@ pub struct ElasticsearchSink {
     id: String,
     cfg: ElasticsearchSinkConfig,
     client: Elasticsearch,
-    /// By schema (the `Arc` every event of one schema shares).
+    /// By schema: keyed by the address of the `Arc` every event of one schema shares;
+    /// the `Arc` is held so that address cannot be reused by another schema.
     targets: HashMap<usize, (Arc<TableSchema>, Target)>,
     /// Aliases known to exist.
-    ready: HashMap<String, ()>,
+    ready: HashSet<String>,
     batch: Batch,
     dead_letters: LogSink,
     rejected: u64,
@@ -110,7 +111,7 @@ impl ElasticsearchSink {
             cfg: cfg.clone(),
             client: Elasticsearch::new(transport),
             targets: HashMap::new(),
-            ready: HashMap::new(),
+            ready: HashSet::new(),
             batch: Batch::default(),
             dead_letters,
             rejected: 0,
@@ -172,9 +173,9 @@ impl ElasticsearchSink {
             Target::Skip
         } else {
             let alias = self.cfg.alias(&table.db, &table.table);
-            if !self.ready.contains_key(&alias) {
+            if !self.ready.contains(&alias) {
                 self.ensure_index(&alias, table).await?;
-                self.ready.insert(alias.clone(), ());
+                self.ready.insert(alias.clone());
             }
             Target::Alias(Arc::from(alias))
         };
