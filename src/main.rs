@@ -227,18 +227,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut sink_errors = 0;
     for sink in &cfg.sinks {
         if let tributary::config::SinkConfig::Elasticsearch(es) = sink {
-            let probe_dir = tempfile_dir()?;
-            let mut probe_cfg = (**es).clone();
-            probe_cfg.dead_letter_dir = probe_dir.join("dead-letters");
-            let ping = match tributary::sink::elasticsearch::ElasticsearchSink::open(
-                sink.id(),
-                &probe_cfg,
-                None,
-            ) {
-                Ok(s) => s.ping().await,
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = std::fs::remove_dir_all(&probe_dir);
+            let ping = tributary::sink::elasticsearch::ping(es).await;
             match ping {
                 Ok(m) => println!("ok    sink {}: {m}", sink.id()),
                 Err(m) => {
@@ -266,13 +255,6 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(EXIT_FAILURE))
     }
-}
-
-/// A scratch dir for probes that must not touch the connector's own directories.
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tributary-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {

@@ -66,38 +66,7 @@ impl ElasticsearchSink {
         cfg: &ElasticsearchSinkConfig,
         cursor: Option<serde_json::Value>,
     ) -> Result<Self, SinkError> {
-        let err = |m: String| SinkError::new(&id, m);
-        let urls = cfg
-            .urls
-            .iter()
-            .map(|u| Url::parse(u).map_err(|e| err(format!("url {}: {e}", redact(u)))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let pool = MultiNodeConnectionPool::round_robin(urls, None);
-        let mut builder =
-            TransportBuilder::new(pool).timeout(Duration::from_secs(cfg.request_timeout_secs));
-        if let Some(var) = &cfg.api_key_env {
-            let key = std::env::var(var)
-                .map_err(|_| err(format!("api_key_env names {var}, which is not set")))?;
-            let (kid, secret) = key
-                .split_once(':')
-                .ok_or_else(|| err(format!("{var} must hold `id:key`")))?;
-            builder = builder.auth(Credentials::ApiKey(kid.into(), secret.into()));
-        } else if let Some(user) = &cfg.user {
-            let pw = cfg
-                .password()
-                .map_err(err)?
-                .map(|p| p.expose().to_string())
-                .unwrap_or_default();
-            builder = builder.auth(Credentials::Basic(user.clone(), pw));
-        }
-        if let Some(ca) = &cfg.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
-            let cert = Certificate::from_pem(&pem)
-                .map_err(|e| err(format!("ca_file {}: {e}", ca.display())))?;
-            builder = builder.cert_validation(CertificateValidation::Full(cert));
-        }
-        let transport = builder.build().map_err(|e| err(format!("client: {e}")))?;
+        let client = client(cfg).map_err(|m| SinkError::new(&id, m))?;
         let dlq_cfg = LogSinkConfig {
             kind: "log".into(),
             dir: cfg.dead_letter_dir.clone(),
@@ -109,7 +78,7 @@ impl ElasticsearchSink {
         Ok(ElasticsearchSink {
             id,
             cfg: cfg.clone(),
-            client: Elasticsearch::new(transport),
+            client,
             targets: HashMap::new(),
             ready: HashSet::new(),
             batch: Batch::default(),
@@ -325,32 +294,67 @@ impl ElasticsearchSink {
         self.dead_letters.append_json(&rec)
     }
 
-    /// For `tributary check`: reaches the cluster and reports what answers.
-    pub async fn ping(&self) -> Result<String, String> {
-        let urls: Vec<String> = self.cfg.urls.iter().map(|u| redact(u)).collect();
-        match self.client.info().send().await {
-            Err(e) => Err(format!("cannot reach {}: {e}", urls.join(", "))),
-            Ok(r) if r.status_code().is_success() => {
-                let j: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-                Ok(format!(
-                    "{} answers: {} {}",
-                    urls.join(", "),
-                    j["version"]["distribution"]
-                        .as_str()
-                        .unwrap_or("elasticsearch"),
-                    j["version"]["number"].as_str().unwrap_or("?")
-                ))
-            }
-            Ok(r) => match status_attempt::<()>(r).await {
-                Attempt::Fatal(m) | Attempt::Retry(m) => Err(format!("{}: {m}", urls.join(", "))),
-                Attempt::Done(()) => unreachable!("non-success status"),
-            },
-        }
-    }
-
     /// Documents rejected for good so far in this run.
     pub fn rejected(&self) -> u64 {
         self.rejected
+    }
+}
+
+/// The client for a sink's nodes, credentials and CA.
+fn client(cfg: &ElasticsearchSinkConfig) -> Result<Elasticsearch, String> {
+    let urls = cfg
+        .urls
+        .iter()
+        .map(|u| Url::parse(u).map_err(|e| format!("url {}: {e}", redact(u))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool = MultiNodeConnectionPool::round_robin(urls, None);
+    let mut builder =
+        TransportBuilder::new(pool).timeout(Duration::from_secs(cfg.request_timeout_secs));
+    if let Some(var) = &cfg.api_key_env {
+        let key =
+            std::env::var(var).map_err(|_| format!("api_key_env names {var}, which is not set"))?;
+        let (kid, secret) = key
+            .split_once(':')
+            .ok_or_else(|| format!("{var} must hold `id:key`"))?;
+        builder = builder.auth(Credentials::ApiKey(kid.into(), secret.into()));
+    } else if let Some(user) = &cfg.user {
+        let pw = cfg
+            .password()?
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default();
+        builder = builder.auth(Credentials::Basic(user.clone(), pw));
+    }
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        let cert =
+            Certificate::from_pem(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        builder = builder.cert_validation(CertificateValidation::Full(cert));
+    }
+    let transport = builder.build().map_err(|e| format!("client: {e}"))?;
+    Ok(Elasticsearch::new(transport))
+}
+
+/// For `tributary check`: reaches the cluster and reports what answers. Touches no
+/// local state (no dead-letter stream is opened).
+pub async fn ping(cfg: &ElasticsearchSinkConfig) -> Result<String, String> {
+    let urls: Vec<String> = cfg.urls.iter().map(|u| redact(u)).collect();
+    match client(cfg)?.info().send().await {
+        Err(e) => Err(format!("cannot reach {}: {e}", urls.join(", "))),
+        Ok(r) if r.status_code().is_success() => {
+            let j: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{} answers: {} {}",
+                urls.join(", "),
+                j["version"]["distribution"]
+                    .as_str()
+                    .unwrap_or("elasticsearch"),
+                j["version"]["number"].as_str().unwrap_or("?")
+            ))
+        }
+        Ok(r) => match status_attempt::<()>(r).await {
+            Attempt::Fatal(m) | Attempt::Retry(m) => Err(format!("{}: {m}", urls.join(", "))),
+            Attempt::Done(()) => unreachable!("non-success status"),
+        },
     }
 }
 
