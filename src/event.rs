@@ -54,8 +54,11 @@ pub enum Position {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gtid: Option<Arc<str>>,
     },
-    /// PostgreSQL: a WAL location, `X/Y` in hex.
-    Wal { lsn: String },
+    /// PostgreSQL: a WAL location, written `X/Y` in hex.
+    Wal {
+        #[serde(with = "lsn_text")]
+        lsn: u64,
+    },
 }
 
 impl Position {
@@ -86,9 +89,7 @@ impl Position {
                     _ => None,
                 }
             }
-            (Position::Wal { lsn: a }, Position::Wal { lsn: b }) => {
-                Some(parse_lsn(a)? >= parse_lsn(b)?)
-            }
+            (Position::Wal { lsn: a }, Position::Wal { lsn: b }) => Some(a >= b),
             _ => None,
         }
     }
@@ -105,10 +106,8 @@ impl Position {
                 gtid: None,
             });
         }
-        if parse_lsn(text).is_some() {
-            return Ok(Position::Wal {
-                lsn: text.to_string(),
-            });
+        if let Some(lsn) = parse_lsn(text) {
+            return Ok(Position::Wal { lsn });
         }
         Err(format!(
             "`{text}` is neither FILE:OFFSET nor an LSN like 0/16B3748"
@@ -122,6 +121,27 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
+/// `u64` -> `X/Y` hex, the form PostgreSQL prints.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Serde for LSNs as PostgreSQL's `X/Y` text (checkpoints and events stay readable).
+mod lsn_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(lsn: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_lsn(*lsn))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_lsn(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{text}` is not an LSN like 0/16B3748"))
+        })
+    }
+}
+
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -132,7 +152,7 @@ impl fmt::Display for Position {
                 }
                 Ok(())
             }
-            Position::Wal { lsn } => write!(f, "lsn {lsn}"),
+            Position::Wal { lsn } => write!(f, "lsn {}", format_lsn(*lsn)),
         }
     }
 }
@@ -141,6 +161,11 @@ impl fmt::Display for Position {
 #[derive(Debug, Clone)]
 pub enum Value {
     Null,
+    /// Not sent by the source, so not known: an unchanged TOASTed column in a Postgres
+    /// `after` image (the row keeps its stored value), or a column outside the replica
+    /// identity in a `before` image. Left out of the JSON (the event's `unchanged`
+    /// lists the `after` ones); never null, never a placeholder.
+    Absent,
     Bool(bool),
     Int(i64),
     UInt(u64),
@@ -190,7 +215,7 @@ impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
         use Value::*;
         match (self, other) {
-            (Null, Null) => true,
+            (Null, Null) | (Absent, Absent) => true,
             (Bool(a), Bool(b)) => a == b,
             (Int(a), Int(b)) => a == b,
             (UInt(a), UInt(b)) => a == b,
@@ -357,6 +382,14 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
+    /// Whether the `after` image lacks some values (unchanged TOAST): sinks merge such a
+    /// row into what they hold instead of replacing it.
+    pub fn is_partial(&self) -> bool {
+        self.after
+            .as_ref()
+            .is_some_and(|r| r.iter().any(|v| matches!(v, Value::Absent)))
+    }
+
     /// The row image that identifies the row: `after`, or `before` for deletes.
     pub fn key_row(&self) -> Option<&Row> {
         match self.op {
@@ -485,6 +518,12 @@ mod tests {
             Some(false)
         );
         assert_eq!(p("0/16B3748").at_or_after(&p("0/16B3747")), Some(true));
+        assert_eq!(p("1/0").at_or_after(&p("0/FFFFFFFF")), Some(true));
+        let wal = p("A/16B3748");
+        assert_eq!(wal.to_string(), "lsn A/16B3748");
+        let json = serde_json::to_string(&wal).unwrap();
+        assert_eq!(json, r#"{"lsn":"A/16B3748"}"#);
+        assert_eq!(serde_json::from_str::<Position>(&json).unwrap(), wal);
         assert_eq!(p("a.000001:4").at_or_after(&p("b.000001:4")), None);
         assert!(Position::parse("nonsense").is_err());
     }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use tributary::config::{ConnectorConfig, SourceConfig};
+use tributary::event::format_lsn;
 use tributary::offsets::OffsetStore;
 use tributary::sink::log::read_log;
 
@@ -50,6 +51,17 @@ enum Command {
         #[arg(long, short)]
         connector: PathBuf,
     },
+    /// Show where a connector stands: checkpoint, sinks, and (Postgres) the slot's
+    /// retained WAL and lag.
+    Status {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+    /// Manage the Postgres replication slot.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
     /// Show or reset the stored checkpoint.
     Offsets {
         #[command(subcommand)]
@@ -71,6 +83,17 @@ enum OffsetsAction {
     },
     /// Forget the source checkpoint: the next run starts from `[source] start`.
     Reset {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlotAction {
+    /// Drop the connector's replication slot on purpose, so the server stops keeping
+    /// WAL for it. The daemon must be stopped; changes made after this are not
+    /// captured until a new slot (and a new snapshot) exists.
+    Drop {
         #[arg(long, short)]
         connector: PathBuf,
     },
@@ -141,6 +164,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run { connector, until } => run(&connector, until.as_deref()).await,
         Command::Check { connector } => check(&connector).await,
         Command::Offsets { action } => offsets(action),
+        Command::Status { connector } => status(&connector).await,
+        Command::Slot {
+            action: SlotAction::Drop { connector },
+        } => slot_drop(&connector).await,
         Command::Log {
             action: LogAction::Cat { dir },
         } => log_cat(&dir),
@@ -196,24 +223,20 @@ async fn wait_for_signal() {
 async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     println!("ok    connector file {} parses", path.display());
-    let (m, mariadb) = match &cfg.source {
-        SourceConfig::Mariadb(m) => (m, true),
-        SourceConfig::Mysql(m) => (m, false),
-    };
-    let password = m
-        .password()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut conn = match tributary::source::mysql::connect::connect(m, password.as_ref()).await {
-        Ok(c) => c,
+    let checkpoint = match OffsetStore::open(&cfg.state.dir) {
+        Ok(store) => store.checkpoint()?.map(|c| c.position),
         Err(e) => {
-            println!("error {}", e.message());
+            println!("error {e}");
             return Ok(ExitCode::from(EXIT_FAILURE));
         }
     };
-    println!("ok    connected to {} as {}", m.address(), m.user);
-    let report = tributary::source::mysql::checks::check_server(&mut conn, m, mariadb)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let report = match tributary::source::check(&cfg.source, checkpoint.as_ref()).await {
+        Ok(r) => r,
+        Err(m) => {
+            println!("error {m}");
+            return Ok(ExitCode::from(EXIT_FAILURE));
+        }
+    };
     for i in &report.info {
         println!("info  {i}");
     }
@@ -237,14 +260,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    // State dir and sinks: can we open them?
-    match OffsetStore::open(&cfg.state.dir) {
-        Ok(_) => println!("ok    state dir {} is usable", cfg.state.dir.display()),
-        Err(e) => {
-            println!("error {e}");
-            return Ok(ExitCode::from(EXIT_FAILURE));
-        }
-    }
+    println!("ok    state dir {} is usable", cfg.state.dir.display());
     if report.ok() && sink_errors == 0 {
         println!("ready");
         Ok(ExitCode::SUCCESS)
@@ -255,6 +271,111 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(EXIT_FAILURE))
     }
+}
+
+async fn status(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    // A running daemon holds the store; it reports its checkpoint beside it.
+    let (running, checkpoint, sinks) = match OffsetStore::open(&cfg.state.dir) {
+        Ok(store) => (
+            false,
+            store.checkpoint()?,
+            store
+                .sink_cursors()?
+                .into_iter()
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+        Err(_) => (
+            true,
+            OffsetStore::reported_checkpoint(&cfg.state.dir),
+            serde_json::Map::new(),
+        ),
+    };
+    let mut out = serde_json::json!({
+        "connector": cfg.connector_name(),
+        "source": cfg.source.kind(),
+        "running": running,
+        "checkpoint": checkpoint.as_ref().map(|c| serde_json::json!({
+            "position": c.position,
+            "age_s": tributary::event::now_ms().saturating_sub(c.at_ms) / 1000,
+        })),
+        "sinks": sinks,
+    });
+    if let SourceConfig::Postgres(p) = &cfg.source {
+        let client = postgres_client(p).await?;
+        let slot = tributary::source::postgres::checks::slot_info(&client, &p.slot)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("{}", tributary::source::postgres::checks::db_message(&e))
+            })?;
+        out["slot"] = match slot {
+            None => serde_json::json!({"name": p.slot, "exists": false}),
+            Some(s) => serde_json::json!({
+                "name": p.slot,
+                "exists": true,
+                "active_pid": s.active_pid,
+                "confirmed_flush_lsn": s.confirmed_flush.map(format_lsn),
+                "retained_wal_bytes": s.retained_bytes,
+                "lag_bytes": s.lag_bytes,
+                "retained_wal_warning": s.retained_bytes.is_some_and(|b| (b >> 20) as u64 >= p.retained_wal_warn_mb),
+            }),
+        };
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn postgres_client(
+    p: &tributary::source::postgres::PostgresSourceConfig,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let password = p.password().map_err(|e| anyhow::anyhow!(e))?;
+    tributary::source::postgres::connect::query_client(p, password.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))
+}
+
+async fn slot_drop(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let SourceConfig::Postgres(p) = &cfg.source else {
+        anyhow::bail!(
+            "{}: `slot drop` is for [source] kind = \"postgres\" (this one is {})",
+            path.display(),
+            cfg.source.kind()
+        );
+    };
+    let client = postgres_client(p).await?;
+    let slot = tributary::source::postgres::checks::slot_info(&client, &p.slot)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", tributary::source::postgres::checks::db_message(&e)))?;
+    match slot {
+        None => {
+            println!("slot `{}` does not exist: nothing to drop", p.slot);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(s) if s.active_pid.is_some() => anyhow::bail!(
+            "slot `{}` is in use by server process {} (a running tributary?): stop it first",
+            p.slot,
+            s.active_pid.unwrap_or_default()
+        ),
+        Some(_) => {}
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&p.slot])
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot drop slot `{}`: {}",
+                p.slot,
+                tributary::source::postgres::checks::db_message(&e)
+            )
+        })?;
+    println!(
+        "dropped slot `{}`: the server no longer keeps WAL for it. The checkpoint in {} now points into a stream that is gone: re-snapshot and run `tributary offsets reset --connector {}` before running this connector again",
+        p.slot,
+        cfg.state.dir.display(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {

@@ -128,7 +128,32 @@ impl OffsetStore {
                     .map_err(|e| self.err(e))?;
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.err(e))?;
+        if let Some(cp) = checkpoint {
+            self.write_status(cp);
+        }
+        Ok(())
+    }
+
+    /// A readable copy of the latest checkpoint beside the store, for `tributary
+    /// status` while the daemon holds the store (redb allows one process). Best effort:
+    /// the store is the truth, this file only reports.
+    fn write_status(&self, cp: &Checkpoint) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let tmp = dir.join("status.json.tmp");
+        let body = serde_json::json!({ "checkpoint": cp });
+        if std::fs::write(&tmp, body.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join("status.json"));
+        }
+    }
+
+    /// The checkpoint a running daemon last reported in `status.json`.
+    pub fn reported_checkpoint(dir: &Path) -> Option<Checkpoint> {
+        let text = std::fs::read_to_string(dir.join("status.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        serde_json::from_value(v.get("checkpoint")?.clone()).ok()
     }
 
     /// Forgets the source checkpoint (the next run starts from `[source] start`). Sink

@@ -14,7 +14,7 @@ use serde::Deserialize as DeriveDeserialize;
 
 use super::{line_col, parse_toml, ConfigError, SinkConfig, SourceConfig};
 
-const SOURCE_KINDS: &[&str] = &["mariadb", "mysql"];
+const SOURCE_KINDS: &[&str] = &["mariadb", "mysql", "postgres"];
 const SINK_KINDS: &[&str] = &["log", "elasticsearch", "stdout", "null"];
 
 #[derive(DeriveDeserialize)]
@@ -104,6 +104,7 @@ impl<'de> Deserialize<'de> for SourceConfig {
         match kind.as_deref() {
             Some("mariadb") => Deserialize::deserialize(d).map(SourceConfig::Mariadb),
             Some("mysql") => Deserialize::deserialize(d).map(SourceConfig::Mysql),
+            Some("postgres") => Deserialize::deserialize(d).map(SourceConfig::Postgres),
             _ => Err(D::Error::custom(format!(
                 "[source] needs `kind`, one of: {}",
                 SOURCE_KINDS.join(", ")

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 mod kinds;
 mod secret;
-pub use secret::{resolve_password, Secret};
+pub use secret::{password_origin, resolve_password, Secret};
 
 /// A connector file: one pipeline from one source to one or more sinks.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +36,7 @@ pub struct ConnectorConfig {
 pub enum SourceConfig {
     Mariadb(crate::source::mysql::MysqlSourceConfig),
     Mysql(crate::source::mysql::MysqlSourceConfig),
+    Postgres(crate::source::postgres::PostgresSourceConfig),
 }
 
 impl SourceConfig {
@@ -43,6 +44,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Mariadb(_) => "mariadb",
             SourceConfig::Mysql(_) => "mysql",
+            SourceConfig::Postgres(_) => "postgres",
         }
     }
 }
@@ -177,6 +179,7 @@ impl ConnectorConfig {
         }
         match &self.source {
             SourceConfig::Mariadb(s) | SourceConfig::Mysql(s) => s.validate(p, text)?,
+            SourceConfig::Postgres(s) => s.validate(p, text)?,
         }
         let mut seen = std::collections::HashSet::new();
         for sink in &self.sinks {

@@ -53,3 +53,20 @@ pub fn resolve_password(
     }
     Ok(password.map(Secret::new))
 }
+
+/// Where the password came from, for "access denied" messages (never the password).
+pub fn password_origin(
+    password: Option<&str>,
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> String {
+    if let Some(v) = env {
+        format!("from environment variable {v}")
+    } else if let Some(f) = file {
+        format!("from file {}", f.display())
+    } else if password.is_some() {
+        "from `password`".into()
+    } else {
+        "none given: set password_env or password_file".into()
+    }
+}

@@ -85,6 +85,23 @@ pub(super) fn write_event(out: &mut Vec<u8>, e: &ChangeEvent) {
     write_row(out, &f.keys, e.before.as_ref());
     out.extend_from_slice(b",\"after\":");
     write_row(out, &f.keys, e.after.as_ref());
+    if e.is_partial() {
+        // Absent values are left out of `after`; name them so a consumer knows they
+        // kept their stored value rather than becoming null.
+        out.extend_from_slice(b",\"unchanged\":[");
+        let after = e.after.as_ref().expect("partial implies after");
+        let mut first = true;
+        for (c, v) in t.columns.iter().zip(after) {
+            if matches!(v, Value::Absent) {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                write_json_str(out, &c.name);
+            }
+        }
+        out.push(b']');
+    }
     out.extend_from_slice(b",\"schema_version\":");
     write_u64(out, t.schema_version as u64);
     out.extend_from_slice(b",\"version\":");
@@ -100,10 +117,15 @@ pub(super) fn write_row(out: &mut Vec<u8>, keys: &[Vec<u8>], row: Option<&Row>) 
         return;
     };
     out.push(b'{');
-    for (n, (k, v)) in keys.iter().zip(row).enumerate() {
-        if n > 0 {
+    let mut first = true;
+    for (k, v) in keys.iter().zip(row) {
+        if matches!(v, Value::Absent) {
+            continue;
+        }
+        if !first {
             out.push(b',');
         }
+        first = false;
         out.extend_from_slice(k);
         write_value(out, v);
     }
@@ -112,7 +134,8 @@ pub(super) fn write_row(out: &mut Vec<u8>, keys: &[Vec<u8>], row: Option<&Row>) 
 
 pub(super) fn write_value(out: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::Null => out.extend_from_slice(b"null"),
+        // Rows skip absent values; one inside an array or key cannot occur.
+        Value::Null | Value::Absent => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),

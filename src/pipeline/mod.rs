@@ -16,6 +16,7 @@ use crate::event::{now_ms, Position, SourceMessage};
 use crate::offsets::{Checkpoint, OffsetStore};
 use crate::sink::{open_sinks, Sink};
 use crate::source::mysql::MysqlSource;
+use crate::source::postgres::PostgresSource;
 use crate::source::{Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,11 @@ pub fn build_source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn 
         }
         SourceConfig::Mysql(m) => {
             let s = MysqlSource::new(m.clone(), false, &name, store);
+            let d = s.describe();
+            (Box::new(s), d)
+        }
+        SourceConfig::Postgres(p) => {
+            let s = PostgresSource::new(p.clone(), &name, store);
             let d = s.describe();
             (Box::new(s), d)
         }
@@ -93,7 +99,14 @@ pub async fn run(
     let (tx, mut rx) = queue::bounded(cfg.pipeline.queue_events, cfg.pipeline.queue_bytes);
     let source_stop = shutdown.child_token();
     let source_token = source_stop.clone();
-    let source_task = tokio::spawn(async move { source.run(resume, tx, source_token).await });
+    let (published, checkpoints) = tokio::sync::watch::channel(resume.clone());
+    let source_task =
+        tokio::spawn(async move { source.run(resume, tx, checkpoints, source_token).await });
+    let ledger = Ledger {
+        store: &store,
+        source_desc: &source_desc,
+        published,
+    };
 
     let interval = Duration::from_millis(cfg.pipeline.checkpoint_interval_ms.max(1));
     let mut ticker = tokio::time::interval(interval);
@@ -134,7 +147,7 @@ pub async fn run(
                     }
                     drop(batch);
                     if reached {
-                        checkpoint_now(&store, &mut sinks, &mut pending, &mut in_flight, &source_desc, &mut stats).await?;
+                        checkpoint_now(&ledger, &mut sinks, &mut pending, &mut in_flight, &mut stats).await?;
                         tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
                         source_stop.cancel();
                         break;
@@ -146,7 +159,7 @@ pub async fn run(
                 }
                 done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    store_checkpoint(&store, done?, &source_desc, &mut stats)?;
+                    ledger.store(done?, &mut stats)?;
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() && pending.is_some() {
@@ -182,11 +195,10 @@ pub async fn run(
     drop(rx);
     // The source ended (shutdown, error or --until): final checkpoint.
     checkpoint_now(
-        &store,
+        &ledger,
         &mut sinks,
         &mut pending,
         &mut in_flight,
-        &source_desc,
         &mut stats,
     )
     .await?;
@@ -232,36 +244,43 @@ async fn begin_checkpoint(
 /// Settles the checkpoint in flight, then checkpoints what is pending and waits for it:
 /// for --until and for the final checkpoint at exit.
 async fn checkpoint_now(
-    store: &OffsetStore,
+    ledger: &Ledger<'_>,
     sinks: &mut [Box<dyn Sink>],
     pending: &mut Option<Position>,
     in_flight: &mut Option<InFlight>,
-    source_desc: &str,
     stats: &mut RunStats,
 ) -> Result<(), PipelineError> {
     if let Some(f) = in_flight.take() {
-        store_checkpoint(store, f.await?, source_desc, stats)?;
+        ledger.store(f.await?, stats)?;
     }
     if let Some(f) = begin_checkpoint(sinks, pending).await? {
-        store_checkpoint(store, f.await?, source_desc, stats)?;
+        ledger.store(f.await?, stats)?;
     }
     Ok(())
 }
 
-/// Writes an acknowledged checkpoint and the sinks' cursors in one transaction.
-fn store_checkpoint(
-    store: &OffsetStore,
-    (position, cursors): Acked,
-    source_desc: &str,
-    stats: &mut RunStats,
-) -> Result<(), PipelineError> {
-    let cp = Checkpoint {
-        position: position.clone(),
-        source: source_desc.to_string(),
-        at_ms: now_ms(),
-    };
-    store.commit(Some(&cp), &cursors)?;
-    stats.checkpoints += 1;
-    stats.last_checkpoint = Some(position);
-    Ok(())
+/// Where acknowledged checkpoints go: the offsets store, then the source (which may
+/// confirm them to its server).
+struct Ledger<'a> {
+    store: &'a OffsetStore,
+    source_desc: &'a str,
+    published: tokio::sync::watch::Sender<Option<Position>>,
+}
+
+impl Ledger<'_> {
+    /// Writes an acknowledged checkpoint and the sinks' cursors in one transaction,
+    /// then tells the source.
+    fn store(&self, (position, cursors): Acked, stats: &mut RunStats) -> Result<(), PipelineError> {
+        let cp = Checkpoint {
+            position: position.clone(),
+            source: self.source_desc.to_string(),
+            at_ms: now_ms(),
+        };
+        self.store.commit(Some(&cp), &cursors)?;
+        stats.checkpoints += 1;
+        stats.last_checkpoint = Some(position.clone());
+        // Only after the store has it: a source may now confirm it to its server.
+        self.published.send_replace(Some(position));
+        Ok(())
+    }
 }

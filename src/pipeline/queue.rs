@@ -108,7 +108,7 @@ mod tests {
     use crate::event::{Position, SourceMessage};
 
     fn commit() -> SourceMessage {
-        SourceMessage::Commit(Position::Wal { lsn: "0/1".into() })
+        SourceMessage::Commit(Position::Wal { lsn: 1 })
     }
 
     #[tokio::test]

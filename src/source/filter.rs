@@ -13,10 +13,24 @@ pub struct TableFilter {
 }
 
 const MYSQL_SYSTEM: &[&str] = &["mysql", "information_schema", "performance_schema", "sys"];
+const POSTGRES_SYSTEM: &[&str] = &["pg_catalog", "information_schema", "pg_toast"];
 
 impl TableFilter {
     /// `include`/`exclude` are `db.table` globs (`shop.*`, `*.orders`, `shop.order_?`).
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, String> {
+        Self::with_system(include, exclude, MYSQL_SYSTEM)
+    }
+
+    /// The same for PostgreSQL, where the first part is the schema (`public.orders`).
+    pub fn postgres(include: &[String], exclude: &[String]) -> Result<Self, String> {
+        Self::with_system(include, exclude, POSTGRES_SYSTEM)
+    }
+
+    fn with_system(
+        include: &[String],
+        exclude: &[String],
+        system: &'static [&'static str],
+    ) -> Result<Self, String> {
         let build = |pats: &[String], what: &str| -> Result<GlobSet, String> {
             let mut b = GlobSetBuilder::new();
             for p in pats {
@@ -36,7 +50,7 @@ impl TableFilter {
                 Some(build(include, "include")?)
             },
             exclude: build(exclude, "exclude")?,
-            system: MYSQL_SYSTEM,
+            system,
         })
     }
 

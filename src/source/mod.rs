@@ -6,12 +6,65 @@
 pub mod filter;
 pub mod mysql;
 pub mod postgres;
+pub mod session;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Position;
 use crate::pipeline::queue::QueueSender;
+
+/// The newest stored checkpoint, as the pipeline publishes it.
+pub type Checkpoints = tokio::sync::watch::Receiver<Option<Position>>;
+
+/// What a server check found: errors stop the daemon, warnings are logged, info is
+/// shown by `tributary check`. Each error names the setting, grant or table and the
+/// statement that fixes it.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub info: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Connects to the source's server and runs the checks `tributary check` shows and the
+/// daemon runs at startup. `checkpoint` is the stored position, if any.
+pub async fn check(
+    cfg: &crate::config::SourceConfig,
+    checkpoint: Option<&Position>,
+) -> Result<CheckReport, String> {
+    use crate::config::SourceConfig;
+    match cfg {
+        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
+            let mariadb = matches!(cfg, SourceConfig::Mariadb(_));
+            let password = m.password()?;
+            let mut conn = mysql::connect::connect(m, password.as_ref())
+                .await
+                .map_err(|e| e.message().to_string())?;
+            let mut report = mysql::checks::check_server(&mut conn, m, mariadb)
+                .await
+                .map_err(|e| e.message().to_string())?;
+            report
+                .info
+                .insert(0, format!("connected to {} as {}", m.address(), m.user));
+            let _ = conn.disconnect().await;
+            Ok(report)
+        }
+        SourceConfig::Postgres(p) => {
+            let (mut report, _, _) = postgres::check(p, checkpoint).await?;
+            report
+                .info
+                .insert(0, format!("connected to {} as {}", p.address(), p.user));
+            Ok(report)
+        }
+    }
+}
 
 /// Errors a source stops with. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +85,14 @@ pub trait Source: Send {
 
     /// Streams changes after `resume` (or from the configured start when `None`) into
     /// `tx`, reconnecting on transient errors, until `shutdown` fires or a fatal error.
+    /// `checkpoints` follows the positions the pipeline stored after every sink
+    /// acknowledged them: a source that confirms progress to its server (a Postgres
+    /// slot) confirms those and nothing later.
     async fn run(
         &mut self,
         resume: Option<Position>,
         tx: QueueSender,
+        checkpoints: Checkpoints,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError>;
 }

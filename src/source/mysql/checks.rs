@@ -7,19 +7,7 @@ use mysql_async::Conn;
 use super::config::MysqlSourceConfig;
 use super::connect::{classify, ConnError};
 
-/// What the checks found. Errors stop the daemon; warnings are logged.
-#[derive(Debug, Default)]
-pub struct CheckReport {
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
-    pub info: Vec<String>,
-}
-
-impl CheckReport {
-    pub fn ok(&self) -> bool {
-        self.errors.is_empty()
-    }
-}
+pub use crate::source::CheckReport;
 
 fn setting_fix(var: &str, want: &str) -> String {
     format!(

@@ -8,20 +8,7 @@ use mysql_async::{Conn, OptsBuilder};
 use super::config::MysqlSourceConfig;
 use crate::config::Secret;
 
-/// Whether an error may go away by itself (reconnect) or needs the operator.
-#[derive(Debug)]
-pub enum ConnError {
-    Transient(String),
-    Fatal(String),
-}
-
-impl ConnError {
-    pub fn message(&self) -> &str {
-        match self {
-            ConnError::Transient(m) | ConnError::Fatal(m) => m,
-        }
-    }
-}
+pub use crate::source::session::ConnError;
 
 pub async fn connect(
     cfg: &MysqlSourceConfig,
@@ -81,15 +68,11 @@ pub fn classify(cfg: &MysqlSourceConfig, e: &mysql_async::Error) -> ConnError {
 }
 
 fn password_origin(cfg: &MysqlSourceConfig) -> String {
-    if let Some(v) = &cfg.password_env {
-        format!("from environment variable {v}")
-    } else if let Some(f) = &cfg.password_file {
-        format!("from file {}", f.display())
-    } else if cfg.password.is_some() {
-        "from `password`".into()
-    } else {
-        "none given: set password_env or password_file".into()
-    }
+    crate::config::password_origin(
+        cfg.password.as_deref(),
+        cfg.password_env.as_deref(),
+        cfg.password_file.as_deref(),
+    )
 }
 
 /// Runs a query and collects rows, mapping errors.

@@ -23,7 +23,7 @@ pub use stream::{file_sequence, row_version};
 use crate::event::Position;
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
-use crate::source::{Source, SourceError};
+use crate::source::{Checkpoints, Source, SourceError};
 
 pub struct MysqlSource {
     cfg: MysqlSourceConfig,
@@ -84,6 +84,7 @@ impl Source for MysqlSource {
         &mut self,
         resume: Option<Position>,
         tx: QueueSender,
+        _checkpoints: Checkpoints,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;

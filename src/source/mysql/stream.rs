@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::binlog::EventType;
 use mysql_async::prelude::Queryable;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::charset::Collations;
 use super::config::{MysqlSourceConfig, ResumeBy, StartFrom};
-use super::connect::{classify, connect, ConnError};
+use super::connect::{classify, connect};
 use super::decode::read_image;
 use super::mariadb::{self, GtidState};
 use super::table::{ExtraColumnInfo, TableInfo};
@@ -24,29 +24,8 @@ use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage};
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
 use crate::source::filter::TableFilter;
+use crate::source::session::{next_or_flush, Next, Reconnect, Stop};
 use crate::source::SourceError;
-
-/// How long a part-filled batch waits for more events before it is handed over.
-const LINGER: Duration = Duration::from_millis(1);
-/// Batches at least this full are handed over without waiting.
-const LINGER_BELOW: usize = 128;
-
-/// Why one streaming session ended.
-enum Stop {
-    Shutdown,
-    Transient(String),
-    Fatal(String),
-    Closed,
-}
-
-impl From<ConnError> for Stop {
-    fn from(e: ConnError) -> Self {
-        match e {
-            ConnError::Transient(m) => Stop::Transient(m),
-            ConnError::Fatal(m) => Stop::Fatal(m),
-        }
-    }
-}
 
 enum CachedTable {
     Included { raw: Vec<u8>, info: Arc<TableInfo> },
@@ -114,9 +93,8 @@ impl Streamer<'_> {
             checksums: true,
             seen_fde: false,
         };
-        let mut backoff = Duration::from_secs(1);
-        let max_backoff = Duration::from_secs(self.cfg.max_reconnect_backoff_secs.max(1));
-        let mut connected_once = false;
+        let mut reconnect =
+            Reconnect::new("binlog connection", self.cfg.max_reconnect_backoff_secs);
         loop {
             let mut progressed = false;
             let stop = self
@@ -125,40 +103,18 @@ impl Streamer<'_> {
                     &mut tx,
                     &shutdown,
                     &mut progressed,
-                    &mut connected_once,
+                    &mut reconnect.connected_once,
                 )
                 .await;
-            match stop {
-                Stop::Shutdown => {
-                    let _ = tx.flush().await;
-                    return Ok(());
-                }
-                Stop::Closed => return Err(SourceError::Closed),
-                Stop::Fatal(m) => {
-                    let _ = tx.flush().await;
-                    return Err(SourceError::Fatal(m));
-                }
-                Stop::Transient(m) if !connected_once => return Err(SourceError::Fatal(m)),
-                Stop::Transient(m) => {
-                    if st.in_txn {
-                        // The transaction will be read again from its start.
-                        tx.send(SourceMessage::Rewind)
-                            .await
-                            .map_err(|_| SourceError::Closed)?;
-                        st.in_txn = false;
-                        st.txn_gtid = None;
-                    }
-                    tx.flush().await.map_err(|_| SourceError::Closed)?;
-                    if progressed {
-                        backoff = Duration::from_secs(1);
-                    }
-                    tracing::warn!(error = %m, retry_in_s = backoff.as_secs(), "binlog connection lost; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(max_backoff);
-                }
+            let in_txn = st.in_txn;
+            if let Some(done) = reconnect
+                .after(stop, &mut st.in_txn, progressed, &mut tx, &shutdown)
+                .await
+            {
+                return done;
+            }
+            if in_txn {
+                st.txn_gtid = None;
             }
         }
     }
@@ -245,37 +201,18 @@ impl Streamer<'_> {
 
         let silence = Duration::from_secs(cfg.heartbeat_secs * 3 + 5);
         loop {
-            // Hand over what is buffered before waiting, so a quiet stream never holds
-            // changes back.
-            let next = match stream.next().now_or_never() {
-                Some(n) => n,
-                // More is usually a moment away while the server streams: wait a
-                // millisecond before handing over a part-filled batch (fewer wakeups).
-                None if tx.buffered() > 0 && tx.buffered() < LINGER_BELOW => {
-                    match tokio::time::timeout(LINGER, stream.next()).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            // Quiet: hand over what there is, then wait as long as needed.
-                            if tx.flush().await.is_err() {
-                                return Stop::Closed;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                None => {
-                    if tx.flush().await.is_err() {
-                        return Stop::Closed;
-                    }
-                    tokio::select! {
-                        n = tokio::time::timeout(silence, stream.next()) => match n {
-                            Ok(n) => n,
-                            Err(_) => return Stop::Transient(format!(
-                                "no event or heartbeat from {} for {}s", cfg.address(), silence.as_secs()
-                            )),
-                        },
-                        _ = shutdown.cancelled() => return Stop::Shutdown,
-                    }
+            let next = stream.next();
+            tokio::pin!(next);
+            let next = match next_or_flush(tx, shutdown, silence, next).await {
+                Next::Item(n) => n,
+                Next::Shutdown => return Stop::Shutdown,
+                Next::Closed => return Stop::Closed,
+                Next::Silent => {
+                    return Stop::Transient(format!(
+                        "no event or heartbeat from {} for {}s",
+                        cfg.address(),
+                        silence.as_secs()
+                    ))
                 }
             };
             let event = match next {

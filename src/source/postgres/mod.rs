@@ -1,8 +1,112 @@
-//! PostgreSQL source (issue 4, in progress): logical replication with pgoutput.
+//! PostgreSQL source: logical replication with pgoutput.
 //!
-//! So far: the pgoutput message decoder. The replication connection
-//! (pgwire-replication), slot and publication management, standby feedback and value
-//! decoding will sit beside it.
+//! Rooms: `config` (the `[source]` section), `connect` (query and replication
+//! connections, error sorting), `tls`, `checks` (server checks, slot and publication
+//! set-up), `catalog` (tables, keys, type resolution), `pgoutput` (the message
+//! decoder), `values` (text values -> event values), `stream` (the session loop).
 
+pub mod catalog;
+pub mod checks;
+pub mod config;
+pub mod connect;
 pub mod pgoutput;
+mod stream;
+mod tls;
 pub mod values;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+pub use config::PostgresSourceConfig;
+
+use crate::event::Position;
+use crate::offsets::OffsetStore;
+use crate::pipeline::queue::QueueSender;
+use crate::source::{CheckReport, Checkpoints, Source, SourceError};
+
+pub struct PostgresSource {
+    cfg: PostgresSourceConfig,
+    connector: Arc<str>,
+    store: Arc<OffsetStore>,
+}
+
+impl PostgresSource {
+    pub fn new(cfg: PostgresSourceConfig, connector: &str, store: Arc<OffsetStore>) -> Self {
+        PostgresSource {
+            cfg,
+            connector: Arc::from(connector),
+            store,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("postgres {} slot {}", self.cfg.address(), self.cfg.slot)
+    }
+}
+
+/// Connects and runs every check (for `tributary check` and startup); returns the
+/// report, the plan, and the connection for the set-up.
+pub async fn check(
+    cfg: &PostgresSourceConfig,
+    checkpoint: Option<&Position>,
+) -> Result<(CheckReport, checks::Plan, tokio_postgres::Client), String> {
+    let password = cfg.password()?;
+    let client = connect::query_client(cfg, password.as_ref())
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let checkpoint = match checkpoint {
+        Some(Position::Wal { lsn }) => Some(*lsn),
+        _ => None,
+    };
+    let (report, plan) = checks::check_server(&client, cfg, checkpoint)
+        .await
+        .map_err(|e| connect::classify(cfg, &e).message().to_string())?;
+    Ok((report, plan, client))
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    async fn preflight(&mut self) -> Result<(), SourceError> {
+        let checkpoint = self
+            .store
+            .checkpoint()
+            .map_err(|e| SourceError::Fatal(e.to_string()))?
+            .map(|c| c.position);
+        let (report, plan, client) = check(&self.cfg, checkpoint.as_ref())
+            .await
+            .map_err(SourceError::Fatal)?;
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
+        if !report.ok() {
+            return Err(SourceError::Fatal(format!(
+                "the server at {} is not ready for tributary:\n  - {}",
+                self.cfg.address(),
+                report.errors.join("\n  - ")
+            )));
+        }
+        checks::set_up(&client, &self.cfg, &plan)
+            .await
+            .map_err(SourceError::Fatal)
+    }
+
+    async fn run(
+        &mut self,
+        resume: Option<Position>,
+        tx: QueueSender,
+        checkpoints: Checkpoints,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let password = self.cfg.password().map_err(SourceError::Fatal)?;
+        let streamer = stream::Streamer {
+            cfg: &self.cfg,
+            connector: self.connector.clone(),
+            store: self.store.clone(),
+            filter: self.cfg.filter(),
+            password,
+        };
+        streamer.run(resume, tx, checkpoints, shutdown).await
+    }
+}

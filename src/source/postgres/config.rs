@@ -1,0 +1,183 @@
+//! `[source] kind = "postgres"`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::{resolve_password, ConfigError, Secret};
+use crate::source::filter::TableFilter;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres` (chooses this config; see config::kinds).
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// Local demos only: prefer `password_env` or `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// libpq's sslmode: disable, prefer, require, verify-ca, verify-full.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA certificate (PEM) for verify-ca / verify-full; the system roots otherwise.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// The logical replication slot (pgoutput); created when missing.
+    pub slot: String,
+    /// The publication listing the included tables; created when missing (never FOR
+    /// ALL TABLES: that makes UPDATE/DELETE fail on the source's tables without a
+    /// primary key or replica identity).
+    pub publication: String,
+    /// `schema.table` globs.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Seconds between standby status updates (also when idle), so the server sees the
+    /// confirmed position advance and releases WAL.
+    #[serde(default = "default_status_interval")]
+    pub status_interval_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Longest wait between reconnect attempts.
+    #[serde(default = "default_max_backoff")]
+    pub max_reconnect_backoff_secs: u64,
+    /// Startup warns when the slot holds back more WAL than this many megabytes.
+    #[serde(default = "default_wal_warn_mb")]
+    pub retained_wal_warn_mb: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS, without verifying the certificate.
+    Require,
+    /// TLS, certificate signed by `sslrootcert` (or a system root).
+    VerifyCa,
+    /// verify-ca, and the certificate names `host`.
+    VerifyFull,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_status_interval() -> u64 {
+    10
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_max_backoff() -> u64 {
+    30
+}
+fn default_wal_warn_mb() -> u64 {
+    1024
+}
+
+impl PostgresSourceConfig {
+    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let at = |key: &str, msg: String| Err(ConfigError::at_key(path, text, key, msg));
+        if let Err(e) = TableFilter::postgres(&self.include, &self.exclude) {
+            return at("include", format!("[source] {e}"));
+        }
+        for (key, name) in [("slot", &self.slot), ("publication", &self.publication)] {
+            if !valid_identifier(name) {
+                return at(
+                    key,
+                    format!(
+                        "[source] {key} `{name}` must be 1-63 lower-case letters, digits or underscores (a PostgreSQL {key} name)"
+                    ),
+                );
+            }
+        }
+        if self.status_interval_secs == 0 || self.status_interval_secs > 3600 {
+            return at(
+                "status_interval_secs",
+                "[source] status_interval_secs must be between 1 and 3600".into(),
+            );
+        }
+        if self.sslrootcert.is_some()
+            && !matches!(self.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+        {
+            return at(
+                "sslrootcert",
+                "[source] sslrootcert is only used with sslmode = \"verify-ca\" or \"verify-full\""
+                    .into(),
+            );
+        }
+        let given = [
+            self.password.is_some(),
+            self.password_env.is_some(),
+            self.password_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return at(
+                "password_env",
+                "[source] set only one of password_env, password_file and password".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn filter(&self) -> TableFilter {
+        TableFilter::postgres(&self.include, &self.exclude).expect("validated when loaded")
+    }
+
+    /// The password, read now from its env var or file.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        resolve_password(
+            self.password.as_deref(),
+            self.password_env.as_deref(),
+            self.password_file.as_deref(),
+        )
+        .map_err(|e| format!("[source] {e}"))
+    }
+
+    /// `host:port/database`, for messages (never includes credentials).
+    pub fn address(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.database)
+    }
+}
+
+/// Slot and publication names: what PostgreSQL accepts unquoted, so they can be
+/// written into replication commands as they are.
+fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_identifier;
+
+    #[test]
+    fn slot_names() {
+        assert!(valid_identifier("tributary_orders"));
+        assert!(!valid_identifier("Orders"));
+        assert!(!valid_identifier("a-b"));
+        assert!(!valid_identifier("1abc"));
+        assert!(!valid_identifier(""));
+        assert!(!valid_identifier(&"a".repeat(64)));
+    }
+}
