@@ -12,6 +12,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use serde_json::Value as Json;
 
+mod pg;
+#[allow(unused_imports)]
+pub use pg::*;
+
 /// Port of the MariaDB server shared by most tests.
 pub const SHARED_PORT: u16 = 33071;
 
@@ -187,7 +191,7 @@ pub async fn wait_streaming(connector: &Path, child: &mut Child) {
     let log = connector.parent().unwrap().join("daemon.log");
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("streaming binlog") {
+        if text.contains("streaming binlog") || text.contains("streaming logical replication") {
             // Give the start checkpoint a moment to land.
             tokio::time::sleep(Duration::from_millis(400)).await;
             return;

@@ -1,0 +1,118 @@
+//! PostgreSQL 15 test servers started by deploy/postgres.sh, admin sessions and
+//! connector files for the Postgres source.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The server most Postgres tests share.
+pub const PG_PORT: u16 = 54371;
+
+static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// Starts (once per test process) PostgreSQL on `port` with extra server arguments.
+pub fn postgres(port: u16, extra_args: &str) {
+    let mut started = STARTED.lock().unwrap();
+    if started.contains(&port) {
+        return;
+    }
+    pg_deploy(port, "start", extra_args);
+    started.push(port);
+}
+
+pub fn pg_deploy(port: u16, action: &str, extra_args: &str) {
+    let out = Command::new("bash")
+        .arg(super::repo().join("deploy/postgres.sh"))
+        .args([action, &port.to_string()])
+        .env("TRIBUTARY_POSTGRES_EXTRA_ARGS", extra_args)
+        .output()
+        .expect("run deploy/postgres.sh");
+    assert!(
+        out.status.success(),
+        "deploy/postgres.sh {action} {port} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A superuser session on database `app`, with the settings the replication session
+/// pins and synchronous commits (logical decoding reads flushed WAL only, and the test
+/// server commits asynchronously).
+pub async fn pg_admin(port: u16) -> tokio_postgres::Client {
+    postgres(port, "");
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=admin password=admin dbname=app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect as admin");
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET IntervalStyle = 'iso_8601'; \
+             SET bytea_output = 'hex'; SET synchronous_commit = on",
+        )
+        .await
+        .unwrap();
+    client
+}
+
+/// A fresh schema that the `tributary` user may read, named like `prefix_<pid>_<n>`.
+pub async fn pg_schema(client: &tokio_postgres::Client, prefix: &str) -> String {
+    let schema = super::unique_db(prefix);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; GRANT USAGE ON SCHEMA {schema} TO tributary;
+             ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO tributary;"
+        ))
+        .await
+        .unwrap();
+    schema
+}
+
+/// A connector file in `dir` capturing `include` from the server on `port` into
+/// `dir/log`; slot and publication are named after `name`.
+pub fn pg_connector(dir: &Path, port: u16, name: &str, include: &str, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "pgtest"
+[source]
+kind = "postgres"
+port = {port}
+database = "app"
+user = "tributary"
+password = "tributary"
+sslmode = "disable"
+slot = "{name}"
+publication = "{name}"
+include = ["{include}"]
+status_interval_secs = 1
+max_reconnect_backoff_secs = 2
+{extra}
+
+[[sink]]
+kind = "log"
+dir = "{log}"
+segment_bytes = 1048576
+
+[state]
+dir = "{state}"
+"#,
+        log = dir.join("log").display(),
+        state = dir.join("state").display(),
+    );
+    let path = dir.join("connector.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The slot's confirmed_flush_lsn, as a number.
+pub async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Option<u64> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()?;
+    row.get::<_, Option<String>>(0)
+        .and_then(|s| tributary::event::parse_lsn(&s))
+}

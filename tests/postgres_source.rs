@@ -1,0 +1,771 @@
+//! The Postgres source end to end against a real PostgreSQL 15: exact values through
+//! the daemon, TOAST, kill -9 and server restarts mid-stream, slot safety, bad input.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+
+/// Every value in an event equals what the server itself renders for it (`to_json` or
+/// `::text`), edge values included; enums, domains and arrays resolve through the
+/// catalog; an unknown type passes as text with one warning. tributary creates the
+/// publication (it owns the table here) and the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_round_trip_exactly() {
+    use base64::Engine;
+
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "vals").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TYPE {schema}.mood AS ENUM ('sad', 'ok', 'happy');
+             CREATE DOMAIN {schema}.posint AS integer CHECK (VALUE > 0);"
+        ))
+        .await
+        .unwrap();
+    // (column, type, how the server renders the expectation, values for two rows)
+    let mood = format!("{schema}.mood");
+    let posint = format!("{schema}.posint");
+    let mood_arr = format!("{schema}.mood[]");
+    let cols: Vec<(&str, &str, &str, &str, &str)> = vec![
+        ("i2", "smallint", "json", "-32768", "32767"),
+        ("i4", "integer", "json", "-2147483648", "2147483647"),
+        (
+            "i8",
+            "bigint",
+            "json",
+            "-9223372036854775808",
+            "9223372036854775807",
+        ),
+        (
+            "n",
+            "numeric",
+            "text",
+            "'NaN'",
+            "'-123456789012345678901234567890.000000000000000000001'",
+        ),
+        ("ni", "numeric(10,2)", "text", "-99999999.99", "0.5"),
+        ("nx", "numeric", "text", "'-Infinity'", "'Infinity'"),
+        ("f4", "real", "json", "'Infinity'", "3.14"),
+        (
+            "f8",
+            "double precision",
+            "json",
+            "'NaN'",
+            "1.7976931348623157e308",
+        ),
+        ("b", "boolean", "json", "true", "false"),
+        (
+            "t",
+            "text",
+            "json",
+            "''",
+            "E'multi\\nline \\\"quoted\\\" ünïcode 😀'",
+        ),
+        ("vc", "varchar(10)", "json", "'short'", "NULL"),
+        ("ch", "char(4)", "json", "'ab'", "'abcd'"),
+        ("by", "bytea", "hex", "'\\x'", "'\\x00ff10'"),
+        ("d", "date", "text", "'2024-02-29'", "'infinity'"),
+        ("tm", "time", "text", "'00:00:00'", "'23:59:59.999999'"),
+        ("tz", "timetz", "text", "'12:00:00+05:30'", "'00:00:00-08'"),
+        (
+            "ts",
+            "timestamp",
+            "json",
+            "'2024-02-29 12:34:56.78'",
+            "'1970-01-01 00:00:00'",
+        ),
+        (
+            "tstz",
+            "timestamptz",
+            "tsz",
+            "'2024-02-29 12:34:56.789+05:30'",
+            "'2038-01-19 03:14:07.999999+00'",
+        ),
+        (
+            "iv",
+            "interval",
+            "text",
+            "'1 year 2 mons 3 days 04:05:06.7'",
+            "'-1 day'",
+        ),
+        (
+            "u",
+            "uuid",
+            "text",
+            "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+            "NULL",
+        ),
+        ("j", "json", "json", "'{\"a\": [1, 2.50]}'", "'null'"),
+        (
+            "jb",
+            "jsonb",
+            "json",
+            "'{\"b\": {\"c\": true}, \"a\": 1}'",
+            "'[]'",
+        ),
+        ("ip", "inet", "json", "'192.168.0.1/24'", "'::1'"),
+        ("ci", "cidr", "json", "'10.0.0.0/8'", "'2001:db8::/32'"),
+        ("mac", "macaddr", "text", "'08:00:2b:01:02:03'", "NULL"),
+        ("ai", "integer[]", "json", "'{1,NULL,-3}'", "'{}'"),
+        (
+            "at",
+            "text[]",
+            "json",
+            "'{a,\"b,c\",NULL,\"NULL\"}'",
+            "NULL",
+        ),
+        ("e", &mood, "json", "'happy'", "'sad'"),
+        ("ea", &mood_arr, "json", "'{ok,happy}'", "NULL"),
+        ("dm", &posint, "json", "2147483647", "1"),
+        ("pt", "point", "text", "'(1.5,-2)'", "NULL"),
+    ];
+    let ddl: Vec<String> = cols.iter().map(|(n, t, ..)| format!("{n} {t}")).collect();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.vals (id int PRIMARY KEY, {});
+             ALTER TABLE {schema}.vals OWNER TO tributary;",
+            ddl.join(", ")
+        ))
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.vals"), "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    for (id, pick) in [(1, 3usize), (2, 4usize)] {
+        let vals: Vec<&str> = cols
+            .iter()
+            .map(|c| if pick == 3 { c.3 } else { c.4 })
+            .collect();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.vals VALUES ({id}, {})",
+                vals.join(", ")
+            ))
+            .await
+            .unwrap();
+    }
+    let log = dir.path().join("log");
+    assert_eq!(
+        wait_for_events(&log, 2, Duration::from_secs(30)).await,
+        2,
+        "{}",
+        daemon_log(&conn)
+    );
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+
+    // tributary made the publication with exactly the included table.
+    let published: Vec<String> = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, vec![format!("{schema}.vals")]);
+
+    let events = read_events(&log);
+    for e in &events {
+        assert_eq!(e["op"], "c");
+        let id = e["after"]["id"].as_i64().unwrap() as i32;
+        for (name, ty, how, ..) in &cols {
+            let got = e["after"][*name].clone();
+            let expr = match *how {
+                "json" => format!("to_json({name})::text"),
+                "text" => format!("to_json({name}::text)::text"),
+                "hex" => format!("to_json(encode({name}, 'hex'))::text"),
+                "tsz" => format!("to_json(to_char({name} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'))::text"),
+                _ => unreachable!(),
+            };
+            let want: Option<String> = client
+                .query_one(
+                    &format!("SELECT {expr} FROM {schema}.vals WHERE id = $1"),
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let want: Json = want
+                .map(|w| serde_json::from_str(&w).unwrap())
+                .unwrap_or(Json::Null);
+            let ctx = format!("row {id} column {name} ({ty}): event {got} vs server {want}");
+            match *how {
+                _ if got.is_null() || want.is_null() => assert_eq!(got, want, "{ctx}"),
+                "hex" => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(got.as_str().unwrap())
+                        .unwrap();
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    assert_eq!(Json::String(hex), want, "{ctx}");
+                }
+                "tsz" => {
+                    let g = got.as_str().unwrap();
+                    assert!(g.ends_with('Z'), "{ctx}");
+                    let g = g.trim_end_matches('Z');
+                    let (secs, frac) = g.split_once('.').unwrap_or((g, ""));
+                    assert_eq!(
+                        format!("{secs}.{frac:0<6}"),
+                        want.as_str().unwrap(),
+                        "{ctx}"
+                    );
+                }
+                _ if *ty == "real" => match (got.as_f64(), want.as_f64()) {
+                    (Some(g), Some(w)) => assert_eq!(g as f32, w as f32, "{ctx}"),
+                    _ => assert_eq!(got, want, "{ctx}"),
+                },
+                _ => assert_eq!(got, want, "{ctx}"),
+            }
+        }
+    }
+    let text = daemon_log(&conn);
+    assert_eq!(
+        text.matches("unknown type: passed as its text form")
+            .count(),
+        1,
+        "one warning for the point column:\n{text}"
+    );
+    assert!(text.contains("column=pt"), "{text}");
+}
+
+/// A 1 MB TOASTed column left alone by an update arrives as unchanged: named in
+/// `unchanged`, absent from `after`, never null. With REPLICA IDENTITY FULL the before
+/// image carries it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_toast_is_marked_not_nulled() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "toast").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.docs (id int PRIMARY KEY, title text, body text);
+             ALTER TABLE {schema}.docs ALTER COLUMN body SET STORAGE EXTERNAL;
+             CREATE PUBLICATION {schema} FOR TABLE {schema}.docs;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.*"), "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    let big: String = (0..(1 << 20))
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    client
+        .execute(
+            &format!("INSERT INTO {schema}.docs VALUES (1, 'first', $1)"),
+            &[&big],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "UPDATE {schema}.docs SET title = 'second' WHERE id = 1;
+             ALTER TABLE {schema}.docs REPLICA IDENTITY FULL;"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "UPDATE {schema}.docs SET title = 'third' WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+    let log = dir.path().join("log");
+    assert_eq!(
+        wait_for_events(&log, 3, Duration::from_secs(30)).await,
+        3,
+        "{}",
+        daemon_log(&conn)
+    );
+    assert_eq!(stop(&mut daemon), 0);
+    let ev = read_events(&log);
+    assert_eq!(ev[0]["after"]["body"].as_str().unwrap().len(), 1 << 20);
+    for (e, title) in [(&ev[1], "second"), (&ev[2], "third")] {
+        assert_eq!(e["op"], "u");
+        assert_eq!(e["after"]["title"], title);
+        assert!(
+            e["after"].get("body").is_none(),
+            "no placeholder, no null: {}",
+            e["after"]
+        );
+        assert_eq!(e["unchanged"], serde_json::json!(["body"]));
+    }
+    // DEFAULT identity: the key only; FULL: the whole old row, body included.
+    assert_eq!(ev[1]["before"], serde_json::json!({"id": 1}));
+    assert_eq!(ev[2]["before"]["body"].as_str().unwrap(), big);
+    assert_eq!(ev[2]["before"]["title"], "second");
+}
+
+/// Transactions of 1 to 2,000 rows on one connection: inserts, updates, deletes, and a
+/// truncate now and then. Returns the number of row changes (a truncate counts one).
+async fn workload(port: u16, table: String, start_id: i64, rows: i64, pause: Duration) -> u64 {
+    let mut client = pg_admin(port).await;
+    // Commits return once the WAL is flushed, so a restarted server loses none.
+    let sizes = [1i64, 7, 50, 500, 2000, 3, 120];
+    let (mut changes, mut next, mut k) = (0u64, start_id, 0usize);
+    let end = start_id + rows;
+    while next < end {
+        let n = sizes[k % sizes.len()].min(end - next);
+        k += 1;
+        while client.simple_query("SELECT 1").await.is_err() {
+            // The server restarted under us: a new session.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client = pg_admin(port).await;
+        }
+        let tx = client.transaction().await.unwrap();
+        changes += tx
+            .execute(
+                &format!("INSERT INTO {table} SELECT i, i, repeat('p', (i % 50)::int) FROM generate_series($1::int8, $2::int8) i"),
+                &[&next, &(next + n - 1)],
+            )
+            .await
+            .unwrap();
+        if k % 3 == 0 {
+            changes += tx
+                .execute(
+                    &format!("UPDATE {table} SET v = v + 1 WHERE id BETWEEN $1 AND $2"),
+                    &[&next, &(next + n / 2)],
+                )
+                .await
+                .unwrap();
+            let lo = (next - 3000).max(start_id);
+            changes += tx
+                .execute(
+                    &format!("UPDATE {table} SET v = v * 2, pad = 'u' WHERE id BETWEEN $1 AND $2"),
+                    &[&lo, &(lo + 40)],
+                )
+                .await
+                .unwrap();
+        }
+        if k % 5 == 0 {
+            let lo = (next - 1500).max(start_id);
+            changes += tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE id BETWEEN $1 AND $2"),
+                    &[&lo, &(lo + 25)],
+                )
+                .await
+                .unwrap();
+        }
+        if k % 97 == 0 {
+            tx.batch_execute(&format!("TRUNCATE {table}"))
+                .await
+                .unwrap();
+            changes += 1;
+        }
+        tx.commit().await.unwrap();
+        next += n;
+        tokio::time::sleep(pause).await;
+    }
+    changes
+}
+
+async fn source_rows(port: u16, table: &str) -> BTreeMap<i64, (i64, String)> {
+    let client = pg_admin(port).await;
+    client
+        .query(&format!("SELECT id, v, pad FROM {table}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
+/// The log against the source: every change once, in commit order, and replaying it
+/// gives the table.
+fn verify_log(log: &Path, expected: u64, source: &BTreeMap<i64, (i64, String)>, ctx: &str) {
+    let events = read_events(log);
+    let mut state: BTreeMap<i64, (i64, String)> = BTreeMap::new();
+    let mut last = 0u64;
+    for (i, e) in events.iter().enumerate() {
+        // One writer: commit order is LSN order, so versions (change LSNs) increase.
+        let v = e["version"].as_u64().unwrap();
+        assert!(
+            v > last,
+            "event {i} repeats or goes back (version {v} after {last}): {e}\n{ctx}"
+        );
+        last = v;
+        match e["op"].as_str().unwrap() {
+            "c" | "u" => {
+                let a = &e["after"];
+                state.insert(
+                    a["id"].as_i64().unwrap(),
+                    (
+                        a["v"].as_i64().unwrap(),
+                        a["pad"].as_str().unwrap().to_string(),
+                    ),
+                );
+            }
+            "d" => {
+                let id = e["before"]["id"].as_i64().unwrap();
+                assert!(
+                    state.remove(&id).is_some(),
+                    "delete of a row never inserted: {e}"
+                );
+            }
+            "t" => state.clear(),
+            other => panic!("unexpected op {other}"),
+        }
+    }
+    assert_eq!(
+        events.len() as u64,
+        expected,
+        "every change exactly once\n{ctx}"
+    );
+    assert!(
+        state == *source,
+        "replaying the log gives the source table ({} vs {} rows)\n{ctx}",
+        state.len(),
+        source.len()
+    );
+}
+
+async fn work_table(client: &tokio_postgres::Client, prefix: &str) -> (String, String) {
+    let schema = pg_schema(client, prefix).await;
+    let table = format!("{schema}.w");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, v bigint NOT NULL, pad text NOT NULL);
+             CREATE PUBLICATION {schema} FOR TABLE {table};"
+        ))
+        .await
+        .unwrap();
+    (schema, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_100k_change_workload_loses_and_repeats_nothing() {
+    let client = pg_admin(PG_PORT).await;
+    let (schema, table) = work_table(&client, "crash").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+
+    let writer = tokio::spawn(workload(
+        PG_PORT,
+        table.clone(),
+        1,
+        88_000,
+        Duration::from_millis(20),
+    ));
+    let (mut kills, started) = (0u32, Instant::now());
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(700 + (kills as u64 * 137) % 500)).await;
+        if writer.is_finished() {
+            break;
+        }
+        kill9(&mut daemon);
+        kills += 1;
+        daemon = spawn_daemon(&conn);
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "workload takes too long"
+        );
+    }
+    let changes = writer.await.unwrap();
+    assert!(changes >= 100_000, "workload made {changes} changes");
+    assert!(kills >= 3, "the daemon was killed only {kills} times");
+    let log = dir.path().join("log");
+    let got = wait_for_events(&log, changes as usize, Duration::from_secs(180)).await;
+    assert_eq!(stop(&mut daemon), 0, "clean stop\n{}", daemon_log(&conn));
+    assert_eq!(got as u64, changes, "{}", daemon_log(&conn));
+    let ctx = format!("{kills} kills; daemon log:\n{}", daemon_log(&conn));
+    verify_log(&log, changes, &source_rows(PG_PORT, &table).await, &ctx);
+}
+
+/// The server the restart test restarts.
+const RESTART_PORT: u16 = 54372;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_stream_loses_nothing_and_the_slot_never_passes_the_checkpoint() {
+    let client = pg_admin(RESTART_PORT).await;
+    let (schema, table) = work_table(&client, "restart").await;
+    drop(client);
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), RESTART_PORT, &schema, &table, "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+
+    // Watch the slot: its confirmed position may never pass the stored checkpoint.
+    let state = dir.path().join("state");
+    let slot = schema.clone();
+    let watcher = tokio::spawn(async move {
+        let mut samples = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            if let Ok((c, conn)) = tokio_postgres::connect(
+                &format!("host=127.0.0.1 port={RESTART_PORT} user=admin password=admin dbname=app"),
+                tokio_postgres::NoTls,
+            )
+            .await
+            {
+                tokio::spawn(conn);
+                while let Ok(Some(row)) = c
+                    .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                    .await
+                {
+                    let confirmed = row.get::<_, Option<String>>(0).and_then(|s| tributary::event::parse_lsn(&s));
+                    // Read after the slot: the checkpoint only grows.
+                    let checkpoint = checkpoint_lsn(&state);
+                    if let (Some(cf), Some(cp)) = (confirmed, checkpoint) {
+                        assert!(cf <= cp, "slot confirmed {cf:X} past the checkpoint {cp:X}");
+                        samples += 1;
+                    }
+                    if std::fs::exists(state.join("stop-watch")).unwrap_or(false) {
+                        return samples;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        samples
+    });
+
+    let first = workload(RESTART_PORT, table.clone(), 1, 30_000, Duration::ZERO).await;
+    pg_deploy(RESTART_PORT, "stop", "");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg_deploy(RESTART_PORT, "start", "");
+    let second = workload(
+        RESTART_PORT,
+        table.clone(),
+        1_000_000,
+        20_000,
+        Duration::ZERO,
+    )
+    .await;
+
+    let log = dir.path().join("log");
+    let got = wait_for_events(&log, (first + second) as usize, Duration::from_secs(120)).await;
+    // Let a few idle checkpoints and status updates pass under the watcher.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::write(dir.path().join("state/stop-watch"), "").unwrap();
+    let samples = watcher.await.expect("the slot never passed the checkpoint");
+    assert!(samples > 10, "only {samples} samples of the slot");
+    assert_eq!(stop(&mut daemon), 0, "clean stop\n{}", daemon_log(&conn));
+    let text = daemon_log(&conn);
+    assert!(
+        text.contains("reconnecting"),
+        "the daemon noticed the restart:\n{text}"
+    );
+    assert_eq!(got as u64, first + second, "{text}");
+    verify_log(
+        &log,
+        first + second,
+        &source_rows(RESTART_PORT, &table).await,
+        &text,
+    );
+
+    // After a clean stop the slot is confirmed exactly at the final checkpoint, so
+    // the server keeps no WAL tributary already has.
+    let client = pg_admin(RESTART_PORT).await;
+    let confirmed = confirmed_flush(&client, &schema).await.unwrap();
+    assert!(confirmed <= checkpoint_lsn(&dir.path().join("state")).unwrap());
+}
+
+fn checkpoint_lsn(state: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(state.join("status.json")).ok()?;
+    let v: Json = serde_json::from_str(&text).ok()?;
+    tributary::event::parse_lsn(v["checkpoint"]["position"]["lsn"].as_str()?)
+}
+
+/// `status` shows the slot and `slot drop` removes it; a restart without it is a
+/// clear error instead of a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_slot_drop() {
+    let client = pg_admin(PG_PORT).await;
+    let (schema, table) = work_table(&client, "slot").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    let path = conn.to_str().unwrap();
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1, 1, 'a')"))
+        .await
+        .unwrap();
+    wait_for_events(&dir.path().join("log"), 1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, out, err) = tributary(&["status", "--connector", path]);
+    assert_eq!(code, 0, "{err}");
+    let status: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["running"], true, "{out}");
+    assert_eq!(status["slot"]["exists"], true, "{out}");
+    assert!(status["slot"]["active_pid"].is_number(), "{out}");
+    assert!(status["slot"]["retained_wal_bytes"].is_number(), "{out}");
+    assert!(status["checkpoint"]["position"]["lsn"].is_string(), "{out}");
+
+    // Dropping a slot in use is refused.
+    let (code, _, err) = tributary(&["slot", "drop", "--connector", path]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(stop(&mut daemon), 0);
+    let (code, out, err) = tributary(&["slot", "drop", "--connector", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dropped slot"), "{out}");
+    assert_eq!(confirmed_flush(&client, &schema).await, None);
+
+    // The checkpoint now points into a stream that is gone.
+    let mut daemon = spawn_daemon(&conn);
+    let status = daemon.wait().unwrap();
+    assert!(!status.success());
+    let text = daemon_log(&conn);
+    assert!(
+        text.contains("does not exist but tributary has a checkpoint"),
+        "{text}"
+    );
+}
+
+/// Runs the daemon on a connector that must be refused: non-zero exit, the message,
+/// and nothing created (no state dir, no slot, no publication).
+async fn refused(client: &tokio_postgres::Client, conn: &Path, name: &str, expect: &str) -> String {
+    let (code, _, err) = tributary(&["run", "--connector", conn.to_str().unwrap()]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(expect), "expected `{expect}` in:\n{err}");
+    assert!(
+        !conn.parent().unwrap().join("state").exists(),
+        "state dir left behind"
+    );
+    let publications: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(publications, 0, "a publication was created");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_one_clear_message_and_creates_nothing() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "bad").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.t (id int PRIMARY KEY);
+             ALTER TABLE {schema}.t OWNER TO tributary;
+             CREATE ROLE {schema}_r LOGIN PASSWORD 'norepl';
+             GRANT USAGE ON SCHEMA {schema} TO {schema}_r;
+             GRANT SELECT ON {schema}.t TO {schema}_r;"
+        ))
+        .await
+        .unwrap();
+    let table = format!("{schema}.t");
+
+    // A missing table.
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.nope"), "");
+    refused(
+        &client,
+        &conn,
+        &schema,
+        &format!("included table `{schema}.nope` does not exist"),
+    )
+    .await;
+    assert_eq!(confirmed_flush(&client, &schema).await, None, "no slot");
+
+    // No REPLICATION attribute.
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    let text = std::fs::read_to_string(&conn)
+        .unwrap()
+        .replace("user = \"tributary\"", &format!("user = \"{schema}_r\""))
+        .replace("password = \"tributary\"", "password = \"norepl\"");
+    std::fs::write(&conn, text).unwrap();
+    refused(
+        &client,
+        &conn,
+        &schema,
+        &format!("lacks the REPLICATION attribute: run ALTER ROLE \"{schema}_r\" REPLICATION;"),
+    )
+    .await;
+
+    // The slot exists but belongs to another plugin.
+    client
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{schema}', 'test_decoding')"
+        ))
+        .await
+        .unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    refused(&client, &conn, &schema, "uses plugin `test_decoding`").await;
+    client
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{schema}')"))
+        .await
+        .unwrap();
+
+    // Malformed connector files: file:line:column, exit code 2.
+    for (bad, expect) in [
+        ("slot = \"Bad-Slot\"", "must be 1-63 lower-case letters"),
+        ("sslmode = \"sometimes\"", "unknown variant `sometimes`"),
+        ("slott = \"x\"", "unknown field `slott`"),
+    ] {
+        let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+        let mut text = std::fs::read_to_string(&conn).unwrap();
+        if bad.starts_with("slot =") {
+            text = text.replace(&format!("slot = \"{schema}\""), bad);
+        } else if bad.starts_with("sslmode") {
+            text = text.replace("sslmode = \"disable\"", bad);
+        } else {
+            text = text.replace(
+                "status_interval_secs = 1",
+                &format!("status_interval_secs = 1\n{bad}"),
+            );
+        }
+        std::fs::write(&conn, text).unwrap();
+        let (code, _, err) = tributary(&["run", "--connector", conn.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(expect) && err.contains("connector.toml:"),
+            "{bad}: {err}"
+        );
+    }
+    assert_eq!(confirmed_flush(&client, &schema).await, None, "no slot");
+}
+
+/// The server the wal_level test starts with wal_level=replica.
+const REPLICA_PORT: u16 = 54373;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_not_logical_is_refused() {
+    postgres(REPLICA_PORT, "-c wal_level=replica");
+    let client = pg_admin(REPLICA_PORT).await;
+    let schema = pg_schema(&client, "wal").await;
+    client
+        .batch_execute(&format!("CREATE TABLE {schema}.t (id int PRIMARY KEY); ALTER TABLE {schema}.t OWNER TO tributary;"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(
+        dir.path(),
+        REPLICA_PORT,
+        &schema,
+        &format!("{schema}.t"),
+        "",
+    );
+    let err = refused(
+        &client,
+        &conn,
+        &schema,
+        "wal_level is `replica`, logical replication needs `logical`",
+    )
+    .await;
+    assert!(
+        err.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{err}"
+    );
+    // `check` names the same problem and exits non-zero.
+    let (code, out, _) = tributary(&["check", "--connector", conn.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("wal_level is `replica`"), "{out}");
+}
