@@ -1,8 +1,9 @@
 # Shared by the bench scripts (sourced from the repository root): a work dir removed on
 # exit (and `bench_cleanup` called, when the script defines it), the release build, a
-# MariaDB on $PORT, and a measured tributary run over the binlog up to
-# $end_file:$end_pos.
-#   run_tributary needs: expected (row changes the run must stream)
+# MariaDB on $PORT (unless BENCH_SOURCE=postgres), and a measured tributary run up to
+# $until (default $end_file:$end_pos).
+#   run_tributary needs: expected (row changes the run must stream); optional
+#   source_toml (the [source] section; default: the MariaDB bench source)
 
 PORT=${TRIBUTARY_BENCH_PORT:-33081}
 export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
@@ -12,7 +13,9 @@ trap 'rm -rf "$work"; if declare -F bench_cleanup >/dev/null; then bench_cleanup
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 echo "building release binary..." >&2
 cargo build --release --quiet
-bash deploy/mariadb.sh start "$PORT" >/dev/null
+if [ "${BENCH_SOURCE:-mariadb}" = mariadb ]; then
+  bash deploy/mariadb.sh start "$PORT" >/dev/null
+fi
 M=(mariadb -h127.0.0.1 -P"$PORT" -uadmin -padmin)
 
 # A fresh binlog and an empty bench.orders.
@@ -25,6 +28,14 @@ reset_bench_table() {
 
 run_tributary() { # $1 = sink kind
   local dir="$work/$1"; mkdir -p "$dir"
+  local source=${source_toml:-"kind = \"mariadb\"
+port = $PORT
+user = \"tributary\"
+password = \"tributary\"
+server_id = 9901
+include = [\"bench.*\"]
+start = \"earliest\""}
+  source=${source//@SINK@/$1}
   local sink="kind = \"null\""
   [ "$1" = log ] && sink="kind = \"log\"
 dir = \"$dir/log\""
@@ -33,20 +44,14 @@ urls = [\"$ES\"]
 dead_letter_dir = \"$dir/dead-letters\""
   cat > "$dir/c.toml" <<TOML
 [source]
-kind = "mariadb"
-port = $PORT
-user = "tributary"
-password = "tributary"
-server_id = 9901
-include = ["bench.*"]
-start = "earliest"
+$source
 [[sink]]
 $sink
 [state]
 dir = "$dir/state"
 TOML
   /usr/bin/time -f "%e %M" -o "$dir/time" target/release/tributary --log-format json run \
-    --connector "$dir/c.toml" --until "$end_file:$end_pos" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
+    --connector "$dir/c.toml" --until "${until:-$end_file:$end_pos}" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
   local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
   [ "$changes" = "$expected" ] || { echo "tributary ($1) streamed $changes changes, expected $expected" >&2; exit 1; }
   read -r secs rss < "$dir/time"

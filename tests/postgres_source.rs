@@ -769,3 +769,87 @@ async fn wal_level_not_logical_is_refused() {
     assert_eq!(code, 1);
     assert!(out.contains("wal_level is `replica`"), "{out}");
 }
+
+/// Elasticsearch keeps a 1 MB TOASTed column across updates of another column: merged
+/// from the stored document (REPLICA IDENTITY DEFAULT, via _mget) and from the before
+/// image (FULL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_keeps_unchanged_toast_columns() {
+    let url = elasticsearch();
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "estoast").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.docs (id int PRIMARY KEY, title text, body text);
+             ALTER TABLE {schema}.docs ALTER COLUMN body SET STORAGE EXTERNAL;
+             CREATE TABLE {schema}.full_docs (id int PRIMARY KEY, title text, body text);
+             ALTER TABLE {schema}.full_docs ALTER COLUMN body SET STORAGE EXTERNAL;
+             ALTER TABLE {schema}.full_docs REPLICA IDENTITY FULL;
+             CREATE PUBLICATION {schema} FOR TABLE {schema}.docs, {schema}.full_docs;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.*"), "");
+    add_es_sink(&conn, &url, "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    let big: String = (0..(1 << 20))
+        .map(|i| char::from(b'a' + (i % 23) as u8))
+        .collect();
+    for t in ["docs", "full_docs"] {
+        client
+            .execute(
+                &format!("INSERT INTO {schema}.{t} VALUES (1, 'first', $1), (2, 'other', 'small')"),
+                &[&big],
+            )
+            .await
+            .unwrap();
+        // Separate transactions, and one where insert and update share a bulk request.
+        client
+            .batch_execute(&format!(
+                "UPDATE {schema}.{t} SET title = 'second' WHERE id = 1"
+            ))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "UPDATE {schema}.{t} SET title = 'third' WHERE id = 1; UPDATE {schema}.{t} SET title = 'x' WHERE id = 2"
+            ))
+            .await
+            .unwrap();
+    }
+    let log = dir.path().join("log");
+    assert_eq!(
+        wait_for_events(&log, 10, Duration::from_secs(60)).await,
+        10,
+        "{}",
+        daemon_log(&conn)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+    for t in ["docs", "full_docs"] {
+        let docs = es_documents(&url, &format!("{schema}_{t}")).await;
+        assert_eq!(docs.len(), 2, "{t}: {docs:?}");
+        let d1 = &docs["1"];
+        assert_eq!(d1["title"], "third", "{t}");
+        assert_eq!(
+            d1["body"].as_str().map(str::len),
+            Some(1 << 20),
+            "{t}: the body survived"
+        );
+        assert!(
+            d1["body"].as_str().unwrap() == big,
+            "{t}: the body is exact"
+        );
+        assert_eq!(
+            docs["2"],
+            serde_json::json!({"id": 2, "title": "x", "body": "small"}),
+            "{t}"
+        );
+    }
+    assert!(
+        read_events(&dir.path().join("dead-letters")).is_empty(),
+        "no dead letters"
+    );
+}

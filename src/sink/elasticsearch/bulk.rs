@@ -39,6 +39,18 @@ impl Batch {
     /// Appends the action for `e` (index for inserts, updates and reads; delete for
     /// deletes) under document id `id`.
     pub fn push(&mut self, e: &ChangeEvent, alias: std::sync::Arc<str>, id: &str) {
+        self.push_with(e, alias, id, None)
+    }
+
+    /// The same, with the document given (a partial row merged with what the index
+    /// holds) instead of written from the event's `after`.
+    pub fn push_with(
+        &mut self,
+        e: &ChangeEvent,
+        alias: std::sync::Arc<str>,
+        id: &str,
+        document: Option<&[u8]>,
+    ) {
         let start = self.body.len();
         let (action, row) = match e.op {
             Op::Delete => ("delete", None),
@@ -54,9 +66,16 @@ impl Batch {
         b.extend_from_slice(b",\"version\":");
         b.extend_from_slice(itoa::Buffer::new().format(e.version).as_bytes());
         b.extend_from_slice(b",\"version_type\":\"external_gte\"}}\n");
-        if let Some(row) = row {
-            e.write_row_json(row, b);
-            b.push(b'\n');
+        match (document, row) {
+            (Some(doc), _) => {
+                b.extend_from_slice(doc);
+                b.push(b'\n');
+            }
+            (None, Some(row)) => {
+                e.write_row_json(row, b);
+                b.push(b'\n');
+            }
+            (None, None) => {}
         }
         let ev_start = self.events.len();
         e.write_json(&mut self.events);

@@ -21,14 +21,14 @@ use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::Url;
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsAliasParts};
-use elasticsearch::{BulkParts, Elasticsearch};
+use elasticsearch::{BulkParts, Elasticsearch, MgetParts};
 use serde_json::json;
 
 use self::bulk::{outcomes, Batch, Outcome};
 use self::config::redact;
 use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
-use crate::event::{SourceMessage, TableSchema};
+use crate::event::{ChangeEvent, SourceMessage, TableSchema, Value};
 
 /// Where a table's documents go.
 #[derive(Clone)]
@@ -274,8 +274,18 @@ impl ElasticsearchSink {
         status: u16,
         error: &serde_json::Value,
     ) -> Result<(), SinkError> {
+        let alias = batch.items[item].alias.clone();
+        self.dead_letter_event(&alias, status, error, batch.event_json(item))
+    }
+
+    fn dead_letter_event(
+        &mut self,
+        alias: &str,
+        status: u16,
+        error: &serde_json::Value,
+        event_json: &[u8],
+    ) -> Result<(), SinkError> {
         self.rejected += 1;
-        let alias = &batch.items[item].alias;
         tracing::warn!(sink = %self.id, index = %alias, status, error_type = %error["type"], reason = %error["reason"], "document rejected; written to the dead-letter stream");
         let mut rec = Vec::with_capacity(256);
         rec.extend_from_slice(b"{\"sink\":");
@@ -289,9 +299,83 @@ impl ElasticsearchSink {
         rec.extend_from_slice(b",\"error\":");
         rec.extend_from_slice(error.to_string().as_bytes());
         rec.extend_from_slice(b",\"event\":");
-        rec.extend_from_slice(batch.event_json(item));
+        rec.extend_from_slice(event_json);
         rec.push(b'}');
         self.dead_letters.append_json(&rec)
+    }
+
+    /// The whole document for a partial row: the absent values from the event's
+    /// `before` image (REPLICA IDENTITY FULL), else from the document the index holds
+    /// (read after sending everything queued, so earlier writes are there). None when
+    /// neither has them.
+    async fn merged_document(
+        &mut self,
+        e: &ChangeEvent,
+        alias: &str,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, SinkError> {
+        let after = e.after.as_ref().expect("partial rows have an after image");
+        let absent: Vec<usize> = (0..after.len())
+            .filter(|&i| matches!(after[i], Value::Absent))
+            .collect();
+        if let Some(before) = &e.before {
+            if absent
+                .iter()
+                .all(|&i| !matches!(before.get(i), None | Some(Value::Absent)))
+            {
+                let mut row = after.clone();
+                for &i in &absent {
+                    row[i] = before[i].clone();
+                }
+                let mut doc = Vec::with_capacity(256);
+                e.write_row_json(&row, &mut doc);
+                return Ok(Some(doc));
+            }
+        }
+        self.send_batch().await?;
+        let client = &self.client;
+        let body = json!({ "ids": [id] });
+        let b = &body;
+        let response = self
+            .retry("reading a document to merge", || async move {
+                match client
+                    .mget(MgetParts::Index(alias))
+                    .body(b.clone())
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().is_success() => {
+                        match r.json::<serde_json::Value>().await {
+                            Ok(j) => Attempt::Done(j),
+                            Err(e) => Attempt::Retry(format!("reading the _mget response: {e}")),
+                        }
+                    }
+                    Ok(r) => status_attempt(r).await,
+                }
+            })
+            .await?;
+        let found = &response["docs"][0];
+        let Some(stored) = found["_source"]
+            .as_object()
+            .filter(|_| found["found"] == true)
+        else {
+            return Ok(None);
+        };
+        let mut partial = Vec::with_capacity(256);
+        e.write_row_json(after, &mut partial);
+        let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&partial)
+            .map_err(|err| self.err(format!("re-reading a partial row: {err}")))?;
+        for &i in &absent {
+            let name = &e.table.columns[i].name;
+            match stored.get(name) {
+                Some(v) => {
+                    doc.insert(name.clone(), v.clone());
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(serde_json::to_vec(&doc).expect("a map serializes")))
     }
 
     /// Documents rejected for good so far in this run.
@@ -390,7 +474,22 @@ impl Sink for ElasticsearchSink {
                 continue;
             };
             let Some(id) = document_id(e) else { continue };
-            self.batch.push(e, alias, &id);
+            if e.is_partial() {
+                // Unchanged TOAST columns: the update API takes no external version, so
+                // merge here and index the whole document with the event's version.
+                match self.merged_document(e, &alias, &id).await? {
+                    Some(doc) => self.batch.push_with(e, alias, &id, Some(&doc)),
+                    None => {
+                        let error = json!({
+                            "type": "partial_row_without_document",
+                            "reason": "the change leaves columns unchanged (TOAST) and the index holds no document to take them from; re-snapshot the table or set REPLICA IDENTITY FULL on it",
+                        });
+                        self.dead_letter_event(&alias, 404, &error, e.to_json().as_bytes())?;
+                    }
+                }
+            } else {
+                self.batch.push(e, alias, &id);
+            }
             if self.batch.items.len() >= self.cfg.batch_docs
                 || self.batch.bytes() >= self.cfg.batch_bytes
             {

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# PostgreSQL logical replication benchmark (not part of the test run).
+#
+#   bench/pgoutput_throughput.sh [N]      default N = 1000000 rows
+#
+# The MariaDB benchmark's workload shape on PostgreSQL 15: N inserts in transactions of
+# 1,000, updates of every row and deletes of half of them, also in transactions of
+# 1,000. One pgoutput slot per reader is created before the load, so each reads the
+# same WAL:
+#   - tributary streaming it to the null sink (decode + pipeline cost)
+#   - tributary streaming it to the log sink (fsync before each checkpoint)
+#   - pg_recvlogical (pgoutput, same publication) writing to /dev/null
+# Prints events/s, wall time and peak RSS of each and the ratio to pg_recvlogical.
+# Results go to bench/results/pgoutput_throughput.json.
+set -euo pipefail
+N=${1:-1000000}
+cd "$(dirname "$0")/.."
+PGPORT_BENCH=${TRIBUTARY_BENCH_PG_PORT:-54381}
+BENCH_SOURCE=postgres
+. bench/lib.sh
+bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
+export PGPASSWORD=admin
+P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
+
+echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
+"${P[@]}" <<'SQL'
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%';
+DROP SCHEMA IF EXISTS bench CASCADE;
+DROP PUBLICATION IF EXISTS bench;
+CREATE SCHEMA bench;
+GRANT USAGE ON SCHEMA bench TO tributary;
+CREATE TABLE bench.orders (id bigint PRIMARY KEY, customer_id int NOT NULL,
+  status varchar(20) NOT NULL, amount numeric(12,2) NOT NULL, note varchar(200),
+  created_at timestamp(6) NOT NULL, updated_at timestamptz(3));
+GRANT SELECT ON bench.orders TO tributary;
+CREATE PUBLICATION bench FOR TABLE bench.orders;
+SELECT pg_create_logical_replication_slot('bench_null', 'pgoutput');
+SELECT pg_create_logical_replication_slot('bench_log', 'pgoutput');
+SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput');
+SQL
+python3 - "$N" > "$work/load.sql" <<'PY'
+import sys
+n = int(sys.argv[1]); step = 1000
+print("SET synchronous_commit = on;")
+for a in range(1, n + 1, step):
+    b = min(a + step - 1, n)
+    print(f"INSERT INTO bench.orders SELECT i, i % 5000, 'new', i * 1.25, 'order note ' || i, now(), NULL FROM generate_series({a}, {b}) i;")
+for a in range(1, n + 1, step):
+    b = min(a + step - 1, n)
+    print(f"UPDATE bench.orders SET status = 'paid', updated_at = now(), amount = amount + 1 WHERE id BETWEEN {a} AND {b};")
+for a in range(1, n + 1, 2 * step):
+    b = min(a + step - 1, n)
+    print(f"DELETE FROM bench.orders WHERE id BETWEEN {a} AND {b};")
+# The end of the last commit record: where every reader stops.
+print("SELECT pg_current_wal_insert_lsn();")
+PY
+load_start=$(date +%s.%N)
+until=$("${P[@]}" -tA < "$work/load.sql" | tail -1)
+load_s=$(python3 -c "import time;print(round(time.time()-$load_start,1))")
+expected=$(python3 -c "n=$N; print(n + n + sum(min(a+999,n)-a+1 for a in range(1,n+1,2000)))")
+wal_bytes=$("${P[@]}" -tA -c "SELECT pg_wal_lsn_diff('$until', restart_lsn) FROM pg_replication_slots WHERE slot_name = 'bench_recv'")
+echo "loaded in ${load_s}s: $expected row changes, $wal_bytes WAL bytes up to $until" >&2
+
+source_toml="kind = \"postgres\"
+port = $PGPORT_BENCH
+database = \"app\"
+user = \"tributary\"
+password = \"tributary\"
+sslmode = \"disable\"
+slot = \"bench_@SINK@\"
+publication = \"bench\"
+include = [\"bench.orders\"]
+status_interval_secs = 1"
+echo "tributary -> null sink..." >&2
+read -r null_s null_rss < <(run_tributary null)
+echo "tributary -> log sink..." >&2
+read -r log_s log_rss < <(run_tributary log)
+echo "pg_recvlogical..." >&2
+/usr/bin/time -f "%e %M" -o "$work/recv.time" pg_recvlogical -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app \
+  --slot bench_recv --start --endpos "$until" -o proto_version=1 -o publication_names=bench -f /dev/null
+read -r recv_s recv_rss < "$work/recv.time"
+"${P[@]}" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%'" >/dev/null
+
+python3 - "$N" "$expected" "$wal_bytes" "$null_s" "$null_rss" "$log_s" "$log_rss" "$recv_s" "$recv_rss" "$load_s" <<'PY'
+import json, sys, time, platform, os
+n, ev, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+null_s, null_rss, log_s, log_rss, rv_s, rv_rss, load_s = map(float, sys.argv[4:11])
+res = {
+  "benchmark": "pgoutput_throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+  "machine": f"{os.cpu_count()} cores, {platform.machine()}", "rows": n, "row_changes": ev,
+  "wal_bytes": size, "load_seconds": load_s,
+  "tributary_null": {"seconds": null_s, "events_per_s": round(ev / null_s), "peak_rss_mib": round(null_rss / 1024, 1)},
+  "tributary_log": {"seconds": log_s, "events_per_s": round(ev / log_s), "peak_rss_mib": round(log_rss / 1024, 1)},
+  "pg_recvlogical": {"seconds": rv_s, "events_per_s": round(ev / rv_s), "peak_rss_mib": round(rv_rss / 1024, 1)},
+}
+res["ratio_null_vs_pg_recvlogical"] = round(rv_s / null_s, 2)
+res["ratio_log_vs_pg_recvlogical"] = round(rv_s / log_s, 2)
+os.makedirs("bench/results", exist_ok=True)
+with open("bench/results/pgoutput_throughput.json", "w") as f:
+    json.dump(res, f, indent=2); f.write("\n")
+print(f"{'':24}{'seconds':>9}{'events/s':>12}{'peak RSS MiB':>14}")
+for k, label in [("tributary_null", "tributary -> null"), ("tributary_log", "tributary -> log"), ("pg_recvlogical", "pg_recvlogical")]:
+    r = res[k]; print(f"{label:24}{r['seconds']:>9}{r['events_per_s']:>12}{r['peak_rss_mib']:>14}")
+print(f"speed vs pg_recvlogical: null sink x{res['ratio_null_vs_pg_recvlogical']}, log sink x{res['ratio_log_vs_pg_recvlogical']}  ({ev} row changes, {size} WAL bytes)")
+PY
