@@ -853,3 +853,39 @@ async fn elasticsearch_keeps_unchanged_toast_columns() {
         "no dead letters"
     );
 }
+
+/// TRUNCATE empties the index behind the alias (a new concrete index swapped in), and
+/// rows written after it are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_follows_truncate() {
+    let url = elasticsearch();
+    let client = pg_admin(PG_PORT).await;
+    let (schema, table) = work_table(&client, "estrunc").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    add_es_sink(&conn, &url, "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} SELECT i, i, 'a' FROM generate_series(1, 50) i;
+             TRUNCATE {table};
+             INSERT INTO {table} VALUES (7, 70, 'after');"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (8, 80, 'later')"))
+        .await
+        .unwrap();
+    wait_for_events(&dir.path().join("log"), 53, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+    let docs = es_documents(&url, &format!("{schema}_w")).await;
+    assert_eq!(
+        docs.keys().cloned().collect::<Vec<_>>(),
+        vec!["7", "8"],
+        "{docs:?}"
+    );
+    assert_eq!(docs["7"]["pad"], "after");
+}

@@ -20,7 +20,9 @@ use elasticsearch::auth::Credentials;
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::Url;
-use elasticsearch::indices::{IndicesCreateParts, IndicesExistsAliasParts};
+use elasticsearch::indices::{
+    IndicesCreateParts, IndicesDeleteParts, IndicesExistsAliasParts, IndicesGetAliasParts,
+};
 use elasticsearch::{BulkParts, Elasticsearch, MgetParts};
 use serde_json::json;
 
@@ -28,7 +30,7 @@ use self::bulk::{outcomes, Batch, Outcome};
 use self::config::redact;
 use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
-use crate::event::{ChangeEvent, SourceMessage, TableSchema, Value};
+use crate::event::{ChangeEvent, Op, SourceMessage, TableSchema, Value};
 
 /// Where a table's documents go.
 #[derive(Clone)]
@@ -176,12 +178,23 @@ impl ElasticsearchSink {
             return Ok(());
         }
         let concrete = format!("{alias}_v1");
+        self.create_index(&concrete, table).await?;
+        self.swap_aliases(json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]}))
+            .await?;
+        tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
+        Ok(())
+    }
+
+    /// Creates a concrete index with the mapping derived from the schema (an index that
+    /// already exists is fine: an earlier attempt made it).
+    async fn create_index(&self, concrete: &str, table: &TableSchema) -> Result<(), SinkError> {
+        let client = &self.client;
         let body = mapping::create_index_body(table, self.cfg.decimal, &self.cfg.gc_deletes);
-        let (c, b) = (concrete.as_str(), &body);
+        let b = &body;
         self.retry("creating the index", || async move {
             match client
                 .indices()
-                .create(IndicesCreateParts::Index(c))
+                .create(IndicesCreateParts::Index(concrete))
                 .body(b.clone())
                 .send()
                 .await
@@ -196,15 +209,19 @@ impl ElasticsearchSink {
                     } else if status == 429 || status >= 500 {
                         Attempt::Retry(format!("HTTP {status}: {text}"))
                     } else {
-                        Attempt::Fatal(format!("creating index {c}: HTTP {status}: {text}"))
+                        Attempt::Fatal(format!("creating index {concrete}: HTTP {status}: {text}"))
                     }
                 }
             }
         })
-        .await?;
-        let actions = json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]});
+        .await
+    }
+
+    /// Applies alias actions atomically (`_aliases`).
+    async fn swap_aliases(&self, actions: serde_json::Value) -> Result<(), SinkError> {
+        let client = &self.client;
         let a = &actions;
-        self.retry("creating the alias", || async move {
+        self.retry("updating aliases", || async move {
             match client
                 .indices()
                 .update_aliases()
@@ -217,9 +234,7 @@ impl ElasticsearchSink {
                 Ok(r) => status_attempt(r).await,
             }
         })
-        .await?;
-        tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
-        Ok(())
+        .await
     }
 
     /// Sends the current batch until every item is written, a 409, or dead-lettered.
@@ -302,6 +317,74 @@ impl ElasticsearchSink {
         rec.extend_from_slice(event_json);
         rec.push(b'}');
         self.dead_letters.append_json(&rec)
+    }
+
+    /// TRUNCATE: a new empty concrete index (`<alias>_v<n+1>`, same mapping) takes the
+    /// alias in one atomic swap, then the old one is deleted. Readers never see a half
+    /// emptied table, and no delete-by-query is needed (OpenSearch and Elasticsearch
+    /// both have the swap). Replays stay safe: a truncate replayed after a crash just
+    /// swaps again, and the changes after it are replayed too.
+    async fn truncate(&mut self, alias: &str, table: &TableSchema) -> Result<(), SinkError> {
+        // Writes queued before the truncate belong to the old index.
+        self.send_batch().await?;
+        let client = &self.client;
+        let current = self
+            .retry("reading the alias", || async move {
+                match client
+                    .indices()
+                    .get_alias(IndicesGetAliasParts::Name(&[alias]))
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().is_success() => {
+                        match r.json::<serde_json::Value>().await {
+                            Ok(j) => Attempt::Done(j),
+                            Err(e) => Attempt::Retry(e.to_string()),
+                        }
+                    }
+                    Ok(r) => status_attempt(r).await,
+                }
+            })
+            .await?;
+        let old: Vec<String> = current
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let next = old
+            .iter()
+            .filter_map(|i| i.strip_prefix(&format!("{alias}_v"))?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let concrete = format!("{alias}_v{next}");
+        self.create_index(&concrete, table).await?;
+        let mut actions: Vec<serde_json::Value> = old
+            .iter()
+            .map(|i| json!({"remove": {"index": i, "alias": alias}}))
+            .collect();
+        actions.push(json!({"add": {"index": concrete, "alias": alias, "is_write_index": true}}));
+        self.swap_aliases(json!({ "actions": actions })).await?;
+        for i in &old {
+            let i = i.as_str();
+            self.retry("deleting the truncated index", || async move {
+                match client
+                    .indices()
+                    .delete(IndicesDeleteParts::Index(&[i]))
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().is_success() || r.status_code().as_u16() == 404 => {
+                        Attempt::Done(())
+                    }
+                    Ok(r) => status_attempt(r).await,
+                }
+            })
+            .await?;
+        }
+        tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "truncate: the alias now points at a new empty index");
+        Ok(())
     }
 
     /// The whole document for a partial row: the absent values from the event's
@@ -473,6 +556,10 @@ impl Sink for ElasticsearchSink {
             let Target::Alias(alias) = self.target(&e.table).await? else {
                 continue;
             };
+            if e.op == Op::Truncate {
+                self.truncate(&alias, &e.table).await?;
+                continue;
+            }
             let Some(id) = document_id(e) else { continue };
             if e.is_partial() {
                 // Unchanged TOAST columns: the update API takes no external version, so
