@@ -7,15 +7,33 @@ use crate::event::TableSchema;
 
 /// The mapping of one column, from the source type name.
 pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
-    let base = type_name.trim_end_matches(" unsigned");
-    let unsigned = type_name.ends_with(" unsigned");
+    // Postgres arrays map as their element type (Elasticsearch fields hold arrays).
+    if let Some(element) = type_name.strip_suffix("[]") {
+        return field(element, decimal);
+    }
+    // Type modifiers go: `numeric(10,2)`, `timestamp(3) with time zone`.
+    let mut plain = String::with_capacity(type_name.len());
+    let mut depth = 0;
+    for ch in type_name.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let base = plain.trim_end_matches(" unsigned");
+    let unsigned = plain.ends_with(" unsigned");
     match base {
         "bigint" if unsigned => json!({"type": "unsigned_long"}),
-        "tinyint" | "smallint" | "mediumint" | "int" | "bigint" | "year" => json!({"type": "long"}),
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "year" | "oid" => {
+            json!({"type": "long"})
+        }
         "bit" => json!({"type": "unsigned_long"}),
-        "float" => json!({"type": "float"}),
-        "double" => json!({"type": "double"}),
-        "decimal" => match decimal {
+        "float" | "real" => json!({"type": "float"}),
+        "double" | "double precision" => json!({"type": "double"}),
+        "boolean" => json!({"type": "boolean"}),
+        "decimal" | "numeric" => match decimal {
             DecimalMapping::Keyword => json!({"type": "keyword"}),
             DecimalMapping::ScaledFloat => {
                 json!({"type": "scaled_float", "scaling_factor": 1_000_000})
@@ -25,15 +43,15 @@ pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
         "date" => {
             json!({"type": "date", "format": "strict_date||yyyy-MM-dd", "ignore_malformed": true})
         }
-        "datetime" | "timestamp" => {
+        "datetime" | "timestamp" | "timestamp without time zone" | "timestamp with time zone" => {
             json!({"type": "date", "format": "strict_date_optional_time_nanos", "ignore_malformed": true})
         }
         "time" | "enum" | "set" => json!({"type": "keyword"}),
-        "char" | "varchar" | "text" => {
+        "char" | "varchar" | "text" | "character varying" | "character" | "name" => {
             json!({"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}})
         }
-        "json" => json!({"type": "object"}),
-        "binary" | "varbinary" | "blob" | "geometry" => json!({"type": "binary"}),
+        "json" | "jsonb" => json!({"type": "object"}),
+        "binary" | "varbinary" | "blob" | "geometry" | "bytea" => json!({"type": "binary"}),
         _ => json!({"type": "keyword"}),
     }
 }
@@ -76,5 +94,31 @@ mod tests {
         assert_eq!(field("timestamp", k)["type"], "date");
         assert_eq!(field("json", k)["type"], "object");
         assert_eq!(field("blob", k)["type"], "binary");
+    }
+}
+
+#[cfg(test)]
+mod postgres_names {
+    use super::*;
+
+    #[test]
+    fn postgres_type_names_map_like_their_mysql_peers() {
+        let f = |t: &str| {
+            field(t, DecimalMapping::Keyword)["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(f("integer"), "long");
+        assert_eq!(f("bigint[]"), "long");
+        assert_eq!(f("numeric(10,2)"), "keyword");
+        assert_eq!(f("double precision"), "double");
+        assert_eq!(f("boolean"), "boolean");
+        assert_eq!(f("character varying(20)"), "text");
+        assert_eq!(f("timestamp(3) with time zone"), "date");
+        assert_eq!(f("jsonb"), "object");
+        assert_eq!(f("bytea"), "binary");
+        assert_eq!(f("uuid"), "keyword");
+        assert_eq!(f("mood"), "keyword");
     }
 }
