@@ -70,3 +70,22 @@ pub fn password_origin(
         "none given: set password_env or password_file".into()
     }
 }
+
+/// `[source]` may name its password one way only; the error points at `password_env`.
+pub(crate) fn check_one_password(
+    path: &std::path::Path,
+    text: &str,
+    password: bool,
+    env: bool,
+    file: bool,
+) -> Result<(), super::ConfigError> {
+    if [password, env, file].iter().filter(|g| **g).count() > 1 {
+        return Err(super::ConfigError::at_key(
+            path,
+            text,
+            "password_env",
+            "[source] set only one of password_env, password_file and password",
+        ));
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{resolve_password, ConfigError, Secret};
+use crate::config::{check_one_password, resolve_password, ConfigError, Secret};
 use crate::source::filter::TableFilter;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,20 +111,13 @@ impl MysqlSourceConfig {
                 "[source] heartbeat_secs must be between 1 and 4000000",
             ));
         }
-        let given = [
+        check_one_password(
+            path,
+            text,
             self.password.is_some(),
             self.password_env.is_some(),
             self.password_file.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() > 1 {
-            return Err(ConfigError::at_key(
-                path,
-                text,
-                "password_env",
-                "[source] set only one of password_env, password_file and password",
-            ));
-        }
-        Ok(())
+        )
     }
 
     pub fn filter(&self) -> TableFilter {

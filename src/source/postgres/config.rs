@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{resolve_password, ConfigError, Secret};
+use crate::config::{check_one_password, resolve_password, ConfigError, Secret};
 use crate::source::filter::TableFilter;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,18 +122,13 @@ impl PostgresSourceConfig {
                     .into(),
             );
         }
-        let given = [
+        check_one_password(
+            path,
+            text,
             self.password.is_some(),
             self.password_env.is_some(),
             self.password_file.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() > 1 {
-            return at(
-                "password_env",
-                "[source] set only one of password_env, password_file and password".into(),
-            );
-        }
-        Ok(())
+        )
     }
 
     pub fn filter(&self) -> TableFilter {
