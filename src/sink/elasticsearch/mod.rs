@@ -250,16 +250,8 @@ impl ElasticsearchSink {
                 .retry("bulk request", || async move {
                     let body = b.body();
                     let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
-                    match client.bulk(BulkParts::None).body(vec![body]).send().await {
-                        Err(e) => Attempt::Retry(e.to_string()),
-                        Ok(r) if r.status_code().is_success() => {
-                            match r.json::<serde_json::Value>().await {
-                                Ok(j) => Attempt::Done(j),
-                                Err(e) => Attempt::Retry(format!("reading the bulk response: {e}")),
-                            }
-                        }
-                        Ok(r) => status_attempt(r).await,
-                    }
+                    let sent = client.bulk(BulkParts::None).body(vec![body]).send().await;
+                    json_attempt(sent, "bulk").await
                 })
                 .await?;
             let results = outcomes(&response, batch.items.len()).map_err(|m| self.err(m))?;
@@ -330,21 +322,12 @@ impl ElasticsearchSink {
         let client = &self.client;
         let current = self
             .retry("reading the alias", || async move {
-                match client
+                let sent = client
                     .indices()
                     .get_alias(IndicesGetAliasParts::Name(&[alias]))
                     .send()
-                    .await
-                {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().is_success() => {
-                        match r.json::<serde_json::Value>().await {
-                            Ok(j) => Attempt::Done(j),
-                            Err(e) => Attempt::Retry(e.to_string()),
-                        }
-                    }
-                    Ok(r) => status_attempt(r).await,
-                }
+                    .await;
+                json_attempt(sent, "_alias").await
             })
             .await?;
         let old: Vec<String> = current
@@ -421,21 +404,12 @@ impl ElasticsearchSink {
         let b = &body;
         let response = self
             .retry("reading a document to merge", || async move {
-                match client
+                let sent = client
                     .mget(MgetParts::Index(alias))
                     .body(b.clone())
                     .send()
-                    .await
-                {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().is_success() => {
-                        match r.json::<serde_json::Value>().await {
-                            Ok(j) => Attempt::Done(j),
-                            Err(e) => Attempt::Retry(format!("reading the _mget response: {e}")),
-                        }
-                    }
-                    Ok(r) => status_attempt(r).await,
-                }
+                    .await;
+                json_attempt(sent, "_mget").await
             })
             .await?;
         let found = &response["docs"][0];
@@ -527,6 +501,22 @@ pub async fn ping(cfg: &ElasticsearchSinkConfig) -> Result<String, String> {
 
 /// Turns a non-success response into a retry (429, 5xx) or a fatal error (other 4xx:
 /// bad credentials, missing privileges), with the server's own words.
+/// A request whose answer is a JSON body: connection errors and unreadable bodies are
+/// retried, HTTP errors sorted by `status_attempt`.
+async fn json_attempt(
+    sent: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
+    what: &str,
+) -> Attempt<serde_json::Value> {
+    match sent {
+        Err(e) => Attempt::Retry(e.to_string()),
+        Ok(r) if r.status_code().is_success() => match r.json::<serde_json::Value>().await {
+            Ok(j) => Attempt::Done(j),
+            Err(e) => Attempt::Retry(format!("reading the {what} response: {e}")),
+        },
+        Ok(r) => status_attempt(r).await,
+    }
+}
+
 async fn status_attempt<T>(r: elasticsearch::http::response::Response) -> Attempt<T> {
     let status = r.status_code().as_u16();
     let text = r.text().await.unwrap_or_default();
