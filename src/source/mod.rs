@@ -31,6 +31,20 @@ impl CheckReport {
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
     }
+
+    /// At startup: logs the warnings, and stops with every error when there is one.
+    pub fn require_ready(&self, address: &str) -> Result<(), SourceError> {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+        if self.ok() {
+            return Ok(());
+        }
+        Err(SourceError::Fatal(format!(
+            "the server at {address} is not ready for tributary:\n  - {}",
+            self.errors.join("\n  - ")
+        )))
+    }
 }
 
 /// Connects to the source's server and runs the checks `tributary check` shows and the
@@ -42,18 +56,10 @@ pub async fn check(
     use crate::config::SourceConfig;
     match cfg {
         SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
-            let mariadb = matches!(cfg, SourceConfig::Mariadb(_));
-            let password = m.password()?;
-            let mut conn = mysql::connect::connect(m, password.as_ref())
-                .await
-                .map_err(|e| e.message().to_string())?;
-            let mut report = mysql::checks::check_server(&mut conn, m, mariadb)
-                .await
-                .map_err(|e| e.message().to_string())?;
+            let mut report = mysql::check(m, matches!(cfg, SourceConfig::Mariadb(_))).await?;
             report
                 .info
                 .insert(0, format!("connected to {} as {}", m.address(), m.user));
-            let _ = conn.disconnect().await;
             Ok(report)
         }
         SourceConfig::Postgres(p) => {

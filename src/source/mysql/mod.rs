@@ -23,7 +23,7 @@ pub use stream::{file_sequence, row_version};
 use crate::event::Position;
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
-use crate::source::{Checkpoints, Source, SourceError};
+use crate::source::{CheckReport, Checkpoints, Source, SourceError};
 
 pub struct MysqlSource {
     cfg: MysqlSourceConfig,
@@ -56,28 +56,26 @@ impl MysqlSource {
     }
 }
 
+/// Connects and runs the server checks (`tributary check` and startup).
+pub async fn check(cfg: &MysqlSourceConfig, mariadb: bool) -> Result<CheckReport, String> {
+    let password = cfg.password()?;
+    let mut conn = connect::connect(cfg, password.as_ref())
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let report = checks::check_server(&mut conn, cfg, mariadb)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let _ = conn.disconnect().await;
+    Ok(report)
+}
+
 #[async_trait]
 impl Source for MysqlSource {
     async fn preflight(&mut self) -> Result<(), SourceError> {
-        let password = self.cfg.password().map_err(SourceError::Fatal)?;
-        let mut conn = connect::connect(&self.cfg, password.as_ref())
+        check(&self.cfg, self.mariadb)
             .await
-            .map_err(|e| SourceError::Fatal(e.message().to_string()))?;
-        let report = checks::check_server(&mut conn, &self.cfg, self.mariadb)
-            .await
-            .map_err(|e| SourceError::Fatal(e.message().to_string()))?;
-        for w in &report.warnings {
-            tracing::warn!("{w}");
-        }
-        if !report.ok() {
-            return Err(SourceError::Fatal(format!(
-                "the server at {} is not ready for tributary:\n  - {}",
-                self.cfg.address(),
-                report.errors.join("\n  - ")
-            )));
-        }
-        let _ = conn.disconnect().await;
-        Ok(())
+            .map_err(SourceError::Fatal)?
+            .require_ready(&self.cfg.address())
     }
 
     async fn run(

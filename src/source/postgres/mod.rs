@@ -77,16 +77,7 @@ impl Source for PostgresSource {
         let (report, plan, client) = check(&self.cfg, checkpoint.as_ref())
             .await
             .map_err(SourceError::Fatal)?;
-        for w in &report.warnings {
-            tracing::warn!("{w}");
-        }
-        if !report.ok() {
-            return Err(SourceError::Fatal(format!(
-                "the server at {} is not ready for tributary:\n  - {}",
-                self.cfg.address(),
-                report.errors.join("\n  - ")
-            )));
-        }
+        report.require_ready(&self.cfg.address())?;
         checks::set_up(&client, &self.cfg, &plan)
             .await
             .map_err(SourceError::Fatal)
