@@ -457,20 +457,7 @@ async fn kill_9_during_a_100k_change_workload_loses_and_repeats_nothing() {
         88_000,
         Duration::from_millis(20),
     ));
-    let (mut kills, started) = (0u32, Instant::now());
-    while !writer.is_finished() {
-        tokio::time::sleep(Duration::from_millis(700 + (kills as u64 * 137) % 500)).await;
-        if writer.is_finished() {
-            break;
-        }
-        kill9(&mut daemon);
-        kills += 1;
-        daemon = spawn_daemon(&conn);
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "workload takes too long"
-        );
-    }
+    let (mut daemon, kills) = kill_9_repeatedly(&writer, daemon, &conn, 700).await;
     let changes = writer.await.unwrap();
     assert!(changes >= 100_000, "workload made {changes} changes");
     assert!(kills >= 3, "the daemon was killed only {kills} times");

@@ -171,6 +171,31 @@ fn unsafe_kill(pid: u32, sig: &str) {
         .status();
 }
 
+/// While `writer` runs, kill -9 the daemon every `base_ms` + 0-499 ms (varied per kill)
+/// and start it again; returns the running daemon and the number of kills.
+pub async fn kill_9_repeatedly<T>(
+    writer: &tokio::task::JoinHandle<T>,
+    mut daemon: Child,
+    connector: &Path,
+    base_ms: u64,
+) -> (Child, u32) {
+    let (mut kills, started) = (0u32, Instant::now());
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(base_ms + (kills as u64 * 137) % 500)).await;
+        if writer.is_finished() {
+            break;
+        }
+        kill9(&mut daemon);
+        kills += 1;
+        daemon = spawn_daemon(connector);
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "workload takes too long"
+        );
+    }
+    (daemon, kills)
+}
+
 /// Every event in the log stream, parsed (checksums verified by the reader).
 pub fn read_events(log_dir: &Path) -> Vec<Json> {
     if !log_dir.exists() {
