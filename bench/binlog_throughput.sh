@@ -41,9 +41,9 @@ expected=$(python3 -c "n=$N; print(n + n + sum(min(a+999,n)-a+1 for a in range(1
 echo "loaded in ${load_s}s: $expected row changes, binlog $binlog_bytes bytes up to $end_file:$end_pos" >&2
 
 echo "tributary -> null sink..." >&2
-read -r null_s null_rss < <(run_tributary null)
+read -r null_s null_rss _ < <(run_tributary null)
 echo "tributary -> log sink..." >&2
-read -r log_s log_rss < <(run_tributary log)
+read -r log_s log_rss _ < <(run_tributary log)
 echo "mariadb-binlog -v..." >&2
 /usr/bin/time -f "%e %M" -o "$work/mb.time" mariadb-binlog --read-from-remote-server -h127.0.0.1 -P"$PORT" \
   -uadmin -padmin -v --to-last-log "$first_file" > /dev/null

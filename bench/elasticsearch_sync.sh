@@ -41,7 +41,7 @@ expected=$N
 rows=$("${M[@]}" -N -e "SELECT COUNT(*) FROM bench.orders")
 
 echo "tributary -> stand-in..." >&2
-read -r es_s es_rss < <(run_tributary elasticsearch)
+read -r es_s es_rss _ < <(run_tributary elasticsearch)
 docs=$(curl -s "$ES/bench_orders/_count" | python3 -c "import sys,json; print(json.load(sys.stdin)['count'])")
 [ "$docs" = "$rows" ] || { echo "index has $docs documents, table has $rows rows" >&2; exit 1; }
 

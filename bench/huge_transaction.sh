@@ -15,7 +15,7 @@ read -r end_file end_pos < <("${M[@]}" -N -e "SHOW MASTER STATUS" | awk '{print 
 expected=$N
 
 echo "tributary -> log sink..." >&2
-read -r log_s log_rss < <(run_tributary log)
+read -r log_s log_rss _ < <(run_tributary log)
 python3 - "$N" "$log_s" "$log_rss" <<'PY'
 import json, sys, time, os
 n, s, rss = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])

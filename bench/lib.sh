@@ -50,11 +50,12 @@ $sink
 [state]
 dir = "$dir/state"
 TOML
-  /usr/bin/time -f "%e %M" -o "$dir/time" target/release/tributary --log-format json run \
+  /usr/bin/time -f "%e %M %U %S" -o "$dir/time" target/release/tributary --log-format json run \
     --connector "$dir/c.toml" --until "${until:-$end_file:$end_pos}" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
   local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
   [ "$changes" = "$expected" ] || { echo "tributary ($1) streamed $changes changes, expected $expected" >&2; exit 1; }
-  read -r secs rss < "$dir/time"
-  echo "$secs $rss"
+  # wall seconds, peak RSS KiB, CPU seconds (user + system)
+  read -r secs rss user sys < "$dir/time"
+  echo "$secs $rss $(python3 -c "print(round($user + $sys, 2))")"
 }
 

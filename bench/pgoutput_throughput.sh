@@ -10,7 +10,8 @@
 #   - tributary streaming it to the null sink (decode + pipeline cost)
 #   - tributary streaming it to the log sink (fsync before each checkpoint)
 #   - pg_recvlogical (pgoutput, same publication) writing to /dev/null
-# Prints events/s, wall time and peak RSS of each and the ratio to pg_recvlogical.
+# Prints events/s, wall time, peak RSS and CPU seconds of each, the CPU seconds of the
+# walsender serving each (the server-side bound), and the ratio to pg_recvlogical.
 # Results go to bench/results/pgoutput_throughput.json.
 set -euo pipefail
 N=${1:-1000000}
@@ -59,6 +60,9 @@ until=$("${P[@]}" -tA < "$work/load.sql" | tail -1)
 load_s=$(python3 -c "import time;print(round(time.time()-$load_start,1))")
 expected=$(python3 -c "n=$N; print(n + n + sum(min(a+999,n)-a+1 for a in range(1,n+1,2000)))")
 wal_bytes=$("${P[@]}" -tA -c "SELECT pg_wal_lsn_diff('$until', restart_lsn) FROM pg_replication_slots WHERE slot_name = 'bench_recv'")
+# The load leaves hundreds of MB of dirty pages: write them out now, so the first reader
+# does not share the machine with the checkpointer and every reader sees the same server.
+"${P[@]}" -c "CHECKPOINT" >/dev/null
 echo "loaded in ${load_s}s: $expected row changes, $wal_bytes WAL bytes up to $until" >&2
 
 source_toml="kind = \"postgres\"
@@ -71,35 +75,56 @@ slot = \"bench_@SINK@\"
 publication = \"bench\"
 include = [\"bench.orders\"]
 status_interval_secs = 1"
+# The server side of each run: CPU seconds of the walsender serving it, sampled from
+# /proc while it lives (the last sample is within 0.2 s of its end).
+walsender_start() { # $1 = application_name of the reader
+  ( while :; do
+      pid=$("${P[@]}" -tA -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'" </dev/null)
+      [ -n "$pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$pid/stat" > "$work/ws.$1" 2>/dev/null
+      sleep 0.2
+    done ) &
+  sampler=$!
+}
+walsender_stop() { # prints the walsender's CPU seconds
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  cat "$work/ws.$1" 2>/dev/null || echo 0
+}
 echo "tributary -> null sink..." >&2
-read -r null_s null_rss < <(run_tributary null)
+walsender_start tributary
+read -r null_s null_rss null_cpu < <(run_tributary null)
+null_ws=$(walsender_stop tributary)
 echo "tributary -> log sink..." >&2
-read -r log_s log_rss < <(run_tributary log)
+walsender_start tributary
+read -r log_s log_rss log_cpu < <(run_tributary log)
+log_ws=$(walsender_stop tributary)
 echo "pg_recvlogical..." >&2
-/usr/bin/time -f "%e %M" -o "$work/recv.time" pg_recvlogical -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app \
+walsender_start pg_recvlogical
+/usr/bin/time -f "%e %M %U %S" -o "$work/recv.time" pg_recvlogical -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app \
   --slot bench_recv --start --endpos "$until" -o proto_version=1 -o publication_names=bench -f /dev/null
-read -r recv_s recv_rss < "$work/recv.time"
+recv_ws=$(walsender_stop pg_recvlogical)
+read -r recv_s recv_rss recv_user recv_sys < "$work/recv.time"
+recv_cpu=$(python3 -c "print(round($recv_user + $recv_sys, 2))")
 "${P[@]}" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%'" >/dev/null
 
-python3 - "$N" "$expected" "$wal_bytes" "$null_s" "$null_rss" "$log_s" "$log_rss" "$recv_s" "$recv_rss" "$load_s" <<'PY'
+python3 - "$N" "$expected" "$wal_bytes" "$null_s" "$null_rss" "$log_s" "$log_rss" "$recv_s" "$recv_rss" "$load_s" "$null_cpu" "$log_cpu" "$recv_cpu" "$null_ws" "$log_ws" "$recv_ws" <<'PY'
 import json, sys, time, platform, os
 n, ev, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-null_s, null_rss, log_s, log_rss, rv_s, rv_rss, load_s = map(float, sys.argv[4:11])
+null_s, null_rss, log_s, log_rss, rv_s, rv_rss, load_s, null_cpu, log_cpu, rv_cpu, null_ws, log_ws, rv_ws = map(float, sys.argv[4:17])
 res = {
   "benchmark": "pgoutput_throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
   "machine": f"{os.cpu_count()} cores, {platform.machine()}", "rows": n, "row_changes": ev,
   "wal_bytes": size, "load_seconds": load_s,
-  "tributary_null": {"seconds": null_s, "events_per_s": round(ev / null_s), "peak_rss_mib": round(null_rss / 1024, 1)},
-  "tributary_log": {"seconds": log_s, "events_per_s": round(ev / log_s), "peak_rss_mib": round(log_rss / 1024, 1)},
-  "pg_recvlogical": {"seconds": rv_s, "events_per_s": round(ev / rv_s), "peak_rss_mib": round(rv_rss / 1024, 1)},
+  "tributary_null": {"seconds": null_s, "events_per_s": round(ev / null_s), "peak_rss_mib": round(null_rss / 1024, 1), "cpu_seconds": null_cpu, "walsender_cpu_seconds": null_ws},
+  "tributary_log": {"seconds": log_s, "events_per_s": round(ev / log_s), "peak_rss_mib": round(log_rss / 1024, 1), "cpu_seconds": log_cpu, "walsender_cpu_seconds": log_ws},
+  "pg_recvlogical": {"seconds": rv_s, "events_per_s": round(ev / rv_s), "peak_rss_mib": round(rv_rss / 1024, 1), "cpu_seconds": rv_cpu, "walsender_cpu_seconds": rv_ws},
 }
 res["ratio_null_vs_pg_recvlogical"] = round(rv_s / null_s, 2)
 res["ratio_log_vs_pg_recvlogical"] = round(rv_s / log_s, 2)
 os.makedirs("bench/results", exist_ok=True)
 with open("bench/results/pgoutput_throughput.json", "w") as f:
     json.dump(res, f, indent=2); f.write("\n")
-print(f"{'':24}{'seconds':>9}{'events/s':>12}{'peak RSS MiB':>14}")
+print(f"{'':24}{'seconds':>9}{'events/s':>12}{'peak RSS MiB':>14}{'CPU s':>8}{'walsender CPU s':>17}")
 for k, label in [("tributary_null", "tributary -> null"), ("tributary_log", "tributary -> log"), ("pg_recvlogical", "pg_recvlogical")]:
-    r = res[k]; print(f"{label:24}{r['seconds']:>9}{r['events_per_s']:>12}{r['peak_rss_mib']:>14}")
+    r = res[k]; print(f"{label:24}{r['seconds']:>9}{r['events_per_s']:>12}{r['peak_rss_mib']:>14}{r['cpu_seconds']:>8}{r['walsender_cpu_seconds']:>17}")
 print(f"speed vs pg_recvlogical: null sink x{res['ratio_null_vs_pg_recvlogical']}, log sink x{res['ratio_log_vs_pg_recvlogical']}  ({ev} row changes, {size} WAL bytes)")
 PY
