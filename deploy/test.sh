@@ -15,10 +15,11 @@ bash deploy/postgres.sh install
 # 33074 has its binlogs purged by a test.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
-  # PostgreSQL: 54371 shared, 54372 restarted by a test, 54373 wal_level=replica.
-  for port in 54371 54372 54373; do
+  # PostgreSQL: 54371 shared, 54372 restarted by a test, 54373 wal_level=replica,
+  # 54374 TLS (its test CA next to it).
+  for port in 54371 54372 54373 54374; do
     bash deploy/postgres.sh stop "$port" >/dev/null 2>&1 || true
-    rm -rf "/tmp/tributary-postgres-$port" "/tmp/tributary-postgres-$port.lock"
+    rm -rf "/tmp/tributary-postgres-$port" "/tmp/tributary-postgres-$port.lock" "/tmp/tributary-postgres-$port-certs"
   done
   for port in 33071 33072 33073 33074; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true

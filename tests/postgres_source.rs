@@ -876,3 +876,114 @@ async fn elasticsearch_follows_truncate() {
     );
     assert_eq!(docs["7"]["pad"], "after");
 }
+
+/// The server the TLS test starts with ssl=on and a certificate from its own test CA.
+const TLS_PORT: u16 = 54374;
+
+/// A test CA, a server certificate it signed for 127.0.0.1 and localhost, and an
+/// unrelated CA, made once per server (they live as long as it does).
+fn tls_certificates() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(format!("/tmp/tributary-postgres-{TLS_PORT}-certs"));
+    if dir.join("server.pem").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = r#"set -e
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+openssl req -x509 $ec -keyout ca.key -out ca.pem -days 3650 -subj "/CN=tributary test CA"
+openssl req -x509 $ec -keyout other.key -out other.pem -days 3650 -subj "/CN=some other CA"
+openssl req $ec -keyout server.key -out server.csr -subj "/CN=localhost"
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 3650 -extfile san.ext
+chmod 600 server.key
+if [ "$(id -u)" = 0 ]; then chown postgres: server.key server.pem; fi
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(&dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Both connections (catalog queries and the replication stream) are encrypted in
+/// every sslmode but disable; verify-full accepts the server's certificate through
+/// sslrootcert and refuses one from another CA with a message naming the settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_encrypts_both_connections_and_verifies_the_server() {
+    let certs = tls_certificates();
+    postgres(
+        TLS_PORT,
+        &format!(
+            "-c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
+            certs.display()
+        ),
+    );
+    let client = pg_admin(TLS_PORT).await;
+    let (schema, table) = work_table(&client, "tls").await;
+    let dir = tempfile::tempdir().unwrap();
+    let with_mode = |mode: &str| {
+        let conn = pg_connector(dir.path(), TLS_PORT, &schema, &table, "");
+        let text = std::fs::read_to_string(&conn)
+            .unwrap()
+            .replace("sslmode = \"disable\"", mode);
+        std::fs::write(&conn, text).unwrap();
+        conn
+    };
+
+    // Another CA: refused before anything is created.
+    let conn = with_mode(&format!(
+        "sslmode = \"verify-full\"\nsslrootcert = \"{}/other.pem\"",
+        certs.display()
+    ));
+    let (code, out, err) = tributary(&["check", "--connector", conn.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}{err}");
+    let text = format!("{out}{err}");
+    assert!(text.contains("sslrootcert"), "{text}");
+    assert_eq!(confirmed_flush(&client, &schema).await, None, "no slot");
+
+    // sslmode = require encrypts without a CA.
+    let conn = with_mode("sslmode = \"require\"");
+    let (code, out, err) = tributary(&["check", "--connector", conn.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // verify-full with the right CA streams, and the server sees both sessions on TLS.
+    let conn = with_mode(&format!(
+        "sslmode = \"verify-full\"\nsslrootcert = \"{}/ca.pem\"",
+        certs.display()
+    ));
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} SELECT i, i, 'x' FROM generate_series(1, 50) i"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_for_events(&dir.path().join("log"), 50, Duration::from_secs(30)).await,
+        50
+    );
+    let sessions: Vec<(String, bool)> = client
+        .query(
+            "SELECT a.backend_type, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.usename = 'tributary'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        sessions.iter().any(|(t, _)| t == "walsender"),
+        "{sessions:?}"
+    );
+    assert!(sessions.iter().all(|(_, ssl)| *ssl), "{sessions:?}");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+}

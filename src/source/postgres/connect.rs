@@ -91,6 +91,12 @@ async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>
 /// Sorts a query-connection error into "retry" and "tell the operator".
 pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> ConnError {
     let addr = cfg.address();
+    if let Some(tls) = tls_failure(e) {
+        // A certificate the settings reject fails the same way on every retry.
+        return ConnError::Fatal(format!(
+            "TLS to {addr} failed: {tls}; check [source] sslmode and sslrootcert"
+        ));
+    }
     let Some(db) = e.as_db_error() else {
         return ConnError::Transient(format!(
             "cannot reach PostgreSQL at {addr}: {e}; is the server running and [source] host/port right?"
@@ -124,6 +130,29 @@ pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> ConnEr
     } else {
         ConnError::Fatal(format!("PostgreSQL at {addr}: {msg} ({})", code.code()))
     }
+}
+
+/// The TLS part of a connection error: the rustls error in its chain, or the server
+/// declining TLS that sslmode requires.
+fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r.to_string());
+        }
+        // tokio-rustls wraps it in an io::Error, whose source() skips it.
+        if let Some(r) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(r.to_string());
+        }
+        cause = c.source();
+    }
+    let text = e.to_string();
+    text.contains("server does not support TLS")
+        .then(|| "the server does not accept TLS connections".to_string())
 }
 
 fn password_origin(cfg: &PostgresSourceConfig) -> String {
@@ -167,6 +196,14 @@ pub fn replication_config(
             SslMode::VerifyFull => pgwire_replication::SslMode::VerifyFull,
         },
         ca_pem_path: cfg.sslrootcert.clone(),
+        // The replication client refuses verify-full with an IP host unless the name
+        // to verify is given; given the IP itself, rustls matches the certificate's IP
+        // address entries, which is what libpq's verify-full does.
+        sni_hostname: cfg
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+            .then(|| cfg.host.clone()),
         ..TlsConfig::default()
     });
     rc.application_name = Some("tributary".into());
