@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod event;
+pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod sink;

@@ -192,6 +192,8 @@ async fn run(path: &Path, until: Option<&str>) -> anyhow::Result<ExitCode> {
         signal_token.cancel();
     });
     tracing::info!(connector = %cfg.connector_name(), file = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
+    tributary::metrics::install(&cfg.metrics)
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
     let stats = tributary::pipeline::run(&cfg, shutdown, until)
         .await
         .with_context(|| format!("connector {}", path.display()))?;

@@ -79,6 +79,7 @@ async fn stream_items(
     tempfile::TempDir,
     std::path::PathBuf,
     std::process::Child,
+    u16,
 ) {
     let mut conn = admin(SHARED_PORT).await;
     exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
@@ -86,9 +87,10 @@ async fn stream_items(
     let dir = tempfile::tempdir().unwrap();
     let c = connector(dir.path(), SHARED_PORT, db, "");
     add_es_sink(&c, url, "");
+    let metrics = add_metrics(&c);
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
-    (conn, dir, c, daemon)
+    (conn, dir, c, daemon, metrics)
 }
 
 async fn workload(db: String, rounds: u64) {
@@ -127,7 +129,7 @@ async fn index_equals_source_after_kill_9_and_a_full_replay() {
     mariadb(SHARED_PORT, "");
     let url = elasticsearch();
     let db = unique_db("es");
-    let (_conn, dir, c, mut daemon) = stream_items(&db, &url).await;
+    let (_conn, dir, c, mut daemon, _) = stream_items(&db, &url).await;
 
     let writer = tokio::spawn(workload(db.clone(), 60));
     let mut kills = 0;
@@ -231,7 +233,7 @@ async fn a_rejected_document_goes_to_dead_letters_and_the_rest_is_indexed() {
         .unwrap();
     assert!(created.status_code().is_success());
 
-    let (mut conn, dir, c, mut daemon) = stream_items(&db, &url).await;
+    let (mut conn, dir, c, mut daemon, metrics) = stream_items(&db, &url).await;
     exec(&mut conn, &format!("INSERT INTO `{db}`.items VALUES (1, 1, 1.00, '10'), (2, 2, 2.00, 'not a number'), (3, 3, 3.00, '30')")).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -242,6 +244,28 @@ async fn a_rejected_document_goes_to_dead_letters_and_the_rest_is_indexed() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    // Counted in the metrics too, by sink, index and error type; the changes by table.
+    let dead_series = format!("tributary_dead_letters_total{{sink=\"elasticsearch:{url}\",index=\"{alias}\",error_type=\"mapper_parsing_exception\"}}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(metrics, &dead_series).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(metrics, &dead_series), Some(1.0), "{dead_series}");
+    assert_eq!(
+        metric(
+            metrics,
+            &format!("tributary_changes_total{{table=\"{db}.items\",op=\"c\"}}")
+        ),
+        Some(3.0)
+    );
+    assert!(
+        metric(
+            metrics,
+            "tributary_sink_ack_latency_seconds_count{sink=\"elasticsearch"
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    );
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     assert_eq!(
         docs.keys().collect::<Vec<_>>(),

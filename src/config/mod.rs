@@ -27,6 +27,8 @@ pub struct ConnectorConfig {
     pub state: StateConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub metrics: crate::metrics::MetricsConfig,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub path: PathBuf,

@@ -112,6 +112,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats = RunStats::default();
+    let mut counters = ChangeCounters::default();
     let mut pending: Option<Position> = None;
     // At most one checkpoint waits for its sinks' acks while batches keep flowing.
     let mut in_flight: Option<InFlight> = None;
@@ -129,9 +130,13 @@ pub async fn run(
                     let mut take = batch.messages.len();
                     for (i, m) in batch.messages.iter().enumerate() {
                         match m {
-                            SourceMessage::Change(_) => stats.changes += 1,
+                            SourceMessage::Change(e) => {
+                                stats.changes += 1;
+                                counters.count(e);
+                            }
                             SourceMessage::Commit(p) => {
                                 stats.transactions += 1;
+                                crate::metrics::transactions(1);
                                 pending = Some(p.clone());
                                 if until.as_ref().is_some_and(|u| p.at_or_after(u) == Some(true)) {
                                     reached = true;
@@ -278,9 +283,37 @@ impl Ledger<'_> {
         };
         self.store.commit(Some(&cp), &cursors)?;
         stats.checkpoints += 1;
+        crate::metrics::checkpoint();
         stats.last_checkpoint = Some(position.clone());
         // Only after the store has it: a source may now confirm it to its server.
         self.published.send_replace(Some(position));
         Ok(())
+    }
+}
+
+/// `tributary_changes_total` handles by table and op, looked up once per schema (the
+/// label lookup is too slow to repeat for every change).
+#[derive(Default)]
+struct ChangeCounters {
+    /// Keyed by the address of the schema `Arc` (held, so it cannot be reused) and op.
+    by_table: std::collections::HashMap<
+        (usize, crate::event::Op),
+        (std::sync::Arc<crate::event::TableSchema>, metrics::Counter),
+    >,
+}
+
+impl ChangeCounters {
+    fn count(&mut self, e: &crate::event::ChangeEvent) {
+        let key = (std::sync::Arc::as_ptr(&e.table) as usize, e.op);
+        self.by_table
+            .entry(key)
+            .or_insert_with(|| {
+                (
+                    e.table.clone(),
+                    crate::metrics::changes(&e.table.qualified_name(), e.op),
+                )
+            })
+            .1
+            .increment(1);
     }
 }

@@ -407,3 +407,33 @@ pub async fn es_documents(url: &str, alias: &str) -> std::collections::BTreeMap<
         .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
         .collect()
 }
+
+/// Serves the daemon's metrics on a free loopback port; returns it.
+pub fn add_metrics(connector: &Path) -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(connector).unwrap().replace(
+        "[state]",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[state]"),
+    );
+    std::fs::write(connector, text).unwrap();
+    port
+}
+
+/// The value of the Prometheus sample whose line starts with `series` (name and
+/// labels as rendered), from the daemon's /metrics.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

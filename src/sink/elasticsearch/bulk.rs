@@ -17,6 +17,10 @@ pub struct Item {
     /// Bytes of the event's JSON in `Batch::events`, for dead letters.
     event: Range<usize>,
     pub alias: std::sync::Arc<str>,
+    /// The change's commit time on the source and when tributary read it (ms since
+    /// the epoch), for the ack latency metrics.
+    pub commit_ms: u64,
+    pub read_ms: u64,
 }
 
 /// A bulk request being built.
@@ -83,6 +87,8 @@ impl Batch {
             body: start..self.body.len(),
             event: ev_start..self.events.len(),
             alias,
+            commit_ms: e.source_ts_ms,
+            read_ms: e.ts_ms,
         });
     }
 
@@ -107,6 +113,8 @@ impl Batch {
                 body: b0..out.body.len(),
                 event: e0..out.events.len(),
                 alias: it.alias.clone(),
+                commit_ms: it.commit_ms,
+                read_ms: it.read_ms,
             });
         }
         out

@@ -46,6 +46,10 @@ pub struct ElasticsearchSinkConfig {
     /// ... or this many bytes, and at every checkpoint (the linger time).
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: usize,
+    /// Bulk requests in flight at once. Each document always goes through the same
+    /// one of these lanes, so its writes stay in commit order.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
     #[serde(default = "default_timeout")]
     pub request_timeout_secs: u64,
     /// Longest wait between retries of 429, 5xx and connection errors (retried forever).
@@ -80,6 +84,9 @@ fn default_batch_docs() -> usize {
 fn default_batch_bytes() -> usize {
     5 << 20
 }
+fn default_concurrency() -> usize {
+    2
+}
 fn default_timeout() -> u64 {
     30
 }
@@ -112,6 +119,14 @@ impl ElasticsearchSinkConfig {
                     ),
                 ));
             }
+        }
+        if self.concurrency == 0 || self.concurrency > 64 {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "concurrency",
+                "[[sink]] concurrency (bulk requests in flight) must be 1..=64",
+            ));
         }
         if self.batch_docs == 0 || self.batch_bytes < 1024 {
             return Err(ConfigError::at_key(

@@ -7,13 +7,14 @@
 pub mod bulk;
 mod config;
 pub mod mapping;
+mod sender;
 
 pub use bulk::document_id;
 pub use config::{DecimalMapping, ElasticsearchSinkConfig};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use elasticsearch::auth::Credentials;
@@ -23,11 +24,12 @@ use elasticsearch::http::Url;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesDeleteParts, IndicesExistsAliasParts, IndicesGetAliasParts,
 };
-use elasticsearch::{BulkParts, Elasticsearch, MgetParts};
+use elasticsearch::{Elasticsearch, MgetParts};
 use serde_json::json;
+use tokio::sync::Mutex;
 
-use self::bulk::{outcomes, Batch, Outcome};
 use self::config::redact;
+use self::sender::{Attempt, Rejected, Retry, Sender};
 use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
 use crate::event::{ChangeEvent, Op, SourceMessage, TableSchema, Value};
@@ -49,16 +51,10 @@ pub struct ElasticsearchSink {
     targets: HashMap<usize, (Arc<TableSchema>, Target)>,
     /// Aliases known to exist.
     ready: HashSet<String>,
-    batch: Batch,
-    dead_letters: LogSink,
-    rejected: u64,
-}
-
-/// One attempt's result, for the retry loop.
-enum Attempt<T> {
-    Done(T),
-    Retry(String),
-    Fatal(String),
+    retry: Retry,
+    sender: Sender,
+    /// Written by the checkpoints' acks, one at a time, in order.
+    dead_letters: Arc<Mutex<LogSink>>,
 }
 
 impl ElasticsearchSink {
@@ -77,60 +73,31 @@ impl ElasticsearchSink {
             fsync: super::log::Fsync::Checkpoint,
         };
         let dead_letters = LogSink::open(format!("{id}/dead-letters"), &dlq_cfg, cursor)?;
+        let retry = Retry {
+            sink: Arc::from(id.as_str()),
+            max_backoff: Duration::from_secs(cfg.max_backoff_secs),
+        };
+        let sender = Sender::new(
+            client.clone(),
+            retry.clone(),
+            cfg.concurrency,
+            cfg.batch_docs,
+            cfg.batch_bytes,
+        );
         Ok(ElasticsearchSink {
             id,
             cfg: cfg.clone(),
             client,
             targets: HashMap::new(),
             ready: HashSet::new(),
-            batch: Batch::default(),
-            dead_letters,
-            rejected: 0,
+            retry,
+            sender,
+            dead_letters: Arc::new(Mutex::new(dead_letters)),
         })
     }
 
     fn err(&self, m: impl Into<String>) -> SinkError {
         SinkError::new(&self.id, m)
-    }
-
-    /// Runs `attempt` until it is done, backing off (with jitter) on retryable errors,
-    /// forever: an outage must never drop data; the pipeline waits meanwhile.
-    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, SinkError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Attempt<T>>,
-    {
-        let max = Duration::from_secs(self.cfg.max_backoff_secs.max(1));
-        let mut backoff = Duration::from_millis(100);
-        let started = Instant::now();
-        let mut warned = None::<Instant>;
-        loop {
-            match attempt().await {
-                Attempt::Done(v) => {
-                    if warned.is_some() {
-                        tracing::info!(sink = %self.id, "{what} succeeded after {}s of retries", started.elapsed().as_secs());
-                    }
-                    return Ok(v);
-                }
-                Attempt::Fatal(m) => return Err(self.err(format!("{what}: {m}"))),
-                Attempt::Retry(m) => {
-                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
-                        tracing::warn!(sink = %self.id, error = %m, retrying_for_s = started.elapsed().as_secs(), "{what} failed; retrying (changes wait, none are dropped)");
-                        warned = Some(Instant::now());
-                    }
-                    let jitter = 0.8
-                        + 0.4
-                            * (std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map(|d| d.subsec_nanos())
-                                .unwrap_or(0)
-                                % 1000) as f64
-                            / 1000.0;
-                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                    backoff = (backoff * 2).min(max);
-                }
-            }
-        }
     }
 
     /// The target of an event's table, creating index and alias on first sight.
@@ -159,7 +126,8 @@ impl ElasticsearchSink {
     async fn ensure_index(&self, alias: &str, table: &TableSchema) -> Result<(), SinkError> {
         let client = &self.client;
         let exists = self
-            .retry("checking the alias", || async move {
+            .retry
+            .run("checking the alias", || async move {
                 match client
                     .indices()
                     .exists_alias(IndicesExistsAliasParts::Name(&[alias]))
@@ -191,124 +159,54 @@ impl ElasticsearchSink {
         let client = &self.client;
         let body = mapping::create_index_body(table, self.cfg.decimal, &self.cfg.gc_deletes);
         let b = &body;
-        self.retry("creating the index", || async move {
-            match client
-                .indices()
-                .create(IndicesCreateParts::Index(concrete))
-                .body(b.clone())
-                .send()
-                .await
-            {
-                Err(e) => Attempt::Retry(e.to_string()),
-                Ok(r) if r.status_code().is_success() => Attempt::Done(()),
-                Ok(r) => {
-                    let status = r.status_code().as_u16();
-                    let text = r.text().await.unwrap_or_default();
-                    if status == 400 && text.contains("already_exists") {
-                        Attempt::Done(())
-                    } else if status == 429 || status >= 500 {
-                        Attempt::Retry(format!("HTTP {status}: {text}"))
-                    } else {
-                        Attempt::Fatal(format!("creating index {concrete}: HTTP {status}: {text}"))
+        self.retry
+            .run("creating the index", || async move {
+                match client
+                    .indices()
+                    .create(IndicesCreateParts::Index(concrete))
+                    .body(b.clone())
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                    Ok(r) => {
+                        let status = r.status_code().as_u16();
+                        let text = r.text().await.unwrap_or_default();
+                        if status == 400 && text.contains("already_exists") {
+                            Attempt::Done(())
+                        } else if status == 429 || status >= 500 {
+                            Attempt::Retry(format!("HTTP {status}: {text}"))
+                        } else {
+                            Attempt::Fatal(format!(
+                                "creating index {concrete}: HTTP {status}: {text}"
+                            ))
+                        }
                     }
                 }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     /// Applies alias actions atomically (`_aliases`).
     async fn swap_aliases(&self, actions: serde_json::Value) -> Result<(), SinkError> {
         let client = &self.client;
         let a = &actions;
-        self.retry("updating aliases", || async move {
-            match client
-                .indices()
-                .update_aliases()
-                .body(a.clone())
-                .send()
-                .await
-            {
-                Err(e) => Attempt::Retry(e.to_string()),
-                Ok(r) if r.status_code().is_success() => Attempt::Done(()),
-                Ok(r) => status_attempt(r).await,
-            }
-        })
-        .await
-    }
-
-    /// Sends the current batch until every item is written, a 409, or dead-lettered.
-    async fn send_batch(&mut self) -> Result<(), SinkError> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let mut batch = std::mem::take(&mut self.batch);
-        loop {
-            let client = &self.client;
-            let b = &batch;
-            let response = self
-                .retry("bulk request", || async move {
-                    let body = b.body();
-                    let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
-                    let sent = client.bulk(BulkParts::None).body(vec![body]).send().await;
-                    json_attempt(sent, "bulk").await
-                })
-                .await?;
-            let results = outcomes(&response, batch.items.len()).map_err(|m| self.err(m))?;
-            let mut again = Vec::new();
-            for (i, o) in results.into_iter().enumerate() {
-                match o {
-                    Outcome::Done => {}
-                    Outcome::Retry => again.push(i),
-                    Outcome::Reject { status, error } => {
-                        self.dead_letter(&batch, i, status, &error)?
-                    }
+        self.retry
+            .run("updating aliases", || async move {
+                match client
+                    .indices()
+                    .update_aliases()
+                    .body(a.clone())
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                    Ok(r) => status_attempt(r).await,
                 }
-            }
-            if again.is_empty() {
-                return Ok(());
-            }
-            tracing::warn!(sink = %self.id, items = again.len(), "bulk items throttled or failed on the server; sending them again");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            batch = batch.subset(&again);
-        }
-    }
-
-    fn dead_letter(
-        &mut self,
-        batch: &Batch,
-        item: usize,
-        status: u16,
-        error: &serde_json::Value,
-    ) -> Result<(), SinkError> {
-        let alias = batch.items[item].alias.clone();
-        self.dead_letter_event(&alias, status, error, batch.event_json(item))
-    }
-
-    fn dead_letter_event(
-        &mut self,
-        alias: &str,
-        status: u16,
-        error: &serde_json::Value,
-        event_json: &[u8],
-    ) -> Result<(), SinkError> {
-        self.rejected += 1;
-        tracing::warn!(sink = %self.id, index = %alias, status, error_type = %error["type"], reason = %error["reason"], "document rejected; written to the dead-letter stream");
-        let mut rec = Vec::with_capacity(256);
-        rec.extend_from_slice(b"{\"sink\":");
-        crate::event::write_json_str(&mut rec, &self.id);
-        rec.extend_from_slice(b",\"index\":");
-        crate::event::write_json_str(&mut rec, alias);
-        rec.extend_from_slice(format!(",\"status\":{status},\"error_type\":").as_bytes());
-        crate::event::write_json_str(&mut rec, error["type"].as_str().unwrap_or(""));
-        rec.extend_from_slice(b",\"reason\":");
-        crate::event::write_json_str(&mut rec, error["reason"].as_str().unwrap_or(""));
-        rec.extend_from_slice(b",\"error\":");
-        rec.extend_from_slice(error.to_string().as_bytes());
-        rec.extend_from_slice(b",\"event\":");
-        rec.extend_from_slice(event_json);
-        rec.push(b'}');
-        self.dead_letters.append_json(&rec)
+            })
+            .await
     }
 
     /// TRUNCATE: a new empty concrete index (`<alias>_v<n+1>`, same mapping) takes the
@@ -318,10 +216,11 @@ impl ElasticsearchSink {
     /// swaps again, and the changes after it are replayed too.
     async fn truncate(&mut self, alias: &str, table: &TableSchema) -> Result<(), SinkError> {
         // Writes queued before the truncate belong to the old index.
-        self.send_batch().await?;
+        self.sender.drain().await;
         let client = &self.client;
         let current = self
-            .retry("reading the alias", || async move {
+            .retry
+            .run("reading the alias", || async move {
                 let sent = client
                     .indices()
                     .get_alias(IndicesGetAliasParts::Name(&[alias]))
@@ -350,21 +249,24 @@ impl ElasticsearchSink {
         self.swap_aliases(json!({ "actions": actions })).await?;
         for i in &old {
             let i = i.as_str();
-            self.retry("deleting the truncated index", || async move {
-                match client
-                    .indices()
-                    .delete(IndicesDeleteParts::Index(&[i]))
-                    .send()
-                    .await
-                {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().is_success() || r.status_code().as_u16() == 404 => {
-                        Attempt::Done(())
+            self.retry
+                .run("deleting the truncated index", || async move {
+                    match client
+                        .indices()
+                        .delete(IndicesDeleteParts::Index(&[i]))
+                        .send()
+                        .await
+                    {
+                        Err(e) => Attempt::Retry(e.to_string()),
+                        Ok(r)
+                            if r.status_code().is_success() || r.status_code().as_u16() == 404 =>
+                        {
+                            Attempt::Done(())
+                        }
+                        Ok(r) => status_attempt(r).await,
                     }
-                    Ok(r) => status_attempt(r).await,
-                }
-            })
-            .await?;
+                })
+                .await?;
         }
         tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "truncate: the alias now points at a new empty index");
         Ok(())
@@ -398,12 +300,13 @@ impl ElasticsearchSink {
                 return Ok(Some(doc));
             }
         }
-        self.send_batch().await?;
+        self.sender.drain().await;
         let client = &self.client;
         let body = json!({ "ids": [id] });
         let b = &body;
         let response = self
-            .retry("reading a document to merge", || async move {
+            .retry
+            .run("reading a document to merge", || async move {
                 let sent = client
                     .mget(MgetParts::Index(alias))
                     .body(b.clone())
@@ -433,11 +336,6 @@ impl ElasticsearchSink {
             }
         }
         Ok(Some(serde_json::to_vec(&doc).expect("a map serializes")))
-    }
-
-    /// Documents rejected for good so far in this run.
-    pub fn rejected(&self) -> u64 {
-        self.rejected
     }
 }
 
@@ -555,32 +453,67 @@ impl Sink for ElasticsearchSink {
                 // Unchanged TOAST columns: the update API takes no external version, so
                 // merge here and index the whole document with the event's version.
                 match self.merged_document(e, &alias, &id).await? {
-                    Some(doc) => self.batch.push_with(e, alias, &id, Some(&doc)),
-                    None => {
-                        let error = json!({
+                    Some(doc) => self.sender.push(e, alias, &id, Some(&doc)).await,
+                    None => self.sender.reject(Rejected {
+                        index: alias,
+                        status: 404,
+                        error: json!({
                             "type": "partial_row_without_document",
                             "reason": "the change leaves columns unchanged (TOAST) and the index holds no document to take them from; re-snapshot the table or set REPLICA IDENTITY FULL on it",
-                        });
-                        self.dead_letter_event(&alias, 404, &error, e.to_json().as_bytes())?;
-                    }
+                        }),
+                        event: e.to_json().into_bytes(),
+                    }),
                 }
             } else {
-                self.batch.push(e, alias, &id);
-            }
-            if self.batch.items.len() >= self.cfg.batch_docs
-                || self.batch.bytes() >= self.cfg.batch_bytes
-            {
-                self.send_batch().await?;
+                self.sender.push(e, alias, &id, None).await;
             }
         }
         Ok(())
     }
 
+    /// Sends everything queued; the ack waits for the cluster's answers, writes the
+    /// documents it rejected to the dead-letter stream and makes that durable.
     async fn flush(&mut self) -> Result<Ack, SinkError> {
-        self.send_batch().await?;
-        // Everything sent so far is acknowledged by the cluster; the dead letters it
-        // produced become durable with the checkpoint.
-        self.dead_letters.mark_boundary();
-        self.dead_letters.flush().await
+        self.sender.send_all().await;
+        let pending = self.sender.take_pending();
+        let dead_letters = self.dead_letters.clone();
+        let id = self.id.clone();
+        Ok(Box::pin(async move {
+            let mut rejected = Vec::new();
+            for p in pending {
+                rejected.extend(p.settle(&id).await?);
+            }
+            let mut dlq = dead_letters.lock().await;
+            for r in &rejected {
+                write_dead_letter(&mut dlq, &id, r)?;
+            }
+            dlq.mark_boundary();
+            let durable = dlq.flush().await?;
+            drop(dlq);
+            durable.await
+        }))
     }
+}
+
+/// Appends a rejected document to the dead-letter stream: the event, the index, the
+/// error type and reason, and the whole error the cluster gave.
+fn write_dead_letter(dlq: &mut LogSink, sink: &str, r: &Rejected) -> Result<(), SinkError> {
+    let error = &r.error;
+    crate::metrics::dead_letter(sink, &r.index, error["type"].as_str().unwrap_or(""));
+    tracing::warn!(sink, index = %r.index, status = r.status, error_type = %error["type"], reason = %error["reason"], "document rejected; written to the dead-letter stream");
+    let mut rec = Vec::with_capacity(256 + r.event.len());
+    rec.extend_from_slice(b"{\"sink\":");
+    crate::event::write_json_str(&mut rec, sink);
+    rec.extend_from_slice(b",\"index\":");
+    crate::event::write_json_str(&mut rec, &r.index);
+    rec.extend_from_slice(format!(",\"status\":{},\"error_type\":", r.status).as_bytes());
+    crate::event::write_json_str(&mut rec, error["type"].as_str().unwrap_or(""));
+    rec.extend_from_slice(b",\"reason\":");
+    crate::event::write_json_str(&mut rec, error["reason"].as_str().unwrap_or(""));
+    rec.extend_from_slice(b",\"error\":");
+    rec.extend_from_slice(error.to_string().as_bytes());
+    rec.extend_from_slice(b",\"event\":");
+    rec.extend_from_slice(&r.event);
+    rec.push(b'}');
+    dlq.append_json(&rec)
 }

@@ -1,0 +1,97 @@
+//! Metrics: one home for their names and the Prometheus endpoint.
+//!
+//! Stages record through the `metrics` facade (free when no exporter is installed);
+//! `[metrics] listen = "127.0.0.1:9187"` in the connector file serves them at
+//! `http://<listen>/metrics` in the Prometheus text format. Histograms are rendered as
+//! summaries with quantiles 0.5, 0.9, 0.99, 0.999.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, histogram, Counter};
+use serde::Deserialize;
+
+use crate::event::Op;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (off when absent).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Serves the metrics on `cfg.listen`, if set. Call inside the tokio runtime.
+pub fn install(cfg: &MetricsConfig) -> Result<(), String> {
+    let Some(addr) = cfg.listen else {
+        return Ok(());
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
+        .map_err(|e| format!("[metrics]: {e}"))?
+        .install()
+        .map_err(|e| {
+            format!("[metrics] listen = \"{addr}\": {e} (is another process using the port?)")
+        })?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
+/// Row changes that entered the pipeline, by table and op.
+pub fn changes(table: &str, op: Op) -> Counter {
+    counter!("tributary_changes_total", "table" => table.to_string(), "op" => op.code())
+}
+
+pub fn transactions(n: u64) {
+    counter!("tributary_transactions_total").increment(n);
+}
+
+/// A checkpoint stored after every sink acknowledged it.
+pub fn checkpoint() {
+    counter!("tributary_checkpoints_total").increment(1);
+}
+
+/// A document (or message) a sink rejected for good and wrote to its dead-letter stream.
+pub fn dead_letter(sink: &str, index: &str, error_type: &str) {
+    counter!("tributary_dead_letters_total", "sink" => sink.to_string(), "index" => index.to_string(), "error_type" => error_type.to_string())
+        .increment(1);
+}
+
+/// One request to a sink's server (a bulk request), from send to response.
+pub fn sink_request(sink: &str, took: Duration) {
+    histogram!("tributary_sink_request_seconds", "sink" => sink.to_string())
+        .record(took.as_secs_f64());
+}
+
+/// Requests retried after a connection error, 429 or 5xx.
+pub fn sink_retry(sink: &str) {
+    counter!("tributary_sink_retries_total", "sink" => sink.to_string()).increment(1);
+}
+
+/// Time from a change's commit on the source (`from = "commit"`) and from when
+/// tributary read it (`from = "read"`) to its acknowledgement by a sink's server.
+/// Commit times are as exact as the source gives them: microseconds on PostgreSQL,
+/// whole seconds in MariaDB/MySQL binlog headers (so there `read` is the useful one).
+pub struct AckLatency {
+    commit: metrics::Histogram,
+    read: metrics::Histogram,
+}
+
+impl AckLatency {
+    pub fn new(sink: &str) -> Self {
+        AckLatency {
+            commit: histogram!("tributary_sink_ack_latency_seconds", "sink" => sink.to_string(), "from" => "commit"),
+            read: histogram!("tributary_sink_ack_latency_seconds", "sink" => sink.to_string(), "from" => "read"),
+        }
+    }
+
+    pub fn record(&self, now_ms: u64, commit_ms: u64, read_ms: u64) {
+        if commit_ms > 0 {
+            self.commit
+                .record(now_ms.saturating_sub(commit_ms) as f64 / 1000.0);
+        }
+        self.read
+            .record(now_ms.saturating_sub(read_ms) as f64 / 1000.0);
+    }
+}

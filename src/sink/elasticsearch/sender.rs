@@ -1,0 +1,262 @@
+//! Bulk requests in flight: up to `concurrency` at once, one per lane.
+//!
+//! A document always goes to the same lane (by a hash of its index and id) and a lane
+//! sends one request at a time, in order, so the writes of one document reach the
+//! cluster in commit order even with several requests in flight. (The external
+//! versions would make the index converge anyway; keeping the order also keeps the
+//! number of 409s and the work of the cluster down.) Requests run as tasks; their
+//! outcomes (documents rejected for good) are collected by the checkpoint's ack, in
+//! the order the requests were made.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use elasticsearch::{BulkParts, Elasticsearch};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use super::bulk::{outcomes, Batch, Outcome};
+use super::json_attempt;
+use crate::event::{now_ms, ChangeEvent};
+use crate::metrics::AckLatency;
+use crate::sink::SinkError;
+
+/// One attempt's result, for the retry loop.
+pub(super) enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Fatal(String),
+}
+
+/// Retries forever with exponential backoff and jitter: an outage must never drop
+/// data; the pipeline waits meanwhile. Warns once a minute while it lasts.
+#[derive(Clone)]
+pub(super) struct Retry {
+    pub sink: Arc<str>,
+    pub max_backoff: Duration,
+}
+
+impl Retry {
+    pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let max = self.max_backoff.max(Duration::from_secs(1));
+        let mut backoff = Duration::from_millis(100);
+        let started = Instant::now();
+        let mut warned = None::<Instant>;
+        loop {
+            match attempt().await {
+                Attempt::Done(v) => {
+                    if warned.is_some() {
+                        tracing::info!(sink = %self.sink, "{what} succeeded after {}s of retries", started.elapsed().as_secs());
+                    }
+                    return Ok(v);
+                }
+                Attempt::Fatal(m) => {
+                    return Err(SinkError::new(&self.sink, format!("{what}: {m}")))
+                }
+                Attempt::Retry(m) => {
+                    crate::metrics::sink_retry(&self.sink);
+                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(sink = %self.sink, error = %m, retrying_for_s = started.elapsed().as_secs(), "{what} failed; retrying (changes wait, none are dropped)");
+                        warned = Some(Instant::now());
+                    }
+                    tokio::time::sleep(backoff.mul_f64(jitter())).await;
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    }
+}
+
+/// 0.8..1.2, so that many sinks retrying at once spread out.
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    0.8 + 0.4 * (nanos % 1000) as f64 / 1000.0
+}
+
+/// A document rejected for good, on its way to the dead-letter stream.
+pub(super) struct Rejected {
+    pub index: Arc<str>,
+    pub status: u16,
+    pub error: serde_json::Value,
+    pub event: Vec<u8>,
+}
+
+/// What a checkpoint's ack must settle, in request order.
+pub(super) enum Pending {
+    Sent(JoinHandle<Result<Vec<Rejected>, SinkError>>),
+    Rejected(Rejected),
+}
+
+impl Pending {
+    /// Waits for a request's outcome.
+    pub async fn settle(self, sink: &str) -> Result<Vec<Rejected>, SinkError> {
+        match self {
+            Pending::Rejected(r) => Ok(vec![r]),
+            Pending::Sent(task) => task
+                .await
+                .map_err(|e| SinkError::new(sink, format!("bulk request task failed: {e}")))?,
+        }
+    }
+}
+
+struct Lane {
+    batch: Batch,
+    /// Held by the lane's request in flight.
+    busy: Arc<Mutex<()>>,
+}
+
+pub(super) struct Sender {
+    client: Elasticsearch,
+    retry: Retry,
+    latency: Arc<AckLatency>,
+    lanes: Vec<Lane>,
+    pending: Vec<Pending>,
+    batch_docs: usize,
+    batch_bytes: usize,
+}
+
+impl Sender {
+    pub fn new(
+        client: Elasticsearch,
+        retry: Retry,
+        concurrency: usize,
+        batch_docs: usize,
+        batch_bytes: usize,
+    ) -> Self {
+        Sender {
+            client,
+            latency: Arc::new(AckLatency::new(&retry.sink)),
+            retry,
+            lanes: (0..concurrency.max(1))
+                .map(|_| Lane {
+                    batch: Batch::default(),
+                    busy: Arc::new(Mutex::new(())),
+                })
+                .collect(),
+            pending: Vec::new(),
+            batch_docs,
+            batch_bytes,
+        }
+    }
+
+    /// Queues the write of `e` as document `id` (with `document` instead of the event's
+    /// row when given); sends the lane's batch when it is full.
+    pub async fn push(
+        &mut self,
+        e: &ChangeEvent,
+        index: Arc<str>,
+        id: &str,
+        document: Option<&[u8]>,
+    ) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&*index, id).hash(&mut h);
+        let lane = (h.finish() % self.lanes.len() as u64) as usize;
+        let batch = &mut self.lanes[lane].batch;
+        batch.push_with(e, index, id, document);
+        if batch.items.len() >= self.batch_docs || batch.bytes() >= self.batch_bytes {
+            self.send_lane(lane).await;
+        }
+    }
+
+    /// A rejection found before sending, settled in order with the requests.
+    pub fn reject(&mut self, r: Rejected) {
+        self.pending.push(Pending::Rejected(r));
+    }
+
+    /// Starts the lane's request once its previous one finished.
+    async fn send_lane(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        if l.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut l.batch);
+        // Taken in request order (the mutex is fair): the lane's requests run one
+        // after another, in order.
+        let guard = l.busy.clone().lock_owned().await;
+        let (client, retry, latency) = (
+            self.client.clone(),
+            self.retry.clone(),
+            self.latency.clone(),
+        );
+        self.pending.push(Pending::Sent(tokio::spawn(async move {
+            let _busy = guard;
+            send(&client, &retry, &latency, batch).await
+        })));
+    }
+
+    /// Starts requests for everything queued.
+    pub async fn send_all(&mut self) {
+        for lane in 0..self.lanes.len() {
+            self.send_lane(lane).await;
+        }
+    }
+
+    /// Sends everything queued and waits until the cluster answered it all (reads and
+    /// index swaps must see every earlier write).
+    pub async fn drain(&mut self) {
+        self.send_all().await;
+        for l in &self.lanes {
+            drop(l.busy.lock().await);
+        }
+    }
+
+    /// The outcomes a checkpoint's ack must wait for.
+    pub fn take_pending(&mut self) -> Vec<Pending> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Sends a batch until every item is written, a 409, or rejected for good.
+async fn send(
+    client: &Elasticsearch,
+    retry: &Retry,
+    latency: &AckLatency,
+    mut batch: Batch,
+) -> Result<Vec<Rejected>, SinkError> {
+    let mut rejected = Vec::new();
+    loop {
+        let b = &batch;
+        let response = retry
+            .run("bulk request", || async move {
+                let body = b.body();
+                let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
+                let started = Instant::now();
+                let sent = client.bulk(BulkParts::None).body(vec![body]).send().await;
+                let answer = json_attempt(sent, "bulk").await;
+                crate::metrics::sink_request(&retry.sink, started.elapsed());
+                answer
+            })
+            .await?;
+        let now = now_ms();
+        let results =
+            outcomes(&response, batch.items.len()).map_err(|m| SinkError::new(&retry.sink, m))?;
+        let mut again = Vec::new();
+        for (i, o) in results.into_iter().enumerate() {
+            let item = &batch.items[i];
+            match o {
+                Outcome::Done => latency.record(now, item.commit_ms, item.read_ms),
+                Outcome::Retry => again.push(i),
+                Outcome::Reject { status, error } => rejected.push(Rejected {
+                    index: batch.items[i].alias.clone(),
+                    status,
+                    error,
+                    event: batch.event_json(i).to_vec(),
+                }),
+            }
+        }
+        if again.is_empty() {
+            return Ok(rejected);
+        }
+        tracing::warn!(sink = %retry.sink, items = again.len(), "bulk items throttled or failed on the server; sending them again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        batch = batch.subset(&again);
+    }
+}
