@@ -285,3 +285,100 @@ async fn a_rejected_document_goes_to_dead_letters_and_the_rest_is_indexed() {
     assert_eq!(d["event"]["op"], "c");
     assert!(daemon_log(&c).contains("dead-letter"));
 }
+
+/// Documents of tables without a primary key, by `ids = "row_hash"` and by a column
+/// list; a key that changes in an update moves the document; an unlisted keyless table
+/// is skipped with a warning naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_tables_and_key_changes_converge() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("esids");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    for ddl in [
+        "CREATE TABLE `{db}`.keyed (id INT PRIMARY KEY, v INT NOT NULL)",
+        "CREATE TABLE `{db}`.logs (a INT, b VARCHAR(20))",
+        "CREATE TABLE `{db}`.events (device INT NOT NULL, seq INT NOT NULL, v INT)",
+        "CREATE TABLE `{db}`.skipped (x INT)",
+    ] {
+        exec(&mut conn, &ddl.replace("{db}", &db)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(
+        &c,
+        &url,
+        &format!(r#"ids = {{ "{db}.logs" = "row_hash", "{db}.events" = ["device", "seq"] }}"#),
+    );
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    for sql in [
+        "INSERT INTO `{db}`.keyed VALUES (1, 10), (2, 20), (3, 30)",
+        "UPDATE `{db}`.keyed SET id = 101 WHERE id = 1",
+        "UPDATE `{db}`.keyed SET v = 21 WHERE id = 2",
+        "DELETE FROM `{db}`.keyed WHERE id = 3",
+        "INSERT INTO `{db}`.logs VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, NULL)",
+        "UPDATE `{db}`.logs SET b = 'bb' WHERE a = 2",
+        "DELETE FROM `{db}`.logs WHERE a = 3",
+        "INSERT INTO `{db}`.events VALUES (1, 1, 5), (1, 2, 6), (2, 1, 7)",
+        "UPDATE `{db}`.events SET v = 60 WHERE device = 1 AND seq = 2",
+        "UPDATE `{db}`.events SET seq = 9 WHERE device = 2",
+        "DELETE FROM `{db}`.events WHERE device = 1 AND seq = 1",
+        "INSERT INTO `{db}`.skipped VALUES (1)",
+    ] {
+        exec(&mut conn, &sql.replace("{db}", &db)).await;
+    }
+
+    let want_keyed: BTreeMap<String, Json> = [("101", 10), ("2", 21)]
+        .iter()
+        .map(|(id, v)| {
+            (
+                id.to_string(),
+                json!({"id": id.parse::<i64>().unwrap(), "v": v}),
+            )
+        })
+        .collect();
+    let want_events: BTreeMap<String, Json> = [((1, 2), 60), ((2, 9), 7)]
+        .iter()
+        .map(|((d, s), v)| (format!("[{d},{s}]"), json!({"device": d, "seq": s, "v": v})))
+        .collect();
+    let mut want_logs = vec![
+        json!({"a": 1, "b": "a"}),
+        json!({"a": 2, "b": "bb"}),
+        json!({"a": 4, "b": null}),
+    ];
+    want_logs.sort_by_key(|d| d.to_string());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (keyed, events, logs) = loop {
+        let keyed = es_documents(&url, &format!("{db}_keyed")).await;
+        let events = es_documents(&url, &format!("{db}_events")).await;
+        let mut logs: Vec<Json> = es_documents(&url, &format!("{db}_logs"))
+            .await
+            .into_values()
+            .collect();
+        logs.sort_by_key(|d| d.to_string());
+        if (keyed == want_keyed && events == want_events && logs == want_logs)
+            || Instant::now() > deadline
+        {
+            break (keyed, events, logs);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert_eq!(
+        keyed, want_keyed,
+        "the old document of a changed key is gone"
+    );
+    assert_eq!(events, want_events);
+    assert_eq!(logs, want_logs, "row_hash documents equal the rows");
+    let log = daemon_log(&c);
+    assert!(
+        log.contains(&format!(r#"set ids."{db}.skipped" = "row_hash""#)),
+        "{log}"
+    );
+    assert!(es_documents(&url, &format!("{db}_skipped"))
+        .await
+        .is_empty());
+    assert!(read_events(&dir.path().join("dead-letters")).is_empty());
+}

@@ -7,7 +7,9 @@ use std::ops::Range;
 
 use serde_json::Value as Json;
 
-use crate::event::{write_json_str, ChangeEvent, Op, Value};
+use sha2::Digest;
+
+use crate::event::{write_json_str, ChangeEvent, Op, Row, Value};
 
 /// One action (and its document) in the body, and the event it came from.
 #[derive(Debug, Clone)]
@@ -55,10 +57,29 @@ impl Batch {
         id: &str,
         document: Option<&[u8]>,
     ) {
+        let delete = e.op == Op::Delete;
+        self.push_action(e, alias, id, delete, document)
+    }
+
+    /// A delete of document `id` with the event's version: the old document of an
+    /// update that changed the row's id.
+    pub fn push_delete(&mut self, e: &ChangeEvent, alias: std::sync::Arc<str>, id: &str) {
+        self.push_action(e, alias, id, true, None)
+    }
+
+    fn push_action(
+        &mut self,
+        e: &ChangeEvent,
+        alias: std::sync::Arc<str>,
+        id: &str,
+        delete: bool,
+        document: Option<&[u8]>,
+    ) {
         let start = self.body.len();
-        let (action, row) = match e.op {
-            Op::Delete => ("delete", None),
-            _ => ("index", e.after.as_ref()),
+        let (action, row) = if delete {
+            ("delete", None)
+        } else {
+            ("index", e.after.as_ref())
         };
         let b = &mut self.body;
         b.extend_from_slice(b"{\"");
@@ -165,13 +186,48 @@ pub fn outcomes(response: &Json, expected: usize) -> Result<Vec<Outcome>, String
         .collect())
 }
 
-/// The document id: the primary key value as text (one column), or the key values as
-/// JSON array text (several columns), which cannot collide across different keys.
-/// None for tables without a primary key.
-pub fn document_id(e: &ChangeEvent) -> Option<String> {
-    let pk = &e.table.primary_key;
-    let row = e.key_row()?;
-    match pk.as_slice() {
+/// How a table's documents are identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocId {
+    /// These columns' values: the primary key, or the columns the sink's `ids` names.
+    Columns(Vec<usize>),
+    /// A SHA-256 of the whole row (128 bits, hex), for tables without a key: identical
+    /// rows share one document.
+    RowHash,
+}
+
+impl DocId {
+    /// The id of `row`: one column's value as text, several columns' values as JSON
+    /// array text (which cannot collide across different keys), or the row's hash.
+    /// None when a value it needs was not sent (`Value::Absent`).
+    pub fn of(&self, e: &ChangeEvent, row: &Row) -> Option<String> {
+        match self {
+            DocId::RowHash => {
+                if row.iter().any(|v| matches!(v, Value::Absent)) {
+                    return None;
+                }
+                let mut text = Vec::with_capacity(256);
+                e.write_row_json(row, &mut text);
+                let digest = sha2::Sha256::digest(&text);
+                let mut out = String::with_capacity(32);
+                for b in &digest[..16] {
+                    out.push_str(&format!("{b:02x}"));
+                }
+                Some(out)
+            }
+            DocId::Columns(cols) => columns_id(cols, row),
+        }
+    }
+}
+
+fn columns_id(cols: &[usize], row: &Row) -> Option<String> {
+    if cols
+        .iter()
+        .any(|&i| matches!(row.get(i), None | Some(Value::Absent)))
+    {
+        return None;
+    }
+    match cols {
         [] => None,
         [i] => Some(match &row[*i] {
             Value::String(s) | Value::Decimal(s) => s.clone(),
@@ -191,6 +247,11 @@ pub fn document_id(e: &ChangeEvent) -> Option<String> {
             Some(out)
         }
     }
+}
+
+/// The document id by primary key (None for tables without one).
+pub fn document_id(e: &ChangeEvent) -> Option<String> {
+    columns_id(&e.table.primary_key, e.key_row()?)
 }
 
 #[cfg(test)]
@@ -248,6 +309,43 @@ mod tests {
         assert_eq!(ab, r#"["a,b","c"]"#);
         assert_ne!(ab, a_bc);
         assert!(document_id(&event(Op::Create, vec![], v("a", "b"))).is_none());
+    }
+
+    #[test]
+    fn row_hash_ids_follow_the_whole_row() {
+        let v = |a: &str, b: &str| vec![Value::String(a.into()), Value::String(b.into())];
+        let e = event(Op::Create, vec![], v("a", "b"));
+        let id = DocId::RowHash.of(&e, e.after.as_ref().unwrap()).unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        // The same row, the same id (on any run); another row, another id.
+        assert_eq!(DocId::RowHash.of(&e, &v("a", "b")).unwrap(), id);
+        assert_ne!(DocId::RowHash.of(&e, &v("a", "c")).unwrap(), id);
+        assert_ne!(DocId::RowHash.of(&e, &v("ab", "")).unwrap(), id);
+        // A value that was not sent: no id rather than a wrong one.
+        let partial = vec![Value::String("a".into()), Value::Absent];
+        assert!(DocId::RowHash.of(&e, &partial).is_none());
+        assert!(DocId::Columns(vec![1]).of(&e, &partial).is_none());
+        assert_eq!(DocId::Columns(vec![0]).of(&e, &partial).unwrap(), "a");
+    }
+
+    #[test]
+    fn an_id_change_is_a_delete_then_an_index() {
+        let mut b = Batch::default();
+        let e = event(Op::Update, vec![0], vec![Value::Int(2), Value::Null]);
+        b.push_delete(&e, "t".into(), "1");
+        b.push(&e, "t".into(), "2");
+        let body = String::from_utf8(b.body().to_vec()).unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        assert!(
+            lines[0].starts_with(r#"{"delete":{"_index":"t","_id":"1","version":"#),
+            "{body}"
+        );
+        assert!(
+            lines[1].starts_with(r#"{"index":{"_index":"t","_id":"2","version":"#),
+            "{body}"
+        );
+        assert_eq!(lines.len(), 3, "{body}");
     }
 
     #[test]

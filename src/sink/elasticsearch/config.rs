@@ -59,12 +59,26 @@ pub struct ElasticsearchSinkConfig {
     /// after a restart cannot bring a deleted row back. Longer than any restart.
     #[serde(default = "default_gc_deletes")]
     pub gc_deletes: String,
+    /// Document ids for chosen tables: `"shop.audit" = "row_hash"` (a hash of the whole
+    /// row) or `"shop.events" = ["device", "seq"]` (columns whose values are unique).
+    /// Tables without a primary key that are not listed are skipped with a warning.
+    #[serde(default)]
+    pub ids: BTreeMap<String, IdConfig>,
     /// DECIMAL/NUMERIC mapping: `keyword` (exact) or `scaled_float`.
     #[serde(default)]
     pub decimal: DecimalMapping,
     /// Documents the cluster rejects for good (mapping errors, other 400s) go to this
     /// log stream with the reason. Required: a rejection is never dropped.
     pub dead_letter_dir: PathBuf,
+}
+
+/// One table's document id setting (see `ids`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IdConfig {
+    /// `"row_hash"`.
+    Named(String),
+    Columns(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -135,6 +149,20 @@ impl ElasticsearchSinkConfig {
                 "batch_docs",
                 "[[sink]] batch_docs must be > 0 and batch_bytes >= 1024",
             ));
+        }
+        for (table, id) in &self.ids {
+            let ok = match id {
+                IdConfig::Named(n) => n == "row_hash",
+                IdConfig::Columns(c) => !c.is_empty(),
+            };
+            if !ok {
+                return Err(ConfigError::at_key(
+                    path,
+                    text,
+                    "ids",
+                    format!("[[sink]] ids.\"{table}\" must be \"row_hash\" or a list of column names, e.g. [\"device\", \"seq\"]"),
+                ));
+            }
         }
         if !self.index.contains("{table}") && self.indexes.is_empty() {
             return Err(ConfigError::at_key(

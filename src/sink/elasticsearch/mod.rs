@@ -9,8 +9,8 @@ mod config;
 pub mod mapping;
 mod sender;
 
-pub use bulk::document_id;
-pub use config::{DecimalMapping, ElasticsearchSinkConfig};
+pub use bulk::{document_id, DocId};
+pub use config::{DecimalMapping, ElasticsearchSinkConfig, IdConfig};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,11 +34,14 @@ use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
 use crate::event::{ChangeEvent, Op, SourceMessage, TableSchema, Value};
 
-/// Where a table's documents go.
+/// Where a table's documents go and how they are identified.
 #[derive(Clone)]
 enum Target {
-    Alias(Arc<str>),
-    /// No primary key: skipped (warned once).
+    Index {
+        alias: Arc<str>,
+        id: DocId,
+    },
+    /// No primary key and no `ids` setting: skipped (warned once).
     Skip,
 }
 
@@ -106,16 +109,41 @@ impl ElasticsearchSink {
         if let Some((_, t)) = self.targets.get(&key) {
             return Ok(t.clone());
         }
-        let target = if table.primary_key.is_empty() {
-            tracing::warn!(sink = %self.id, table = %table.qualified_name(), "table has no primary key: its changes are not indexed");
-            Target::Skip
-        } else {
-            let alias = self.cfg.alias(&table.db, &table.table);
-            if !self.ready.contains(&alias) {
-                self.ensure_index(&alias, table).await?;
-                self.ready.insert(alias.clone());
+        let name = table.qualified_name();
+        let id = match self.cfg.ids.get(&name) {
+            Some(IdConfig::Columns(cols)) => {
+                let idx = cols
+                    .iter()
+                    .map(|c| table.columns.iter().position(|col| col.name == *c).ok_or(c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|c| {
+                        self.err(format!(
+                            "ids.\"{name}\" names column `{c}`, which {name} does not have (columns: {})",
+                            table.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ))
+                    })?;
+                Some(DocId::Columns(idx))
             }
-            Target::Alias(Arc::from(alias))
+            Some(IdConfig::Named(_)) => Some(DocId::RowHash),
+            None if table.primary_key.is_empty() => None,
+            None => Some(DocId::Columns(table.primary_key.clone())),
+        };
+        let target = match id {
+            None => {
+                tracing::warn!(sink = %self.id, table = %name, "table has no primary key: its changes are not indexed (set ids.\"{name}\" = \"row_hash\" or a column list in the sink to index them)");
+                Target::Skip
+            }
+            Some(id) => {
+                let alias = self.cfg.alias(&table.db, &table.table);
+                if !self.ready.contains(&alias) {
+                    self.ensure_index(&alias, table).await?;
+                    self.ready.insert(alias.clone());
+                }
+                Target::Index {
+                    alias: Arc::from(alias),
+                    id,
+                }
+            }
         };
         self.targets.insert(key, (table.clone(), target.clone()));
         Ok(target)
@@ -272,16 +300,96 @@ impl ElasticsearchSink {
         Ok(())
     }
 
+    /// Queues the writes for one row change: a delete, or an index of the new row
+    /// (merged first when columns were left out), plus a delete of the old document
+    /// when an update changed the row's id. A change whose id cannot be worked out
+    /// goes to the dead letters, never silently nowhere.
+    async fn write(
+        &mut self,
+        e: &ChangeEvent,
+        alias: Arc<str>,
+        ids: &DocId,
+    ) -> Result<(), SinkError> {
+        let old_id = e.before.as_ref().and_then(|b| ids.of(e, b));
+        if e.op == Op::Delete {
+            match old_id {
+                Some(id) => self.sender.push_delete(e, alias, &id).await,
+                None => self.reject(e, alias, "row_without_id", "the delete does not carry the values of the document id (for ids = \"row_hash\" the source must send whole old rows: REPLICA IDENTITY FULL on PostgreSQL)"),
+            }
+            return Ok(());
+        }
+        let Some(after) = e.after.as_ref() else {
+            return Ok(());
+        };
+        let mut document = None;
+        let new_id = if e.is_partial() {
+            // Unchanged TOAST columns: the update API takes no external version, so
+            // merge here and index the whole document with the event's version.
+            let id = match ids {
+                DocId::RowHash => None,
+                DocId::Columns(_) => ids.of(e, after),
+            };
+            match self.merged_document(e, &alias, ids, id.as_deref()).await? {
+                Some((doc, merged_id)) => {
+                    document = Some(doc);
+                    merged_id.or(id)
+                }
+                None => {
+                    self.reject(e, alias, "partial_row_without_document", "the change leaves columns unchanged (TOAST) and the index holds no document to take them from; re-snapshot the table or set REPLICA IDENTITY FULL on it");
+                    return Ok(());
+                }
+            }
+        } else {
+            ids.of(e, after)
+        };
+        let Some(new_id) = new_id else {
+            self.reject(
+                e,
+                alias,
+                "row_without_id",
+                "the row does not carry the values of its document id",
+            );
+            return Ok(());
+        };
+        if e.op == Op::Update {
+            match &old_id {
+                Some(old) if *old != new_id => self.sender.push_delete(e, alias.clone(), old).await,
+                Some(_) => {}
+                // Without the old values the old document cannot be found: say so
+                // rather than leave it behind unnoticed.
+                None if *ids == DocId::RowHash => {
+                    self.reject(e, alias.clone(), "row_without_id", "the update does not carry the whole old row, so the document of the old row cannot be removed (ids = \"row_hash\" needs REPLICA IDENTITY FULL on PostgreSQL); the new row is indexed");
+                }
+                None => {}
+            }
+        }
+        self.sender
+            .push(e, alias, &new_id, document.as_deref())
+            .await;
+        Ok(())
+    }
+
+    fn reject(&mut self, e: &ChangeEvent, index: Arc<str>, error_type: &str, reason: &str) {
+        self.sender.reject(Rejected {
+            index,
+            status: 0,
+            error: json!({ "type": error_type, "reason": reason }),
+            event: e.to_json().into_bytes(),
+        });
+    }
+
     /// The whole document for a partial row: the absent values from the event's
     /// `before` image (REPLICA IDENTITY FULL), else from the document the index holds
     /// (read after sending everything queued, so earlier writes are there). None when
     /// neither has them.
+    /// Returns the document and, for `row_hash` ids, the id of the merged row.
     async fn merged_document(
         &mut self,
         e: &ChangeEvent,
         alias: &str,
-        id: &str,
-    ) -> Result<Option<Vec<u8>>, SinkError> {
+        ids: &DocId,
+        id: Option<&str>,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, SinkError> {
         let after = e.after.as_ref().expect("partial rows have an after image");
         let absent: Vec<usize> = (0..after.len())
             .filter(|&i| matches!(after[i], Value::Absent))
@@ -297,9 +405,11 @@ impl ElasticsearchSink {
                 }
                 let mut doc = Vec::with_capacity(256);
                 e.write_row_json(&row, &mut doc);
-                return Ok(Some(doc));
+                return Ok(Some((doc, ids.of(e, &row))));
             }
         }
+        // A row hash needs the whole row; the index cannot be asked for it by id.
+        let Some(id) = id else { return Ok(None) };
         self.sender.drain().await;
         let client = &self.client;
         let body = json!({ "ids": [id] });
@@ -335,7 +445,10 @@ impl ElasticsearchSink {
                 None => return Ok(None),
             }
         }
-        Ok(Some(serde_json::to_vec(&doc).expect("a map serializes")))
+        Ok(Some((
+            serde_json::to_vec(&doc).expect("a map serializes"),
+            None,
+        )))
     }
 }
 
@@ -441,32 +554,14 @@ impl Sink for ElasticsearchSink {
             let SourceMessage::Change(e) = m else {
                 continue;
             };
-            let Target::Alias(alias) = self.target(&e.table).await? else {
+            let Target::Index { alias, id: ids } = self.target(&e.table).await? else {
                 continue;
             };
             if e.op == Op::Truncate {
                 self.truncate(&alias, &e.table).await?;
                 continue;
             }
-            let Some(id) = document_id(e) else { continue };
-            if e.is_partial() {
-                // Unchanged TOAST columns: the update API takes no external version, so
-                // merge here and index the whole document with the event's version.
-                match self.merged_document(e, &alias, &id).await? {
-                    Some(doc) => self.sender.push(e, alias, &id, Some(&doc)).await,
-                    None => self.sender.reject(Rejected {
-                        index: alias,
-                        status: 404,
-                        error: json!({
-                            "type": "partial_row_without_document",
-                            "reason": "the change leaves columns unchanged (TOAST) and the index holds no document to take them from; re-snapshot the table or set REPLICA IDENTITY FULL on it",
-                        }),
-                        event: e.to_json().into_bytes(),
-                    }),
-                }
-            } else {
-                self.sender.push(e, alias, &id, None).await;
-            }
+            self.write(e, alias, &ids).await?;
         }
         Ok(())
     }

@@ -156,11 +156,22 @@ impl Sender {
         id: &str,
         document: Option<&[u8]>,
     ) {
+        self.queue(&index.clone(), id, |b| b.push_with(e, index, id, document))
+            .await
+    }
+
+    /// Queues a delete of document `id` with `e`'s version.
+    pub async fn push_delete(&mut self, e: &ChangeEvent, index: Arc<str>, id: &str) {
+        self.queue(&index.clone(), id, |b| b.push_delete(e, index, id))
+            .await
+    }
+
+    async fn queue(&mut self, index: &str, id: &str, add: impl FnOnce(&mut Batch)) {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&*index, id).hash(&mut h);
+        (index, id).hash(&mut h);
         let lane = (h.finish() % self.lanes.len() as u64) as usize;
         let batch = &mut self.lanes[lane].batch;
-        batch.push_with(e, index, id, document);
+        add(batch);
         if batch.items.len() >= self.batch_docs || batch.bytes() >= self.batch_bytes {
             self.send_lane(lane).await;
         }
