@@ -47,9 +47,12 @@ pub fn transactions(n: u64) {
     counter!("tributary_transactions_total").increment(n);
 }
 
-/// A checkpoint stored after every sink acknowledged it.
-pub fn checkpoint() {
+/// A checkpoint stored after every sink acknowledged it: how long the sinks took to
+/// acknowledge, and the store to commit.
+pub fn checkpoint(acked: Duration, stored: Duration) {
     counter!("tributary_checkpoints_total").increment(1);
+    histogram!("tributary_checkpoint_ack_seconds").record(acked.as_secs_f64());
+    histogram!("tributary_checkpoint_store_seconds").record(stored.as_secs_f64());
 }
 
 /// A document (or message) a sink rejected for good and wrote to its dead-letter stream.

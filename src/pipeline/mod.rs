@@ -103,7 +103,7 @@ pub async fn run(
     let source_task =
         tokio::spawn(async move { source.run(resume, tx, checkpoints, source_token).await });
     let ledger = Ledger {
-        store: &store,
+        store: store.clone(),
         source_desc: &source_desc,
         published,
     };
@@ -158,17 +158,17 @@ pub async fn run(
                         break;
                     }
                     if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
-                        in_flight = begin_checkpoint(&mut sinks, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &mut sinks, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                 }
                 done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    ledger.store(done?, &mut stats)?;
+                    ledger.stored(done?, &mut stats);
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() && pending.is_some() {
-                        in_flight = begin_checkpoint(&mut sinks, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &mut sinks, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                     if last_report.elapsed() >= Duration::from_secs(30) {
@@ -217,24 +217,28 @@ pub async fn run(
     }
 }
 
-/// A checkpoint whose sinks flushed; resolves with the position and their cursors
-/// once every sink acknowledged durability.
-type InFlight = BoxFuture<'static, Result<Acked, crate::sink::SinkError>>;
-type Acked = (Position, Vec<(String, serde_json::Value)>);
+/// A checkpoint whose sinks flushed; resolves with its position once every sink
+/// acknowledged durability and the store holds it. The store's commit (an fsync) runs
+/// on a blocking thread, so batches keep flowing to the sinks meanwhile.
+type InFlight = BoxFuture<'static, Result<Position, PipelineError>>;
 
 /// Flushes every sink up to the pending transaction boundary and returns the
-/// acknowledgement to wait for (None when nothing is pending).
+/// checkpoint to wait for (None when nothing is pending).
 async fn begin_checkpoint(
+    ledger: &Ledger<'_>,
     sinks: &mut [Box<dyn Sink>],
     pending: &mut Option<Position>,
 ) -> Result<Option<InFlight>, PipelineError> {
     let Some(position) = pending.take() else {
         return Ok(None);
     };
+    let began = Instant::now();
     let mut acks = Vec::with_capacity(sinks.len());
     for s in sinks.iter_mut() {
         acks.push((s.id().to_string(), s.flush().await?));
     }
+    let store = ledger.store.clone();
+    let source = ledger.source_desc.to_string();
     Ok(Some(Box::pin(async move {
         let mut cursors = Vec::with_capacity(acks.len());
         for (id, ack) in acks {
@@ -242,7 +246,20 @@ async fn begin_checkpoint(
                 cursors.push((id, c));
             }
         }
-        Ok((position, cursors))
+        let acked = began.elapsed();
+        let cp = Checkpoint {
+            position,
+            source,
+            at_ms: now_ms(),
+        };
+        let cp =
+            tokio::task::spawn_blocking(move || store.commit(Some(&cp), &cursors).map(|()| cp))
+                .await
+                .map_err(|e| {
+                    PipelineError::Source(format!("the checkpoint writer failed: {e}"))
+                })??;
+        crate::metrics::checkpoint(acked, began.elapsed() - acked);
+        Ok(cp.position)
     })))
 }
 
@@ -256,10 +273,10 @@ async fn checkpoint_now(
     stats: &mut RunStats,
 ) -> Result<(), PipelineError> {
     if let Some(f) = in_flight.take() {
-        ledger.store(f.await?, stats)?;
+        ledger.stored(f.await?, stats);
     }
-    if let Some(f) = begin_checkpoint(sinks, pending).await? {
-        ledger.store(f.await?, stats)?;
+    if let Some(f) = begin_checkpoint(ledger, sinks, pending).await? {
+        ledger.stored(f.await?, stats);
     }
     Ok(())
 }
@@ -267,27 +284,18 @@ async fn checkpoint_now(
 /// Where acknowledged checkpoints go: the offsets store, then the source (which may
 /// confirm them to its server).
 struct Ledger<'a> {
-    store: &'a OffsetStore,
+    store: Arc<OffsetStore>,
     source_desc: &'a str,
     published: tokio::sync::watch::Sender<Option<Position>>,
 }
 
 impl Ledger<'_> {
-    /// Writes an acknowledged checkpoint and the sinks' cursors in one transaction,
-    /// then tells the source.
-    fn store(&self, (position, cursors): Acked, stats: &mut RunStats) -> Result<(), PipelineError> {
-        let cp = Checkpoint {
-            position: position.clone(),
-            source: self.source_desc.to_string(),
-            at_ms: now_ms(),
-        };
-        self.store.commit(Some(&cp), &cursors)?;
+    /// A checkpoint the store holds: counted, and handed to the source.
+    fn stored(&self, position: Position, stats: &mut RunStats) {
         stats.checkpoints += 1;
-        crate::metrics::checkpoint();
         stats.last_checkpoint = Some(position.clone());
         // Only after the store has it: a source may now confirm it to its server.
         self.published.send_replace(Some(position));
-        Ok(())
     }
 }
 

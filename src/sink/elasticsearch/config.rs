@@ -43,9 +43,12 @@ pub struct ElasticsearchSinkConfig {
     /// A bulk request is sent when it holds this many documents ...
     #[serde(default = "default_batch_docs")]
     pub batch_docs: usize,
-    /// ... or this many bytes, and at every checkpoint (the linger time).
+    /// ... or this many bytes, ...
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: usize,
+    /// ... or when its oldest document waited this long (and at every checkpoint).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
     /// Bulk requests in flight at once. Each document always goes through the same
     /// one of these lanes, so its writes stay in commit order.
     #[serde(default = "default_concurrency")]
@@ -97,6 +100,9 @@ fn default_batch_docs() -> usize {
 }
 fn default_batch_bytes() -> usize {
     5 << 20
+}
+fn default_linger_ms() -> u64 {
+    50
 }
 fn default_concurrency() -> usize {
     2

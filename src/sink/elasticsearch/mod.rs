@@ -563,6 +563,8 @@ impl Sink for ElasticsearchSink {
             }
             self.write(e, alias, &ids).await?;
         }
+        self.sender
+            .send_lingering(Duration::from_millis(self.cfg.linger_ms));
         Ok(())
     }
 

@@ -109,6 +109,8 @@ impl Pending {
 
 struct Lane {
     batch: Batch,
+    /// When the oldest write in `batch` was queued.
+    since: Option<Instant>,
     /// Held by the lane's request in flight.
     busy: Arc<Mutex<()>>,
 }
@@ -138,6 +140,7 @@ impl Sender {
             lanes: (0..concurrency.max(1))
                 .map(|_| Lane {
                     batch: Batch::default(),
+                    since: None,
                     busy: Arc::new(Mutex::new(())),
                 })
                 .collect(),
@@ -170,10 +173,34 @@ impl Sender {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (index, id).hash(&mut h);
         let lane = (h.finish() % self.lanes.len() as u64) as usize;
-        let batch = &mut self.lanes[lane].batch;
-        add(batch);
-        if batch.items.len() >= self.batch_docs || batch.bytes() >= self.batch_bytes {
+        let l = &mut self.lanes[lane];
+        l.since.get_or_insert_with(Instant::now);
+        add(&mut l.batch);
+        if l.batch.items.len() >= self.batch_docs || l.batch.bytes() >= self.batch_bytes {
             self.send_lane(lane).await;
+        }
+    }
+
+    /// Sends the batches that waited `linger` or longer, on lanes with no request in
+    /// flight (a busy lane sends when its batch fills up, or at the next checkpoint).
+    /// Without this, one slow request would hold back every lane until the checkpoint.
+    pub fn send_lingering(&mut self, linger: Duration) {
+        for l in &mut self.lanes {
+            if l.since.is_none_or(|t| t.elapsed() < linger) {
+                continue;
+            }
+            let Ok(guard) = l.busy.clone().try_lock_owned() else {
+                continue;
+            };
+            l.since = None;
+            let batch = std::mem::take(&mut l.batch);
+            self.pending.push(spawn_send(
+                &self.client,
+                &self.retry,
+                &self.latency,
+                guard,
+                batch,
+            ));
         }
     }
 
@@ -189,18 +216,17 @@ impl Sender {
             return;
         }
         let batch = std::mem::take(&mut l.batch);
+        l.since = None;
         // Taken in request order (the mutex is fair): the lane's requests run one
         // after another, in order.
         let guard = l.busy.clone().lock_owned().await;
-        let (client, retry, latency) = (
-            self.client.clone(),
-            self.retry.clone(),
-            self.latency.clone(),
-        );
-        self.pending.push(Pending::Sent(tokio::spawn(async move {
-            let _busy = guard;
-            send(&client, &retry, &latency, batch).await
-        })));
+        self.pending.push(spawn_send(
+            &self.client,
+            &self.retry,
+            &self.latency,
+            guard,
+            batch,
+        ));
     }
 
     /// Starts requests for everything queued.
@@ -223,6 +249,21 @@ impl Sender {
     pub fn take_pending(&mut self) -> Vec<Pending> {
         std::mem::take(&mut self.pending)
     }
+}
+
+/// Runs a lane's request as a task that holds the lane until the cluster answered.
+fn spawn_send(
+    client: &Elasticsearch,
+    retry: &Retry,
+    latency: &Arc<AckLatency>,
+    lane: tokio::sync::OwnedMutexGuard<()>,
+    batch: Batch,
+) -> Pending {
+    let (client, retry, latency) = (client.clone(), retry.clone(), latency.clone());
+    Pending::Sent(tokio::spawn(async move {
+        let _busy = lane;
+        send(&client, &retry, &latency, batch).await
+    }))
 }
 
 /// Sends a batch until every item is written, a 409, or rejected for good.
