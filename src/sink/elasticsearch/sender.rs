@@ -181,17 +181,31 @@ impl Sender {
         }
     }
 
-    /// Sends the batches that waited `linger` or longer, on lanes with no request in
-    /// flight (a busy lane sends when its batch fills up, or at the next checkpoint).
-    /// Without this, one slow request would hold back every lane until the checkpoint.
+    /// When the cluster has nothing in flight, sends the batches that waited `linger`
+    /// or longer. Under a backlog some request is nearly always in flight, so batches
+    /// fill up to `batch_docs` (fewer, larger requests: throughput); a trickle finds the
+    /// lanes idle and goes out after `linger` instead of waiting for the checkpoint
+    /// (latency).
     pub fn send_lingering(&mut self, linger: Duration) {
-        for l in &mut self.lanes {
-            if l.since.is_none_or(|t| t.elapsed() < linger) {
+        if !self
+            .lanes
+            .iter()
+            .any(|l| l.since.is_some_and(|t| t.elapsed() >= linger))
+        {
+            return;
+        }
+        let Ok(guards) = self
+            .lanes
+            .iter()
+            .map(|l| l.busy.clone().try_lock_owned())
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return;
+        };
+        for (l, guard) in self.lanes.iter_mut().zip(guards) {
+            if l.batch.is_empty() {
                 continue;
             }
-            let Ok(guard) = l.busy.clone().try_lock_owned() else {
-                continue;
-            };
             l.since = None;
             let batch = std::mem::take(&mut l.batch);
             self.pending.push(spawn_send(
