@@ -6,6 +6,7 @@ pub mod event;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod temporal;

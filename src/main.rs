@@ -72,6 +72,21 @@ enum Command {
         #[command(subcommand)]
         action: LogAction,
     },
+    /// Schema policy files (schema-rules/*.toml).
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Validate a policy file and print the verdict of each kind of change, with the
+    /// rule that gives it (exit 2 with file:line:column when it is invalid).
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,7 +186,38 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Log {
             action: LogAction::Cat { dir },
         } => log_cat(&dir),
+        Command::Policy {
+            action: PolicyAction::Check { file },
+        } => policy_check(&file),
     }
+}
+
+fn policy_check(file: &Path) -> anyhow::Result<ExitCode> {
+    use tributary::schema::{ChangeKind, Policy};
+    let policy = Policy::load(file)?;
+    println!("ok    {} is a valid policy", file.display());
+    let print = |table: Option<&str>, label: &str| {
+        println!("\n{label}");
+        for kind in ChangeKind::ALL {
+            let r = match table {
+                Some(t) => policy.ruling_for(t, kind),
+                None => policy.default_ruling(kind),
+            };
+            println!("  {:<16}{:<12}{}", kind.key(), r.verdict.name(), r.origin);
+        }
+        let unindexed = table.map(|t| policy.unindexed(t)).unwrap_or_default();
+        if !unindexed.is_empty() {
+            println!("  {:<16}{}", "unindexed", unindexed.join(", "));
+        }
+    };
+    print(None, "every table ([rules]):");
+    for pattern in policy.table_patterns().collect::<Vec<_>>() {
+        print(
+            Some(pattern),
+            &format!("tables matching {pattern} (first matching section wins):"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(path: &Path) -> anyhow::Result<ConnectorConfig> {

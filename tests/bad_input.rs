@@ -296,3 +296,38 @@ fn check_names_an_unreachable_elasticsearch_sink() {
     );
     assert!(out.contains("not ready"), "{out}");
 }
+
+/// A policy file with a mistake: the connector does not start, and the message names
+/// the policy file, line and column and the allowed values; `policy check` says the
+/// same with exit code 2, and accepts the shipped default.
+#[test]
+fn a_bad_policy_file_is_named_with_its_line_and_the_allowed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[rules]\ncolumn_added = \"allow\"\n\n[[table]]\nmatch = \"shop.orders\"\ncolumn_dropped = \"drop\"\n",
+    )
+    .unwrap();
+    let c = connector(dir.path(), SHARED_PORT, "anydb", "");
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        "[state]",
+        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
+    );
+    std::fs::write(&c, text).unwrap();
+    let want = format!(
+        "{}:6:18: `column_dropped` must be one of \"deprecate\", \"quarantine\", \"halt\" (got \"drop\")",
+        policy.display()
+    );
+    let (code, _, err) = tributary(&["run", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&want), "{err}");
+    assert_no_state(dir.path());
+    let (code, _, err) = tributary(&["policy", "check", policy.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&want), "{err}");
+    let default = repo().join("schema-rules/default.toml");
+    let (code, out, err) = tributary(&["policy", "check", default.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("column_renamed  halt"), "{out}");
+}

@@ -29,6 +29,8 @@ pub struct ConnectorConfig {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
+    #[serde(default)]
+    pub schema: SchemaConfig,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -67,6 +69,16 @@ pub enum SinkConfig {
 pub struct StateConfig {
     /// Directory of the offsets store (`offsets.redb`).
     pub dir: PathBuf,
+}
+
+/// `[schema]`: the schema guard.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// The policy file (schema-rules/*.toml); without one the built-in add-only rules
+    /// apply (those of schema-rules/default.toml).
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
 }
 
 /// Queue bounds and checkpoint cadence between the source and the sinks.
@@ -172,8 +184,17 @@ impl ConnectorConfig {
         Ok(cfg)
     }
 
+    /// The connector's schema policy (errors name the policy file, line and column).
+    pub fn policy(&self) -> Result<crate::schema::Policy, ConfigError> {
+        match &self.schema.policy {
+            Some(path) => crate::schema::Policy::load(path),
+            None => Ok(crate::schema::Policy::add_only()),
+        }
+    }
+
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
         let p = &self.path;
+        self.policy()?;
         if self.sinks.is_empty() {
             return Err(ConfigError::new(
                 p,

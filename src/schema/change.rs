@@ -1,0 +1,352 @@
+//! Schema changes between two versions of a table, and which type changes widen.
+
+use std::fmt;
+
+use crate::event::TableSchema;
+
+/// One difference between a table's recorded schema and its new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaChange {
+    ColumnAdded {
+        column: String,
+        type_name: String,
+    },
+    ColumnDropped {
+        column: String,
+    },
+    /// A type change that cannot lose values (see `is_widening`).
+    TypeWidened {
+        column: String,
+        from: String,
+        to: String,
+    },
+    TypeChanged {
+        column: String,
+        from: String,
+        to: String,
+    },
+    /// A rename the DDL said, or a drop and an add of the same type in one change
+    /// (`certain` false: Postgres does not replicate DDL, so it may be a real drop+add).
+    ColumnRenamed {
+        from: String,
+        to: String,
+        certain: bool,
+    },
+    TableCreated,
+    TableDropped,
+}
+
+/// The kinds a policy gives verdicts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ChangeKind {
+    ColumnAdded,
+    ColumnDropped,
+    TypeWidened,
+    TypeChanged,
+    ColumnRenamed,
+    TableCreated,
+    TableDropped,
+}
+
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 7] = [
+        ChangeKind::ColumnAdded,
+        ChangeKind::ColumnDropped,
+        ChangeKind::TypeWidened,
+        ChangeKind::TypeChanged,
+        ChangeKind::ColumnRenamed,
+        ChangeKind::TableCreated,
+        ChangeKind::TableDropped,
+    ];
+
+    /// The key in policy files.
+    pub fn key(self) -> &'static str {
+        match self {
+            ChangeKind::ColumnAdded => "column_added",
+            ChangeKind::ColumnDropped => "column_dropped",
+            ChangeKind::TypeWidened => "type_widened",
+            ChangeKind::TypeChanged => "type_changed",
+            ChangeKind::ColumnRenamed => "column_renamed",
+            ChangeKind::TableCreated => "table_created",
+            ChangeKind::TableDropped => "table_dropped",
+        }
+    }
+}
+
+impl SchemaChange {
+    pub fn kind(&self) -> ChangeKind {
+        match self {
+            SchemaChange::ColumnAdded { .. } => ChangeKind::ColumnAdded,
+            SchemaChange::ColumnDropped { .. } => ChangeKind::ColumnDropped,
+            SchemaChange::TypeWidened { .. } => ChangeKind::TypeWidened,
+            SchemaChange::TypeChanged { .. } => ChangeKind::TypeChanged,
+            SchemaChange::ColumnRenamed { .. } => ChangeKind::ColumnRenamed,
+            SchemaChange::TableCreated => ChangeKind::TableCreated,
+            SchemaChange::TableDropped => ChangeKind::TableDropped,
+        }
+    }
+}
+
+impl fmt::Display for SchemaChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemaChange::ColumnAdded { column, type_name } => {
+                write!(f, "column `{column}` added ({type_name})")
+            }
+            SchemaChange::ColumnDropped { column } => write!(f, "column `{column}` dropped"),
+            SchemaChange::TypeWidened { column, from, to } => {
+                write!(f, "column `{column}` widened from {from} to {to}")
+            }
+            SchemaChange::TypeChanged { column, from, to } => {
+                write!(f, "column `{column}` changed type from {from} to {to}")
+            }
+            SchemaChange::ColumnRenamed { from, to, certain } => {
+                if *certain {
+                    write!(f, "column `{from}` renamed to `{to}`")
+                } else {
+                    write!(
+                        f,
+                        "column `{from}` dropped and `{to}` added with the same type (possibly a rename)"
+                    )
+                }
+            }
+            SchemaChange::TableCreated => write!(f, "table created"),
+            SchemaChange::TableDropped => write!(f, "table dropped"),
+        }
+    }
+}
+
+/// The changes from `old` to `new` (same table), by column name. A column dropped and
+/// one added with the same type in the same change is reported as a possible rename.
+pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
+    let mut dropped: Vec<(&str, &str)> = Vec::new();
+    let mut out = Vec::new();
+    for c in &old.columns {
+        match new.columns.iter().find(|n| n.name == c.name) {
+            None => dropped.push((&c.name, &c.type_name)),
+            Some(n) if n.type_name != c.type_name => {
+                let (from, to) = (c.type_name.clone(), n.type_name.clone());
+                out.push(if is_widening(&from, &to) {
+                    SchemaChange::TypeWidened {
+                        column: c.name.clone(),
+                        from,
+                        to,
+                    }
+                } else {
+                    SchemaChange::TypeChanged {
+                        column: c.name.clone(),
+                        from,
+                        to,
+                    }
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let mut added: Vec<(&str, &str)> = new
+        .columns
+        .iter()
+        .filter(|n| !old.columns.iter().any(|c| c.name == n.name))
+        .map(|n| (n.name.as_str(), n.type_name.as_str()))
+        .collect();
+    for (name, ty) in dropped {
+        if let Some(i) = added.iter().position(|(_, t)| *t == ty) {
+            let (to, _) = added.remove(i);
+            out.push(SchemaChange::ColumnRenamed {
+                from: name.to_string(),
+                to: to.to_string(),
+                certain: false,
+            });
+        } else {
+            out.push(SchemaChange::ColumnDropped {
+                column: name.to_string(),
+            });
+        }
+    }
+    for (name, ty) in added {
+        out.push(SchemaChange::ColumnAdded {
+            column: name.to_string(),
+            type_name: ty.to_string(),
+        });
+    }
+    out
+}
+
+/// Whether every value of type `from` fits type `to` unchanged: a larger integer
+/// (signedness kept), a longer char/varchar, float to double, or a decimal with at
+/// least as many integer and fraction digits. Type names as the sources give them
+/// (MariaDB/MySQL and PostgreSQL spellings), lengths in parentheses.
+pub fn is_widening(from: &str, to: &str) -> bool {
+    let (f, t) = (Type::parse(from), Type::parse(to));
+    match (f, t) {
+        (
+            Type::Int {
+                bytes: a,
+                unsigned: ua,
+            },
+            Type::Int {
+                bytes: b,
+                unsigned: ub,
+            },
+        ) => ua == ub && b > a,
+        (Type::Chars { var: va, len: a }, Type::Chars { var: vb, len: b }) => {
+            // char(n) pads; varchar keeps the value as written: char -> varchar widens.
+            (va == vb || vb) && b >= a && (a, va) != (b, vb)
+        }
+        (Type::Float { double: false }, Type::Float { double: true }) => true,
+        (Type::Decimal { p: p1, s: s1 }, Type::Decimal { p: p2, s: s2 }) => {
+            s2 >= s1 && p2 - s2 >= p1 - s1 && (p1, s1) != (p2, s2)
+        }
+        _ => false,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Type {
+    Int { bytes: u8, unsigned: bool },
+    Chars { var: bool, len: u32 },
+    Float { double: bool },
+    Decimal { p: u32, s: u32 },
+    Other,
+}
+
+impl Type {
+    fn parse(name: &str) -> Type {
+        let lower = name.trim().to_ascii_lowercase();
+        let unsigned = lower.contains("unsigned");
+        let base = lower.split('(').next().unwrap_or("").trim();
+        let base = base.trim_end_matches(" unsigned").trim();
+        let args: Vec<u32> = lower
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(a, _)| a.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_default();
+        let int = |bytes| Type::Int { bytes, unsigned };
+        match base {
+            "tinyint" => int(1),
+            "smallint" | "int2" => int(2),
+            "mediumint" => int(3),
+            "int" | "integer" | "int4" => int(4),
+            "bigint" | "int8" => int(8),
+            "char" | "character" | "bpchar" => Type::Chars {
+                var: false,
+                len: args.first().copied().unwrap_or(1),
+            },
+            "varchar" | "character varying" => Type::Chars {
+                var: true,
+                len: args.first().copied().unwrap_or(u32::MAX),
+            },
+            "float" | "real" | "float4" => Type::Float { double: false },
+            "double" | "double precision" | "float8" => Type::Float { double: true },
+            "decimal" | "numeric" => match args.as_slice() {
+                [p] => Type::Decimal { p: *p, s: 0 },
+                [p, s] => Type::Decimal { p: *p, s: *s },
+                _ => Type::Other,
+            },
+            _ => Type::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Column;
+    use std::sync::Arc;
+
+    fn table(cols: &[(&str, &str)]) -> TableSchema {
+        TableSchema::new(
+            Arc::from("c"),
+            "postgres",
+            "s".into(),
+            "t".into(),
+            cols.iter()
+                .map(|(n, t)| Column {
+                    name: n.to_string(),
+                    type_name: t.to_string(),
+                })
+                .collect(),
+            vec![0],
+            1,
+        )
+    }
+
+    #[test]
+    fn widening_is_exactly_the_lossless_changes() {
+        for (a, b) in [
+            ("int", "bigint"),
+            ("smallint", "int"),
+            ("integer", "bigint"),
+            ("int unsigned", "bigint unsigned"),
+            ("varchar(20)", "varchar(40)"),
+            ("character varying(20)", "character varying(200)"),
+            ("character varying(20)", "character varying"),
+            ("char(3)", "char(5)"),
+            ("char(3)", "varchar(3)"),
+            ("float", "double"),
+            ("real", "double precision"),
+            ("decimal(10,2)", "decimal(12,2)"),
+            ("numeric(10,2)", "numeric(12,4)"),
+        ] {
+            assert!(is_widening(a, b), "{a} -> {b}");
+        }
+        for (a, b) in [
+            ("bigint", "int"),
+            ("int", "int unsigned"),
+            ("int unsigned", "bigint"),
+            ("varchar(40)", "varchar(20)"),
+            ("varchar(5)", "char(5)"),
+            ("double", "float"),
+            ("int", "varchar(20)"),
+            ("decimal(12,2)", "decimal(12,4)"),
+            ("decimal(10,2)", "decimal(10,2)"),
+            ("text", "jsonb"),
+            ("varchar(20)", "varchar(20)"),
+        ] {
+            assert!(!is_widening(a, b), "{a} -> {b} is not a widening");
+        }
+    }
+
+    #[test]
+    fn diff_names_each_change() {
+        let old = table(&[
+            ("id", "int"),
+            ("a", "varchar(10)"),
+            ("b", "text"),
+            ("c", "int"),
+        ]);
+        let new = table(&[
+            ("id", "bigint"),
+            ("a", "varchar(5)"),
+            ("b2", "text"),
+            ("d", "date"),
+        ]);
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes,
+            vec![
+                SchemaChange::TypeWidened {
+                    column: "id".into(),
+                    from: "int".into(),
+                    to: "bigint".into()
+                },
+                SchemaChange::TypeChanged {
+                    column: "a".into(),
+                    from: "varchar(10)".into(),
+                    to: "varchar(5)".into()
+                },
+                SchemaChange::ColumnRenamed {
+                    from: "b".into(),
+                    to: "b2".into(),
+                    certain: false
+                },
+                SchemaChange::ColumnDropped { column: "c".into() },
+                SchemaChange::ColumnAdded {
+                    column: "d".into(),
+                    type_name: "date".into()
+                },
+            ]
+        );
+        assert!(diff(&old, &old).is_empty());
+    }
+}

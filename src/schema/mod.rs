@@ -1,0 +1,8 @@
+//! The schema guard: schema changes between versions of a table, and the policy that
+//! decides what each change does (DESIGN.md, schema evolution guard).
+
+pub mod change;
+pub mod policy;
+
+pub use change::{diff, is_widening, ChangeKind, SchemaChange};
+pub use policy::{Policy, RuleOrigin, Ruling, Verdict};
