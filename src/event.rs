@@ -308,7 +308,7 @@ impl Value {
 }
 
 /// One column of a table as events describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     pub name: String,
     /// The source's own type name (e.g. `bigint unsigned`, `varchar`), for mappings and docs.

@@ -98,3 +98,9 @@ impl AckLatency {
             .record(now_ms.saturating_sub(read_ms) as f64 / 1000.0);
     }
 }
+
+/// A schema change the guard let through, by table, kind and verdict.
+pub fn schema_change(table: &str, kind: &'static str, verdict: &'static str) {
+    counter!("tributary_schema_changes_total", "table" => table.to_string(), "change" => kind, "verdict" => verdict)
+        .increment(1);
+}

@@ -987,3 +987,105 @@ async fn tls_encrypts_both_connections_and_verifies_the_server() {
     assert!(sessions.iter().all(|(_, ssl)| *ssl), "{sessions:?}");
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
 }
+
+/// The schema guard on a live stream: an added column passes (add-only), a type
+/// change halts before the change (non-zero exit naming table, change and rule; nothing
+/// of it checkpointed), and after the policy allows it a restart resumes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_guard_allows_additions_and_halts_at_a_type_change() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "guard").await;
+    let table = format!("{schema}.t");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION {schema} FOR TABLE {table};"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} VALUES (1, 'one');
+             ALTER TABLE {table} ADD COLUMN note text;
+             INSERT INTO {table} VALUES (2, 'two', 'added');"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(wait_for_events(&log, 2, Duration::from_secs(30)).await, 2);
+    let events = read_events(&log);
+    assert_eq!(events[1]["after"]["note"], "added", "{:?}", events[1]);
+
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN v TYPE integer USING length(v);
+             INSERT INTO {table} VALUES (3, 33, 'after the type change');"
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not halt:\n{}",
+            daemon_log(&conn)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success());
+    let text = daemon_log(&conn);
+    assert!(
+        text.contains(&format!("schema change on {table}: column `v` changed type from text to integer; policy verdict `halt` (built-in add-only default: type_changed = \"halt\")")),
+        "{text}"
+    );
+    let events = read_events(&log);
+    assert_eq!(
+        events.len(),
+        2,
+        "nothing of the halted change reached the sink"
+    );
+    let halted_at = checkpoint_lsn(&dir.path().join("state")).unwrap();
+    let row3_lsn = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    assert!(halted_at < tributary::event::parse_lsn(&row3_lsn).unwrap());
+
+    // Still halted on a restart with the same policy.
+    let (code, _, err) = tributary(&["run", "--connector", conn.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("changed type from text to integer"), "{err}");
+
+    // The operator allows type changes for this table: it resumes at the change.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[table]]\nmatch = \"{table}\"\ntype_changed = \"allow\"\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&conn).unwrap().replace(
+        "[state]",
+        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
+    );
+    std::fs::write(&conn, text).unwrap();
+    let mut daemon = spawn_daemon(&conn);
+    assert_eq!(wait_for_events(&log, 3, Duration::from_secs(30)).await, 3);
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+    let events = read_events(&log);
+    assert_eq!(events[2]["after"]["v"], 33, "{:?}", events[2]);
+    assert_eq!(events[2]["after"]["id"], 3);
+    // The allowing rule is named by file and line.
+    assert!(
+        daemon_log(&conn).contains(&format!("{}:3", policy.display())),
+        "{}",
+        daemon_log(&conn)
+    );
+}

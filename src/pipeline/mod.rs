@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConnectorConfig, SourceConfig};
 use crate::event::{now_ms, Position, SourceMessage};
 use crate::offsets::{Checkpoint, OffsetStore};
+use crate::schema::guard::{self, Guard};
 use crate::sink::{open_sinks, Sink};
 use crate::source::mysql::MysqlSource;
 use crate::source::postgres::PostgresSource;
@@ -27,6 +28,10 @@ pub enum PipelineError {
     Sink(#[from] crate::sink::SinkError),
     #[error("{0}")]
     Source(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Halt(#[from] Box<crate::schema::Halt>),
 }
 
 /// What a finished run did.
@@ -80,6 +85,7 @@ pub async fn run(
         }
         return Err(PipelineError::Source(e.to_string()));
     }
+    let mut guard = Guard::new(cfg.policy()?, store.sink_cursor(guard::STATE_ID)?);
     let mut sinks = open_sinks(&cfg.sinks, &store)?;
     // Record where every sink starts, so a log written before the first checkpoint is
     // cut back on the next start instead of looking foreign.
@@ -127,14 +133,25 @@ pub async fn run(
                     let Some(batch) = batch else { break };
                     // With --until, nothing past the first boundary at or after it.
                     let mut reached = false;
+                    let mut halted = None;
                     let mut take = batch.messages.len();
+                    // After the last transaction boundary in this batch.
+                    let mut boundary = 0;
                     for (i, m) in batch.messages.iter().enumerate() {
                         match m {
                             SourceMessage::Change(e) => {
+                                if let Err(h) = guard.check(e) {
+                                    // Nothing of the transaction with the change goes on.
+                                    halted = Some(h);
+                                    take = boundary;
+                                    break;
+                                }
                                 stats.changes += 1;
                                 counters.count(e);
                             }
                             SourceMessage::Commit(p) => {
+                                boundary = i + 1;
+                                guard.commit();
                                 stats.transactions += 1;
                                 crate::metrics::transactions(1);
                                 pending = Some(p.clone());
@@ -151,14 +168,20 @@ pub async fn run(
                         s.accept(&batch.messages[..take]).await?;
                     }
                     drop(batch);
+                    if let Some(h) = halted {
+                        // Everything before the change is checkpointed; the change is not.
+                        checkpoint_now(&ledger, &guard, &mut sinks, &mut pending, &mut in_flight, &mut stats).await?;
+                        source_stop.cancel();
+                        return Err(h.into());
+                    }
                     if reached {
-                        checkpoint_now(&ledger, &mut sinks, &mut pending, &mut in_flight, &mut stats).await?;
+                        checkpoint_now(&ledger, &guard, &mut sinks, &mut pending, &mut in_flight, &mut stats).await?;
                         tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
                         source_stop.cancel();
                         break;
                     }
                     if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
-                        in_flight = begin_checkpoint(&ledger, &mut sinks, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &guard, &mut sinks, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                 }
@@ -168,7 +191,7 @@ pub async fn run(
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() && pending.is_some() {
-                        in_flight = begin_checkpoint(&ledger, &mut sinks, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &guard, &mut sinks, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                     if last_report.elapsed() >= Duration::from_secs(30) {
@@ -201,6 +224,7 @@ pub async fn run(
     // The source ended (shutdown, error or --until): final checkpoint.
     checkpoint_now(
         &ledger,
+        &guard,
         &mut sinks,
         &mut pending,
         &mut in_flight,
@@ -226,6 +250,7 @@ type InFlight = BoxFuture<'static, Result<Position, PipelineError>>;
 /// checkpoint to wait for (None when nothing is pending).
 async fn begin_checkpoint(
     ledger: &Ledger<'_>,
+    guard: &Guard,
     sinks: &mut [Box<dyn Sink>],
     pending: &mut Option<Position>,
 ) -> Result<Option<InFlight>, PipelineError> {
@@ -239,8 +264,11 @@ async fn begin_checkpoint(
     }
     let store = ledger.store.clone();
     let source = ledger.source_desc.to_string();
+    // The guard's decisions up to the boundary belong to the checkpoint too.
+    let guard_state = guard.state();
     Ok(Some(Box::pin(async move {
-        let mut cursors = Vec::with_capacity(acks.len());
+        let mut cursors = Vec::with_capacity(acks.len() + 1);
+        cursors.push((guard::STATE_ID.to_string(), guard_state));
         for (id, ack) in acks {
             if let Some(c) = ack.await? {
                 cursors.push((id, c));
@@ -267,6 +295,7 @@ async fn begin_checkpoint(
 /// for --until and for the final checkpoint at exit.
 async fn checkpoint_now(
     ledger: &Ledger<'_>,
+    guard: &Guard,
     sinks: &mut [Box<dyn Sink>],
     pending: &mut Option<Position>,
     in_flight: &mut Option<InFlight>,
@@ -275,7 +304,7 @@ async fn checkpoint_now(
     if let Some(f) = in_flight.take() {
         ledger.stored(f.await?, stats);
     }
-    if let Some(f) = begin_checkpoint(ledger, sinks, pending).await? {
+    if let Some(f) = begin_checkpoint(ledger, guard, sinks, pending).await? {
         ledger.stored(f.await?, stats);
     }
     Ok(())

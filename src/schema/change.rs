@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::event::TableSchema;
+use crate::event::{Column, TableSchema};
 
 /// One difference between a table's recorded schema and its new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,10 +119,14 @@ impl fmt::Display for SchemaChange {
 /// The changes from `old` to `new` (same table), by column name. A column dropped and
 /// one added with the same type in the same change is reported as a possible rename.
 pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
+    diff_columns(&old.columns, &new.columns)
+}
+
+pub fn diff_columns(old: &[Column], new: &[Column]) -> Vec<SchemaChange> {
     let mut dropped: Vec<(&str, &str)> = Vec::new();
     let mut out = Vec::new();
-    for c in &old.columns {
-        match new.columns.iter().find(|n| n.name == c.name) {
+    for c in old {
+        match new.iter().find(|n| n.name == c.name) {
             None => dropped.push((&c.name, &c.type_name)),
             Some(n) if n.type_name != c.type_name => {
                 let (from, to) = (c.type_name.clone(), n.type_name.clone());
@@ -144,9 +148,8 @@ pub fn diff(old: &TableSchema, new: &TableSchema) -> Vec<SchemaChange> {
         }
     }
     let mut added: Vec<(&str, &str)> = new
-        .columns
         .iter()
-        .filter(|n| !old.columns.iter().any(|c| c.name == n.name))
+        .filter(|n| !old.iter().any(|c| c.name == n.name))
         .map(|n| (n.name.as_str(), n.type_name.as_str()))
         .collect();
     for (name, ty) in dropped {
@@ -251,7 +254,6 @@ impl Type {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Column;
     use std::sync::Arc;
 
     fn table(cols: &[(&str, &str)]) -> TableSchema {

@@ -2,7 +2,9 @@
 //! decides what each change does (DESIGN.md, schema evolution guard).
 
 pub mod change;
+pub mod guard;
 pub mod policy;
 
 pub use change::{diff, is_widening, ChangeKind, SchemaChange};
+pub use guard::{Guard, Halt};
 pub use policy::{Policy, RuleOrigin, Ruling, Verdict};
