@@ -382,3 +382,87 @@ async fn keyless_tables_and_key_changes_converge() {
         .is_empty());
     assert!(read_events(&dir.path().join("dead-letters")).is_empty());
 }
+
+/// The field types of `alias`'s mapping, and its `_meta`.
+async fn mapping_of(url: &str, alias: &str) -> (BTreeMap<String, String>, Json) {
+    let client = elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(url).unwrap(),
+    );
+    let body: Json = client
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            alias,
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut types = BTreeMap::new();
+    let mut meta = Json::Null;
+    for index in body.as_object().unwrap().values() {
+        for (k, v) in index["mappings"]["properties"].as_object().unwrap() {
+            types.insert(k.clone(), v["type"].as_str().unwrap_or("").to_string());
+        }
+        meta = index["mappings"]["_meta"].clone();
+    }
+    (types, meta)
+}
+
+/// Columns added on the source (allowed by the add-only policy) get their fields from
+/// the type table, not from dynamic mapping, while the daemon runs and when it adopts
+/// the index after a restart; `_meta` follows the schema version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_columns_extend_the_mapping_with_their_types() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("esmap");
+    let alias = format!("{db}_items");
+    let (mut conn, _dir, c, mut daemon, _) = stream_items(&db, &url).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items VALUES (1, 1, 1.00, 'a')"),
+    )
+    .await;
+    exec(&mut conn, &format!("ALTER TABLE `{db}`.items ADD COLUMN price DECIMAL(10,2) NULL, ADD COLUMN tag VARCHAR(20) NULL")).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items VALUES (2, 2, 2.00, 'b', 1.50, 'x')"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while es_documents(&url, &alias).await.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (types, meta) = mapping_of(&url, &alias).await;
+    assert_eq!(
+        types["price"], "keyword",
+        "DECIMAL by the type table: {types:?}"
+    );
+    assert_eq!(types["tag"], "text", "{types:?}");
+    assert_eq!(meta["schema_version"], 2, "{meta}");
+    assert_eq!(es_documents(&url, &alias).await["2"]["price"], "1.50");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+
+    // Added while the daemon was stopped: mapped when the index is adopted.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.items ADD COLUMN cost DECIMAL(8,2) NULL"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items VALUES (3, 3, 3.00, 'c', NULL, NULL, 9.99)"),
+    )
+    .await;
+    let mut daemon = spawn_daemon(&c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while es_documents(&url, &alias).await.len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let (types, _) = mapping_of(&url, &alias).await;
+    assert_eq!(types["cost"], "keyword", "{types:?}");
+    assert_eq!(es_documents(&url, &alias).await["3"]["cost"], "9.99");
+}

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value as Json};
 
 use super::config::DecimalMapping;
-use crate::event::TableSchema;
+use crate::event::{Column, TableSchema};
 
 /// The mapping of one column, from the source type name.
 pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
@@ -58,21 +58,30 @@ pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
 
 /// The body that creates `<alias>_v1`: settings, mapping and `_meta`.
 pub fn create_index_body(table: &TableSchema, decimal: DecimalMapping, gc_deletes: &str) -> Json {
+    json!({
+        "settings": {"index": {"gc_deletes": gc_deletes}},
+        "mappings": mappings(table, &table.columns, decimal),
+    })
+}
+
+/// The `_mapping` update for columns a new schema version added.
+pub fn added_fields_body(table: &TableSchema, added: &[Column], decimal: DecimalMapping) -> Json {
+    mappings(table, added, decimal)
+}
+
+fn mappings(table: &TableSchema, columns: &[Column], decimal: DecimalMapping) -> Json {
     let mut props = Map::new();
-    for c in &table.columns {
+    for c in columns {
         props.insert(c.name.clone(), field(&c.type_name, decimal));
     }
     json!({
-        "settings": {"index": {"gc_deletes": gc_deletes}},
-        "mappings": {
-            "_meta": {
-                "source_table": table.qualified_name(),
-                "source_kind": table.kind,
-                "schema_version": table.schema_version,
-                "managed_by": "tributary",
-            },
-            "properties": props,
-        }
+        "_meta": {
+            "source_table": table.qualified_name(),
+            "source_kind": table.kind,
+            "schema_version": table.schema_version,
+            "managed_by": "tributary",
+        },
+        "properties": props,
     })
 }
 

@@ -12,7 +12,7 @@ mod sender;
 pub use bulk::{document_id, DocId};
 pub use config::{DecimalMapping, ElasticsearchSinkConfig, IdConfig};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::Url;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesDeleteParts, IndicesExistsAliasParts, IndicesGetAliasParts,
+    IndicesGetMappingParts, IndicesPutMappingParts,
 };
 use elasticsearch::{Elasticsearch, MgetParts};
 use serde_json::json;
@@ -32,7 +33,7 @@ use self::config::redact;
 use self::sender::{Attempt, Rejected, Retry, Sender};
 use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
-use crate::event::{ChangeEvent, Op, SourceMessage, TableSchema, Value};
+use crate::event::{ChangeEvent, Column, Op, SourceMessage, TableSchema, Value};
 
 /// Where a table's documents go and how they are identified.
 #[derive(Clone)]
@@ -52,8 +53,8 @@ pub struct ElasticsearchSink {
     /// By schema: keyed by the address of the `Arc` every event of one schema shares;
     /// the `Arc` is held so that address cannot be reused by another schema.
     targets: HashMap<usize, (Arc<TableSchema>, Target)>,
-    /// Aliases known to exist.
-    ready: HashSet<String>,
+    /// Aliases known to exist, with the columns their mapping has fields for.
+    mapped: HashMap<String, Vec<Column>>,
     retry: Retry,
     sender: Sender,
     /// Written by the checkpoints' acks, one at a time, in order.
@@ -92,7 +93,7 @@ impl ElasticsearchSink {
             cfg: cfg.clone(),
             client,
             targets: HashMap::new(),
-            ready: HashSet::new(),
+            mapped: HashMap::new(),
             retry,
             sender,
             dead_letters: Arc::new(Mutex::new(dead_letters)),
@@ -135,9 +136,34 @@ impl ElasticsearchSink {
             }
             Some(id) => {
                 let alias = self.cfg.alias(&table.db, &table.table);
-                if !self.ready.contains(&alias) {
-                    self.ensure_index(&alias, table).await?;
-                    self.ready.insert(alias.clone());
+                match self.mapped.get(&alias) {
+                    None => {
+                        let fields = self.ensure_index(&alias, table).await?;
+                        // An adopted index may predate columns added meanwhile (the
+                        // daemon was stopped): map those now.
+                        let missing: Vec<Column> = table
+                            .columns
+                            .iter()
+                            .filter(|c| !fields.contains(&c.name))
+                            .cloned()
+                            .collect();
+                        if !missing.is_empty() {
+                            self.extend_mapping(&alias, table, &missing).await?;
+                        }
+                        self.mapped.insert(alias.clone(), table.columns.clone());
+                    }
+                    Some(known) => {
+                        let added: Vec<Column> = table
+                            .columns
+                            .iter()
+                            .filter(|c| !known.iter().any(|k| k.name == c.name))
+                            .cloned()
+                            .collect();
+                        if !added.is_empty() {
+                            self.extend_mapping(&alias, table, &added).await?;
+                            self.mapped.get_mut(&alias).expect("known").extend(added);
+                        }
+                    }
                 }
                 Target::Index {
                     alias: Arc::from(alias),
@@ -149,9 +175,46 @@ impl ElasticsearchSink {
         Ok(target)
     }
 
+    /// A new schema version added columns (the schema guard allowed it): their fields
+    /// go into the mapping with the types of the type table (not guessed by dynamic
+    /// mapping), and `_meta` gets the new version. Fields of dropped columns stay.
+    async fn extend_mapping(
+        &self,
+        alias: &str,
+        table: &TableSchema,
+        added: &[Column],
+    ) -> Result<(), SinkError> {
+        let client = &self.client;
+        let body = mapping::added_fields_body(table, added, self.cfg.decimal);
+        let b = &body;
+        self.retry
+            .run("extending the mapping", || async move {
+                match client
+                    .indices()
+                    .put_mapping(IndicesPutMappingParts::Index(&[alias]))
+                    .body(b.clone())
+                    .send()
+                    .await
+                {
+                    Err(e) => Attempt::Retry(e.to_string()),
+                    Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                    Ok(r) => status_attempt(r).await,
+                }
+            })
+            .await?;
+        let names: Vec<&str> = added.iter().map(|c| c.name.as_str()).collect();
+        tracing::info!(sink = %self.id, alias, fields = ?names, schema_version = table.schema_version, "mapping extended with new columns");
+        Ok(())
+    }
+
     /// Adopts an existing alias, or creates `<alias>_v1` with the mapping derived from
-    /// the schema and points the alias at it. Never drops anything.
-    async fn ensure_index(&self, alias: &str, table: &TableSchema) -> Result<(), SinkError> {
+    /// the schema and points the alias at it. Never drops anything. Returns the fields
+    /// the index maps.
+    async fn ensure_index(
+        &self,
+        alias: &str,
+        table: &TableSchema,
+    ) -> Result<Vec<String>, SinkError> {
         let client = &self.client;
         let exists = self
             .retry
@@ -171,14 +234,32 @@ impl ElasticsearchSink {
             .await?;
         if exists {
             tracing::info!(sink = %self.id, alias, table = %table.qualified_name(), "adopting existing index alias");
-            return Ok(());
+            let current = self
+                .retry
+                .run("reading the mapping", || async move {
+                    let sent = client
+                        .indices()
+                        .get_mapping(IndicesGetMappingParts::Index(&[alias]))
+                        .send()
+                        .await;
+                    json_attempt(sent, "_mapping").await
+                })
+                .await?;
+            // Every concrete index behind the alias: {"<index>": {"mappings": {...}}}.
+            let mut fields = Vec::new();
+            for index in current.as_object().into_iter().flat_map(|m| m.values()) {
+                if let Some(p) = index["mappings"]["properties"].as_object() {
+                    fields.extend(p.keys().cloned());
+                }
+            }
+            return Ok(fields);
         }
         let concrete = format!("{alias}_v1");
         self.create_index(&concrete, table).await?;
         self.swap_aliases(json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]}))
             .await?;
         tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
-        Ok(())
+        Ok(table.columns.iter().map(|c| c.name.clone()).collect())
     }
 
     /// Creates a concrete index with the mapping derived from the schema (an index that
