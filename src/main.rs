@@ -87,6 +87,13 @@ enum PolicyAction {
         /// The policy file.
         file: PathBuf,
     },
+    /// Compare the live schema of the included tables with the recorded history and
+    /// print each change with the verdict it would get: the dry run for a migration.
+    /// Exit 0 when every change would pass, 3 when one would halt or quarantine.
+    Diff {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +196,67 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Policy {
             action: PolicyAction::Check { file },
         } => policy_check(&file),
+        Command::Policy {
+            action: PolicyAction::Diff { connector },
+        } => policy_diff(&connector).await,
+    }
+}
+
+/// `policy diff` found a change the policy would halt or quarantine.
+const EXIT_WOULD_STOP: u8 = 3;
+
+async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
+    use tributary::schema::{diff_columns, SchemaChange, Verdict};
+    let cfg = load(path)?;
+    let policy = cfg.policy()?;
+    let recorded = OffsetStore::recorded_schemas(&cfg.state.dir)?;
+    let live = tributary::source::live_schemas(&cfg.source)
+        .await
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
+    let mut stops = 0;
+    let mut show = |table: &str, change: &SchemaChange| {
+        let r = policy.ruling(table, change);
+        if matches!(r.verdict, Verdict::Halt | Verdict::Quarantine) {
+            stops += 1;
+        }
+        println!(
+            "  {:<60} {:<11} {}",
+            change.to_string(),
+            r.verdict.name(),
+            r.origin
+        );
+    };
+    for (table, columns) in &live {
+        match recorded.get(table).and_then(|h| h.last()) {
+            None => {
+                println!("{table}: not captured yet");
+                show(table, &SchemaChange::TableCreated);
+            }
+            Some(last) => {
+                let changes = diff_columns(&last.columns, columns);
+                if changes.is_empty() {
+                    println!("{table}: no change since schema version {}", last.version);
+                } else {
+                    println!("{table}: since schema version {}", last.version);
+                    for c in &changes {
+                        show(table, c);
+                    }
+                }
+            }
+        }
+    }
+    for table in recorded.keys() {
+        if !live.iter().any(|(t, _)| t == table) {
+            println!("{table}: gone from the server (or no longer included)");
+            show(table, &SchemaChange::TableDropped);
+        }
+    }
+    if stops > 0 {
+        println!("\n{stops} change(s) would stop the pipeline (halt or quarantine)");
+        Ok(ExitCode::from(EXIT_WOULD_STOP))
+    } else {
+        println!("\nevery change would pass");
+        Ok(ExitCode::SUCCESS)
     }
 }
 
@@ -436,6 +504,7 @@ fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
                 "checkpoint": store.checkpoint()?,
                 "sinks": store.sink_cursors()?.into_iter().collect::<serde_json::Map<_, _>>(),
                 "schema_versions": store.schema_versions()?.into_iter().map(|(t, v)| (t, serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                "schema_history": store.schema_history()?,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

@@ -14,7 +14,24 @@ use crate::event::Position;
 const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoint");
 const SINK_CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("sink_cursors");
 const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_versions");
+/// `<table>\0<version, 10 digits>` -> the columns and key of that version.
+const SCHEMA_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_history");
 const SOURCE_KEY: &str = "source";
+
+/// One version of a table's schema as the source described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaRecord {
+    pub version: u32,
+    pub columns: Vec<crate::event::Column>,
+    /// Indexes into `columns`.
+    pub primary_key: Vec<usize>,
+    /// When this version was first seen, ms since the epoch.
+    pub at_ms: u64,
+}
+
+fn history_key(table: &str, version: u32) -> String {
+    format!("{table}\0{version:010}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
@@ -204,6 +221,101 @@ impl OffsetStore {
         Ok(version)
     }
 
+    /// Records the columns of a table's schema version, the first time it is seen (a
+    /// version's layout never changes, so later calls change nothing).
+    pub fn record_schema(
+        &self,
+        table: &str,
+        version: u32,
+        columns: &[crate::event::Column],
+        primary_key: &[usize],
+    ) -> Result<(), OffsetError> {
+        let key = history_key(table, version);
+        {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = match tx.open_table(SCHEMA_HISTORY) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(self.err(e)),
+            };
+            if let Some(t) = t {
+                if t.get(key.as_str()).map_err(|e| self.err(e))?.is_some() {
+                    return Ok(());
+                }
+            }
+        }
+        let record = SchemaRecord {
+            version,
+            columns: columns.to_vec(),
+            primary_key: primary_key.to_vec(),
+            at_ms: crate::event::now_ms(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| self.err(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(SCHEMA_HISTORY).map_err(|e| self.err(e))?;
+            if t.get(key.as_str()).map_err(|e| self.err(e))?.is_none() {
+                t.insert(key.as_str(), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        // A readable copy for `policy diff` while the daemon holds the store.
+        if let (Ok(history), Some(dir)) = (self.schema_history(), self.path.parent()) {
+            let tmp = dir.join("schemas.json.tmp");
+            if let Ok(body) = serde_json::to_vec(&history) {
+                if std::fs::write(&tmp, body).is_ok() {
+                    let _ = std::fs::rename(&tmp, dir.join("schemas.json"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The schema history of the state dir `dir`: from the store, or, while a running
+    /// daemon holds it, from the copy it keeps in `schemas.json`. Creates nothing.
+    pub fn recorded_schemas(
+        dir: &Path,
+    ) -> Result<std::collections::BTreeMap<String, Vec<SchemaRecord>>, OffsetError> {
+        if !dir.join("offsets.redb").exists() {
+            return Ok(Default::default());
+        }
+        match OffsetStore::open(dir) {
+            Ok(store) => store.schema_history(),
+            Err(open_error) => {
+                let text =
+                    std::fs::read_to_string(dir.join("schemas.json")).map_err(|_| open_error)?;
+                serde_json::from_str(&text).map_err(|e| OffsetError::Store {
+                    path: dir.to_path_buf(),
+                    message: format!("schemas.json: {e}"),
+                })
+            }
+        }
+    }
+
+    /// Every recorded version of every table, by table, oldest first.
+    pub fn schema_history(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<SchemaRecord>>, OffsetError> {
+        let mut out: std::collections::BTreeMap<String, Vec<SchemaRecord>> = Default::default();
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(SCHEMA_HISTORY) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(out),
+            Err(e) => return Err(self.err(e)),
+        };
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some((table, _)) = k.value().split_once('\0') else {
+                continue;
+            };
+            let record: SchemaRecord =
+                serde_json::from_slice(v.value()).map_err(|e| self.err(e))?;
+            out.entry(table.to_string()).or_default().push(record);
+        }
+        Ok(out)
+    }
+
     /// Tables with their latest schema version.
     pub fn schema_versions(&self) -> Result<Vec<(String, u32)>, OffsetError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
@@ -263,5 +375,20 @@ mod tests {
         assert_eq!(s.schema_version("a.b", 22).unwrap(), 2);
         assert_eq!(s.schema_version("a.b", 11).unwrap(), 1);
         assert_eq!(s.schema_version("a.c", 22).unwrap(), 1);
+        let col = |n: &str, t: &str| crate::event::Column {
+            name: n.into(),
+            type_name: t.into(),
+        };
+        s.record_schema("a.b", 1, &[col("id", "int")], &[0])
+            .unwrap();
+        s.record_schema("a.b", 2, &[col("id", "int"), col("x", "text")], &[0])
+            .unwrap();
+        // A version's record is written once.
+        s.record_schema("a.b", 1, &[col("other", "int")], &[])
+            .unwrap();
+        let h = s.schema_history().unwrap();
+        assert_eq!(h["a.b"].len(), 2);
+        assert_eq!(h["a.b"][0].columns, [col("id", "int")]);
+        assert_eq!(h["a.b"][1].version, 2);
     }
 }

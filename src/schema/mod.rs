@@ -5,6 +5,6 @@ pub mod change;
 pub mod guard;
 pub mod policy;
 
-pub use change::{diff, is_widening, ChangeKind, SchemaChange};
+pub use change::{diff, diff_columns, is_widening, ChangeKind, SchemaChange};
 pub use guard::{Guard, Halt};
 pub use policy::{Policy, RuleOrigin, Ruling, Verdict};

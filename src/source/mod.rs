@@ -72,6 +72,18 @@ pub async fn check(
     }
 }
 
+/// The included tables and their columns as the source's server has them now, with
+/// the type names the stream gives (for `tributary policy diff`).
+pub async fn live_schemas(
+    cfg: &crate::config::SourceConfig,
+) -> Result<Vec<(String, Vec<crate::event::Column>)>, String> {
+    use crate::config::SourceConfig;
+    match cfg {
+        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => mysql::live_schemas(m).await,
+        SourceConfig::Postgres(p) => postgres::live_schemas(p).await,
+    }
+}
+
 /// Errors a source stops with. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

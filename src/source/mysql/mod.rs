@@ -1,5 +1,6 @@
 //! MySQL/MariaDB binlog source.
 
+pub mod catalog;
 pub mod charset;
 pub mod checks;
 pub mod config;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+pub use catalog::live_schemas;
 pub use config::MysqlSourceConfig;
 pub use stream::{file_sequence, row_version};
 

@@ -580,6 +580,14 @@ impl Streamer<'_> {
             version,
         )
         .map_err(|e| Stop::Fatal(e.to_string()))?;
+        self.store
+            .record_schema(
+                &qualified,
+                version,
+                &info.schema.columns,
+                &info.schema.primary_key,
+            )
+            .map_err(|e| Stop::Fatal(e.to_string()))?;
         if info.schema.primary_key.is_empty() {
             tracing::warn!(table = %qualified, "table has no primary key: events carry a null key");
         }
@@ -600,28 +608,10 @@ impl Streamer<'_> {
         db: &str,
         table: &str,
     ) -> Result<ExtraColumnInfo, Stop> {
-        let rows: Vec<(String, String)> = meta
-            .exec(
-                "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-                 WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
-                (db, table),
-            )
+        let json_columns = super::catalog::json_columns(meta, db, table)
             .await
             .map_err(|e| Stop::from(classify(self.cfg, &e)))?;
-        let mut extra = ExtraColumnInfo::default();
-        for (_, clause) in rows {
-            let c: String = clause.chars().filter(|c| !c.is_whitespace()).collect();
-            if let Some(col) = c
-                .to_ascii_lowercase()
-                .starts_with("json_valid(`")
-                .then(|| c.get(12..c.len().saturating_sub(2)))
-                .flatten()
-                .filter(|_| c.ends_with("`)"))
-            {
-                extra.json_columns.insert(col.replace("``", "`"));
-            }
-        }
-        Ok(extra)
+        Ok(ExtraColumnInfo { json_columns })
     }
 
     fn decode_rows(

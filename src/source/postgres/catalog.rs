@@ -80,6 +80,28 @@ pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>, tokio
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// A table's columns as the catalog has them now, in order, with the type names a
+/// Relation message would give (`format_type` of type and modifier), and the key.
+pub async fn live_columns(
+    client: &Client,
+    oid: u32,
+) -> Result<(Vec<crate::event::Column>, Vec<String>), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await?;
+    let columns = rows
+        .iter()
+        .map(|r| crate::event::Column {
+            name: r.get(0),
+            type_name: r.get(1),
+        })
+        .collect();
+    Ok((columns, primary_key(client, oid).await?))
+}
+
 /// SQL type names (`numeric(10,2)`, `character varying(20)`, `integer[]`) for type
 /// oids with their modifiers, as a Relation message carries them.
 pub async fn type_names(

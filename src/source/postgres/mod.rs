@@ -66,6 +66,26 @@ pub async fn check(
     Ok((report, plan, client))
 }
 
+/// The included tables' columns as the server has them now (for `policy diff`).
+pub async fn live_schemas(
+    cfg: &PostgresSourceConfig,
+) -> Result<Vec<(String, Vec<crate::event::Column>)>, String> {
+    let password = cfg.password()?;
+    let client = connect::query_client(cfg, password.as_ref())
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let fail = |e: tokio_postgres::Error| connect::classify(cfg, &e).message().to_string();
+    let mut out = Vec::new();
+    for t in catalog::included_tables(&client, &cfg.filter())
+        .await
+        .map_err(fail)?
+    {
+        let (columns, _) = catalog::live_columns(&client, t.oid).await.map_err(fail)?;
+        out.push((t.qualified(), columns));
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Source for PostgresSource {
     async fn preflight(&mut self) -> Result<(), SourceError> {

@@ -484,6 +484,11 @@ impl Streamer<'_> {
             pk,
             version,
         );
+        if included {
+            self.store
+                .record_schema(&qualified, version, &schema.columns, &schema.primary_key)
+                .map_err(|e| Stop::Fatal(e.to_string()))?;
+        }
         st.relations.insert(
             rel.oid,
             Rel {

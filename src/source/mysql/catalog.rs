@@ -1,0 +1,120 @@
+//! information_schema lookups over an ordinary connection: MariaDB's JSON columns and
+//! the included tables' columns as the server has them now.
+
+use std::collections::HashSet;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+use super::config::MysqlSourceConfig;
+use crate::event::Column;
+
+/// MariaDB's JSON type is LONGTEXT plus a `json_valid(col)` check constraint: the
+/// columns of `db.table` that have one.
+pub async fn json_columns(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+) -> Result<HashSet<String>, mysql_async::Error> {
+    let rows: Vec<(String, String)> = conn
+        .exec(
+            "SELECT CONSTRAINT_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await?;
+    let mut out = HashSet::new();
+    for (_, clause) in rows {
+        let c: String = clause.chars().filter(|c| !c.is_whitespace()).collect();
+        if let Some(col) = c
+            .to_ascii_lowercase()
+            .starts_with("json_valid(`")
+            .then(|| c.get(12..c.len().saturating_sub(2)))
+            .flatten()
+            .filter(|_| c.ends_with("`)"))
+        {
+            out.insert(col.replace("``", "`"));
+        }
+    }
+    Ok(out)
+}
+
+/// The type name the binlog stream gives a column (see `table::type_name`), from
+/// information_schema's DATA_TYPE and COLUMN_TYPE.
+pub fn stream_type_name(data_type: &str, column_type: &str, json: bool) -> String {
+    let base = match data_type.to_ascii_lowercase().as_str() {
+        "tinytext" | "text" | "mediumtext" | "longtext" if json => "json".to_string(),
+        "tinytext" | "text" | "mediumtext" | "longtext" => "text".to_string(),
+        "tinyblob" | "blob" | "mediumblob" | "longblob" => "blob".to_string(),
+        "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+        | "geometrycollection" | "geometry" => "geometry".to_string(),
+        "double precision" | "real" => "double".to_string(),
+        "numeric" => "decimal".to_string(),
+        other => other.to_string(),
+    };
+    if column_type.to_ascii_lowercase().contains("unsigned") {
+        format!("{base} unsigned")
+    } else {
+        base
+    }
+}
+
+/// The included tables' columns, in order.
+pub async fn live_schemas(cfg: &MysqlSourceConfig) -> Result<Vec<(String, Vec<Column>)>, String> {
+    let password = cfg.password()?;
+    let mut conn = super::connect::connect(cfg, password.as_ref())
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let fail =
+        |e: mysql_async::Error| format!("reading information_schema at {}: {e}", cfg.address());
+    let rows: Vec<(String, String, String, String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE \
+             FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION",
+        )
+        .await
+        .map_err(fail)?;
+    let filter = cfg.filter();
+    let mut out: Vec<(String, Vec<Column>)> = Vec::new();
+    let mut json = HashSet::new();
+    for (db, table, column, data_type, column_type) in rows {
+        if !filter.matches(&db, &table) {
+            continue;
+        }
+        let name = format!("{db}.{table}");
+        if out.last().is_none_or(|(n, _)| *n != name) {
+            json = json_columns(&mut conn, &db, &table).await.map_err(fail)?;
+            out.push((name, Vec::new()));
+        }
+        let type_name = stream_type_name(&data_type, &column_type, json.contains(&column));
+        out.last_mut().expect("pushed").1.push(Column {
+            name: column,
+            type_name,
+        });
+    }
+    let _ = conn.disconnect().await;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_stream() {
+        assert_eq!(
+            stream_type_name("bigint", "bigint(20) unsigned", false),
+            "bigint unsigned"
+        );
+        assert_eq!(stream_type_name("varchar", "varchar(20)", false), "varchar");
+        assert_eq!(stream_type_name("longtext", "longtext", true), "json");
+        assert_eq!(stream_type_name("mediumtext", "mediumtext", false), "text");
+        assert_eq!(stream_type_name("point", "point", false), "geometry");
+        assert_eq!(
+            stream_type_name("decimal", "decimal(10,2)", false),
+            "decimal"
+        );
+    }
+}
