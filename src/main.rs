@@ -87,6 +87,12 @@ enum PolicyAction {
         /// The policy file.
         file: PathBuf,
     },
+    /// Print the effective rules for each table the connector includes (read from the
+    /// server), with the rule each verdict comes from.
+    Explain {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
     /// Compare the live schema of the included tables with the recorded history and
     /// print each change with the verdict it would get: the dry run for a migration.
     /// Exit 0 when every change would pass, 3 when one would halt or quarantine.
@@ -199,6 +205,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Policy {
             action: PolicyAction::Diff { connector },
         } => policy_diff(&connector).await,
+        Command::Policy {
+            action: PolicyAction::Explain { connector },
+        } => policy_explain(&connector).await,
     }
 }
 
@@ -260,30 +269,52 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints the verdict of each kind of change for `table` (None: the [rules] defaults).
+fn print_rules(policy: &tributary::schema::Policy, table: Option<&str>, label: &str) {
+    use tributary::schema::ChangeKind;
+    println!("\n{label}");
+    for kind in ChangeKind::ALL {
+        let r = match table {
+            Some(t) => policy.ruling_for(t, kind),
+            None => policy.default_ruling(kind),
+        };
+        println!("  {:<16}{:<12}{}", kind.key(), r.verdict.name(), r.origin);
+    }
+    let unindexed = table.map(|t| policy.unindexed(t)).unwrap_or_default();
+    if !unindexed.is_empty() {
+        println!("  {:<16}{}", "unindexed", unindexed.join(", "));
+    }
+}
+
 fn policy_check(file: &Path) -> anyhow::Result<ExitCode> {
-    use tributary::schema::{ChangeKind, Policy};
-    let policy = Policy::load(file)?;
+    let policy = tributary::schema::Policy::load(file)?;
     println!("ok    {} is a valid policy", file.display());
-    let print = |table: Option<&str>, label: &str| {
-        println!("\n{label}");
-        for kind in ChangeKind::ALL {
-            let r = match table {
-                Some(t) => policy.ruling_for(t, kind),
-                None => policy.default_ruling(kind),
-            };
-            println!("  {:<16}{:<12}{}", kind.key(), r.verdict.name(), r.origin);
-        }
-        let unindexed = table.map(|t| policy.unindexed(t)).unwrap_or_default();
-        if !unindexed.is_empty() {
-            println!("  {:<16}{}", "unindexed", unindexed.join(", "));
-        }
-    };
-    print(None, "every table ([rules]):");
+    print_rules(&policy, None, "every table ([rules]):");
     for pattern in policy.table_patterns().collect::<Vec<_>>() {
-        print(
+        print_rules(
+            &policy,
             Some(pattern),
             &format!("tables matching {pattern} (first matching section wins):"),
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn policy_explain(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let policy = cfg.policy()?;
+    match &cfg.schema.policy {
+        Some(p) => println!("policy {}", p.display()),
+        None => println!("no [schema] policy: the built-in add-only rules"),
+    }
+    let live = tributary::source::live_schemas(&cfg.source)
+        .await
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
+    if live.is_empty() {
+        println!("\nno table on the server matches the connector's include");
+    }
+    for (table, _) in &live {
+        print_rules(&policy, Some(table), &format!("{table}:"));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -145,4 +145,38 @@ async fn mariadb_pending_migration_gets_its_verdicts() {
     assert!(out.contains("column `name` dropped"), "{out}");
     assert!(out.contains("deprecate"), "{out}");
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+
+    // `policy explain`: the effective rules per included table, with their origin.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[table]]\nmatch = \"{db}.*\"\ncolumn_dropped = \"halt\"\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        "[state]",
+        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
+    );
+    std::fs::write(&c, text).unwrap();
+    let (code, out, err) = tributary(&["policy", "explain", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{db}.t:")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "column_dropped  halt        {}:3",
+            policy.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("column_added    allow       built-in add-only default"),
+        "{out}"
+    );
+    // And the diff now says the drop would halt.
+    let (code, out) = diff(&c);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&format!("halt        {}:3", policy.display())),
+        "{out}"
+    );
 }
