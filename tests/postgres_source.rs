@@ -1089,3 +1089,77 @@ async fn schema_guard_allows_additions_and_halts_at_a_type_change() {
         daemon_log(&conn)
     );
 }
+
+/// SIGHUP reloads the policy file without a restart; a broken edit is refused with its
+/// file:line and the previous policy stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "hup").await;
+    let table = format!("{schema}.t");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION {schema} FOR TABLE {table};"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[rules]\ncolumn_added = \"halt\"\n").unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    let text = std::fs::read_to_string(&conn).unwrap().replace(
+        "[state]",
+        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
+    );
+    std::fs::write(&conn, text).unwrap();
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1, 'a')"))
+        .await
+        .unwrap();
+    let log = dir.path().join("log");
+    assert_eq!(wait_for_events(&log, 1, Duration::from_secs(30)).await, 1);
+
+    let pid = daemon.id().to_string();
+    let hup = || {
+        let out = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let wait_log = |needle: String| {
+        let conn = conn.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !daemon_log(&conn).contains(&needle) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no `{needle}` in:\n{}",
+                    daemon_log(&conn)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // A broken edit: refused, named, the old policy stays.
+    std::fs::write(&policy, "[rules]\ncolumn_added = \"maybe\"\n").unwrap();
+    hup();
+    wait_log(format!("{}:2:16", policy.display())).await;
+    assert!(daemon.try_wait().unwrap().is_none(), "still running");
+    // The fixed edit allows additions from now on.
+    std::fs::write(&policy, "[rules]\ncolumn_added = \"allow\"\n").unwrap();
+    hup();
+    wait_log("schema policy reloaded".into()).await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ADD COLUMN note text; INSERT INTO {table} VALUES (2, 'b', 'new')"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(wait_for_events(&log, 2, Duration::from_secs(30)).await, 2);
+    assert_eq!(read_events(&log)[1]["after"]["note"], "new");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+}

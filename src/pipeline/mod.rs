@@ -86,6 +86,7 @@ pub async fn run(
         return Err(PipelineError::Source(e.to_string()));
     }
     let mut guard = Guard::new(cfg.policy()?, store.sink_cursor(guard::STATE_ID)?);
+    let mut hangup = Hangup::new();
     let mut sinks = open_sinks(&cfg.sinks, &store)?;
     // Record where every sink starts, so a log written before the first checkpoint is
     // cut back on the next start instead of looking foreign.
@@ -188,6 +189,16 @@ pub async fn run(
                 done = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
                     ledger.stored(done?, &mut stats);
+                }
+                _ = hangup.recv() => {
+                    // SIGHUP: the operator edited the policy file.
+                    match cfg.policy() {
+                        Ok(p) => {
+                            guard.set_policy(p);
+                            tracing::info!(policy = ?cfg.schema.policy, "schema policy reloaded");
+                        }
+                        Err(e) => tracing::error!(error = %e, "schema policy not reloaded; the previous one stays in force"),
+                    }
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() && pending.is_some() {
@@ -352,5 +363,30 @@ impl ChangeCounters {
             })
             .1
             .increment(1);
+    }
+}
+
+/// SIGHUP, where there is one (it reloads the schema policy).
+struct Hangup(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangup {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangup(signal(SignalKind::hangup()).ok())
+        }
+        #[cfg(not(unix))]
+        Hangup()
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.0.as_mut() {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
     }
 }

@@ -57,6 +57,11 @@ impl Guard {
         }
     }
 
+    /// Decisions from now on follow `policy` (SIGHUP reload); what was let through stays.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     /// Lets a change through, or stops at a schema change its table's policy halts.
     pub fn check(&mut self, e: &ChangeEvent) -> Result<(), Box<Halt>> {
         let schema = &e.table;
