@@ -435,9 +435,11 @@ async fn status(path: &Path) -> anyhow::Result<ExitCode> {
         Err(_) => (
             true,
             OffsetStore::reported_checkpoint(&cfg.state.dir),
-            serde_json::Map::new(),
+            OffsetStore::reported_cursors(&cfg.state.dir),
         ),
     };
+    let mut sinks = sinks;
+    let guard_state = sinks.remove(tributary::schema::guard::STATE_ID);
     let mut out = serde_json::json!({
         "connector": cfg.connector_name(),
         "source": cfg.source.kind(),
@@ -447,6 +449,7 @@ async fn status(path: &Path) -> anyhow::Result<ExitCode> {
             "age_s": tributary::event::now_ms().saturating_sub(c.at_ms) / 1000,
         })),
         "sinks": sinks,
+        "tables": guard_state.as_ref().map(tributary::schema::guard::summary),
     });
     if let SourceConfig::Postgres(p) = &cfg.source {
         let client = postgres_client(p).await?;

@@ -147,7 +147,7 @@ impl OffsetStore {
         }
         tx.commit().map_err(|e| self.err(e))?;
         if let Some(cp) = checkpoint {
-            self.write_status(cp);
+            self.write_status(cp, cursors);
         }
         Ok(())
     }
@@ -155,12 +155,13 @@ impl OffsetStore {
     /// A readable copy of the latest checkpoint beside the store, for `tributary
     /// status` while the daemon holds the store (redb allows one process). Best effort:
     /// the store is the truth, this file only reports.
-    fn write_status(&self, cp: &Checkpoint) {
+    fn write_status(&self, cp: &Checkpoint, cursors: &[(String, serde_json::Value)]) {
         let Some(dir) = self.path.parent() else {
             return;
         };
         let tmp = dir.join("status.json.tmp");
-        let body = serde_json::json!({ "checkpoint": cp });
+        let cursors: serde_json::Map<_, _> = cursors.iter().cloned().collect();
+        let body = serde_json::json!({ "checkpoint": cp, "cursors": cursors });
         if std::fs::write(&tmp, body.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join("status.json"));
         }
@@ -171,6 +172,15 @@ impl OffsetStore {
         let text = std::fs::read_to_string(dir.join("status.json")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         serde_json::from_value(v.get("checkpoint")?.clone()).ok()
+    }
+
+    /// The cursors (sinks and schema guard) a running daemon last reported.
+    pub fn reported_cursors(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+        std::fs::read_to_string(dir.join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("cursors")?.as_object().cloned())
+            .unwrap_or_default()
     }
 
     /// Forgets the source checkpoint (the next run starts from `[source] start`). Sink

@@ -465,4 +465,38 @@ async fn added_columns_extend_the_mapping_with_their_types() {
     let (types, _) = mapping_of(&url, &alias).await;
     assert_eq!(types["cost"], "keyword", "{types:?}");
     assert_eq!(es_documents(&url, &alias).await["3"]["cost"], "9.99");
+
+    // A dropped column is deprecated (add-only): its field and values stay, `_meta`
+    // and `tributary status` name it.
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.items DROP COLUMN tag"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items VALUES (4, 4, 4.00, 'd', NULL, NULL)"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while es_documents(&url, &alias).await.len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (types, meta) = mapping_of(&url, &alias).await;
+    assert_eq!(meta["deprecated_fields"], json!(["tag"]), "{meta}");
+    assert!(types.contains_key("tag"));
+    assert_eq!(es_documents(&url, &alias).await["2"]["tag"], "x");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, out, err) = tributary(&["status", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let status: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["tables"][format!("{db}.items")]["deprecated"],
+        json!(["tag"]),
+        "{out}"
+    );
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert!(daemon_log(&c).contains("schema change: deprecated"));
 }

@@ -31,6 +31,30 @@ pub struct Halt {
 struct Accepted {
     version: u32,
     columns: Vec<Column>,
+    /// Columns dropped (or renamed away) under a `deprecate` verdict: the index keeps
+    /// their fields; `tributary status` lists them.
+    #[serde(default)]
+    deprecated: Vec<String>,
+}
+
+/// For `tributary status`: each table's accepted schema version and deprecated
+/// columns, from a stored guard state.
+pub fn summary(state: &serde_json::Value) -> serde_json::Value {
+    let accepted: HashMap<String, Accepted> =
+        serde_json::from_value(state.clone()).unwrap_or_default();
+    let mut tables: Vec<_> = accepted.into_iter().collect();
+    tables.sort_by(|a, b| a.0.cmp(&b.0));
+    serde_json::Value::Object(
+        tables
+            .into_iter()
+            .map(|(t, a)| {
+                (
+                    t,
+                    serde_json::json!({"schema_version": a.version, "deprecated": a.deprecated}),
+                )
+            })
+            .collect(),
+    )
 }
 
 pub struct Guard {
@@ -74,6 +98,7 @@ impl Guard {
             // First sight: the table's schema as it is becomes the baseline.
             None => None,
         };
+        let mut deprecated = previous.map(|p| p.deprecated.clone()).unwrap_or_default();
         if let Some(previous) = previous {
             let changes = diff_columns(&previous.columns, &schema.columns);
             for change in &changes {
@@ -83,6 +108,11 @@ impl Guard {
                         tracing::info!(table = %table, change = %change, rule = %ruling.origin, "schema change allowed");
                     }
                     Verdict::Deprecate => {
+                        if let SchemaChange::ColumnDropped { column }
+                        | SchemaChange::ColumnRenamed { from: column, .. } = change
+                        {
+                            deprecated.push(column.clone());
+                        }
                         tracing::warn!(table = %table, change = %change, rule = %ruling.origin, "schema change: deprecated (the index keeps the field; new events no longer carry it)");
                     }
                     Verdict::Halt => {
@@ -110,6 +140,7 @@ impl Guard {
             Accepted {
                 version: schema.schema_version,
                 columns: schema.columns.clone(),
+                deprecated,
             },
         );
         self.dirty = true;

@@ -60,16 +60,27 @@ pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
 pub fn create_index_body(table: &TableSchema, decimal: DecimalMapping, gc_deletes: &str) -> Json {
     json!({
         "settings": {"index": {"gc_deletes": gc_deletes}},
-        "mappings": mappings(table, &table.columns, decimal),
+        "mappings": mappings(table, &table.columns, &[], decimal),
     })
 }
 
-/// The `_mapping` update for columns a new schema version added.
-pub fn added_fields_body(table: &TableSchema, added: &[Column], decimal: DecimalMapping) -> Json {
-    mappings(table, added, decimal)
+/// The `_mapping` update for a new schema version: fields for the columns it added,
+/// and `_meta` with the version and the deprecated fields.
+pub fn update_body(
+    table: &TableSchema,
+    added: &[Column],
+    deprecated: &[String],
+    decimal: DecimalMapping,
+) -> Json {
+    mappings(table, added, deprecated, decimal)
 }
 
-fn mappings(table: &TableSchema, columns: &[Column], decimal: DecimalMapping) -> Json {
+fn mappings(
+    table: &TableSchema,
+    columns: &[Column],
+    deprecated: &[String],
+    decimal: DecimalMapping,
+) -> Json {
     let mut props = Map::new();
     for c in columns {
         props.insert(c.name.clone(), field(&c.type_name, decimal));
@@ -79,6 +90,7 @@ fn mappings(table: &TableSchema, columns: &[Column], decimal: DecimalMapping) ->
             "source_table": table.qualified_name(),
             "source_kind": table.kind,
             "schema_version": table.schema_version,
+            "deprecated_fields": deprecated,
             "managed_by": "tributary",
         },
         "properties": props,

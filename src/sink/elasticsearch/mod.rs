@@ -35,6 +35,15 @@ use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
 use crate::event::{ChangeEvent, Column, Op, SourceMessage, TableSchema, Value};
 
+#[derive(Default)]
+struct Mapped {
+    fields: Vec<String>,
+    /// The schema version `_meta` names.
+    version: u32,
+    /// Fields whose columns the source dropped, as `_meta.deprecated_fields` says.
+    deprecated: Vec<String>,
+}
+
 /// Where a table's documents go and how they are identified.
 #[derive(Clone)]
 enum Target {
@@ -53,8 +62,8 @@ pub struct ElasticsearchSink {
     /// By schema: keyed by the address of the `Arc` every event of one schema shares;
     /// the `Arc` is held so that address cannot be reused by another schema.
     targets: HashMap<usize, (Arc<TableSchema>, Target)>,
-    /// Aliases known to exist, with the columns their mapping has fields for.
-    mapped: HashMap<String, Vec<Column>>,
+    /// Aliases known to exist, with the fields their mapping has.
+    mapped: HashMap<String, Mapped>,
     retry: Retry,
     sender: Sender,
     /// Written by the checkpoints' acks, one at a time, in order.
@@ -136,34 +145,39 @@ impl ElasticsearchSink {
             }
             Some(id) => {
                 let alias = self.cfg.alias(&table.db, &table.table);
-                match self.mapped.get(&alias) {
-                    None => {
-                        let fields = self.ensure_index(&alias, table).await?;
-                        // An adopted index may predate columns added meanwhile (the
-                        // daemon was stopped): map those now.
-                        let missing: Vec<Column> = table
-                            .columns
-                            .iter()
-                            .filter(|c| !fields.contains(&c.name))
-                            .cloned()
-                            .collect();
-                        if !missing.is_empty() {
-                            self.extend_mapping(&alias, table, &missing).await?;
-                        }
-                        self.mapped.insert(alias.clone(), table.columns.clone());
-                    }
-                    Some(known) => {
-                        let added: Vec<Column> = table
-                            .columns
-                            .iter()
-                            .filter(|c| !known.iter().any(|k| k.name == c.name))
-                            .cloned()
-                            .collect();
-                        if !added.is_empty() {
-                            self.extend_mapping(&alias, table, &added).await?;
-                            self.mapped.get_mut(&alias).expect("known").extend(added);
-                        }
-                    }
+                let (fields, version) = match self.mapped.get(&alias) {
+                    Some(m) => (m.fields.clone(), m.version),
+                    None => (self.ensure_index(&alias, table).await?, 0),
+                };
+                // Columns new to the index (added on the source, also while the daemon
+                // was stopped), and fields whose columns are gone (deprecated: kept).
+                let added: Vec<Column> = table
+                    .columns
+                    .iter()
+                    .filter(|c| !fields.contains(&c.name))
+                    .cloned()
+                    .collect();
+                let mut deprecated: Vec<String> = fields
+                    .iter()
+                    .filter(|f| !table.columns.iter().any(|c| c.name == **f))
+                    .cloned()
+                    .collect();
+                deprecated.sort();
+                let known = self.mapped.entry(alias.clone()).or_default();
+                if !added.is_empty()
+                    || deprecated != known.deprecated
+                    || table.schema_version > version
+                {
+                    let (added, deprecated) = (added, deprecated);
+                    self.extend_mapping(&alias, table, &added, &deprecated)
+                        .await?;
+                    let known = self.mapped.get_mut(&alias).expect("inserted");
+                    known.fields = fields;
+                    known.fields.extend(added.into_iter().map(|c| c.name));
+                    known.deprecated = deprecated;
+                    known.version = table.schema_version;
+                } else {
+                    known.fields = fields;
                 }
                 Target::Index {
                     alias: Arc::from(alias),
@@ -175,17 +189,19 @@ impl ElasticsearchSink {
         Ok(target)
     }
 
-    /// A new schema version added columns (the schema guard allowed it): their fields
-    /// go into the mapping with the types of the type table (not guessed by dynamic
-    /// mapping), and `_meta` gets the new version. Fields of dropped columns stay.
+    /// A new schema version: fields for added columns go into the mapping with the
+    /// types of the type table (not guessed by dynamic mapping); `_meta` gets the new
+    /// version and the deprecated fields (columns dropped on the source, whose fields
+    /// and values stay in the index).
     async fn extend_mapping(
         &self,
         alias: &str,
         table: &TableSchema,
         added: &[Column],
+        deprecated: &[String],
     ) -> Result<(), SinkError> {
         let client = &self.client;
-        let body = mapping::added_fields_body(table, added, self.cfg.decimal);
+        let body = mapping::update_body(table, added, deprecated, self.cfg.decimal);
         let b = &body;
         self.retry
             .run("extending the mapping", || async move {
@@ -203,7 +219,7 @@ impl ElasticsearchSink {
             })
             .await?;
         let names: Vec<&str> = added.iter().map(|c| c.name.as_str()).collect();
-        tracing::info!(sink = %self.id, alias, fields = ?names, schema_version = table.schema_version, "mapping extended with new columns");
+        tracing::info!(sink = %self.id, alias, added = ?names, deprecated = ?deprecated, schema_version = table.schema_version, "mapping updated");
         Ok(())
     }
 
