@@ -128,19 +128,7 @@ rm -rf "$work/elasticsearch"
 # --- PostgreSQL ------------------------------------------------------------------
 fresh_es
 echo "PostgreSQL: loading $N changes..." >&2
-"${P[@]}" <<'SQL'
-SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'bench_es';
-DROP SCHEMA IF EXISTS bench CASCADE;
-DROP PUBLICATION IF EXISTS bench_es;
-CREATE SCHEMA bench;
-GRANT USAGE ON SCHEMA bench TO tributary;
-CREATE TABLE bench.orders (id bigint PRIMARY KEY, customer_id int NOT NULL,
-  status varchar(20) NOT NULL, amount numeric(12,2) NOT NULL, note varchar(200),
-  created_at timestamp(6) NOT NULL, updated_at timestamptz(3));
-GRANT SELECT ON bench.orders TO tributary;
-CREATE PUBLICATION bench_es FOR TABLE bench.orders;
-SELECT pg_create_logical_replication_slot('bench_es', 'pgoutput');
-SQL
+reset_pg_bench_table bench_es bench_es
 load_sql postgres | "${P[@]}"
 until=$("${P[@]}" -tA -c "SELECT pg_current_wal_insert_lsn()")
 rows=$("${P[@]}" -tA -c "SELECT count(*) FROM bench.orders")

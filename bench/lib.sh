@@ -26,6 +26,28 @@ reset_bench_table() {
       created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
 }
 
+# A fresh bench.orders on the PostgreSQL bench server (psql command in $P), its
+# publication $1, and a pgoutput slot for each further argument, created before any
+# load so that each reader gets all of it.
+reset_pg_bench_table() { # $1 = publication, $2... = slots
+  local publication=$1; shift
+  {
+    cat <<SQL
+SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%';
+DROP SCHEMA IF EXISTS bench CASCADE;
+DROP PUBLICATION IF EXISTS $publication;
+CREATE SCHEMA bench;
+GRANT USAGE ON SCHEMA bench TO tributary;
+CREATE TABLE bench.orders (id bigint PRIMARY KEY, customer_id int NOT NULL,
+  status varchar(20) NOT NULL, amount numeric(12,2) NOT NULL, note varchar(200),
+  created_at timestamp(6) NOT NULL, updated_at timestamptz(3));
+GRANT SELECT ON bench.orders TO tributary;
+CREATE PUBLICATION $publication FOR TABLE bench.orders;
+SQL
+    for slot in "$@"; do echo "SELECT pg_create_logical_replication_slot('$slot', 'pgoutput');"; done
+  } | "${P[@]}" >/dev/null
+}
+
 run_tributary() { # $1 = sink kind
   local dir="$work/$1"; mkdir -p "$dir"
   local source=${source_toml:-"kind = \"mariadb\"

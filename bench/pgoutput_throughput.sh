@@ -24,21 +24,7 @@ export PGPASSWORD=admin
 P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
 
 echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
-"${P[@]}" <<'SQL'
-SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%';
-DROP SCHEMA IF EXISTS bench CASCADE;
-DROP PUBLICATION IF EXISTS bench;
-CREATE SCHEMA bench;
-GRANT USAGE ON SCHEMA bench TO tributary;
-CREATE TABLE bench.orders (id bigint PRIMARY KEY, customer_id int NOT NULL,
-  status varchar(20) NOT NULL, amount numeric(12,2) NOT NULL, note varchar(200),
-  created_at timestamp(6) NOT NULL, updated_at timestamptz(3));
-GRANT SELECT ON bench.orders TO tributary;
-CREATE PUBLICATION bench FOR TABLE bench.orders;
-SELECT pg_create_logical_replication_slot('bench_null', 'pgoutput');
-SELECT pg_create_logical_replication_slot('bench_log', 'pgoutput');
-SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput');
-SQL
+reset_pg_bench_table bench bench_null bench_log bench_recv
 python3 - "$N" > "$work/load.sql" <<'PY'
 import sys
 n = int(sys.argv[1]); step = 1000

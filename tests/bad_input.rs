@@ -310,11 +310,7 @@ fn a_bad_policy_file_is_named_with_its_line_and_the_allowed_values() {
     )
     .unwrap();
     let c = connector(dir.path(), SHARED_PORT, "anydb", "");
-    let text = std::fs::read_to_string(&c).unwrap().replace(
-        "[state]",
-        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
-    );
-    std::fs::write(&c, text).unwrap();
+    set_policy(&c, &policy);
     let want = format!(
         "{}:6:18: `column_dropped` must be one of \"deprecate\", \"quarantine\", \"halt\" (got \"drop\")",
         policy.display()

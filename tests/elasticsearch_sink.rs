@@ -431,10 +431,7 @@ async fn added_columns_extend_the_mapping_with_their_types() {
         &format!("INSERT INTO `{db}`.items VALUES (2, 2, 2.00, 'b', 1.50, 'x')"),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while es_documents(&url, &alias).await.len() < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_documents(&url, &alias, 2).await;
     let (types, meta) = mapping_of(&url, &alias).await;
     assert_eq!(
         types["price"], "keyword",
@@ -457,10 +454,7 @@ async fn added_columns_extend_the_mapping_with_their_types() {
     )
     .await;
     let mut daemon = spawn_daemon(&c);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while es_documents(&url, &alias).await.len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_documents(&url, &alias, 3).await;
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     let (types, _) = mapping_of(&url, &alias).await;
     assert_eq!(types["cost"], "keyword", "{types:?}");
@@ -480,10 +474,7 @@ async fn added_columns_extend_the_mapping_with_their_types() {
         &format!("INSERT INTO `{db}`.items VALUES (4, 4, 4.00, 'd', NULL, NULL)"),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while es_documents(&url, &alias).await.len() < 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_documents(&url, &alias, 4).await;
     let (types, meta) = mapping_of(&url, &alias).await;
     assert_eq!(meta["deprecated_fields"], json!(["tag"]), "{meta}");
     assert!(types.contains_key("tag"));

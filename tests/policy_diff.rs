@@ -16,15 +16,7 @@ fn diff(conn: &std::path::Path) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_pending_migration_gets_its_verdicts() {
     let client = pg_admin(PG_PORT).await;
-    let schema = pg_schema(&client, "pdiff").await;
-    let table = format!("{schema}.t");
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id int PRIMARY KEY, v text);
-             CREATE PUBLICATION {schema} FOR TABLE {table};"
-        ))
-        .await
-        .unwrap();
+    let (schema, table) = pg_table(&client, "pdiff", "id int PRIMARY KEY, v text").await;
     let dir = tempfile::tempdir().unwrap();
     let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
     let mut daemon = spawn_daemon(&conn);
@@ -153,11 +145,7 @@ async fn mariadb_pending_migration_gets_its_verdicts() {
         format!("[[table]]\nmatch = \"{db}.*\"\ncolumn_dropped = \"halt\"\n"),
     )
     .unwrap();
-    let text = std::fs::read_to_string(&c).unwrap().replace(
-        "[state]",
-        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
-    );
-    std::fs::write(&c, text).unwrap();
+    set_policy(&c, &policy);
     let (code, out, err) = tributary(&["policy", "explain", "--connector", c.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("{db}.t:")), "{out}");

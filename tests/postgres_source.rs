@@ -994,15 +994,7 @@ async fn tls_encrypts_both_connections_and_verifies_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_guard_allows_additions_and_halts_at_a_type_change() {
     let client = pg_admin(PG_PORT).await;
-    let schema = pg_schema(&client, "guard").await;
-    let table = format!("{schema}.t");
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id int PRIMARY KEY, v text);
-             CREATE PUBLICATION {schema} FOR TABLE {table};"
-        ))
-        .await
-        .unwrap();
+    let (schema, table) = pg_table(&client, "guard", "id int PRIMARY KEY, v text").await;
     let dir = tempfile::tempdir().unwrap();
     let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
     let log = dir.path().join("log");
@@ -1071,11 +1063,7 @@ async fn schema_guard_allows_additions_and_halts_at_a_type_change() {
         format!("[[table]]\nmatch = \"{table}\"\ntype_changed = \"allow\"\n"),
     )
     .unwrap();
-    let text = std::fs::read_to_string(&conn).unwrap().replace(
-        "[state]",
-        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
-    );
-    std::fs::write(&conn, text).unwrap();
+    set_policy(&conn, &policy);
     let mut daemon = spawn_daemon(&conn);
     assert_eq!(wait_for_events(&log, 3, Duration::from_secs(30)).await, 3);
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
@@ -1095,24 +1083,12 @@ async fn schema_guard_allows_additions_and_halts_at_a_type_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy() {
     let client = pg_admin(PG_PORT).await;
-    let schema = pg_schema(&client, "hup").await;
-    let table = format!("{schema}.t");
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id int PRIMARY KEY, v text);
-             CREATE PUBLICATION {schema} FOR TABLE {table};"
-        ))
-        .await
-        .unwrap();
+    let (schema, table) = pg_table(&client, "hup", "id int PRIMARY KEY, v text").await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[rules]\ncolumn_added = \"halt\"\n").unwrap();
     let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
-    let text = std::fs::read_to_string(&conn).unwrap().replace(
-        "[state]",
-        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
-    );
-    std::fs::write(&conn, text).unwrap();
+    set_policy(&conn, &policy);
     let mut daemon = spawn_daemon(&conn);
     wait_streaming(&conn, &mut daemon).await;
     client

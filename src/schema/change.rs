@@ -254,23 +254,9 @@ impl Type {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn table(cols: &[(&str, &str)]) -> TableSchema {
-        TableSchema::new(
-            Arc::from("c"),
-            "postgres",
-            "s".into(),
-            "t".into(),
-            cols.iter()
-                .map(|(n, t)| Column {
-                    name: n.to_string(),
-                    type_name: t.to_string(),
-                })
-                .collect(),
-            vec![0],
-            1,
-        )
+        crate::schema::test_schema(1, cols)
     }
 
     #[test]

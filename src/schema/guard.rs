@@ -165,25 +165,12 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Op, Position, TableSchema};
+    use crate::event::{Op, Position};
     use std::path::Path;
     use std::sync::Arc;
 
     fn event(version: u32, cols: &[(&str, &str)]) -> ChangeEvent {
-        let schema = TableSchema::new(
-            Arc::from("c"),
-            "postgres",
-            "s".into(),
-            "t".into(),
-            cols.iter()
-                .map(|(n, t)| Column {
-                    name: n.to_string(),
-                    type_name: t.to_string(),
-                })
-                .collect(),
-            vec![0],
-            version,
-        );
+        let schema = crate::schema::test_schema(version, cols);
         ChangeEvent {
             op: Op::Create,
             table: Arc::new(schema),

@@ -437,3 +437,28 @@ pub fn metric(port: u16, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Points the connector at a schema policy file.
+pub fn set_policy(connector: &Path, policy: &Path) {
+    let text = std::fs::read_to_string(connector).unwrap().replace(
+        "[state]",
+        &format!("[schema]\npolicy = \"{}\"\n\n[state]", policy.display()),
+    );
+    std::fs::write(connector, text).unwrap();
+}
+
+/// Waits (up to 60 s) until `alias` holds at least `n` documents; returns them.
+pub async fn wait_documents(
+    url: &str,
+    alias: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, Json> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let docs = es_documents(url, alias).await;
+        if docs.len() >= n || Instant::now() > deadline {
+            return docs;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

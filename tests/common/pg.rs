@@ -116,3 +116,21 @@ pub async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Opt
     row.get::<_, Option<String>>(0)
         .and_then(|s| tributary::event::parse_lsn(&s))
 }
+
+/// A fresh schema with table `t` (`columns`, SQL) and a publication for it, both named
+/// after the schema; returns (schema, `schema.t`).
+pub async fn pg_table(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    columns: &str,
+) -> (String, String) {
+    let schema = pg_schema(client, prefix).await;
+    let table = format!("{schema}.t");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} ({columns}); CREATE PUBLICATION {schema} FOR TABLE {table};"
+        ))
+        .await
+        .unwrap();
+    (schema, table)
+}

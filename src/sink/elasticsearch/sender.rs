@@ -202,19 +202,10 @@ impl Sender {
         else {
             return;
         };
-        for (l, guard) in self.lanes.iter_mut().zip(guards) {
-            if l.batch.is_empty() {
-                continue;
+        for (lane, guard) in guards.into_iter().enumerate() {
+            if let Some(batch) = self.take_batch(lane) {
+                self.dispatch(guard, batch);
             }
-            l.since = None;
-            let batch = std::mem::take(&mut l.batch);
-            self.pending.push(spawn_send(
-                &self.client,
-                &self.retry,
-                &self.latency,
-                guard,
-                batch,
-            ));
         }
     }
 
@@ -225,22 +216,36 @@ impl Sender {
 
     /// Starts the lane's request once its previous one finished.
     async fn send_lane(&mut self, lane: usize) {
-        let l = &mut self.lanes[lane];
-        if l.batch.is_empty() {
+        let Some(batch) = self.take_batch(lane) else {
             return;
-        }
-        let batch = std::mem::take(&mut l.batch);
-        l.since = None;
+        };
         // Taken in request order (the mutex is fair): the lane's requests run one
         // after another, in order.
-        let guard = l.busy.clone().lock_owned().await;
-        self.pending.push(spawn_send(
-            &self.client,
-            &self.retry,
-            &self.latency,
-            guard,
-            batch,
-        ));
+        let guard = self.lanes[lane].busy.clone().lock_owned().await;
+        self.dispatch(guard, batch);
+    }
+
+    /// The lane's queued writes, if any, leaving it empty.
+    fn take_batch(&mut self, lane: usize) -> Option<Batch> {
+        let l = &mut self.lanes[lane];
+        if l.batch.is_empty() {
+            return None;
+        }
+        l.since = None;
+        Some(std::mem::take(&mut l.batch))
+    }
+
+    /// Runs a lane's request as a task that holds the lane until the cluster answered.
+    fn dispatch(&mut self, lane: tokio::sync::OwnedMutexGuard<()>, batch: Batch) {
+        let (client, retry, latency) = (
+            self.client.clone(),
+            self.retry.clone(),
+            self.latency.clone(),
+        );
+        self.pending.push(Pending::Sent(tokio::spawn(async move {
+            let _busy = lane;
+            send(&client, &retry, &latency, batch).await
+        })));
     }
 
     /// Starts requests for everything queued.
@@ -263,21 +268,6 @@ impl Sender {
     pub fn take_pending(&mut self) -> Vec<Pending> {
         std::mem::take(&mut self.pending)
     }
-}
-
-/// Runs a lane's request as a task that holds the lane until the cluster answered.
-fn spawn_send(
-    client: &Elasticsearch,
-    retry: &Retry,
-    latency: &Arc<AckLatency>,
-    lane: tokio::sync::OwnedMutexGuard<()>,
-    batch: Batch,
-) -> Pending {
-    let (client, retry, latency) = (client.clone(), retry.clone(), latency.clone());
-    Pending::Sent(tokio::spawn(async move {
-        let _busy = lane;
-        send(&client, &retry, &latency, batch).await
-    }))
 }
 
 /// Sends a batch until every item is written, a 409, or rejected for good.
