@@ -491,3 +491,37 @@ async fn added_columns_extend_the_mapping_with_their_types() {
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     assert!(daemon_log(&c).contains("schema change: deprecated"));
 }
+
+/// TRUNCATE on MariaDB writes no rows: the DDL itself becomes a truncate event in the
+/// log, and the index is emptied (a new concrete index behind the alias).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_truncate_empties_the_index() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("estrunc");
+    let alias = format!("{db}_items");
+    let (mut conn, dir, c, mut daemon, _) = stream_items(&db, &url).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.items VALUES (1, 1, 1.00, 'a'), (2, 2, 2.00, 'b'), (3, 3, 3.00, 'c')")).await;
+    wait_documents(&url, &alias, 3).await;
+    exec(&mut conn, &format!("TRUNCATE TABLE `{db}`.items")).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items VALUES (4, 4, 4.00, 'd')"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let docs = loop {
+        let docs = es_documents(&url, &alias).await;
+        if docs.keys().collect::<Vec<_>>() == ["4"] || Instant::now() > deadline {
+            break docs;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert_eq!(docs.keys().collect::<Vec<_>>(), ["4"], "{}", daemon_log(&c));
+    let ops: Vec<String> = read_events(&dir.path().join("log"))
+        .iter()
+        .map(|e| e["op"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ops, ["c", "c", "c", "t", "c"]);
+}

@@ -5,6 +5,7 @@ pub mod charset;
 pub mod checks;
 pub mod config;
 pub mod connect;
+pub mod ddl;
 pub mod decode;
 pub mod mariadb;
 #[cfg(test)]

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use super::charset::Collations;
 use super::config::{MysqlSourceConfig, ResumeBy, StartFrom};
 use super::connect::{classify, connect};
+use super::ddl::{self, Ddl};
 use super::decode::read_image;
 use super::mariadb::{self, GtidState};
 use super::table::{ExtraColumnInfo, TableInfo};
 use crate::config::Secret;
-use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage};
+use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableSchema};
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
 use crate::source::filter::TableFilter;
@@ -404,6 +405,9 @@ impl Streamer<'_> {
                     // DDL: table maps after it describe the new layout; extra column info
                     // (JSON checks) must be read again.
                     st.extra.clear();
+                    let start = log_pos.saturating_sub(header.event_size() as u64);
+                    self.ddl(st, tx, &sql, &q.schema(), start, header.timestamp() as u64 * 1000)
+                        .await?;
                     if st.standalone || !st.in_txn {
                         self.commit(st, tx, log_pos).await?;
                     }
@@ -599,6 +603,109 @@ impl Streamer<'_> {
             },
         );
         Ok(())
+    }
+
+    /// What a DDL statement means downstream. TRUNCATE writes no rows, so it becomes a
+    /// truncate event per included table; the rest only needs telling (layouts come
+    /// from the next table maps, and the schema guard decides on them).
+    async fn ddl(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        sql: &str,
+        default_db: &str,
+        start: u64,
+        source_ts_ms: u64,
+    ) -> Result<(), Stop> {
+        match ddl::parse(sql, default_db) {
+            Ddl::Truncate(tables) => {
+                for (i, (db, table)) in tables.iter().enumerate() {
+                    if !self.filter.matches(db, table) {
+                        continue;
+                    }
+                    let Some(schema) = self.known_schema(st, db, table)? else {
+                        tracing::info!(table = %format!("{db}.{table}"), "TRUNCATE of a table tributary has not seen yet: nothing to empty downstream");
+                        continue;
+                    };
+                    let e = ChangeEvent {
+                        op: Op::Truncate,
+                        table: schema,
+                        pos: Position::Binlog {
+                            file: st.file.clone(),
+                            offset: start,
+                            gtid: st.txn_gtid.and(st.txid.clone()),
+                        },
+                        txid: st.txid.clone(),
+                        source_ts_ms,
+                        before: None,
+                        after: None,
+                        version: row_version(file_sequence(&st.file), start, i as u64),
+                        ts_ms: now_ms(),
+                    };
+                    tx.send(SourceMessage::Change(e))
+                        .await
+                        .map_err(|_| Stop::Closed)?;
+                }
+            }
+            Ddl::Unparsed(reason) => {
+                tracing::warn!(statement = %sql.chars().take(120).collect::<String>(), %reason, "DDL statement not understood; the included tables it changes are compared through their next table map");
+            }
+            Ddl::DropTables(tables) => {
+                for (db, table) in tables.iter().filter(|(d, t)| self.filter.matches(d, t)) {
+                    tracing::warn!(table = %format!("{db}.{table}"), "table dropped on the source; its index and log records stay");
+                }
+            }
+            Ddl::RenameTables(renames) => {
+                for ((db, table), (to_db, to_table)) in &renames {
+                    if self.filter.matches(db, table) || self.filter.matches(to_db, to_table) {
+                        tracing::warn!(from = %format!("{db}.{table}"), to = %format!("{to_db}.{to_table}"), "table renamed on the source");
+                    }
+                }
+            }
+            Ddl::AlterTable { .. } | Ddl::CreateTable(_) | Ddl::Other => {}
+        }
+        Ok(())
+    }
+
+    /// The schema of `db.table` as last seen: in this session's table maps, else the
+    /// latest recorded version (a table can be truncated before any row of it passes).
+    fn known_schema(
+        &self,
+        st: &StreamState,
+        db: &str,
+        table: &str,
+    ) -> Result<Option<Arc<TableSchema>>, Stop> {
+        let cached = st
+            .tables
+            .values()
+            .filter_map(|t| match t {
+                CachedTable::Included { info, .. }
+                    if info.schema.db == db && info.schema.table == table =>
+                {
+                    Some(info.schema.clone())
+                }
+                _ => None,
+            })
+            .max_by_key(|s| s.schema_version);
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let qualified = format!("{db}.{table}");
+        let history = self
+            .store
+            .schema_history()
+            .map_err(|e| Stop::Fatal(e.to_string()))?;
+        Ok(history.get(&qualified).and_then(|h| h.last()).map(|r| {
+            Arc::new(TableSchema::new(
+                self.connector.clone(),
+                self.kind,
+                db.to_string(),
+                table.to_string(),
+                r.columns.clone(),
+                r.primary_key.clone(),
+                r.version,
+            ))
+        }))
     }
 
     /// MariaDB's JSON type is LONGTEXT plus a `json_valid(col)` check constraint.
