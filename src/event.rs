@@ -428,7 +428,7 @@ impl ChangeEvent {
 }
 
 /// What a source hands to the pipeline, in commit order.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SourceMessage {
     /// A row change inside the current transaction.
     Change(ChangeEvent),
@@ -438,6 +438,17 @@ pub enum SourceMessage {
     /// The source lost its connection inside a transaction and will resend that
     /// transaction from its start: sinks drop what they got after the last `Commit`.
     Rewind,
+    /// A DDL statement changed a captured table in a way its rows do not show (created,
+    /// dropped, renamed, or a column renamed): for the schema guard; sinks ignore it.
+    Schema(TableChange),
+}
+
+/// A table-level schema change a source read from DDL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableChange {
+    /// `db.table` (MariaDB/MySQL) or `schema.table`.
+    pub table: String,
+    pub change: crate::schema::SchemaChange,
 }
 
 impl SourceMessage {

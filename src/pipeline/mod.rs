@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConnectorConfig, SourceConfig};
 use crate::event::{now_ms, Position, SourceMessage};
 use crate::offsets::{Checkpoint, OffsetStore};
-use crate::schema::guard::{self, Guard};
+use crate::schema::guard::{self, Guard, Pass};
 use crate::sink::{open_sinks, Sink};
 use crate::source::mysql::MysqlSource;
 use crate::source::postgres::PostgresSource;
@@ -135,20 +135,32 @@ pub async fn run(
                     // With --until, nothing past the first boundary at or after it.
                     let mut reached = false;
                     let mut halted = None;
+                    // Changes of tables the policy ignores.
+                    let mut skipped = Vec::new();
                     let mut take = batch.messages.len();
                     // After the last transaction boundary in this batch.
                     let mut boundary = 0;
                     for (i, m) in batch.messages.iter().enumerate() {
                         match m {
-                            SourceMessage::Change(e) => {
-                                if let Err(h) = guard.check(e) {
+                            SourceMessage::Change(e) => match guard.check(e) {
+                                Ok(Pass::Yes) => {
+                                    stats.changes += 1;
+                                    counters.count(e);
+                                }
+                                Ok(Pass::Skip) => skipped.push(i),
+                                Err(h) => {
                                     // Nothing of the transaction with the change goes on.
                                     halted = Some(h);
                                     take = boundary;
                                     break;
                                 }
-                                stats.changes += 1;
-                                counters.count(e);
+                            },
+                            SourceMessage::Schema(tc) => {
+                                if let Err(h) = guard.table_change(tc) {
+                                    halted = Some(h);
+                                    take = boundary;
+                                    break;
+                                }
                             }
                             SourceMessage::Commit(p) => {
                                 boundary = i + 1;
@@ -165,8 +177,21 @@ pub async fn run(
                             SourceMessage::Rewind => {}
                         }
                     }
+                    let passed = &batch.messages[..take];
+                    let kept: Vec<SourceMessage>;
+                    let passed = if skipped.is_empty() {
+                        passed
+                    } else {
+                        kept = passed
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| skipped.binary_search(i).is_err())
+                            .map(|(_, m)| m.clone())
+                            .collect();
+                        &kept
+                    };
                     for s in sinks.iter_mut() {
-                        s.accept(&batch.messages[..take]).await?;
+                        s.accept(passed).await?;
                     }
                     drop(batch);
                     if let Some(h) = halted {

@@ -6,13 +6,13 @@
 //! same decisions again, and a halted change is decided anew after a restart (with the
 //! policy as edited meanwhile).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use super::change::{diff_columns, SchemaChange};
 use super::policy::{Policy, Ruling, Verdict};
-use crate::event::{ChangeEvent, Column};
+use crate::event::{ChangeEvent, Column, TableChange};
 
 /// The id the guard's state is stored under, next to the sinks' cursors.
 pub const STATE_ID: &str = "schema-guard";
@@ -37,30 +37,53 @@ struct Accepted {
     deprecated: Vec<String>,
 }
 
+/// What the guard keeps, and stores with each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct State {
+    #[serde(default)]
+    tables: HashMap<String, Accepted>,
+    /// Tables created under a `table_created = "ignore"` verdict: not captured.
+    #[serde(default)]
+    ignored: BTreeSet<String>,
+    /// Column renames a DDL statement stated, for the table's next layout.
+    #[serde(default)]
+    renames: HashMap<String, Vec<(String, String)>>,
+}
+
+/// What becomes of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// On to the sinks.
+    Yes,
+    /// Its table is not captured (`table_created = "ignore"`).
+    Skip,
+}
+
 /// For `tributary status`: each table's accepted schema version and deprecated
 /// columns, from a stored guard state.
 pub fn summary(state: &serde_json::Value) -> serde_json::Value {
-    let accepted: HashMap<String, Accepted> =
-        serde_json::from_value(state.clone()).unwrap_or_default();
-    let mut tables: Vec<_> = accepted.into_iter().collect();
+    let state: State = serde_json::from_value(state.clone()).unwrap_or_default();
+    let mut tables: Vec<_> = state.tables.into_iter().collect();
     tables.sort_by(|a, b| a.0.cmp(&b.0));
-    serde_json::Value::Object(
-        tables
-            .into_iter()
-            .map(|(t, a)| {
-                (
-                    t,
-                    serde_json::json!({"schema_version": a.version, "deprecated": a.deprecated}),
-                )
-            })
-            .collect(),
-    )
+    let mut out: serde_json::Map<String, serde_json::Value> = tables
+        .into_iter()
+        .map(|(t, a)| {
+            (
+                t,
+                serde_json::json!({"schema_version": a.version, "deprecated": a.deprecated}),
+            )
+        })
+        .collect();
+    for t in state.ignored {
+        out.insert(t, serde_json::json!({"ignored": true}));
+    }
+    serde_json::Value::Object(out)
 }
 
 pub struct Guard {
     policy: Policy,
-    accepted: HashMap<String, Accepted>,
-    /// `accepted` as of the last transaction boundary (None: unchanged since).
+    state: State,
+    /// `state` as of the last transaction boundary.
     committed: serde_json::Value,
     dirty: bool,
 }
@@ -68,14 +91,13 @@ pub struct Guard {
 impl Guard {
     /// `state` is what `state()` returned at the last stored checkpoint.
     pub fn new(policy: Policy, state: Option<serde_json::Value>) -> Self {
-        let accepted: HashMap<String, Accepted> = state
-            .as_ref()
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
+        let state: State = state
+            .and_then(|s| serde_json::from_value(s).ok())
             .unwrap_or_default();
-        let committed = serde_json::to_value(&accepted).expect("a map serializes");
+        let committed = serde_json::to_value(&state).expect("the state serializes");
         Guard {
             policy,
-            accepted,
+            state,
             committed,
             dirty: false,
         }
@@ -86,13 +108,52 @@ impl Guard {
         self.policy = policy;
     }
 
-    /// Lets a change through, or stops at a schema change its table's policy halts.
-    pub fn check(&mut self, e: &ChangeEvent) -> Result<(), Box<Halt>> {
+    /// Applies the verdict for one change: Ok(verdict) when it passes (logged and
+    /// counted), the halt otherwise.
+    fn decide(&self, table: &str, change: &SchemaChange) -> Result<Verdict, Box<Halt>> {
+        let ruling = self.policy.ruling(table, change);
+        let halt = |advice| {
+            Err(Box::new(Halt {
+                table: table.to_string(),
+                change: change.clone(),
+                ruling: ruling.clone(),
+                advice,
+            }))
+        };
+        match ruling.verdict {
+            Verdict::Allow => {
+                tracing::info!(table, change = %change, rule = %ruling.origin, "schema change allowed")
+            }
+            Verdict::Ignore => {
+                tracing::warn!(table, change = %change, rule = %ruling.origin, "schema change: table ignored (not captured)")
+            }
+            Verdict::Deprecate => {
+                tracing::warn!(table, change = %change, rule = %ruling.origin, "schema change: deprecated (the index keeps what it has; new events no longer carry it)")
+            }
+            Verdict::Halt => {
+                return halt(
+                    "Edit the policy (or revert the change) and start again: it resumes before this change.",
+                )
+            }
+            Verdict::Quarantine => {
+                return halt("Quarantine streams are not built yet, so tributary stops here instead of passing the table's events on: choose allow, deprecate or halt for now.")
+            }
+        }
+        crate::metrics::schema_change(table, change.kind().key(), ruling.verdict.name());
+        Ok(ruling.verdict)
+    }
+
+    /// Lets a change through, skips it (ignored table), or stops at a schema change
+    /// its table's policy halts.
+    pub fn check(&mut self, e: &ChangeEvent) -> Result<Pass, Box<Halt>> {
         let schema = &e.table;
         let table = schema.qualified_name();
-        let previous = match self.accepted.get(&table) {
+        if self.state.ignored.contains(&table) {
+            return Ok(Pass::Skip);
+        }
+        let previous = match self.state.tables.get(&table) {
             Some(a) if a.version == schema.schema_version && a.columns == schema.columns => {
-                return Ok(())
+                return Ok(Pass::Yes)
             }
             Some(a) => Some(a),
             // First sight: the table's schema as it is becomes the baseline.
@@ -100,42 +161,21 @@ impl Guard {
         };
         let mut deprecated = previous.map(|p| p.deprecated.clone()).unwrap_or_default();
         if let Some(previous) = previous {
-            let changes = diff_columns(&previous.columns, &schema.columns);
-            for change in &changes {
-                let ruling = self.policy.ruling(&table, change);
-                match ruling.verdict {
-                    Verdict::Allow | Verdict::Ignore => {
-                        tracing::info!(table = %table, change = %change, rule = %ruling.origin, "schema change allowed");
-                    }
-                    Verdict::Deprecate => {
-                        if let SchemaChange::ColumnDropped { column }
-                        | SchemaChange::ColumnRenamed { from: column, .. } = change
-                        {
-                            deprecated.push(column.clone());
-                        }
-                        tracing::warn!(table = %table, change = %change, rule = %ruling.origin, "schema change: deprecated (the index keeps the field; new events no longer carry it)");
-                    }
-                    Verdict::Halt => {
-                        return Err(Box::new(Halt {
-                            table,
-                            change: change.clone(),
-                            ruling,
-                            advice: "Edit the policy (or revert the change) and start again: it resumes before this change.",
-                        }))
-                    }
-                    Verdict::Quarantine => {
-                        return Err(Box::new(Halt {
-                            table,
-                            change: change.clone(),
-                            ruling,
-                            advice: "Quarantine streams are not built yet, so tributary stops here instead of passing the table's events on: choose allow, deprecate or halt for now.",
-                        }))
+            let hints = self.state.renames.get(&table).cloned().unwrap_or_default();
+            for change in
+                with_stated_renames(diff_columns(&previous.columns, &schema.columns), &hints)
+            {
+                if self.decide(&table, &change)? == Verdict::Deprecate {
+                    if let SchemaChange::ColumnDropped { column }
+                    | SchemaChange::ColumnRenamed { from: column, .. } = &change
+                    {
+                        deprecated.push(column.clone());
                     }
                 }
-                crate::metrics::schema_change(&table, change.kind().key(), ruling.verdict.name());
             }
         }
-        self.accepted.insert(
+        self.state.renames.remove(&table);
+        self.state.tables.insert(
             table,
             Accepted {
                 version: schema.schema_version,
@@ -144,6 +184,35 @@ impl Guard {
             },
         );
         self.dirty = true;
+        Ok(Pass::Yes)
+    }
+
+    /// A table-level change from DDL (created, dropped, renamed; a column rename the
+    /// statement states, which the next layout's diff then reports as certain).
+    pub fn table_change(&mut self, tc: &TableChange) -> Result<(), Box<Halt>> {
+        match &tc.change {
+            SchemaChange::ColumnRenamed { from, to, .. } => {
+                self.state
+                    .renames
+                    .entry(tc.table.clone())
+                    .or_default()
+                    .push((from.clone(), to.clone()));
+            }
+            change @ SchemaChange::TableCreated => {
+                if self.decide(&tc.table, change)? == Verdict::Ignore {
+                    self.state.ignored.insert(tc.table.clone());
+                } else {
+                    self.state.ignored.remove(&tc.table);
+                }
+            }
+            change => {
+                self.decide(&tc.table, change)?;
+                if *change == SchemaChange::TableDropped {
+                    self.state.ignored.remove(&tc.table);
+                }
+            }
+        }
+        self.dirty = true;
         Ok(())
     }
 
@@ -151,7 +220,7 @@ impl Guard {
     /// there must store.
     pub fn commit(&mut self) {
         if self.dirty {
-            self.committed = serde_json::to_value(&self.accepted).expect("a map serializes");
+            self.committed = serde_json::to_value(&self.state).expect("the state serializes");
             self.dirty = false;
         }
     }
@@ -160,6 +229,40 @@ impl Guard {
     pub fn state(&self) -> serde_json::Value {
         self.committed.clone()
     }
+}
+
+/// A drop and an add that a DDL statement named as a rename become a certain rename,
+/// whatever the types.
+fn with_stated_renames(
+    changes: Vec<SchemaChange>,
+    stated: &[(String, String)],
+) -> Vec<SchemaChange> {
+    let mut out = Vec::with_capacity(changes.len());
+    let mut rest = changes;
+    for (from, to) in stated {
+        let dropped = rest.iter().position(|c| {
+            matches!(c, SchemaChange::ColumnDropped { column } if column == from)
+                || matches!(c, SchemaChange::ColumnRenamed { from: f, .. } if f == from)
+        });
+        let added = rest.iter().position(|c| {
+            matches!(c, SchemaChange::ColumnAdded { column, .. } if column == to)
+                || matches!(c, SchemaChange::ColumnRenamed { to: t, .. } if t == to)
+        });
+        if let (Some(d), Some(a)) = (dropped, added) {
+            let (hi, lo) = if d > a { (d, a) } else { (a, d) };
+            rest.remove(hi);
+            if hi != lo {
+                rest.remove(lo);
+            }
+            out.push(SchemaChange::ColumnRenamed {
+                from: from.clone(),
+                to: to.clone(),
+                certain: true,
+            });
+        }
+    }
+    out.extend(rest);
+    out
 }
 
 #[cfg(test)]
@@ -224,6 +327,65 @@ mod tests {
         assert!(
             halt.to_string()
                 .contains("(p.toml:2: column_dropped = \"halt\")"),
+            "{halt}"
+        );
+    }
+
+    #[test]
+    fn drops_are_deprecated_and_listed() {
+        let mut g = Guard::new(Policy::add_only(), None);
+        g.check(&event(1, &[("id", "int"), ("x", "text")])).unwrap();
+        g.check(&event(2, &[("x", "text")])).unwrap();
+        g.commit();
+        let s = summary(&g.state());
+        assert_eq!(s["s.t"]["schema_version"], 2);
+        assert_eq!(s["s.t"]["deprecated"], serde_json::json!(["id"]));
+    }
+
+    #[test]
+    fn stated_renames_are_certain_and_tables_follow_their_rules() {
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            "[rules]\ncolumn_renamed = \"deprecate\"\ntable_created = \"ignore\"\ntable_dropped = \"halt\"\n",
+        )
+        .unwrap();
+        let mut g = Guard::new(policy, None);
+        g.check(&event(1, &[("id", "int"), ("a", "int")])).unwrap();
+        let tc = |table: &str, change| TableChange {
+            table: table.into(),
+            change,
+        };
+        g.table_change(&tc(
+            "s.t",
+            SchemaChange::ColumnRenamed {
+                from: "a".into(),
+                to: "b".into(),
+                certain: true,
+            },
+        ))
+        .unwrap();
+        // Renamed and retyped at once: still the rename the statement said.
+        g.check(&event(2, &[("id", "int"), ("b", "bigint")]))
+            .unwrap();
+        g.commit();
+        assert_eq!(
+            summary(&g.state())["s.t"]["deprecated"],
+            serde_json::json!(["a"])
+        );
+        // An ignored new table's changes are skipped; a dropped table halts.
+        let mut other = event(1, &[("x", "int")]);
+        let mut schema = (*other.table).clone();
+        schema.table = "new".into();
+        other.table = std::sync::Arc::new(schema);
+        g.table_change(&tc("s.new", SchemaChange::TableCreated))
+            .unwrap();
+        assert_eq!(g.check(&other).unwrap(), Pass::Skip);
+        let halt = g
+            .table_change(&tc("s.t", SchemaChange::TableDropped))
+            .unwrap_err();
+        assert!(
+            halt.to_string()
+                .contains("table dropped; policy verdict `halt` (p.toml:4"),
             "{halt}"
         );
     }

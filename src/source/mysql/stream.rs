@@ -21,9 +21,10 @@ use super::decode::read_image;
 use super::mariadb::{self, GtidState};
 use super::table::{ExtraColumnInfo, TableInfo};
 use crate::config::Secret;
-use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableSchema};
+use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableChange, TableSchema};
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
+use crate::schema::SchemaChange;
 use crate::source::filter::TableFilter;
 use crate::source::session::{next_or_flush, Next, Reconnect, Stop};
 use crate::source::SourceError;
@@ -651,20 +652,58 @@ impl Streamer<'_> {
                 tracing::warn!(statement = %sql.chars().take(120).collect::<String>(), %reason, "DDL statement not understood; the included tables it changes are compared through their next table map");
             }
             Ddl::DropTables(tables) => {
-                for (db, table) in tables.iter().filter(|(d, t)| self.filter.matches(d, t)) {
-                    tracing::warn!(table = %format!("{db}.{table}"), "table dropped on the source; its index and log records stay");
+                for (db, table) in tables {
+                    self.table_change(tx, &db, &table, SchemaChange::TableDropped)
+                        .await?;
                 }
             }
             Ddl::RenameTables(renames) => {
-                for ((db, table), (to_db, to_table)) in &renames {
-                    if self.filter.matches(db, table) || self.filter.matches(to_db, to_table) {
-                        tracing::warn!(from = %format!("{db}.{table}"), to = %format!("{to_db}.{to_table}"), "table renamed on the source");
-                    }
+                for ((db, table), (to_db, to_table)) in renames {
+                    self.table_change(tx, &db, &table, SchemaChange::TableDropped)
+                        .await?;
+                    self.table_change(tx, &to_db, &to_table, SchemaChange::TableCreated)
+                        .await?;
                 }
             }
-            Ddl::AlterTable { .. } | Ddl::CreateTable(_) | Ddl::Other => {}
+            Ddl::CreateTable((db, table)) => {
+                self.table_change(tx, &db, &table, SchemaChange::TableCreated)
+                    .await?;
+            }
+            Ddl::AlterTable {
+                table: (db, table),
+                renamed,
+            } => {
+                for (from, to) in renamed {
+                    let change = SchemaChange::ColumnRenamed {
+                        from,
+                        to,
+                        certain: true,
+                    };
+                    self.table_change(tx, &db, &table, change).await?;
+                }
+            }
+            Ddl::Other => {}
         }
         Ok(())
+    }
+
+    /// Hands a table-level change of an included table to the schema guard.
+    async fn table_change(
+        &self,
+        tx: &mut QueueSender,
+        db: &str,
+        table: &str,
+        change: SchemaChange,
+    ) -> Result<(), Stop> {
+        if !self.filter.matches(db, table) {
+            return Ok(());
+        }
+        tx.send(SourceMessage::Schema(TableChange {
+            table: format!("{db}.{table}"),
+            change,
+        }))
+        .await
+        .map_err(|_| Stop::Closed)
     }
 
     /// The schema of `db.table` as last seen: in this session's table maps, else the

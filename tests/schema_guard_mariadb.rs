@@ -1,0 +1,127 @@
+//! The schema guard on a MariaDB stream: DDL-stated renames, created tables the policy
+//! ignores, dropped tables it halts at, each decided with its rule and resumed after
+//! the policy is edited.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Waits for the daemon to exit; its log.
+async fn halted(c: &std::path::Path, daemon: &mut std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            assert!(!status.success());
+            return daemon_log(c);
+        }
+        assert!(Instant::now() < deadline, "no halt:\n{}", daemon_log(c));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_changes_get_their_verdicts() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("guard");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, a INT)"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.old (id INT PRIMARY KEY)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[rules]\ntable_created = \"ignore\"\ntable_dropped = \"halt\"\n",
+    )
+    .unwrap();
+    set_policy(&c, &policy);
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (1, 1)")).await;
+    assert_eq!(wait_for_events(&log, 1, Duration::from_secs(30)).await, 1);
+
+    // A created table the policy ignores: its rows are not captured.
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.fresh (id INT PRIMARY KEY)"),
+    )
+    .await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.fresh VALUES (1)")).await;
+    // A rename the statement states, with a type change: a certain rename, which
+    // add-only halts.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.t CHANGE a b BIGINT"),
+    )
+    .await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (2, 2)")).await;
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {db}.t: column `a` renamed to `b`; policy verdict `halt` (built-in add-only default: column_renamed = \"halt\")")),
+        "{text}"
+    );
+    assert!(text.contains("table ignored"), "{text}");
+    let tables: Vec<String> = read_events(&log)
+        .iter()
+        .map(|e| e["source"]["table"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tables, ["t"], "the ignored table's row is not in the log");
+
+    // Renames deprecate now; the dropped table still halts.
+    std::fs::write(
+        &policy,
+        "[rules]\ntable_created = \"ignore\"\ntable_dropped = \"halt\"\ncolumn_renamed = \"deprecate\"\n",
+    )
+    .unwrap();
+    exec(&mut conn, &format!("DROP TABLE `{db}`.old")).await;
+    let mut daemon = spawn_daemon(&c);
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {db}.old: table dropped; policy verdict `halt` ({}:3: table_dropped = \"halt\")", policy.display())),
+        "{text}"
+    );
+    let events = read_events(&log);
+    assert_eq!(
+        events.len(),
+        2,
+        "the row after the rename passed: {events:?}"
+    );
+    assert_eq!(events[1]["after"]["b"], 2);
+
+    // Dropped tables deprecate: it runs on.
+    std::fs::write(
+        &policy,
+        "[rules]\ntable_created = \"ignore\"\ncolumn_renamed = \"deprecate\"\n",
+    )
+    .unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (3, 3)")).await;
+    assert_eq!(wait_for_events(&log, 3, Duration::from_secs(30)).await, 3);
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let (code, out, _) = tributary(&["status", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["tables"][format!("{db}.t")]["deprecated"],
+        serde_json::json!(["a"]),
+        "{out}"
+    );
+    assert_eq!(
+        status["tables"][format!("{db}.fresh")]["ignored"],
+        true,
+        "{out}"
+    );
+}
