@@ -125,3 +125,48 @@ async fn ddl_changes_get_their_verdicts() {
         "{out}"
     );
 }
+
+/// kill -9 right after a DDL, before the next row: after the restart the rows before
+/// it carry the old schema version, the rows after it the new one, and the history
+/// holds both layouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_a_ddl_and_the_next_row_loses_no_schema_version() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("ddlkill");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (1)")).await;
+    assert_eq!(wait_for_events(&log, 1, Duration::from_secs(30)).await, 1);
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.t ADD COLUMN note VARCHAR(10)"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill9(&mut daemon);
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (2, 'x')")).await;
+    let mut daemon = spawn_daemon(&c);
+    assert_eq!(wait_for_events(&log, 2, Duration::from_secs(30)).await, 2);
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let events = read_events(&log);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["schema_version"], 1, "{:?}", events[0]);
+    assert_eq!(events[1]["schema_version"], 2, "{:?}", events[1]);
+    assert_eq!(events[1]["after"]["note"], "x");
+    let (code, out, _) = tributary(&["offsets", "show", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let history = &shown["schema_history"][format!("{db}.t")];
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+    assert_eq!(history[1]["columns"][1]["name"], "note", "{history}");
+}
