@@ -58,6 +58,18 @@ struct StreamState {
     seen_fde: bool,
 }
 
+impl StreamState {
+    /// The position of a row event starting at `offset` in the current file, with the
+    /// transaction's GTID on MariaDB.
+    fn event_position(&self, offset: u64) -> Position {
+        Position::Binlog {
+            file: self.file.clone(),
+            offset,
+            gtid: self.txn_gtid.and(self.txid.clone()),
+        }
+    }
+}
+
 pub(super) struct Streamer<'a> {
     pub cfg: &'a MysqlSourceConfig,
     pub mariadb: bool,
@@ -631,11 +643,7 @@ impl Streamer<'_> {
                     let e = ChangeEvent {
                         op: Op::Truncate,
                         table: schema,
-                        pos: Position::Binlog {
-                            file: st.file.clone(),
-                            offset: start,
-                            gtid: st.txn_gtid.and(st.txid.clone()),
-                        },
+                        pos: st.event_position(start),
                         txid: st.txid.clone(),
                         source_ts_ms,
                         before: None,
@@ -807,11 +815,7 @@ impl Streamer<'_> {
             out.push(SourceMessage::Change(ChangeEvent {
                 op,
                 table: info.schema.clone(),
-                pos: Position::Binlog {
-                    file: st.file.clone(),
-                    offset: start,
-                    gtid: st.txn_gtid.and(st.txid.clone()),
-                },
+                pos: st.event_position(start),
                 txid: st.txid.clone(),
                 source_ts_ms,
                 before,
