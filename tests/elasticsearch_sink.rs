@@ -525,3 +525,51 @@ async fn mariadb_truncate_empties_the_index() {
         .collect();
     assert_eq!(ops, ["c", "c", "c", "t", "c"]);
 }
+
+/// Columns the policy lists as `unindexed` are kept in the documents but not indexed
+/// (an object field with `enabled: false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unindexed_columns_are_stored_not_indexed() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("esunidx");
+    let alias = format!("{db}_items");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(&mut conn, &format!("CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, amount DECIMAL(10,2) NOT NULL, note VARCHAR(100) NOT NULL)")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[table]]\nmatch = \"{db}.items\"\nunindexed = [\"note\"]\n"),
+    )
+    .unwrap();
+    set_policy(&c, &policy);
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items VALUES (1, 1, 1.00, 'findable words')"),
+    )
+    .await;
+    let docs = wait_documents(&url, &alias, 1).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert_eq!(docs["1"]["note"], "findable words");
+    let (types, _) = mapping_of(&url, &alias).await;
+    assert_eq!(types["note"], "object", "{types:?}");
+    let client = elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(&url).unwrap(),
+    );
+    let hits: Json = client
+        .search(elasticsearch::SearchParts::Index(&[&alias]))
+        .body(json!({"query": {"match": {"note": "findable"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hits["hits"]["total"]["value"], 0, "{hits}");
+}

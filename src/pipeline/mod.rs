@@ -85,9 +85,10 @@ pub async fn run(
         }
         return Err(PipelineError::Source(e.to_string()));
     }
-    let mut guard = Guard::new(cfg.policy()?, store.sink_cursor(guard::STATE_ID)?);
+    let policy = cfg.policy()?;
+    let mut sinks = open_sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?;
+    let mut guard = Guard::new(policy, store.sink_cursor(guard::STATE_ID)?);
     let mut hangup = Hangup::new();
-    let mut sinks = open_sinks(&cfg.sinks, &store)?;
     // Record where every sink starts, so a log written before the first checkpoint is
     // cut back on the next start instead of looking foreign.
     let mut initial = Vec::new();

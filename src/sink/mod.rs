@@ -56,10 +56,12 @@ pub fn acked(cursor: Option<serde_json::Value>) -> Ack {
     Box::pin(std::future::ready(Ok(cursor)))
 }
 
-/// Opens the configured sinks, each positioned at its stored cursor.
+/// Opens the configured sinks, each positioned at its stored cursor. `policy` is the
+/// connector's schema policy (sinks that map columns read its unindexed columns).
 pub fn open_sinks(
     configs: &[SinkConfig],
     store: &OffsetStore,
+    policy: &std::sync::Arc<crate::schema::Policy>,
 ) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut out: Vec<Box<dyn Sink>> = Vec::new();
     for c in configs {
@@ -69,9 +71,12 @@ pub fn open_sinks(
             .map_err(|e| SinkError::new(&id, e.to_string()))?;
         out.push(match c {
             SinkConfig::Log(l) => Box::new(log::LogSink::open(id, l, cursor)?),
-            SinkConfig::Elasticsearch(e) => {
-                Box::new(elasticsearch::ElasticsearchSink::open(id, e, cursor)?)
-            }
+            SinkConfig::Elasticsearch(e) => Box::new(elasticsearch::ElasticsearchSink::open(
+                id,
+                e,
+                cursor,
+                policy.clone(),
+            )?),
             SinkConfig::Stdout(s) => Box::new(stdout::StdoutSink::new(id, s)),
             SinkConfig::Null(_) => Box::new(null::NullSink::new(id)),
         });

@@ -56,11 +56,30 @@ pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
     }
 }
 
+/// How a table's columns map: the decimal choice, and the columns the schema policy
+/// keeps unindexed (stored in `_source`, not searchable: an object field with
+/// `enabled: false`, which takes any JSON value).
+#[derive(Clone, Copy)]
+pub struct FieldOptions<'a> {
+    pub decimal: DecimalMapping,
+    pub unindexed: &'a [String],
+}
+
+impl FieldOptions<'_> {
+    fn field(&self, c: &Column) -> Json {
+        if self.unindexed.contains(&c.name) {
+            json!({"type": "object", "enabled": false})
+        } else {
+            field(&c.type_name, self.decimal)
+        }
+    }
+}
+
 /// The body that creates `<alias>_v1`: settings, mapping and `_meta`.
-pub fn create_index_body(table: &TableSchema, decimal: DecimalMapping, gc_deletes: &str) -> Json {
+pub fn create_index_body(table: &TableSchema, options: FieldOptions<'_>, gc_deletes: &str) -> Json {
     json!({
         "settings": {"index": {"gc_deletes": gc_deletes}},
-        "mappings": mappings(table, &table.columns, &[], decimal),
+        "mappings": mappings(table, &table.columns, &[], options),
     })
 }
 
@@ -70,20 +89,20 @@ pub fn update_body(
     table: &TableSchema,
     added: &[Column],
     deprecated: &[String],
-    decimal: DecimalMapping,
+    options: FieldOptions<'_>,
 ) -> Json {
-    mappings(table, added, deprecated, decimal)
+    mappings(table, added, deprecated, options)
 }
 
 fn mappings(
     table: &TableSchema,
     columns: &[Column],
     deprecated: &[String],
-    decimal: DecimalMapping,
+    options: FieldOptions<'_>,
 ) -> Json {
     let mut props = Map::new();
     for c in columns {
-        props.insert(c.name.clone(), field(&c.type_name, decimal));
+        props.insert(c.name.clone(), options.field(c));
     }
     json!({
         "_meta": {

@@ -34,6 +34,7 @@ use self::sender::{Attempt, Rejected, Retry, Sender};
 use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
 use crate::event::{ChangeEvent, Column, Op, SourceMessage, TableSchema, Value};
+use crate::schema::Policy;
 
 #[derive(Default)]
 struct Mapped {
@@ -68,14 +69,19 @@ pub struct ElasticsearchSink {
     sender: Sender,
     /// Written by the checkpoints' acks, one at a time, in order.
     dead_letters: Arc<Mutex<LogSink>>,
+    /// The schema policy, for its unindexed columns.
+    policy: Arc<Policy>,
 }
 
 impl ElasticsearchSink {
     /// `cursor` is the dead-letter stream's cursor stored with the last checkpoint.
+    /// `policy` names the columns kept unindexed (read at start: a SIGHUP reload does
+    /// not change existing mappings).
     pub fn open(
         id: String,
         cfg: &ElasticsearchSinkConfig,
         cursor: Option<serde_json::Value>,
+        policy: Arc<Policy>,
     ) -> Result<Self, SinkError> {
         let client = client(cfg).map_err(|m| SinkError::new(&id, m))?;
         let dlq_cfg = LogSinkConfig {
@@ -106,6 +112,7 @@ impl ElasticsearchSink {
             retry,
             sender,
             dead_letters: Arc::new(Mutex::new(dead_letters)),
+            policy,
         })
     }
 
@@ -201,7 +208,12 @@ impl ElasticsearchSink {
         deprecated: &[String],
     ) -> Result<(), SinkError> {
         let client = &self.client;
-        let body = mapping::update_body(table, added, deprecated, self.cfg.decimal);
+        let unindexed = self.policy.unindexed(&table.qualified_name());
+        let options = mapping::FieldOptions {
+            decimal: self.cfg.decimal,
+            unindexed,
+        };
+        let body = mapping::update_body(table, added, deprecated, options);
         let b = &body;
         self.retry
             .run("extending the mapping", || async move {
@@ -282,7 +294,12 @@ impl ElasticsearchSink {
     /// already exists is fine: an earlier attempt made it).
     async fn create_index(&self, concrete: &str, table: &TableSchema) -> Result<(), SinkError> {
         let client = &self.client;
-        let body = mapping::create_index_body(table, self.cfg.decimal, &self.cfg.gc_deletes);
+        let unindexed = self.policy.unindexed(&table.qualified_name());
+        let options = mapping::FieldOptions {
+            decimal: self.cfg.decimal,
+            unindexed,
+        };
+        let body = mapping::create_index_body(table, options, &self.cfg.gc_deletes);
         let b = &body;
         self.retry
             .run("creating the index", || async move {
