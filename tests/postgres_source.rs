@@ -1139,3 +1139,65 @@ async fn sighup_reloads_the_policy() {
     assert_eq!(read_events(&log)[1]["after"]["note"], "new");
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
 }
+
+/// DDL inside a transaction with row changes: a halting change stops before the whole
+/// transaction (its rows before the DDL too); a dropped column is deprecated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_guard_cuts_at_the_transaction_of_a_mid_transaction_ddl() {
+    let client = pg_admin(PG_PORT).await;
+    let (schema, table) = pg_table(&client, "txddl", "id int PRIMARY KEY, v text, old text").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    // A dropped column: deprecated under add-only, the stream goes on.
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} VALUES (1, 'a', 'x');
+             ALTER TABLE {table} DROP COLUMN old;
+             INSERT INTO {table} VALUES (2, 'b');"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(wait_for_events(&log, 2, Duration::from_secs(30)).await, 2);
+    // One transaction: a row, a type change, a row. Nothing of it may pass.
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO {table} VALUES (3, 'c');
+             ALTER TABLE {table} ALTER COLUMN v TYPE integer USING length(v);
+             INSERT INTO {table} VALUES (4, 4);
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no halt:\n{}", daemon_log(&conn));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = daemon_log(&conn);
+    assert!(
+        text.contains("column `v` changed type from text to integer"),
+        "{text}"
+    );
+    assert!(text.contains("column `old` dropped"), "{text}");
+    let ids: Vec<i64> = read_events(&log)
+        .iter()
+        .map(|e| e["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [1, 2],
+        "no row of the halted transaction is in the log"
+    );
+    let (code, out, _) = tributary(&["status", "--connector", conn.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let status: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["tables"][&table]["deprecated"],
+        serde_json::json!(["old"]),
+        "{out}"
+    );
+}
