@@ -10,8 +10,7 @@ use serde::Deserialize;
 
 mod kinds;
 mod secret;
-pub(crate) use secret::check_one_password;
-pub use secret::{password_origin, resolve_password, Secret};
+pub use secret::{PasswordSetting, Secret};
 
 /// A connector file: one pipeline from one source to one or more sinks.
 #[derive(Debug, Clone, Deserialize)]

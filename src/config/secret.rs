@@ -27,65 +27,85 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Where a password comes from: exactly one of `password_env`, `password_file`,
-/// `password` (the last for local demos only).
-pub fn resolve_password(
-    password: Option<&str>,
-    env: Option<&str>,
-    file: Option<&std::path::Path>,
-) -> Result<Option<Secret>, String> {
-    let given = [password.is_some(), env.is_some(), file.is_some()]
+/// A config section's password settings: exactly one of `password_env`,
+/// `password_file`, `password` (the last for local demos only). Each section that
+/// takes a password hands out this view, so reading, checking and describing the
+/// password live here once.
+#[derive(Clone, Copy)]
+pub struct PasswordSetting<'a> {
+    pub password: Option<&'a str>,
+    pub env: Option<&'a str>,
+    pub file: Option<&'a std::path::Path>,
+}
+
+impl PasswordSetting<'_> {
+    fn given(&self) -> usize {
+        [
+            self.password.is_some(),
+            self.env.is_some(),
+            self.file.is_some(),
+        ]
         .iter()
         .filter(|b| **b)
-        .count();
-    if given > 1 {
-        return Err("set only one of `password_env`, `password_file` and `password`".into());
+        .count()
     }
-    if let Some(var) = env {
-        return std::env::var(var).map(|v| Some(Secret(v))).map_err(|_| {
-            format!("`password_env` names the environment variable {var}, which is not set")
-        });
-    }
-    if let Some(path) = file {
-        return std::fs::read_to_string(path)
-            .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
-            .map_err(|e| format!("cannot read `password_file` {}: {e}", path.display()));
-    }
-    Ok(password.map(Secret::new))
-}
 
-/// Where the password came from, for "access denied" messages (never the password).
-pub fn password_origin(
-    password: Option<&str>,
-    env: Option<&str>,
-    file: Option<&std::path::Path>,
-) -> String {
-    if let Some(v) = env {
-        format!("from environment variable {v}")
-    } else if let Some(f) = file {
-        format!("from file {}", f.display())
-    } else if password.is_some() {
-        "from `password`".into()
-    } else {
-        "none given: set password_env or password_file".into()
+    /// The password, read now from its env var or file; errors begin with `section`.
+    pub fn resolve(&self, section: &str) -> Result<Option<Secret>, String> {
+        let fail = |m: String| format!("{section} {m}");
+        if self.given() > 1 {
+            return Err(fail(
+                "set only one of `password_env`, `password_file` and `password`".into(),
+            ));
+        }
+        if let Some(var) = self.env {
+            return std::env::var(var).map(|v| Some(Secret(v))).map_err(|_| {
+                fail(format!(
+                    "`password_env` names the environment variable {var}, which is not set"
+                ))
+            });
+        }
+        if let Some(path) = self.file {
+            return std::fs::read_to_string(path)
+                .map(|s| Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())))
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot read `password_file` {}: {e}",
+                        path.display()
+                    ))
+                });
+        }
+        Ok(self.password.map(Secret::new))
     }
-}
 
-/// `[source]` may name its password one way only; the error points at `password_env`.
-pub(crate) fn check_one_password(
-    path: &std::path::Path,
-    text: &str,
-    password: bool,
-    env: bool,
-    file: bool,
-) -> Result<(), super::ConfigError> {
-    if [password, env, file].iter().filter(|g| **g).count() > 1 {
-        return Err(super::ConfigError::at_key(
-            path,
-            text,
-            "password_env",
-            "[source] set only one of password_env, password_file and password",
-        ));
+    /// Where the password came from, for "access denied" messages (never the password).
+    pub fn origin(&self) -> String {
+        if let Some(v) = self.env {
+            format!("from environment variable {v}")
+        } else if let Some(f) = self.file {
+            format!("from file {}", f.display())
+        } else if self.password.is_some() {
+            "from `password`".into()
+        } else {
+            "none given: set password_env or password_file".into()
+        }
     }
-    Ok(())
+
+    /// At load time: more than one way given is an error pointing at `password_env`.
+    pub(crate) fn check_one(
+        &self,
+        path: &std::path::Path,
+        text: &str,
+        section: &str,
+    ) -> Result<(), super::ConfigError> {
+        if self.given() > 1 {
+            return Err(super::ConfigError::at_key(
+                path,
+                text,
+                "password_env",
+                format!("{section} set only one of password_env, password_file and password"),
+            ));
+        }
+        Ok(())
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{resolve_password, ConfigError, Secret};
+use crate::config::{ConfigError, PasswordSetting, Secret};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,12 +202,12 @@ impl ElasticsearchSinkConfig {
     }
 
     pub fn password(&self) -> Result<Option<Secret>, String> {
-        resolve_password(
-            self.password.as_deref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-        )
-        .map_err(|e| format!("[[sink]] elasticsearch: {e}"))
+        PasswordSetting {
+            password: self.password.as_deref(),
+            env: self.password_env.as_deref(),
+            file: self.password_file.as_deref(),
+        }
+        .resolve("[[sink]] elasticsearch:")
     }
 }
 

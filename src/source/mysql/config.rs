@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{check_one_password, resolve_password, ConfigError, Secret};
+use crate::config::{ConfigError, PasswordSetting, Secret};
 use crate::source::filter::TableFilter;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,27 +111,24 @@ impl MysqlSourceConfig {
                 "[source] heartbeat_secs must be between 1 and 4000000",
             ));
         }
-        check_one_password(
-            path,
-            text,
-            self.password.is_some(),
-            self.password_env.is_some(),
-            self.password_file.is_some(),
-        )
+        self.password_setting().check_one(path, text, "[source]")
     }
 
     pub fn filter(&self) -> TableFilter {
         TableFilter::new(&self.include, &self.exclude).expect("validated when loaded")
     }
 
+    pub fn password_setting(&self) -> PasswordSetting<'_> {
+        PasswordSetting {
+            password: self.password.as_deref(),
+            env: self.password_env.as_deref(),
+            file: self.password_file.as_deref(),
+        }
+    }
+
     /// The password, read now from its env var or file.
     pub fn password(&self) -> Result<Option<Secret>, String> {
-        resolve_password(
-            self.password.as_deref(),
-            self.password_env.as_deref(),
-            self.password_file.as_deref(),
-        )
-        .map_err(|e| format!("[source] {e}"))
+        self.password_setting().resolve("[source]")
     }
 
     /// `host:port`, for messages (never includes credentials).

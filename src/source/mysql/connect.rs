@@ -42,7 +42,7 @@ pub fn classify(cfg: &MysqlSourceConfig, e: &mysql_async::Error) -> ConnError {
             1045 => ConnError::Fatal(format!(
                 "access denied for user '{}' at {addr}: check [source] user and the password ({})",
                 cfg.user,
-                password_origin(cfg)
+                cfg.password_setting().origin()
             )),
             1236 => ConnError::Fatal(format!(
                 "the server cannot send the binlog from the checkpointed position: {}. \
@@ -65,14 +65,6 @@ pub fn classify(cfg: &MysqlSourceConfig, e: &mysql_async::Error) -> ConnError {
         E::Driver(d) => ConnError::Transient(format!("connection to {addr}: {d}")),
         other => ConnError::Fatal(format!("connection to {addr}: {other}")),
     }
-}
-
-fn password_origin(cfg: &MysqlSourceConfig) -> String {
-    crate::config::password_origin(
-        cfg.password.as_deref(),
-        cfg.password_env.as_deref(),
-        cfg.password_file.as_deref(),
-    )
 }
 
 /// Runs a query and collects rows, mapping errors.

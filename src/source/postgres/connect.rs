@@ -109,7 +109,7 @@ pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> ConnEr
         ConnError::Fatal(format!(
             "PostgreSQL at {addr} refused user `{}`: {msg}. Check [source] user, the password ({}) and pg_hba.conf",
             cfg.user,
-            password_origin(cfg)
+            cfg.password_setting().origin()
         ))
     } else if *code == SqlState::INVALID_CATALOG_NAME {
         ConnError::Fatal(format!(
@@ -153,14 +153,6 @@ fn tls_failure(e: &tokio_postgres::Error) -> Option<String> {
     let text = e.to_string();
     text.contains("server does not support TLS")
         .then(|| "the server does not accept TLS connections".to_string())
-}
-
-fn password_origin(cfg: &PostgresSourceConfig) -> String {
-    crate::config::password_origin(
-        cfg.password.as_deref(),
-        cfg.password_env.as_deref(),
-        cfg.password_file.as_deref(),
-    )
 }
 
 /// The replication session: stream from `start`, confirm `confirmed` (the checkpoint)
@@ -217,7 +209,7 @@ pub fn classify_stream(cfg: &PostgresSourceConfig, e: &PgWireError) -> ConnError
         PgWireError::Auth(m) => ConnError::Fatal(format!(
             "PostgreSQL at {addr} refused the replication login of `{}`: {m}. Check the password ({}), the REPLICATION attribute and pg_hba.conf",
             cfg.user,
-            password_origin(cfg)
+            cfg.password_setting().origin()
         )),
         PgWireError::Tls(m) => ConnError::Fatal(format!(
             "TLS to {addr} failed: {m}; check [source] sslmode and sslrootcert"
