@@ -233,14 +233,8 @@ impl OffsetStore {
 
     /// Records the columns of a table's schema version, the first time it is seen (a
     /// version's layout never changes, so later calls change nothing).
-    pub fn record_schema(
-        &self,
-        table: &str,
-        version: u32,
-        columns: &[crate::event::Column],
-        primary_key: &[usize],
-    ) -> Result<(), OffsetError> {
-        let key = history_key(table, version);
+    pub fn record_schema(&self, schema: &crate::event::TableSchema) -> Result<(), OffsetError> {
+        let key = history_key(&schema.qualified_name(), schema.schema_version);
         {
             let tx = self.db.begin_read().map_err(|e| self.err(e))?;
             let t = match tx.open_table(SCHEMA_HISTORY) {
@@ -255,9 +249,9 @@ impl OffsetStore {
             }
         }
         let record = SchemaRecord {
-            version,
-            columns: columns.to_vec(),
-            primary_key: primary_key.to_vec(),
+            version: schema.schema_version,
+            columns: schema.columns.clone(),
+            primary_key: schema.primary_key.clone(),
             at_ms: crate::event::now_ms(),
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| self.err(e))?;
@@ -389,12 +383,22 @@ mod tests {
             name: n.into(),
             type_name: t.into(),
         };
-        s.record_schema("a.b", 1, &[col("id", "int")], &[0])
-            .unwrap();
-        s.record_schema("a.b", 2, &[col("id", "int"), col("x", "text")], &[0])
+        let schema = |version, columns| {
+            crate::event::TableSchema::new(
+                std::sync::Arc::from("c"),
+                "postgres",
+                "a".into(),
+                "b".into(),
+                columns,
+                vec![0],
+                version,
+            )
+        };
+        s.record_schema(&schema(1, vec![col("id", "int")])).unwrap();
+        s.record_schema(&schema(2, vec![col("id", "int"), col("x", "text")]))
             .unwrap();
         // A version's record is written once.
-        s.record_schema("a.b", 1, &[col("other", "int")], &[])
+        s.record_schema(&schema(1, vec![col("other", "int")]))
             .unwrap();
         let h = s.schema_history().unwrap();
         assert_eq!(h["a.b"].len(), 2);

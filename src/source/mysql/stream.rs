@@ -598,12 +598,7 @@ impl Streamer<'_> {
         )
         .map_err(|e| Stop::Fatal(e.to_string()))?;
         self.store
-            .record_schema(
-                &qualified,
-                version,
-                &info.schema.columns,
-                &info.schema.primary_key,
-            )
+            .record_schema(&info.schema)
             .map_err(|e| Stop::Fatal(e.to_string()))?;
         if info.schema.primary_key.is_empty() {
             tracing::warn!(table = %qualified, "table has no primary key: events carry a null key");

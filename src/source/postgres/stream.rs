@@ -486,7 +486,7 @@ impl Streamer<'_> {
         );
         if included {
             self.store
-                .record_schema(&qualified, version, &schema.columns, &schema.primary_key)
+                .record_schema(&schema)
                 .map_err(|e| Stop::Fatal(e.to_string()))?;
         }
         st.relations.insert(
