@@ -1019,20 +1019,7 @@ async fn schema_guard_allows_additions_and_halts_at_a_type_change() {
         ))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = daemon.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not halt:\n{}",
-            daemon_log(&conn)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(!status.success());
-    let text = daemon_log(&conn);
+    let text = halted(&conn, &mut daemon).await;
     assert!(
         text.contains(&format!("schema change on {table}: column `v` changed type from text to integer; policy verdict `halt` (built-in add-only default: type_changed = \"halt\")")),
         "{text}"
@@ -1172,12 +1159,7 @@ async fn schema_guard_cuts_at_the_transaction_of_a_mid_transaction_ddl() {
         ))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while daemon.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "no halt:\n{}", daemon_log(&conn));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let text = daemon_log(&conn);
+    let text = halted(&conn, &mut daemon).await;
     assert!(
         text.contains("column `v` changed type from text to integer"),
         "{text}"

@@ -4,22 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-/// Waits for the daemon to exit; its log.
-async fn halted(c: &std::path::Path, daemon: &mut std::process::Child) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = daemon.try_wait().unwrap() {
-            assert!(!status.success());
-            return daemon_log(c);
-        }
-        assert!(Instant::now() < deadline, "no halt:\n{}", daemon_log(c));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_changes_get_their_verdicts() {

@@ -25,29 +25,45 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `start` once per test process for `port` (servers of all kinds share the set:
+/// their ports differ).
+pub fn start_once(port: u16, start: impl FnOnce()) {
+    let mut started = STARTED.lock().unwrap();
+    if !started.contains(&port) {
+        start();
+        started.push(port);
+    }
+}
+
+/// Runs `deploy/<script> <action> <port>` with `extra_args` in the environment
+/// variable the script reads them from; fails the test with its output.
+pub fn run_deploy(script: &str, extra_var: &str, port: u16, action: &str, extra_args: &str) {
+    let out = Command::new("bash")
+        .arg(repo().join("deploy").join(script))
+        .args([action, &port.to_string()])
+        .env(extra_var, extra_args)
+        .output()
+        .unwrap_or_else(|e| panic!("run deploy/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "deploy/{script} {action} {port} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts (once per test process) a MariaDB on `port` with extra server arguments.
 pub fn mariadb(port: u16, extra_args: &str) {
-    let mut started = STARTED.lock().unwrap();
-    if started.contains(&port) {
-        return;
-    }
-    deploy(port, "start", extra_args);
-    started.push(port);
+    start_once(port, || deploy(port, "start", extra_args));
 }
 
 pub fn deploy(port: u16, action: &str, extra_args: &str) {
-    let out = Command::new("bash")
-        .arg(repo().join("deploy/mariadb.sh"))
-        .arg(action)
-        .arg(port.to_string())
-        .env("TRIBUTARY_MARIADB_EXTRA_ARGS", extra_args)
-        .output()
-        .expect("run deploy/mariadb.sh");
-    assert!(
-        out.status.success(),
-        "deploy/mariadb.sh {action} {port} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_deploy(
+        "mariadb.sh",
+        "TRIBUTARY_MARIADB_EXTRA_ARGS",
+        port,
+        action,
+        extra_args,
     );
 }
 
@@ -460,5 +476,23 @@ pub async fn wait_documents(
             return docs;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits (up to 30 s) for a daemon that must stop on its own with a failure (a halt);
+/// returns its log.
+pub async fn halted(connector: &Path, daemon: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            assert!(!status.success(), "{}", daemon_log(connector));
+            return daemon_log(connector);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no halt:\n{}",
+            daemon_log(connector)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

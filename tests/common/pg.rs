@@ -2,35 +2,22 @@
 //! connector files for the Postgres source.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
 
 /// The server most Postgres tests share.
 pub const PG_PORT: u16 = 54371;
 
-static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-
 /// Starts (once per test process) PostgreSQL on `port` with extra server arguments.
 pub fn postgres(port: u16, extra_args: &str) {
-    let mut started = STARTED.lock().unwrap();
-    if started.contains(&port) {
-        return;
-    }
-    pg_deploy(port, "start", extra_args);
-    started.push(port);
+    super::start_once(port, || pg_deploy(port, "start", extra_args));
 }
 
 pub fn pg_deploy(port: u16, action: &str, extra_args: &str) {
-    let out = Command::new("bash")
-        .arg(super::repo().join("deploy/postgres.sh"))
-        .args([action, &port.to_string()])
-        .env("TRIBUTARY_POSTGRES_EXTRA_ARGS", extra_args)
-        .output()
-        .expect("run deploy/postgres.sh");
-    assert!(
-        out.status.success(),
-        "deploy/postgres.sh {action} {port} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_deploy(
+        "postgres.sh",
+        "TRIBUTARY_POSTGRES_EXTRA_ARGS",
+        port,
+        action,
+        extra_args,
     );
 }
 
