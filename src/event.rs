@@ -315,6 +315,51 @@ pub struct Column {
     pub type_name: String,
 }
 
+/// Something kept per table schema, looked up by the schema `Arc`'s address (every
+/// event of one schema shares the `Arc`): one lookup per event without hashing or
+/// formatting names. The `Arc` is held, so its address cannot be reused by another
+/// schema.
+pub struct PerSchema<V> {
+    map: std::collections::HashMap<usize, (Arc<TableSchema>, V)>,
+}
+
+impl<V> Default for PerSchema<V> {
+    fn default() -> Self {
+        PerSchema {
+            map: Default::default(),
+        }
+    }
+}
+
+impl<V> PerSchema<V> {
+    pub fn get(&self, schema: &Arc<TableSchema>) -> Option<&V> {
+        self.map
+            .get(&(Arc::as_ptr(schema) as usize))
+            .map(|(_, v)| v)
+    }
+
+    pub fn insert(&mut self, schema: &Arc<TableSchema>, value: V) {
+        self.map
+            .insert(Arc::as_ptr(schema) as usize, (schema.clone(), value));
+    }
+
+    pub fn get_or_insert_with(
+        &mut self,
+        schema: &Arc<TableSchema>,
+        f: impl FnOnce() -> V,
+    ) -> &mut V {
+        &mut self
+            .map
+            .entry(Arc::as_ptr(schema) as usize)
+            .or_insert_with(|| (schema.clone(), f()))
+            .1
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
 /// A table as events reference it: identity, columns in order, primary key, schema version.
 /// Shared by every event of the table (one allocation per schema, not per row).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -141,6 +141,7 @@ pub async fn run(
                     let mut take = batch.messages.len();
                     // After the last transaction boundary in this batch.
                     let mut boundary = 0;
+                    let transactions_before = stats.transactions;
                     for (i, m) in batch.messages.iter().enumerate() {
                         match m {
                             SourceMessage::Change(e) => match guard.check(e) {
@@ -167,7 +168,6 @@ pub async fn run(
                                 boundary = i + 1;
                                 guard.commit();
                                 stats.transactions += 1;
-                                crate::metrics::transactions(1);
                                 pending = Some(p.clone());
                                 if until.as_ref().is_some_and(|u| p.at_or_after(u) == Some(true)) {
                                     reached = true;
@@ -178,6 +178,8 @@ pub async fn run(
                             SourceMessage::Rewind => {}
                         }
                     }
+                    // Counted once per batch: a metric lookup per transaction costs.
+                    crate::metrics::transactions(stats.transactions - transactions_before);
                     let passed = &batch.messages[..take];
                     let kept: Vec<SourceMessage>;
                     let passed = if skipped.is_empty() {
@@ -369,26 +371,20 @@ impl Ledger<'_> {
 /// label lookup is too slow to repeat for every change).
 #[derive(Default)]
 struct ChangeCounters {
-    /// Keyed by the address of the schema `Arc` (held, so it cannot be reused) and op.
-    by_table: std::collections::HashMap<
-        (usize, crate::event::Op),
-        (std::sync::Arc<crate::event::TableSchema>, metrics::Counter),
-    >,
+    by_table: crate::event::PerSchema<Vec<(crate::event::Op, metrics::Counter)>>,
 }
 
 impl ChangeCounters {
     fn count(&mut self, e: &crate::event::ChangeEvent) {
-        let key = (std::sync::Arc::as_ptr(&e.table) as usize, e.op);
-        self.by_table
-            .entry(key)
-            .or_insert_with(|| {
-                (
-                    e.table.clone(),
-                    crate::metrics::changes(&e.table.qualified_name(), e.op),
-                )
-            })
-            .1
-            .increment(1);
+        let counters = self.by_table.get_or_insert_with(&e.table, Vec::new);
+        match counters.iter().find(|(op, _)| *op == e.op) {
+            Some((_, c)) => c.increment(1),
+            None => {
+                let c = crate::metrics::changes(&e.table.qualified_name(), e.op);
+                c.increment(1);
+                counters.push((e.op, c));
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::change::{diff_columns, SchemaChange};
 use super::policy::{Policy, Ruling, Verdict};
-use crate::event::{ChangeEvent, Column, TableChange};
+use crate::event::{ChangeEvent, Column, PerSchema, TableChange};
 
 /// The id the guard's state is stored under, next to the sinks' cursors.
 pub const STATE_ID: &str = "schema-guard";
@@ -83,6 +83,10 @@ pub fn summary(state: &serde_json::Value) -> serde_json::Value {
 pub struct Guard {
     policy: Policy,
     state: State,
+    /// What `check` decided per schema `Arc`, so the common case (a schema already
+    /// let through) costs one lookup per event. Cleared whenever `state` or the
+    /// policy changes.
+    decided: PerSchema<Pass>,
     /// `state` as of the last transaction boundary.
     committed: serde_json::Value,
     dirty: bool,
@@ -98,6 +102,7 @@ impl Guard {
         Guard {
             policy,
             state,
+            decided: PerSchema::default(),
             committed,
             dirty: false,
         }
@@ -106,6 +111,7 @@ impl Guard {
     /// Decisions from now on follow `policy` (SIGHUP reload); what was let through stays.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+        self.decided.clear();
     }
 
     /// Applies the verdict for one change: Ok(verdict) when it passes (logged and
@@ -146,6 +152,15 @@ impl Guard {
     /// Lets a change through, skips it (ignored table), or stops at a schema change
     /// its table's policy halts.
     pub fn check(&mut self, e: &ChangeEvent) -> Result<Pass, Box<Halt>> {
+        if let Some(pass) = self.decided.get(&e.table) {
+            return Ok(*pass);
+        }
+        let pass = self.decide_schema(e)?;
+        self.decided.insert(&e.table, pass);
+        Ok(pass)
+    }
+
+    fn decide_schema(&mut self, e: &ChangeEvent) -> Result<Pass, Box<Halt>> {
         let schema = &e.table;
         let table = schema.qualified_name();
         if self.state.ignored.contains(&table) {
@@ -175,6 +190,8 @@ impl Guard {
             }
         }
         self.state.renames.remove(&table);
+        // Other schemas of this table were decided against the previous layout.
+        self.decided.clear();
         self.state.tables.insert(
             table,
             Accepted {
@@ -190,6 +207,7 @@ impl Guard {
     /// A table-level change from DDL (created, dropped, renamed; a column rename the
     /// statement states, which the next layout's diff then reports as certain).
     pub fn table_change(&mut self, tc: &TableChange) -> Result<(), Box<Halt>> {
+        self.decided.clear();
         match &tc.change {
             SchemaChange::ColumnRenamed { from, to, .. } => {
                 self.state

@@ -33,7 +33,7 @@ use self::config::redact;
 use self::sender::{Attempt, Rejected, Retry, Sender};
 use super::log::{LogSink, LogSinkConfig};
 use super::{Ack, Sink, SinkError};
-use crate::event::{ChangeEvent, Column, Op, SourceMessage, TableSchema, Value};
+use crate::event::{ChangeEvent, Column, Op, PerSchema, SourceMessage, TableSchema, Value};
 use crate::schema::Policy;
 
 #[derive(Default)]
@@ -60,9 +60,8 @@ pub struct ElasticsearchSink {
     id: String,
     cfg: ElasticsearchSinkConfig,
     client: Elasticsearch,
-    /// By schema: keyed by the address of the `Arc` every event of one schema shares;
-    /// the `Arc` is held so that address cannot be reused by another schema.
-    targets: HashMap<usize, (Arc<TableSchema>, Target)>,
+    /// Where each schema's events go.
+    targets: PerSchema<Target>,
     /// Aliases known to exist, with the fields their mapping has.
     mapped: HashMap<String, Mapped>,
     retry: Retry,
@@ -107,7 +106,7 @@ impl ElasticsearchSink {
             id,
             cfg: cfg.clone(),
             client,
-            targets: HashMap::new(),
+            targets: PerSchema::default(),
             mapped: HashMap::new(),
             retry,
             sender,
@@ -122,8 +121,7 @@ impl ElasticsearchSink {
 
     /// The target of an event's table, creating index and alias on first sight.
     async fn target(&mut self, table: &Arc<TableSchema>) -> Result<Target, SinkError> {
-        let key = Arc::as_ptr(table) as usize;
-        if let Some((_, t)) = self.targets.get(&key) {
+        if let Some(t) = self.targets.get(table) {
             return Ok(t.clone());
         }
         let name = table.qualified_name();
@@ -154,7 +152,7 @@ impl ElasticsearchSink {
                 let alias = self.cfg.alias(&table.db, &table.table);
                 let (fields, version) = match self.mapped.get(&alias) {
                     Some(m) => (m.fields.clone(), m.version),
-                    None => (self.ensure_index(&alias, table).await?, 0),
+                    None => self.ensure_index(&alias, table).await?,
                 };
                 // Columns new to the index (added on the source, also while the daemon
                 // was stopped), and fields whose columns are gone (deprecated: kept).
@@ -171,28 +169,30 @@ impl ElasticsearchSink {
                     .collect();
                 deprecated.sort();
                 let known = self.mapped.entry(alias.clone()).or_default();
-                if !added.is_empty()
+                let changed = !added.is_empty()
                     || deprecated != known.deprecated
-                    || table.schema_version > version
-                {
-                    let (added, deprecated) = (added, deprecated);
+                    || table.schema_version > version;
+                if changed {
                     self.extend_mapping(&alias, table, &added, &deprecated)
                         .await?;
-                    let known = self.mapped.get_mut(&alias).expect("inserted");
-                    known.fields = fields;
-                    known.fields.extend(added.into_iter().map(|c| c.name));
-                    known.deprecated = deprecated;
-                    known.version = table.schema_version;
-                } else {
-                    known.fields = fields;
                 }
+                let known = self.mapped.entry(alias.clone()).or_default();
+                known.fields = fields;
+                known.fields.extend(added.into_iter().map(|c| c.name));
+                known.deprecated = deprecated;
+                // What `_meta` says now.
+                known.version = if changed {
+                    table.schema_version
+                } else {
+                    version
+                };
                 Target::Index {
                     alias: Arc::from(alias),
                     id,
                 }
             }
         };
-        self.targets.insert(key, (table.clone(), target.clone()));
+        self.targets.insert(table, target.clone());
         Ok(target)
     }
 
@@ -237,12 +237,13 @@ impl ElasticsearchSink {
 
     /// Adopts an existing alias, or creates `<alias>_v1` with the mapping derived from
     /// the schema and points the alias at it. Never drops anything. Returns the fields
-    /// the index maps.
+    /// the index maps and the schema version its `_meta` names (0 for an adopted index:
+    /// unknown, so `_meta` is written again).
     async fn ensure_index(
         &self,
         alias: &str,
         table: &TableSchema,
-    ) -> Result<Vec<String>, SinkError> {
+    ) -> Result<(Vec<String>, u32), SinkError> {
         let client = &self.client;
         let exists = self
             .retry
@@ -280,14 +281,17 @@ impl ElasticsearchSink {
                     fields.extend(p.keys().cloned());
                 }
             }
-            return Ok(fields);
+            return Ok((fields, 0));
         }
         let concrete = format!("{alias}_v1");
         self.create_index(&concrete, table).await?;
         self.swap_aliases(json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]}))
             .await?;
         tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
-        Ok(table.columns.iter().map(|c| c.name.clone()).collect())
+        Ok((
+            table.columns.iter().map(|c| c.name.clone()).collect(),
+            table.schema_version,
+        ))
     }
 
     /// Creates a concrete index with the mapping derived from the schema (an index that
