@@ -5,6 +5,7 @@
 //! docs/DESIGN.md.
 
 mod json;
+pub mod stored;
 
 pub use json::write_json_str;
 
@@ -38,6 +39,18 @@ impl Op {
             Op::Read => "r",
             Op::Truncate => "t",
         }
+    }
+
+    /// The op of a code `code()` gives.
+    pub fn from_code(code: &str) -> Option<Op> {
+        Some(match code {
+            "c" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "r" => Op::Read,
+            "t" => Op::Truncate,
+            _ => return None,
+        })
     }
 }
 

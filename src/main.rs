@@ -77,6 +77,26 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Tables a `quarantine` verdict set aside (`tributary status` lists them).
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// After the policy was edited to let the schema change through: send the
+    /// quarantined tables' changes on to the sinks and release the tables. The daemon
+    /// must be stopped; when it starts again, the tables' later changes flow straight
+    /// on. Nothing is sent when the policy still quarantines or halts the change.
+    Replay {
+        #[arg(long, short)]
+        connector: PathBuf,
+        /// Replay only this table (`db.table`); repeatable. Default: every quarantined table.
+        #[arg(long)]
+        table: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,7 +228,27 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Policy {
             action: PolicyAction::Explain { connector },
         } => policy_explain(&connector).await,
+        Command::Quarantine {
+            action: QuarantineAction::Replay { connector, table },
+        } => quarantine_replay(&connector, &table).await,
     }
+}
+
+async fn quarantine_replay(path: &Path, tables: &[String]) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let report = tributary::pipeline::replay::replay(&cfg, tables)
+        .await
+        .with_context(|| format!("connector {}", path.display()))?;
+    if report.replayed.is_empty() {
+        println!("nothing is quarantined");
+    }
+    for (table, n) in &report.replayed {
+        println!("{table}: {n} change(s) replayed; released");
+    }
+    for table in &report.remaining {
+        println!("{table}: still quarantined");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `policy diff` found a change the policy would halt or quarantine.

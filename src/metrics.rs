@@ -43,6 +43,11 @@ pub fn changes(table: &str, op: Op) -> Counter {
     counter!("tributary_changes_total", "table" => table.to_string(), "op" => op.code())
 }
 
+/// Changes of a quarantined table written to the quarantine stream.
+pub fn quarantined(table: &str) -> Counter {
+    counter!("tributary_quarantined_changes_total", "table" => table.to_string())
+}
+
 pub fn transactions(n: u64) {
     counter!("tributary_transactions_total").increment(n);
 }

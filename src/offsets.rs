@@ -37,6 +37,9 @@ fn history_key(table: &str, version: u32) -> String {
 pub enum OffsetError {
     #[error("state dir {path}: {message}")]
     Store { path: PathBuf, message: String },
+    /// Another process (a running daemon) holds the store.
+    #[error("state dir {path}: offsets.redb is in use by another tributary process; each connector needs its own [state] dir")]
+    InUse { path: PathBuf },
 }
 
 /// The last transaction boundary every sink acknowledged.
@@ -65,9 +68,9 @@ impl OffsetStore {
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
         let path = dir.join("offsets.redb");
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => err(
-                "offsets.redb is in use by another tributary process; each connector needs its own [state] dir".into(),
-            ),
+            redb::DatabaseError::DatabaseAlreadyOpen => OffsetError::InUse {
+                path: dir.to_path_buf(),
+            },
             other => err(format!("cannot open offsets.redb: {other}")),
         })?;
         let store = OffsetStore { db, path };

@@ -78,6 +78,10 @@ pub struct SchemaConfig {
     /// apply (those of schema-rules/default.toml).
     #[serde(default)]
     pub policy: Option<PathBuf>,
+    /// Where quarantined tables' events wait for `tributary quarantine replay`
+    /// (default `<state dir>/quarantine`).
+    #[serde(default)]
+    pub quarantine_dir: Option<PathBuf>,
 }
 
 /// Queue bounds and checkpoint cadence between the source and the sinks.
@@ -181,6 +185,14 @@ impl ConnectorConfig {
         cfg.path = path.to_path_buf();
         cfg.validate(text)?;
         Ok(cfg)
+    }
+
+    /// The quarantine stream's directory.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.schema
+            .quarantine_dir
+            .clone()
+            .unwrap_or_else(|| self.state.dir.join("quarantine"))
     }
 
     /// The connector's schema policy (errors name the policy file, line and column).

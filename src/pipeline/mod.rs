@@ -4,6 +4,7 @@
 //! every sink flushed everything up to it, together with each sink's cursor there.
 
 pub mod queue;
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ use crate::config::{ConnectorConfig, SourceConfig};
 use crate::event::{now_ms, Position, SourceMessage};
 use crate::offsets::{Checkpoint, OffsetStore};
 use crate::schema::guard::{self, Guard, Pass};
-use crate::sink::{open_sinks, Sink};
+use crate::schema::quarantine::{self, QuarantineStream};
+use crate::sink::{open_sinks, Ack, Sink, SinkError};
 use crate::source::mysql::MysqlSource;
 use crate::source::postgres::PostgresSource;
 use crate::source::{Source, SourceError};
@@ -32,6 +34,8 @@ pub enum PipelineError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Halt(#[from] Box<crate::schema::Halt>),
+    #[error("quarantine replay: {0}")]
+    Replay(String),
 }
 
 /// What a finished run did.
@@ -86,15 +90,25 @@ pub async fn run(
         return Err(PipelineError::Source(e.to_string()));
     }
     let policy = cfg.policy()?;
-    let mut sinks = open_sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?;
+    let mut outputs = Outputs {
+        sinks: open_sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?,
+        quarantine: QuarantineStream::open(
+            &cfg.quarantine_dir(),
+            store.sink_cursor(quarantine::STREAM_ID)?,
+        )?,
+    };
     let mut guard = Guard::new(policy, store.sink_cursor(guard::STATE_ID)?);
+    if !guard.quarantined().is_empty() {
+        let tables: Vec<&String> = guard.quarantined().keys().collect();
+        tracing::warn!(?tables, "quarantined tables: their changes go to the quarantine stream until `tributary quarantine replay`");
+    }
     let mut hangup = Hangup::new();
     // Record where every sink starts, so a log written before the first checkpoint is
     // cut back on the next start instead of looking foreign.
     let mut initial = Vec::new();
-    for s in sinks.iter_mut() {
-        if let Some(c) = s.flush().await?.await? {
-            initial.push((s.id().to_string(), c));
+    for (id, ack) in outputs.flush().await? {
+        if let Some(c) = ack.await? {
+            initial.push((id, c));
         }
     }
     store.commit(None, &initial)?;
@@ -150,6 +164,10 @@ pub async fn run(
                                     counters.count(e);
                                 }
                                 Ok(Pass::Skip) => skipped.push(i),
+                                Ok(Pass::Quarantine(epoch)) => {
+                                    outputs.quarantine.append(epoch, e)?;
+                                    skipped.push(i);
+                                }
                                 Err(h) => {
                                     // Nothing of the transaction with the change goes on.
                                     halted = Some(h);
@@ -167,6 +185,7 @@ pub async fn run(
                             SourceMessage::Commit(p) => {
                                 boundary = i + 1;
                                 guard.commit();
+                                outputs.quarantine.commit();
                                 stats.transactions += 1;
                                 pending = Some(p.clone());
                                 if until.as_ref().is_some_and(|u| p.at_or_after(u) == Some(true)) {
@@ -175,8 +194,12 @@ pub async fn run(
                                     break;
                                 }
                             }
-                            SourceMessage::Rewind => {}
+                            SourceMessage::Rewind => outputs.quarantine.rewind()?,
                         }
+                    }
+                    if halted.is_some() || reached {
+                        // Nothing past the cut reaches the quarantine stream either.
+                        outputs.quarantine.rewind()?;
                     }
                     // Counted once per batch: a metric lookup per transaction costs.
                     crate::metrics::transactions(stats.transactions - transactions_before);
@@ -193,24 +216,24 @@ pub async fn run(
                             .collect();
                         &kept
                     };
-                    for s in sinks.iter_mut() {
+                    for s in outputs.sinks.iter_mut() {
                         s.accept(passed).await?;
                     }
                     drop(batch);
                     if let Some(h) = halted {
                         // Everything before the change is checkpointed; the change is not.
-                        checkpoint_now(&ledger, &guard, &mut sinks, &mut pending, &mut in_flight, &mut stats).await?;
+                        checkpoint_now(&ledger, &guard, &mut outputs, &mut pending, &mut in_flight, &mut stats).await?;
                         source_stop.cancel();
                         return Err(h.into());
                     }
                     if reached {
-                        checkpoint_now(&ledger, &guard, &mut sinks, &mut pending, &mut in_flight, &mut stats).await?;
+                        checkpoint_now(&ledger, &guard, &mut outputs, &mut pending, &mut in_flight, &mut stats).await?;
                         tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
                         source_stop.cancel();
                         break;
                     }
                     if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
-                        in_flight = begin_checkpoint(&ledger, &guard, &mut sinks, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &guard, &mut outputs, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                 }
@@ -224,13 +247,17 @@ pub async fn run(
                         Ok(p) => {
                             guard.set_policy(p);
                             tracing::info!(policy = ?cfg.schema.policy, "schema policy reloaded");
+                            if !guard.quarantined().is_empty() {
+                                let tables: Vec<&String> = guard.quarantined().keys().collect();
+                                tracing::warn!(?tables, "quarantined tables stay quarantined until `tributary quarantine replay` (stop the daemon, replay, start it again)");
+                            }
                         }
                         Err(e) => tracing::error!(error = %e, "schema policy not reloaded; the previous one stays in force"),
                     }
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() && pending.is_some() {
-                        in_flight = begin_checkpoint(&ledger, &guard, &mut sinks, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &guard, &mut outputs, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                     if last_report.elapsed() >= Duration::from_secs(30) {
@@ -264,7 +291,7 @@ pub async fn run(
     checkpoint_now(
         &ledger,
         &guard,
-        &mut sinks,
+        &mut outputs,
         &mut pending,
         &mut in_flight,
         &mut stats,
@@ -290,17 +317,14 @@ type InFlight = BoxFuture<'static, Result<Position, PipelineError>>;
 async fn begin_checkpoint(
     ledger: &Ledger<'_>,
     guard: &Guard,
-    sinks: &mut [Box<dyn Sink>],
+    outputs: &mut Outputs,
     pending: &mut Option<Position>,
 ) -> Result<Option<InFlight>, PipelineError> {
     let Some(position) = pending.take() else {
         return Ok(None);
     };
     let began = Instant::now();
-    let mut acks = Vec::with_capacity(sinks.len());
-    for s in sinks.iter_mut() {
-        acks.push((s.id().to_string(), s.flush().await?));
-    }
+    let acks = outputs.flush().await?;
     let store = ledger.store.clone();
     let source = ledger.source_desc.to_string();
     // The guard's decisions up to the boundary belong to the checkpoint too.
@@ -335,7 +359,7 @@ async fn begin_checkpoint(
 async fn checkpoint_now(
     ledger: &Ledger<'_>,
     guard: &Guard,
-    sinks: &mut [Box<dyn Sink>],
+    outputs: &mut Outputs,
     pending: &mut Option<Position>,
     in_flight: &mut Option<InFlight>,
     stats: &mut RunStats,
@@ -343,10 +367,32 @@ async fn checkpoint_now(
     if let Some(f) = in_flight.take() {
         ledger.stored(f.await?, stats);
     }
-    if let Some(f) = begin_checkpoint(ledger, guard, sinks, pending).await? {
+    if let Some(f) = begin_checkpoint(ledger, guard, outputs, pending).await? {
         ledger.stored(f.await?, stats);
     }
     Ok(())
+}
+
+/// Where passed changes go: the sinks, and the quarantine stream for the changes of
+/// quarantined tables. Both are part of every checkpoint.
+struct Outputs {
+    sinks: Vec<Box<dyn Sink>>,
+    quarantine: QuarantineStream,
+}
+
+impl Outputs {
+    /// Flushes everything up to the last boundary: each output's id and ack.
+    async fn flush(&mut self) -> Result<Vec<(String, Ack)>, SinkError> {
+        let mut acks = Vec::with_capacity(self.sinks.len() + 1);
+        for s in self.sinks.iter_mut() {
+            acks.push((s.id().to_string(), s.flush().await?));
+        }
+        acks.push((
+            quarantine::STREAM_ID.to_string(),
+            self.quarantine.flush().await?,
+        ));
+        Ok(acks)
+    }
 }
 
 /// Where acknowledged checkpoints go: the offsets store, then the source (which may

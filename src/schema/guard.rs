@@ -6,7 +6,7 @@
 //! same decisions again, and a halted change is decided anew after a restart (with the
 //! policy as edited meanwhile).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +19,11 @@ pub const STATE_ID: &str = "schema-guard";
 
 /// A change the policy stops at.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("schema change on {table}: {change}; policy verdict `{verdict}` ({rule}: {kind} = \"{verdict}\"). Nothing after it was checkpointed. {advice}", verdict = .ruling.verdict.name(), rule = .ruling.origin, kind = .ruling.kind.key())]
+#[error("schema change on {table}: {change}; policy verdict `{verdict}` ({rule}: {kind} = \"{verdict}\"). Nothing after it was checkpointed. Edit the policy (or revert the change) and start again: it resumes before this change.", verdict = .ruling.verdict.name(), rule = .ruling.origin, kind = .ruling.kind.key())]
 pub struct Halt {
     pub table: String,
     pub change: SchemaChange,
     pub ruling: Ruling,
-    pub advice: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,6 +47,29 @@ struct State {
     /// Column renames a DDL statement stated, for the table's next layout.
     #[serde(default)]
     renames: HashMap<String, Vec<(String, String)>>,
+    /// Tables whose events go to the quarantine stream until `tributary quarantine
+    /// replay` releases them.
+    #[serde(default)]
+    quarantined: BTreeMap<String, Quarantined>,
+    /// The last quarantine epoch handed out.
+    #[serde(default)]
+    last_epoch: u64,
+}
+
+/// Why and since when a table is quarantined.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Quarantined {
+    /// Tags this quarantine's records in the stream: a table quarantined again after a
+    /// replay gets a new epoch, so a replay never sends the records of an earlier one.
+    pub epoch: u64,
+    /// The changes that caused it, as `policy diff` prints them.
+    pub changes: Vec<String>,
+    /// The rule with the `quarantine` verdict (`file:line` or built-in).
+    pub rule: String,
+    /// The schema version the changes arrived with.
+    pub schema_version: u32,
+    /// When, ms since the epoch.
+    pub since_ms: u64,
 }
 
 /// What becomes of a change.
@@ -57,6 +79,8 @@ pub enum Pass {
     Yes,
     /// Its table is not captured (`table_created = "ignore"`).
     Skip,
+    /// Its table is quarantined: to the quarantine stream, tagged with this epoch.
+    Quarantine(u64),
 }
 
 /// For `tributary status`: each table's accepted schema version and deprecated
@@ -76,6 +100,10 @@ pub fn summary(state: &serde_json::Value) -> serde_json::Value {
         .collect();
     for t in state.ignored {
         out.insert(t, serde_json::json!({"ignored": true}));
+    }
+    for (t, q) in state.quarantined {
+        let entry = out.entry(t).or_insert_with(|| serde_json::json!({}));
+        entry["quarantined"] = serde_json::to_value(q).expect("serializes");
     }
     serde_json::Value::Object(out)
 }
@@ -114,18 +142,10 @@ impl Guard {
         self.decided.clear();
     }
 
-    /// Applies the verdict for one change: Ok(verdict) when it passes (logged and
+    /// Applies the verdict for one change: Ok(ruling) when it does not halt (logged and
     /// counted), the halt otherwise.
-    fn decide(&self, table: &str, change: &SchemaChange) -> Result<Verdict, Box<Halt>> {
+    fn decide(&self, table: &str, change: &SchemaChange) -> Result<Ruling, Box<Halt>> {
         let ruling = self.policy.ruling(table, change);
-        let halt = |advice| {
-            Err(Box::new(Halt {
-                table: table.to_string(),
-                change: change.clone(),
-                ruling: ruling.clone(),
-                advice,
-            }))
-        };
         match ruling.verdict {
             Verdict::Allow => {
                 tracing::info!(table, change = %change, rule = %ruling.origin, "schema change allowed")
@@ -137,16 +157,18 @@ impl Guard {
                 tracing::warn!(table, change = %change, rule = %ruling.origin, "schema change: deprecated (the index keeps what it has; new events no longer carry it)")
             }
             Verdict::Halt => {
-                return halt(
-                    "Edit the policy (or revert the change) and start again: it resumes before this change.",
-                )
+                return Err(Box::new(Halt {
+                    table: table.to_string(),
+                    change: change.clone(),
+                    ruling,
+                }))
             }
             Verdict::Quarantine => {
-                return halt("Quarantine streams are not built yet, so tributary stops here instead of passing the table's events on: choose allow, deprecate or halt for now.")
+                tracing::warn!(table, change = %change, rule = %ruling.origin, "schema change quarantined: the table's events go to the quarantine stream until `tributary quarantine replay`; other tables keep flowing")
             }
         }
         crate::metrics::schema_change(table, change.kind().key(), ruling.verdict.name());
-        Ok(ruling.verdict)
+        Ok(ruling)
     }
 
     /// Lets a change through, skips it (ignored table), or stops at a schema change
@@ -166,6 +188,9 @@ impl Guard {
         if self.state.ignored.contains(&table) {
             return Ok(Pass::Skip);
         }
+        if let Some(q) = self.state.quarantined.get(&table) {
+            return Ok(Pass::Quarantine(q.epoch));
+        }
         let previous = match self.state.tables.get(&table) {
             Some(a) if a.version == schema.schema_version && a.columns == schema.columns => {
                 return Ok(Pass::Yes)
@@ -175,19 +200,45 @@ impl Guard {
             None => None,
         };
         let mut deprecated = previous.map(|p| p.deprecated.clone()).unwrap_or_default();
+        let mut quarantine: Option<Quarantined> = None;
         if let Some(previous) = previous {
             let hints = self.state.renames.get(&table).cloned().unwrap_or_default();
             for change in
                 with_stated_renames(diff_columns(&previous.columns, &schema.columns), &hints)
             {
-                if self.decide(&table, &change)? == Verdict::Deprecate {
-                    if let SchemaChange::ColumnDropped { column }
-                    | SchemaChange::ColumnRenamed { from: column, .. } = &change
-                    {
-                        deprecated.push(column.clone());
+                let ruling = self.decide(&table, &change)?;
+                match ruling.verdict {
+                    Verdict::Deprecate => {
+                        if let SchemaChange::ColumnDropped { column }
+                        | SchemaChange::ColumnRenamed { from: column, .. } = &change
+                        {
+                            deprecated.push(column.clone());
+                        }
                     }
+                    Verdict::Quarantine => {
+                        let q = quarantine.get_or_insert_with(|| Quarantined {
+                            epoch: 0,
+                            changes: Vec::new(),
+                            rule: ruling.origin.to_string(),
+                            schema_version: schema.schema_version,
+                            since_ms: crate::event::now_ms(),
+                        });
+                        q.changes.push(change.to_string());
+                    }
+                    _ => {}
                 }
             }
+        }
+        if let Some(mut q) = quarantine {
+            // Nothing of the new layout is taken in (the previous one stays accepted):
+            // the replay decides it again under the policy as edited by then.
+            self.state.last_epoch += 1;
+            q.epoch = self.state.last_epoch;
+            let epoch = q.epoch;
+            self.state.quarantined.insert(table, q);
+            self.decided.clear();
+            self.dirty = true;
+            return Ok(Pass::Quarantine(epoch));
         }
         self.state.renames.remove(&table);
         // Other schemas of this table were decided against the previous layout.
@@ -217,7 +268,7 @@ impl Guard {
                     .push((from.clone(), to.clone()));
             }
             change @ SchemaChange::TableCreated => {
-                if self.decide(&tc.table, change)? == Verdict::Ignore {
+                if self.decide(&tc.table, change)?.verdict == Verdict::Ignore {
                     self.state.ignored.insert(tc.table.clone());
                 } else {
                     self.state.ignored.remove(&tc.table);
@@ -232,6 +283,20 @@ impl Guard {
         }
         self.dirty = true;
         Ok(())
+    }
+
+    /// The quarantined tables, by name.
+    pub fn quarantined(&self) -> &BTreeMap<String, Quarantined> {
+        &self.state.quarantined
+    }
+
+    /// Ends a table's quarantine (replay): its next event is decided against the
+    /// layout accepted before the quarantine, under the current policy.
+    pub fn release(&mut self, table: &str) -> Option<Quarantined> {
+        let q = self.state.quarantined.remove(table)?;
+        self.decided.clear();
+        self.dirty = true;
+        Some(q)
     }
 
     /// A transaction boundary passed: what was let through so far is what a checkpoint
@@ -406,5 +471,52 @@ mod tests {
                 .contains("table dropped; policy verdict `halt` (p.toml:4"),
             "{halt}"
         );
+    }
+
+    #[test]
+    fn quarantine_sets_the_table_aside_until_released() {
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            "[rules]\ncolumn_added = \"quarantine\"\n",
+        )
+        .unwrap();
+        let mut g = Guard::new(policy, None);
+        g.check(&event(1, &[("id", "int")])).unwrap();
+        let wider = event(2, &[("id", "int"), ("x", "text")]);
+        assert_eq!(g.check(&wider).unwrap(), Pass::Quarantine(1));
+        // Every later event of the table, whatever its schema, goes the same way.
+        assert_eq!(
+            g.check(&event(1, &[("id", "int")])).unwrap(),
+            Pass::Quarantine(1)
+        );
+        g.commit();
+        let s = summary(&g.state());
+        assert_eq!(
+            s["s.t"]["schema_version"], 1,
+            "the new layout is not taken in"
+        );
+        assert_eq!(s["s.t"]["quarantined"]["rule"], "p.toml:2");
+        assert_eq!(
+            s["s.t"]["quarantined"]["changes"],
+            serde_json::json!(["column `x` added (text)"])
+        );
+        // The quarantine survives a restart; released under a policy that allows the
+        // change, the table's events pass and the new layout is accepted.
+        let mut replay = Guard::new(Policy::add_only(), Some(g.state()));
+        assert_eq!(replay.check(&wider).unwrap(), Pass::Quarantine(1));
+        assert_eq!(replay.release("s.t").unwrap().epoch, 1);
+        assert_eq!(replay.check(&wider).unwrap(), Pass::Yes);
+        replay.commit();
+        assert_eq!(summary(&replay.state())["s.t"]["schema_version"], 2);
+        assert!(summary(&replay.state())["s.t"].get("quarantined").is_none());
+        // Quarantined again later: a new epoch, so a replay never resends the old records.
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            "[rules]\ncolumn_added = \"quarantine\"\n",
+        )
+        .unwrap();
+        replay.set_policy(policy);
+        let third = event(3, &[("id", "int"), ("x", "text"), ("y", "int")]);
+        assert_eq!(replay.check(&third).unwrap(), Pass::Quarantine(2));
     }
 }

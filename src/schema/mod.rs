@@ -4,6 +4,7 @@
 pub mod change;
 pub mod guard;
 pub mod policy;
+pub mod quarantine;
 
 pub use change::{diff, diff_columns, is_widening, ChangeKind, SchemaChange};
 pub use guard::{Guard, Halt};

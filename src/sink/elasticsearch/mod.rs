@@ -84,11 +84,8 @@ impl ElasticsearchSink {
     ) -> Result<Self, SinkError> {
         let client = client(cfg).map_err(|m| SinkError::new(&id, m))?;
         let dlq_cfg = LogSinkConfig {
-            kind: "log".into(),
-            dir: cfg.dead_letter_dir.clone(),
-            name: None,
             segment_bytes: 64 << 20,
-            fsync: super::log::Fsync::Checkpoint,
+            ..LogSinkConfig::at(&cfg.dead_letter_dir)
         };
         let dead_letters = LogSink::open(format!("{id}/dead-letters"), &dlq_cfg, cursor)?;
         let retry = Retry {

@@ -50,6 +50,17 @@ fn default_segment_bytes() -> u64 {
 }
 
 impl LogSinkConfig {
+    /// A stream in `dir` with the defaults (streams tributary keeps for itself).
+    pub fn at(dir: &Path) -> Self {
+        LogSinkConfig {
+            kind: "log".into(),
+            dir: dir.to_path_buf(),
+            name: None,
+            segment_bytes: default_segment_bytes(),
+            fsync: Fsync::Checkpoint,
+        }
+    }
+
     pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         if self.segment_bytes < 4096 {
             return Err(ConfigError::at_key(

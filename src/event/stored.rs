@@ -1,0 +1,351 @@
+//! The exact, round-trippable form of a change event, for streams tributary reads back
+//! itself (the quarantine stream).
+//!
+//! The event JSON sinks write is for consumers: a DATE and a string of the same text,
+//! an `int` and a `bigint unsigned`, a NaN double and the string "NaN" all look alike
+//! there. Read back, that JSON would hand the sinks different values (a DATE key would
+//! give another Elasticsearch `_id` than the live stream gives). This form keeps every
+//! value's variant, floats by their bits and bytes as base64; the table's columns and
+//! key come from the schema history by `schema_version`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ChangeEvent, Op, Position, Row, TableSchema, Value};
+
+/// A `ChangeEvent` without its table schema (stored once per version in the history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub db: String,
+    pub table: String,
+    pub schema_version: u32,
+    /// The op code (`c`, `u`, `d`, `r`, `t`).
+    pub op: String,
+    pub pos: Position,
+    #[serde(default)]
+    pub txid: Option<Arc<str>>,
+    pub source_ts_ms: u64,
+    #[serde(default)]
+    pub before: Option<Vec<StoredValue>>,
+    #[serde(default)]
+    pub after: Option<Vec<StoredValue>>,
+    pub version: u64,
+    pub ts_ms: u64,
+}
+
+/// `Value` with serde: every variant tagged, so it reads back as the same variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredValue(#[serde(with = "value_serde")] pub Value);
+
+impl StoredEvent {
+    pub fn from_event(e: &ChangeEvent) -> Self {
+        let row = |r: &Option<Row>| {
+            r.as_ref()
+                .map(|r| r.iter().cloned().map(StoredValue).collect())
+        };
+        StoredEvent {
+            db: e.table.db.clone(),
+            table: e.table.table.clone(),
+            schema_version: e.table.schema_version,
+            op: e.op.code().to_string(),
+            pos: e.pos.clone(),
+            txid: e.txid.clone(),
+            source_ts_ms: e.source_ts_ms,
+            before: row(&e.before),
+            after: row(&e.after),
+            version: e.version,
+            ts_ms: e.ts_ms,
+        }
+    }
+
+    /// `db.table`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.db, self.table)
+    }
+
+    /// The event again, with `schema` (the history's version `schema_version` of the
+    /// table). Err when the rows do not fit the schema or the op is unknown.
+    pub fn into_event(self, schema: Arc<TableSchema>) -> Result<ChangeEvent, String> {
+        let op = Op::from_code(&self.op).ok_or_else(|| format!("unknown op `{}`", self.op))?;
+        let width = schema.columns.len();
+        let row = |r: Option<Vec<StoredValue>>, image: &str| -> Result<Option<Row>, String> {
+            match r {
+                None => Ok(None),
+                Some(r) if r.len() == width => Ok(Some(r.into_iter().map(|v| v.0).collect())),
+                Some(r) => Err(format!(
+                    "the {image} image has {} values, but version {} of {} has {width} columns",
+                    r.len(),
+                    schema.schema_version,
+                    schema.qualified_name()
+                )),
+            }
+        };
+        Ok(ChangeEvent {
+            op,
+            before: row(self.before, "before")?,
+            after: row(self.after, "after")?,
+            table: schema,
+            pos: self.pos,
+            txid: self.txid,
+            source_ts_ms: self.source_ts_ms,
+            version: self.version,
+            ts_ms: self.ts_ms,
+        })
+    }
+}
+
+/// Serde for `Value` through a tagged mirror enum.
+mod value_serde {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    use crate::event::Value;
+
+    #[derive(Serialize, Deserialize)]
+    enum Tagged {
+        Null,
+        Absent,
+        Bool(bool),
+        Int(i64),
+        UInt(u64),
+        /// The bits: NaN, infinities and -0.0 survive (JSON numbers cannot hold them).
+        Float(u32),
+        Double(u64),
+        Decimal(String),
+        String(String),
+        Date(u16, u8, u8),
+        DateTime {
+            ymd: (u16, u8, u8),
+            hms: (u8, u8, u8),
+            micros: u32,
+            fsp: u8,
+            utc: bool,
+        },
+        Time {
+            negative: bool,
+            hours: u32,
+            ms: (u8, u8),
+            micros: u32,
+            fsp: u8,
+        },
+        /// base64.
+        Bytes(String),
+        Json(Box<RawValue>),
+        Array(Vec<Tagged>),
+    }
+
+    fn tag(v: &Value) -> Tagged {
+        match v.clone() {
+            Value::Null => Tagged::Null,
+            Value::Absent => Tagged::Absent,
+            Value::Bool(b) => Tagged::Bool(b),
+            Value::Int(i) => Tagged::Int(i),
+            Value::UInt(u) => Tagged::UInt(u),
+            Value::Float(f) => Tagged::Float(f.to_bits()),
+            Value::Double(d) => Tagged::Double(d.to_bits()),
+            Value::Decimal(s) => Tagged::Decimal(s),
+            Value::String(s) => Tagged::String(s),
+            Value::Date { year, month, day } => Tagged::Date(year, month, day),
+            Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+                fsp,
+                utc,
+            } => Tagged::DateTime {
+                ymd: (year, month, day),
+                hms: (hour, minute, second),
+                micros,
+                fsp,
+                utc,
+            },
+            Value::Time {
+                negative,
+                hours,
+                minute,
+                second,
+                micros,
+                fsp,
+            } => Tagged::Time {
+                negative,
+                hours,
+                ms: (minute, second),
+                micros,
+                fsp,
+            },
+            Value::Bytes(b) => Tagged::Bytes(base64::engine::general_purpose::STANDARD.encode(b)),
+            Value::Json(j) => Tagged::Json(j),
+            Value::Array(a) => Tagged::Array(a.iter().map(tag).collect()),
+        }
+    }
+
+    fn untag(t: Tagged) -> Result<Value, base64::DecodeError> {
+        Ok(match t {
+            Tagged::Null => Value::Null,
+            Tagged::Absent => Value::Absent,
+            Tagged::Bool(b) => Value::Bool(b),
+            Tagged::Int(i) => Value::Int(i),
+            Tagged::UInt(u) => Value::UInt(u),
+            Tagged::Float(bits) => Value::Float(f32::from_bits(bits)),
+            Tagged::Double(bits) => Value::Double(f64::from_bits(bits)),
+            Tagged::Decimal(s) => Value::Decimal(s),
+            Tagged::String(s) => Value::String(s),
+            Tagged::Date(year, month, day) => Value::Date { year, month, day },
+            Tagged::DateTime {
+                ymd: (year, month, day),
+                hms: (hour, minute, second),
+                micros,
+                fsp,
+                utc,
+            } => Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+                fsp,
+                utc,
+            },
+            Tagged::Time {
+                negative,
+                hours,
+                ms: (minute, second),
+                micros,
+                fsp,
+            } => Value::Time {
+                negative,
+                hours,
+                minute,
+                second,
+                micros,
+                fsp,
+            },
+            Tagged::Bytes(b) => Value::Bytes(base64::engine::general_purpose::STANDARD.decode(b)?),
+            Tagged::Json(j) => Value::Json(j),
+            Tagged::Array(a) => Value::Array(a.into_iter().map(untag).collect::<Result<_, _>>()?),
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
+        tag(v).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        untag(Tagged::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn every_value_reads_back_as_the_same_variant() {
+        let values = vec![
+            Value::Null,
+            Value::Absent,
+            Value::Bool(true),
+            Value::Int(i64::MIN),
+            Value::UInt(u64::MAX),
+            Value::Float(f32::NAN),
+            Value::Float(-0.0),
+            Value::Double(f64::NEG_INFINITY),
+            Value::Double(0.1),
+            Value::Decimal("-0.50".into()),
+            Value::String("2024-01-02".into()),
+            Value::Date {
+                year: 2024,
+                month: 1,
+                day: 2,
+            },
+            Value::Date {
+                year: 0,
+                month: 0,
+                day: 0,
+            },
+            Value::DateTime {
+                year: 2024,
+                month: 1,
+                day: 2,
+                hour: 3,
+                minute: 4,
+                second: 5,
+                micros: 129_999,
+                fsp: 2,
+                utc: true,
+            },
+            Value::Time {
+                negative: true,
+                hours: 838,
+                minute: 59,
+                second: 59,
+                micros: 0,
+                fsp: 0,
+            },
+            Value::Bytes(vec![0, 1, 255]),
+            Value::Json(RawValue::from_string(r#"{"a": [1, 2.50]}"#.into()).unwrap()),
+            Value::Array(vec![Value::String("a".into()), Value::Null, Value::Int(3)]),
+        ];
+        let stored: Vec<StoredValue> = values.iter().cloned().map(StoredValue).collect();
+        let text = serde_json::to_string(&stored).unwrap();
+        let back: Vec<StoredValue> = serde_json::from_str(&text).unwrap();
+        for (a, b) in values.iter().zip(&back) {
+            // PartialEq on Value compares floats by bits: NaN equals NaN, -0.0 is not 0.0.
+            assert_eq!(a, &b.0, "{text}");
+        }
+        assert_ne!(Value::Float(0.0), back[6].0);
+        // A string that looks like a date stays a string.
+        assert!(matches!(back[10].0, Value::String(_)));
+    }
+
+    #[test]
+    fn an_event_round_trips_with_its_schema() {
+        let schema = Arc::new(crate::schema::test_schema(
+            3,
+            &[("id", "int"), ("d", "date")],
+        ));
+        let e = ChangeEvent {
+            op: Op::Update,
+            table: schema.clone(),
+            pos: Position::parse("0/16B3748").unwrap(),
+            txid: Some("77".into()),
+            source_ts_ms: 5,
+            before: Some(vec![Value::Int(1), Value::Absent]),
+            after: Some(vec![
+                Value::Int(1),
+                Value::Date {
+                    year: 2024,
+                    month: 2,
+                    day: 29,
+                },
+            ]),
+            version: 9,
+            ts_ms: 6,
+        };
+        let text = serde_json::to_string(&StoredEvent::from_event(&e)).unwrap();
+        let stored: StoredEvent = serde_json::from_str(&text).unwrap();
+        assert_eq!(stored.qualified_name(), "s.t");
+        let back = stored.into_event(schema.clone()).unwrap();
+        assert_eq!(back.to_json(), e.to_json());
+        assert_eq!(back.after, e.after);
+        assert_eq!(back.before, e.before);
+        // A row that does not fit the schema is refused, not padded.
+        let narrow = Arc::new(crate::schema::test_schema(3, &[("id", "int")]));
+        let stored: StoredEvent = serde_json::from_str(&text).unwrap();
+        let err = stored.into_event(narrow).unwrap_err();
+        assert!(
+            err.contains("has 2 values, but version 3 of s.t has 1 columns"),
+            "{err}"
+        );
+    }
+}

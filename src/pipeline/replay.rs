@@ -1,0 +1,282 @@
+//! `tributary quarantine replay`: sends a quarantined table's events on to the sinks
+//! once the policy lets its schema change through.
+//!
+//! Runs while the daemon is stopped (it needs the offsets store, which one process
+//! holds). The daemon stopped at a checkpoint; the quarantine stream holds the table's
+//! changes up to it, and the source holds everything after it. So replaying the stream,
+//! releasing the table in the guard's state and storing that with the sinks' cursors
+//! in one commit leaves nothing lost or doubled: the next run sends the table's later
+//! changes straight on. A replay that fails before that commit changes nothing stored
+//! (the log sinks are cut back on their next open; Elasticsearch writes are versioned,
+//! so running the replay again converges).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::ConnectorConfig;
+use crate::event::{ChangeEvent, SourceMessage, TableSchema};
+use crate::offsets::{OffsetError, OffsetStore, SchemaRecord};
+use crate::schema::guard::{self, Guard, Pass};
+use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
+use crate::sink::log::LogRecordError;
+use crate::sink::open_sinks;
+
+use super::PipelineError;
+
+/// Events handed to the sinks per batch.
+const BATCH: usize = 1024;
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Released tables with the number of changes sent on.
+    pub replayed: BTreeMap<String, u64>,
+    /// Tables still quarantined.
+    pub remaining: Vec<String>,
+}
+
+fn open_store(cfg: &ConnectorConfig) -> Result<OffsetStore, PipelineError> {
+    OffsetStore::open(&cfg.state.dir).map_err(|e| match e {
+        OffsetError::InUse { path } => PipelineError::Replay(format!(
+            "the daemon of {} is running (state dir {} is in use): stop it first (its checkpoint keeps every change), replay, then start it again",
+            cfg.path.display(),
+            path.display()
+        )),
+        other => other.into(),
+    })
+}
+
+/// Replays the quarantined changes of `only` (every quarantined table when empty).
+pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayReport, PipelineError> {
+    let store = open_store(cfg)?;
+    let policy = cfg.policy()?;
+    let state = store.sink_cursor(guard::STATE_ID)?;
+    let quarantined = Guard::new(policy.clone(), state.clone())
+        .quarantined()
+        .clone();
+    let mut report = ReplayReport::default();
+    if quarantined.is_empty() {
+        return Ok(report);
+    }
+    for t in only {
+        if !quarantined.contains_key(t) {
+            return Err(PipelineError::Replay(format!(
+                "table {t} is not quarantined (quarantined: {})",
+                quarantined.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let chosen: HashMap<String, u64> = quarantined
+        .iter()
+        .filter(|(t, _)| only.is_empty() || only.contains(t))
+        .map(|(t, q)| (t.clone(), q.epoch))
+        .collect();
+
+    // Opening cuts what was written after the last checkpoint: the daemon writes it
+    // again when it resumes there.
+    let dir = cfg.quarantine_dir();
+    drop(QuarantineStream::open(
+        &dir,
+        store.sink_cursor(quarantine::STREAM_ID)?,
+    )?);
+    let mut schemas = Schemas {
+        history: store.schema_history()?,
+        built: HashMap::new(),
+        cfg,
+    };
+
+    // First pass, sending nothing: every schema the records carry must pass the policy
+    // now, or no sink sees any of them.
+    let mut dry = release(Guard::new(policy.clone(), state.clone()), &chosen);
+    let mut last: HashMap<String, u32> = HashMap::new();
+    let (mut rx, reader) = records(&dir, &chosen);
+    while let Some(r) = rx.recv().await {
+        let name = r.event.qualified_name();
+        if last.get(&name) == Some(&r.event.schema_version) {
+            continue;
+        }
+        last.insert(name, r.event.schema_version);
+        let probe = ChangeEvent {
+            before: None,
+            after: None,
+            ..schemas.event(r)?
+        };
+        decide(&mut dry, &probe)?;
+    }
+    finish(reader).await?;
+
+    // Second pass: send them on, in stream order.
+    let mut guard = release(Guard::new(policy.clone(), state), &chosen);
+    let mut sinks = open_sinks(&cfg.sinks, &store, &Arc::new(policy))?;
+    for t in chosen.keys() {
+        report.replayed.insert(t.clone(), 0);
+    }
+    let mut batch: Vec<SourceMessage> = Vec::with_capacity(BATCH + 1);
+    let (mut rx, reader) = records(&dir, &chosen);
+    loop {
+        let next = rx.recv().await;
+        let full = batch.len() >= BATCH;
+        if (next.is_none() || full) && !batch.is_empty() {
+            // Sinks flush up to a boundary: one after each batch (the replay is stored
+            // as a whole at the end, so where the boundaries fall does not matter).
+            let SourceMessage::Change(e) = batch.last().expect("not empty") else {
+                unreachable!("only changes are batched")
+            };
+            batch.push(SourceMessage::Commit(e.pos.clone()));
+            for s in sinks.iter_mut() {
+                s.accept(&batch).await?;
+            }
+            batch.clear();
+        }
+        let Some(r) = next else { break };
+        let e = schemas.event(r)?;
+        if decide(&mut guard, &e)? {
+            *report
+                .replayed
+                .get_mut(&e.table.qualified_name())
+                .expect("a chosen table") += 1;
+            batch.push(SourceMessage::Change(e));
+        }
+    }
+    finish(reader).await?;
+
+    // One commit: the sinks' cursors past the replayed changes, and the guard with the
+    // tables released and their new layout accepted.
+    guard.commit();
+    let mut cursors = vec![(guard::STATE_ID.to_string(), guard.state())];
+    for s in sinks.iter_mut() {
+        let id = s.id().to_string();
+        if let Some(c) = s.flush().await?.await? {
+            cursors.push((id, c));
+        }
+    }
+    report.remaining = guard.quarantined().keys().cloned().collect();
+    let emptied = report.remaining.is_empty();
+    if emptied {
+        cursors.push((
+            quarantine::STREAM_ID.to_string(),
+            QuarantineStream::empty_cursor(),
+        ));
+    }
+    store.commit(None, &cursors)?;
+    if emptied {
+        // Nothing waits any more: opening at the empty cursor removes the records.
+        drop(QuarantineStream::open(
+            &dir,
+            Some(QuarantineStream::empty_cursor()),
+        )?);
+    }
+    Ok(report)
+}
+
+/// The records of the chosen tables' current epochs, in stream order, read on a
+/// blocking thread through a bounded channel (memory stays bounded whatever the size
+/// of the stream). Dropping the receiver stops the reader.
+fn records(
+    dir: &Path,
+    chosen: &HashMap<String, u64>,
+) -> (
+    tokio::sync::mpsc::Receiver<QuarantineRecord>,
+    tokio::task::JoinHandle<Result<u64, LogRecordError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(BATCH);
+    let dir = dir.to_path_buf();
+    let chosen = chosen.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        quarantine::read_records(&dir, |r| {
+            if chosen.get(&r.event.qualified_name()) != Some(&r.epoch) {
+                return true;
+            }
+            tx.blocking_send(r).is_ok()
+        })
+    });
+    (rx, reader)
+}
+
+async fn finish(
+    reader: tokio::task::JoinHandle<Result<u64, LogRecordError>>,
+) -> Result<(), PipelineError> {
+    reader
+        .await
+        .map_err(|e| PipelineError::Replay(format!("the quarantine reader failed: {e}")))?
+        .map_err(|e| PipelineError::Replay(format!("quarantine stream: {e}")))?;
+    Ok(())
+}
+
+/// Releases the chosen tables from quarantine in `guard`.
+fn release(mut guard: Guard, chosen: &HashMap<String, u64>) -> Guard {
+    for t in chosen.keys() {
+        guard.release(t);
+    }
+    guard
+}
+
+/// Whether the event goes on (false: its table is ignored now); Err when the policy
+/// still stops it.
+fn decide(guard: &mut Guard, e: &ChangeEvent) -> Result<bool, PipelineError> {
+    match guard.check(e) {
+        Ok(Pass::Yes) => Ok(true),
+        Ok(Pass::Skip) => Ok(false),
+        Ok(Pass::Quarantine(_)) => {
+            let table = e.table.qualified_name();
+            let q = &guard.quarantined()[&table];
+            Err(PipelineError::Replay(format!(
+                "the policy still quarantines {table}: {} ({}: quarantine). Edit the policy, then replay again; nothing was sent",
+                q.changes.join("; "),
+                q.rule
+            )))
+        }
+        Err(h) => Err(PipelineError::Replay(format!(
+            "{table}: the policy now halts at a change the quarantined events carry: {change} ({rule}: {kind} = \"halt\"). Edit the policy, then replay again; nothing was sent",
+            table = h.table,
+            change = h.change,
+            rule = h.ruling.origin,
+            kind = h.ruling.kind.key(),
+        ))),
+    }
+}
+
+/// Table schemas rebuilt from the history, by table and version.
+struct Schemas<'a> {
+    history: BTreeMap<String, Vec<SchemaRecord>>,
+    built: HashMap<(String, u32), Arc<TableSchema>>,
+    cfg: &'a ConnectorConfig,
+}
+
+impl Schemas<'_> {
+    /// The record's event, with its table schema.
+    fn event(&mut self, r: QuarantineRecord) -> Result<ChangeEvent, PipelineError> {
+        let name = r.event.qualified_name();
+        let version = r.event.schema_version;
+        let schema = match self.built.get(&(name.clone(), version)) {
+            Some(s) => s.clone(),
+            None => {
+                let record = self
+                    .history
+                    .get(&name)
+                    .and_then(|h| h.iter().find(|s| s.version == version))
+                    .ok_or_else(|| {
+                        PipelineError::Replay(format!(
+                            "version {version} of {name} is not in the schema history of {}: its quarantined events cannot be rebuilt",
+                            self.cfg.state.dir.display()
+                        ))
+                    })?;
+                let schema = Arc::new(TableSchema::new(
+                    self.cfg.connector_name().into(),
+                    self.cfg.source.kind(),
+                    r.event.db.clone(),
+                    r.event.table.clone(),
+                    record.columns.clone(),
+                    record.primary_key.clone(),
+                    version,
+                ));
+                self.built.insert((name, version), schema.clone());
+                schema
+            }
+        };
+        r.event
+            .into_event(schema)
+            .map_err(|m| PipelineError::Replay(format!("quarantine stream: {m}")))
+    }
+}
