@@ -383,33 +383,6 @@ async fn keyless_tables_and_key_changes_converge() {
     assert!(read_events(&dir.path().join("dead-letters")).is_empty());
 }
 
-/// The field types of `alias`'s mapping, and its `_meta`.
-async fn mapping_of(url: &str, alias: &str) -> (BTreeMap<String, String>, Json) {
-    let client = elasticsearch::Elasticsearch::new(
-        elasticsearch::http::transport::Transport::single_node(url).unwrap(),
-    );
-    let body: Json = client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            alias,
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut types = BTreeMap::new();
-    let mut meta = Json::Null;
-    for index in body.as_object().unwrap().values() {
-        for (k, v) in index["mappings"]["properties"].as_object().unwrap() {
-            types.insert(k.clone(), v["type"].as_str().unwrap_or("").to_string());
-        }
-        meta = index["mappings"]["_meta"].clone();
-    }
-    (types, meta)
-}
-
 /// Columns added on the source (allowed by the add-only policy) get their fields from
 /// the type table, not from dynamic mapping, while the daemon runs and when it adopts
 /// the index after a restart; `_meta` follows the schema version.

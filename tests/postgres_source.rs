@@ -1183,3 +1183,159 @@ async fn schema_guard_cuts_at_the_transaction_of_a_mid_transaction_ddl() {
         "{out}"
     );
 }
+
+/// A `quarantine` verdict sets one table aside while the others keep flowing; replay
+/// refuses while the daemon runs and while the policy still quarantines, then sends the
+/// table's changes on after the policy is edited. The replayed documents equal those a
+/// twin table got live (same ids, same values, types included), and after a restart
+/// the released table flows straight on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_sets_a_table_aside_and_replay_sends_it_on() {
+    let url = elasticsearch();
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "quar").await;
+    let cols = "d date, n numeric(10,2), f double precision, at timestamptz, raw bytea, v text, PRIMARY KEY (d, n)";
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a ({cols}); CREATE TABLE {schema}.b ({cols});
+             CREATE PUBLICATION {schema} FOR TABLE {schema}.a, {schema}.b;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.*"), "");
+    add_es_sink(&conn, &url, "");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[table]]\nmatch = \"{schema}.a\"\ncolumn_added = \"quarantine\"\n"),
+    )
+    .unwrap();
+    set_policy(&conn, &policy);
+    let c = conn.to_str().unwrap();
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    // The same statements on both tables.
+    let both = |sql: &str| {
+        format!(
+            "{};{}",
+            sql.replace("$T", &format!("{schema}.a")),
+            sql.replace("$T", &format!("{schema}.b"))
+        )
+    };
+    let rows = "INSERT INTO $T SELECT DATE '2024-02-01' + i, i / 3.0, i * 0.1, TIMESTAMPTZ '2024-02-29 23:59:59.123456+00' + i * INTERVAL '1 hour', decode('00ff' || lpad(to_hex(i), 2, '0'), 'hex'), 'row ' || i FROM generate_series(1, 3) i";
+    client.batch_execute(&both(rows)).await.unwrap();
+    wait_documents(&url, &format!("{schema}_a"), 3).await;
+    wait_documents(&url, &format!("{schema}_b"), 3).await;
+
+    // The migration: `a` is quarantined, `b` allows it; later changes on both.
+    client
+        .batch_execute(&both("ALTER TABLE $T ADD COLUMN extra int"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&both(
+            "INSERT INTO $T SELECT DATE '2024-03-01' + i, i, i * 1.5, NULL, NULL, 'later', i * 10 FROM generate_series(4, 6) i;
+             UPDATE $T SET v = 'changed', extra = -1 WHERE v = 'row 1';
+             DELETE FROM $T WHERE v = 'row 2'",
+        ))
+        .await
+        .unwrap();
+    let b = wait_documents(&url, &format!("{schema}_b"), 5).await;
+    assert_eq!(b.len(), 5, "{b:?}");
+    assert!(
+        b.values().any(|d| d["v"] == "changed" && d["extra"] == -1),
+        "{b:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = es_documents(&url, &format!("{schema}_a")).await;
+    assert_eq!(
+        a.len(),
+        3,
+        "nothing of the quarantined table went on: {a:?}"
+    );
+    assert!(a.values().all(|d| d.get("extra").is_none()), "{a:?}");
+
+    let (code, out, _) = tributary(&["status", "--connector", c]);
+    assert_eq!(code, 0);
+    let status: Json = serde_json::from_str(&out).unwrap();
+    let q = &status["tables"][format!("{schema}.a")]["quarantined"];
+    assert_eq!(
+        q["changes"],
+        serde_json::json!(["column `extra` added (integer)"]),
+        "{status}"
+    );
+    assert_eq!(q["rule"], format!("{}:3", policy.display()), "{status}");
+    assert!(status["tables"][format!("{schema}.b")]
+        .get("quarantined")
+        .is_none());
+
+    // Replay needs the daemon stopped.
+    let (code, _, err) = tributary(&["quarantine", "replay", "--connector", c]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("is running") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+
+    // The policy still quarantines: nothing is sent.
+    let (code, _, err) = tributary(&["quarantine", "replay", "--connector", c]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!(
+            "the policy still quarantines {schema}.a: column `extra` added (integer)"
+        )) && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert_eq!(es_documents(&url, &format!("{schema}_a")).await.len(), 3);
+
+    // Allowed now: the replay sends the quarantined changes on.
+    std::fs::write(&policy, "[rules]\ncolumn_added = \"allow\"\n").unwrap();
+    let (code, out, err) = tributary(&["quarantine", "replay", "--connector", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{schema}.a: 5 change(s) replayed; released")),
+        "{out}"
+    );
+    let a = es_documents(&url, &format!("{schema}_a")).await;
+    let b = es_documents(&url, &format!("{schema}_b")).await;
+    assert_eq!(a, b, "replayed documents equal the live ones");
+    let (a_types, _) = mapping_of(&url, &format!("{schema}_a")).await;
+    let (b_types, _) = mapping_of(&url, &format!("{schema}_b")).await;
+    assert!(a_types.contains_key("extra"), "{a_types:?}");
+    assert_eq!(a_types, b_types, "the mapping gained the field as live");
+    let (code, out, _) = tributary(&["quarantine", "replay", "--connector", c]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing is quarantined"), "{out}");
+    let (_, records, _) = tributary(&[
+        "log",
+        "cat",
+        dir.path().join("state/quarantine").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        records.trim(),
+        "",
+        "the stream is emptied once nothing waits"
+    );
+
+    // Restarted, the released table flows straight on.
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&both("UPDATE $T SET extra = 7 WHERE v = 'row 3'"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = es_documents(&url, &format!("{schema}_a")).await;
+        if a.values().any(|d| d["extra"] == 7) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{a:?}\n{}", daemon_log(&conn));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+    let (_, out, _) = tributary(&["status", "--connector", c]);
+    assert!(!out.contains("quarantined"), "{out}");
+}

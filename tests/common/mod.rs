@@ -496,3 +496,33 @@ pub async fn halted(connector: &Path, daemon: &mut Child) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The field types of `alias`'s mapping, and its `_meta`.
+pub async fn mapping_of(
+    url: &str,
+    alias: &str,
+) -> (std::collections::BTreeMap<String, String>, Json) {
+    let client = elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(url).unwrap(),
+    );
+    let body: Json = client
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            alias,
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut types = std::collections::BTreeMap::new();
+    let mut meta = Json::Null;
+    for index in body.as_object().unwrap().values() {
+        for (k, v) in index["mappings"]["properties"].as_object().unwrap() {
+            types.insert(k.clone(), v["type"].as_str().unwrap_or("").to_string());
+        }
+        meta = index["mappings"]["_meta"].clone();
+    }
+    (types, meta)
+}
