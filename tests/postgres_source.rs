@@ -1339,3 +1339,104 @@ async fn quarantine_sets_a_table_aside_and_replay_sends_it_on() {
     let (_, out, _) = tributary(&["status", "--connector", c]);
     assert!(!out.contains("quarantined"), "{out}");
 }
+
+/// The add-only default on Postgres through a migration: a column added with a
+/// default, two widenings, a dropped column (deprecated: it runs on), then a rename,
+/// which Postgres shows as a drop and an add of the same type (a possible rename) and
+/// add-only halts; after `column_renamed = "deprecate"` it resumes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_only_default_through_a_migration() {
+    let url = elasticsearch();
+    let client = pg_admin(PG_PORT).await;
+    let (schema, table) = pg_table(
+        &client,
+        "matrix",
+        "id int PRIMARY KEY, a int, f real, s text",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    add_es_sink(&conn, &url, "");
+    let c = conn.to_str().unwrap();
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    let steps = [
+        ("", "INSERT INTO $T (id, a, f, s) VALUES (1, 1, 0.5, 'one')"),
+        (
+            "ALTER TABLE $T ADD COLUMN d int NOT NULL DEFAULT 7",
+            "INSERT INTO $T (id) VALUES (2)",
+        ),
+        (
+            "ALTER TABLE $T ALTER COLUMN a TYPE bigint",
+            "INSERT INTO $T (id, a) VALUES (3, 1099511627776)",
+        ),
+        (
+            "ALTER TABLE $T ALTER COLUMN f TYPE double precision",
+            "INSERT INTO $T (id, f) VALUES (4, 0.1)",
+        ),
+        (
+            "ALTER TABLE $T DROP COLUMN s",
+            "INSERT INTO $T (id) VALUES (5)",
+        ),
+    ];
+    for (n, (ddl, row)) in steps.iter().enumerate() {
+        client
+            .batch_execute(&format!("{ddl};{row}").replace("$T", &table))
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_for_events(&log, n + 1, Duration::from_secs(30)).await,
+            n + 1,
+            "after `{ddl}`:\n{}",
+            daemon_log(&conn)
+        );
+    }
+    let events = read_events(&log);
+    assert_eq!(events[1]["after"]["d"], 7, "the default reaches the event");
+    assert_eq!(events[2]["after"]["a"], 1099511627776i64, "widened");
+    assert_eq!(events[3]["after"]["f"], 0.1, "double now, exactly");
+    assert!(events[4]["after"].get("s").is_none());
+    let docs = wait_documents(&url, &format!("{schema}_t"), 5).await;
+    assert_eq!(docs.len(), 5);
+    assert_eq!(docs["1"]["s"], "one", "deprecated: indexed values stay");
+    let (types, meta) = mapping_of(&url, &format!("{schema}_t")).await;
+    assert_eq!(
+        types.get("d").map(String::as_str),
+        Some("long"),
+        "{types:?}"
+    );
+    assert_eq!(
+        meta["deprecated_fields"],
+        serde_json::json!(["s"]),
+        "{meta}"
+    );
+
+    // A rename looks like a drop and an add of the same type: halted by default.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} RENAME COLUMN d TO e; INSERT INTO {table} (id) VALUES (6)"
+        ))
+        .await
+        .unwrap();
+    let text = halted(&conn, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {table}: column `d` dropped and `e` added with the same type (possibly a rename); policy verdict `halt` (built-in add-only default: column_renamed = \"halt\")")),
+        "{text}"
+    );
+    assert_eq!(read_events(&log).len(), 5, "nothing past the DDL");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[rules]\ncolumn_renamed = \"deprecate\"\n").unwrap();
+    set_policy(&conn, &policy);
+    let mut daemon = spawn_daemon(&conn);
+    assert_eq!(wait_for_events(&log, 6, Duration::from_secs(30)).await, 6);
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+    assert_eq!(read_events(&log)[5]["after"]["e"], 7);
+    let (_, out, _) = tributary(&["status", "--connector", c]);
+    let status: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["tables"][&table]["deprecated"],
+        serde_json::json!(["s", "d"]),
+        "{out}"
+    );
+}

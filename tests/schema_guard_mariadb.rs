@@ -272,3 +272,157 @@ async fn quarantine_survives_kill_9_and_replay_converges_to_the_source() {
         "{out}"
     );
 }
+
+/// The add-only default through a migration's worth of DDL, each followed by a row:
+/// columns added with a default, FIRST and AFTER; a widening; a created table (captured
+/// when included, not when excluded); a dropped column and a dropped table (deprecated:
+/// it runs on); then a narrowing, which halts before its transaction. Checks events,
+/// documents, the mapping, `status`, the exit and the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_only_default_through_a_migration() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("matrix");
+    let mut conn = admin(SHARED_PORT).await;
+    for d in [db.clone(), format!("{db}_out")] {
+        exec(&mut conn, &format!("CREATE DATABASE `{d}`")).await;
+    }
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, a INT, s VARCHAR(10))"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let t = format!("`{db}`.t");
+    let steps: Vec<(String, String)> = vec![
+        (String::new(), format!("INSERT INTO {t} (id, a, s) VALUES (1, 1, 'one')")),
+        (
+            format!("ALTER TABLE {t} ADD COLUMN d INT NOT NULL DEFAULT 7"),
+            format!("INSERT INTO {t} (id, a) VALUES (2, 2)"),
+        ),
+        (
+            format!("ALTER TABLE {t} ADD COLUMN head VARCHAR(5) FIRST"),
+            format!("INSERT INTO {t} (id, head) VALUES (3, 'h')"),
+        ),
+        (
+            format!("ALTER TABLE {t} ADD COLUMN mid DOUBLE AFTER a"),
+            format!("INSERT INTO {t} (id, mid) VALUES (4, 0.5)"),
+        ),
+        (
+            format!("ALTER TABLE {t} MODIFY a BIGINT"),
+            format!("INSERT INTO {t} (id, a) VALUES (5, 1099511627776)"),
+        ),
+        (
+            format!("CREATE TABLE `{db}`.fresh (id INT PRIMARY KEY); CREATE TABLE `{db}_out`.ex (id INT PRIMARY KEY)"),
+            format!("INSERT INTO `{db}`.fresh VALUES (1); INSERT INTO `{db}_out`.ex VALUES (1)"),
+        ),
+        (
+            format!("ALTER TABLE {t} DROP COLUMN s"),
+            format!("INSERT INTO {t} (id) VALUES (6)"),
+        ),
+        (
+            format!("DROP TABLE `{db}`.fresh"),
+            format!("INSERT INTO {t} (id) VALUES (7)"),
+        ),
+    ];
+    let mut expect = 0;
+    for (ddl, row) in &steps {
+        for sql in ddl
+            .split("; ")
+            .chain(row.split("; "))
+            .filter(|s| !s.is_empty())
+        {
+            exec(&mut conn, sql).await;
+        }
+        expect += row
+            .split("; ")
+            .filter(|s| s.contains(&format!("`{db}`.")))
+            .count();
+        assert_eq!(
+            wait_for_events(&log, expect, Duration::from_secs(30)).await,
+            expect,
+            "after `{ddl}`:\n{}",
+            daemon_log(&c)
+        );
+    }
+    let events = read_events(&log);
+    let after = |id: i64| {
+        events
+            .iter()
+            .find(|e| e["source"]["table"] == "t" && e["after"]["id"] == id)
+            .unwrap_or_else(|| panic!("no row {id}: {events:?}"))["after"]
+            .clone()
+    };
+    assert_eq!(after(2)["d"], 7, "the default reaches the event");
+    assert_eq!(after(3)["head"], "h");
+    assert_eq!(after(4)["mid"], 0.5);
+    assert_eq!(after(5)["a"], 1099511627776i64, "widened");
+    assert!(after(6).get("s").is_none(), "the dropped column is gone");
+    assert!(
+        events.iter().all(|e| e["source"]["db"] == db.as_str()),
+        "the excluded table is not captured"
+    );
+    assert!(events.iter().any(|e| e["source"]["table"] == "fresh"));
+    // Column order follows the table: FIRST and AFTER land where they were put.
+    let (_, raw, _) = tributary(&["log", "cat", log.to_str().unwrap()]);
+    assert!(
+        raw.contains(r#""after":{"head":null,"id":7,"a":null,"mid":null,"d":7}"#),
+        "{raw}"
+    );
+
+    let docs = wait_documents(&url, &format!("{db}_t"), 7).await;
+    assert_eq!(docs.len(), 7, "{docs:?}");
+    assert_eq!(docs["1"]["s"], "one", "deprecated: indexed values stay");
+    assert_eq!(docs["5"]["a"], 1099511627776i64);
+    assert_eq!(
+        wait_documents(&url, &format!("{db}_fresh"), 1).await.len(),
+        1
+    );
+    let (types, meta) = mapping_of(&url, &format!("{db}_t")).await;
+    for (field, ty) in [
+        ("d", "long"),
+        ("head", "text"),
+        ("mid", "double"),
+        ("s", "text"),
+    ] {
+        assert_eq!(
+            types.get(field).map(String::as_str),
+            Some(ty),
+            "{field}: {types:?}"
+        );
+    }
+    assert_eq!(
+        meta["deprecated_fields"],
+        serde_json::json!(["s"]),
+        "{meta}"
+    );
+
+    // A narrowing halts before its transaction; the checkpoint stays before it.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE {t} MODIFY d SMALLINT NOT NULL DEFAULT 7"),
+    )
+    .await;
+    exec(&mut conn, &format!("INSERT INTO {t} (id) VALUES (8)")).await;
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {db}.t: column `d` changed type from int to smallint; policy verdict `halt` (built-in add-only default: type_changed = \"halt\")")),
+        "{text}"
+    );
+    assert_eq!(read_events(&log).len(), expect, "nothing past the DDL");
+    let (code, out, _) = tributary(&["status", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let table = &status["tables"][format!("{db}.t")];
+    assert_eq!(table["deprecated"], serde_json::json!(["s"]), "{out}");
+    assert!(table["schema_version"].as_u64().unwrap() >= 5, "{out}");
+    // The restart resumes at the narrowing: it halts again, the row is still not sent.
+    let (code, _, err) = tributary(&["run", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(read_events(&log).len(), expect);
+}
