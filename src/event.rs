@@ -171,7 +171,10 @@ impl fmt::Display for Position {
 }
 
 /// A column value, exact for every source type (see the type table in README.md).
-#[derive(Debug, Clone)]
+///
+/// Its serde form (`event::stored`) tags every variant, so it reads back as the same
+/// variant; sinks write the consumer JSON through `ChangeEvent::write_json` instead.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Value {
     Null,
     /// Not sent by the source, so not known: an unchanged TOASTed column in a Postgres
@@ -182,8 +185,10 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     UInt(u64),
-    Float(f32),
-    Double(f64),
+    /// Stored by its bits: NaN, the infinities and -0.0 survive (JSON numbers cannot
+    /// hold them).
+    Float(#[serde(with = "stored::f32_bits")] f32),
+    Double(#[serde(with = "stored::f64_bits")] f64),
     /// DECIMAL/NUMERIC: the digits as the server prints them, emitted as a JSON string.
     Decimal(String),
     /// Text.
@@ -217,7 +222,7 @@ pub enum Value {
         fsp: u8,
     },
     /// Binary values, emitted as base64.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "stored::base64_bytes")] Vec<u8>),
     /// JSON documents, kept as their exact text and emitted as nested JSON.
     Json(Box<RawValue>),
     /// SET labels and arrays.

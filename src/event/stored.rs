@@ -5,14 +5,14 @@
 //! an `int` and a `bigint unsigned`, a NaN double and the string "NaN" all look alike
 //! there. Read back, that JSON would hand the sinks different values (a DATE key would
 //! give another Elasticsearch `_id` than the live stream gives). This form keeps every
-//! value's variant, floats by their bits and bytes as base64; the table's columns and
-//! key come from the schema history by `schema_version`.
+//! value's variant (`Value`'s serde form: floats by their bits, bytes as base64); the
+//! table's columns and key come from the schema history by `schema_version`.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChangeEvent, Op, Position, Row, TableSchema, Value};
+use super::{ChangeEvent, Op, Position, Row, TableSchema};
 
 /// A `ChangeEvent` without its table schema (stored once per version in the history).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,24 +27,15 @@ pub struct StoredEvent {
     pub txid: Option<Arc<str>>,
     pub source_ts_ms: u64,
     #[serde(default)]
-    pub before: Option<Vec<StoredValue>>,
+    pub before: Option<Row>,
     #[serde(default)]
-    pub after: Option<Vec<StoredValue>>,
+    pub after: Option<Row>,
     pub version: u64,
     pub ts_ms: u64,
 }
 
-/// `Value` with serde: every variant tagged, so it reads back as the same variant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct StoredValue(#[serde(with = "value_serde")] pub Value);
-
 impl StoredEvent {
     pub fn from_event(e: &ChangeEvent) -> Self {
-        let row = |r: &Option<Row>| {
-            r.as_ref()
-                .map(|r| r.iter().cloned().map(StoredValue).collect())
-        };
         StoredEvent {
             db: e.table.db.clone(),
             table: e.table.table.clone(),
@@ -53,8 +44,8 @@ impl StoredEvent {
             pos: e.pos.clone(),
             txid: e.txid.clone(),
             source_ts_ms: e.source_ts_ms,
-            before: row(&e.before),
-            after: row(&e.after),
+            before: e.before.clone(),
+            after: e.after.clone(),
             version: e.version,
             ts_ms: e.ts_ms,
         }
@@ -70,10 +61,10 @@ impl StoredEvent {
     pub fn into_event(self, schema: Arc<TableSchema>) -> Result<ChangeEvent, String> {
         let op = Op::from_code(&self.op).ok_or_else(|| format!("unknown op `{}`", self.op))?;
         let width = schema.columns.len();
-        let row = |r: Option<Vec<StoredValue>>, image: &str| -> Result<Option<Row>, String> {
+        let row = |r: Option<Row>, image: &str| -> Result<Option<Row>, String> {
             match r {
                 None => Ok(None),
-                Some(r) if r.len() == width => Ok(Some(r.into_iter().map(|v| v.0).collect())),
+                Some(r) if r.len() == width => Ok(Some(r)),
                 Some(r) => Err(format!(
                     "the {image} image has {} values, but version {} of {} has {width} columns",
                     r.len(),
@@ -96,157 +87,52 @@ impl StoredEvent {
     }
 }
 
-/// Serde for `Value` through a tagged mirror enum.
-mod value_serde {
+/// Floats by their bits.
+pub(super) mod f32_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        u32::deserialize(d).map(f32::from_bits)
+    }
+}
+
+pub(super) mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
+/// Bytes as base64 (a JSON array of numbers would be about four times larger).
+pub(super) mod base64_bytes {
     use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use serde_json::value::RawValue;
+    use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::event::Value;
-
-    #[derive(Serialize, Deserialize)]
-    enum Tagged {
-        Null,
-        Absent,
-        Bool(bool),
-        Int(i64),
-        UInt(u64),
-        /// The bits: NaN, infinities and -0.0 survive (JSON numbers cannot hold them).
-        Float(u32),
-        Double(u64),
-        Decimal(String),
-        String(String),
-        Date(u16, u8, u8),
-        DateTime {
-            ymd: (u16, u8, u8),
-            hms: (u8, u8, u8),
-            micros: u32,
-            fsp: u8,
-            utc: bool,
-        },
-        Time {
-            negative: bool,
-            hours: u32,
-            ms: (u8, u8),
-            micros: u32,
-            fsp: u8,
-        },
-        /// base64.
-        Bytes(String),
-        Json(Box<RawValue>),
-        Array(Vec<Tagged>),
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
     }
 
-    fn tag(v: &Value) -> Tagged {
-        match v.clone() {
-            Value::Null => Tagged::Null,
-            Value::Absent => Tagged::Absent,
-            Value::Bool(b) => Tagged::Bool(b),
-            Value::Int(i) => Tagged::Int(i),
-            Value::UInt(u) => Tagged::UInt(u),
-            Value::Float(f) => Tagged::Float(f.to_bits()),
-            Value::Double(d) => Tagged::Double(d.to_bits()),
-            Value::Decimal(s) => Tagged::Decimal(s),
-            Value::String(s) => Tagged::String(s),
-            Value::Date { year, month, day } => Tagged::Date(year, month, day),
-            Value::DateTime {
-                year,
-                month,
-                day,
-                hour,
-                minute,
-                second,
-                micros,
-                fsp,
-                utc,
-            } => Tagged::DateTime {
-                ymd: (year, month, day),
-                hms: (hour, minute, second),
-                micros,
-                fsp,
-                utc,
-            },
-            Value::Time {
-                negative,
-                hours,
-                minute,
-                second,
-                micros,
-                fsp,
-            } => Tagged::Time {
-                negative,
-                hours,
-                ms: (minute, second),
-                micros,
-                fsp,
-            },
-            Value::Bytes(b) => Tagged::Bytes(base64::engine::general_purpose::STANDARD.encode(b)),
-            Value::Json(j) => Tagged::Json(j),
-            Value::Array(a) => Tagged::Array(a.iter().map(tag).collect()),
-        }
-    }
-
-    fn untag(t: Tagged) -> Result<Value, base64::DecodeError> {
-        Ok(match t {
-            Tagged::Null => Value::Null,
-            Tagged::Absent => Value::Absent,
-            Tagged::Bool(b) => Value::Bool(b),
-            Tagged::Int(i) => Value::Int(i),
-            Tagged::UInt(u) => Value::UInt(u),
-            Tagged::Float(bits) => Value::Float(f32::from_bits(bits)),
-            Tagged::Double(bits) => Value::Double(f64::from_bits(bits)),
-            Tagged::Decimal(s) => Value::Decimal(s),
-            Tagged::String(s) => Value::String(s),
-            Tagged::Date(year, month, day) => Value::Date { year, month, day },
-            Tagged::DateTime {
-                ymd: (year, month, day),
-                hms: (hour, minute, second),
-                micros,
-                fsp,
-                utc,
-            } => Value::DateTime {
-                year,
-                month,
-                day,
-                hour,
-                minute,
-                second,
-                micros,
-                fsp,
-                utc,
-            },
-            Tagged::Time {
-                negative,
-                hours,
-                ms: (minute, second),
-                micros,
-                fsp,
-            } => Value::Time {
-                negative,
-                hours,
-                minute,
-                second,
-                micros,
-                fsp,
-            },
-            Tagged::Bytes(b) => Value::Bytes(base64::engine::general_purpose::STANDARD.decode(b)?),
-            Tagged::Json(j) => Value::Json(j),
-            Tagged::Array(a) => Value::Array(a.into_iter().map(untag).collect::<Result<_, _>>()?),
-        })
-    }
-
-    pub fn serialize<S: Serializer>(v: &Value, s: S) -> Result<S::Ok, S::Error> {
-        tag(v).serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
-        untag(Tagged::deserialize(d)?).map_err(serde::de::Error::custom)
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Value;
     use serde_json::value::RawValue;
 
     #[test]
@@ -296,16 +182,13 @@ mod tests {
             Value::Json(RawValue::from_string(r#"{"a": [1, 2.50]}"#.into()).unwrap()),
             Value::Array(vec![Value::String("a".into()), Value::Null, Value::Int(3)]),
         ];
-        let stored: Vec<StoredValue> = values.iter().cloned().map(StoredValue).collect();
-        let text = serde_json::to_string(&stored).unwrap();
-        let back: Vec<StoredValue> = serde_json::from_str(&text).unwrap();
-        for (a, b) in values.iter().zip(&back) {
-            // PartialEq on Value compares floats by bits: NaN equals NaN, -0.0 is not 0.0.
-            assert_eq!(a, &b.0, "{text}");
-        }
-        assert_ne!(Value::Float(0.0), back[6].0);
+        let text = serde_json::to_string(&values).unwrap();
+        let back: Vec<Value> = serde_json::from_str(&text).unwrap();
+        // PartialEq on Value compares floats by bits: NaN equals NaN, -0.0 is not 0.0.
+        assert_eq!(values, back, "{text}");
+        assert_ne!(Value::Float(0.0), back[6]);
         // A string that looks like a date stays a string.
-        assert!(matches!(back[10].0, Value::String(_)));
+        assert!(matches!(back[10], Value::String(_)));
     }
 
     #[test]
