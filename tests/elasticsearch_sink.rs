@@ -157,20 +157,7 @@ async fn index_equals_source_after_kill_9_and_a_full_replay() {
     assert!(want.len() > 1000, "workload too small: {}", want.len());
 
     // The concrete index carries the mapping derived from the schema.
-    let client = elasticsearch::Elasticsearch::new(
-        elasticsearch::http::transport::Transport::single_node(&url).unwrap(),
-    );
-    let m: Json = client
-        .indices()
-        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &format!("{alias}_v1"),
-        ]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m = mapping_json(&url, &format!("{alias}_v1")).await;
     let props = &m[format!("{alias}_v1")]["mappings"]["properties"];
     assert_eq!(props["id"]["type"], "unsigned_long", "{m}");
     assert_eq!(props["amount"]["type"], "keyword", "{m}");

@@ -497,25 +497,30 @@ pub async fn halted(connector: &Path, daemon: &mut Child) -> String {
     }
 }
 
-/// The field types of `alias`'s mapping, and its `_meta`.
-pub async fn mapping_of(
-    url: &str,
-    alias: &str,
-) -> (std::collections::BTreeMap<String, String>, Json) {
+/// GET `<index>/_mapping`: by concrete index name.
+pub async fn mapping_json(url: &str, index: &str) -> Json {
     let client = elasticsearch::Elasticsearch::new(
         elasticsearch::http::transport::Transport::single_node(url).unwrap(),
     );
-    let body: Json = client
+    client
         .indices()
         .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            alias,
+            index,
         ]))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The field types of `alias`'s mapping, and its `_meta`.
+pub async fn mapping_of(
+    url: &str,
+    alias: &str,
+) -> (std::collections::BTreeMap<String, String>, Json) {
+    let body = mapping_json(url, alias).await;
     let mut types = std::collections::BTreeMap::new();
     let mut meta = Json::Null;
     for index in body.as_object().unwrap().values() {
