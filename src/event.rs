@@ -420,6 +420,31 @@ impl TableSchema {
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.db, self.table)
     }
+
+    /// The same table at another schema version.
+    pub fn with_version(&self, schema_version: u32) -> Self {
+        TableSchema {
+            schema_version,
+            ..self.clone()
+        }
+    }
+
+    /// What events show of the layout (column names and types, the key), as a number:
+    /// equal layouts get the same schema version however they were read (a binlog
+    /// table map, the catalog for a snapshot).
+    pub fn layout_fingerprint(&self) -> u64 {
+        let mut crc = 0u32;
+        for c in &self.columns {
+            crc = crc32c::crc32c_append(crc, c.name.as_bytes());
+            crc = crc32c::crc32c_append(crc, &[0]);
+            crc = crc32c::crc32c_append(crc, c.type_name.as_bytes());
+            crc = crc32c::crc32c_append(crc, &[1]);
+        }
+        for &k in &self.primary_key {
+            crc = crc32c::crc32c_append(crc, &(k as u32).to_le_bytes());
+        }
+        ((crc as u64) << 32) | ((self.columns.len() as u64) << 16) | self.primary_key.len() as u64
+    }
 }
 
 /// Column values in table column order.
@@ -504,6 +529,9 @@ pub enum SourceMessage {
     /// A DDL statement changed a captured table in a way its rows do not show (created,
     /// dropped, renamed, or a column renamed): for the schema guard; sinks ignore it.
     Schema(TableChange),
+    /// Snapshot progress as of the next `Commit` (snapshot::State as JSON): stored with
+    /// the checkpoint there; sinks ignore it.
+    SnapshotProgress(Arc<serde_json::Value>),
 }
 
 /// A table-level schema change a source read from DDL.

@@ -8,5 +8,6 @@ pub mod offsets;
 pub mod pipeline;
 pub mod schema;
 pub mod sink;
+pub mod snapshot;
 pub mod source;
 pub mod temporal;

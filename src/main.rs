@@ -77,6 +77,16 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Snapshot tables again while streaming keeps running (the running daemon picks
+    /// the request up within a second; a stopped one when it starts). Progress shows
+    /// in `tributary status`.
+    Snapshot {
+        #[arg(long, short)]
+        connector: PathBuf,
+        /// `db.table` (repeatable).
+        #[arg(long, required = true)]
+        table: Vec<String>,
+    },
     /// Tables a `quarantine` verdict set aside (`tributary status` lists them).
     Quarantine {
         #[command(subcommand)]
@@ -231,7 +241,35 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Quarantine {
             action: QuarantineAction::Replay { connector, table },
         } => quarantine_replay(&connector, &table).await,
+        Command::Snapshot { connector, table } => snapshot(&connector, &table),
     }
+}
+
+fn snapshot(path: &Path, tables: &[String]) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let filter = cfg.source.filter();
+    for t in tables {
+        let Some((db, name)) = t.split_once('.') else {
+            anyhow::bail!("--table {t}: name it as db.table");
+        };
+        if !filter.matches(db, name) {
+            anyhow::bail!(
+                "--table {t}: not included by [source] include/exclude of {}",
+                path.display()
+            );
+        }
+    }
+    let running = OffsetStore::open(&cfg.state.dir).is_err();
+    for t in tables {
+        tributary::snapshot::requests::request(&cfg.state.dir, t)
+            .with_context(|| format!("recording the request in {}", cfg.state.dir.display()))?;
+        if running {
+            println!("{t}: snapshot requested; the running daemon starts it within a second (progress: tributary status)");
+        } else {
+            println!("{t}: snapshot requested; it runs when the daemon starts");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn quarantine_replay(path: &Path, tables: &[String]) -> anyhow::Result<ExitCode> {
@@ -480,6 +518,7 @@ async fn status(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let mut sinks = sinks;
     let guard_state = sinks.remove(tributary::schema::guard::STATE_ID);
+    let snapshot_state = sinks.remove(tributary::snapshot::STATE_ID);
     let mut out = serde_json::json!({
         "connector": cfg.connector_name(),
         "source": cfg.source.kind(),
@@ -490,6 +529,7 @@ async fn status(path: &Path) -> anyhow::Result<ExitCode> {
         })),
         "sinks": sinks,
         "tables": guard_state.as_ref().map(tributary::schema::guard::summary),
+        "snapshot": snapshot_state.as_ref().map(tributary::snapshot::summary),
     });
     if let SourceConfig::Postgres(p) = &cfg.source {
         let client = postgres_client(p).await?;

@@ -48,6 +48,13 @@ pub fn quarantined(table: &str) -> Counter {
     counter!("tributary_quarantined_changes_total", "table" => table.to_string())
 }
 
+/// Rows a table's snapshot emitted so far, and the server's estimate of its total.
+pub fn snapshot_rows(table: &str, rows: u64, estimate: u64) {
+    metrics::gauge!("tributary_snapshot_rows", "table" => table.to_string()).set(rows as f64);
+    metrics::gauge!("tributary_snapshot_rows_estimate", "table" => table.to_string())
+        .set(estimate as f64);
+}
+
 pub fn transactions(n: u64) {
     counter!("tributary_transactions_total").increment(n);
 }

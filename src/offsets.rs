@@ -85,6 +85,11 @@ impl OffsetStore {
         Ok(store)
     }
 
+    /// The state dir.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> OffsetError {
         OffsetError::Store {
             path: self.path.clone(),

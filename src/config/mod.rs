@@ -51,6 +51,14 @@ impl SourceConfig {
             SourceConfig::Postgres(_) => "postgres",
         }
     }
+
+    /// The include/exclude filter.
+    pub fn filter(&self) -> crate::source::filter::TableFilter {
+        match self {
+            SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => m.filter(),
+            SourceConfig::Postgres(p) => p.filter(),
+        }
+    }
 }
 
 /// `[[sink]]`, by `kind`. Deserialized through `kinds::` so errors keep their spans.

@@ -136,6 +136,9 @@ pub async fn run(
     let mut stats = RunStats::default();
     let mut counters = ChangeCounters::default();
     let mut pending: Option<Position> = None;
+    // Snapshot progress: the newest from the source, and as of the last boundary.
+    let mut snapshot_next: Option<Arc<serde_json::Value>> = None;
+    let mut snapshot = Snapshot(store.sink_cursor(crate::snapshot::STATE_ID)?.map(Arc::new));
     // At most one checkpoint waits for its sinks' acks while batches keep flowing.
     let mut in_flight: Option<InFlight> = None;
     let mut last_cp = Instant::now();
@@ -182,9 +185,13 @@ pub async fn run(
                                     break;
                                 }
                             }
+                            SourceMessage::SnapshotProgress(v) => snapshot_next = Some(v.clone()),
                             SourceMessage::Commit(p) => {
                                 boundary = i + 1;
                                 guard.commit();
+                                if let Some(v) = snapshot_next.take() {
+                                    snapshot.0 = Some(v);
+                                }
                                 outputs.quarantine.commit();
                                 stats.transactions += 1;
                                 pending = Some(p.clone());
@@ -222,18 +229,18 @@ pub async fn run(
                     drop(batch);
                     if let Some(h) = halted {
                         // Everything before the change is checkpointed; the change is not.
-                        checkpoint_now(&ledger, &guard, &mut outputs, &mut pending, &mut in_flight, &mut stats).await?;
+                        checkpoint_now(&ledger, &guard, &snapshot, &mut outputs, &mut pending, &mut in_flight, &mut stats).await?;
                         source_stop.cancel();
                         return Err(h.into());
                     }
                     if reached {
-                        checkpoint_now(&ledger, &guard, &mut outputs, &mut pending, &mut in_flight, &mut stats).await?;
+                        checkpoint_now(&ledger, &guard, &snapshot, &mut outputs, &mut pending, &mut in_flight, &mut stats).await?;
                         tracing::info!(until = %until.as_ref().expect("checked"), "reached --until position");
                         source_stop.cancel();
                         break;
                     }
                     if in_flight.is_none() && pending.is_some() && last_cp.elapsed() >= interval {
-                        in_flight = begin_checkpoint(&ledger, &guard, &mut outputs, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &guard, &snapshot, &mut outputs, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                 }
@@ -257,7 +264,7 @@ pub async fn run(
                 }
                 _ = ticker.tick() => {
                     if in_flight.is_none() && pending.is_some() {
-                        in_flight = begin_checkpoint(&ledger, &guard, &mut outputs, &mut pending).await?;
+                        in_flight = begin_checkpoint(&ledger, &guard, &snapshot, &mut outputs, &mut pending).await?;
                         last_cp = Instant::now();
                     }
                     if last_report.elapsed() >= Duration::from_secs(30) {
@@ -291,6 +298,7 @@ pub async fn run(
     checkpoint_now(
         &ledger,
         &guard,
+        &snapshot,
         &mut outputs,
         &mut pending,
         &mut in_flight,
@@ -317,6 +325,7 @@ type InFlight = BoxFuture<'static, Result<Position, PipelineError>>;
 async fn begin_checkpoint(
     ledger: &Ledger<'_>,
     guard: &Guard,
+    snapshot: &Snapshot,
     outputs: &mut Outputs,
     pending: &mut Option<Position>,
 ) -> Result<Option<InFlight>, PipelineError> {
@@ -329,9 +338,13 @@ async fn begin_checkpoint(
     let source = ledger.source_desc.to_string();
     // The guard's decisions up to the boundary belong to the checkpoint too.
     let guard_state = guard.state();
+    let snapshot_state = snapshot.0.as_deref().cloned();
     Ok(Some(Box::pin(async move {
         let mut cursors = Vec::with_capacity(acks.len() + 1);
         cursors.push((guard::STATE_ID.to_string(), guard_state));
+        if let Some(s) = snapshot_state {
+            cursors.push((crate::snapshot::STATE_ID.to_string(), s));
+        }
         for (id, ack) in acks {
             if let Some(c) = ack.await? {
                 cursors.push((id, c));
@@ -359,6 +372,7 @@ async fn begin_checkpoint(
 async fn checkpoint_now(
     ledger: &Ledger<'_>,
     guard: &Guard,
+    snapshot: &Snapshot,
     outputs: &mut Outputs,
     pending: &mut Option<Position>,
     in_flight: &mut Option<InFlight>,
@@ -367,11 +381,14 @@ async fn checkpoint_now(
     if let Some(f) = in_flight.take() {
         ledger.stored(f.await?, stats);
     }
-    if let Some(f) = begin_checkpoint(ledger, guard, outputs, pending).await? {
+    if let Some(f) = begin_checkpoint(ledger, guard, snapshot, outputs, pending).await? {
         ledger.stored(f.await?, stats);
     }
     Ok(())
 }
+
+/// Snapshot progress as of the last transaction boundary, stored with each checkpoint.
+struct Snapshot(Option<Arc<serde_json::Value>>);
 
 /// Where passed changes go: the sinks, and the quarantine stream for the changes of
 /// quarantined tables. Both are part of every checkpoint.

@@ -228,7 +228,7 @@ impl Sink for LogSink {
                 SourceMessage::Change(e) => self.append(e)?,
                 SourceMessage::Commit(_) => self.boundary = self.end,
                 SourceMessage::Rewind => self.rewind()?,
-                SourceMessage::Schema(_) => {}
+                SourceMessage::Schema(_) | SourceMessage::SnapshotProgress(_) => {}
             }
         }
         Ok(())

@@ -46,6 +46,15 @@ pub struct MysqlSourceConfig {
     /// Longest wait between reconnect attempts.
     #[serde(default = "default_max_backoff")]
     pub max_reconnect_backoff_secs: u64,
+    /// `initial` (default), `never` or `when_needed`: see snapshot::SnapshotMode.
+    #[serde(default)]
+    pub snapshot: crate::snapshot::SnapshotMode,
+    /// Rows per snapshot chunk (read in primary-key order).
+    #[serde(default = "crate::snapshot::default_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
+    /// Tables snapshotted at once (one connection each).
+    #[serde(default = "crate::snapshot::default_parallel_tables")]
+    pub snapshot_parallel_tables: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -11,6 +11,7 @@ pub mod mariadb;
 #[cfg(test)]
 mod mysql8_tests;
 pub mod raw;
+mod snapshot;
 mod stream;
 pub mod table;
 
@@ -89,6 +90,39 @@ impl Source for MysqlSource {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;
+        // Snapshot progress as of the checkpoint; with `initial` and no checkpoint,
+        // every included table is queued.
+        let mut state = crate::snapshot::State::from_stored(
+            self.store
+                .sink_cursor(crate::snapshot::STATE_ID)
+                .map_err(|e| SourceError::Fatal(e.to_string()))?,
+        );
+        if resume.is_none()
+            && state.tables.is_empty()
+            && self.cfg.snapshot != crate::snapshot::SnapshotMode::Never
+        {
+            for t in snapshot::included_tables(&self.cfg, password.as_ref(), &self.cfg.filter())
+                .await
+                .map_err(SourceError::Fatal)?
+            {
+                state.request(&t, 0);
+            }
+        }
+        let state = Arc::new(std::sync::Mutex::new(state));
+        let (merger, requests) = crate::snapshot::merge::Merger::new(state.clone());
+        let reader = Arc::new(snapshot::Reader {
+            cfg: self.cfg.clone(),
+            mariadb: self.mariadb,
+            kind: if self.mariadb { "mariadb" } else { "mysql" },
+            connector: self.connector.clone(),
+            store: self.store.clone(),
+            password: password.clone(),
+            state,
+            requests,
+        });
+        let snapshot_stop = shutdown.child_token();
+        let snapshots =
+            tokio::spawn(reader.run(self.cfg.snapshot_parallel_tables, snapshot_stop.clone()));
         let streamer = stream::Streamer {
             cfg: &self.cfg,
             mariadb: self.mariadb,
@@ -98,6 +132,9 @@ impl Source for MysqlSource {
             filter: self.cfg.filter(),
             password,
         };
-        streamer.run(resume, tx, shutdown).await
+        let result = streamer.run(resume, tx, shutdown, merger).await;
+        snapshot_stop.cancel();
+        let _ = snapshots.await;
+        result
     }
 }

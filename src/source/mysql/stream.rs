@@ -25,6 +25,7 @@ use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableChange
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
 use crate::schema::SchemaChange;
+use crate::snapshot::merge::Merger;
 use crate::source::filter::TableFilter;
 use crate::source::session::{next_or_flush, Next, Reconnect, Stop};
 use crate::source::SourceError;
@@ -56,6 +57,10 @@ struct StreamState {
     /// A format description arrived on this connection (until then the stream reader
     /// cannot know events carry checksums).
     seen_fde: bool,
+    /// Merges snapshot chunks into the stream (snapshot::merge).
+    merger: Merger,
+    /// The snapshot readers may still send requests.
+    snapshot_requests_open: bool,
 }
 
 impl StreamState {
@@ -86,6 +91,7 @@ impl Streamer<'_> {
         resume: Option<Position>,
         mut tx: QueueSender,
         shutdown: CancellationToken,
+        merger: Merger,
     ) -> Result<(), SourceError> {
         let mut st = StreamState {
             file: Arc::from(""),
@@ -106,6 +112,8 @@ impl Streamer<'_> {
             announce_start: false,
             checksums: true,
             seen_fde: false,
+            merger,
+            snapshot_requests_open: true,
         };
         let mut reconnect =
             Reconnect::new("binlog connection", self.cfg.max_reconnect_backoff_secs);
@@ -217,7 +225,31 @@ impl Streamer<'_> {
         loop {
             let next = stream.next();
             tokio::pin!(next);
-            let next = match next_or_flush(tx, shutdown, silence, next).await {
+            // A snapshot request is taken between events; a chunk is emitted at once
+            // when the stream already stands at a boundary at or past its cut.
+            let read = tokio::select! {
+                r = st.merger.recv(), if st.snapshot_requests_open => Err(r),
+                n = next_or_flush(tx, shutdown, silence, next) => Ok(n),
+            };
+            let read = match read {
+                Ok(n) => n,
+                Err(None) => {
+                    st.snapshot_requests_open = false;
+                    continue;
+                }
+                Err(Some(request)) => {
+                    st.merger.take(request);
+                    if !st.in_txn {
+                        if let Some(at) = st.boundary.clone() {
+                            if st.merger.emit_due(&at, tx).await.is_err() {
+                                return Stop::Closed;
+                            }
+                        }
+                    }
+                    continue;
+                }
+            };
+            let next = match read {
                 Next::Item(n) => n,
                 Next::Shutdown => return Stop::Shutdown,
                 Next::Closed => return Stop::Closed,
@@ -361,6 +393,11 @@ impl Streamer<'_> {
                     st.file = Arc::from(String::from_utf8_lossy(name).as_ref());
                     if st.boundary.is_none() {
                         st.boundary = Some(self.position(st, r.position()));
+                    } else if !st.in_txn && st.merger.has_waiting() {
+                        // A new file starts at a boundary: a chunk cut there (a quiet
+                        // server after a rotation) must not wait for the next change.
+                        let at = self.position(st, r.position());
+                        st.merger.emit_due(&at, tx).await.map_err(|_| Stop::Closed)?;
                     }
                 }
             }
@@ -457,6 +494,9 @@ impl Streamer<'_> {
                     Stop::Fatal(format!("cannot decode a row of {} at {}: {m}", info.schema.qualified_name(), at()))
                 })?;
                 for m in messages {
+                    if let SourceMessage::Change(e) = &m {
+                        st.merger.note(e);
+                    }
                     tx.send(m).await.map_err(|_| Stop::Closed)?;
                 }
             }
@@ -530,9 +570,13 @@ impl Streamer<'_> {
         }
         let p = self.position(st, log_pos);
         st.boundary = Some(p.clone());
-        tx.send(SourceMessage::Commit(p))
+        tx.send(SourceMessage::Commit(p.clone()))
             .await
-            .map_err(|_| Stop::Closed)
+            .map_err(|_| Stop::Closed)?;
+        if st.merger.has_waiting() {
+            st.merger.emit_due(&p, tx).await.map_err(|_| Stop::Closed)?;
+        }
+        Ok(())
     }
 
     async fn table_map(
@@ -575,28 +619,20 @@ impl Streamer<'_> {
             st.extra.insert(qualified.clone(), extra);
         }
         let extra = &st.extra[&qualified];
-        // The layout fingerprint leaves out the table id (first 8 bytes), which changes
-        // whenever the server reopens the table.
-        let mut fp = crc32c::crc32c(raw.get(8..).unwrap_or(raw));
-        let mut json: Vec<_> = extra.json_columns.iter().collect();
-        json.sort();
-        for c in json {
-            fp = crc32c::crc32c_append(fp, c.as_bytes());
-        }
-        let fingerprint = ((fp as u64) << 32) | raw.len() as u64;
-        let version = self
-            .store
-            .schema_version(&qualified, fingerprint)
-            .map_err(|e| Stop::Fatal(e.to_string()))?;
-        let info = TableInfo::from_table_map(
+        let mut info = TableInfo::from_table_map(
             &tme,
             &st.collations,
             extra,
             self.connector.clone(),
             self.kind,
-            version,
+            0,
         )
         .map_err(|e| Stop::Fatal(e.to_string()))?;
+        let version = self
+            .store
+            .schema_version(&qualified, info.schema.layout_fingerprint())
+            .map_err(|e| Stop::Fatal(e.to_string()))?;
+        info.schema = Arc::new(info.schema.with_version(version));
         self.store
             .record_schema(&info.schema)
             .map_err(|e| Stop::Fatal(e.to_string()))?;

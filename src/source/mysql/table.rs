@@ -326,7 +326,9 @@ pub fn type_name(c: &ColumnInfo) -> String {
         MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => "varchar",
         _ => "unknown",
     };
-    if c.unsigned {
+    // The signedness metadata marks YEAR unsigned, but the type has no signed form
+    // (information_schema says plain `year`, which `policy diff` compares with).
+    if c.unsigned && c.col_type != MYSQL_TYPE_YEAR {
         format!("{base} unsigned")
     } else {
         base.to_string()

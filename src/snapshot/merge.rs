@@ -1,0 +1,259 @@
+//! The stream side of a snapshot: snapshot rows enter the stream at a transaction
+//! boundary at or past their chunk's cut, minus the rows whose keys the stream changed
+//! after the cut.
+//!
+//! Why that is exact: a chunk holds each row as of its cut. Every change before the cut
+//! is in it; a change after the cut is in the stream. At the boundary where the rows are
+//! emitted, a row the stream did not touch since the cut still has the chunk's value,
+//! and a row it touched has its newer state in the stream already (so the chunk's is
+//! left out). The stream task reads no further while it emits, and tracks the keys of a
+//! table from before its chunk's cut (`Request::Track` is acknowledged first), so no
+//! change between the cut and the emission escapes it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::progress::Progress;
+use super::{State, Status};
+use crate::event::{now_ms, ChangeEvent, Op, Position, Row, SourceMessage, TableSchema, Value};
+use crate::pipeline::queue::QueueSender;
+
+/// What a chunk reader sends, in order: rows, then the end.
+#[derive(Debug)]
+pub enum Batch {
+    Rows(Vec<Row>),
+    /// All rows were sent. `finished`: the table has no rows after these;
+    /// `last_key`: the key of the last row read (dropped or not), where the next chunk
+    /// starts.
+    End {
+        finished: bool,
+        last_key: Option<Vec<Value>>,
+    },
+    /// The read failed; the chunk is dropped (nothing of it was emitted yet, or the
+    /// rows emitted are repeated by the next attempt, which versioned writes absorb).
+    Failed(String),
+}
+
+/// One chunk of a table, consistent with the stream at `cut`.
+pub struct Chunk {
+    pub table: Arc<TableSchema>,
+    pub cut: Position,
+    /// The version snapshot rows get: the version a change at `cut` would have.
+    pub version: u64,
+    pub rows: mpsc::Receiver<Batch>,
+    /// Resolved once the chunk was emitted (or dropped): rows emitted, and whether the
+    /// table is finished.
+    pub emitted: oneshot::Sender<Result<Emitted, String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Emitted {
+    pub rows: u64,
+    pub finished: bool,
+}
+
+/// What chunk readers ask of the stream task.
+pub enum Request {
+    /// Start tracking the keys the stream changes in `table`; acknowledged once it
+    /// does, so a cut taken after the ack is covered.
+    Track {
+        table: String,
+        ack: oneshot::Sender<()>,
+    },
+    Chunk(Chunk),
+}
+
+/// The handle readers send requests through.
+pub type Requests = mpsc::Sender<Request>;
+
+/// Held by the stream task.
+pub struct Merger {
+    requests: mpsc::Receiver<Request>,
+    /// Per tracked table: each changed key and where it last changed.
+    tracked: HashMap<String, HashMap<Vec<u8>, Position>>,
+    waiting: VecDeque<Chunk>,
+    state: Arc<Mutex<State>>,
+    progress: Progress,
+}
+
+impl Merger {
+    pub fn new(state: Arc<Mutex<State>>) -> (Merger, Requests) {
+        let (tx, rx) = mpsc::channel(16);
+        let progress = Progress::new(&state.lock().expect("not poisoned"));
+        (
+            Merger {
+                requests: rx,
+                tracked: HashMap::new(),
+                waiting: VecDeque::new(),
+                state,
+                progress,
+            },
+            tx,
+        )
+    }
+
+    /// Notes a streamed change (cheap when no table is tracked).
+    pub fn note(&mut self, e: &ChangeEvent) {
+        if self.tracked.is_empty() {
+            return;
+        }
+        let Some(keys) = self.tracked.get_mut(&e.table.qualified_name()) else {
+            return;
+        };
+        if e.op == Op::Truncate || e.table.primary_key.is_empty() {
+            // Every row may have changed: nothing read before it may be emitted.
+            keys.insert(Vec::new(), e.pos.clone());
+            return;
+        }
+        for row in [e.before.as_ref(), e.after.as_ref()].into_iter().flatten() {
+            if let Some(k) = key_bytes(&e.table, row) {
+                keys.insert(k, e.pos.clone());
+            }
+        }
+    }
+
+    /// The next request (for the stream task's select).
+    pub async fn recv(&mut self) -> Option<Request> {
+        self.requests.recv().await
+    }
+
+    /// Takes a request; chunks wait for `emit_due`.
+    pub fn take(&mut self, r: Request) {
+        match r {
+            Request::Track { table, ack } => {
+                self.tracked.entry(table).or_default();
+                let _ = ack.send(());
+            }
+            Request::Chunk(c) => self.waiting.push_back(c),
+        }
+    }
+
+    /// Whether chunks wait for the stream to pass their cut.
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// At a transaction boundary `at`: emits every waiting chunk whose cut the stream
+    /// has passed, each followed by the progress and a boundary at `at`. Err when the
+    /// pipeline is gone.
+    pub async fn emit_due(&mut self, at: &Position, tx: &mut QueueSender) -> Result<(), ()> {
+        while let Some(i) = self
+            .waiting
+            .iter()
+            .position(|c| at.at_or_after(&c.cut) == Some(true))
+        {
+            let chunk = self.waiting.remove(i).expect("found");
+            self.emit(chunk, at, tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn emit(&mut self, mut c: Chunk, at: &Position, tx: &mut QueueSender) -> Result<(), ()> {
+        let name = c.table.qualified_name();
+        let changed = self.tracked.remove(&name).unwrap_or_default();
+        let truncated = changed
+            .get(&Vec::new())
+            .is_some_and(|p| c.cut.at_or_after(p) == Some(false));
+        if truncated && c.table.primary_key.is_empty() {
+            // Without a key the changed rows cannot be told apart: read it again (the
+            // next cut is taken closer to the stream, so this is rare).
+            self.tracked.entry(name).or_default();
+            let _ = c.emitted.send(Err(
+                "the table changed between the chunk's cut and its turn in the stream".into(),
+            ));
+            return Ok(());
+        }
+        let mut emitted = 0u64;
+        let ts = now_ms();
+        let end = loop {
+            match c.rows.recv().await {
+                Some(Batch::Rows(rows)) => {
+                    for row in rows {
+                        let moved = truncated
+                            || key_bytes(&c.table, &row)
+                                .and_then(|k| changed.get(&k))
+                                .is_some_and(|p| c.cut.at_or_after(p) == Some(false));
+                        if moved {
+                            continue;
+                        }
+                        emitted += 1;
+                        let e = ChangeEvent {
+                            op: Op::Read,
+                            table: c.table.clone(),
+                            pos: at.clone(),
+                            txid: None,
+                            source_ts_ms: ts,
+                            before: None,
+                            after: Some(row),
+                            version: c.version,
+                            ts_ms: ts,
+                        };
+                        tx.send(SourceMessage::Change(e)).await.map_err(|_| ())?;
+                    }
+                }
+                Some(Batch::End { finished, last_key }) => break Ok((finished, last_key)),
+                Some(Batch::Failed(m)) => break Err(m),
+                None => break Err("the chunk reader stopped".to_string()),
+            }
+        };
+        let (finished, last_key) = match end {
+            Ok(x) => x,
+            Err(m) => {
+                // Rows sent so far are repeated by the retry; nothing is recorded.
+                self.tracked.entry(name).or_default();
+                let _ = c.emitted.send(Err(m));
+                return Ok(());
+            }
+        };
+        let snapshot = {
+            let mut state = self.state.lock().expect("not poisoned");
+            let p = state
+                .tables
+                .entry(name.clone())
+                .or_insert_with(|| super::TableProgress::pending(0));
+            p.rows += emitted;
+            p.chunks += 1;
+            if last_key.is_some() {
+                p.after = last_key;
+            }
+            if finished {
+                p.status = Status::Done;
+                p.finished_ms = Some(now_ms());
+            } else {
+                p.status = Status::Running;
+            }
+            self.progress.update(&name, p);
+            serde_json::to_value(&*state).expect("the state serializes")
+        };
+        if !finished {
+            // Keys changed from here on matter to the next chunk (its cut comes later).
+            self.tracked.entry(name).or_default();
+        }
+        tx.send(SourceMessage::SnapshotProgress(Arc::new(snapshot)))
+            .await
+            .map_err(|_| ())?;
+        tx.send(SourceMessage::Commit(at.clone()))
+            .await
+            .map_err(|_| ())?;
+        let _ = c.emitted.send(Ok(Emitted {
+            rows: emitted,
+            finished,
+        }));
+        Ok(())
+    }
+}
+
+/// The bytes that identify a row's key (the primary key's values); None without one.
+pub fn key_bytes(schema: &TableSchema, row: &Row) -> Option<Vec<u8>> {
+    if schema.primary_key.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(32);
+    for &i in &schema.primary_key {
+        out.extend_from_slice(row.get(i)?.to_json().as_bytes());
+        out.push(0);
+    }
+    Some(out)
+}

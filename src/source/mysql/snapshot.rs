@@ -1,0 +1,628 @@
+//! Snapshot chunks from MariaDB: each chunk is read inside its own
+//! `START TRANSACTION WITH CONSISTENT SNAPSHOT`, whose `binlog_snapshot_file` /
+//! `binlog_snapshot_position` are the exact binlog position the read is consistent
+//! with: the chunk's cut (see snapshot::merge).
+//!
+//! Rows are read with the binary protocol (exact FLOAT/DOUBLE, dates as parts) in a
+//! UTC session and converted to the same values the binlog decoder gives for the same
+//! column, so a snapshot row and a streamed row of the same data are equal.
+
+use std::sync::{Arc, Mutex};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value as MyValue};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{json_columns, stream_type_name};
+use super::config::MysqlSourceConfig;
+use super::connect::connect;
+use super::stream::{file_sequence, row_version};
+use crate::config::Secret;
+use crate::event::{now_ms, Column, Position, Row, TableSchema, Value};
+use crate::offsets::OffsetStore;
+use crate::snapshot::merge::{Batch, Chunk, Request, Requests};
+use crate::snapshot::{State, Status};
+use crate::source::filter::TableFilter;
+
+/// Rows per message to the stream task.
+const BATCH_ROWS: usize = 256;
+
+/// How one column's SELECT value becomes an event value.
+#[derive(Debug, Clone)]
+struct SnapColumn {
+    name: String,
+    data_type: String,
+    unsigned: bool,
+    fsp: u8,
+    json: bool,
+    /// BINARY/VARBINARY/BLOB (no character set): bytes, not text.
+    binary: bool,
+}
+
+/// A table as the snapshot reads it.
+struct SnapTable {
+    schema: Arc<TableSchema>,
+    columns: Vec<SnapColumn>,
+    /// The key to chunk by (empty: one full scan).
+    chunk_key: Vec<usize>,
+    estimate: u64,
+}
+
+pub(super) struct Reader {
+    pub cfg: MysqlSourceConfig,
+    pub mariadb: bool,
+    pub kind: &'static str,
+    pub connector: Arc<str>,
+    pub store: Arc<OffsetStore>,
+    pub password: Option<Secret>,
+    pub state: Arc<Mutex<State>>,
+    pub requests: Requests,
+}
+
+impl Reader {
+    /// Works through the tables the state lists as unfinished (`workers` at a time),
+    /// and through requests as they come; ends at shutdown. An error stops the
+    /// snapshot (logged; the stream keeps running, and the next start resumes it).
+    pub async fn run(self: Arc<Self>, workers: usize, shutdown: CancellationToken) {
+        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::new()));
+        let state_dir = self.store.dir().to_path_buf();
+        let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let mut queued = std::collections::HashSet::new();
+        loop {
+            // New requests, and the unfinished tables of the state.
+            let now_pending: Vec<String> = {
+                let mut st = self.state.lock().expect("not poisoned");
+                for (table, at) in crate::snapshot::requests::pending(&state_dir) {
+                    if st.request(&table, at) {
+                        tracing::info!(table, "snapshot requested");
+                    }
+                }
+                st.unfinished()
+            };
+            for t in now_pending {
+                if queued.insert(t.clone()) {
+                    queue.lock().await.push_back(t);
+                }
+            }
+            running.retain(|h| !h.is_finished());
+            while running.len() < workers.max(1) && !queue.lock().await.is_empty() {
+                let me = self.clone();
+                let queue = queue.clone();
+                let stop = shutdown.clone();
+                running.push(tokio::spawn(async move {
+                    while let Some(table) = queue.lock().await.pop_front() {
+                        if let Err(e) = me.table(&table, &stop).await {
+                            if !stop.is_cancelled() {
+                                tracing::error!(table, error = %e, "snapshot stopped; it resumes from its last chunk on the next start");
+                            }
+                            return;
+                        }
+                    }
+                }));
+            }
+            // Tables whose snapshot finished may be requested again.
+            {
+                let st = self.state.lock().expect("not poisoned");
+                queued.retain(|t| st.tables.get(t).is_some_and(|p| p.status != Status::Done));
+                for (t, p) in &st.tables {
+                    if p.status == Status::Done {
+                        crate::snapshot::requests::served(&state_dir, t, p.requested_ms);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn table(&self, table: &str, stop: &CancellationToken) -> Result<(), String> {
+        if !self.mariadb {
+            return Err("snapshots need MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet".into());
+        }
+        let mut conn = connect(&self.cfg, self.password.as_ref())
+            .await
+            .map_err(|e| e.message().to_string())?;
+        let sql_err = |e: mysql_async::Error| format!("{}: {e}", self.cfg.address());
+        conn.query_drop("SET time_zone = '+00:00'")
+            .await
+            .map_err(sql_err)?;
+        let Some(t) = self.describe(&mut conn, table).await? else {
+            tracing::warn!(table, "snapshot skipped: the table no longer exists");
+            self.finish_missing(table);
+            return Ok(());
+        };
+        let after = {
+            let mut st = self.state.lock().expect("not poisoned");
+            let p = st
+                .tables
+                .entry(table.to_string())
+                .or_insert_with(|| crate::snapshot::TableProgress::pending(0));
+            if p.status == Status::Pending {
+                p.status = Status::Running;
+                p.started_ms = Some(now_ms());
+                p.estimate = t.estimate;
+            }
+            p.after.clone()
+        };
+        if t.chunk_key.is_empty() {
+            tracing::warn!(table, "snapshot: the table has no primary key (or an ENUM/SET one): read in one pass, which holds the stream at its cut while it runs");
+        }
+        tracing::info!(table, estimate = t.estimate, resume_after = ?after.as_ref().map(|k| k.iter().map(|v| v.to_json()).collect::<Vec<_>>()), "snapshot of table started");
+
+        // Track the table's keys in the stream before the first cut is taken.
+        let (ack, acked) = oneshot::channel();
+        self.requests
+            .send(Request::Track {
+                table: table.to_string(),
+                ack,
+            })
+            .await
+            .map_err(|_| "the stream stopped")?;
+        acked.await.map_err(|_| "the stream stopped")?;
+
+        let mut after = after;
+        let limit = self.cfg.snapshot_chunk_rows.max(1);
+        loop {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            match self.chunk(&mut conn, &t, after.as_ref(), limit).await? {
+                ChunkEnd::Finished => break,
+                ChunkEnd::More(last) => after = Some(last),
+                ChunkEnd::Retry(why) => {
+                    tracing::debug!(table, why, "snapshot chunk read again");
+                }
+            }
+        }
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
+    /// Reads one chunk and hands it to the stream; returns once the stream emitted it.
+    async fn chunk(
+        &self,
+        conn: &mut Conn,
+        t: &SnapTable,
+        after: Option<&Vec<Value>>,
+        limit: u64,
+    ) -> Result<ChunkEnd, String> {
+        let sql_err = |e: mysql_async::Error| format!("{}: {e}", self.cfg.address());
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await
+            .map_err(sql_err)?;
+        let status: Vec<(String, String)> = conn
+            .query("SHOW SESSION STATUS LIKE 'binlog_snapshot_%'")
+            .await
+            .map_err(sql_err)?;
+        let get = |name: &str| {
+            status
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let (Some(file), Some(offset)) = (
+            get("binlog_snapshot_file"),
+            get("binlog_snapshot_position").and_then(|p| p.parse::<u64>().ok()),
+        ) else {
+            return Err(
+                "the server reports no binlog_snapshot_file/position (is the binlog on?)".into(),
+            );
+        };
+        let cut = Position::Binlog {
+            file: Arc::from(file.as_str()),
+            offset,
+            gtid: None,
+        };
+        let (rows_tx, rows_rx) = mpsc::channel(8);
+        let (emitted_tx, emitted_rx) = oneshot::channel();
+        self.requests
+            .send(Request::Chunk(Chunk {
+                table: t.schema.clone(),
+                version: row_version(file_sequence(&file), offset, 0),
+                cut,
+                rows: rows_rx,
+                emitted: emitted_tx,
+            }))
+            .await
+            .map_err(|_| "the stream stopped")?;
+
+        let (sql, params) = select(t, after, limit);
+        let read = async {
+            let mut result = conn.exec_iter(sql, params).await?;
+            let mut batch = Vec::with_capacity(BATCH_ROWS);
+            let mut count = 0u64;
+            let mut last: Option<Row> = None;
+            while let Some(row) = result.next().await? {
+                let values = row.unwrap();
+                let mut out = Vec::with_capacity(values.len());
+                for (c, v) in t.columns.iter().zip(values) {
+                    out.push(convert(c, v).map_err(|m| {
+                        mysql_async::Error::Other(format!("column `{}`: {m}", c.name).into())
+                    })?);
+                }
+                count += 1;
+                if let Some(prev) = last.replace(out) {
+                    batch.push(prev);
+                }
+                if batch.len() >= BATCH_ROWS
+                    && rows_tx
+                        .send(Batch::Rows(std::mem::take(&mut batch)))
+                        .await
+                        .is_err()
+                {
+                    return Ok::<_, mysql_async::Error>(None);
+                }
+            }
+            Ok(Some((batch, last, count)))
+        }
+        .await;
+        let _ = conn.query_drop("COMMIT").await;
+        let (mut batch, last, count) = match read {
+            Ok(Some(x)) => x,
+            // The stream dropped the chunk (it changed without a key to tell rows apart).
+            Ok(None) => return self.settle(emitted_rx, None).await,
+            Err(e) => {
+                let _ = rows_tx.send(Batch::Failed(e.to_string())).await;
+                return Err(sql_err(e));
+            }
+        };
+        let finished = t.chunk_key.is_empty() || count < limit;
+        let last_key = last.as_ref().filter(|_| !t.chunk_key.is_empty()).map(|r| {
+            t.chunk_key
+                .iter()
+                .map(|&i| r[i].clone())
+                .collect::<Vec<_>>()
+        });
+        batch.extend(last);
+        if !batch.is_empty() {
+            let _ = rows_tx.send(Batch::Rows(batch)).await;
+        }
+        let _ = rows_tx
+            .send(Batch::End {
+                finished,
+                last_key: last_key.clone(),
+            })
+            .await;
+        self.settle(emitted_rx, last_key).await
+    }
+
+    async fn settle(
+        &self,
+        emitted: oneshot::Receiver<Result<crate::snapshot::merge::Emitted, String>>,
+        last_key: Option<Vec<Value>>,
+    ) -> Result<ChunkEnd, String> {
+        match emitted.await {
+            Ok(Ok(e)) if e.finished => Ok(ChunkEnd::Finished),
+            Ok(Ok(_)) => Ok(ChunkEnd::More(
+                last_key.expect("a chunk that is not the last has rows"),
+            )),
+            Ok(Err(why)) => Ok(ChunkEnd::Retry(why)),
+            Err(_) => Err("the stream stopped".into()),
+        }
+    }
+
+    fn finish_missing(&self, table: &str) {
+        let mut st = self.state.lock().expect("not poisoned");
+        if let Some(p) = st.tables.get_mut(table) {
+            p.status = Status::Done;
+            p.finished_ms = Some(now_ms());
+        }
+    }
+
+    /// The table's columns, key and row estimate from information_schema; None when it
+    /// does not exist.
+    async fn describe(&self, conn: &mut Conn, table: &str) -> Result<Option<SnapTable>, String> {
+        let sql_err =
+            |e: mysql_async::Error| format!("reading information_schema for {table}: {e}");
+        let Some((db, name)) = split(conn, table).await.map_err(sql_err)? else {
+            return Ok(None);
+        };
+        type ColRow = (String, String, String, Option<u64>, Option<String>, String);
+        let cols: Vec<ColRow> = conn
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, DATETIME_PRECISION, CHARACTER_SET_NAME, COLUMN_KEY \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&db, &name),
+            )
+            .await
+            .map_err(sql_err)?;
+        if cols.is_empty() {
+            return Ok(None);
+        }
+        let key: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+                (&db, &name),
+            )
+            .await
+            .map_err(sql_err)?;
+        let estimate: Option<Option<u64>> = conn
+            .exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&db, &name),
+            )
+            .await
+            .map_err(sql_err)?;
+        let json = if self.mariadb {
+            json_columns(conn, &db, &name).await.map_err(sql_err)?
+        } else {
+            Default::default()
+        };
+        let mut columns = Vec::with_capacity(cols.len());
+        let mut event_columns = Vec::with_capacity(cols.len());
+        for (cname, data_type, column_type, precision, charset, _) in cols {
+            let is_json = json.contains(&cname);
+            event_columns.push(Column {
+                name: cname.clone(),
+                type_name: stream_type_name(&data_type, &column_type, is_json),
+            });
+            columns.push(SnapColumn {
+                name: cname,
+                data_type: data_type.to_ascii_lowercase(),
+                unsigned: column_type.to_ascii_lowercase().contains("unsigned"),
+                fsp: precision.unwrap_or(0) as u8,
+                json: is_json,
+                binary: charset.is_none(),
+            });
+        }
+        let primary_key: Vec<usize> = key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
+        let chunk_key = if primary_key
+            .iter()
+            .any(|&i| matches!(columns[i].data_type.as_str(), "enum" | "set"))
+        {
+            // ENUMs sort by index but compare with strings by text: no safe key range.
+            Vec::new()
+        } else {
+            primary_key.clone()
+        };
+        let schema = TableSchema::new(
+            self.connector.clone(),
+            self.kind,
+            db,
+            name,
+            event_columns,
+            primary_key,
+            0,
+        );
+        let version = self
+            .store
+            .schema_version(table, schema.layout_fingerprint())
+            .map_err(|e| e.to_string())?;
+        let schema = schema.with_version(version);
+        self.store
+            .record_schema(&schema)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(SnapTable {
+            schema: Arc::new(schema),
+            columns,
+            chunk_key,
+            estimate: estimate.flatten().unwrap_or(0),
+        }))
+    }
+}
+
+enum ChunkEnd {
+    Finished,
+    More(Vec<Value>),
+    Retry(String),
+}
+
+/// `db.table` split at the dot that names an existing table (names may hold dots).
+async fn split(
+    conn: &mut Conn,
+    table: &str,
+) -> Result<Option<(String, String)>, mysql_async::Error> {
+    for (i, _) in table.match_indices('.') {
+        let (db, name) = (&table[..i], &table[i + 1..]);
+        let found: Option<u8> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, name),
+            )
+            .await?;
+        if found.is_some() {
+            return Ok(Some((db.to_string(), name.to_string())));
+        }
+    }
+    Ok(None)
+}
+
+fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// The chunk's SELECT and its parameters (the key to start after).
+fn select(t: &SnapTable, after: Option<&Vec<Value>>, limit: u64) -> (String, Vec<MyValue>) {
+    let s = &t.schema;
+    let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        cols.join(", "),
+        quote(&s.db),
+        quote(&s.table)
+    );
+    let mut params = Vec::new();
+    if t.chunk_key.is_empty() {
+        return (sql, params);
+    }
+    let key: Vec<String> = t
+        .chunk_key
+        .iter()
+        .map(|&i| quote(&s.columns[i].name))
+        .collect();
+    if let Some(after) = after {
+        let marks = vec!["?"; key.len()].join(", ");
+        sql.push_str(&format!(" WHERE ({}) > ({marks})", key.join(", ")));
+        params = after.iter().map(param).collect();
+    }
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", key.join(", ")));
+    (sql, params)
+}
+
+/// A key value as a statement parameter.
+fn param(v: &Value) -> MyValue {
+    match v {
+        Value::Null | Value::Absent => MyValue::NULL,
+        Value::Bool(b) => MyValue::Int(*b as i64),
+        Value::Int(i) => MyValue::Int(*i),
+        Value::UInt(u) => MyValue::UInt(*u),
+        Value::Float(f) => MyValue::Float(*f),
+        Value::Double(d) => MyValue::Double(*d),
+        Value::Decimal(s) | Value::String(s) => MyValue::Bytes(s.clone().into_bytes()),
+        Value::Date { year, month, day } => MyValue::Date(*year, *month, *day, 0, 0, 0, 0),
+        Value::DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            micros,
+            ..
+        } => MyValue::Date(*year, *month, *day, *hour, *minute, *second, *micros),
+        Value::Time {
+            negative,
+            hours,
+            minute,
+            second,
+            micros,
+            ..
+        } => MyValue::Time(
+            *negative,
+            hours / 24,
+            (hours % 24) as u8,
+            *minute,
+            *second,
+            *micros,
+        ),
+        Value::Bytes(b) => MyValue::Bytes(b.clone()),
+        Value::Json(j) => MyValue::Bytes(j.get().as_bytes().to_vec()),
+        Value::Array(a) => MyValue::Bytes(
+            a.iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_json(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+                .into_bytes(),
+        ),
+    }
+}
+
+/// A SELECT value (binary protocol, UTC session) as the binlog decoder gives it.
+fn convert(c: &SnapColumn, v: MyValue) -> Result<Value, String> {
+    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| "text that is not UTF-8".to_string());
+    Ok(match (c.data_type.as_str(), v) {
+        (_, MyValue::NULL) => Value::Null,
+        ("tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint", MyValue::Int(i)) => {
+            if c.unsigned {
+                Value::UInt(i as u64)
+            } else {
+                Value::Int(i)
+            }
+        }
+        (_, MyValue::UInt(u)) => Value::UInt(u),
+        ("year", MyValue::Int(y)) => Value::Int(y),
+        ("float", MyValue::Float(f)) => Value::Float(f),
+        ("float", MyValue::Double(d)) => Value::Float(d as f32),
+        ("double" | "real" | "double precision", MyValue::Double(d)) => Value::Double(d),
+        ("decimal" | "numeric", MyValue::Bytes(b)) => Value::Decimal(text(b)?),
+        ("bit", MyValue::Bytes(b)) => {
+            if b.len() > 8 {
+                return Err(format!("BIT value of {} bytes", b.len()));
+            }
+            Value::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
+        }
+        ("date", MyValue::Date(year, month, day, ..)) => Value::Date { year, month, day },
+        ("datetime", v @ MyValue::Date(..)) => {
+            super::raw::datetime_from_mysql(&v, c.fsp).ok_or("bad DATETIME")?
+        }
+        ("timestamp", MyValue::Date(year, month, day, hour, minute, second, micros)) => {
+            if (year, month, day) == (0, 0, 0) {
+                super::raw::timestamp_value(0, 0, c.fsp)
+            } else {
+                Value::DateTime {
+                    year,
+                    month,
+                    day,
+                    hour,
+                    minute,
+                    second,
+                    micros,
+                    fsp: c.fsp,
+                    utc: true,
+                }
+            }
+        }
+        ("time", MyValue::Time(negative, days, h, minute, second, micros)) => Value::Time {
+            negative,
+            hours: days * 24 + h as u32,
+            minute,
+            second,
+            micros,
+            fsp: c.fsp,
+        },
+        ("enum", MyValue::Bytes(b)) => Value::String(text(b)?),
+        ("set", MyValue::Bytes(b)) => {
+            let s = text(b)?;
+            Value::Array(if s.is_empty() {
+                Vec::new()
+            } else {
+                s.split(',').map(|l| Value::String(l.to_string())).collect()
+            })
+        }
+        (
+            "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+            | "geometrycollection" | "geometry",
+            MyValue::Bytes(b),
+        ) => {
+            if b.len() < 4 {
+                return Err("GEOMETRY shorter than its SRID".into());
+            }
+            Value::Bytes(b[4..].to_vec())
+        }
+        (_, MyValue::Bytes(b)) if c.json => Value::Json(
+            RawValue::from_string(text(b)?)
+                .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?,
+        ),
+        (_, MyValue::Bytes(b)) if c.binary => Value::Bytes(b),
+        (_, MyValue::Bytes(b)) => Value::String(text(b)?),
+        (t, v) => return Err(format!("unsupported value {v:?} for a {t} column")),
+    })
+}
+
+/// Tables to snapshot at this start: with `initial` and no checkpoint, every included
+/// table (read from information_schema).
+pub(super) async fn included_tables(
+    cfg: &MysqlSourceConfig,
+    password: Option<&Secret>,
+    filter: &TableFilter,
+) -> Result<Vec<String>, String> {
+    let mut conn = connect(cfg, password)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' \
+             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await
+        .map_err(|e| format!("listing tables at {}: {e}", cfg.address()))?;
+    let _ = conn.disconnect().await;
+    Ok(rows
+        .into_iter()
+        .filter(|(db, t)| filter.matches(db, t))
+        .map(|(db, t)| format!("{db}.{t}"))
+        .collect())
+}
