@@ -76,7 +76,7 @@ pub async fn run(
     shutdown: CancellationToken,
     until: Option<Position>,
 ) -> Result<RunStats, PipelineError> {
-    let store = Arc::new(OffsetStore::open(&cfg.state.dir)?);
+    let store = Arc::new(open_store(&cfg.state.dir).await?);
     let (mut source, source_desc) = build_source(cfg, store.clone());
     if let Err(e) = source.preflight().await {
         drop(source);
@@ -312,6 +312,22 @@ pub async fn run(
         Err(join) => Err(PipelineError::Source(format!(
             "the source task failed: {join}"
         ))),
+    }
+}
+
+/// Opens the offsets store, waiting up to 5 s while another process holds it: a
+/// `tributary status` or `offsets show` run at that moment holds it for milliseconds,
+/// and must not make a starting daemon fail.
+async fn open_store(dir: &std::path::Path) -> Result<OffsetStore, crate::offsets::OffsetError> {
+    let mut tries = 0;
+    loop {
+        match OffsetStore::open(dir) {
+            Err(crate::offsets::OffsetError::InUse { .. }) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
     }
 }
 

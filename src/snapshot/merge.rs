@@ -207,6 +207,7 @@ impl Merger {
                 return Ok(());
             }
         };
+        tracing::debug!(table = %name, cut = %c.cut, at = %at, emitted, finished, "snapshot chunk emitted");
         let snapshot = {
             let mut state = self.state.lock().expect("not poisoned");
             let p = state

@@ -119,8 +119,10 @@ impl Reconnect {
 
 /// The next item of a source's input, handing buffered changes to the pipeline
 /// whenever the input has nothing ready, so a quiet stream never holds a change back.
-pub enum Next<T> {
+pub enum Next<T, S = ()> {
     Item(T),
+    /// The side input (`next_or_flush_or`) was ready first.
+    Side(S),
     Shutdown,
     /// Nothing arrived for `silence`.
     Silent,
@@ -134,8 +136,21 @@ pub async fn next_or_flush<F: Future>(
     tx: &mut QueueSender,
     shutdown: &CancellationToken,
     silence: Duration,
-    mut next: Pin<&mut F>,
+    next: Pin<&mut F>,
 ) -> Next<F::Output> {
+    next_or_flush_or(tx, shutdown, silence, next, std::future::pending::<()>()).await
+}
+
+/// `next_or_flush`, also woken by `side` (a cancel-safe future, like a channel's
+/// `recv`). `side` only races the final wait, after the flush: a flush cut short
+/// would drop the batch it was handing over.
+pub async fn next_or_flush_or<F: Future, S: Future>(
+    tx: &mut QueueSender,
+    shutdown: &CancellationToken,
+    silence: Duration,
+    mut next: Pin<&mut F>,
+    side: S,
+) -> Next<F::Output, S::Output> {
     if let Some(item) = next.as_mut().now_or_never() {
         return Next::Item(item);
     }
@@ -152,6 +167,7 @@ pub async fn next_or_flush<F: Future>(
             Ok(item) => Next::Item(item),
             Err(_) => Next::Silent,
         },
+        s = side => Next::Side(s),
         _ = shutdown.cancelled() => Next::Shutdown,
     }
 }

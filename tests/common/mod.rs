@@ -531,3 +531,40 @@ pub async fn mapping_of(
     }
     (types, meta)
 }
+
+/// Every document behind `alias`, paged in `id` order: id -> _source (for indexes
+/// larger than one search page).
+pub async fn es_documents_by_id(url: &str, alias: &str) -> std::collections::BTreeMap<i64, Json> {
+    use elasticsearch::http::transport::Transport;
+    let client = elasticsearch::Elasticsearch::new(Transport::single_node(url).unwrap());
+    let mut out = std::collections::BTreeMap::new();
+    let mut after: Option<Json> = None;
+    loop {
+        let mut body =
+            serde_json::json!({"size": 10000, "sort": [{"id": "asc"}], "query": {"match_all": {}}});
+        if let Some(a) = &after {
+            body["search_after"] = a.clone();
+        }
+        let r = client
+            .search(elasticsearch::SearchParts::Index(&[alias]))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if r.status_code().as_u16() == 404 {
+            return out;
+        }
+        let page: Json = r.json().await.unwrap();
+        let hits = page["hits"]["hits"]
+            .as_array()
+            .unwrap_or_else(|| panic!("search {alias}: {page}"))
+            .clone();
+        if hits.is_empty() {
+            return out;
+        }
+        for h in &hits {
+            out.insert(h["_source"]["id"].as_i64().unwrap(), h["_source"].clone());
+        }
+        after = Some(hits.last().unwrap()["sort"].clone());
+    }
+}

@@ -27,7 +27,7 @@ use crate::pipeline::queue::QueueSender;
 use crate::schema::SchemaChange;
 use crate::snapshot::merge::Merger;
 use crate::source::filter::TableFilter;
-use crate::source::session::{next_or_flush, Next, Reconnect, Stop};
+use crate::source::session::{next_or_flush_or, Next, Reconnect, Stop};
 use crate::source::SourceError;
 
 enum CachedTable {
@@ -225,19 +225,25 @@ impl Streamer<'_> {
         loop {
             let next = stream.next();
             tokio::pin!(next);
-            // A snapshot request is taken between events; a chunk is emitted at once
-            // when the stream already stands at a boundary at or past its cut.
-            let read = tokio::select! {
-                r = st.merger.recv(), if st.snapshot_requests_open => Err(r),
-                n = next_or_flush(tx, shutdown, silence, next) => Ok(n),
+            // A snapshot request is taken between events (never while a batch is being
+            // handed over); a chunk is emitted at once when the stream already stands at
+            // a boundary at or past its cut.
+            let open = st.snapshot_requests_open;
+            let merger = &mut st.merger;
+            let side = async move {
+                if open {
+                    merger.recv().await
+                } else {
+                    std::future::pending().await
+                }
             };
-            let read = match read {
-                Ok(n) => n,
-                Err(None) => {
+            let next = match next_or_flush_or(tx, shutdown, silence, next, side).await {
+                Next::Item(n) => n,
+                Next::Side(None) => {
                     st.snapshot_requests_open = false;
                     continue;
                 }
-                Err(Some(request)) => {
+                Next::Side(Some(request)) => {
                     st.merger.take(request);
                     if !st.in_txn {
                         if let Some(at) = st.boundary.clone() {
@@ -248,9 +254,6 @@ impl Streamer<'_> {
                     }
                     continue;
                 }
-            };
-            let next = match read {
-                Next::Item(n) => n,
                 Next::Shutdown => return Stop::Shutdown,
                 Next::Closed => return Stop::Closed,
                 Next::Silent => {

@@ -160,6 +160,7 @@ impl Streamer<'_> {
             };
             let input = match input {
                 Next::Item(i) => i,
+                Next::Side(()) => unreachable!("next_or_flush has no side input"),
                 Next::Shutdown => return Stop::Shutdown,
                 Next::Closed => return Stop::Closed,
                 Next::Silent => {
