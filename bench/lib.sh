@@ -48,6 +48,25 @@ SQL
   } | "${P[@]}" >/dev/null
 }
 
+# A connector file $2/c.toml: [source] $3, one sink of kind $1 (null, log or
+# elasticsearch at $ES), state in $2/state.
+write_connector() {
+  local sink="kind = \"null\""
+  [ "$1" = log ] && sink="kind = \"log\"
+dir = \"$2/log\""
+  [ "$1" = elasticsearch ] && sink="kind = \"elasticsearch\"
+urls = [\"$ES\"]
+dead_letter_dir = \"$2/dead-letters\""
+  cat > "$2/c.toml" <<TOML
+[source]
+$3
+[[sink]]
+$sink
+[state]
+dir = "$2/state"
+TOML
+}
+
 run_tributary() { # $1 = sink kind
   local dir="$work/$1"; mkdir -p "$dir"
   local source=${source_toml:-"kind = \"mariadb\"
@@ -58,20 +77,7 @@ server_id = 9901
 include = [\"bench.*\"]
 start = \"earliest\""}
   source=${source//@SINK@/$1}
-  local sink="kind = \"null\""
-  [ "$1" = log ] && sink="kind = \"log\"
-dir = \"$dir/log\""
-  [ "$1" = elasticsearch ] && sink="kind = \"elasticsearch\"
-urls = [\"$ES\"]
-dead_letter_dir = \"$dir/dead-letters\""
-  cat > "$dir/c.toml" <<TOML
-[source]
-$source
-[[sink]]
-$sink
-[state]
-dir = "$dir/state"
-TOML
+  write_connector "$1" "$dir" "$source"
   /usr/bin/time -f "%e %M %U %S" -o "$dir/time" target/release/tributary --log-format json run \
     --connector "$dir/c.toml" --until "${until:-$end_file:$end_pos}" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
   local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")

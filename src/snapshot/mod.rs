@@ -35,7 +35,8 @@ pub enum SnapshotMode {
     /// Never on its own; `tributary snapshot --table` still works.
     Never,
     /// Like `initial`, and again for every table when the stored position is gone from
-    /// the server (purged binlog, lost slot) instead of stopping.
+    /// the server (purged binlog, lost slot) instead of stopping. Not built yet: the
+    /// config check refuses it with that advice.
     WhenNeeded,
 }
 
