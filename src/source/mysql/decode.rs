@@ -136,29 +136,19 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             let y: i64 = ascii(b)?.parse().map_err(|e| format!("YEAR: {e}"))?;
             Value::Int(if y == 1900 { 0 } else { y })
         }
-        (MYSQL_TYPE_BIT, MyValue::Bytes(b)) => {
-            if b.len() > 8 {
-                return Err(format!("BIT value of {} bytes", b.len()));
-            }
-            Value::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
-        }
+        (MYSQL_TYPE_BIT, MyValue::Bytes(b)) => raw::bit_value(&b)?,
         (MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE, MyValue::Date(y, m, d, ..)) => Value::Date {
             year: y,
             month: m,
             day: d,
         },
         (MYSQL_TYPE_DATETIME, v @ MyValue::Date(..)) => {
-            raw::datetime_from_mysql(&v, col.fsp).expect("matched a date")
+            raw::datetime_from_mysql(&v, col.fsp, false).expect("matched a date")
         }
         (MYSQL_TYPE_TIMESTAMP, MyValue::Int(sec)) => raw::timestamp_value(sec, 0, 0),
-        (MYSQL_TYPE_TIME, MyValue::Time(neg, days, h, m, s, us)) => Value::Time {
-            negative: neg,
-            hours: days * 24 + h as u32,
-            minute: m,
-            second: s,
-            micros: us,
-            fsp: col.fsp,
-        },
+        (MYSQL_TYPE_TIME, v @ MyValue::Time(..)) => {
+            raw::time_from_mysql(&v, col.fsp).expect("matched a time")
+        }
         (MYSQL_TYPE_ENUM, MyValue::Int(idx)) => {
             // Index 0 is the empty string MySQL stores for invalid values.
             if idx == 0 {
@@ -179,13 +169,7 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             }
             Value::Array(labels)
         }
-        (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) => {
-            // Stored as a 4-byte SRID followed by WKB; events carry the WKB.
-            if b.len() < 4 {
-                return Err("GEOMETRY shorter than its SRID".into());
-            }
-            Value::Bytes(b[4..].to_vec())
-        }
+        (MYSQL_TYPE_GEOMETRY, MyValue::Bytes(b)) => raw::geometry_value(&b)?,
         (MYSQL_TYPE_BLOB, MyValue::Bytes(b)) => match col.charset {
             Some(Charset::Binary) | None => Value::Bytes(b),
             Some(cs) if col.json => {

@@ -118,8 +118,9 @@ pub fn read_datetime2(buf: &mut ParseBuf<'_>, fsp: u8) -> Result<Value, String> 
     })
 }
 
-/// A DATETIME as mysql_common reports it, in the event model.
-pub fn datetime_from_mysql(v: &mysql_common::value::Value, fsp: u8) -> Option<Value> {
+/// A DATETIME (or, in a UTC session, a TIMESTAMP: `utc`) as mysql_common reports it,
+/// in the event model.
+pub fn datetime_from_mysql(v: &mysql_common::value::Value, fsp: u8, utc: bool) -> Option<Value> {
     let mysql_common::value::Value::Date(year, month, day, hour, minute, second, micros) = *v
     else {
         return None;
@@ -133,8 +134,41 @@ pub fn datetime_from_mysql(v: &mysql_common::value::Value, fsp: u8) -> Option<Va
         second,
         micros,
         fsp,
-        utc: false,
+        utc,
     })
+}
+
+/// A TIME as mysql_common reports it (days and hours apart), in the event model.
+pub fn time_from_mysql(v: &mysql_common::value::Value, fsp: u8) -> Option<Value> {
+    let mysql_common::value::Value::Time(negative, days, h, minute, second, micros) = *v else {
+        return None;
+    };
+    Some(Value::Time {
+        negative,
+        hours: days * 24 + h as u32,
+        minute,
+        second,
+        micros,
+        fsp,
+    })
+}
+
+/// A BIT value's bytes (big endian) as a number.
+pub fn bit_value(b: &[u8]) -> Result<Value, String> {
+    if b.len() > 8 {
+        return Err(format!("BIT value of {} bytes", b.len()));
+    }
+    Ok(Value::UInt(
+        b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64),
+    ))
+}
+
+/// A stored GEOMETRY (4-byte SRID, then WKB): events carry the WKB.
+pub fn geometry_value(b: &[u8]) -> Result<Value, String> {
+    if b.len() < 4 {
+        return Err("GEOMETRY shorter than its SRID".into());
+    }
+    Ok(Value::Bytes(b[4..].to_vec()))
 }
 
 /// TIMESTAMP(fsp): seconds since the epoch (4 bytes, big endian) and the fraction in
@@ -447,7 +481,7 @@ mod tests {
                 my_datetime_packed_from_binary(&bytes[..], fsp as u32).unwrap(),
             );
             let got = read_datetime2(&mut ParseBuf(&bytes), fsp).unwrap();
-            let want = datetime_from_mysql(&oracle, fsp).expect("a date");
+            let want = datetime_from_mysql(&oracle, fsp, false).expect("a date");
             assert_eq!(got, want, "fsp {fsp}");
         }
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{json_columns, stream_type_name};
 use super::config::MysqlSourceConfig;
 use super::connect::connect;
+use super::raw;
 use super::stream::{file_sequence, row_version};
 use crate::config::Secret;
 use crate::event::{now_ms, Column, Position, Row, TableSchema, Value};
@@ -536,41 +537,17 @@ fn convert(c: &SnapColumn, v: MyValue) -> Result<Value, String> {
         ("float", MyValue::Double(d)) => Value::Float(d as f32),
         ("double" | "real" | "double precision", MyValue::Double(d)) => Value::Double(d),
         ("decimal" | "numeric", MyValue::Bytes(b)) => Value::Decimal(text(b)?),
-        ("bit", MyValue::Bytes(b)) => {
-            if b.len() > 8 {
-                return Err(format!("BIT value of {} bytes", b.len()));
-            }
-            Value::UInt(b.iter().fold(0u64, |acc, x| (acc << 8) | *x as u64))
-        }
+        ("bit", MyValue::Bytes(b)) => raw::bit_value(&b)?,
         ("date", MyValue::Date(year, month, day, ..)) => Value::Date { year, month, day },
         ("datetime", v @ MyValue::Date(..)) => {
-            super::raw::datetime_from_mysql(&v, c.fsp).ok_or("bad DATETIME")?
+            raw::datetime_from_mysql(&v, c.fsp, false).expect("matched a date")
         }
-        ("timestamp", MyValue::Date(year, month, day, hour, minute, second, micros)) => {
-            if (year, month, day) == (0, 0, 0) {
-                super::raw::timestamp_value(0, 0, c.fsp)
-            } else {
-                Value::DateTime {
-                    year,
-                    month,
-                    day,
-                    hour,
-                    minute,
-                    second,
-                    micros,
-                    fsp: c.fsp,
-                    utc: true,
-                }
-            }
+        // The zero TIMESTAMP is 0 seconds in the binlog.
+        ("timestamp", MyValue::Date(0, 0, 0, ..)) => raw::timestamp_value(0, 0, c.fsp),
+        ("timestamp", v @ MyValue::Date(..)) => {
+            raw::datetime_from_mysql(&v, c.fsp, true).expect("matched a date")
         }
-        ("time", MyValue::Time(negative, days, h, minute, second, micros)) => Value::Time {
-            negative,
-            hours: days * 24 + h as u32,
-            minute,
-            second,
-            micros,
-            fsp: c.fsp,
-        },
+        ("time", v @ MyValue::Time(..)) => raw::time_from_mysql(&v, c.fsp).expect("matched a time"),
         ("enum", MyValue::Bytes(b)) => Value::String(text(b)?),
         ("set", MyValue::Bytes(b)) => {
             let s = text(b)?;
@@ -584,12 +561,7 @@ fn convert(c: &SnapColumn, v: MyValue) -> Result<Value, String> {
             "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
             | "geometrycollection" | "geometry",
             MyValue::Bytes(b),
-        ) => {
-            if b.len() < 4 {
-                return Err("GEOMETRY shorter than its SRID".into());
-            }
-            Value::Bytes(b[4..].to_vec())
-        }
+        ) => raw::geometry_value(&b)?,
         (_, MyValue::Bytes(b)) if c.json => Value::Json(
             RawValue::from_string(text(b)?)
                 .map_err(|e| format!("JSON column holds invalid JSON: {e}"))?,
