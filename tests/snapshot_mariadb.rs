@@ -104,6 +104,17 @@ async fn snapshot_of_200k_rows_under_writes_equals_the_source() {
     let rows = 200_000;
     let mut conn = admin(SHARED_PORT).await;
     create_table(&mut conn, &db, rows).await;
+    // A second table, without a primary key, read alongside (two readers by default).
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.nokey (v INT, w VARCHAR(10))"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.nokey SELECT seq % 100, 'x' FROM `{db}`.seq_1_to_30000"),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 5000");
     let mut daemon = spawn_daemon(&c);
@@ -114,6 +125,10 @@ async fn snapshot_of_200k_rows_under_writes_equals_the_source() {
     stop_writer.store(true, Ordering::Relaxed);
     let statements = w.await.unwrap();
     assert!(statements > 100, "the writer ran alongside: {statements}");
+    let nokey = format!("{db}.nokey");
+    wait_snapshot(&c, &nokey, |s| s["status"] == "done").await;
+    assert_eq!(snapshot_status(&c, &nokey)["rows"], 30_000);
+    assert!(daemon_log(&c).contains("read in one pass"));
     let want = source_rows(&db).await;
     let log = dir.path().join("log");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -220,7 +235,28 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+
+    // Asked again while it runs: the daemon snapshots the table anew (a new run in
+    // `status`), and the index still equals the source.
+    let first = snapshot_status(&c, &table);
+    let (code, out, err) = tributary(&[
+        "snapshot",
+        "--connector",
+        c.to_str().unwrap(),
+        "--table",
+        &table,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the running daemon starts it"), "{out}");
+    wait_snapshot(&c, &table, |s| {
+        s["status"] == "done" && s["started_ms"].as_u64() > first["started_ms"].as_u64()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let docs = es_documents_by_id(&url, &alias).await;
+    assert_eq!(docs.len(), want.len());
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert!(daemon_log(&c).contains("snapshot requested"));
 }
 
 /// The log replayed in order (r/c/u set the row, d removes it): the state it describes.
@@ -228,6 +264,9 @@ fn replay_log(log: &std::path::Path) -> (BTreeMap<i64, (i64, String)>, Vec<i64>)
     let mut state = BTreeMap::new();
     let mut snapshot_ids = Vec::new();
     for e in read_events(log) {
+        if e["source"]["table"] != "t" {
+            continue;
+        }
         let row = if e["op"] == "d" {
             &e["before"]
         } else {

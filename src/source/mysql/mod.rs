@@ -108,6 +108,15 @@ impl Source for MysqlSource {
                 state.request(&t, 0);
             }
         }
+        let mut tx = tx;
+        if !state.tables.is_empty() {
+            // Stored with the first checkpoint (the start position's), so a crash before
+            // the first chunk still finds the tables queued.
+            let v = serde_json::to_value(&state).expect("the state serializes");
+            tx.send(crate::event::SourceMessage::SnapshotProgress(Arc::new(v)))
+                .await
+                .map_err(|_| SourceError::Closed)?;
+        }
         let state = Arc::new(std::sync::Mutex::new(state));
         let (merger, requests) = crate::snapshot::merge::Merger::new(state.clone());
         let reader = Arc::new(snapshot::Reader {
