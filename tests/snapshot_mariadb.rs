@@ -338,3 +338,63 @@ async fn kill_9_mid_snapshot_resumes_from_the_last_chunk() {
         snapshot_ids.len()
     );
 }
+
+/// The snapshot reader's connection is killed on the server mid-snapshot: the reader
+/// retries from the stream's recorded progress, and the log still equals the source
+/// with no snapshot row twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_reader_connection_is_retried_from_the_last_chunk() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("snapretry");
+    let rows = 100_000;
+    let mut conn = admin(SHARED_PORT).await;
+    create_table(&mut conn, &db, rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 500");
+    let table = format!("{db}.t");
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let w = writer(db.clone(), rows, stop_writer.clone());
+    let mut daemon = spawn_daemon(&c);
+    // Kill the reader's connection (tributary's one that is not the binlog dump) twice.
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while kills < 2 && Instant::now() < deadline {
+        let ids: Vec<u64> = conn
+            .query(format!(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'tributary' \
+                 AND COMMAND <> 'Binlog Dump' AND INFO LIKE '%`{db}`.`t`%'"
+            ))
+            .await
+            .unwrap();
+        for id in ids {
+            if conn
+                .query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .is_ok()
+            {
+                kills += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(kills >= 1, "the reader's connection was found and killed");
+    wait_snapshot(&c, &table, |s| s["status"] == "done").await;
+    stop_writer.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert!(
+        daemon_log(&c).contains("snapshot read failed; retrying"),
+        "{}",
+        daemon_log(&c)
+    );
+    let (state, snapshot_ids) = replay_log(&dir.path().join("log"));
+    assert!(
+        state == source_rows(&db).await,
+        "the log replayed equals the source"
+    );
+    let mut unique = snapshot_ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), snapshot_ids.len(), "no snapshot row twice");
+}

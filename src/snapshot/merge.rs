@@ -166,11 +166,22 @@ impl Merger {
             return Ok(());
         }
         let mut emitted = 0u64;
+        // The key of the last row received: where a chunk cut short resumes.
+        let mut last_seen: Option<Vec<Value>> = None;
         let ts = now_ms();
         let end = loop {
             match c.rows.recv().await {
                 Some(Batch::Rows(rows)) => {
                     for row in rows {
+                        if !c.table.primary_key.is_empty() {
+                            last_seen = Some(
+                                c.table
+                                    .primary_key
+                                    .iter()
+                                    .map(|&i| row[i].clone())
+                                    .collect(),
+                            );
+                        }
                         let moved = truncated
                             || key_bytes(&c.table, &row)
                                 .and_then(|k| changed.get(&k))
@@ -198,10 +209,12 @@ impl Merger {
                 None => break Err("the chunk reader stopped".to_string()),
             }
         };
-        let (finished, last_key) = match end {
-            Ok(x) => x,
+        let (finished, last_key, failure) = match end {
+            Ok((finished, last_key)) => (finished, last_key, None),
+            // Cut short (the reader lost its connection): the rows emitted are right as
+            // of the cut, so they count; the retry goes on after the last one.
+            Err(m) if last_seen.is_some() => (false, last_seen, Some(m)),
             Err(m) => {
-                // Rows sent so far are repeated by the retry; nothing is recorded.
                 self.tracked.entry(name).or_default();
                 let _ = c.emitted.send(Err(m));
                 return Ok(());
@@ -238,10 +251,13 @@ impl Merger {
         tx.send(SourceMessage::Commit(at.clone()))
             .await
             .map_err(|_| ())?;
-        let _ = c.emitted.send(Ok(Emitted {
-            rows: emitted,
-            finished,
-        }));
+        let _ = c.emitted.send(match failure {
+            None => Ok(Emitted {
+                rows: emitted,
+                finished,
+            }),
+            Some(m) => Err(m),
+        });
         Ok(())
     }
 }

@@ -94,11 +94,19 @@ impl Reader {
                 let stop = shutdown.clone();
                 running.push(tokio::spawn(async move {
                     while let Some(table) = queue.lock().await.pop_front() {
-                        if let Err(e) = me.table(&table, &stop).await {
-                            if !stop.is_cancelled() {
-                                tracing::error!(table, error = %e, "snapshot stopped; it resumes from its last chunk on the next start");
+                        // A failed read (lost connection, server restart) is retried
+                        // with backoff, from the last chunk the stream emitted.
+                        let mut backoff = std::time::Duration::from_secs(1);
+                        while let Err(e) = me.table(&table, &stop).await {
+                            if stop.is_cancelled() {
+                                return;
                             }
-                            return;
+                            tracing::warn!(table, error = %e, retry_in_s = backoff.as_secs(), "snapshot read failed; retrying from its last chunk");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stop.cancelled() => return,
+                            }
+                            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
                         }
                     }
                 }));
@@ -175,7 +183,16 @@ impl Reader {
                 ChunkEnd::Finished => break,
                 ChunkEnd::More(last) => after = Some(last),
                 ChunkEnd::Retry(why) => {
+                    // From where the stream's progress says (a chunk cut short may
+                    // have emitted part of its rows).
                     tracing::debug!(table, why, "snapshot chunk read again");
+                    after = self
+                        .state
+                        .lock()
+                        .expect("not poisoned")
+                        .tables
+                        .get(table)
+                        .and_then(|p| p.after.clone());
                 }
             }
         }
@@ -268,6 +285,10 @@ impl Reader {
             Ok(None) => return self.settle(emitted_rx, None).await,
             Err(e) => {
                 let _ = rows_tx.send(Batch::Failed(e.to_string())).await;
+                // Wait for the stream to settle what it got, so the retry starts after
+                // the progress it recorded.
+                drop(rows_tx);
+                let _ = emitted_rx.await;
                 return Err(sql_err(e));
             }
         };
