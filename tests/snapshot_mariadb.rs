@@ -32,9 +32,14 @@ async fn create_table(conn: &mut mysql_async::Conn, db: &str, rows: u64) {
     .await;
 }
 
-/// Inserts, updates and deletes spread over ids 1..=max+max/10 until `stop`; returns
-/// the number of statements.
-fn writer(db: String, max: u64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+/// Inserts, updates and deletes spread over ids 1..=max+max/10 until `stop`, pausing
+/// `pause_ms` after each; returns the number of statements.
+fn writer(
+    db: String,
+    max: u64,
+    stop: Arc<AtomicBool>,
+    pause_ms: u64,
+) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut conn = admin(SHARED_PORT).await;
         let mut x: u64 = 12345;
@@ -56,7 +61,7 @@ fn writer(db: String, max: u64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
             n += 1;
             // A steady writer, not a flood: the machine has two cores for the server,
             // the Elasticsearch stand-in, the daemon and this test.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         }
         n
     })
@@ -91,7 +96,7 @@ async fn wait_snapshot(connector: &std::path::Path, table: &str, until: impl Fn(
             "snapshot status {s}\n{}",
             daemon_log(connector)
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -117,14 +122,14 @@ async fn snapshot_of_200k_rows_under_writes_equals_the_source() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 5000");
-    let mut daemon = spawn_daemon(&c);
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let w = writer(db.clone(), rows, stop_writer.clone());
+    let w = writer(db.clone(), rows, stop_writer.clone(), 1);
+    let mut daemon = spawn_daemon(&c);
     let table = format!("{db}.t");
     wait_snapshot(&c, &table, |s| s["status"] == "done").await;
     stop_writer.store(true, Ordering::Relaxed);
     let statements = w.await.unwrap();
-    assert!(statements > 100, "the writer ran alongside: {statements}");
+    assert!(statements > 20, "the writer ran alongside: {statements}");
     let nokey = format!("{db}.nokey");
     wait_snapshot(&c, &nokey, |s| s["status"] == "done").await;
     assert_eq!(snapshot_status(&c, &nokey)["rows"], 30_000);
@@ -194,7 +199,7 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
     add_es_sink(&c, &url, "");
     let mut daemon = spawn_daemon(&c);
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let w = writer(db.clone(), rows, stop_writer.clone());
+    let w = writer(db.clone(), rows, stop_writer.clone(), 20);
     let table = format!("{db}.t");
     wait_snapshot(&c, &table, |s| s["status"] == "done").await;
     stop_writer.store(true, Ordering::Relaxed);
@@ -295,16 +300,17 @@ fn replay_log(log: &std::path::Path) -> (BTreeMap<i64, (i64, String)>, Vec<i64>)
 async fn kill_9_mid_snapshot_resumes_from_the_last_chunk() {
     mariadb(SHARED_PORT, "");
     let db = unique_db("snapkill");
-    let rows = 60_000;
+    let rows = 100_000;
     let mut conn = admin(SHARED_PORT).await;
     create_table(&mut conn, &db, rows).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 2000");
+    // Small chunks make the snapshot last long enough to be killed in the middle.
+    let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 100");
     let table = format!("{db}.t");
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let w = writer(db.clone(), rows, stop_writer.clone());
+    let w = writer(db.clone(), rows, stop_writer.clone(), 5);
     let mut daemon = spawn_daemon(&c);
-    wait_snapshot(&c, &table, |s| s["rows"].as_u64().unwrap_or(0) >= 10_000).await;
+    wait_snapshot(&c, &table, |s| s["rows"].as_u64().unwrap_or(0) >= 5_000).await;
     kill9(&mut daemon);
     let first = snapshot_status(&c, &table);
     assert_eq!(first["status"], "running", "{first}");
@@ -353,7 +359,7 @@ async fn a_killed_reader_connection_is_retried_from_the_last_chunk() {
     let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 500");
     let table = format!("{db}.t");
     let stop_writer = Arc::new(AtomicBool::new(false));
-    let w = writer(db.clone(), rows, stop_writer.clone());
+    let w = writer(db.clone(), rows, stop_writer.clone(), 5);
     let mut daemon = spawn_daemon(&c);
     // Kill the reader's connection (tributary's one that is not the binlog dump) twice.
     let mut kills = 0;
