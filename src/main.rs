@@ -208,7 +208,7 @@ fn init_tracing(cli: &Cli) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| tributary::snapshot::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();

@@ -3,22 +3,45 @@
 //! per finished table. `tributary status` reads them from the stored progress.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{State, Status, TableProgress};
 
+/// The bars on stderr, once a snapshot drew one.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// stderr for log lines: while bars are drawn, each line is written with the bars
+/// cleared and drawn again below it, so neither garbles the other.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match BARS.get() {
+            Some(bars) => bars
+                .suspend(|| std::io::stderr().write_all(buf))
+                .map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 pub struct Progress {
     /// Bars only when stderr is a terminal (logs stay clean under a service manager).
-    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    bars: Option<(&'static MultiProgress, HashMap<String, ProgressBar>)>,
 }
 
 impl Progress {
     pub fn new(_state: &State) -> Self {
         let bars = std::io::stderr().is_terminal().then(|| {
             (
-                MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
                 HashMap::new(),
             )
         });
@@ -53,9 +76,15 @@ impl Progress {
             let bar = multi.add(ProgressBar::new(p.estimate.max(1)));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:30} [{bar:30}] {human_pos}/~{human_len} rows  {per_sec}  eta {eta}",
+                    "{prefix:30} [{bar:30}] {human_pos}/~{human_len} rows  {rate}  eta {eta}",
                 )
                 .expect("a valid template")
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                    },
+                )
                 .progress_chars("=> "),
             );
             bar.set_prefix(table.to_string());
