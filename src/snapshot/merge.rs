@@ -274,3 +274,125 @@ pub fn key_bytes(schema: &TableSchema, row: &Row) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::queue::{bounded, QueueReceiver};
+
+    fn schema() -> Arc<TableSchema> {
+        Arc::new(crate::schema::test_schema(
+            1,
+            &[("id", "int"), ("v", "text")],
+        ))
+    }
+
+    fn row(id: i64, v: &str) -> Row {
+        vec![Value::Int(id), Value::String(v.into())]
+    }
+
+    fn at(lsn: u64) -> Position {
+        Position::Wal { lsn }
+    }
+
+    fn change(op: Op, id: i64, lsn: u64) -> ChangeEvent {
+        ChangeEvent {
+            op,
+            table: schema(),
+            pos: at(lsn),
+            txid: None,
+            source_ts_ms: 0,
+            before: None,
+            after: (op != Op::Truncate).then(|| row(id, "streamed")),
+            version: lsn,
+            ts_ms: 0,
+        }
+    }
+
+    /// A merger tracking `s.t`, and a chunk of `rows` cut at `cut` already queued.
+    async fn setup(
+        cut: u64,
+        rows: Vec<Row>,
+    ) -> (Merger, oneshot::Receiver<Result<Emitted, String>>) {
+        let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
+        let (ack, _) = oneshot::channel();
+        m.take(Request::Track {
+            table: "s.t".into(),
+            ack,
+        });
+        let (rows_tx, rows_rx) = mpsc::channel(4);
+        let (emitted_tx, emitted_rx) = oneshot::channel();
+        m.take(Request::Chunk(Chunk {
+            table: schema(),
+            cut: at(cut),
+            version: cut,
+            rows: rows_rx,
+            emitted: emitted_tx,
+        }));
+        let last_key = rows.last().map(|r| vec![r[0].clone()]);
+        rows_tx.send(Batch::Rows(rows)).await.unwrap();
+        rows_tx
+            .send(Batch::End {
+                finished: true,
+                last_key,
+            })
+            .await
+            .unwrap();
+        (m, emitted_rx)
+    }
+
+    async fn drain(tx: &mut QueueSender, rx: &mut QueueReceiver) -> Vec<SourceMessage> {
+        tx.flush().await.unwrap();
+        let mut out = Vec::new();
+        while let Ok(Some(b)) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), rx.recv()).await
+        {
+            out.extend(b.messages);
+        }
+        out
+    }
+
+    fn read_ids(messages: &[SourceMessage]) -> Vec<(i64, u64)> {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                SourceMessage::Change(e) if e.op == Op::Read => match e.after.as_ref()?[0] {
+                    Value::Int(id) => Some((id, e.version)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rows_changed_after_the_cut_are_left_out() {
+        let (mut tx, mut rx) = bounded(1024, 1 << 20);
+        let (mut m, emitted) = setup(100, vec![row(1, "a"), row(2, "b"), row(3, "c")]).await;
+        m.note(&change(Op::Update, 1, 90)); // before the cut: the chunk has it
+        m.note(&change(Op::Update, 2, 110)); // after: the stream carried it
+                                             // The stream has not reached the cut: nothing yet.
+        m.emit_due(&at(95), &mut tx).await.unwrap();
+        assert!(m.has_waiting());
+        m.emit_due(&at(120), &mut tx).await.unwrap();
+        let out = drain(&mut tx, &mut rx).await;
+        assert_eq!(read_ids(&out), vec![(1, 100), (3, 100)]);
+        assert!(matches!(
+            out[out.len() - 2],
+            SourceMessage::SnapshotProgress(_)
+        ));
+        assert!(matches!(&out[out.len() - 1], SourceMessage::Commit(p) if *p == at(120)));
+        let e = emitted.await.unwrap().unwrap();
+        assert_eq!((e.rows, e.finished), (2, true));
+    }
+
+    #[tokio::test]
+    async fn a_truncate_after_the_cut_leaves_every_row_out() {
+        let (mut tx, mut rx) = bounded(1024, 1 << 20);
+        let (mut m, emitted) = setup(100, vec![row(1, "a"), row(2, "b")]).await;
+        m.note(&change(Op::Truncate, 0, 105));
+        m.emit_due(&at(120), &mut tx).await.unwrap();
+        assert!(read_ids(&drain(&mut tx, &mut rx).await).is_empty());
+        assert_eq!(emitted.await.unwrap().unwrap().rows, 0);
+    }
+}

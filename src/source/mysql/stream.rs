@@ -64,6 +64,15 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// Hands a change on. Every change goes through here: a snapshot merge must see
+    /// each one (a TRUNCATE too) to leave out the chunk rows it made stale.
+    async fn send_change(&mut self, tx: &mut QueueSender, e: ChangeEvent) -> Result<(), Stop> {
+        self.merger.note(&e);
+        tx.send(SourceMessage::Change(e))
+            .await
+            .map_err(|_| Stop::Closed)
+    }
+
     /// The position of a row event starting at `offset` in the current file, with the
     /// transaction's GTID on MariaDB.
     fn event_position(&self, offset: u64) -> Position {
@@ -493,14 +502,11 @@ impl Streamer<'_> {
                 };
                 let start = log_pos.saturating_sub(header.event_size() as u64);
                 let ts = header.timestamp() as u64 * 1000;
-                let messages = self.decode_rows(st, &info, &rows, start, ts).map_err(|m| {
+                let changes = self.decode_rows(st, &info, &rows, start, ts).map_err(|m| {
                     Stop::Fatal(format!("cannot decode a row of {} at {}: {m}", info.schema.qualified_name(), at()))
                 })?;
-                for m in messages {
-                    if let SourceMessage::Change(e) = &m {
-                        st.merger.note(e);
-                    }
-                    tx.send(m).await.map_err(|_| Stop::Closed)?;
+                for e in changes {
+                    st.send_change(tx, e).await?;
                 }
             }
             t if t == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 => {
@@ -685,9 +691,7 @@ impl Streamer<'_> {
                         version: row_version(file_sequence(&st.file), start, i as u64),
                         ts_ms: now_ms(),
                     };
-                    tx.send(SourceMessage::Change(e))
-                        .await
-                        .map_err(|_| Stop::Closed)?;
+                    st.send_change(tx, e).await?;
                 }
             }
             Ddl::Unparsed(reason) => {
@@ -809,7 +813,7 @@ impl Streamer<'_> {
         rows: &RowsEventData<'_>,
         start: u64,
         source_ts_ms: u64,
-    ) -> Result<Vec<SourceMessage>, String> {
+    ) -> Result<Vec<ChangeEvent>, String> {
         let n = info.columns.len();
         if rows.num_columns() as usize != n {
             return Err(format!(
@@ -846,7 +850,7 @@ impl Streamer<'_> {
                 Some(p) => Some(read_image(&mut buf, info, p).map_err(|e| e.to_string())?),
                 None => None,
             };
-            out.push(SourceMessage::Change(ChangeEvent {
+            out.push(ChangeEvent {
                 op,
                 table: info.schema.clone(),
                 pos: st.event_position(start),
@@ -856,7 +860,7 @@ impl Streamer<'_> {
                 after,
                 version: row_version(seq, start, idx),
                 ts_ms,
-            }));
+            });
             idx += 1;
         }
         Ok(out)
