@@ -31,8 +31,8 @@ pub enum Batch {
         finished: bool,
         last_key: Option<Vec<Value>>,
     },
-    /// The read failed; the chunk is dropped (nothing of it was emitted yet, or the
-    /// rows emitted are repeated by the next attempt, which versioned writes absorb).
+    /// The read failed. Rows already emitted count (they are right as of the cut) and
+    /// the retry goes on after the last one; with none, the chunk is read again.
     Failed(String),
 }
 
@@ -81,14 +81,13 @@ pub struct Merger {
 impl Merger {
     pub fn new(state: Arc<Mutex<State>>) -> (Merger, Requests) {
         let (tx, rx) = mpsc::channel(16);
-        let progress = Progress::new(&state.lock().expect("not poisoned"));
         (
             Merger {
                 requests: rx,
                 tracked: HashMap::new(),
                 waiting: VecDeque::new(),
                 state,
-                progress,
+                progress: Progress::default(),
             },
             tx,
         )
@@ -172,16 +171,16 @@ impl Merger {
         let end = loop {
             match c.rows.recv().await {
                 Some(Batch::Rows(rows)) => {
+                    if let Some(last) = rows.last().filter(|_| !c.table.primary_key.is_empty()) {
+                        last_seen = Some(
+                            c.table
+                                .primary_key
+                                .iter()
+                                .map(|&i| last[i].clone())
+                                .collect(),
+                        );
+                    }
                     for row in rows {
-                        if !c.table.primary_key.is_empty() {
-                            last_seen = Some(
-                                c.table
-                                    .primary_key
-                                    .iter()
-                                    .map(|&i| row[i].clone())
-                                    .collect(),
-                            );
-                        }
                         let moved = truncated
                             || key_bytes(&c.table, &row)
                                 .and_then(|k| changed.get(&k))

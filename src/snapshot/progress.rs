@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{State, Status, TableProgress};
+use super::{Status, TableProgress};
 
 /// The bars on stderr, once a snapshot drew one.
 static BARS: OnceLock<MultiProgress> = OnceLock::new();
@@ -37,8 +37,8 @@ pub struct Progress {
     bars: Option<(&'static MultiProgress, HashMap<String, ProgressBar>)>,
 }
 
-impl Progress {
-    pub fn new(_state: &State) -> Self {
+impl Default for Progress {
+    fn default() -> Self {
         let bars = std::io::stderr().is_terminal().then(|| {
             (
                 BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
@@ -47,7 +47,9 @@ impl Progress {
         });
         Progress { bars }
     }
+}
 
+impl Progress {
     /// A table's progress changed (a chunk was emitted).
     pub fn update(&mut self, table: &str, p: &TableProgress) {
         crate::metrics::snapshot_rows(table, p.rows, p.estimate);

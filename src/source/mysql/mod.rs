@@ -51,12 +51,17 @@ impl MysqlSource {
         }
     }
 
+    /// The source kind events name (`mariadb` or `mysql`).
+    fn kind(&self) -> &'static str {
+        if self.mariadb {
+            "mariadb"
+        } else {
+            "mysql"
+        }
+    }
+
     pub fn describe(&self) -> String {
-        format!(
-            "{} {}",
-            if self.mariadb { "mariadb" } else { "mysql" },
-            self.cfg.address()
-        )
+        format!("{} {}", self.kind(), self.cfg.address())
     }
 }
 
@@ -122,7 +127,7 @@ impl Source for MysqlSource {
         let reader = Arc::new(snapshot::Reader {
             cfg: self.cfg.clone(),
             mariadb: self.mariadb,
-            kind: if self.mariadb { "mariadb" } else { "mysql" },
+            kind: self.kind(),
             connector: self.connector.clone(),
             store: self.store.clone(),
             password: password.clone(),
@@ -135,7 +140,7 @@ impl Source for MysqlSource {
         let streamer = stream::Streamer {
             cfg: &self.cfg,
             mariadb: self.mariadb,
-            kind: if self.mariadb { "mariadb" } else { "mysql" },
+            kind: self.kind(),
             connector: self.connector.clone(),
             store: self.store.clone(),
             filter: self.cfg.filter(),

@@ -64,8 +64,8 @@ pub(super) struct Reader {
 
 impl Reader {
     /// Works through the tables the state lists as unfinished (`workers` at a time),
-    /// and through requests as they come; ends at shutdown. An error stops the
-    /// snapshot (logged; the stream keeps running, and the next start resumes it).
+    /// and through requests as they come; ends at shutdown. A failed read is retried
+    /// with backoff while the stream keeps running.
     pub async fn run(self: Arc<Self>, workers: usize, shutdown: CancellationToken) {
         let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::new()));
         let state_dir = self.store.dir().to_path_buf();
@@ -84,6 +84,11 @@ impl Reader {
             };
             for t in now_pending {
                 if queued.insert(t.clone()) {
+                    if !self.mariadb {
+                        // Said once per table; retrying cannot help.
+                        tracing::error!(table = %t, "snapshot not taken: it needs MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet");
+                        continue;
+                    }
                     queue.lock().await.push_back(t);
                 }
             }
@@ -129,9 +134,6 @@ impl Reader {
     }
 
     async fn table(&self, table: &str, stop: &CancellationToken) -> Result<(), String> {
-        if !self.mariadb {
-            return Err("snapshots need MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet".into());
-        }
         let mut conn = connect(&self.cfg, self.password.as_ref())
             .await
             .map_err(|e| e.message().to_string())?;
@@ -343,10 +345,10 @@ impl Reader {
         let Some((db, name)) = split(conn, table).await.map_err(sql_err)? else {
             return Ok(None);
         };
-        type ColRow = (String, String, String, Option<u64>, Option<String>, String);
+        type ColRow = (String, String, String, Option<u64>, Option<String>);
         let cols: Vec<ColRow> = conn
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, DATETIME_PRECISION, CHARACTER_SET_NAME, COLUMN_KEY \
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, DATETIME_PRECISION, CHARACTER_SET_NAME \
                  FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (&db, &name),
             )
@@ -377,7 +379,7 @@ impl Reader {
         };
         let mut columns = Vec::with_capacity(cols.len());
         let mut event_columns = Vec::with_capacity(cols.len());
-        for (cname, data_type, column_type, precision, charset, _) in cols {
+        for (cname, data_type, column_type, precision, charset) in cols {
             let is_json = json.contains(&cname);
             event_columns.push(Column {
                 name: cname.clone(),
