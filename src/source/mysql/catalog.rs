@@ -8,6 +8,7 @@ use mysql_async::Conn;
 
 use super::config::MysqlSourceConfig;
 use crate::event::Column;
+use crate::source::filter::TableFilter;
 
 /// MariaDB's JSON type is LONGTEXT plus a `json_valid(col)` check constraint: the
 /// columns of `db.table` that have one.
@@ -57,6 +58,30 @@ pub fn stream_type_name(data_type: &str, column_type: &str, json: bool) -> Strin
     } else {
         base
     }
+}
+
+/// A MySQL identifier in backquotes.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// The existing base tables `filter` includes, as (db, table), in name order.
+pub async fn included_tables(
+    conn: &mut Conn,
+    filter: &TableFilter,
+) -> Result<Vec<(String, String)>, mysql_async::Error> {
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' \
+             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME",
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(db, t)| filter.matches(db, t))
+        .collect())
 }
 
 /// The included tables' columns, in order.

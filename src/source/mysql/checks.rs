@@ -4,6 +4,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
+use super::catalog::quote_ident;
 use super::config::MysqlSourceConfig;
 use super::connect::{classify, ConnError};
 
@@ -181,18 +182,9 @@ pub async fn check_server(
     }
 
     // SELECT on every included table that exists.
-    let filter = cfg.filter();
-    let tables: Vec<(String, String)> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
-             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ('mysql','information_schema','performance_schema','sys')",
-        )
+    let included = super::catalog::included_tables(conn, &cfg.filter())
         .await
         .map_err(|e| classify(cfg, &e))?;
-    let included: Vec<_> = tables
-        .into_iter()
-        .filter(|(d, t)| filter.matches(d, t))
-        .collect();
     if included.is_empty() {
         r.warnings.push(format!(
             "no existing table visible to {account} matches [source] include {:?}: tables created later are captured; \
@@ -202,9 +194,9 @@ pub async fn check_server(
     }
     for (db, t) in &included {
         let sql = format!(
-            "SELECT * FROM `{}`.`{}` LIMIT 0",
-            db.replace('`', "``"),
-            t.replace('`', "``")
+            "SELECT * FROM {}.{} LIMIT 0",
+            quote_ident(db),
+            quote_ident(t)
         );
         if let Err(e) = conn.query_drop(sql).await {
             r.errors.push(format!("{account} cannot SELECT from {db}.{t}: {e}; GRANT SELECT ON `{db}`.* TO {account};"));

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::{json_columns, stream_type_name};
+use super::catalog::{self, json_columns, quote_ident, stream_type_name};
 use super::config::MysqlSourceConfig;
 use super::connect::connect;
 use super::raw;
@@ -459,19 +459,15 @@ async fn split(
     Ok(None)
 }
 
-fn quote(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
 /// The chunk's SELECT and its parameters (the key to start after).
 fn select(t: &SnapTable, after: Option<&Vec<Value>>, limit: u64) -> (String, Vec<MyValue>) {
     let s = &t.schema;
-    let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
+    let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let mut sql = format!(
         "SELECT {} FROM {}.{}",
         cols.join(", "),
-        quote(&s.db),
-        quote(&s.table)
+        quote_ident(&s.db),
+        quote_ident(&s.table)
     );
     let mut params = Vec::new();
     if t.chunk_key.is_empty() {
@@ -480,7 +476,7 @@ fn select(t: &SnapTable, after: Option<&Vec<Value>>, limit: u64) -> (String, Vec
     let key: Vec<String> = t
         .chunk_key
         .iter()
-        .map(|&i| quote(&s.columns[i].name))
+        .map(|&i| quote_ident(&s.columns[i].name))
         .collect();
     if let Some(after) = after {
         let marks = vec!["?"; key.len()].join(", ");
@@ -605,19 +601,12 @@ pub(super) async fn included_tables(
     let mut conn = connect(cfg, password)
         .await
         .map_err(|e| e.message().to_string())?;
-    let rows: Vec<(String, String)> = conn
-        .query(
-            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
-             WHERE TABLE_TYPE = 'BASE TABLE' \
-             AND TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys') \
-             ORDER BY TABLE_SCHEMA, TABLE_NAME",
-        )
+    let tables = catalog::included_tables(&mut conn, filter)
         .await
         .map_err(|e| format!("listing tables at {}: {e}", cfg.address()))?;
     let _ = conn.disconnect().await;
-    Ok(rows
+    Ok(tables
         .into_iter()
-        .filter(|(db, t)| filter.matches(db, t))
         .map(|(db, t)| format!("{db}.{t}"))
         .collect())
 }
