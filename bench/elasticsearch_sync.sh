@@ -132,16 +132,7 @@ reset_pg_bench_table bench_es bench_es
 load_sql postgres | "${P[@]}"
 until=$("${P[@]}" -tA -c "SELECT pg_current_wal_insert_lsn()")
 rows=$("${P[@]}" -tA -c "SELECT count(*) FROM bench.orders")
-source_toml="kind = \"postgres\"
-port = $PGPORT_BENCH
-database = \"app\"
-user = \"tributary\"
-password = \"tributary\"
-sslmode = \"disable\"
-slot = \"bench_es\"
-publication = \"bench_es\"
-include = [\"bench.orders\"]
-status_interval_secs = 1"
+source_toml=$(pg_source_toml bench_es bench_es)
 echo "PostgreSQL: tributary -> stand-in..." >&2
 read -r pg_s pg_rss _ < <(run_tributary elasticsearch)
 docs=$(curl -s "$ES/bench_orders/_count" | python3 -c "import sys,json; print(json.load(sys.stdin)['count'])")

@@ -48,6 +48,20 @@ SQL
   } | "${P[@]}" >/dev/null
 }
 
+# The [source] of the PostgreSQL bench server on $PGPORT_BENCH: slot $1, publication $2.
+pg_source_toml() {
+  echo "kind = \"postgres\"
+port = $PGPORT_BENCH
+database = \"app\"
+user = \"tributary\"
+password = \"tributary\"
+sslmode = \"disable\"
+slot = \"$1\"
+publication = \"$2\"
+include = [\"bench.orders\"]
+status_interval_secs = 1"
+}
+
 # A connector file $2/c.toml: [source] $3, one sink of kind $1 (null, log or
 # elasticsearch at $ES), state in $2/state.
 write_connector() {

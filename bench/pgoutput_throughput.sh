@@ -51,16 +51,7 @@ wal_bytes=$("${P[@]}" -tA -c "SELECT pg_wal_lsn_diff('$until', restart_lsn) FROM
 "${P[@]}" -c "CHECKPOINT" >/dev/null
 echo "loaded in ${load_s}s: $expected row changes, $wal_bytes WAL bytes up to $until" >&2
 
-source_toml="kind = \"postgres\"
-port = $PGPORT_BENCH
-database = \"app\"
-user = \"tributary\"
-password = \"tributary\"
-sslmode = \"disable\"
-slot = \"bench_@SINK@\"
-publication = \"bench\"
-include = [\"bench.orders\"]
-status_interval_secs = 1"
+source_toml=$(pg_source_toml "bench_@SINK@" bench)
 # The server side of each run: CPU seconds of the walsender serving it, sampled from
 # /proc while it lives (the last sample is within 0.2 s of its end).
 walsender_start() { # $1 = application_name of the reader
