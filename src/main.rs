@@ -259,7 +259,10 @@ fn snapshot(path: &Path, tables: &[String]) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let running = OffsetStore::open(&cfg.state.dir).is_err();
+    let running = matches!(
+        OffsetStore::open(&cfg.state.dir),
+        Err(tributary::offsets::OffsetError::InUse { .. })
+    );
     for t in tables {
         tributary::snapshot::requests::request(&cfg.state.dir, t)
             .with_context(|| format!("recording the request in {}", cfg.state.dir.display()))?;
