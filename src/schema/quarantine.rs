@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::stored::StoredEvent;
 use crate::event::{ChangeEvent, PerSchema};
-use crate::sink::log::{read_log, LogRecordError, LogSink, LogSinkConfig};
+use crate::sink::log::{read_log, Cursor, LogRecordError, LogSink, LogSinkConfig};
 use crate::sink::{Ack, Sink, SinkError};
 
 /// The id its cursor is stored under, next to the sinks' cursors.
@@ -47,7 +47,11 @@ impl QuarantineStream {
 
     /// The cursor of an empty stream: storing it (then opening) empties the stream.
     pub fn empty_cursor() -> serde_json::Value {
-        serde_json::json!({"segment": 0, "offset": 0})
+        serde_json::to_value(Cursor {
+            segment: 0,
+            offset: 0,
+        })
+        .expect("a cursor serializes")
     }
 
     pub fn append(&mut self, epoch: u64, e: &ChangeEvent) -> Result<(), SinkError> {

@@ -9,7 +9,7 @@ mod reader;
 mod writer;
 
 pub use reader::{read_log, LogRecordError, Record};
-pub use writer::LogSink;
+pub use writer::{Cursor, LogSink};
 
 use std::path::{Path, PathBuf};
 
