@@ -1,16 +1,20 @@
 //! The stream side of a snapshot: snapshot rows enter the stream at a transaction
-//! boundary at or past their chunk's cut, minus the rows whose keys the stream changed
-//! after the cut.
+//! boundary past their chunk's cut, minus the rows whose keys the stream changed after
+//! the cut.
 //!
-//! Why that is exact: a chunk holds each row as of its cut. Every change before the cut
-//! is in it; a change after the cut is in the stream. At the boundary where the rows are
-//! emitted, a row the stream did not touch since the cut still has the chunk's value,
-//! and a row it touched has its newer state in the stream already (so the chunk's is
-//! left out). The stream task reads no further while it emits, and tracks the keys of a
-//! table from before its chunk's cut (`Request::Track` is acknowledged first), so no
-//! change between the cut and the emission escapes it.
+//! Why that is exact: a chunk holds each row as of its cut. Every change the cut
+//! includes is in it; every other change is in the stream. At the boundary where the
+//! rows are emitted, a row the stream did not change past the cut still has the chunk's
+//! value, and a row it changed has its newer state in the stream already (so the
+//! chunk's is left out). The stream task reads no further while it emits, and tracks
+//! the keys of a table from before its chunk's cut (`Request::Track` is acknowledged
+//! first), so no change between the cut and the emission escapes it.
+//!
+//! A cut is either a stream position (MariaDB: the binlog position of a consistent
+//! snapshot) or an MVCC snapshot (PostgreSQL: which transactions it saw), due where the
+//! stream shows the chunk's marker (see `Cut`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -20,28 +24,58 @@ use super::{State, Status};
 use crate::event::{now_ms, ChangeEvent, Op, Position, Row, SourceMessage, TableSchema, Value};
 use crate::pipeline::queue::QueueSender;
 
+/// Transactions remembered for the check in `take` (see `SnapshotView::running`): far
+/// more than stream past in the moment between a commit record and its visibility.
+const RECENT_TRANSACTIONS: usize = 16_384;
+
 /// What a chunk reader sends, in order: rows, then the end.
 #[derive(Debug)]
 pub enum Batch {
     Rows(Vec<Row>),
     /// All rows were sent. `finished`: the table has no rows after these;
-    /// `last_key`: the key of the last row read (dropped or not), where the next chunk
-    /// starts.
+    /// `last_key`: the key of the last row read (in the source's own form), where the
+    /// next chunk starts.
     End {
         finished: bool,
         last_key: Option<Vec<Value>>,
     },
-    /// The read failed. Rows already emitted count (they are right as of the cut) and
-    /// the retry goes on after the last one; with none, the chunk is read again.
-    Failed(String),
+    /// The read failed after `last_key` (the key of the last row sent, if any). Rows
+    /// already sent count (they are right as of the cut) and the retry goes on after
+    /// them; with none, the chunk is read again.
+    Failed {
+        why: String,
+        last_key: Option<Vec<Value>>,
+    },
+}
+
+/// What a chunk's rows are consistent with.
+pub enum Cut {
+    /// A stream position: the chunk holds every change at or before it and none after.
+    /// Due at the first boundary at or past it; rows get `version`.
+    Position { at: Position, version: u64 },
+    /// An MVCC snapshot: the chunk holds the changes of the transactions it saw. Due
+    /// where the stream shows its marker, which the reader writes into the stream after
+    /// taking the snapshot (so every transaction the snapshot saw streamed before it).
+    Snapshot(Box<dyn SnapshotView>),
+}
+
+/// An MVCC snapshot as the merge needs it (implemented by the source).
+pub trait SnapshotView: Send + Sync {
+    /// The marker the stream shows where the chunk is due.
+    fn marker(&self) -> &str;
+    /// Whether the snapshot saw the changes of transaction `txid` (as events carry it).
+    fn sees(&self, txid: Option<&str>) -> bool;
+    /// The transactions running when the snapshot was taken, as events name them. A
+    /// transaction's commit can reach the stream a moment before it becomes visible;
+    /// if one of these streamed before the table was tracked, its changes would be
+    /// missed, so the chunk is read again.
+    fn running(&self) -> Vec<String>;
 }
 
 /// One chunk of a table, consistent with the stream at `cut`.
 pub struct Chunk {
     pub table: Arc<TableSchema>,
-    pub cut: Position,
-    /// The version snapshot rows get: the version a change at `cut` would have.
-    pub version: u64,
+    pub cut: Cut,
     pub rows: mpsc::Receiver<Batch>,
     /// Resolved once the chunk was emitted (or dropped): rows emitted, and whether the
     /// table is finished.
@@ -68,12 +102,27 @@ pub enum Request {
 /// The handle readers send requests through.
 pub type Requests = mpsc::Sender<Request>;
 
+/// Where and by which transaction a key last changed.
+struct Changed {
+    pos: Position,
+    txid: Option<Arc<str>>,
+}
+
+/// A tracked table: its changed keys since `since` (a count of `Merger::recent`).
+#[derive(Default)]
+struct Tracked {
+    since: u64,
+    keys: HashMap<Vec<u8>, Changed>,
+}
+
 /// Held by the stream task.
 pub struct Merger {
     requests: mpsc::Receiver<Request>,
-    /// Per tracked table: each changed key and where it last changed.
-    tracked: HashMap<String, HashMap<Vec<u8>, Position>>,
+    tracked: HashMap<String, Tracked>,
     waiting: VecDeque<Chunk>,
+    /// The last transactions that changed included tables, and how many ever did.
+    recent: VecDeque<Arc<str>>,
+    recent_total: u64,
     state: Arc<Mutex<State>>,
     progress: Progress,
 }
@@ -86,6 +135,8 @@ impl Merger {
                 requests: rx,
                 tracked: HashMap::new(),
                 waiting: VecDeque::new(),
+                recent: VecDeque::new(),
+                recent_total: 0,
                 state,
                 progress: Progress::default(),
             },
@@ -95,20 +146,33 @@ impl Merger {
 
     /// Notes a streamed change (cheap when no table is tracked).
     pub fn note(&mut self, e: &ChangeEvent) {
+        if let Some(t) = &e.txid {
+            if self.recent.back().is_none_or(|last| last != t) {
+                if self.recent.len() == RECENT_TRANSACTIONS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(t.clone());
+                self.recent_total += 1;
+            }
+        }
         if self.tracked.is_empty() {
             return;
         }
-        let Some(keys) = self.tracked.get_mut(&e.table.qualified_name()) else {
+        let Some(tracked) = self.tracked.get_mut(&e.table.qualified_name()) else {
             return;
+        };
+        let changed = || Changed {
+            pos: e.pos.clone(),
+            txid: e.txid.clone(),
         };
         if e.op == Op::Truncate || e.table.primary_key.is_empty() {
             // Every row may have changed: nothing read before it may be emitted.
-            keys.insert(Vec::new(), e.pos.clone());
+            tracked.keys.insert(Vec::new(), changed());
             return;
         }
         for row in [e.before.as_ref(), e.after.as_ref()].into_iter().flatten() {
             if let Some(k) = key_bytes(&e.table, row) {
-                keys.insert(k, e.pos.clone());
+                tracked.keys.insert(k, changed());
             }
         }
     }
@@ -118,15 +182,69 @@ impl Merger {
         self.requests.recv().await
     }
 
-    /// Takes a request; chunks wait for `emit_due`.
+    /// Takes the requests already sent (a reader sends a chunk before writing its
+    /// marker, so the chunk is here when the stream shows the marker).
+    pub fn take_sent(&mut self) {
+        while let Ok(r) = self.requests.try_recv() {
+            self.take(r);
+        }
+    }
+
+    /// Takes a request; chunks wait for `emit_due` / `emit_marked`.
     pub fn take(&mut self, r: Request) {
         match r {
             Request::Track { table, ack } => {
-                self.tracked.entry(table).or_default();
+                self.track(table);
                 let _ = ack.send(());
             }
-            Request::Chunk(c) => self.waiting.push_back(c),
+            Request::Chunk(c) => {
+                if let Cut::Snapshot(view) = &c.cut {
+                    if let Some(why) = self.missed(&c.table.qualified_name(), view.as_ref()) {
+                        let _ = c.emitted.send(Err(why));
+                        return;
+                    }
+                }
+                // One chunk per table at a time: an older one was given up by its
+                // reader (its marker never came).
+                let name = c.table.qualified_name();
+                self.waiting.retain(|w| w.table.qualified_name() != name);
+                self.waiting.push_back(c);
+            }
         }
+    }
+
+    fn track(&mut self, table: String) {
+        self.tracked.insert(
+            table,
+            Tracked {
+                since: self.recent_total,
+                keys: HashMap::new(),
+            },
+        );
+    }
+
+    /// Why a snapshot chunk of `table` cannot be merged: a transaction the snapshot saw
+    /// running streamed before tracking began (or may have: it fell out of `recent`).
+    fn missed(&self, table: &str, view: &dyn SnapshotView) -> Option<String> {
+        let Some(tracked) = self.tracked.get(table) else {
+            return Some(format!("{table} is not tracked by the stream"));
+        };
+        let running: HashSet<String> = view.running().into_iter().collect();
+        if running.is_empty() {
+            return None;
+        }
+        let first = self.recent_total - self.recent.len() as u64;
+        if tracked.since < first {
+            return Some("the stream moved on too far to check the snapshot's running transactions".into());
+        }
+        let before = (tracked.since - first) as usize;
+        self.recent
+            .iter()
+            .take(before)
+            .find(|t| running.contains(t.as_ref()))
+            .map(|t| {
+                format!("transaction {t} reached the stream before the snapshot saw it committed")
+            })
     }
 
     /// Whether chunks wait for the stream to pass their cut.
@@ -134,57 +252,78 @@ impl Merger {
         !self.waiting.is_empty()
     }
 
-    /// At a transaction boundary `at`: emits every waiting chunk whose cut the stream
-    /// has passed, each followed by the progress and a boundary at `at`. Err when the
-    /// pipeline is gone.
+    /// At a transaction boundary `at`: emits every waiting chunk whose position cut the
+    /// stream has passed, each followed by the progress and a boundary at `at`. Err
+    /// when the pipeline is gone.
     pub async fn emit_due(&mut self, at: &Position, tx: &mut QueueSender) -> Result<(), ()> {
-        while let Some(i) = self
-            .waiting
-            .iter()
-            .position(|c| at.at_or_after(&c.cut) == Some(true))
-        {
+        while let Some(i) = self.waiting.iter().position(
+            |c| matches!(&c.cut, Cut::Position { at: cut, .. } if at.at_or_after(cut) == Some(true)),
+        ) {
             let chunk = self.waiting.remove(i).expect("found");
-            self.emit(chunk, at, tx).await?;
+            let Cut::Position { version, .. } = chunk.cut else {
+                unreachable!("matched a position cut")
+            };
+            self.emit(chunk, at, version, tx).await?;
         }
         Ok(())
     }
 
-    async fn emit(&mut self, mut c: Chunk, at: &Position, tx: &mut QueueSender) -> Result<(), ()> {
+    /// Where the stream shows `marker` (a boundary `at`): emits the snapshot chunk
+    /// waiting for it, its rows at `version`, and says whether one was. Unknown markers
+    /// (another connector's, or a chunk given up) are ignored.
+    pub async fn emit_marked(
+        &mut self,
+        marker: &str,
+        at: &Position,
+        version: u64,
+        tx: &mut QueueSender,
+    ) -> Result<bool, ()> {
+        self.take_sent();
+        let Some(i) = self
+            .waiting
+            .iter()
+            .position(|c| matches!(&c.cut, Cut::Snapshot(v) if v.marker() == marker))
+        else {
+            return Ok(false);
+        };
+        let chunk = self.waiting.remove(i).expect("found");
+        self.emit(chunk, at, version, tx).await?;
+        Ok(true)
+    }
+
+    async fn emit(
+        &mut self,
+        mut c: Chunk,
+        at: &Position,
+        version: u64,
+        tx: &mut QueueSender,
+    ) -> Result<(), ()> {
         let name = c.table.qualified_name();
-        let changed = self.tracked.remove(&name).unwrap_or_default();
-        let truncated = changed
-            .get(&Vec::new())
-            .is_some_and(|p| c.cut.at_or_after(p) == Some(false));
+        let changed = self.tracked.remove(&name).unwrap_or_default().keys;
+        let newer = |ch: &Changed| match &c.cut {
+            Cut::Position { at: cut, .. } => cut.at_or_after(&ch.pos) == Some(false),
+            Cut::Snapshot(view) => !view.sees(ch.txid.as_deref()),
+        };
+        let truncated = changed.get(&Vec::new()).is_some_and(newer);
         if truncated && c.table.primary_key.is_empty() {
             // Without a key the changed rows cannot be told apart: read it again (the
             // next cut is taken closer to the stream, so this is rare).
-            self.tracked.entry(name).or_default();
+            self.track(name);
             let _ = c.emitted.send(Err(
                 "the table changed between the chunk's cut and its turn in the stream".into(),
             ));
             return Ok(());
         }
         let mut emitted = 0u64;
-        // The key of the last row received: where a chunk cut short resumes.
-        let mut last_seen: Option<Vec<Value>> = None;
         let ts = now_ms();
         let end = loop {
             match c.rows.recv().await {
                 Some(Batch::Rows(rows)) => {
-                    if let Some(last) = rows.last().filter(|_| !c.table.primary_key.is_empty()) {
-                        last_seen = Some(
-                            c.table
-                                .primary_key
-                                .iter()
-                                .map(|&i| last[i].clone())
-                                .collect(),
-                        );
-                    }
                     for row in rows {
                         let moved = truncated
                             || key_bytes(&c.table, &row)
                                 .and_then(|k| changed.get(&k))
-                                .is_some_and(|p| c.cut.at_or_after(p) == Some(false));
+                                .is_some_and(newer);
                         if moved {
                             continue;
                         }
@@ -197,29 +336,29 @@ impl Merger {
                             source_ts_ms: ts,
                             before: None,
                             after: Some(row),
-                            version: c.version,
+                            version,
                             ts_ms: ts,
                         };
                         tx.send(SourceMessage::Change(e)).await.map_err(|_| ())?;
                     }
                 }
                 Some(Batch::End { finished, last_key }) => break Ok((finished, last_key)),
-                Some(Batch::Failed(m)) => break Err(m),
-                None => break Err("the chunk reader stopped".to_string()),
+                Some(Batch::Failed { why, last_key }) => break Err((why, last_key)),
+                None => break Err(("the chunk reader stopped".to_string(), None)),
             }
         };
         let (finished, last_key, failure) = match end {
             Ok((finished, last_key)) => (finished, last_key, None),
-            // Cut short (the reader lost its connection): the rows emitted are right as
-            // of the cut, so they count; the retry goes on after the last one.
-            Err(m) if last_seen.is_some() => (false, last_seen, Some(m)),
-            Err(m) => {
-                self.tracked.entry(name).or_default();
-                let _ = c.emitted.send(Err(m));
+            // Cut short (the reader lost its connection): the rows sent are right as of
+            // the cut, so they count; the retry goes on after the last one.
+            Err((why, Some(last))) => (false, Some(last), Some(why)),
+            Err((why, None)) => {
+                self.track(name);
+                let _ = c.emitted.send(Err(why));
                 return Ok(());
             }
         };
-        tracing::debug!(table = %name, cut = %c.cut, at = %at, emitted, finished, "snapshot chunk emitted");
+        tracing::debug!(table = %name, at = %at, emitted, finished, "snapshot chunk emitted");
         let snapshot = {
             let mut state = self.state.lock().expect("not poisoned");
             let p = state
@@ -242,7 +381,7 @@ impl Merger {
         };
         if !finished {
             // Keys changed from here on matter to the next chunk (its cut comes later).
-            self.tracked.entry(name).or_default();
+            self.track(name);
         }
         tx.send(SourceMessage::SnapshotProgress(Arc::new(snapshot)))
             .await
@@ -323,8 +462,10 @@ mod tests {
         let (emitted_tx, emitted_rx) = oneshot::channel();
         m.take(Request::Chunk(Chunk {
             table: schema(),
-            cut: at(cut),
-            version: cut,
+            cut: Cut::Position {
+                at: at(cut),
+                version: cut,
+            },
             rows: rows_rx,
             emitted: emitted_tx,
         }));
@@ -393,5 +534,106 @@ mod tests {
         m.emit_due(&at(120), &mut tx).await.unwrap();
         assert!(read_ids(&drain(&mut tx, &mut rx).await).is_empty());
         assert_eq!(emitted.await.unwrap().unwrap().rows, 0);
+    }
+    /// A snapshot that saw every transaction but those named.
+    struct View {
+        marker: String,
+        unseen: Vec<&'static str>,
+    }
+
+    impl SnapshotView for View {
+        fn marker(&self) -> &str {
+            &self.marker
+        }
+        fn sees(&self, txid: Option<&str>) -> bool {
+            txid.is_none_or(|t| !self.unseen.contains(&t))
+        }
+        fn running(&self) -> Vec<String> {
+            self.unseen.iter().map(|s| s.to_string()).collect()
+        }
+    }
+
+    fn change_in(op: Op, id: i64, lsn: u64, txid: &str) -> ChangeEvent {
+        ChangeEvent {
+            txid: Some(Arc::from(txid)),
+            ..change(op, id, lsn)
+        }
+    }
+
+    async fn snapshot_chunk(
+        m: &mut Merger,
+        unseen: Vec<&'static str>,
+        rows: Vec<Row>,
+    ) -> oneshot::Receiver<Result<Emitted, String>> {
+        let (rows_tx, rows_rx) = mpsc::channel(4);
+        let (emitted_tx, emitted_rx) = oneshot::channel();
+        m.take(Request::Chunk(Chunk {
+            table: schema(),
+            cut: Cut::Snapshot(Box::new(View {
+                marker: "m1".into(),
+                unseen,
+            })),
+            rows: rows_rx,
+            emitted: emitted_tx,
+        }));
+        let last_key = rows.last().map(|r| vec![r[0].clone()]);
+        let _ = rows_tx.send(Batch::Rows(rows)).await;
+        let _ = rows_tx
+            .send(Batch::End {
+                finished: false,
+                last_key,
+            })
+            .await;
+        emitted_rx
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_chunk_leaves_out_rows_of_transactions_it_did_not_see() {
+        let (mut tx, mut rx) = bounded(1024, 1 << 20);
+        let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
+        let (ack, _) = oneshot::channel();
+        m.take(Request::Track {
+            table: "s.t".into(),
+            ack,
+        });
+        let emitted = snapshot_chunk(&mut m, vec!["9"], vec![row(1, "a"), row(2, "b")]).await;
+        m.note(&change_in(Op::Update, 1, 90, "8")); // seen: the chunk has it
+        m.note(&change_in(Op::Update, 2, 95, "9")); // running at the snapshot: newer
+        // A position boundary does not emit a snapshot chunk; another marker neither.
+        m.emit_due(&at(200), &mut tx).await.unwrap();
+        m.emit_marked("other", &at(200), 200, &mut tx).await.unwrap();
+        assert!(m.has_waiting());
+        m.emit_marked("m1", &at(300), 300, &mut tx).await.unwrap();
+        let out = drain(&mut tx, &mut rx).await;
+        assert_eq!(read_ids(&out), vec![(1, 300)]);
+        assert!(matches!(&out[out.len() - 1], SourceMessage::Commit(p) if *p == at(300)));
+        let e = emitted.await.unwrap().unwrap();
+        assert_eq!((e.rows, e.finished), (1, false));
+    }
+
+    #[tokio::test]
+    async fn a_running_transaction_streamed_before_tracking_makes_the_chunk_read_again() {
+        let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
+        // Transaction 9 reached the stream, then tracking began, then the snapshot
+        // still saw 9 running (its commit was not yet visible).
+        m.note(&change_in(Op::Update, 1, 90, "9"));
+        let (ack, _) = oneshot::channel();
+        m.take(Request::Track {
+            table: "s.t".into(),
+            ack,
+        });
+        let emitted = snapshot_chunk(&mut m, vec!["9"], vec![row(1, "stale")]).await;
+        assert!(!m.has_waiting());
+        let why = emitted.await.unwrap().unwrap_err();
+        assert!(why.contains("transaction 9"), "{why}");
+        // The same transaction streamed after tracking began is fine.
+        let (ack, _) = oneshot::channel();
+        m.take(Request::Track {
+            table: "s.t".into(),
+            ack,
+        });
+        m.note(&change_in(Op::Update, 1, 95, "10"));
+        let _emitted = snapshot_chunk(&mut m, vec!["10"], vec![row(1, "x")]).await;
+        assert!(m.has_waiting());
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod merge;
 pub mod progress;
+pub mod reader;
 pub mod requests;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,30 @@ pub enum SnapshotMode {
     /// the server (purged binlog, lost slot) instead of stopping. Not built yet: the
     /// config check refuses it with that advice.
     WhenNeeded,
+}
+
+/// Checks `[source] snapshot`, `snapshot_chunk_rows` and `snapshot_parallel_tables`
+/// (every source has them): the key at fault and what to write instead.
+pub fn check_settings(
+    mode: SnapshotMode,
+    chunk_rows: u64,
+    parallel_tables: usize,
+) -> Result<(), (&'static str, &'static str)> {
+    if mode == SnapshotMode::WhenNeeded {
+        return Err((
+            "snapshot",
+            "[source] snapshot = \"when_needed\" (re-snapshot after the server lost the stored position) is not built yet: \
+             use \"initial\", and `tributary snapshot --table` after a lost position",
+        ));
+    }
+    let must = "[source] snapshot_chunk_rows and snapshot_parallel_tables must be at least 1";
+    if chunk_rows == 0 {
+        return Err(("snapshot_chunk_rows", must));
+    }
+    if parallel_tables == 0 {
+        return Err(("snapshot_parallel_tables", must));
+    }
+    Ok(())
 }
 
 pub fn default_chunk_rows() -> u64 {

@@ -13,8 +13,11 @@ use mysql_async::{Conn, OptsBuilder};
 use serde_json::Value as Json;
 
 mod pg;
+mod snapshot;
 #[allow(unused_imports)]
 pub use pg::*;
+#[allow(unused_imports)]
+pub use snapshot::*;
 
 /// Port of the MariaDB server shared by most tests.
 pub const SHARED_PORT: u16 = 33071;

@@ -120,26 +120,12 @@ impl MysqlSourceConfig {
                 "[source] heartbeat_secs must be between 1 and 4000000",
             ));
         }
-        if self.snapshot == crate::snapshot::SnapshotMode::WhenNeeded {
-            return Err(ConfigError::at_key(
-                path,
-                text,
-                "snapshot",
-                "[source] snapshot = \"when_needed\" (re-snapshot after the server lost the stored position) is not built yet: \
-                 use \"initial\", and `tributary snapshot --table` after a lost position",
-            ));
-        }
-        if self.snapshot_chunk_rows == 0 || self.snapshot_parallel_tables == 0 {
-            return Err(ConfigError::at_key(
-                path,
-                text,
-                if self.snapshot_chunk_rows == 0 {
-                    "snapshot_chunk_rows"
-                } else {
-                    "snapshot_parallel_tables"
-                },
-                "[source] snapshot_chunk_rows and snapshot_parallel_tables must be at least 1",
-            ));
+        if let Err((key, msg)) = crate::snapshot::check_settings(
+            self.snapshot,
+            self.snapshot_chunk_rows,
+            self.snapshot_parallel_tables,
+        ) {
+            return Err(ConfigError::at_key(path, text, key, msg));
         }
         self.password_setting().check_one(path, text, "[source]")
     }

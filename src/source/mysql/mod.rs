@@ -95,44 +95,30 @@ impl Source for MysqlSource {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;
-        // Snapshot progress as of the checkpoint; with `initial` and no checkpoint,
-        // every included table is queued.
-        let mut state = crate::snapshot::State::from_stored(
-            self.store
-                .sink_cursor(crate::snapshot::STATE_ID)
-                .map_err(|e| SourceError::Fatal(e.to_string()))?,
-        );
-        if resume.is_none()
-            && state.tables.is_empty()
-            && self.cfg.snapshot != crate::snapshot::SnapshotMode::Never
-        {
-            for t in snapshot::included_tables(&self.cfg, password.as_ref(), &self.cfg.filter())
-                .await
-                .map_err(SourceError::Fatal)?
-            {
-                state.request(&t, 0);
-            }
-        }
         let mut tx = tx;
-        if !state.tables.is_empty() {
-            // Stored with the first checkpoint (the start position's), so a crash before
-            // the first chunk still finds the tables queued.
-            let v = serde_json::to_value(&state).expect("the state serializes");
-            tx.send(crate::event::SourceMessage::SnapshotProgress(Arc::new(v)))
-                .await
-                .map_err(|_| SourceError::Closed)?;
-        }
-        let state = Arc::new(std::sync::Mutex::new(state));
+        let state = crate::snapshot::reader::start_state(
+            &self.store,
+            resume.is_none(),
+            self.cfg.snapshot,
+            snapshot::included_tables(&self.cfg, password.as_ref(), &self.cfg.filter()),
+            &mut tx,
+        )
+        .await
+        .map_err(SourceError::Fatal)?;
         let (merger, requests) = crate::snapshot::merge::Merger::new(state.clone());
-        let reader = Arc::new(snapshot::Reader {
-            cfg: self.cfg.clone(),
-            mariadb: self.mariadb,
-            kind: self.kind(),
-            connector: self.connector.clone(),
+        let reader = Arc::new(crate::snapshot::reader::Reader {
+            source: snapshot::Chunks {
+                cfg: self.cfg.clone(),
+                mariadb: self.mariadb,
+                kind: self.kind(),
+                connector: self.connector.clone(),
+                store: self.store.clone(),
+                password: password.clone(),
+            },
             store: self.store.clone(),
-            password: password.clone(),
             state,
             requests,
+            chunk_rows: self.cfg.snapshot_chunk_rows,
         });
         let snapshot_stop = shutdown.child_token();
         let snapshots =

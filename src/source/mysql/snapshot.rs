@@ -7,13 +7,12 @@
 //! UTC session and converted to the same values the binlog decoder gives for the same
 //! column, so a snapshot row and a streamed row of the same data are equal.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as MyValue};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use super::catalog::{self, json_columns, quote_ident, stream_type_name};
 use super::config::MysqlSourceConfig;
@@ -21,14 +20,11 @@ use super::connect::connect;
 use super::raw;
 use super::stream::{file_sequence, row_version};
 use crate::config::Secret;
-use crate::event::{now_ms, Column, Position, Row, TableSchema, Value};
+use crate::event::{Column, Position, TableSchema, Value};
 use crate::offsets::OffsetStore;
-use crate::snapshot::merge::{Batch, Chunk, Request, Requests};
-use crate::snapshot::{State, Status};
+use crate::snapshot::merge::{Cut, Requests};
+use crate::snapshot::reader::{register, ChunkEnd, ChunkSource, Described};
 use crate::source::filter::TableFilter;
-
-/// Rows per message to the stream task.
-const BATCH_ROWS: usize = 256;
 
 /// How one column's SELECT value becomes an event value.
 #[derive(Debug, Clone)]
@@ -43,172 +39,61 @@ struct SnapColumn {
 }
 
 /// A table as the snapshot reads it.
-struct SnapTable {
-    schema: Arc<TableSchema>,
+pub(super) struct SnapTable {
     columns: Vec<SnapColumn>,
     /// The key to chunk by (empty: one full scan).
     chunk_key: Vec<usize>,
-    estimate: u64,
 }
 
-pub(super) struct Reader {
+/// MariaDB as a snapshot source (snapshot::reader).
+pub(super) struct Chunks {
     pub cfg: MysqlSourceConfig,
     pub mariadb: bool,
     pub kind: &'static str,
     pub connector: Arc<str>,
     pub store: Arc<OffsetStore>,
     pub password: Option<Secret>,
-    pub state: Arc<Mutex<State>>,
-    pub requests: Requests,
 }
 
-impl Reader {
-    /// Works through the tables the state lists as unfinished (`workers` at a time),
-    /// and through requests as they come; ends at shutdown. A failed read is retried
-    /// with backoff while the stream keeps running.
-    pub async fn run(self: Arc<Self>, workers: usize, shutdown: CancellationToken) {
-        let queue = Arc::new(tokio::sync::Mutex::new(std::collections::VecDeque::new()));
-        let state_dir = self.store.dir().to_path_buf();
-        let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-        let mut queued = std::collections::HashSet::new();
-        loop {
-            // New requests, and the unfinished tables of the state.
-            let now_pending: Vec<String> = {
-                let mut st = self.state.lock().expect("not poisoned");
-                for (table, at) in crate::snapshot::requests::pending(&state_dir) {
-                    if st.request(&table, at) {
-                        tracing::info!(table, "snapshot requested");
-                    }
-                }
-                st.unfinished()
-            };
-            for t in now_pending {
-                if queued.insert(t.clone()) {
-                    if !self.mariadb {
-                        // Said once per table; retrying cannot help.
-                        tracing::error!(table = %t, "snapshot not taken: it needs MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet");
-                        continue;
-                    }
-                    queue.lock().await.push_back(t);
-                }
-            }
-            running.retain(|h| !h.is_finished());
-            while running.len() < workers.max(1) && !queue.lock().await.is_empty() {
-                let me = self.clone();
-                let queue = queue.clone();
-                let stop = shutdown.clone();
-                running.push(tokio::spawn(async move {
-                    while let Some(table) = queue.lock().await.pop_front() {
-                        // A failed read (lost connection, server restart) is retried
-                        // with backoff, from the last chunk the stream emitted.
-                        let mut backoff = std::time::Duration::from_secs(1);
-                        while let Err(e) = me.table(&table, &stop).await {
-                            if stop.is_cancelled() {
-                                return;
-                            }
-                            tracing::warn!(table, error = %e, retry_in_s = backoff.as_secs(), "snapshot read failed; retrying from its last chunk");
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = stop.cancelled() => return,
-                            }
-                            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                        }
-                    }
-                }));
-            }
-            // Tables whose snapshot finished may be requested again.
-            {
-                let st = self.state.lock().expect("not poisoned");
-                queued.retain(|t| st.tables.get(t).is_some_and(|p| p.status != Status::Done));
-                for (t, p) in &st.tables {
-                    if p.status == Status::Done {
-                        crate::snapshot::requests::served(&state_dir, t, p.requested_ms);
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
+#[async_trait]
+impl ChunkSource for Chunks {
+    type Conn = Conn;
+    type Table = SnapTable;
+
+    fn unsupported(&self) -> Option<&'static str> {
+        (!self.mariadb).then_some("it needs MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet")
     }
 
-    async fn table(&self, table: &str, stop: &CancellationToken) -> Result<(), String> {
+    async fn connect(&self) -> Result<Conn, String> {
         let mut conn = connect(&self.cfg, self.password.as_ref())
             .await
             .map_err(|e| e.message().to_string())?;
-        let sql_err = |e: mysql_async::Error| format!("{}: {e}", self.cfg.address());
         conn.query_drop("SET time_zone = '+00:00'")
             .await
-            .map_err(sql_err)?;
-        let Some(t) = self.describe(&mut conn, table).await? else {
-            tracing::warn!(table, "snapshot skipped: the table no longer exists");
-            self.finish_missing(table);
-            return Ok(());
-        };
-        let after = {
-            let mut st = self.state.lock().expect("not poisoned");
-            let p = st
-                .tables
-                .entry(table.to_string())
-                .or_insert_with(|| crate::snapshot::TableProgress::pending(0));
-            if p.status == Status::Pending {
-                p.status = Status::Running;
-                p.started_ms = Some(now_ms());
-                p.estimate = t.estimate;
-            }
-            p.after.clone()
-        };
-        if t.chunk_key.is_empty() {
-            tracing::warn!(table, "snapshot: the table has no primary key (or an ENUM/SET one): read in one pass, which holds the stream at its cut while it runs");
-        }
-        tracing::info!(table, estimate = t.estimate, resume_after = ?after.as_ref().map(|k| k.iter().map(|v| v.to_json()).collect::<Vec<_>>()), "snapshot of table started");
-
-        // Track the table's keys in the stream before the first cut is taken.
-        let (ack, acked) = oneshot::channel();
-        self.requests
-            .send(Request::Track {
-                table: table.to_string(),
-                ack,
-            })
-            .await
-            .map_err(|_| "the stream stopped")?;
-        acked.await.map_err(|_| "the stream stopped")?;
-
-        let mut after = after;
-        let limit = self.cfg.snapshot_chunk_rows.max(1);
-        loop {
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            match self.chunk(&mut conn, &t, after.as_ref(), limit).await? {
-                ChunkEnd::Finished => break,
-                ChunkEnd::More(last) => after = Some(last),
-                ChunkEnd::Retry(why) => {
-                    // From where the stream's progress says (a chunk cut short may
-                    // have emitted part of its rows).
-                    tracing::debug!(table, why, "snapshot chunk read again");
-                    after = self
-                        .state
-                        .lock()
-                        .expect("not poisoned")
-                        .tables
-                        .get(table)
-                        .and_then(|p| p.after.clone());
-                }
-            }
-        }
-        let _ = conn.disconnect().await;
-        Ok(())
+            .map_err(|e| format!("{}: {e}", self.cfg.address()))?;
+        Ok(conn)
     }
 
-    /// Reads one chunk and hands it to the stream; returns once the stream emitted it.
+    async fn close(&self, conn: Conn) {
+        let _ = conn.disconnect().await;
+    }
+
+    async fn describe(
+        &self,
+        conn: &mut Conn,
+        table: &str,
+    ) -> Result<Option<Described<SnapTable>>, String> {
+        self.describe_table(conn, table).await
+    }
+
+    /// One chunk inside its own consistent snapshot; returns once the stream emitted it.
     async fn chunk(
         &self,
         conn: &mut Conn,
-        t: &SnapTable,
-        after: Option<&Vec<Value>>,
+        t: &Described<SnapTable>,
+        after: Option<&[Value]>,
         limit: u64,
+        requests: &Requests,
     ) -> Result<ChunkEnd, String> {
         let sql_err = |e: mysql_async::Error| format!("{}: {e}", self.cfg.address());
         conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
@@ -232,114 +117,61 @@ impl Reader {
                 "the server reports no binlog_snapshot_file/position (is the binlog on?)".into(),
             );
         };
-        let cut = Position::Binlog {
-            file: Arc::from(file.as_str()),
-            offset,
-            gtid: None,
+        let cut = Cut::Position {
+            version: row_version(file_sequence(&file), offset, 0),
+            at: Position::Binlog {
+                file: Arc::from(file.as_str()),
+                offset,
+                gtid: None,
+            },
         };
-        let (rows_tx, rows_rx) = mpsc::channel(8);
-        let (emitted_tx, emitted_rx) = oneshot::channel();
-        self.requests
-            .send(Request::Chunk(Chunk {
-                table: t.schema.clone(),
-                version: row_version(file_sequence(&file), offset, 0),
-                cut,
-                rows: rows_rx,
-                emitted: emitted_tx,
-            }))
-            .await
-            .map_err(|_| "the stream stopped")?;
-
-        let (sql, params) = select(t, after, limit);
+        let (mut rows, settled) = register(requests, t.schema.clone(), cut).await?;
+        let key = &t.table.chunk_key;
+        let (sql, params) = select(&t.schema, key, after, limit);
         let read = async {
             let mut result = conn.exec_iter(sql, params).await?;
-            let mut batch = Vec::with_capacity(BATCH_ROWS);
-            let mut count = 0u64;
-            let mut last: Option<Row> = None;
             while let Some(row) = result.next().await? {
                 let values = row.unwrap();
                 let mut out = Vec::with_capacity(values.len());
-                for (c, v) in t.columns.iter().zip(values) {
+                for (c, v) in t.table.columns.iter().zip(values) {
                     out.push(convert(c, v).map_err(|m| {
                         mysql_async::Error::Other(format!("column `{}`: {m}", c.name).into())
                     })?);
                 }
-                count += 1;
-                if let Some(prev) = last.replace(out) {
-                    batch.push(prev);
-                }
-                if batch.len() >= BATCH_ROWS
-                    && rows_tx
-                        .send(Batch::Rows(std::mem::take(&mut batch)))
-                        .await
-                        .is_err()
-                {
-                    return Ok::<_, mysql_async::Error>(None);
+                let k = (!key.is_empty()).then(|| key.iter().map(|&i| out[i].clone()).collect());
+                if !rows.push(out, k).await {
+                    // The stream dropped the chunk (it changed without a key to tell
+                    // rows apart).
+                    return Ok::<_, mysql_async::Error>(false);
                 }
             }
-            Ok(Some((batch, last, count)))
+            Ok(true)
         }
         .await;
         let _ = conn.query_drop("COMMIT").await;
-        let (mut batch, last, count) = match read {
-            Ok(Some(x)) => x,
-            // The stream dropped the chunk (it changed without a key to tell rows apart).
-            Ok(None) => return self.settle(emitted_rx, None).await,
+        match read {
+            Ok(true) => rows.end(limit, t.keyed).await,
+            Ok(false) => {}
             Err(e) => {
-                let _ = rows_tx.send(Batch::Failed(e.to_string())).await;
+                rows.fail(e.to_string()).await;
                 // Wait for the stream to settle what it got, so the retry starts after
                 // the progress it recorded.
-                drop(rows_tx);
-                let _ = emitted_rx.await;
+                let _ = settled.wait().await;
                 return Err(sql_err(e));
             }
-        };
-        let finished = t.chunk_key.is_empty() || count < limit;
-        let last_key = last.as_ref().filter(|_| !t.chunk_key.is_empty()).map(|r| {
-            t.chunk_key
-                .iter()
-                .map(|&i| r[i].clone())
-                .collect::<Vec<_>>()
-        });
-        batch.extend(last);
-        if !batch.is_empty() {
-            let _ = rows_tx.send(Batch::Rows(batch)).await;
         }
-        let _ = rows_tx
-            .send(Batch::End {
-                finished,
-                last_key: last_key.clone(),
-            })
-            .await;
-        self.settle(emitted_rx, last_key).await
+        settled.wait().await
     }
+}
 
-    async fn settle(
-        &self,
-        emitted: oneshot::Receiver<Result<crate::snapshot::merge::Emitted, String>>,
-        last_key: Option<Vec<Value>>,
-    ) -> Result<ChunkEnd, String> {
-        match emitted.await {
-            Ok(Ok(e)) if e.finished => Ok(ChunkEnd::Finished),
-            Ok(Ok(_)) => Ok(ChunkEnd::More(
-                last_key.expect("a chunk that is not the last has rows"),
-            )),
-            Ok(Err(why)) => Ok(ChunkEnd::Retry(why)),
-            Err(_) => Err("the stream stopped".into()),
-        }
-    }
-
-    fn finish_missing(&self, table: &str) {
-        let mut st = self.state.lock().expect("not poisoned");
-        if let Some(p) = st.tables.get_mut(table) {
-            p.status = Status::Done;
-            p.finished_ms = Some(now_ms());
-        }
-    }
-
+impl Chunks {
     /// The table's columns, key and row estimate from information_schema; None when it
     /// does not exist.
-    async fn describe(&self, conn: &mut Conn, table: &str) -> Result<Option<SnapTable>, String> {
+    async fn describe_table(
+        &self,
+        conn: &mut Conn,
+        table: &str,
+    ) -> Result<Option<Described<SnapTable>>, String> {
         let sql_err =
             |e: mysql_async::Error| format!("reading information_schema for {table}: {e}");
         let Some((db, name)) = split(conn, table).await.map_err(sql_err)? else {
@@ -424,19 +256,13 @@ impl Reader {
         self.store
             .record_schema(&schema)
             .map_err(|e| e.to_string())?;
-        Ok(Some(SnapTable {
+        Ok(Some(Described {
             schema: Arc::new(schema),
-            columns,
-            chunk_key,
+            keyed: !chunk_key.is_empty(),
+            table: SnapTable { columns, chunk_key },
             estimate: estimate.flatten().unwrap_or(0),
         }))
     }
-}
-
-enum ChunkEnd {
-    Finished,
-    More(Vec<Value>),
-    Retry(String),
 }
 
 /// `db.table` split at the dot that names an existing table (names may hold dots).
@@ -460,8 +286,12 @@ async fn split(
 }
 
 /// The chunk's SELECT and its parameters (the key to start after).
-fn select(t: &SnapTable, after: Option<&Vec<Value>>, limit: u64) -> (String, Vec<MyValue>) {
-    let s = &t.schema;
+fn select(
+    s: &TableSchema,
+    chunk_key: &[usize],
+    after: Option<&[Value]>,
+    limit: u64,
+) -> (String, Vec<MyValue>) {
     let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let mut sql = format!(
         "SELECT {} FROM {}.{}",
@@ -470,11 +300,10 @@ fn select(t: &SnapTable, after: Option<&Vec<Value>>, limit: u64) -> (String, Vec
         quote_ident(&s.table)
     );
     let mut params = Vec::new();
-    if t.chunk_key.is_empty() {
+    if chunk_key.is_empty() {
         return (sql, params);
     }
-    let key: Vec<String> = t
-        .chunk_key
+    let key: Vec<String> = chunk_key
         .iter()
         .map(|&i| quote_ident(&s.columns[i].name))
         .collect();

@@ -55,6 +55,15 @@ pub struct PostgresSourceConfig {
     /// Startup warns when the slot holds back more WAL than this many megabytes.
     #[serde(default = "default_wal_warn_mb")]
     pub retained_wal_warn_mb: u64,
+    /// `initial` (default), `never` or `when_needed`: see snapshot::SnapshotMode.
+    #[serde(default)]
+    pub snapshot: crate::snapshot::SnapshotMode,
+    /// Rows per snapshot chunk (read in primary-key order).
+    #[serde(default = "crate::snapshot::default_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
+    /// Tables snapshotted at once (one connection each).
+    #[serde(default = "crate::snapshot::default_parallel_tables")]
+    pub snapshot_parallel_tables: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -121,6 +130,13 @@ impl PostgresSourceConfig {
                 "[source] sslrootcert is only used with sslmode = \"verify-ca\" or \"verify-full\""
                     .into(),
             );
+        }
+        if let Err((key, msg)) = crate::snapshot::check_settings(
+            self.snapshot,
+            self.snapshot_chunk_rows,
+            self.snapshot_parallel_tables,
+        ) {
+            return at(key, msg.into());
         }
         self.password_setting().check_one(path, text, "[source]")
     }

@@ -3,13 +3,15 @@
 //! Rooms: `config` (the `[source]` section), `connect` (query and replication
 //! connections, error sorting), `tls`, `checks` (server checks, slot and publication
 //! set-up), `catalog` (tables, keys, type resolution), `pgoutput` (the message
-//! decoder), `values` (text values -> event values), `stream` (the session loop).
+//! decoder), `values` (text values -> event values), `stream` (the session loop),
+//! `snapshot` (chunks read in MVCC snapshots, placed in the stream by markers).
 
 pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod connect;
 pub mod pgoutput;
+mod snapshot;
 mod stream;
 mod tls;
 pub mod values;
@@ -86,6 +88,38 @@ pub async fn live_schemas(
     Ok(out)
 }
 
+/// The tables the initial snapshot reads (`schema.table`): the included ones the
+/// publication covers, so the stream carries their changes too (the set-up leaves out
+/// tables whose updates the server could not publish).
+async fn included_names(
+    cfg: &PostgresSourceConfig,
+    password: Option<&crate::config::Secret>,
+) -> Result<Vec<String>, String> {
+    let client = connect::query_client(cfg, password)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let fail = |e: tokio_postgres::Error| {
+        format!("listing tables: {}", connect::classify(cfg, &e).message())
+    };
+    let published: std::collections::HashSet<(String, String)> = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&cfg.publication],
+        )
+        .await
+        .map_err(fail)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(catalog::included_tables(&client, &cfg.filter())
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .filter(|t| published.contains(&(t.schema.clone(), t.name.clone())))
+        .map(|t| t.qualified())
+        .collect())
+}
+
 #[async_trait]
 impl Source for PostgresSource {
     async fn preflight(&mut self) -> Result<(), SourceError> {
@@ -111,6 +145,32 @@ impl Source for PostgresSource {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;
+        let mut tx = tx;
+        let state = crate::snapshot::reader::start_state(
+            &self.store,
+            resume.is_none(),
+            self.cfg.snapshot,
+            included_names(&self.cfg, password.as_ref()),
+            &mut tx,
+        )
+        .await
+        .map_err(SourceError::Fatal)?;
+        let (merger, requests) = crate::snapshot::merge::Merger::new(state.clone());
+        let reader = Arc::new(crate::snapshot::reader::Reader {
+            source: snapshot::Chunks {
+                cfg: self.cfg.clone(),
+                connector: self.connector.clone(),
+                store: self.store.clone(),
+                password: password.clone(),
+            },
+            store: self.store.clone(),
+            state,
+            requests,
+            chunk_rows: self.cfg.snapshot_chunk_rows,
+        });
+        let snapshot_stop = shutdown.child_token();
+        let snapshots =
+            tokio::spawn(reader.run(self.cfg.snapshot_parallel_tables, snapshot_stop.clone()));
         let streamer = stream::Streamer {
             cfg: &self.cfg,
             connector: self.connector.clone(),
@@ -118,6 +178,11 @@ impl Source for PostgresSource {
             filter: self.cfg.filter(),
             password,
         };
-        streamer.run(resume, tx, checkpoints, shutdown).await
+        let result = streamer
+            .run(resume, tx, checkpoints, shutdown, merger)
+            .await;
+        snapshot_stop.cancel();
+        let _ = snapshots.await;
+        result
     }
 }

@@ -13,6 +13,7 @@ use super::catalog::{primary_key, type_names, TypeCache};
 use super::config::PostgresSourceConfig;
 use super::connect::{classify, classify_stream, query_client, replication_config};
 use super::pgoutput::{decode, Datum, Message, OldTuple, Relation, Tuple};
+use super::snapshot::MARKER_PREFIX;
 use super::values::{decode_text, PgType};
 use crate::config::Secret;
 use crate::event::{
@@ -21,7 +22,8 @@ use crate::event::{
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
 use crate::source::filter::TableFilter;
-use crate::source::session::{next_or_flush, ConnError, Next, Reconnect, Stop};
+use crate::snapshot::merge::Merger;
+use crate::source::session::{next_or_flush_or, ConnError, Next, Reconnect, Stop};
 use crate::source::{Checkpoints, SourceError};
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
@@ -53,6 +55,23 @@ struct StreamState {
     warned: HashSet<String>,
     /// When an idle position was last handed over (see `keepalive`).
     last_idle_commit: Instant,
+    /// The version of the open transaction's changes: its commit LSN (DESIGN.md).
+    commit_lsn: u64,
+    /// Merges snapshot chunks into the stream (snapshot::merge).
+    merger: Merger,
+    /// The snapshot readers may still send requests.
+    snapshot_requests_open: bool,
+}
+
+impl StreamState {
+    /// Hands a change on. Every change goes through here: a snapshot merge must see
+    /// each one (a TRUNCATE too) to leave out the chunk rows it made stale.
+    async fn send_change(&mut self, tx: &mut QueueSender, e: ChangeEvent) -> Result<(), Stop> {
+        self.merger.note(&e);
+        tx.send(SourceMessage::Change(e))
+            .await
+            .map_err(|_| Stop::Closed)
+    }
 }
 
 pub(super) struct Streamer<'a> {
@@ -70,6 +89,7 @@ impl Streamer<'_> {
         mut tx: QueueSender,
         mut checkpoints: Checkpoints,
         shutdown: CancellationToken,
+        merger: Merger,
     ) -> Result<(), SourceError> {
         let resume_lsn = match resume {
             Some(Position::Wal { lsn }) => lsn,
@@ -90,6 +110,9 @@ impl Streamer<'_> {
             types: TypeCache::default(),
             warned: HashSet::new(),
             last_idle_commit: Instant::now(),
+            commit_lsn: 0,
+            merger,
+            snapshot_requests_open: true,
         };
         let mut reconnect = Reconnect::new(
             "replication connection",
@@ -156,11 +179,29 @@ impl Streamer<'_> {
                     }
                 };
                 tokio::pin!(next);
-                next_or_flush(tx, shutdown, silence, next).await
+                // Snapshot requests are taken between events (never while a batch is
+                // being handed over).
+                let open = st.snapshot_requests_open;
+                let merger = &mut st.merger;
+                let side = async move {
+                    if open {
+                        merger.recv().await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                next_or_flush_or(tx, shutdown, silence, next, side).await
             };
             let input = match input {
                 Next::Item(i) => i,
-                Next::Side(()) => unreachable!("next_or_flush has no side input"),
+                Next::Side(Some(request)) => {
+                    st.merger.take(request);
+                    continue;
+                }
+                Next::Side(None) => {
+                    st.snapshot_requests_open = false;
+                    continue;
+                }
                 Next::Shutdown => return Stop::Shutdown,
                 Next::Closed => return Stop::Closed,
                 Next::Silent => {
@@ -238,8 +279,8 @@ impl Streamer<'_> {
             ReplicationEvent::Begin {
                 xid,
                 commit_time_micros,
-                ..
-            } => self.begin(st, xid, commit_time_micros),
+                final_lsn,
+            } => self.begin(st, xid, commit_time_micros, final_lsn.as_u64()),
             ReplicationEvent::Commit { end_lsn, .. } => {
                 self.commit(st, tx, end_lsn.as_u64()).await?
             }
@@ -255,15 +296,23 @@ impl Streamer<'_> {
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 self.keepalive(st, tx, wal_end.as_u64()).await?
             }
-            // pg_logical_emit_message: not a row change.
-            ReplicationEvent::Message { .. } => {}
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.logical_message(st, tx, transactional, lsn.as_u64(), &prefix, &content)
+                    .await?
+            }
             ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(())
     }
 
-    fn begin(&self, st: &mut StreamState, xid: u32, commit_micros: i64) {
+    fn begin(&self, st: &mut StreamState, xid: u32, commit_micros: i64, final_lsn: u64) {
         st.in_txn = true;
+        st.commit_lsn = final_lsn;
         st.xid = Some(Arc::from(xid.to_string()));
         st.commit_ts_ms = ((commit_micros + PG_EPOCH_MICROS) / 1000).max(0) as u64;
     }
@@ -310,8 +359,12 @@ impl Streamer<'_> {
         msg: Message<'_>,
     ) -> Result<(), Stop> {
         let (op, relation, before, after) = match msg {
-            Message::Begin { xid, commit_ts, .. } => {
-                self.begin(st, xid, commit_ts);
+            Message::Begin {
+                xid,
+                commit_ts,
+                final_lsn,
+            } => {
+                self.begin(st, xid, commit_ts, final_lsn);
                 return Ok(());
             }
             Message::Commit { end_lsn, .. } => return self.commit(st, tx, end_lsn).await,
@@ -320,7 +373,17 @@ impl Streamer<'_> {
                 st.types.forget(oid);
                 return Ok(());
             }
-            Message::Origin { .. } | Message::LogicalMessage { .. } => return Ok(()),
+            Message::Origin { .. } => return Ok(()),
+            Message::LogicalMessage {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                return self
+                    .logical_message(st, tx, transactional, lsn, prefix, content)
+                    .await
+            }
             Message::Insert { relation, new } => (Op::Create, relation, None, Some(new)),
             Message::Update { relation, old, new } => (Op::Update, relation, old, Some(new)),
             Message::Delete { relation, old } => (Op::Delete, relation, Some(old), None),
@@ -330,9 +393,7 @@ impl Streamer<'_> {
                         continue;
                     };
                     let e = self.event(st, rel, Op::Truncate, lsn, None, None);
-                    tx.send(SourceMessage::Change(e))
-                        .await
-                        .map_err(|_| Stop::Closed)?;
+                    st.send_change(tx, e).await?;
                 }
                 return Ok(());
             }
@@ -370,9 +431,36 @@ impl Streamer<'_> {
             }),
         };
         let e = self.event(st, rel, op, lsn, before, after);
-        tx.send(SourceMessage::Change(e))
+        st.send_change(tx, e).await
+    }
+
+    /// A `pg_logical_emit_message`: a snapshot chunk's marker emits the chunk here
+    /// (snapshot.rs); other messages are not row changes.
+    async fn logical_message(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<(), Stop> {
+        if transactional || st.in_txn || prefix != MARKER_PREFIX {
+            return Ok(());
+        }
+        let Ok(marker) = std::str::from_utf8(content) else {
+            return Ok(());
+        };
+        let at = Position::Wal { lsn };
+        if st
+            .merger
+            .emit_marked(marker, &at, lsn, tx)
             .await
-            .map_err(|_| Stop::Closed)
+            .map_err(|_| Stop::Closed)?
+        {
+            st.boundary = st.boundary.max(lsn);
+        }
+        Ok(())
     }
 
     fn event(
@@ -392,9 +480,11 @@ impl Streamer<'_> {
             source_ts_ms: st.commit_ts_ms,
             before,
             after,
-            // DESIGN.md: the change's LSN. Row locks order the changes of one row, so
-            // it increases with every change of the row in commit order.
-            version: lsn,
+            // DESIGN.md: the transaction's commit LSN. Changes of one row in two
+            // transactions commit in order (row locks); within one transaction they
+            // share it and arrive in order (`external_gte`). A snapshot chunk's marker
+            // lies between the commits its snapshot saw and those it did not.
+            version: st.commit_lsn,
             ts_ms: now_ms(),
         }
     }
@@ -463,19 +553,8 @@ impl Streamer<'_> {
                 tracing::warn!(table = %qualified, "table has no primary key: events carry a null key");
             }
         }
-        // The layout fingerprint: names, types, modifiers, key flags.
-        let mut fp = crc32c::crc32c(qualified.as_bytes());
-        for c in &rel.columns {
-            fp = crc32c::crc32c_append(fp, c.name.as_bytes());
-            fp = crc32c::crc32c_append(fp, &c.type_oid.to_le_bytes());
-            fp = crc32c::crc32c_append(fp, &c.type_modifier.to_le_bytes());
-            fp = crc32c::crc32c_append(fp, &[c.key as u8]);
-        }
-        let fingerprint = ((fp as u64) << 32) | rel.columns.len() as u64;
-        let version = self
-            .store
-            .schema_version(&qualified, fingerprint)
-            .map_err(|e| Stop::Fatal(e.to_string()))?;
+        // Versions follow what events show (names, type names with modifiers, key),
+        // so a table read from the catalog for a snapshot gets the same one.
         let schema = TableSchema::new(
             self.connector.clone(),
             "postgres",
@@ -483,8 +562,13 @@ impl Streamer<'_> {
             rel.name.to_string(),
             columns,
             pk,
-            version,
+            0,
         );
+        let version = self
+            .store
+            .schema_version(&qualified, schema.layout_fingerprint())
+            .map_err(|e| Stop::Fatal(e.to_string()))?;
+        let schema = schema.with_version(version);
         if included {
             self.store
                 .record_schema(&schema)

@@ -1,0 +1,363 @@
+//! The reading side of a snapshot, shared by every source: which tables to read and
+//! when (the initial queue, on-demand requests, `parallel_tables` at a time), each
+//! table chunk after chunk from where its progress stands, failed reads retried with
+//! backoff, and the hand-over of each chunk's rows to the stream task.
+//!
+//! A source only says how to connect, how to describe a table and how to read one chunk
+//! (`ChunkSource`): its consistent-read primitive and its value decoding.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::merge::{Batch, Chunk, Cut, Emitted, Request, Requests};
+use super::{State, Status, TableProgress};
+use crate::event::{now_ms, Row, SourceMessage, TableSchema, Value};
+use crate::offsets::OffsetStore;
+use crate::pipeline::queue::QueueSender;
+
+/// Rows per message to the stream task.
+const BATCH_ROWS: usize = 256;
+
+/// A table as a source reads it.
+pub struct Described<T> {
+    pub table: T,
+    pub schema: Arc<TableSchema>,
+    /// Whether it has a key to chunk by (without one: one full pass).
+    pub keyed: bool,
+    /// The server's row estimate.
+    pub estimate: u64,
+}
+
+/// How one chunk ended, as the stream settled it.
+pub enum ChunkEnd {
+    Finished,
+    More,
+    /// Not emitted (or cut short): read again from where the progress stands.
+    Retry(String),
+}
+
+/// What a source provides to be snapshotted.
+#[async_trait]
+pub trait ChunkSource: Send + Sync + 'static {
+    type Conn: Send;
+    type Table: Send + Sync;
+
+    /// Why this source cannot take snapshots at all (said once per table).
+    fn unsupported(&self) -> Option<&'static str> {
+        None
+    }
+
+    async fn connect(&self) -> Result<Self::Conn, String>;
+
+    /// The table's columns, key and estimate; None when it does not exist.
+    async fn describe(
+        &self,
+        conn: &mut Self::Conn,
+        table: &str,
+    ) -> Result<Option<Described<Self::Table>>, String>;
+
+    /// Reads the chunk after `after` (at most `limit` rows; all rows without a key),
+    /// hands it to the stream through `requests` (`ChunkRows`), and returns once the
+    /// stream settled it.
+    async fn chunk(
+        &self,
+        conn: &mut Self::Conn,
+        table: &Described<Self::Table>,
+        after: Option<&[Value]>,
+        limit: u64,
+        requests: &Requests,
+    ) -> Result<ChunkEnd, String>;
+
+    async fn close(&self, _conn: Self::Conn) {}
+}
+
+/// Builds the progress to start from: as of the checkpoint; with `initial` and no
+/// checkpoint, every included table (`tables`) queued. Sends it ahead of the stream so
+/// the first checkpoint stores it (a crash before the first chunk still finds the
+/// tables queued).
+pub async fn start_state(
+    store: &OffsetStore,
+    first_start: bool,
+    mode: super::SnapshotMode,
+    tables: impl std::future::Future<Output = Result<Vec<String>, String>>,
+    tx: &mut QueueSender,
+) -> Result<Arc<Mutex<State>>, String> {
+    let mut state =
+        State::from_stored(store.sink_cursor(super::STATE_ID).map_err(|e| e.to_string())?);
+    if first_start && state.tables.is_empty() && mode != super::SnapshotMode::Never {
+        for t in tables.await? {
+            state.request(&t, 0);
+        }
+    }
+    if !state.tables.is_empty() {
+        let v = serde_json::to_value(&state).expect("the state serializes");
+        tx.send(SourceMessage::SnapshotProgress(Arc::new(v)))
+            .await
+            .map_err(|_| "the pipeline stopped".to_string())?;
+    }
+    Ok(Arc::new(Mutex::new(state)))
+}
+
+/// Runs a source's snapshots beside its stream.
+pub struct Reader<S: ChunkSource> {
+    pub source: S,
+    pub store: Arc<OffsetStore>,
+    pub state: Arc<Mutex<State>>,
+    pub requests: Requests,
+    pub chunk_rows: u64,
+}
+
+impl<S: ChunkSource> Reader<S> {
+    /// Works through the tables the state lists as unfinished (`workers` at a time),
+    /// and through requests as they come; ends at shutdown. A failed read is retried
+    /// with backoff while the stream keeps running.
+    pub async fn run(self: Arc<Self>, workers: usize, shutdown: CancellationToken) {
+        let queue = Arc::new(tokio::sync::Mutex::new(VecDeque::new()));
+        let state_dir = self.store.dir().to_path_buf();
+        let mut running: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let mut queued = HashSet::new();
+        loop {
+            // New requests, and the unfinished tables of the state.
+            let now_pending: Vec<String> = {
+                let mut st = self.state.lock().expect("not poisoned");
+                for (table, at) in super::requests::pending(&state_dir) {
+                    if st.request(&table, at) {
+                        tracing::info!(table, "snapshot requested");
+                    }
+                }
+                st.unfinished()
+            };
+            for t in now_pending {
+                if queued.insert(t.clone()) {
+                    if let Some(why) = self.source.unsupported() {
+                        // Said once per table; retrying cannot help.
+                        tracing::error!(table = %t, "snapshot not taken: {why}");
+                        continue;
+                    }
+                    queue.lock().await.push_back(t);
+                }
+            }
+            running.retain(|h| !h.is_finished());
+            while running.len() < workers.max(1) && !queue.lock().await.is_empty() {
+                let me = self.clone();
+                let queue = queue.clone();
+                let stop = shutdown.clone();
+                running.push(tokio::spawn(async move {
+                    while let Some(table) = queue.lock().await.pop_front() {
+                        me.table_with_retries(&table, &stop).await;
+                    }
+                }));
+            }
+            // Tables whose snapshot finished may be requested again.
+            {
+                let st = self.state.lock().expect("not poisoned");
+                queued.retain(|t| st.tables.get(t).is_some_and(|p| p.status != Status::Done));
+                for (t, p) in &st.tables {
+                    if p.status == Status::Done {
+                        super::requests::served(&state_dir, t, p.requested_ms);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// A failed read (lost connection, server restart) is retried with backoff, from
+    /// the last chunk the stream emitted.
+    async fn table_with_retries(&self, table: &str, stop: &CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        while let Err(e) = self.table(table, stop).await {
+            if stop.is_cancelled() {
+                return;
+            }
+            tracing::warn!(table, error = %e, retry_in_s = backoff.as_secs(), "snapshot read failed; retrying from its last chunk");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn table(&self, table: &str, stop: &CancellationToken) -> Result<(), String> {
+        let mut conn = self.source.connect().await?;
+        let Some(t) = self.source.describe(&mut conn, table).await? else {
+            tracing::warn!(table, "snapshot skipped: the table no longer exists");
+            self.finish_missing(table);
+            return Ok(());
+        };
+        let after = {
+            let mut st = self.state.lock().expect("not poisoned");
+            let p = st
+                .tables
+                .entry(table.to_string())
+                .or_insert_with(|| TableProgress::pending(0));
+            if p.status == Status::Pending {
+                p.status = Status::Running;
+                p.started_ms = Some(now_ms());
+                p.estimate = t.estimate;
+            }
+            p.after.clone()
+        };
+        if !t.keyed {
+            tracing::warn!(table, "snapshot: the table has no primary key usable for chunks: read in one pass, which holds the stream at its cut while it runs");
+        }
+        tracing::info!(table, estimate = t.estimate, resume_after = ?after.as_ref().map(|k| k.iter().map(|v| v.to_json()).collect::<Vec<_>>()), "snapshot of table started");
+
+        // Track the table's keys in the stream before the first cut is taken.
+        let (ack, acked) = oneshot::channel();
+        self.requests
+            .send(Request::Track {
+                table: table.to_string(),
+                ack,
+            })
+            .await
+            .map_err(|_| "the stream stopped")?;
+        acked.await.map_err(|_| "the stream stopped")?;
+
+        let limit = self.chunk_rows.max(1);
+        let mut after = after;
+        loop {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            match self
+                .source
+                .chunk(&mut conn, &t, after.as_deref(), limit, &self.requests)
+                .await?
+            {
+                ChunkEnd::Finished => break,
+                ChunkEnd::More => {}
+                ChunkEnd::Retry(why) => tracing::debug!(table, why, "snapshot chunk read again"),
+            }
+            // From where the stream's progress says (a chunk cut short may have
+            // emitted part of its rows).
+            after = self
+                .state
+                .lock()
+                .expect("not poisoned")
+                .tables
+                .get(table)
+                .and_then(|p| p.after.clone());
+        }
+        self.source.close(conn).await;
+        Ok(())
+    }
+
+    fn finish_missing(&self, table: &str) {
+        let mut st = self.state.lock().expect("not poisoned");
+        if let Some(p) = st.tables.get_mut(table) {
+            p.status = Status::Done;
+            p.finished_ms = Some(now_ms());
+        }
+    }
+}
+
+/// The rows of one chunk on their way to the stream task; made by `register`.
+pub struct ChunkRows {
+    tx: mpsc::Sender<Batch>,
+    batch: Vec<Row>,
+    count: u64,
+    /// The key of the last row pushed, in the source's own form.
+    last_key: Option<Vec<Value>>,
+}
+
+/// The stream's answer for one chunk; made by `register`.
+pub struct Settled(oneshot::Receiver<Result<Emitted, String>>);
+
+/// Hands a chunk of `schema` consistent with `cut` to the stream task. The rows follow
+/// through the returned `ChunkRows`.
+pub async fn register(
+    requests: &Requests,
+    schema: Arc<TableSchema>,
+    cut: Cut,
+) -> Result<(ChunkRows, Settled), String> {
+    let (rows_tx, rows_rx) = mpsc::channel(8);
+    let (emitted_tx, emitted_rx) = oneshot::channel();
+    requests
+        .send(Request::Chunk(Chunk {
+            table: schema,
+            cut,
+            rows: rows_rx,
+            emitted: emitted_tx,
+        }))
+        .await
+        .map_err(|_| "the stream stopped")?;
+    Ok((
+        ChunkRows {
+            tx: rows_tx,
+            batch: Vec::with_capacity(BATCH_ROWS),
+            count: 0,
+            last_key: None,
+        },
+        Settled(emitted_rx),
+    ))
+}
+
+impl ChunkRows {
+    /// Passes one row on, with its key in the source's form (None without a key).
+    /// False when the stream dropped the chunk (stop reading).
+    pub async fn push(&mut self, row: Row, key: Option<Vec<Value>>) -> bool {
+        self.batch.push(row);
+        self.last_key = key;
+        self.count += 1;
+        if self.batch.len() >= BATCH_ROWS {
+            return self.send_batch().await;
+        }
+        true
+    }
+
+    async fn send_batch(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let rows = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_ROWS));
+        self.tx.send(Batch::Rows(rows)).await.is_ok()
+    }
+
+    /// All rows were read: the table is finished when the chunk came back short of
+    /// `limit` (or it has no key: one pass).
+    pub async fn end(mut self, limit: u64, keyed: bool) {
+        self.send_batch().await;
+        let finished = !keyed || self.count < limit;
+        let _ = self
+            .tx
+            .send(Batch::End {
+                finished,
+                last_key: self.last_key.take(),
+            })
+            .await;
+    }
+
+    /// The read failed: the rows read so far go on (they are right as of the cut).
+    pub async fn fail(mut self, why: String) {
+        self.send_batch().await;
+        let _ = self
+            .tx
+            .send(Batch::Failed {
+                why,
+                last_key: self.last_key.take(),
+            })
+            .await;
+    }
+}
+
+impl Settled {
+    /// Waits for the stream to emit (or drop) the chunk.
+    pub async fn wait(self) -> Result<ChunkEnd, String> {
+        match self.0.await {
+            Ok(Ok(e)) if e.finished => Ok(ChunkEnd::Finished),
+            Ok(Ok(_)) => Ok(ChunkEnd::More),
+            Ok(Err(why)) => Ok(ChunkEnd::Retry(why)),
+            Err(_) => Err("the stream stopped".into()),
+        }
+    }
+}

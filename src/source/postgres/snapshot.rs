@@ -1,0 +1,431 @@
+//! Snapshot chunks from PostgreSQL. A snapshot has no WAL position, so each chunk is
+//! placed in the stream with a marker (a watermark, DBLog-style, but without a table):
+//!
+//! 1. `BEGIN ISOLATION LEVEL REPEATABLE READ` and `pg_current_snapshot()`: the MVCC
+//!    snapshot the chunk is read in, and which transactions it saw.
+//! 2. The chunk is handed to the stream task, then a non-transactional
+//!    `pg_logical_emit_message` writes the marker. Every transaction the snapshot saw
+//!    committed before the marker was written, so the stream has carried all of them
+//!    when it shows the marker: that is where the chunk is emitted.
+//! 3. The rows are read (text output, the same forms pgoutput sends, decoded by the
+//!    same `values::decode_text`) and flow through the stream task as it emits them,
+//!    leaving out keys the stream changed in transactions the snapshot did not see.
+//!
+//! Snapshot rows get the marker's LSN as their version. Streamed changes carry their
+//! transaction's commit LSN (stream.rs), so a change the snapshot saw is older than the
+//! marker and one it did not see is newer (or left the row out of the chunk).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::catalog::{quote_ident, TypeCache};
+use super::config::PostgresSourceConfig;
+use super::connect::{classify, query_client};
+use super::values::{decode_text, PgType};
+use crate::config::Secret;
+use crate::event::{now_ms, Column, TableSchema, Value};
+use crate::offsets::OffsetStore;
+use crate::snapshot::merge::{Cut, Requests, SnapshotView};
+use crate::snapshot::reader::{register, ChunkEnd, ChunkSource, Described};
+
+/// The prefix of marker messages (`pg_logical_emit_message`).
+pub const MARKER_PREFIX: &str = "tributary.snapshot";
+
+/// A table as the snapshot reads it.
+pub(super) struct PgTable {
+    types: Vec<PgType>,
+    /// Key columns to chunk by (empty: one pass), with the SQL type names to cast the
+    /// resume key's text to.
+    chunk_key: Vec<usize>,
+    key_types: Vec<String>,
+}
+
+/// PostgreSQL as a snapshot source (snapshot::reader).
+pub(super) struct Chunks {
+    pub cfg: PostgresSourceConfig,
+    pub connector: Arc<str>,
+    pub store: Arc<OffsetStore>,
+    pub password: Option<Secret>,
+}
+
+/// Makes markers unique within this process (with the slot and the start time, unique
+/// among connectors and restarts).
+static MARKERS: AtomicU64 = AtomicU64::new(0);
+
+#[async_trait]
+impl ChunkSource for Chunks {
+    type Conn = Client;
+    type Table = PgTable;
+
+    async fn connect(&self) -> Result<Client, String> {
+        query_client(&self.cfg, self.password.as_ref())
+            .await
+            .map_err(|e| e.message().to_string())
+    }
+
+    async fn describe(
+        &self,
+        conn: &mut Client,
+        table: &str,
+    ) -> Result<Option<Described<PgTable>>, String> {
+        let fail = |e: tokio_postgres::Error| {
+            format!(
+                "reading the catalog for {table}: {}",
+                classify(&self.cfg, &e).message()
+            )
+        };
+        let Some((oid, schema, name, identity)) = find(conn, table).await.map_err(fail)? else {
+            return Ok(None);
+        };
+        let rows = conn
+            .query(
+                "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(fail)?;
+        let mut cache = TypeCache::default();
+        let mut types = Vec::with_capacity(rows.len());
+        let mut columns = Vec::with_capacity(rows.len());
+        for r in &rows {
+            types.push(cache.resolve(conn, r.get(1)).await.map_err(fail)?);
+            columns.push(Column {
+                name: r.get(0),
+                type_name: r.get(2),
+            });
+        }
+        // The key events carry (stream.rs): the primary key, else the replica identity
+        // index.
+        let mut key_names = super::catalog::primary_key(conn, oid)
+            .await
+            .map_err(fail)?;
+        if key_names.is_empty() && identity == "i" {
+            key_names = conn
+                .query(
+                    "SELECT a.attname FROM pg_index i \
+                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = $1 AND i.indisreplident ORDER BY k.ord",
+                    &[&oid],
+                )
+                .await
+                .map_err(fail)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        }
+        let key: Vec<usize> = key_names
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| &c.name == k))
+            .collect();
+        let estimate: f32 = conn
+            .query_one("SELECT reltuples FROM pg_class WHERE oid = $1", &[&oid])
+            .await
+            .map_err(fail)?
+            .get(0);
+        let key_types = key.iter().map(|&i| columns[i].type_name.clone()).collect();
+        let schema = TableSchema::new(
+            self.connector.clone(),
+            "postgres",
+            schema,
+            name,
+            columns,
+            key.clone(),
+            0,
+        );
+        let version = self
+            .store
+            .schema_version(table, schema.layout_fingerprint())
+            .map_err(|e| e.to_string())?;
+        let schema = schema.with_version(version);
+        self.store
+            .record_schema(&schema)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(Described {
+            schema: Arc::new(schema),
+            keyed: !key.is_empty(),
+            table: PgTable {
+                types,
+                chunk_key: key,
+                key_types,
+            },
+            // -1: never analyzed.
+            estimate: estimate.max(0.0) as u64,
+        }))
+    }
+
+    async fn chunk(
+        &self,
+        conn: &mut Client,
+        t: &Described<PgTable>,
+        after: Option<&[Value]>,
+        limit: u64,
+        requests: &Requests,
+    ) -> Result<ChunkEnd, String> {
+        let sql_err =
+            |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
+        conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(sql_err)?;
+        let result = self.chunk_in_snapshot(conn, t, after, limit, requests).await;
+        // Read-only work: a failed COMMIT loses nothing (the connection is gone then,
+        // and the retry opens another).
+        let _ = conn.batch_execute("COMMIT").await;
+        result
+    }
+}
+
+impl Chunks {
+    async fn chunk_in_snapshot(
+        &self,
+        conn: &Client,
+        t: &Described<PgTable>,
+        after: Option<&[Value]>,
+        limit: u64,
+        requests: &Requests,
+    ) -> Result<ChunkEnd, String> {
+        let sql_err =
+            |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
+        // The first statement takes the transaction's snapshot.
+        let text: String = conn
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await
+            .map_err(sql_err)?
+            .get(0);
+        let marker = format!(
+            "{}/{}/{}",
+            self.cfg.slot,
+            now_ms(),
+            MARKERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let view = PgSnapshot::parse(&text, marker.clone())
+            .ok_or_else(|| format!("unexpected pg_current_snapshot() `{text}`"))?;
+        let (mut rows, settled) =
+            register(requests, t.schema.clone(), Cut::Snapshot(Box::new(view))).await?;
+        // Written after the chunk was handed over, so the stream finds it waiting. If
+        // this fails the marker may never come: the chunk is given up (the next one of
+        // the table replaces it in the stream task) and the read retried.
+        conn.query_one(
+            "SELECT pg_logical_emit_message(false, $1, $2)::text",
+            &[&MARKER_PREFIX, &marker],
+        )
+        .await
+        .map_err(|e| {
+            let m = sql_err(e);
+            if m.contains("permission denied") {
+                format!("{m}: snapshots write a marker with pg_logical_emit_message; grant EXECUTE on it to [source] user")
+            } else {
+                m
+            }
+        })?;
+        let sql = select(&t.schema, &t.table, after, limit);
+        let read = async {
+            let stream = conn.simple_query_raw(&sql).await.map_err(sql_err)?;
+            futures_util::pin_mut!(stream);
+            while let Some(msg) = stream.try_next().await.map_err(sql_err)? {
+                let SimpleQueryMessage::Row(r) = msg else {
+                    continue;
+                };
+                let mut out = Vec::with_capacity(t.table.types.len());
+                for (i, ty) in t.table.types.iter().enumerate() {
+                    out.push(match r.get(i) {
+                        None => Value::Null,
+                        Some(s) => decode_text(ty, s.as_bytes()).map_err(|e| {
+                            format!(
+                                "cannot decode {}.{} ({}): {e}",
+                                t.schema.qualified_name(),
+                                t.schema.columns[i].name,
+                                t.schema.columns[i].type_name
+                            )
+                        })?,
+                    });
+                }
+                // The key's text forms: exactly what the next chunk's literal needs.
+                let key = t.keyed.then(|| {
+                    t.table
+                        .chunk_key
+                        .iter()
+                        .map(|&i| Value::String(r.get(i).unwrap_or_default().to_string()))
+                        .collect()
+                });
+                if !rows.push(out, key).await {
+                    return Ok(false);
+                }
+            }
+            Ok::<_, String>(true)
+        }
+        .await;
+        match read {
+            Ok(true) => rows.end(limit, t.keyed).await,
+            Ok(false) => {}
+            Err(e) => {
+                rows.fail(e.clone()).await;
+                // The marker is in the stream: wait for it to settle what it got, so
+                // the retry starts after the progress it recorded.
+                let _ = settled.wait().await;
+                return Err(e);
+            }
+        }
+        settled.wait().await
+    }
+}
+
+/// The table `schema.name` names (split at the dot that names an existing table), with
+/// its oid and replica identity.
+async fn find(
+    conn: &Client,
+    table: &str,
+) -> Result<Option<(u32, String, String, String)>, tokio_postgres::Error> {
+    for (i, _) in table.match_indices('.') {
+        let (schema, name) = (&table[..i], &table[i + 1..]);
+        if let Some(r) = conn
+            .query_opt(
+                "SELECT c.oid, c.relreplident::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &name],
+            )
+            .await?
+        {
+            return Ok(Some((r.get(0), schema.into(), name.into(), r.get(1))));
+        }
+    }
+    Ok(None)
+}
+
+/// The chunk's statement: every column (text output) in key order after `after` (the
+/// previous chunk's last key, as text cast to the key's types).
+fn select(s: &TableSchema, t: &PgTable, after: Option<&[Value]>, limit: u64) -> String {
+    let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        cols.join(", "),
+        quote_ident(&s.db),
+        quote_ident(&s.table)
+    );
+    if t.chunk_key.is_empty() {
+        return sql;
+    }
+    let key: Vec<String> = t
+        .chunk_key
+        .iter()
+        .map(|&i| quote_ident(&s.columns[i].name))
+        .collect();
+    if let Some(after) = after {
+        let literals: Vec<String> = after
+            .iter()
+            .zip(&t.key_types)
+            .map(|(v, ty)| match v {
+                Value::String(text) => format!("{}::{ty}", literal(text)),
+                // Not written by this reader (a key is stored as its text).
+                other => format!("{}::{ty}", literal(&other.to_json())),
+            })
+            .collect();
+        sql.push_str(&format!(
+            " WHERE ({}) > ({})",
+            key.join(", "),
+            literals.join(", ")
+        ));
+    }
+    sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", key.join(", ")));
+    sql
+}
+
+/// A string literal that reads the same whatever standard_conforming_strings says.
+fn literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// `pg_current_snapshot()`: which transactions the chunk's snapshot saw.
+struct PgSnapshot {
+    marker: String,
+    xmax: u64,
+    running: HashSet<u64>,
+}
+
+impl PgSnapshot {
+    /// `xmin:xmax:xip,...` (64-bit transaction ids).
+    fn parse(text: &str, marker: String) -> Option<PgSnapshot> {
+        let mut parts = text.split(':');
+        let _xmin: u64 = parts.next()?.parse().ok()?;
+        let xmax: u64 = parts.next()?.parse().ok()?;
+        let running = match parts.next()? {
+            "" => HashSet::new(),
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?,
+        };
+        Some(PgSnapshot {
+            marker,
+            xmax,
+            running,
+        })
+    }
+
+    /// A 32-bit xid as events carry it, widened to 64 bits next to `xmax` (the
+    /// transactions a stream carries around a snapshot are close to it).
+    fn widen(&self, xid: u32) -> u64 {
+        let diff = xid.wrapping_sub(self.xmax as u32) as i32;
+        (self.xmax as i64 + diff as i64) as u64
+    }
+}
+
+impl SnapshotView for PgSnapshot {
+    fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    fn sees(&self, txid: Option<&str>) -> bool {
+        let Some(xid) = txid.and_then(|t| t.parse::<u32>().ok()) else {
+            return true;
+        };
+        let full = self.widen(xid);
+        full < self.xmax && !self.running.contains(&full)
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .map(|x| (*x as u32).to_string())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_visibility() {
+        let s = PgSnapshot::parse("100:105:100,103", "m".into()).unwrap();
+        assert!(s.sees(Some("99")));
+        assert!(!s.sees(Some("100")));
+        assert!(s.sees(Some("101")));
+        assert!(!s.sees(Some("103")));
+        assert!(s.sees(Some("104")));
+        assert!(!s.sees(Some("105")));
+        assert!(!s.sees(Some("200")));
+        let mut running = s.running();
+        running.sort();
+        assert_eq!(running, vec!["100", "103"]);
+        // 32-bit xids across an epoch boundary.
+        let epoch = 1u64 << 32;
+        let s = PgSnapshot::parse(&format!("{}:{}:", epoch - 2, epoch + 2), "m".into()).unwrap();
+        assert!(s.sees(Some(&(u32::MAX - 1).to_string())));
+        assert!(s.sees(Some("1")));
+        assert!(!s.sees(Some("2")));
+        assert!(PgSnapshot::parse("1:2", "m".into()).is_none());
+    }
+
+    #[test]
+    fn literals_read_the_same_under_any_setting() {
+        assert_eq!(literal(r"it's a \ test"), r"E'it''s a \\ test'");
+    }
+}
