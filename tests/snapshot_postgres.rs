@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value as Json;
 
+/// Widens the window between each chunk's snapshot and its marker (see
+/// source/postgres/snapshot.rs), so the writer's changes land in it and the merge has
+/// to leave them out.
+const WIDE_WINDOW: &[(&str, &str)] = &[("TRIBUTARY_TEST_MARKER_DELAY_MS", "40")];
+
 /// `schema.t` with `rows` rows and a publication (named after the schema) for it.
 async fn create_table(client: &tokio_postgres::Client, prefix: &str, rows: u64) -> String {
     let (schema, table) = pg_table(
@@ -32,8 +37,8 @@ async fn create_table(client: &tokio_postgres::Client, prefix: &str, rows: u64) 
 }
 
 /// Inserts, updates and deletes spread over ids 1..=max+max/10 until `stop`, some in
-/// transactions of two statements (one row changed twice), pausing `pause_ms` after
-/// each; returns the number of transactions.
+/// transactions of two statements 20 ms apart (one row changed twice), pausing
+/// `pause_ms` after each; returns the number of transactions.
 fn writer(
     table: String,
     max: u64,
@@ -55,9 +60,11 @@ fn writer(
                      ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, s = EXCLUDED.s"
                 ),
                 1 => format!("UPDATE {table} SET n = n + 1, s = 'upd {n}' WHERE id = {id}"),
+                // Open across a snapshot's marker now and then: its changes predate
+                // the marker, its commit follows it.
                 2 => format!(
                     "BEGIN; UPDATE {table} SET n = n + 1, s = 'txn {n}' WHERE id = {id}; \
-                     UPDATE {table} SET n = n + 1 WHERE id = {id}; COMMIT"
+                     SELECT pg_sleep(0.02); UPDATE {table} SET n = n + 1 WHERE id = {id}; COMMIT"
                 ),
                 _ => format!("DELETE FROM {table} WHERE id = {id}"),
             };
@@ -87,7 +94,12 @@ async fn source_rows(table: &str) -> BTreeMap<i64, (i64, String)> {
 
 /// Waits until the log replayed equals the source, then checks no snapshot row came
 /// twice; panics with what differs after `secs`.
-async fn wait_log_equals_source(log: &std::path::Path, table: &str, secs: u64, c: &std::path::Path) {
+async fn wait_log_equals_source(
+    log: &std::path::Path,
+    table: &str,
+    secs: u64,
+    c: &std::path::Path,
+) {
     let want = source_rows(table).await;
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -100,8 +112,16 @@ async fn wait_log_equals_source(log: &std::path::Path, table: &str, secs: u64, c
             return;
         }
         if Instant::now() > deadline {
-            let missing: Vec<_> = want.keys().filter(|k| !state.contains_key(k)).take(5).collect();
-            let extra: Vec<_> = state.keys().filter(|k| !want.contains_key(k)).take(5).collect();
+            let missing: Vec<_> = want
+                .keys()
+                .filter(|k| !state.contains_key(k))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = state
+                .keys()
+                .filter(|k| !want.contains_key(k))
+                .take(5)
+                .collect();
             let differ: Vec<_> = want
                 .iter()
                 .filter(|(k, v)| state.get(k).is_some_and(|g| g != *v))
@@ -145,11 +165,14 @@ async fn snapshot_of_200k_rows_under_writes_equals_the_source() {
     );
     let stop_writer = Arc::new(AtomicBool::new(false));
     let w = writer(table.clone(), rows, stop_writer.clone(), 1);
-    let mut daemon = spawn_daemon(&c);
+    let mut daemon = spawn_daemon_env(&c, WIDE_WINDOW);
     wait_snapshot(&c, &table, |s| s["status"] == "done").await;
     stop_writer.store(true, Ordering::Relaxed);
     let transactions = w.await.unwrap();
-    assert!(transactions > 20, "the writer ran alongside: {transactions}");
+    assert!(
+        transactions > 20,
+        "the writer ran alongside: {transactions}"
+    );
     let nokey = format!("{schema}.nokey");
     wait_snapshot(&c, &nokey, |s| s["status"] == "done").await;
     assert_eq!(snapshot_status(&c, &nokey)["rows"], 30_000);
@@ -224,7 +247,7 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
         "snapshot_chunk_rows = 2000",
     );
     add_es_sink(&c, &url, "");
-    let mut daemon = spawn_daemon(&c);
+    let mut daemon = spawn_daemon_env(&c, WIDE_WINDOW);
     let stop_writer = Arc::new(AtomicBool::new(false));
     let w = writer(table.clone(), rows, stop_writer.clone(), 20);
     wait_snapshot(&c, &table, |s| s["status"] == "done").await;
@@ -303,13 +326,21 @@ async fn snapshot_rows_carry_the_values_streamed_rows_do() {
     let columns = [
         ("i2", "smallint", "-32768"),
         ("i8", "bigint", "9223372036854775807"),
-        ("n", "numeric", "'-123456789012345678901234567890.000000000000000000001'"),
+        (
+            "n",
+            "numeric",
+            "'-123456789012345678901234567890.000000000000000000001'",
+        ),
         ("nn", "numeric", "'NaN'"),
         ("f4", "real", "3.14"),
         ("f8", "double precision", "0.1"),
         ("f8n", "double precision", "'-Infinity'"),
         ("b", "boolean", "true"),
-        ("t", "text", "E'quote '' backslash \\\\ tab \\t unicode é 😀'"),
+        (
+            "t",
+            "text",
+            "E'quote '' backslash \\\\ tab \\t unicode é 😀'",
+        ),
         ("vc", "varchar(5)", "'abc'"),
         ("ch", "char(4)", "'ab'"),
         ("by", "bytea", "'\\x00ff10'"),
@@ -369,8 +400,14 @@ async fn snapshot_rows_carry_the_values_streamed_rows_do() {
         .into_iter()
         .filter(|e| e["source"]["table"] == "t")
         .collect();
-    let snap = events.iter().find(|e| e["op"] == "r").expect("a snapshot row");
-    let streamed = events.iter().find(|e| e["op"] == "c").expect("a streamed row");
+    let snap = events
+        .iter()
+        .find(|e| e["op"] == "r")
+        .expect("a snapshot row");
+    let streamed = events
+        .iter()
+        .find(|e| e["op"] == "c")
+        .expect("a streamed row");
     let mut a = snap["after"].clone();
     let mut b = streamed["after"].clone();
     a.as_object_mut().unwrap().remove("id");
@@ -380,4 +417,63 @@ async fn snapshot_rows_carry_the_values_streamed_rows_do() {
     assert_eq!(snap["schema_version"], streamed["schema_version"]);
     // The snapshot row's version precedes the streamed change's.
     assert!(snap["version"].as_u64().unwrap() < streamed["version"].as_u64().unwrap());
+}
+
+/// A transaction that changed a row before a chunk's snapshot and commits after the
+/// chunk was emitted: its change must win in the index. (Its changes' own LSNs predate
+/// the chunk's marker; versions by commit LSN order it after.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_across_a_chunk_wins_in_elasticsearch() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let schema = create_table(&client, "psnapopen", 10).await;
+    let table = format!("{schema}.t");
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &table, "snapshot = \"never\"");
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    // T changes row 5 and stays open.
+    let (open, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={PG_PORT} user=admin password=admin dbname=app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    open.batch_execute(&format!(
+        "SET synchronous_commit = on; BEGIN; UPDATE {table} SET s = 'from T' WHERE id = 5"
+    ))
+    .await
+    .unwrap();
+    let (code, _, err) = tributary(&[
+        "snapshot",
+        "--connector",
+        c.to_str().unwrap(),
+        "--table",
+        &table,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    wait_snapshot(&c, &table, |s| s["status"] == "done").await;
+    let alias = format!("{schema}_t");
+    let docs = wait_documents(&url, &alias, 10).await;
+    assert_eq!(docs["5"]["s"], "row 5", "the snapshot did not see T");
+    open.batch_execute("COMMIT").await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let docs = es_documents(&url, &alias).await;
+        if docs["5"]["s"] == "from T" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "T's change lost against the older snapshot row: {}\n{}",
+            docs["5"],
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
 }

@@ -235,7 +235,9 @@ impl Merger {
         }
         let first = self.recent_total - self.recent.len() as u64;
         if tracked.since < first {
-            return Some("the stream moved on too far to check the snapshot's running transactions".into());
+            return Some(
+                "the stream moved on too far to check the snapshot's running transactions".into(),
+            );
         }
         let before = (tracked.since - first) as usize;
         self.recent
@@ -599,9 +601,11 @@ mod tests {
         let emitted = snapshot_chunk(&mut m, vec!["9"], vec![row(1, "a"), row(2, "b")]).await;
         m.note(&change_in(Op::Update, 1, 90, "8")); // seen: the chunk has it
         m.note(&change_in(Op::Update, 2, 95, "9")); // running at the snapshot: newer
-        // A position boundary does not emit a snapshot chunk; another marker neither.
+                                                    // A position boundary does not emit a snapshot chunk; another marker neither.
         m.emit_due(&at(200), &mut tx).await.unwrap();
-        m.emit_marked("other", &at(200), 200, &mut tx).await.unwrap();
+        m.emit_marked("other", &at(200), 200, &mut tx)
+            .await
+            .unwrap();
         assert!(m.has_waiting());
         m.emit_marked("m1", &at(300), 300, &mut tx).await.unwrap();
         let out = drain(&mut tx, &mut rx).await;

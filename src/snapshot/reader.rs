@@ -87,8 +87,11 @@ pub async fn start_state(
     tables: impl std::future::Future<Output = Result<Vec<String>, String>>,
     tx: &mut QueueSender,
 ) -> Result<Arc<Mutex<State>>, String> {
-    let mut state =
-        State::from_stored(store.sink_cursor(super::STATE_ID).map_err(|e| e.to_string())?);
+    let mut state = State::from_stored(
+        store
+            .sink_cursor(super::STATE_ID)
+            .map_err(|e| e.to_string())?,
+    );
     if first_start && state.tables.is_empty() && mode != super::SnapshotMode::Never {
         for t in tables.await? {
             state.request(&t, 0);

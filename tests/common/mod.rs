@@ -138,6 +138,11 @@ pub fn bin() -> PathBuf {
 
 /// Runs the daemon in the background; its stderr goes to `dir/daemon.log`.
 pub fn spawn_daemon(connector: &Path) -> Child {
+    spawn_daemon_env(connector, &[])
+}
+
+/// `spawn_daemon` with extra environment variables.
+pub fn spawn_daemon_env(connector: &Path, env: &[(&str, &str)]) -> Child {
     let dir = connector.parent().unwrap();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -147,6 +152,7 @@ pub fn spawn_daemon(connector: &Path) -> Child {
     Command::new(bin())
         .args(["run", "--connector"])
         .arg(connector)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

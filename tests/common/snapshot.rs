@@ -15,7 +15,11 @@ pub fn snapshot_status(connector: &std::path::Path, table: &str) -> Json {
         .unwrap_or(Json::Null)
 }
 
-pub async fn wait_snapshot(connector: &std::path::Path, table: &str, until: impl Fn(&Json) -> bool) {
+pub async fn wait_snapshot(
+    connector: &std::path::Path,
+    table: &str,
+    until: impl Fn(&Json) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let s = snapshot_status(connector, table);
@@ -62,4 +66,3 @@ pub fn replay_log(log: &std::path::Path) -> (BTreeMap<i64, (i64, String)>, Vec<i
     }
     (state, snapshot_ids)
 }
-

@@ -99,6 +99,27 @@ pub async fn check_server(
         ));
     }
 
+    // Snapshots place each chunk in the stream with a logical message (snapshot.rs).
+    let can_mark: bool = client
+        .query_one(
+            "SELECT has_function_privilege('pg_logical_emit_message(boolean,text,text)', 'EXECUTE')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !can_mark {
+        let msg = format!(
+            "user `{}` may not call pg_logical_emit_message, which snapshots use to mark each chunk in the stream: run GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO \"{}\";",
+            cfg.user, cfg.user
+        );
+        if cfg.snapshot == crate::snapshot::SnapshotMode::Never {
+            r.warnings
+                .push(format!("{msg} (needed by `tributary snapshot`)"));
+        } else {
+            r.errors.push(msg);
+        }
+    }
+
     // Tables.
     let filter = cfg.filter();
     let tables = included_tables(client, &filter).await?;

@@ -102,9 +102,7 @@ impl ChunkSource for Chunks {
         }
         // The key events carry (stream.rs): the primary key, else the replica identity
         // index.
-        let mut key_names = super::catalog::primary_key(conn, oid)
-            .await
-            .map_err(fail)?;
+        let mut key_names = super::catalog::primary_key(conn, oid).await.map_err(fail)?;
         if key_names.is_empty() && identity == "i" {
             key_names = conn
                 .query(
@@ -168,12 +166,13 @@ impl ChunkSource for Chunks {
         limit: u64,
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
-        let sql_err =
-            |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
+        let sql_err = |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
         conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(sql_err)?;
-        let result = self.chunk_in_snapshot(conn, t, after, limit, requests).await;
+        let result = self
+            .chunk_in_snapshot(conn, t, after, limit, requests)
+            .await;
         // Read-only work: a failed COMMIT loses nothing (the connection is gone then,
         // and the retry opens another).
         let _ = conn.batch_execute("COMMIT").await;
@@ -190,14 +189,18 @@ impl Chunks {
         limit: u64,
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
-        let sql_err =
-            |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
+        let sql_err = |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
         // The first statement takes the transaction's snapshot.
         let text: String = conn
             .query_one("SELECT pg_current_snapshot()::text", &[])
             .await
             .map_err(sql_err)?
             .get(0);
+        if let Some(ms) = marker_delay_ms() {
+            // Tests widen the window between the snapshot and its marker, so changes
+            // land in it and the merge must leave them out.
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         let marker = format!(
             "{}/{}/{}",
             self.cfg.slot,
@@ -274,6 +277,18 @@ impl Chunks {
         }
         settled.wait().await
     }
+}
+
+/// `TRIBUTARY_TEST_MARKER_DELAY_MS`: a pause between taking a chunk's snapshot and
+/// writing its marker, for tests only (it makes the window the merge covers wide
+/// enough for a test writer to land changes in it).
+fn marker_delay_ms() -> Option<u64> {
+    static DELAY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("TRIBUTARY_TEST_MARKER_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
 }
 
 /// The table `schema.name` names (split at the dot that names an existing table), with

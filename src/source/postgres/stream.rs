@@ -21,8 +21,8 @@ use crate::event::{
 };
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
-use crate::source::filter::TableFilter;
 use crate::snapshot::merge::Merger;
+use crate::source::filter::TableFilter;
 use crate::source::session::{next_or_flush_or, ConnError, Next, Reconnect, Stop};
 use crate::source::{Checkpoints, SourceError};
 
