@@ -67,8 +67,8 @@ start() {
     rm -f "$dir/pwfile"
   fi
   as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
-    "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=20 \
-     -c max_wal_senders=20 -c shared_buffers=128MB -c fsync=off -c synchronous_commit=off \
+    "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=64 \
+     -c max_wal_senders=32 -c shared_buffers=128MB -c fsync=off -c synchronous_commit=off \
      -c full_page_writes=off ${TRIBUTARY_POSTGRES_EXTRA_ARGS:-}" >/dev/null 9>&- \
     || { echo "PostgreSQL did not start; see $dir/server.log:" >&2; tail -20 "$dir/server.log" >&2; exit 1; }
   psql_admin -d postgres <<SQL

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mysql_async::prelude::Queryable;
-use serde_json::Value as Json;
 
 async fn create_table(conn: &mut mysql_async::Conn, db: &str, rows: u64) {
     exec(conn, &format!("CREATE DATABASE `{db}`")).await;
@@ -182,40 +181,8 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
     assert!(w.await.unwrap() > 20, "the writer ran alongside");
 
     let want = source_rows(&db).await;
-    let deadline = Instant::now() + Duration::from_secs(240);
     let alias = format!("{db}_t");
-    loop {
-        let docs = es_documents_by_id(&url, &alias).await;
-        let got: BTreeMap<i64, (i64, String)> = docs
-            .iter()
-            .map(|(id, d)| {
-                (
-                    *id,
-                    (
-                        d["n"].as_i64().unwrap(),
-                        d["s"].as_str().unwrap().to_string(),
-                    ),
-                )
-            })
-            .collect();
-        if got == want {
-            break;
-        }
-        if Instant::now() > deadline {
-            let missing = want.keys().filter(|k| !got.contains_key(k)).count();
-            let extra = got.keys().filter(|k| !want.contains_key(k)).count();
-            let differ = want
-                .iter()
-                .filter(|(k, v)| got.get(k).is_some_and(|g| g != *v))
-                .take(5)
-                .collect::<Vec<_>>();
-            panic!(
-                "index != source after the stream caught up: {missing} missing, {extra} extra, differing e.g. {differ:?}\n{}",
-                daemon_log(&c)
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    wait_index_equals(&url, &alias, &want, 240, &c).await;
 
     // Asked again while it runs: the daemon snapshots the table anew (a new run in
     // `status`), and the index still equals the source.

@@ -179,6 +179,7 @@ async fn snapshot_of_200k_rows_under_writes_equals_the_source() {
     assert!(daemon_log(&c).contains("read in one pass"));
     wait_log_equals_source(&dir.path().join("log"), &table, 120, &c).await;
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
     let s = snapshot_status(&c, &table);
     assert!(s["rows"].as_u64().unwrap() > 150_000, "{s}");
     assert!(s["chunks"].as_u64().unwrap() >= 40, "{s}");
@@ -216,6 +217,7 @@ async fn kill_9_mid_snapshot_resumes_from_the_last_chunk() {
     w.await.unwrap();
     wait_log_equals_source(&dir.path().join("log"), &table, 60, &c).await;
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
     let text = daemon_log(&c);
     assert!(
         text.contains("resume_after=Some("),
@@ -256,39 +258,7 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
 
     let want = source_rows(&table).await;
     let alias = format!("{schema}_t");
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let got: BTreeMap<i64, (i64, String)> = es_documents_by_id(&url, &alias)
-            .await
-            .iter()
-            .map(|(id, d)| {
-                (
-                    *id,
-                    (
-                        d["n"].as_i64().unwrap(),
-                        d["s"].as_str().unwrap().to_string(),
-                    ),
-                )
-            })
-            .collect();
-        if got == want {
-            break;
-        }
-        if Instant::now() > deadline {
-            let missing = want.keys().filter(|k| !got.contains_key(k)).count();
-            let extra = got.keys().filter(|k| !want.contains_key(k)).count();
-            let differ: Vec<_> = want
-                .iter()
-                .filter(|(k, v)| got.get(k).is_some_and(|g| g != *v))
-                .take(5)
-                .collect();
-            panic!(
-                "index != source: {missing} missing, {extra} extra, differing e.g. {differ:?}\n{}",
-                daemon_log(&c)
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    wait_index_equals(&url, &alias, &want, 240, &c).await;
 
     let first = snapshot_status(&c, &table);
     let (code, out, err) = tributary(&[
@@ -307,6 +277,7 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(es_documents_by_id(&url, &alias).await.len(), want.len());
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
 }
 
 /// One decoder contract, two paths: a row read by the snapshot and the same values
@@ -396,6 +367,7 @@ async fn snapshot_rows_carry_the_values_streamed_rows_do() {
     let log = dir.path().join("log");
     wait_for_events(&log, 2, Duration::from_secs(30)).await;
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
     let events: Vec<Json> = read_events(&log)
         .into_iter()
         .filter(|e| e["source"]["table"] == "t")
@@ -476,4 +448,5 @@ async fn a_transaction_open_across_a_chunk_wins_in_elasticsearch() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
 }

@@ -144,6 +144,14 @@ impl Merger {
         )
     }
 
+    /// Hands a streamed change on. Every change goes through here: the merge must see
+    /// each one (a TRUNCATE too) to leave out the chunk rows it made stale. Err when the
+    /// pipeline is gone.
+    pub async fn pass(&mut self, tx: &mut QueueSender, e: ChangeEvent) -> Result<(), ()> {
+        self.note(&e);
+        tx.send(SourceMessage::Change(e)).await.map_err(|_| ())
+    }
+
     /// Notes a streamed change (cheap when no table is tracked).
     pub fn note(&mut self, e: &ChangeEvent) {
         if let Some(t) = &e.txid {

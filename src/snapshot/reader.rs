@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::merge::{Batch, Chunk, Cut, Emitted, Request, Requests};
-use super::{State, Status, TableProgress};
+use super::merge::{Batch, Chunk, Cut, Emitted, Merger, Request, Requests};
+use super::{SnapshotMode, State, Status, TableProgress};
 use crate::event::{now_ms, Row, SourceMessage, TableSchema, Value};
 use crate::offsets::OffsetStore;
 use crate::pipeline::queue::QueueSender;
@@ -76,23 +76,46 @@ pub trait ChunkSource: Send + Sync + 'static {
     async fn close(&self, _conn: Self::Conn) {}
 }
 
-/// Builds the progress to start from: as of the checkpoint; with `initial` and no
-/// checkpoint, every included table (`tables`) queued. Sends it ahead of the stream so
-/// the first checkpoint stores it (a crash before the first chunk still finds the
-/// tables queued).
-pub async fn start_state(
-    store: &OffsetStore,
-    first_start: bool,
-    mode: super::SnapshotMode,
+/// How a source's snapshots start beside its stream.
+pub struct Settings {
+    pub mode: super::SnapshotMode,
+    pub chunk_rows: u64,
+    pub parallel_tables: usize,
+    /// No checkpoint yet: with `initial`, every included table is queued.
+    pub first_start: bool,
+}
+
+/// Snapshots running beside a stream; `stop` ends them once the stream ended.
+pub struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a source's snapshots: the progress as of the checkpoint (with `initial` and
+/// no checkpoint, every table `tables` lists queued), sent ahead of the stream so the
+/// first checkpoint stores it (a crash before the first chunk still finds the tables
+/// queued); the reader runs in its own task. Returns the merger for the stream task.
+pub async fn start<S: ChunkSource>(
+    source: S,
+    store: Arc<OffsetStore>,
+    settings: Settings,
     tables: impl std::future::Future<Output = Result<Vec<String>, String>>,
     tx: &mut QueueSender,
-) -> Result<Arc<Mutex<State>>, String> {
+    shutdown: &CancellationToken,
+) -> Result<(Merger, Running), String> {
     let mut state = State::from_stored(
         store
             .sink_cursor(super::STATE_ID)
             .map_err(|e| e.to_string())?,
     );
-    if first_start && state.tables.is_empty() && mode != super::SnapshotMode::Never {
+    if settings.first_start && state.tables.is_empty() && settings.mode != SnapshotMode::Never {
         for t in tables.await? {
             state.request(&t, 0);
         }
@@ -103,16 +126,38 @@ pub async fn start_state(
             .await
             .map_err(|_| "the pipeline stopped".to_string())?;
     }
-    Ok(Arc::new(Mutex::new(state)))
+    let state = Arc::new(Mutex::new(state));
+    let (merger, requests) = Merger::new(state.clone());
+    let reader = Arc::new(Reader {
+        source,
+        store,
+        state,
+        requests,
+        chunk_rows: settings.chunk_rows,
+    });
+    let stop = shutdown.child_token();
+    let task = tokio::spawn(reader.run(settings.parallel_tables, stop.clone()));
+    Ok((merger, Running { stop, task }))
+}
+
+/// A table layout read from the catalog, with the schema version the stream gives the
+/// same layout, recorded in the schema history.
+pub fn versioned(store: &OffsetStore, schema: TableSchema) -> Result<Arc<TableSchema>, String> {
+    let version = store
+        .schema_version(&schema.qualified_name(), schema.layout_fingerprint())
+        .map_err(|e| e.to_string())?;
+    let schema = schema.with_version(version);
+    store.record_schema(&schema).map_err(|e| e.to_string())?;
+    Ok(Arc::new(schema))
 }
 
 /// Runs a source's snapshots beside its stream.
-pub struct Reader<S: ChunkSource> {
-    pub source: S,
-    pub store: Arc<OffsetStore>,
-    pub state: Arc<Mutex<State>>,
-    pub requests: Requests,
-    pub chunk_rows: u64,
+struct Reader<S: ChunkSource> {
+    source: S,
+    store: Arc<OffsetStore>,
+    state: Arc<Mutex<State>>,
+    requests: Requests,
+    chunk_rows: u64,
 }
 
 impl<S: ChunkSource> Reader<S> {

@@ -121,3 +121,36 @@ pub async fn pg_table(
         .unwrap();
     (schema, table)
 }
+
+/// Drops `slot` once no session holds it (a stopped daemon's walsender ends a moment
+/// later), so finished tests leave the shared server no slot holding WAL.
+pub async fn pg_drop_slot(client: &tokio_postgres::Client, slot: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let rows = client
+            .query(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        match rows.first().map(|r| r.get::<_, bool>(0)) {
+            None => return,
+            Some(false) => {
+                if client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            Some(true) => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot {slot} is still in use"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::{daemon_log, read_events, tributary};
+use super::{daemon_log, es_documents_by_id, read_events, tributary};
 
 /// The table's snapshot entry in `tributary status`.
 pub fn snapshot_status(connector: &std::path::Path, table: &str) -> Json {
@@ -65,4 +65,48 @@ pub fn replay_log(log: &std::path::Path) -> (BTreeMap<i64, (i64, String)>, Vec<i
         }
     }
     (state, snapshot_ids)
+}
+
+/// Waits (up to `secs`) until the index behind `alias` holds exactly `want` (id -> (n,
+/// s)), key by key; panics with what differs.
+pub async fn wait_index_equals(
+    url: &str,
+    alias: &str,
+    want: &BTreeMap<i64, (i64, String)>,
+    secs: u64,
+    connector: &std::path::Path,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got: BTreeMap<i64, (i64, String)> = es_documents_by_id(url, alias)
+            .await
+            .iter()
+            .map(|(id, d)| {
+                (
+                    *id,
+                    (
+                        d["n"].as_i64().unwrap(),
+                        d["s"].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect();
+        if got == *want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing = want.keys().filter(|k| !got.contains_key(k)).count();
+            let extra = got.keys().filter(|k| !want.contains_key(k)).count();
+            let differ: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(k).is_some_and(|g| g != *v))
+                .take(5)
+                .collect();
+            panic!(
+                "index != source after the stream caught up: {missing} missing, {extra} extra, differing e.g. {differ:?}\n{}",
+                daemon_log(connector)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

@@ -23,7 +23,7 @@ use crate::config::Secret;
 use crate::event::{Column, Position, TableSchema, Value};
 use crate::offsets::OffsetStore;
 use crate::snapshot::merge::{Cut, Requests};
-use crate::snapshot::reader::{register, ChunkEnd, ChunkSource, Described};
+use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Described};
 use crate::source::filter::TableFilter;
 
 /// How one column's SELECT value becomes an event value.
@@ -248,16 +248,8 @@ impl Chunks {
             primary_key,
             0,
         );
-        let version = self
-            .store
-            .schema_version(table, schema.layout_fingerprint())
-            .map_err(|e| e.to_string())?;
-        let schema = schema.with_version(version);
-        self.store
-            .record_schema(&schema)
-            .map_err(|e| e.to_string())?;
         Ok(Some(Described {
-            schema: Arc::new(schema),
+            schema: versioned(&self.store, schema)?,
             keyed: !chunk_key.is_empty(),
             table: SnapTable { columns, chunk_key },
             estimate: estimate.flatten().unwrap_or(0),

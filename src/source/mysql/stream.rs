@@ -64,13 +64,9 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// Hands a change on. Every change goes through here: a snapshot merge must see
-    /// each one (a TRUNCATE too) to leave out the chunk rows it made stale.
+    /// Hands a change on, through the snapshot merge (see `Merger::pass`).
     async fn send_change(&mut self, tx: &mut QueueSender, e: ChangeEvent) -> Result<(), Stop> {
-        self.merger.note(&e);
-        tx.send(SourceMessage::Change(e))
-            .await
-            .map_err(|_| Stop::Closed)
+        self.merger.pass(tx, e).await.map_err(|_| Stop::Closed)
     }
 
     /// The position of a row event starting at `offset` in the current file, with the

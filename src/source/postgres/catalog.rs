@@ -68,12 +68,34 @@ pub async fn included_tables(
 
 /// The primary key's column names in key order (empty without one).
 pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    index_columns(client, oid, Index::Primary).await
+}
+
+/// Which index `index_columns` reads.
+pub enum Index {
+    Primary,
+    /// The one REPLICA IDENTITY USING INDEX names.
+    ReplicaIdentity,
+}
+
+/// An index's column names in key order (empty without such an index).
+pub async fn index_columns(
+    client: &Client,
+    oid: u32,
+    index: Index,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let flag = match index {
+        Index::Primary => "indisprimary",
+        Index::ReplicaIdentity => "indisreplident",
+    };
     let rows = client
         .query(
-            "SELECT a.attname FROM pg_index i \
-             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &format!(
+                "SELECT a.attname FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1 AND i.{flag} ORDER BY k.ord"
+            ),
             &[&oid],
         )
         .await?;

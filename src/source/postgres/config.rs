@@ -141,6 +141,15 @@ impl PostgresSourceConfig {
         self.password_setting().check_one(path, text, "[source]")
     }
 
+    pub fn snapshot_settings(&self, first_start: bool) -> crate::snapshot::reader::Settings {
+        crate::snapshot::reader::Settings {
+            mode: self.snapshot,
+            chunk_rows: self.snapshot_chunk_rows,
+            parallel_tables: self.snapshot_parallel_tables,
+            first_start,
+        }
+    }
+
     pub fn filter(&self) -> TableFilter {
         TableFilter::postgres(&self.include, &self.exclude).expect("validated when loaded")
     }

@@ -146,31 +146,21 @@ impl Source for PostgresSource {
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;
         let mut tx = tx;
-        let state = crate::snapshot::reader::start_state(
-            &self.store,
-            resume.is_none(),
-            self.cfg.snapshot,
-            included_names(&self.cfg, password.as_ref()),
-            &mut tx,
-        )
-        .await
-        .map_err(SourceError::Fatal)?;
-        let (merger, requests) = crate::snapshot::merge::Merger::new(state.clone());
-        let reader = Arc::new(crate::snapshot::reader::Reader {
-            source: snapshot::Chunks {
+        let (merger, snapshots) = crate::snapshot::reader::start(
+            snapshot::Chunks {
                 cfg: self.cfg.clone(),
                 connector: self.connector.clone(),
                 store: self.store.clone(),
                 password: password.clone(),
             },
-            store: self.store.clone(),
-            state,
-            requests,
-            chunk_rows: self.cfg.snapshot_chunk_rows,
-        });
-        let snapshot_stop = shutdown.child_token();
-        let snapshots =
-            tokio::spawn(reader.run(self.cfg.snapshot_parallel_tables, snapshot_stop.clone()));
+            self.store.clone(),
+            self.cfg.snapshot_settings(resume.is_none()),
+            included_names(&self.cfg, password.as_ref()),
+            &mut tx,
+            &shutdown,
+        )
+        .await
+        .map_err(SourceError::Fatal)?;
         let streamer = stream::Streamer {
             cfg: &self.cfg,
             connector: self.connector.clone(),
@@ -181,8 +171,7 @@ impl Source for PostgresSource {
         let result = streamer
             .run(resume, tx, checkpoints, shutdown, merger)
             .await;
-        snapshot_stop.cancel();
-        let _ = snapshots.await;
+        snapshots.stop().await;
         result
     }
 }

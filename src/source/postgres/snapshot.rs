@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::catalog::{quote_ident, TypeCache};
+use super::catalog::{index_columns, quote_ident, Index, TypeCache};
 use super::config::PostgresSourceConfig;
 use super::connect::{classify, query_client};
 use super::values::{decode_text, PgType};
@@ -31,7 +31,7 @@ use crate::config::Secret;
 use crate::event::{now_ms, Column, TableSchema, Value};
 use crate::offsets::OffsetStore;
 use crate::snapshot::merge::{Cut, Requests, SnapshotView};
-use crate::snapshot::reader::{register, ChunkEnd, ChunkSource, Described};
+use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Described};
 
 /// The prefix of marker messages (`pg_logical_emit_message`).
 pub const MARKER_PREFIX: &str = "tributary.snapshot";
@@ -102,21 +102,13 @@ impl ChunkSource for Chunks {
         }
         // The key events carry (stream.rs): the primary key, else the replica identity
         // index.
-        let mut key_names = super::catalog::primary_key(conn, oid).await.map_err(fail)?;
+        let mut key_names = index_columns(conn, oid, Index::Primary)
+            .await
+            .map_err(fail)?;
         if key_names.is_empty() && identity == "i" {
-            key_names = conn
-                .query(
-                    "SELECT a.attname FROM pg_index i \
-                     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                     WHERE i.indrelid = $1 AND i.indisreplident ORDER BY k.ord",
-                    &[&oid],
-                )
+            key_names = index_columns(conn, oid, Index::ReplicaIdentity)
                 .await
-                .map_err(fail)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+                .map_err(fail)?;
         }
         let key: Vec<usize> = key_names
             .iter()
@@ -137,16 +129,8 @@ impl ChunkSource for Chunks {
             key.clone(),
             0,
         );
-        let version = self
-            .store
-            .schema_version(table, schema.layout_fingerprint())
-            .map_err(|e| e.to_string())?;
-        let schema = schema.with_version(version);
-        self.store
-            .record_schema(&schema)
-            .map_err(|e| e.to_string())?;
         Ok(Some(Described {
-            schema: Arc::new(schema),
+            schema: versioned(&self.store, schema)?,
             keyed: !key.is_empty(),
             table: PgTable {
                 types,
@@ -166,7 +150,7 @@ impl ChunkSource for Chunks {
         limit: u64,
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
-        let sql_err = |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
+        let sql_err = |e: tokio_postgres::Error| self.sql_error(e);
         conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(sql_err)?;
@@ -181,6 +165,10 @@ impl ChunkSource for Chunks {
 }
 
 impl Chunks {
+    fn sql_error(&self, e: tokio_postgres::Error) -> String {
+        classify(&self.cfg, &e).message().to_string()
+    }
+
     async fn chunk_in_snapshot(
         &self,
         conn: &Client,
@@ -189,7 +177,7 @@ impl Chunks {
         limit: u64,
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
-        let sql_err = |e: tokio_postgres::Error| classify(&self.cfg, &e).message().to_string();
+        let sql_err = |e: tokio_postgres::Error| self.sql_error(e);
         // The first statement takes the transaction's snapshot.
         let text: String = conn
             .query_one("SELECT pg_current_snapshot()::text", &[])
