@@ -3,15 +3,18 @@
 //!
 //! 1. `BEGIN ISOLATION LEVEL REPEATABLE READ` and `pg_current_snapshot()`: the MVCC
 //!    snapshot the chunk is read in, and which transactions it saw.
-//! 2. The chunk is handed to the stream task, then a non-transactional
-//!    `pg_logical_emit_message` writes the marker. Every transaction the snapshot saw
-//!    committed before the marker was written, so the stream has carried all of them
-//!    when it shows the marker: that is where the chunk is emitted.
+//! 2. The chunk is handed to the stream task, then a second connection commits the
+//!    marker: a transactional `pg_logical_emit_message` under `synchronous_commit =
+//!    local`, so the commit flushes the WAL and the stream sees it at once (a
+//!    non-transactional message waits in an unflushed WAL page until something else
+//!    commits: up to seconds on a quiet server). Every transaction the snapshot saw
+//!    committed before the marker's transaction, so the stream has carried all of them
+//!    when it shows the marker's commit: that is where the chunk is emitted.
 //! 3. The rows are read (text output, the same forms pgoutput sends, decoded by the
 //!    same `values::decode_text`) and flow through the stream task as it emits them,
 //!    leaving out keys the stream changed in transactions the snapshot did not see.
 //!
-//! Snapshot rows get the marker's LSN as their version. Streamed changes carry their
+//! Snapshot rows get the marker transaction's commit LSN as their version. Streamed changes carry their
 //! transaction's commit LSN (stream.rs), so a change the snapshot saw is older than the
 //! marker and one it did not see is newer (or left the row out of the chunk).
 
@@ -36,6 +39,13 @@ use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Descri
 /// The prefix of marker messages (`pg_logical_emit_message`).
 pub const MARKER_PREFIX: &str = "tributary.snapshot";
 
+/// A reader's connections: one reads chunks in their snapshots, the other commits the
+/// markers meanwhile.
+pub(super) struct Conns {
+    reader: Client,
+    marker: Client,
+}
+
 /// A table as the snapshot reads it.
 pub(super) struct PgTable {
     types: Vec<PgType>,
@@ -59,20 +69,30 @@ static MARKERS: AtomicU64 = AtomicU64::new(0);
 
 #[async_trait]
 impl ChunkSource for Chunks {
-    type Conn = Client;
+    type Conn = Conns;
     type Table = PgTable;
 
-    async fn connect(&self) -> Result<Client, String> {
-        query_client(&self.cfg, self.password.as_ref())
+    async fn connect(&self) -> Result<Conns, String> {
+        let connect = || async {
+            query_client(&self.cfg, self.password.as_ref())
+                .await
+                .map_err(|e| e.message().to_string())
+        };
+        let reader = connect().await?;
+        let marker = connect().await?;
+        marker
+            .batch_execute("SET synchronous_commit = local")
             .await
-            .map_err(|e| e.message().to_string())
+            .map_err(|e| self.sql_error(e))?;
+        Ok(Conns { reader, marker })
     }
 
     async fn describe(
         &self,
-        conn: &mut Client,
+        conns: &mut Conns,
         table: &str,
     ) -> Result<Option<Described<PgTable>>, String> {
+        let conn = &conns.reader;
         let fail = |e: tokio_postgres::Error| {
             format!(
                 "reading the catalog for {table}: {}",
@@ -144,18 +164,19 @@ impl ChunkSource for Chunks {
 
     async fn chunk(
         &self,
-        conn: &mut Client,
+        conns: &mut Conns,
         t: &Described<PgTable>,
         after: Option<&[Value]>,
         limit: u64,
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
         let sql_err = |e: tokio_postgres::Error| self.sql_error(e);
+        let conn = &conns.reader;
         conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(sql_err)?;
         let result = self
-            .chunk_in_snapshot(conn, t, after, limit, requests)
+            .chunk_in_snapshot(conns, t, after, limit, requests)
             .await;
         // Read-only work: a failed COMMIT loses nothing (the connection is gone then,
         // and the retry opens another).
@@ -171,13 +192,14 @@ impl Chunks {
 
     async fn chunk_in_snapshot(
         &self,
-        conn: &Client,
+        conns: &Conns,
         t: &Described<PgTable>,
         after: Option<&[Value]>,
         limit: u64,
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
         let sql_err = |e: tokio_postgres::Error| self.sql_error(e);
+        let conn = &conns.reader;
         // The first statement takes the transaction's snapshot.
         let text: String = conn
             .query_one("SELECT pg_current_snapshot()::text", &[])
@@ -199,13 +221,15 @@ impl Chunks {
             .ok_or_else(|| format!("unexpected pg_current_snapshot() `{text}`"))?;
         let (mut rows, settled) =
             register(requests, t.schema.clone(), Cut::Snapshot(Box::new(view))).await?;
-        // Written after the chunk was handed over, so the stream finds it waiting. If
+        // Committed after the chunk was handed over, so the stream finds it waiting. If
         // this fails the marker may never come: the chunk is given up (the next one of
         // the table replaces it in the stream task) and the read retried.
-        conn.query_one(
-            "SELECT pg_logical_emit_message(false, $1, $2)::text",
-            &[&MARKER_PREFIX, &marker],
-        )
+        conns
+            .marker
+            .query_one(
+                "SELECT pg_logical_emit_message(true, $1, $2)::text",
+                &[&MARKER_PREFIX, &marker],
+            )
         .await
         .map_err(|e| {
             let m = sql_err(e);

@@ -57,6 +57,9 @@ struct StreamState {
     last_idle_commit: Instant,
     /// The version of the open transaction's changes: its commit LSN (DESIGN.md).
     commit_lsn: u64,
+    /// A snapshot chunk's marker in the open transaction: the chunk is emitted at its
+    /// commit (snapshot.rs).
+    marker: Option<String>,
     /// Merges snapshot chunks into the stream (snapshot::merge).
     merger: Merger,
     /// The snapshot readers may still send requests.
@@ -107,6 +110,7 @@ impl Streamer<'_> {
             warned: HashSet::new(),
             last_idle_commit: Instant::now(),
             commit_lsn: 0,
+            marker: None,
             merger,
             snapshot_requests_open: true,
         };
@@ -294,13 +298,10 @@ impl Streamer<'_> {
             }
             ReplicationEvent::Message {
                 transactional,
-                lsn,
                 prefix,
                 content,
-            } => {
-                self.logical_message(st, tx, transactional, lsn.as_u64(), &prefix, &content)
-                    .await?
-            }
+                ..
+            } => self.logical_message(st, transactional, &prefix, &content),
             ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(())
@@ -309,6 +310,7 @@ impl Streamer<'_> {
     fn begin(&self, st: &mut StreamState, xid: u32, commit_micros: i64, final_lsn: u64) {
         st.in_txn = true;
         st.commit_lsn = final_lsn;
+        st.marker = None;
         st.xid = Some(Arc::from(xid.to_string()));
         st.commit_ts_ms = ((commit_micros + PG_EPOCH_MICROS) / 1000).max(0) as u64;
     }
@@ -321,7 +323,20 @@ impl Streamer<'_> {
     ) -> Result<(), Stop> {
         st.in_txn = false;
         st.boundary = st.boundary.max(end);
-        tx.send(SourceMessage::Commit(Position::Wal { lsn: end }))
+        let at = Position::Wal { lsn: end };
+        if let Some(marker) = st.marker.take() {
+            // The chunk's rows, then its progress and this boundary.
+            let version = st.commit_lsn;
+            if st
+                .merger
+                .emit_marked(&marker, &at, version, tx)
+                .await
+                .map_err(|_| Stop::Closed)?
+            {
+                return Ok(());
+            }
+        }
+        tx.send(SourceMessage::Commit(at))
             .await
             .map_err(|_| Stop::Closed)
     }
@@ -372,13 +387,12 @@ impl Streamer<'_> {
             Message::Origin { .. } => return Ok(()),
             Message::LogicalMessage {
                 transactional,
-                lsn,
                 prefix,
                 content,
+                ..
             } => {
-                return self
-                    .logical_message(st, tx, transactional, lsn, prefix, content)
-                    .await
+                self.logical_message(st, transactional, prefix, content);
+                return Ok(());
             }
             Message::Insert { relation, new } => (Op::Create, relation, None, Some(new)),
             Message::Update { relation, old, new } => (Op::Update, relation, old, Some(new)),
@@ -430,33 +444,20 @@ impl Streamer<'_> {
         st.send_change(tx, e).await
     }
 
-    /// A `pg_logical_emit_message`: a snapshot chunk's marker emits the chunk here
-    /// (snapshot.rs); other messages are not row changes.
-    async fn logical_message(
+    /// A `pg_logical_emit_message`: a snapshot chunk's marker (transactional: its
+    /// chunk is emitted at the commit); other messages are not row changes.
+    fn logical_message(
         &self,
         st: &mut StreamState,
-        tx: &mut QueueSender,
         transactional: bool,
-        lsn: u64,
         prefix: &str,
         content: &[u8],
-    ) -> Result<(), Stop> {
-        if transactional || st.in_txn || prefix != MARKER_PREFIX {
-            return Ok(());
+    ) {
+        if transactional && st.in_txn && prefix == MARKER_PREFIX {
+            if let Ok(marker) = std::str::from_utf8(content) {
+                st.marker = Some(marker.to_string());
+            }
         }
-        let Ok(marker) = std::str::from_utf8(content) else {
-            return Ok(());
-        };
-        let at = Position::Wal { lsn };
-        if st
-            .merger
-            .emit_marked(marker, &at, lsn, tx)
-            .await
-            .map_err(|_| Stop::Closed)?
-        {
-            st.boundary = st.boundary.max(lsn);
-        }
-        Ok(())
     }
 
     fn event(
