@@ -1,7 +1,8 @@
-//! tributary: change-data-capture from MySQL/MariaDB binlogs (and, later, PostgreSQL
-//! logical replication) into log streams and search indexes. See DESIGN.md.
+//! tributary: change-data-capture from MySQL/MariaDB binlogs and PostgreSQL logical
+//! replication into log streams and search indexes. See DESIGN.md.
 
 pub mod config;
+pub mod enrich;
 pub mod event;
 pub mod metrics;
 pub mod offsets;

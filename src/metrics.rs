@@ -73,6 +73,12 @@ pub fn dead_letter(sink: &str, index: &str, error_type: &str) {
         .increment(1);
 }
 
+/// An event an enrichment step failed on, sent to the enrichment dead-letter stream.
+pub fn enrich_dead_letter(table: &str, kind: &str) {
+    counter!("tributary_enrich_dead_letters_total", "table" => table.to_string(), "kind" => kind.to_string())
+        .increment(1);
+}
+
 /// One request to a sink's server (a bulk request), from send to response.
 pub fn sink_request(sink: &str, took: Duration) {
     histogram!("tributary_sink_request_seconds", "sink" => sink.to_string())

@@ -26,6 +26,24 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Milliseconds since the Unix epoch as a UTC timestamp value (millisecond precision).
+pub fn utc_from_ms(ms: u64) -> crate::event::Value {
+    let secs = (ms / 1000) as i64;
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let rest = secs.rem_euclid(86_400);
+    crate::event::Value::DateTime {
+        year: year as u16,
+        month: month as u8,
+        day: day as u8,
+        hour: (rest / 3600) as u8,
+        minute: (rest % 3600 / 60) as u8,
+        second: (rest % 60) as u8,
+        micros: (ms % 1000) as u32 * 1000,
+        fsp: 3,
+        utc: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

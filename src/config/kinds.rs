@@ -13,6 +13,8 @@ use serde::de::{Deserialize, Deserializer, Error};
 use serde::Deserialize as DeriveDeserialize;
 
 use super::{line_col, parse_toml, ConfigError, SinkConfig, SourceConfig};
+use crate::enrich::config::KINDS as ENRICH_KINDS;
+use crate::enrich::EnrichConfig;
 
 const SOURCE_KINDS: &[&str] = &["mariadb", "mysql", "postgres"];
 const SINK_KINDS: &[&str] = &["log", "elasticsearch", "stdout", "null"];
@@ -27,12 +29,15 @@ struct Plan {
     source: Option<KindOnly>,
     #[serde(default)]
     sink: Vec<KindOnly>,
+    #[serde(default)]
+    enrich: Vec<KindOnly>,
 }
 
 #[derive(Default)]
 struct KindPlan {
     source: Option<String>,
     sinks: VecDeque<String>,
+    enrich: VecDeque<String>,
 }
 
 thread_local! {
@@ -77,6 +82,9 @@ pub fn with_kind_plan<T>(
     }
     for s in &plan.sink {
         kp.sinks.push_back(check(s, "sink", SINK_KINDS)?);
+    }
+    for s in &plan.enrich {
+        kp.enrich.push_back(check(s, "enrich", ENRICH_KINDS)?);
     }
     PLAN.with(|p| *p.borrow_mut() = kp);
     let out = parse();
@@ -128,5 +136,12 @@ impl<'de> Deserialize<'de> for SinkConfig {
                 SINK_KINDS.join(", ")
             ))),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for EnrichConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let kind = PLAN.with(|p| p.borrow_mut().enrich.pop_front());
+        crate::enrich::config::deserialize(kind.as_deref().unwrap_or(""), d)
     }
 }

@@ -30,6 +30,12 @@ pub struct ConnectorConfig {
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
     pub schema: SchemaConfig,
+    /// `[[enrich]]`: enrichment steps, in order (see enrich::).
+    #[serde(default)]
+    pub enrich: Vec<crate::enrich::EnrichConfig>,
+    /// `[enrichment]`: settings of the enrichment stage.
+    #[serde(default)]
+    pub enrichment: EnrichmentConfig,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -90,6 +96,16 @@ pub struct SchemaConfig {
     /// (default `<state dir>/quarantine`).
     #[serde(default)]
     pub quarantine_dir: Option<PathBuf>,
+}
+
+/// `[enrichment]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentConfig {
+    /// Where events an enrichment step failed on go (default
+    /// `<state dir>/dead-letters/enrich`).
+    #[serde(default)]
+    pub dead_letter_dir: Option<PathBuf>,
 }
 
 /// Queue bounds and checkpoint cadence between the source and the sinks.
@@ -191,6 +207,15 @@ impl ConnectorConfig {
         let mut cfg: ConnectorConfig =
             kinds::with_kind_plan(path, text, || parse_toml(path, text))?;
         cfg.path = path.to_path_buf();
+        // Each [[enrich]] entry's line, for errors found when a table binds.
+        let mut headers = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim() == "[[enrich]]")
+            .map(|(i, _)| i + 1);
+        for e in cfg.enrich.iter_mut() {
+            e.line = headers.next().unwrap_or(0);
+        }
         cfg.validate(text)?;
         Ok(cfg)
     }
@@ -201,6 +226,14 @@ impl ConnectorConfig {
             .quarantine_dir
             .clone()
             .unwrap_or_else(|| self.state.dir.join("quarantine"))
+    }
+
+    /// The enrichment dead-letter stream's directory.
+    pub fn enrich_dead_letter_dir(&self) -> PathBuf {
+        self.enrichment
+            .dead_letter_dir
+            .clone()
+            .unwrap_or_else(|| self.state.dir.join("dead-letters").join("enrich"))
     }
 
     /// The connector's schema policy (errors name the policy file, line and column).
@@ -237,6 +270,15 @@ impl ConnectorConfig {
                     p,
                     format!("two sinks share the id `{id}`: give them different `dir` or `name`"),
                 ));
+            }
+        }
+        for e in &self.enrich {
+            if let Err((_, msg)) = e.validate() {
+                return Err(ConfigError {
+                    path: p.to_path_buf(),
+                    line_col: Some((e.line, 1)),
+                    message: msg,
+                });
             }
         }
         if self.pipeline.queue_events == 0 || self.pipeline.queue_bytes < 4096 {

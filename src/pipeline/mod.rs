@@ -36,6 +36,8 @@ pub enum PipelineError {
     Halt(#[from] Box<crate::schema::Halt>),
     #[error("quarantine replay: {0}")]
     Replay(String),
+    #[error(transparent)]
+    Enrich(#[from] crate::enrich::EnrichError),
 }
 
 /// What a finished run did.
@@ -95,6 +97,10 @@ pub async fn run(
         quarantine: QuarantineStream::open(
             &cfg.quarantine_dir(),
             store.sink_cursor(quarantine::STREAM_ID)?,
+        )?,
+        enrich: crate::enrich::Stage::open(
+            cfg,
+            store.sink_cursor(crate::enrich::DEAD_LETTERS_ID)?,
         )?,
     };
     let mut guard = Guard::new(policy, store.sink_cursor(guard::STATE_ID)?);
@@ -223,8 +229,10 @@ pub async fn run(
                             .collect();
                         &kept
                     };
+                    // (It sees only `passed`, which ends at a boundary when cut.)
+                    let passed = outputs.enrich.apply(passed)?;
                     for s in outputs.sinks.iter_mut() {
-                        s.accept(passed).await?;
+                        s.accept(&passed).await?;
                     }
                     drop(batch);
                     if let Some(h) = halted {
@@ -411,6 +419,8 @@ struct Snapshot(Option<Arc<serde_json::Value>>);
 struct Outputs {
     sinks: Vec<Box<dyn Sink>>,
     quarantine: QuarantineStream,
+    /// Enrichment before the sinks, and its dead-letter stream.
+    enrich: crate::enrich::Stage,
 }
 
 impl Outputs {
@@ -424,6 +434,9 @@ impl Outputs {
             quarantine::STREAM_ID.to_string(),
             self.quarantine.flush().await?,
         ));
+        if let Some(ack) = self.enrich.flush().await? {
+            acks.push((crate::enrich::DEAD_LETTERS_ID.to_string(), ack));
+        }
         Ok(acks)
     }
 }

@@ -7,6 +7,18 @@ use crate::event::{Column, TableSchema};
 
 /// The mapping of one column, from the source type name.
 pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
+    // Fields enrichers add declare their Elasticsearch type (enrich::field_type).
+    if let Some(es) = type_name.strip_prefix("es:") {
+        return match es {
+            "date" => {
+                json!({"type": "date", "format": "strict_date_optional_time_nanos||epoch_millis", "ignore_malformed": true})
+            }
+            "text" => {
+                json!({"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}})
+            }
+            other => json!({ "type": other }),
+        };
+    }
     // Postgres arrays map as their element type (Elasticsearch fields hold arrays).
     if let Some(element) = type_name.strip_suffix("[]") {
         return field(element, decimal);
@@ -134,6 +146,9 @@ mod tests {
         assert_eq!(field("timestamp", k)["type"], "date");
         assert_eq!(field("json", k)["type"], "object");
         assert_eq!(field("blob", k)["type"], "binary");
+        assert_eq!(field("es:geo_point", k)["type"], "geo_point");
+        assert_eq!(field("es:long", k)["type"], "long");
+        assert_eq!(field("es:date", k)["type"], "date");
     }
 }
 

@@ -1,0 +1,54 @@
+//! The enrichment dead-letter stream: events a step failed on, with the reason and the
+//! step (`file:line kind`), in the log-stream format under `[enrich] dead_letter_dir`
+//! (default `<state dir>/dead-letters/enrich`). Its cursor is stored with every
+//! checkpoint like a sink's, so after a crash it holds each failed event once.
+
+use std::path::Path;
+
+use crate::event::ChangeEvent;
+use crate::sink::log::{LogSink, LogSinkConfig};
+use crate::sink::{Ack, Sink, SinkError};
+
+pub struct DeadLetters {
+    log: LogSink,
+    scratch: Vec<u8>,
+}
+
+impl DeadLetters {
+    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, SinkError> {
+        Ok(DeadLetters {
+            log: LogSink::open(
+                super::DEAD_LETTERS_ID.to_string(),
+                &LogSinkConfig::at(dir),
+                cursor,
+            )?,
+            scratch: Vec::with_capacity(4096),
+        })
+    }
+
+    /// `{"reason": .., "step": .., "event": <the event as sinks would see it>}`.
+    pub fn append(&mut self, e: &ChangeEvent, step: &str, reason: &str) -> Result<(), SinkError> {
+        let event: serde_json::Value =
+            serde_json::from_str(&e.to_json()).expect("events render valid JSON");
+        let record = serde_json::json!({"reason": reason, "step": step, "event": event});
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, &record).expect("writing to a Vec cannot fail");
+        self.log.append_json(&self.scratch)?;
+        let kind = step.rsplit(' ').next().unwrap_or(step);
+        crate::metrics::enrich_dead_letter(&e.table.qualified_name(), kind);
+        tracing::warn!(table = %e.table.qualified_name(), step, reason, "enrichment failed: event sent to the enrichment dead-letter stream");
+        Ok(())
+    }
+
+    pub fn commit(&mut self) {
+        self.log.mark_boundary();
+    }
+
+    pub fn rewind(&mut self) -> Result<(), SinkError> {
+        self.log.rewind()
+    }
+
+    pub async fn flush(&mut self) -> Result<Ack, SinkError> {
+        self.log.flush().await
+    }
+}

@@ -1,0 +1,346 @@
+//! Enrichment: declarative steps between the schema guard and the sinks.
+//!
+//! Each `[[enrich]]` entry of the connector file names a table (or a glob) and a kind;
+//! the entries that match a table form its chain, applied in file order to the `after`
+//! and `before` images of its changes. An enricher is bound once per table layout
+//! (`Enricher::bind`: which columns it reads, the layout after it) and then rewrites
+//! rows of that layout (`Enricher::apply`). Adding a kind is a new file here and one
+//! line in `config::build`.
+//!
+//! A step that fails on an event (a compute error, a value it cannot use) sends the
+//! event to the enrichment dead-letter stream with the reason and the step, counts it,
+//! and the pipeline goes on; a step that cannot bind to a table (a column it needs is
+//! missing) is a configuration error and stops the daemon with the entry's file:line.
+
+mod compute;
+pub mod config;
+mod dead_letters;
+mod fields;
+mod geo;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use config::EnrichConfig;
+pub use dead_letters::DeadLetters;
+
+use crate::event::{ChangeEvent, Column, Row, SourceMessage, TableSchema, Value};
+use crate::sink::{Ack, SinkError};
+
+/// The id the dead-letter stream's cursor is stored under.
+pub const DEAD_LETTERS_ID: &str = "enrich-dead-letters";
+
+/// The field flagged events carry their flags in (`["geo_point_invalid:location"]`).
+pub const FLAGS_FIELD: &str = "_flags";
+
+/// Type names of the fields enrichers add: `es:<Elasticsearch type>`, mapped as that
+/// type (sink::elasticsearch::mapping), never mistaken for a source type.
+pub fn field_type(es_type: &str) -> String {
+    format!("es:{es_type}")
+}
+
+/// A table's columns and key as a step sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub columns: Vec<Column>,
+    pub key: Vec<usize>,
+}
+
+impl Layout {
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The position of a column a step reads, or why it cannot bind.
+    pub fn require(&self, name: &str) -> Result<usize, String> {
+        self.position(name).ok_or_else(|| {
+            format!(
+                "no column `{name}` (the table has: {})",
+                self.columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// Adds a field at the end; an existing column of that name is an error (a step
+    /// never overwrites source data silently).
+    pub fn add(&mut self, name: &str, es_type: &str) -> Result<usize, String> {
+        if self.position(name).is_some() {
+            return Err(format!(
+                "field `{name}` exists already: choose another name"
+            ));
+        }
+        self.columns.push(Column {
+            name: name.to_string(),
+            type_name: field_type(es_type),
+        });
+        Ok(self.columns.len() - 1)
+    }
+}
+
+/// A step bound to one layout: the positions it reads (in its own order) and the
+/// layout after it.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub at: Vec<usize>,
+    pub layout: Layout,
+}
+
+/// What a step may read about the event besides the row.
+pub struct EventMeta<'a> {
+    pub event: &'a ChangeEvent,
+}
+
+/// One enrichment kind.
+pub trait Enricher: Send {
+    /// Binds to a table layout (once per layout).
+    fn bind(&self, input: &Layout) -> Result<Binding, String>;
+
+    /// Rewrites one row image of the bound layout in place (its length becomes the
+    /// output layout's). `flags` collects the event's flags. Err: the event goes to the
+    /// dead-letter stream with the reason.
+    fn apply(
+        &mut self,
+        b: &Binding,
+        meta: &EventMeta<'_>,
+        row: &mut Row,
+        flags: &mut Vec<String>,
+    ) -> Result<(), String>;
+
+    /// Whether it may flag events (the chain then adds `_flags`).
+    fn flags(&self) -> bool {
+        false
+    }
+}
+
+/// One `[[enrich]]` entry, built.
+struct Step {
+    /// `file:line kind` for messages.
+    origin: String,
+    tables: crate::source::filter::TableFilter,
+    enricher: Box<dyn Enricher>,
+}
+
+/// A table layout's chain: the steps that apply, bound, and the schema after them.
+struct Chain {
+    /// Keeps the source schema alive, so its address stays its key.
+    _source: Arc<TableSchema>,
+    schema: Arc<TableSchema>,
+    steps: Vec<(usize, Binding)>,
+    flags_at: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// The enrichment stage of a pipeline.
+pub struct Stage {
+    steps: Vec<Step>,
+    /// By the address of the source schema.
+    chains: HashMap<usize, Option<Chain>>,
+    dead: Option<DeadLetters>,
+}
+
+impl Stage {
+    /// The stage for a connector's `[[enrich]]` entries; the dead-letter stream is
+    /// opened at its stored cursor (only when there are entries).
+    pub fn open(
+        cfg: &crate::config::ConnectorConfig,
+        cursor: Option<serde_json::Value>,
+    ) -> Result<Stage, EnrichError> {
+        let mut steps = Vec::new();
+        for e in &cfg.enrich {
+            steps.push(Step {
+                origin: format!("{}:{} {}", cfg.path.display(), e.line, e.kind()),
+                tables: e.tables(),
+                enricher: e.build()?,
+            });
+        }
+        let dead = if steps.is_empty() {
+            None
+        } else {
+            Some(DeadLetters::open(&cfg.enrich_dead_letter_dir(), cursor)?)
+        };
+        Ok(Stage {
+            steps,
+            chains: HashMap::new(),
+            dead,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Enriches the changes of `batch` (in order, with its boundaries); events a step
+    /// failed on go to the dead-letter stream instead.
+    pub fn apply<'a>(
+        &mut self,
+        batch: &'a [SourceMessage],
+    ) -> Result<Cow<'a, [SourceMessage]>, EnrichError> {
+        if self.steps.is_empty() {
+            return Ok(Cow::Borrowed(batch));
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            match m {
+                SourceMessage::Change(e) => {
+                    if let Some(e) = self.enrich(e)? {
+                        out.push(SourceMessage::Change(e));
+                    }
+                }
+                SourceMessage::Commit(_) => {
+                    self.dead_letters().commit();
+                    out.push(m.clone());
+                }
+                SourceMessage::Rewind => {
+                    self.dead_letters().rewind()?;
+                    out.push(m.clone());
+                }
+                other => out.push(other.clone()),
+            }
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    fn dead_letters(&mut self) -> &mut DeadLetters {
+        self.dead.as_mut().expect("opened when there are steps")
+    }
+
+    /// The dead-letter stream's flush (None without steps).
+    pub async fn flush(&mut self) -> Result<Option<Ack>, SinkError> {
+        match self.dead.as_mut() {
+            Some(d) => Ok(Some(d.flush().await?)),
+            None => Ok(None),
+        }
+    }
+
+    fn enrich(&mut self, e: &ChangeEvent) -> Result<Option<ChangeEvent>, EnrichError> {
+        let key = Arc::as_ptr(&e.table) as usize;
+        if !self.chains.contains_key(&key) {
+            let chain = self.bind(&e.table)?;
+            self.chains.insert(key, chain);
+        }
+        let Some(chain) = self.chains.get(&key).and_then(|c| c.as_ref()) else {
+            return Ok(Some(e.clone()));
+        };
+        let meta = EventMeta { event: e };
+        let mut flags = Vec::new();
+        // Flags describe the row as it is now: `after`, or `before` for a delete.
+        let mut ignored = Vec::new();
+        let mut images = [e.before.clone(), e.after.clone()];
+        let flag_image = if e.after.is_some() { 1 } else { 0 };
+        for (i, b) in &chain.steps {
+            let step = &mut self.steps[*i];
+            for (n, row) in images.iter_mut().enumerate() {
+                let Some(row) = row else { continue };
+                let flags = if n == flag_image {
+                    &mut flags
+                } else {
+                    &mut ignored
+                };
+                if let Err(why) = step.enricher.apply(b, &meta, row, flags) {
+                    let origin = step.origin.clone();
+                    self.dead
+                        .as_mut()
+                        .expect("opened when there are steps")
+                        .append(e, &origin, &why)?;
+                    return Ok(None);
+                }
+            }
+        }
+        if chain.flags_at.is_some() {
+            flags.sort();
+            flags.dedup();
+            let v = if flags.is_empty() {
+                Value::Null
+            } else {
+                Value::Array(flags.into_iter().map(Value::String).collect())
+            };
+            for row in images.iter_mut().flatten() {
+                row.push(v.clone());
+            }
+        }
+        let [before, after] = images;
+        Ok(Some(ChangeEvent {
+            table: chain.schema.clone(),
+            before,
+            after,
+            ..e.clone()
+        }))
+    }
+
+    /// Binds the matching steps to a table's layout; None when none matches.
+    fn bind(&self, table: &Arc<TableSchema>) -> Result<Option<Chain>, EnrichError> {
+        let mut layout = Layout {
+            columns: table.columns.clone(),
+            key: table.primary_key.clone(),
+        };
+        let mut steps = Vec::new();
+        let mut flags = false;
+        for (i, s) in self.steps.iter().enumerate() {
+            if !s.tables.matches(&table.db, &table.table) {
+                continue;
+            }
+            let b = s.enricher.bind(&layout).map_err(|why| {
+                EnrichError::Config(format!(
+                    "{}: cannot enrich {}: {why}",
+                    s.origin,
+                    table.qualified_name()
+                ))
+            })?;
+            layout = b.layout.clone();
+            flags |= s.enricher.flags();
+            steps.push((i, b));
+        }
+        if steps.is_empty() {
+            return Ok(None);
+        }
+        let flags_at = if flags {
+            Some(layout.add(FLAGS_FIELD, "keyword").map_err(|why| {
+                EnrichError::Config(format!("cannot enrich {}: {why}", table.qualified_name()))
+            })?)
+        } else {
+            None
+        };
+        let schema = TableSchema::new(
+            table.connector.clone(),
+            table.kind,
+            table.db.clone(),
+            table.table.clone(),
+            layout.columns,
+            layout.key,
+            table.schema_version,
+        );
+        Ok(Some(Chain {
+            _source: table.clone(),
+            schema: Arc::new(schema),
+            steps,
+            flags_at,
+        }))
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_event() -> ChangeEvent {
+    ChangeEvent {
+        op: crate::event::Op::Create,
+        table: Arc::new(crate::schema::test_schema(1, &[("id", "int")])),
+        pos: crate::event::Position::Wal { lsn: 1 },
+        txid: None,
+        source_ts_ms: 0,
+        before: None,
+        after: Some(vec![Value::Int(1)]),
+        version: 1,
+        ts_ms: 0,
+    }
+}
