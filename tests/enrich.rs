@@ -1,0 +1,252 @@
+//! The enrichment stage end to end: a chain of meta, rename, drop, set, compute and
+//! geo_point on real MariaDB and PostgreSQL sources into the log stream and the
+//! Elasticsearch stand-in; invalid points are null and flagged; a failing step sends
+//! the event to the enrichment dead-letter stream and the rest goes on; a step that
+//! names a missing column stops the daemon with the entry's file:line.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value as Json;
+
+/// The chain every test uses on `<db>.<table>` (columns id, name, lat, lng, qty,
+/// price, secret).
+fn chain(table: &str) -> String {
+    format!(
+        r#"
+[[enrich]]
+table = "{table}"
+kind = "meta"
+fields = {{ op = "_op", table = "_table", schema_version = "_schema" }}
+
+[[enrich]]
+table = "{table}"
+kind = "rename"
+columns = {{ name = "title" }}
+
+[[enrich]]
+table = "{table}"
+kind = "drop"
+columns = ["secret"]
+
+[[enrich]]
+table = "{table}"
+kind = "set"
+fields = {{ region = "eu" }}
+
+[[enrich]]
+table = "{table}"
+kind = "compute"
+field = "unit_price"
+expr = "price / qty"
+type = "double"
+
+[[enrich]]
+table = "{table}"
+kind = "geo_point"
+lat = "lat"
+lon = "lng"
+field = "location"
+"#
+    )
+}
+
+fn add_chain(connector: &Path, table: &str) {
+    let mut text = std::fs::read_to_string(connector).unwrap();
+    text.push_str(&chain(table));
+    std::fs::write(connector, text).unwrap();
+}
+
+/// The enrichment dead letters: (reason, step, event).
+fn dead_letters(dir: &Path) -> Vec<Json> {
+    read_events(&dir.join("state").join("dead-letters").join("enrich"))
+}
+
+/// What every source must show after rows 1 (valid point), 2 (0/0), 3 (qty 0: the
+/// compute fails), 4 (out of range), then an update of 1.
+async fn check_outcome(dir: &Path, c: &Path, url: &str, alias: &str, kind: &str) {
+    let log = dir.join("log");
+    wait_for_events(&log, 4, Duration::from_secs(30)).await;
+    let docs = wait_documents(url, alias, 3).await;
+    let d1 = &docs["1"];
+    assert_eq!(d1["title"], "first", "{d1}");
+    assert!(
+        d1.get("name").is_none() && d1.get("secret").is_none(),
+        "{d1}"
+    );
+    assert_eq!(d1["region"], "eu");
+    assert_eq!(d1["_op"], "u", "the update's enrichment: {d1}");
+    assert_eq!(d1["_table"], "t");
+    assert_eq!(d1["_schema"], 1);
+    assert_eq!(d1["unit_price"], 2.5);
+    assert_eq!(d1["location"]["lat"], 52.52);
+    assert_eq!(d1["location"]["lon"], 13.405);
+    assert!(d1["_flags"].is_null(), "{d1}");
+    // 0,0: no point, flagged; never indexed at 0,0.
+    let d2 = &docs["2"];
+    assert!(d2["location"].is_null(), "{d2}");
+    assert_eq!(
+        d2["_flags"],
+        serde_json::json!(["geo_point_invalid:location"])
+    );
+    let d4 = &docs["4"];
+    assert!(d4["location"].is_null(), "{d4}");
+    assert_eq!(
+        d4["_flags"],
+        serde_json::json!(["geo_point_invalid:location"])
+    );
+    // Row 3 (qty 0) went to the dead letters, with its reason; the rest went on.
+    assert!(!docs.contains_key("3"), "{docs:?}");
+    let dl = dead_letters(dir);
+    assert_eq!(dl.len(), 1, "{dl:?}\n{}", daemon_log(c));
+    assert!(
+        dl[0]["step"].as_str().unwrap().ends_with(" compute"),
+        "{}",
+        dl[0]
+    );
+    assert!(
+        dl[0]["reason"].as_str().unwrap().contains("price / qty"),
+        "{}",
+        dl[0]
+    );
+    assert_eq!(dl[0]["event"]["after"]["id"], 3);
+    // The mapping types come from the steps.
+    let mapping = mapping_json(url, alias).await;
+    let props =
+        mapping.as_object().unwrap().values().next().unwrap()["mappings"]["properties"].clone();
+    assert_eq!(props["location"]["type"], "geo_point", "{props}");
+    assert_eq!(props["unit_price"]["type"], "double");
+    assert_eq!(props["region"]["type"], "keyword");
+    assert_eq!(props["_flags"]["type"], "keyword");
+    // The log carries the same enriched images.
+    let events = read_events(&log);
+    let first = events
+        .iter()
+        .find(|e| e["after"]["id"] == 1 && e["op"] == "u")
+        .expect("row 1's update in the log");
+    assert_eq!(first["after"]["title"], "first", "{first}");
+    assert_eq!(first["source"]["kind"], kind);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_chain_into_log_and_elasticsearch() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("enrich");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE `{db}`.t (id INT PRIMARY KEY, name VARCHAR(20), lat DOUBLE, lng DOUBLE, \
+             qty INT, price DECIMAL(8,2), secret VARCHAR(20))"
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    add_chain(&c, &format!("{db}.t"));
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!(
+            "INSERT INTO `{db}`.t VALUES (1, 'one', 52.52, 13.405, 2, 5.00, 'x'), \
+             (2, 'two', 0, 0, 1, 1.00, 'x'), (3, 'three', 1, 1, 0, 1.00, 'x'), \
+             (4, 'four', 95, 10, 1, 1.00, 'x')"
+        ),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.t SET name = 'first' WHERE id = 1"),
+    )
+    .await;
+    check_outcome(dir.path(), &c, &url, &format!("{db}_t"), "mariadb").await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_chain_into_log_and_elasticsearch() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let (schema, table) = pg_table(
+        &client,
+        "penrich",
+        "id int PRIMARY KEY, name text, lat double precision, lng double precision, \
+         qty int, price numeric(8,2), secret text",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    add_es_sink(&c, &url, "");
+    add_chain(&c, &table);
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} VALUES (1, 'one', 52.52, 13.405, 2, 5.00, 'x'), \
+             (2, 'two', 0, 0, 1, 1.00, 'x'), (3, 'three', 1, 1, 0, 1.00, 'x'), \
+             (4, 'four', 95, 10, 1, 1.00, 'x'); \
+             UPDATE {table} SET name = 'first' WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+    check_outcome(dir.path(), &c, &url, &format!("{schema}_t"), "postgres").await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
+}
+
+/// A step naming a column the table lacks stops the daemon with the entry's line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_on_a_missing_column_names_its_line() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("enrichbad");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, a INT)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    let line = text.lines().count() + 2;
+    text.push_str(&format!(
+        "\n[[enrich]]\ntable = \"{db}.t\"\nkind = \"rename\"\ncolumns = {{ nope = \"x\" }}\n"
+    ));
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (1, 1)")).await;
+    let status = tokio::task::spawn_blocking(move || daemon.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = daemon_log(&c);
+    assert!(
+        log.contains(&format!("connector.toml:{line} rename")) && log.contains("no column `nope`"),
+        "{log}"
+    );
+    // Nothing of the change passed the stage.
+    assert!(read_events(&dir.path().join("log")).is_empty());
+
+    // Config errors found without a table stop at load, with file:line.
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    text = text.replace(
+        "kind = \"rename\"\ncolumns = { nope = \"x\" }",
+        "kind = \"meta\"\nfields = { nope = \"x\" }",
+    );
+    std::fs::write(&c, &text).unwrap();
+    let (code, _, err) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("connector.toml:{line}:")) && err.contains("unknown metadata `nope`"),
+        "{err}"
+    );
+}
