@@ -16,6 +16,12 @@ const SINK_CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("sink_cu
 const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_versions");
 /// `<table>\0<version, 10 digits>` -> the columns and key of that version.
 const SCHEMA_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("schema_history");
+/// Keyed stage state (enrichment `track`): `<owner>\0<key>` -> bytes, written in the
+/// checkpoint's transaction so it always matches the stored position.
+const KEYED_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("keyed_state");
+
+/// A change to keyed state: set (Some) or remove (None) `<owner>\0<key>`.
+pub type StateUpdate = (String, Option<Vec<u8>>);
 const SOURCE_KEY: &str = "source";
 
 /// One version of a table's schema as the source described it.
@@ -120,6 +126,26 @@ impl OffsetStore {
         }
     }
 
+    /// The keyed state of `owner`, as of the last checkpoint: (key, bytes).
+    pub fn keyed_state(&self, owner: &str) -> Result<Vec<(String, Vec<u8>)>, OffsetError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(KEYED_STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(e)),
+        };
+        let prefix = format!("{owner}\0");
+        let mut out = Vec::new();
+        for item in t.range(prefix.as_str()..).map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(key) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            out.push((key.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn sink_cursors(&self) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
@@ -138,8 +164,28 @@ impl OffsetStore {
         checkpoint: Option<&Checkpoint>,
         cursors: &[(String, serde_json::Value)],
     ) -> Result<(), OffsetError> {
+        self.commit_with_state(checkpoint, cursors, &[])
+    }
+
+    /// `commit`, with keyed state updates in the same transaction.
+    pub fn commit_with_state(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        cursors: &[(String, serde_json::Value)],
+        state: &[StateUpdate],
+    ) -> Result<(), OffsetError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
+            if !state.is_empty() {
+                let mut t = tx.open_table(KEYED_STATE).map_err(|e| self.err(e))?;
+                for (key, value) in state {
+                    match value {
+                        Some(v) => t.insert(key.as_str(), v.as_slice()),
+                        None => t.remove(key.as_str()).map(|_| None),
+                    }
+                    .map_err(|e| self.err(e))?;
+                }
+            }
             if let Some(cp) = checkpoint {
                 let mut t = tx.open_table(CHECKPOINT).map_err(|e| self.err(e))?;
                 let bytes = serde_json::to_vec(cp).map_err(|e| self.err(e))?;

@@ -250,3 +250,129 @@ async fn a_step_on_a_missing_column_names_its_line() {
         "{err}"
     );
 }
+
+/// `track` keeps state per key: an impossible jump is flagged, a 0/0 reading skipped;
+/// and a daemon killed with -9 again and again while devices move writes the same
+/// enriched events as one that ran without a break (the state is checkpointed with
+/// the position, as of the transaction boundary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_after_kill_9_equals_an_uninterrupted_run() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("track");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.pos (device INT PRIMARY KEY, lat DOUBLE, lng DOUBLE, at DATETIME(3))"),
+    )
+    .await;
+    let track = format!(
+        "\n[[enrich]]\ntable = \"{db}.pos\"\nkind = \"track\"\nlat = \"lat\"\nlon = \"lng\"\ntime = \"at\"\nkeep = 3\nspeed_range = [0.0, 100.0]\n"
+    );
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let connectors: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let c = connector(d.path(), SHARED_PORT, &db, "snapshot = \"never\"");
+            let mut text = std::fs::read_to_string(&c).unwrap();
+            text.push_str(&track);
+            std::fs::write(&c, text).unwrap();
+            c
+        })
+        .collect();
+    let mut steady = spawn_daemon(&connectors[0]);
+    let mut killed = spawn_daemon(&connectors[1]);
+    wait_streaming(&connectors[0], &mut steady).await;
+    wait_streaming(&connectors[1], &mut killed).await;
+
+    let (devices, rounds) = (10, 120);
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut conn = admin(SHARED_PORT).await;
+            for d in 1..=devices {
+                exec(
+                    &mut conn,
+                    &format!("INSERT INTO `{db}`.pos VALUES ({d}, 50, {d}, '2024-01-01 00:00:00')"),
+                )
+                .await;
+            }
+            for r in 1..=rounds {
+                // Even rounds move every device in one transaction (a checkpoint can
+                // fall inside one), odd rounds one statement at a time.
+                if r % 2 == 0 {
+                    exec(&mut conn, "BEGIN").await;
+                }
+                for d in 1..=devices {
+                    // ~11 m a second; every 37th reading jumps 5 degrees (impossible),
+                    // every 23rd is 0/0 (no fix).
+                    let n = r * devices + d;
+                    let (lat, lng) = if n % 37 == 0 {
+                        (55.0, d as f64)
+                    } else if n % 23 == 0 {
+                        (0.0, 0.0)
+                    } else {
+                        (50.0 + r as f64 * 0.0001, d as f64)
+                    };
+                    exec(
+                        &mut conn,
+                        &format!(
+                            "UPDATE `{db}`.pos SET lat = {lat}, lng = {lng}, \
+                             at = TIMESTAMP'2024-01-01 00:00:00' + INTERVAL {r} SECOND WHERE device = {d}"
+                        ),
+                    )
+                    .await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                if r % 2 == 0 {
+                    exec(&mut conn, "COMMIT").await;
+                }
+            }
+        })
+    };
+    let (mut killed, kills) = kill_9_repeatedly(&writer, killed, &connectors[1], 400).await;
+    writer.await.unwrap();
+    assert!(kills >= 2, "killed {kills} times");
+    let want = devices + devices * rounds;
+    let logs: Vec<_> = dirs.iter().map(|d| d.path().join("log")).collect();
+    for log in &logs {
+        assert!(
+            wait_for_events(log, want as usize, Duration::from_secs(60)).await >= want as usize,
+            "{}",
+            daemon_log(&connectors[1])
+        );
+    }
+    assert_eq!(stop(&mut steady), 0);
+    assert_eq!(stop(&mut killed), 0, "{}", daemon_log(&connectors[1]));
+    let enriched = |log: &Path| -> Vec<Json> {
+        read_events(log)
+            .into_iter()
+            .map(|e| {
+                serde_json::json!([
+                    e["after"]["device"],
+                    e["after"]["track"],
+                    e["after"]["last_activity"],
+                    e["after"]["_flags"]
+                ])
+            })
+            .collect()
+    };
+    let (a, b) = (enriched(&logs[0]), enriched(&logs[1]));
+    assert_eq!(a.len(), want as usize);
+    assert!(
+        a == b,
+        "the killed run's enrichment differs from the steady run's"
+    );
+    // The flags and skips happened.
+    let flagged = a
+        .iter()
+        .filter(|e| e[3] == serde_json::json!(["track_speed_out_of_range"]))
+        .count();
+    assert!(flagged >= 20, "{flagged} flagged");
+    let last = a.iter().rev().find(|e| e[0] == 1).unwrap();
+    assert_eq!(last[1]["points"].as_array().unwrap().len(), 3, "{last}");
+    assert!(
+        last[1]["points"][0]["lat"].as_f64().unwrap() > 50.0,
+        "{last}"
+    );
+}

@@ -241,7 +241,15 @@ mod tests {
         let b = step.bind(&layout)?;
         let mut row: Row = columns.iter().map(|c| c.1.clone()).collect();
         let e = crate::enrich::test_event();
-        step.apply(&b, &EventMeta { event: &e }, &mut row, &mut Vec::new())?;
+        step.apply(
+            &b,
+            &EventMeta {
+                event: &e,
+                after: true,
+            },
+            &mut row,
+            &mut Vec::new(),
+        )?;
         Ok(row.pop().unwrap())
     }
 

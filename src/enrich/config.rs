@@ -5,10 +5,18 @@
 
 use serde::Deserialize;
 
-use super::{compute, fields, geo, EnrichError, Enricher};
+use super::{compute, fields, geo, track, EnrichError, Enricher};
 use crate::source::filter::TableFilter;
 
-pub const KINDS: &[&str] = &["meta", "rename", "drop", "set", "compute", "geo_point"];
+pub const KINDS: &[&str] = &[
+    "meta",
+    "rename",
+    "drop",
+    "set",
+    "compute",
+    "geo_point",
+    "track",
+];
 
 /// One `[[enrich]]` entry.
 #[derive(Debug, Clone)]
@@ -28,6 +36,7 @@ pub enum Spec {
     Set(fields::SetConfig),
     Compute(compute::ComputeConfig),
     GeoPoint(geo::GeoPointConfig),
+    Track(track::TrackConfig),
 }
 
 /// `table = "db.t"` or `table = ["db.a", "db.b*"]`.
@@ -56,6 +65,7 @@ impl EnrichConfig {
             Spec::Set(_) => "set",
             Spec::Compute(_) => "compute",
             Spec::GeoPoint(_) => "geo_point",
+            Spec::Track(_) => "track",
         }
     }
 
@@ -90,6 +100,7 @@ impl EnrichConfig {
             Spec::Set(c) => Box::new(fields::Set::new(c).map_err(fail)?),
             Spec::Compute(c) => Box::new(compute::Compute::new(c).map_err(fail)?),
             Spec::GeoPoint(c) => Box::new(geo::GeoPoint::new(c)),
+            Spec::Track(c) => Box::new(track::Track::new(c).map_err(fail)?),
         })
     }
 }
@@ -117,6 +128,7 @@ pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         "set" => entry!(fields::SetConfig, Set),
         "compute" => entry!(compute::ComputeConfig, Compute),
         "geo_point" => entry!(geo::GeoPointConfig, GeoPoint),
+        "track" => entry!(track::TrackConfig, Track),
         _ => {
             return Err(D::Error::custom(format!(
                 "[[enrich]] needs `kind`, one of: {}",

@@ -17,6 +17,7 @@ pub mod config;
 mod dead_letters;
 mod fields;
 mod geo;
+mod track;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -93,6 +94,8 @@ pub struct Binding {
 /// What a step may read about the event besides the row.
 pub struct EventMeta<'a> {
     pub event: &'a ChangeEvent,
+    /// The row is the `after` image (else `before`).
+    pub after: bool,
 }
 
 /// One enrichment kind.
@@ -114,6 +117,32 @@ pub trait Enricher: Send {
     /// Whether it may flag events (the chain then adds `_flags`).
     fn flags(&self) -> bool {
         false
+    }
+
+    /// Steps that keep state per key (`track`) implement the rest. The state as of the
+    /// last transaction boundary is stored with each checkpoint, so a restart (which
+    /// replays from the checkpoint) gives the output of an uninterrupted run.
+    ///
+    /// A stable name the state is stored under (None: stateless).
+    fn state_owner(&self) -> Option<String> {
+        None
+    }
+
+    /// The stored state, at startup.
+    fn restore(&mut self, _entries: Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A transaction boundary: what changed belongs to the next checkpoint.
+    fn commit(&mut self) {}
+
+    /// The open transaction's changes are dropped (its events come again).
+    fn rewind(&mut self) {}
+
+    /// The keys changed since the last call, with their values as of the last
+    /// boundary (None: removed).
+    fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        Vec::new()
     }
 }
 
@@ -155,16 +184,29 @@ impl Stage {
     /// opened at its stored cursor (only when there are entries).
     pub fn open(
         cfg: &crate::config::ConnectorConfig,
-        cursor: Option<serde_json::Value>,
+        store: &crate::offsets::OffsetStore,
     ) -> Result<Stage, EnrichError> {
         let mut steps = Vec::new();
         for e in &cfg.enrich {
+            let origin = format!("{}:{} {}", cfg.path.display(), e.line, e.kind());
+            let mut enricher = e.build()?;
+            if let Some(owner) = enricher.state_owner() {
+                let entries = store
+                    .keyed_state(&owner)
+                    .map_err(|e| EnrichError::Config(e.to_string()))?;
+                enricher
+                    .restore(entries)
+                    .map_err(|why| EnrichError::Config(format!("{origin}: stored state: {why}")))?;
+            }
             steps.push(Step {
-                origin: format!("{}:{} {}", cfg.path.display(), e.line, e.kind()),
+                origin,
                 tables: e.tables(),
-                enricher: e.build()?,
+                enricher,
             });
         }
+        let cursor = store
+            .sink_cursor(DEAD_LETTERS_ID)
+            .map_err(|e| EnrichError::Config(e.to_string()))?;
         let dead = if steps.is_empty() {
             None
         } else {
@@ -200,10 +242,16 @@ impl Stage {
                 }
                 SourceMessage::Commit(_) => {
                     self.dead_letters().commit();
+                    for s in self.steps.iter_mut() {
+                        s.enricher.commit();
+                    }
                     out.push(m.clone());
                 }
                 SourceMessage::Rewind => {
                     self.dead_letters().rewind()?;
+                    for s in self.steps.iter_mut() {
+                        s.enricher.rewind();
+                    }
                     out.push(m.clone());
                 }
                 other => out.push(other.clone()),
@@ -214,6 +262,21 @@ impl Stage {
 
     fn dead_letters(&mut self) -> &mut DeadLetters {
         self.dead.as_mut().expect("opened when there are steps")
+    }
+
+    /// The keyed state changed since the last checkpoint, as of the last boundary, for
+    /// the store (`<owner>\0<key>`).
+    pub fn state_updates(&mut self) -> Vec<crate::offsets::StateUpdate> {
+        let mut out = Vec::new();
+        for s in self.steps.iter_mut() {
+            let Some(owner) = s.enricher.state_owner() else {
+                continue;
+            };
+            for (key, value) in s.enricher.take_changes() {
+                out.push((format!("{owner}\0{key}"), value));
+            }
+        }
+        out
     }
 
     /// The dead-letter stream's flush (None without steps).
@@ -233,7 +296,16 @@ impl Stage {
         let Some(chain) = self.chains.get(&key).and_then(|c| c.as_ref()) else {
             return Ok(Some(e.clone()));
         };
-        let meta = EventMeta { event: e };
+        let metas = [
+            EventMeta {
+                event: e,
+                after: false,
+            },
+            EventMeta {
+                event: e,
+                after: true,
+            },
+        ];
         let mut flags = Vec::new();
         // Flags describe the row as it is now: `after`, or `before` for a delete.
         let mut ignored = Vec::new();
@@ -248,7 +320,7 @@ impl Stage {
                 } else {
                     &mut ignored
                 };
-                if let Err(why) = step.enricher.apply(b, &meta, row, flags) {
+                if let Err(why) = step.enricher.apply(b, &metas[n], row, flags) {
                     let origin = step.origin.clone();
                     self.dead
                         .as_mut()

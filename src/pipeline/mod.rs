@@ -98,10 +98,7 @@ pub async fn run(
             &cfg.quarantine_dir(),
             store.sink_cursor(quarantine::STREAM_ID)?,
         )?,
-        enrich: crate::enrich::Stage::open(
-            cfg,
-            store.sink_cursor(crate::enrich::DEAD_LETTERS_ID)?,
-        )?,
+        enrich: crate::enrich::Stage::open(cfg, &store)?,
     };
     let mut guard = Guard::new(policy, store.sink_cursor(guard::STATE_ID)?);
     if !guard.quarantined().is_empty() {
@@ -363,6 +360,8 @@ async fn begin_checkpoint(
     // The guard's decisions up to the boundary belong to the checkpoint too.
     let guard_state = guard.state();
     let snapshot_state = snapshot.0.as_deref().cloned();
+    // So do the enrichment steps' keyed state (as of the boundary).
+    let keyed = outputs.enrich.state_updates();
     Ok(Some(Box::pin(async move {
         let mut cursors = Vec::with_capacity(acks.len() + 1);
         cursors.push((guard::STATE_ID.to_string(), guard_state));
@@ -380,12 +379,13 @@ async fn begin_checkpoint(
             source,
             at_ms: now_ms(),
         };
-        let cp =
-            tokio::task::spawn_blocking(move || store.commit(Some(&cp), &cursors).map(|()| cp))
-                .await
-                .map_err(|e| {
-                    PipelineError::Source(format!("the checkpoint writer failed: {e}"))
-                })??;
+        let cp = tokio::task::spawn_blocking(move || {
+            store
+                .commit_with_state(Some(&cp), &cursors, &keyed)
+                .map(|()| cp)
+        })
+        .await
+        .map_err(|e| PipelineError::Source(format!("the checkpoint writer failed: {e}")))??;
         crate::metrics::checkpoint(acked, began.elapsed() - acked);
         Ok(cp.position)
     })))
