@@ -79,6 +79,11 @@ pub fn enrich_dead_letter(table: &str, kind: &str) {
         .increment(1);
 }
 
+/// Keys a lookup step fetched from the source (cache misses).
+pub fn enrich_lookup_fetches(table: &str, keys: u64) {
+    counter!("tributary_enrich_lookup_fetches_total", "from" => table.to_string()).increment(keys);
+}
+
 /// One request to a sink's server (a bulk request), from send to response.
 pub fn sink_request(sink: &str, took: Duration) {
     histogram!("tributary_sink_request_seconds", "sink" => sink.to_string())

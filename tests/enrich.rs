@@ -376,3 +376,151 @@ async fn track_after_kill_9_equals_an_uninterrupted_run() {
         "{last}"
     );
 }
+
+/// The lookup chain every lookup test uses: orders get the customer's name and tier.
+fn lookup_chain(orders: &str, customers: &str) -> String {
+    format!(
+        "\n[[enrich]]\ntable = \"{orders}\"\nkind = \"lookup\"\nfrom = \"{customers}\"\n\
+         on = {{ customer_id = \"id\" }}\nfields = {{ name = \"customer_name\", tier = \"customer_tier\" }}\n"
+    )
+}
+
+/// Lookups by key: values fetched per batch; right after the looked-up row changes, a
+/// new row gets the new values (the captured change updates the cache); a key without
+/// a row gives nulls; when the looked-up table is gone the event is dead-lettered with
+/// the reason and the rest goes on.
+async fn lookup_outcome(
+    dir: &Path,
+    c: &Path,
+    url: &str,
+    alias: &str,
+    run: impl Fn(&'static str) -> tokio::task::JoinHandle<()>,
+) {
+    run("INSERT INTO {c} VALUES (1, 'Ada', 'gold'), (2, 'Bob', 'silver')")
+        .await
+        .unwrap();
+    run("INSERT INTO {o} VALUES (1, 1, 10), (2, 2, 20), (3, 99, 30)")
+        .await
+        .unwrap();
+    let docs = wait_documents(url, alias, 3).await;
+    assert_eq!(docs["1"]["customer_name"], "Ada", "{docs:?}");
+    assert_eq!(docs["1"]["customer_tier"], "gold");
+    assert_eq!(docs["2"]["customer_name"], "Bob");
+    assert!(
+        docs["3"]["customer_name"].is_null(),
+        "no customer 99: {}",
+        docs["3"]
+    );
+    // Bob is renamed; the next order, a moment later, names him so.
+    run("UPDATE {c} SET name = 'Robert' WHERE id = 2")
+        .await
+        .unwrap();
+    run("INSERT INTO {o} VALUES (4, 2, 40)").await.unwrap();
+    let docs = wait_documents(url, alias, 4).await;
+    assert_eq!(docs["4"]["customer_name"], "Robert", "{}", docs["4"]);
+    // Older orders keep what they were enriched with.
+    assert_eq!(docs["2"]["customer_name"], "Bob");
+    let mapping = mapping_json(url, alias).await;
+    let props =
+        mapping.as_object().unwrap().values().next().unwrap()["mappings"]["properties"].clone();
+    assert_eq!(props["customer_name"]["type"], "text", "{props}");
+    assert!(dead_letters(dir).is_empty(), "{}", daemon_log(c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_lookup_follows_the_looked_up_table() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("lookup");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(&mut conn, &format!("CREATE TABLE `{db}`.customers (id INT PRIMARY KEY, name VARCHAR(40), tier VARCHAR(10))")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.orders (id INT PRIMARY KEY, customer_id INT, amount INT)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    text.push_str(&lookup_chain(
+        &format!("{db}.orders"),
+        &format!("{db}.customers"),
+    ));
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let run = |sql: &'static str| {
+        let sql = sql
+            .replace("{c}", &format!("`{db}`.customers"))
+            .replace("{o}", &format!("`{db}`.orders"));
+        tokio::spawn(async move {
+            let mut conn = admin(SHARED_PORT).await;
+            exec(&mut conn, &sql).await;
+        })
+    };
+    lookup_outcome(dir.path(), &c, &url, &format!("{db}_orders"), run).await;
+    // The looked-up table is gone: an order for a customer not cached cannot be
+    // enriched; it is dead-lettered with the reason, and later orders still flow.
+    exec(&mut conn, &format!("DROP TABLE `{db}`.customers")).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.orders VALUES (5, 7, 50), (6, 1, 60)"),
+    )
+    .await;
+    let docs = wait_documents(&url, &format!("{db}_orders"), 5).await;
+    assert_eq!(docs["6"]["customer_name"], "Ada", "cached: {}", docs["6"]);
+    assert!(!docs.contains_key("5"));
+    let dl = dead_letters(dir.path());
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert!(
+        dl[0]["step"].as_str().unwrap().ends_with(" lookup"),
+        "{}",
+        dl[0]
+    );
+    assert!(
+        dl[0]["reason"].as_str().unwrap().contains("failed 3 times"),
+        "{}",
+        dl[0]
+    );
+    assert_eq!(dl[0]["event"]["after"]["id"], 5);
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lookup_follows_the_looked_up_table() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let schema = pg_schema(&client, "plookup").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.customers (id int PRIMARY KEY, name text, tier text);
+             CREATE TABLE {schema}.orders (id int PRIMARY KEY, customer_id int, amount int);
+             CREATE PUBLICATION {schema} FOR TABLE {schema}.customers, {schema}.orders;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.*"), "");
+    add_es_sink(&c, &url, "");
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    text.push_str(&lookup_chain(
+        &format!("{schema}.orders"),
+        &format!("{schema}.customers"),
+    ));
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let run = |sql: &'static str| {
+        let sql = sql
+            .replace("{c}", &format!("{schema}.customers"))
+            .replace("{o}", &format!("{schema}.orders"));
+        tokio::spawn(async move {
+            pg_admin(PG_PORT).await.batch_execute(&sql).await.unwrap();
+        })
+    };
+    lookup_outcome(dir.path(), &c, &url, &format!("{schema}_orders"), run).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
+}

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::{compute, fields, geo, track, EnrichError, Enricher};
+use super::{compute, fields, geo, lookup, track, EnrichError, Enricher};
 use crate::source::filter::TableFilter;
 
 pub const KINDS: &[&str] = &[
@@ -16,6 +16,7 @@ pub const KINDS: &[&str] = &[
     "compute",
     "geo_point",
     "track",
+    "lookup",
 ];
 
 /// One `[[enrich]]` entry.
@@ -37,6 +38,7 @@ pub enum Spec {
     Compute(compute::ComputeConfig),
     GeoPoint(geo::GeoPointConfig),
     Track(track::TrackConfig),
+    Lookup(lookup::LookupConfig),
 }
 
 /// `table = "db.t"` or `table = ["db.a", "db.b*"]`.
@@ -66,6 +68,7 @@ impl EnrichConfig {
             Spec::Compute(_) => "compute",
             Spec::GeoPoint(_) => "geo_point",
             Spec::Track(_) => "track",
+            Spec::Lookup(_) => "lookup",
         }
     }
 
@@ -85,9 +88,15 @@ impl EnrichConfig {
         if let Err(e) = TableFilter::new(&self.table, &[]) {
             return Err(("table", format!("[[enrich]] {e}")));
         }
-        self.build()
-            .map(|_| ())
-            .map_err(|e| ("kind", e.to_string()))
+        match &self.spec {
+            Spec::Lookup(c) => {
+                lookup::check(c).map_err(|m| ("kind", format!("[[enrich]] lookup: {m}")))
+            }
+            _ => self
+                .build()
+                .map(|_| ())
+                .map_err(|e| ("kind", e.to_string())),
+        }
     }
 
     /// The enricher.
@@ -101,6 +110,8 @@ impl EnrichConfig {
             Spec::Compute(c) => Box::new(compute::Compute::new(c).map_err(fail)?),
             Spec::GeoPoint(c) => Box::new(geo::GeoPoint::new(c)),
             Spec::Track(c) => Box::new(track::Track::new(c).map_err(fail)?),
+            // Built by the stage, which asks the source for the looked-up table.
+            Spec::Lookup(_) => return Err(fail("built by the stage".into())),
         })
     }
 }
@@ -129,6 +140,7 @@ pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         "compute" => entry!(compute::ComputeConfig, Compute),
         "geo_point" => entry!(geo::GeoPointConfig, GeoPoint),
         "track" => entry!(track::TrackConfig, Track),
+        "lookup" => entry!(lookup::LookupConfig, Lookup),
         _ => {
             return Err(D::Error::custom(format!(
                 "[[enrich]] needs `kind`, one of: {}",

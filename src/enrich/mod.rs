@@ -17,6 +17,7 @@ pub mod config;
 mod dead_letters;
 mod fields;
 mod geo;
+mod lookup;
 mod track;
 
 use std::borrow::Cow;
@@ -144,6 +145,11 @@ pub trait Enricher: Send {
     fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
         Vec::new()
     }
+
+    /// The lookup step (the stage fetches its rows).
+    fn as_lookup(&mut self) -> Option<&mut lookup::Lookup> {
+        None
+    }
 }
 
 /// One `[[enrich]]` entry, built.
@@ -152,6 +158,8 @@ struct Step {
     origin: String,
     tables: crate::source::filter::TableFilter,
     enricher: Box<dyn Enricher>,
+    /// For lookups: the looked-up table's columns (the order fetched rows come in).
+    from_columns: Vec<Column>,
 }
 
 /// A table layout's chain: the steps that apply, bound, and the schema after them.
@@ -177,19 +185,45 @@ pub struct Stage {
     /// By the address of the source schema.
     chains: HashMap<usize, Option<Chain>>,
     dead: Option<DeadLetters>,
+    /// Reads looked-up rows (when a step looks up).
+    lookups: Option<Arc<dyn crate::source::Lookup>>,
 }
+
+/// Keys per lookup query.
+const LOOKUP_BATCH: usize = 500;
 
 impl Stage {
     /// The stage for a connector's `[[enrich]]` entries; the dead-letter stream is
     /// opened at its stored cursor (only when there are entries).
-    pub fn open(
+    pub async fn open(
         cfg: &crate::config::ConnectorConfig,
         store: &crate::offsets::OffsetStore,
     ) -> Result<Stage, EnrichError> {
         let mut steps = Vec::new();
+        let mut lookups = None;
         for e in &cfg.enrich {
             let origin = format!("{}:{} {}", cfg.path.display(), e.line, e.kind());
-            let mut enricher = e.build()?;
+            let (mut enricher, from_columns) = match &e.spec {
+                config::Spec::Lookup(c) => {
+                    let source = lookups.get_or_insert_with(|| {
+                        crate::source::lookup(&cfg.source, &cfg.connector_name())
+                    });
+                    let columns = source
+                        .describe(&c.from)
+                        .await
+                        .map_err(|why| EnrichError::Config(format!("{origin}: {why}")))?
+                        .ok_or_else(|| {
+                            EnrichError::Config(format!(
+                                "{origin}: table `{}` (from) does not exist in the source database",
+                                c.from
+                            ))
+                        })?;
+                    let l = lookup::Lookup::new(c, &columns)
+                        .map_err(|why| EnrichError::Config(format!("{origin}: {why}")))?;
+                    (Box::new(l) as Box<dyn Enricher>, columns)
+                }
+                _ => (e.build()?, Vec::new()),
+            };
             if let Some(owner) = enricher.state_owner() {
                 let entries = store
                     .keyed_state(&owner)
@@ -202,6 +236,7 @@ impl Stage {
                 origin,
                 tables: e.tables(),
                 enricher,
+                from_columns,
             });
         }
         let cursor = store
@@ -216,6 +251,7 @@ impl Stage {
             steps,
             chains: HashMap::new(),
             dead,
+            lookups,
         })
     }
 
@@ -225,18 +261,27 @@ impl Stage {
 
     /// Enriches the changes of `batch` (in order, with its boundaries); events a step
     /// failed on go to the dead-letter stream instead.
-    pub fn apply<'a>(
+    pub async fn apply<'a>(
         &mut self,
         batch: &'a [SourceMessage],
     ) -> Result<Cow<'a, [SourceMessage]>, EnrichError> {
         if self.steps.is_empty() {
             return Ok(Cow::Borrowed(batch));
         }
+        if self.lookups.is_some() {
+            self.prefetch(batch).await?;
+        }
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
             match m {
                 SourceMessage::Change(e) => {
-                    if let Some(e) = self.enrich(e)? {
+                    // Lookups follow the looked-up table's changes as they pass.
+                    for s in self.steps.iter_mut() {
+                        if let Some(l) = s.enricher.as_lookup() {
+                            l.observe(e);
+                        }
+                    }
+                    if let Some(e) = self.enrich(e).await? {
                         out.push(SourceMessage::Change(e));
                     }
                 }
@@ -258,6 +303,66 @@ impl Stage {
             }
         }
         Ok(Cow::Owned(out))
+    }
+
+    /// Fetches, one query per lookup step (in batches of keys), the looked-up rows the
+    /// batch's changes need and the cache lacks. A failed fetch is left to `enrich`,
+    /// which tries each event's key again and dead-letters the event if that fails.
+    async fn prefetch(&mut self, batch: &[SourceMessage]) -> Result<(), EnrichError> {
+        let mut wanted: HashMap<usize, Vec<Value>> = HashMap::new();
+        for m in batch {
+            let SourceMessage::Change(e) = m else {
+                continue;
+            };
+            let Some(row) = e.after.as_ref() else {
+                continue;
+            };
+            let steps: Vec<usize> = match self.chain(&e.table)? {
+                Some(chain) => chain.steps.iter().map(|(i, _)| *i).collect(),
+                None => continue,
+            };
+            for i in steps {
+                if let Some(l) = self.steps[i].enricher.as_lookup() {
+                    if let Some(k) = l.prefetch_key(&e.table, row) {
+                        wanted.entry(i).or_default().push(k);
+                    }
+                }
+            }
+        }
+        for (i, mut keys) in wanted {
+            keys.sort_by_cached_key(|k| k.to_json());
+            keys.dedup();
+            for chunk in keys.chunks(LOOKUP_BATCH) {
+                if let Err(why) = self.fetch(i, chunk).await {
+                    tracing::warn!(step = %self.steps[i].origin, error = %why, "lookup prefetch failed; each event tries its key again");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches `keys` for lookup step `i` into its cache.
+    async fn fetch(&mut self, i: usize, keys: &[Value]) -> Result<(), String> {
+        let source = self.lookups.clone().expect("a lookup step has a source");
+        let step = &mut self.steps[i];
+        let l = step.enricher.as_lookup().expect("a lookup step");
+        let (from, key) = l.source();
+        let (from, key) = (from.to_string(), key.to_string());
+        let rows = source.fetch(&from, &key, keys).await?;
+        crate::metrics::enrich_lookup_fetches(&from, keys.len() as u64);
+        let l = step.enricher.as_lookup().expect("a lookup step");
+        l.provide(&step.from_columns, keys, rows);
+        Ok(())
+    }
+
+    /// The chain for a table layout, bound on first sight.
+    fn chain(&mut self, table: &Arc<TableSchema>) -> Result<Option<&Chain>, EnrichError> {
+        let key = Arc::as_ptr(table) as usize;
+        if !self.chains.contains_key(&key) {
+            let chain = self.bind(table)?;
+            self.chains.insert(key, chain);
+        }
+        Ok(self.chains.get(&key).and_then(|c| c.as_ref()))
     }
 
     fn dead_letters(&mut self) -> &mut DeadLetters {
@@ -287,14 +392,19 @@ impl Stage {
         }
     }
 
-    fn enrich(&mut self, e: &ChangeEvent) -> Result<Option<ChangeEvent>, EnrichError> {
-        let key = Arc::as_ptr(&e.table) as usize;
-        if !self.chains.contains_key(&key) {
-            let chain = self.bind(&e.table)?;
-            self.chains.insert(key, chain);
-        }
-        let Some(chain) = self.chains.get(&key).and_then(|c| c.as_ref()) else {
+    async fn enrich(&mut self, e: &ChangeEvent) -> Result<Option<ChangeEvent>, EnrichError> {
+        if self.chain(&e.table)?.is_none() {
             return Ok(Some(e.clone()));
+        }
+        let key = Arc::as_ptr(&e.table) as usize;
+        // Bindings are cheap to clone; the chain stays in the map meanwhile.
+        let (steps, schema, with_flags) = {
+            let chain = self.chains[&key].as_ref().expect("bound");
+            (
+                chain.steps.clone(),
+                chain.schema.clone(),
+                chain.flags_at.is_some(),
+            )
         };
         let metas = [
             EventMeta {
@@ -311,7 +421,24 @@ impl Stage {
         let mut ignored = Vec::new();
         let mut images = [e.before.clone(), e.after.clone()];
         let flag_image = if e.after.is_some() { 1 } else { 0 };
-        for (i, b) in &chain.steps {
+        for (i, b) in &steps {
+            // A lookup whose key the cache lacks (prefetch missed it, or it was
+            // invalidated since): fetched now.
+            let needed: Vec<Value> = match self.steps[*i].enricher.as_lookup() {
+                Some(l) => images
+                    .iter()
+                    .flatten()
+                    .filter_map(|row| l.needs(b, row))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !needed.is_empty() {
+                if let Err(why) = self.fetch(*i, &needed).await {
+                    let origin = self.steps[*i].origin.clone();
+                    self.dead_letters().append(e, &origin, &why)?;
+                    return Ok(None);
+                }
+            }
             let step = &mut self.steps[*i];
             for (n, row) in images.iter_mut().enumerate() {
                 let Some(row) = row else { continue };
@@ -330,7 +457,7 @@ impl Stage {
                 }
             }
         }
-        if chain.flags_at.is_some() {
+        if with_flags {
             flags.sort();
             flags.dedup();
             let v = if flags.is_empty() {
@@ -344,7 +471,7 @@ impl Stage {
         }
         let [before, after] = images;
         Ok(Some(ChangeEvent {
-            table: chain.schema.clone(),
+            table: schema,
             before,
             after,
             ..e.clone()

@@ -98,7 +98,7 @@ pub async fn run(
             &cfg.quarantine_dir(),
             store.sink_cursor(quarantine::STREAM_ID)?,
         )?,
-        enrich: crate::enrich::Stage::open(cfg, &store)?,
+        enrich: crate::enrich::Stage::open(cfg, &store).await?,
     };
     let mut guard = Guard::new(policy, store.sink_cursor(guard::STATE_ID)?);
     if !guard.quarantined().is_empty() {
@@ -227,7 +227,7 @@ pub async fn run(
                         &kept
                     };
                     // (It sees only `passed`, which ends at a boundary when cut.)
-                    let passed = outputs.enrich.apply(passed)?;
+                    let passed = outputs.enrich.apply(passed).await?;
                     for s in outputs.sinks.iter_mut() {
                         s.accept(&passed).await?;
                     }

@@ -4,6 +4,7 @@
 //! and resumes from whatever checkpoint the pipeline hands it.
 
 pub mod filter;
+pub mod lookup;
 pub mod mysql;
 pub mod postgres;
 pub mod session;
@@ -93,6 +94,35 @@ pub enum SourceError {
     /// The pipeline went away (shutdown or a sink failed).
     #[error("the pipeline stopped")]
     Closed,
+}
+
+/// Reads rows of the source database by key, for the `lookup` enricher. Values are
+/// decoded exactly as the source's events and snapshots decode them.
+#[async_trait]
+pub trait Lookup: Send + Sync {
+    /// The columns of `table` (`db.table`) as events name and type them; None when it
+    /// does not exist.
+    async fn describe(&self, table: &str) -> Result<Option<Vec<crate::event::Column>>, String>;
+
+    /// The rows of `table` whose column `key` is one of `keys`, whole (in `describe`'s
+    /// column order).
+    async fn fetch(
+        &self,
+        table: &str,
+        key: &str,
+        keys: &[crate::event::Value],
+    ) -> Result<Vec<crate::event::Row>, String>;
+}
+
+/// The lookup reader of the connector's source.
+pub fn lookup(cfg: &crate::config::SourceConfig, connector: &str) -> std::sync::Arc<dyn Lookup> {
+    use crate::config::SourceConfig;
+    match cfg {
+        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
+            mysql::lookup(m, matches!(cfg, SourceConfig::Mariadb(_)), connector)
+        }
+        SourceConfig::Postgres(p) => postgres::lookup(p, connector),
+    }
 }
 
 #[async_trait]

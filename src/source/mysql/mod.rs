@@ -7,6 +7,7 @@ pub mod config;
 pub mod connect;
 pub mod ddl;
 pub mod decode;
+mod lookup;
 pub mod mariadb;
 #[cfg(test)]
 mod mysql8_tests;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use catalog::live_schemas;
 pub use config::MysqlSourceConfig;
+pub use lookup::lookup;
 pub use stream::{file_sequence, row_version};
 
 use crate::event::Position;
@@ -102,7 +104,7 @@ impl Source for MysqlSource {
                 mariadb: self.mariadb,
                 kind: self.kind(),
                 connector: self.connector.clone(),
-                store: self.store.clone(),
+                store: Some(self.store.clone()),
                 password: password.clone(),
             },
             self.store.clone(),

@@ -51,7 +51,8 @@ pub(super) struct Chunks {
     pub mariadb: bool,
     pub kind: &'static str,
     pub connector: Arc<str>,
-    pub store: Arc<OffsetStore>,
+    /// Where the schema versions of snapshotted tables are recorded (None for lookups).
+    pub store: Option<Arc<OffsetStore>>,
     pub password: Option<Secret>,
 }
 
@@ -83,7 +84,13 @@ impl ChunkSource for Chunks {
         conn: &mut Conn,
         table: &str,
     ) -> Result<Option<Described<SnapTable>>, String> {
-        self.describe_table(conn, table).await
+        let Some(mut d) = self.describe_table(conn, table).await? else {
+            return Ok(None);
+        };
+        if let Some(store) = &self.store {
+            d.schema = versioned(store, (*d.schema).clone())?;
+        }
+        Ok(Some(d))
     }
 
     /// One chunk inside its own consistent snapshot; returns once the stream emitted it.
@@ -167,7 +174,7 @@ impl ChunkSource for Chunks {
 impl Chunks {
     /// The table's columns, key and row estimate from information_schema; None when it
     /// does not exist.
-    async fn describe_table(
+    pub(super) async fn describe_table(
         &self,
         conn: &mut Conn,
         table: &str,
@@ -249,7 +256,7 @@ impl Chunks {
             0,
         );
         Ok(Some(Described {
-            schema: versioned(&self.store, schema)?,
+            schema: Arc::new(schema),
             keyed: !chunk_key.is_empty(),
             table: SnapTable { columns, chunk_key },
             estimate: estimate.flatten().unwrap_or(0),
@@ -430,4 +437,42 @@ pub(super) async fn included_tables(
         .into_iter()
         .map(|(db, t)| format!("{db}.{t}"))
         .collect())
+}
+
+impl Chunks {
+    /// The rows of `t` whose column `key` is one of `keys` (for lookups), decoded like
+    /// snapshot rows.
+    pub(super) async fn rows_by_key(
+        &self,
+        conn: &mut Conn,
+        t: &Described<SnapTable>,
+        key: usize,
+        keys: &[Value],
+    ) -> Result<Vec<crate::event::Row>, String> {
+        let s = &t.schema;
+        let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {} IN ({})",
+            cols.join(", "),
+            quote_ident(&s.db),
+            quote_ident(&s.table),
+            quote_ident(&s.columns[key].name),
+            vec!["?"; keys.len()].join(", ")
+        );
+        let params: Vec<MyValue> = keys.iter().map(param).collect();
+        let rows: Vec<mysql_async::Row> = conn
+            .exec(sql, params)
+            .await
+            .map_err(|e| format!("{}: {e}", self.cfg.address()))?;
+        rows.into_iter()
+            .map(|row| {
+                t.table
+                    .columns
+                    .iter()
+                    .zip(row.unwrap())
+                    .map(|(c, v)| convert(c, v).map_err(|m| format!("column `{}`: {m}", c.name)))
+                    .collect()
+            })
+            .collect()
+    }
 }

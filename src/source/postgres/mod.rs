@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod connect;
+mod lookup;
 pub mod pgoutput;
 mod snapshot;
 mod stream;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use config::PostgresSourceConfig;
+pub use lookup::lookup;
 
 use crate::event::Position;
 use crate::offsets::OffsetStore;
@@ -150,7 +152,7 @@ impl Source for PostgresSource {
             snapshot::Chunks {
                 cfg: self.cfg.clone(),
                 connector: self.connector.clone(),
-                store: self.store.clone(),
+                store: Some(self.store.clone()),
                 password: password.clone(),
             },
             self.store.clone(),

@@ -31,7 +31,7 @@ use super::config::PostgresSourceConfig;
 use super::connect::{classify, query_client};
 use super::values::{decode_text, PgType};
 use crate::config::Secret;
-use crate::event::{now_ms, Column, TableSchema, Value};
+use crate::event::{now_ms, Column, Row, TableSchema, Value};
 use crate::offsets::OffsetStore;
 use crate::snapshot::merge::{Cut, Requests, SnapshotView};
 use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Described};
@@ -41,13 +41,13 @@ pub const MARKER_PREFIX: &str = "tributary.snapshot";
 
 /// A reader's connections: one reads chunks in their snapshots, the other commits the
 /// markers meanwhile.
-pub(super) struct Conns {
+pub struct Conns {
     reader: Client,
     marker: Client,
 }
 
 /// A table as the snapshot reads it.
-pub(super) struct PgTable {
+pub struct PgTable {
     types: Vec<PgType>,
     /// Key columns to chunk by (empty: one pass), with the SQL type names to cast the
     /// resume key's text to.
@@ -56,10 +56,11 @@ pub(super) struct PgTable {
 }
 
 /// PostgreSQL as a snapshot source (snapshot::reader).
-pub(super) struct Chunks {
+pub struct Chunks {
     pub cfg: PostgresSourceConfig,
     pub connector: Arc<str>,
-    pub store: Arc<OffsetStore>,
+    /// Where the schema versions of snapshotted tables are recorded (None for lookups).
+    pub store: Option<Arc<OffsetStore>>,
     pub password: Option<Secret>,
 }
 
@@ -150,7 +151,10 @@ impl ChunkSource for Chunks {
             0,
         );
         Ok(Some(Described {
-            schema: versioned(&self.store, schema)?,
+            schema: match &self.store {
+                Some(store) => versioned(store, schema)?,
+                None => Arc::new(schema),
+            },
             keyed: !key.is_empty(),
             table: PgTable {
                 types,
@@ -247,20 +251,7 @@ impl Chunks {
                 let SimpleQueryMessage::Row(r) = msg else {
                     continue;
                 };
-                let mut out = Vec::with_capacity(t.table.types.len());
-                for (i, ty) in t.table.types.iter().enumerate() {
-                    out.push(match r.get(i) {
-                        None => Value::Null,
-                        Some(s) => decode_text(ty, s.as_bytes()).map_err(|e| {
-                            format!(
-                                "cannot decode {}.{} ({}): {e}",
-                                t.schema.qualified_name(),
-                                t.schema.columns[i].name,
-                                t.schema.columns[i].type_name
-                            )
-                        })?,
-                    });
-                }
+                let out = decode_row(t, &r)?;
                 // The key's text forms: exactly what the next chunk's literal needs.
                 let key = t.keyed.then(|| {
                     t.table
@@ -301,6 +292,64 @@ fn marker_delay_ms() -> Option<u64> {
             .ok()
             .and_then(|v| v.parse().ok())
     })
+}
+
+/// A text-format row as event values (the stream's decoder).
+fn decode_row(t: &Described<PgTable>, r: &tokio_postgres::SimpleQueryRow) -> Result<Row, String> {
+    let mut out = Vec::with_capacity(t.table.types.len());
+    for (i, ty) in t.table.types.iter().enumerate() {
+        out.push(match r.get(i) {
+            None => Value::Null,
+            Some(s) => decode_text(ty, s.as_bytes()).map_err(|e| {
+                format!(
+                    "cannot decode {}.{} ({}): {e}",
+                    t.schema.qualified_name(),
+                    t.schema.columns[i].name,
+                    t.schema.columns[i].type_name
+                )
+            })?,
+        });
+    }
+    Ok(out)
+}
+
+impl Chunks {
+    /// The rows of `t` whose column `key` is one of `keys` (for lookups).
+    pub(super) async fn rows_by_key(
+        &self,
+        conns: &Conns,
+        t: &Described<PgTable>,
+        key: usize,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, String> {
+        let s = &t.schema;
+        let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let ty = &s.columns[key].type_name;
+        let list: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}::{ty}", literal(&key_text(k))))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{} WHERE {} IN ({})",
+            cols.join(", "),
+            quote_ident(&s.db),
+            quote_ident(&s.table),
+            quote_ident(&s.columns[key].name),
+            list.join(", ")
+        );
+        let mut out = Vec::new();
+        for msg in conns
+            .reader
+            .simple_query(&sql)
+            .await
+            .map_err(|e| self.sql_error(e))?
+        {
+            if let SimpleQueryMessage::Row(r) = msg {
+                out.push(decode_row(t, &r)?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The table `schema.name` names (split at the dot that names an existing table), with
@@ -348,11 +397,7 @@ fn select(s: &TableSchema, t: &PgTable, after: Option<&[Value]>, limit: u64) -> 
         let literals: Vec<String> = after
             .iter()
             .zip(&t.key_types)
-            .map(|(v, ty)| match v {
-                Value::String(text) => format!("{}::{ty}", literal(text)),
-                // Not written by this reader (a key is stored as its text).
-                other => format!("{}::{ty}", literal(&other.to_json())),
-            })
+            .map(|(v, ty)| format!("{}::{ty}", literal(&key_text(v))))
             .collect();
         sql.push_str(&format!(
             " WHERE ({}) > ({})",
@@ -362,6 +407,21 @@ fn select(s: &TableSchema, t: &PgTable, after: Option<&[Value]>, limit: u64) -> 
     }
     sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", key.join(", ")));
     sql
+}
+
+/// A key value as the text its type's input function reads (a stored resume key is
+/// its text already).
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(text) | Value::Decimal(text) => text.clone(),
+        other => {
+            let j = other.to_json();
+            match j.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                Some(inner) => inner.to_string(),
+                None => j,
+            }
+        }
+    }
 }
 
 /// A string literal that reads the same whatever standard_conforming_strings says.

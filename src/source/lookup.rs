@@ -1,0 +1,157 @@
+//! Lookups by key against the source database (the `lookup` enricher), shared by the
+//! sources: a source that can snapshot can also read rows by key (`KeyReader`), with
+//! the same table descriptions and value decoding. One connection, reopened and the
+//! read retried (three tries, with backoff) when it fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::Lookup;
+use crate::event::{Column, Row, Value};
+use crate::snapshot::reader::{ChunkSource, Described};
+
+/// A snapshot source that also reads rows by key.
+#[async_trait]
+pub trait KeyReader: ChunkSource {
+    /// The rows of `t` whose column `key` is one of `keys`.
+    async fn rows(
+        &self,
+        conn: &mut Self::Conn,
+        t: &Described<Self::Table>,
+        key: usize,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, String>;
+}
+
+const TRIES: u32 = 3;
+
+pub struct Keyed<R: KeyReader> {
+    reader: R,
+    conn: tokio::sync::Mutex<Option<R::Conn>>,
+    tables: Mutex<HashMap<String, Arc<Described<R::Table>>>>,
+}
+
+impl<R: KeyReader> Keyed<R> {
+    pub fn new(reader: R) -> Self {
+        Keyed {
+            reader,
+            conn: tokio::sync::Mutex::new(None),
+            tables: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn table(
+        &self,
+        conn: &mut R::Conn,
+        table: &str,
+    ) -> Result<Option<Arc<Described<R::Table>>>, String> {
+        if let Some(t) = self.tables.lock().expect("not poisoned").get(table) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(t) = self.reader.describe(conn, table).await? else {
+            return Ok(None);
+        };
+        let t = Arc::new(t);
+        self.tables
+            .lock()
+            .expect("not poisoned")
+            .insert(table.to_string(), t.clone());
+        Ok(Some(t))
+    }
+
+    /// Runs `op` on the connection, reconnecting and retrying when it fails.
+    async fn run(&self, op: Op<'_>) -> Result<Done, String> {
+        let mut guard = self.conn.lock().await;
+        let mut last = String::new();
+        for attempt in 0..TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            if guard.is_none() {
+                match self.reader.connect().await {
+                    Ok(c) => *guard = Some(c),
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                }
+            }
+            let conn = guard.as_mut().expect("connected");
+            match self.once(conn, &op).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    // A fresh connection for the next try.
+                    *guard = None;
+                    last = e;
+                }
+            }
+        }
+        Err(format!("{} failed {TRIES} times: {last}", op.what()))
+    }
+
+    async fn once(&self, conn: &mut R::Conn, op: &Op<'_>) -> Result<Done, String> {
+        match op {
+            Op::Describe(table) => Ok(Done::Columns(
+                self.table(conn, table)
+                    .await?
+                    .map(|t| t.schema.columns.clone()),
+            )),
+            Op::Fetch { table, key, keys } => {
+                let t = self
+                    .table(conn, table)
+                    .await?
+                    .ok_or_else(|| format!("{table} no longer exists"))?;
+                let k = t
+                    .schema
+                    .columns
+                    .iter()
+                    .position(|c| c.name == *key)
+                    .ok_or_else(|| format!("{table} has no column `{key}`"))?;
+                Ok(Done::Rows(self.reader.rows(conn, &t, k, keys).await?))
+            }
+        }
+    }
+}
+
+enum Op<'a> {
+    Describe(&'a str),
+    Fetch {
+        table: &'a str,
+        key: &'a str,
+        keys: &'a [Value],
+    },
+}
+
+impl Op<'_> {
+    fn what(&self) -> String {
+        match self {
+            Op::Describe(t) => format!("describing {t} for a lookup"),
+            Op::Fetch { table, .. } => format!("a lookup in {table}"),
+        }
+    }
+}
+
+enum Done {
+    Columns(Option<Vec<Column>>),
+    Rows(Vec<Row>),
+}
+
+#[async_trait]
+impl<R: KeyReader> Lookup for Keyed<R> {
+    async fn describe(&self, table: &str) -> Result<Option<Vec<Column>>, String> {
+        match self.run(Op::Describe(table)).await? {
+            Done::Columns(c) => Ok(c),
+            Done::Rows(_) => unreachable!("describe gives columns"),
+        }
+    }
+
+    async fn fetch(&self, table: &str, key: &str, keys: &[Value]) -> Result<Vec<Row>, String> {
+        match self.run(Op::Fetch { table, key, keys }).await? {
+            Done::Rows(r) => Ok(r),
+            Done::Columns(_) => unreachable!("fetch gives rows"),
+        }
+    }
+}

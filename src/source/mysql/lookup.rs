@@ -1,0 +1,40 @@
+//! Lookups by key for the `lookup` enricher: the snapshot's table descriptions and
+//! decoding (source::lookup).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mysql_async::Conn;
+
+use super::config::MysqlSourceConfig;
+use super::snapshot::{Chunks, SnapTable};
+use crate::event::{Row, Value};
+use crate::snapshot::reader::Described;
+use crate::source::lookup::{KeyReader, Keyed};
+use crate::source::Lookup;
+
+#[async_trait]
+impl KeyReader for Chunks {
+    async fn rows(
+        &self,
+        conn: &mut Conn,
+        t: &Described<SnapTable>,
+        key: usize,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, String> {
+        self.rows_by_key(conn, t, key, keys).await
+    }
+}
+
+pub fn lookup(cfg: &MysqlSourceConfig, mariadb: bool, connector: &str) -> Arc<dyn Lookup> {
+    Arc::new(Keyed::new(Chunks {
+        cfg: cfg.clone(),
+        mariadb,
+        kind: if mariadb { "mariadb" } else { "mysql" },
+        connector: Arc::from(connector),
+        store: None,
+        // Read when connecting (a bad password setting fails the lookup with its
+        // message then).
+        password: cfg.password().ok().flatten(),
+    }))
+}

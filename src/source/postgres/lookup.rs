@@ -1,0 +1,35 @@
+//! Lookups by key for the `lookup` enricher: the snapshot's table descriptions and
+//! text decoding (source::lookup).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::config::PostgresSourceConfig;
+use super::snapshot::{Chunks, Conns, PgTable};
+use crate::event::{Row, Value};
+use crate::snapshot::reader::Described;
+use crate::source::lookup::{KeyReader, Keyed};
+use crate::source::Lookup;
+
+#[async_trait]
+impl KeyReader for Chunks {
+    async fn rows(
+        &self,
+        conns: &mut Conns,
+        t: &Described<PgTable>,
+        key: usize,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, String> {
+        self.rows_by_key(conns, t, key, keys).await
+    }
+}
+
+pub fn lookup(cfg: &PostgresSourceConfig, connector: &str) -> Arc<dyn Lookup> {
+    Arc::new(Keyed::new(Chunks {
+        cfg: cfg.clone(),
+        connector: Arc::from(connector),
+        store: None,
+        password: cfg.password().ok().flatten(),
+    }))
+}
