@@ -149,3 +149,24 @@ pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ConnectorConfig;
+
+    /// The documented example uses every kind and stays valid.
+    #[test]
+    fn the_example_connector_uses_every_kind() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("connectors")
+            .join("enrich-example.toml");
+        let cfg = ConnectorConfig::load(&path).unwrap();
+        let mut kinds: Vec<&str> = cfg.enrich.iter().map(|e| e.kind()).collect();
+        kinds.sort();
+        kinds.dedup();
+        let mut all = super::KINDS.to_vec();
+        all.sort();
+        assert_eq!(kinds, all);
+        assert!(cfg.enrich.iter().all(|e| e.line > 0));
+    }
+}

@@ -109,6 +109,11 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     // Second pass: send them on, in stream order.
     let mut guard = release(Guard::new(policy.clone(), state), &chosen);
     let mut sinks = open_sinks(&cfg.sinks, &store, &Arc::new(policy))?;
+    // The same enrichment as the live stream (its state and dead letters stored with
+    // the replay's commit).
+    let mut enrich = crate::enrich::Stage::open(cfg, &store)
+        .await
+        .map_err(|e| PipelineError::Replay(e.to_string()))?;
     for t in chosen.keys() {
         report.replayed.insert(t.clone(), 0);
     }
@@ -124,8 +129,9 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
                 unreachable!("only changes are batched")
             };
             batch.push(SourceMessage::Commit(e.pos.clone()));
+            let enriched = enrich.apply(&batch).await?;
             for s in sinks.iter_mut() {
-                s.accept(&batch).await?;
+                s.accept(&enriched).await?;
             }
             batch.clear();
         }
@@ -151,6 +157,11 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
             cursors.push((id, c));
         }
     }
+    if let Some(ack) = enrich.flush().await? {
+        if let Some(c) = ack.await? {
+            cursors.push((crate::enrich::DEAD_LETTERS_ID.to_string(), c));
+        }
+    }
     report.remaining = guard.quarantined().keys().cloned().collect();
     let emptied = report.remaining.is_empty();
     if emptied {
@@ -159,7 +170,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
             QuarantineStream::empty_cursor(),
         ));
     }
-    store.commit(None, &cursors)?;
+    store.commit_with_state(None, &cursors, &enrich.state_updates())?;
     if emptied {
         // Nothing waits any more: opening at the empty cursor removes the records.
         drop(QuarantineStream::open(
