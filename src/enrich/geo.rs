@@ -1,4 +1,5 @@
-//! `kind = "geo_point"`: a geo_point field from latitude and longitude columns. Zeros,
+//! `kind = "geo_point"`: a geo_point field (`[lon, lat]`, GeoJSON order) from latitude
+//! and longitude columns. Zeros,
 //! out-of-range and non-numeric values are invalid: the field is null (never indexed
 //! at 0,0) and the event is flagged `geo_point_invalid:<field>`.
 
@@ -74,9 +75,10 @@ impl Enricher for GeoPoint {
             return Ok(());
         }
         let point = match (number(lat), number(lon)) {
+            // GeoJSON order, [lon, lat]: a geo_point form every Elasticsearch and
+            // OpenSearch version reads.
             (Some(lat), Some(lon)) if valid(lat, lon) => {
-                let json = format!(r#"{{"lat":{lat},"lon":{lon}}}"#);
-                Value::Json(serde_json::value::RawValue::from_string(json).expect("valid JSON"))
+                Value::Array(vec![Value::Double(lon), Value::Double(lat)])
             }
             _ => {
                 flags.push(format!("geo_point_invalid:{}", self.cfg.field));

@@ -65,8 +65,31 @@ pub struct Lookup {
     on: (String, String),
     /// (looked-up column, its type, new field), in `fields` order.
     fields: Vec<(String, String, String)>,
-    cache: LruCache<Vec<u8>, Cached>,
+    cache: LruCache<CacheKey, Cached>,
     ttl: Duration,
+    /// `from` split at its dot, to tell the looked-up table's changes cheaply.
+    from: (String, String),
+    /// The current batch's clock reading (the stage sets it): one per batch, not one
+    /// per row.
+    now: Instant,
+}
+
+/// A cache key: integers (the usual key) without formatting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CacheKey {
+    Int(i64),
+    UInt(u64),
+    Text(String),
+}
+
+fn cache_key(v: &Value) -> CacheKey {
+    match v {
+        Value::Int(i) => CacheKey::Int(*i),
+        Value::UInt(u) if *u <= i64::MAX as u64 => CacheKey::Int(*u as i64),
+        Value::UInt(u) => CacheKey::UInt(*u),
+        Value::String(s) => CacheKey::Text(s.clone()),
+        other => CacheKey::Text(other.to_json()),
+    }
 }
 
 /// What can be checked without the source: the shape of the entry.
@@ -110,6 +133,12 @@ impl Lookup {
             fields,
             cache: LruCache::new(size),
             ttl: Duration::from_secs(c.ttl_secs),
+            from: c
+                .from
+                .split_once('.')
+                .map(|(d, t)| (d.to_string(), t.to_string()))
+                .unwrap_or_default(),
+            now: Instant::now(),
         })
     }
 
@@ -118,10 +147,14 @@ impl Lookup {
         (&self.cfg.from, &self.on.1)
     }
 
-    fn fresh(&self, key: &[u8]) -> bool {
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    fn fresh(&self, key: &Value) -> bool {
         self.cache
-            .peek(key)
-            .is_some_and(|c| c.at.elapsed() < self.ttl)
+            .peek(&cache_key(key))
+            .is_some_and(|c| self.now.saturating_duration_since(c.at) < self.ttl)
     }
 
     /// The key `row` (of `table`, as the source sent it) needs when it is not cached:
@@ -129,21 +162,19 @@ impl Lookup {
     pub fn prefetch_key(&self, table: &TableSchema, row: &Row) -> Option<Value> {
         let i = table.columns.iter().position(|c| c.name == self.on.0)?;
         let v = &row[i];
-        (!matches!(v, Value::Null | Value::Absent) && !self.fresh(v.to_json().as_bytes()))
-            .then(|| v.clone())
+        (!matches!(v, Value::Null | Value::Absent) && !self.fresh(v)).then(|| v.clone())
     }
 
     /// The key a bound row needs when it is not cached (fetched before `apply`).
     pub fn needs(&self, b: &Binding, row: &Row) -> Option<Value> {
         let v = &row[b.at[0]];
-        (!matches!(v, Value::Null | Value::Absent) && !self.fresh(v.to_json().as_bytes()))
-            .then(|| v.clone())
+        (!matches!(v, Value::Null | Value::Absent) && !self.fresh(v)).then(|| v.clone())
     }
 
     /// Fetched rows (whole, in the looked-up table's column order `columns`) for
     /// `keys`; keys without a row are cached as missing.
     pub fn provide(&mut self, columns: &[Column], keys: &[Value], rows: Vec<Row>) {
-        let now = Instant::now();
+        let now = self.now;
         let key_at = columns.iter().position(|c| c.name == self.on.1);
         let picks: Vec<Option<usize>> = self
             .fields
@@ -152,7 +183,7 @@ impl Lookup {
             .collect();
         for k in keys {
             self.cache.put(
-                k.to_json().into_bytes(),
+                cache_key(k),
                 Cached {
                     at: now,
                     values: None,
@@ -160,7 +191,7 @@ impl Lookup {
             );
         }
         for row in rows {
-            let Some(k) = key_at.map(|i| row[i].to_json()) else {
+            let Some(k) = key_at.map(|i| cache_key(&row[i])) else {
                 continue;
             };
             let values = picks
@@ -168,7 +199,7 @@ impl Lookup {
                 .map(|p| p.map_or(Value::Null, |i| row[i].clone()))
                 .collect();
             self.cache.put(
-                k.into_bytes(),
+                k,
                 Cached {
                     at: now,
                     values: Some(values),
@@ -179,7 +210,7 @@ impl Lookup {
 
     /// A captured change of the looked-up table: the cache follows it.
     pub fn observe(&mut self, e: &ChangeEvent) {
-        if e.table.qualified_name() != self.cfg.from {
+        if e.table.table != self.from.1 || e.table.db != self.from.0 {
             return;
         }
         let cols = &e.table.columns;
@@ -188,7 +219,7 @@ impl Lookup {
         };
         if let Some(before) = &e.before {
             if !matches!(before[key_at], Value::Absent) {
-                self.cache.pop(before[key_at].to_json().as_bytes());
+                self.cache.pop(&cache_key(&before[key_at]));
             }
         }
         let Some(after) = e.after.as_ref().filter(|_| e.op != Op::Delete) else {
@@ -207,9 +238,9 @@ impl Lookup {
         // A value the change did not carry (an unchanged TOASTed column): fetch again.
         if let Some(values) = values {
             self.cache.put(
-                after[key_at].to_json().into_bytes(),
+                cache_key(&after[key_at]),
                 Cached {
-                    at: Instant::now(),
+                    at: self.now,
                     values: Some(values),
                 },
             );
@@ -252,8 +283,7 @@ impl Enricher for Lookup {
             row.extend(self.fields.iter().map(|_| Value::Null));
             return Ok(());
         }
-        let k = key.to_json();
-        match self.cache.get(k.as_bytes()) {
+        match self.cache.get(&cache_key(key)) {
             Some(c) => {
                 match &c.values {
                     Some(v) => row.extend(v.iter().cloned()),
@@ -262,8 +292,10 @@ impl Enricher for Lookup {
                 Ok(())
             }
             None => Err(format!(
-                "no {} row fetched for {} = {k}",
-                self.cfg.from, self.on.1
+                "no {} row fetched for {} = {}",
+                self.cfg.from,
+                self.on.1,
+                key.to_json()
             )),
         }
     }

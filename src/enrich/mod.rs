@@ -20,7 +20,6 @@ mod geo;
 mod lookup;
 mod track;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -183,10 +182,13 @@ pub enum EnrichError {
 pub struct Stage {
     steps: Vec<Step>,
     /// By the address of the source schema.
-    chains: HashMap<usize, Option<Chain>>,
+    chains: HashMap<usize, Option<Arc<Chain>>>,
     dead: Option<DeadLetters>,
     /// Reads looked-up rows (when a step looks up).
     lookups: Option<Arc<dyn crate::source::Lookup>>,
+    /// Lookups applied and keys fetched for them, this run (for the hit rate).
+    looked_up: u64,
+    fetched: u64,
 }
 
 /// Keys per lookup query.
@@ -252,6 +254,8 @@ impl Stage {
             chains: HashMap::new(),
             dead,
             lookups,
+            looked_up: 0,
+            fetched: 0,
         })
     }
 
@@ -259,20 +263,29 @@ impl Stage {
         self.steps.is_empty()
     }
 
-    /// Enriches the changes of `batch` (in order, with its boundaries); events a step
-    /// failed on go to the dead-letter stream instead.
-    pub async fn apply<'a>(
+    /// Enriches the changes of `batch` in place (in order, with its boundaries);
+    /// events a step failed on go to the dead-letter stream instead.
+    pub async fn apply(
         &mut self,
-        batch: &'a [SourceMessage],
-    ) -> Result<Cow<'a, [SourceMessage]>, EnrichError> {
+        batch: Vec<SourceMessage>,
+    ) -> Result<Vec<SourceMessage>, EnrichError> {
         if self.steps.is_empty() {
-            return Ok(Cow::Borrowed(batch));
+            return Ok(batch);
+        }
+        // One clock reading per batch for the lookup caches' TTL.
+        let now = std::time::Instant::now();
+        for s in self.steps.iter_mut() {
+            if let Some(l) = s.enricher.as_lookup() {
+                l.set_now(now);
+            }
         }
         if self.lookups.is_some() {
-            self.prefetch(batch).await?;
+            self.prefetch(&batch).await?;
         }
-        let mut out = Vec::with_capacity(batch.len());
-        for m in batch {
+        // Rewritten where they lie; dead-lettered ones are taken out at the end.
+        let mut batch = batch;
+        let mut dead = Vec::new();
+        for (n, m) in batch.iter_mut().enumerate() {
             match m {
                 SourceMessage::Change(e) => {
                     // Lookups follow the looked-up table's changes as they pass.
@@ -281,8 +294,8 @@ impl Stage {
                             l.observe(e);
                         }
                     }
-                    if let Some(e) = self.enrich(e).await? {
-                        out.push(SourceMessage::Change(e));
+                    if !self.enrich(e).await? {
+                        dead.push(n);
                     }
                 }
                 SourceMessage::Commit(_) => {
@@ -290,19 +303,24 @@ impl Stage {
                     for s in self.steps.iter_mut() {
                         s.enricher.commit();
                     }
-                    out.push(m.clone());
                 }
                 SourceMessage::Rewind => {
                     self.dead_letters().rewind()?;
                     for s in self.steps.iter_mut() {
                         s.enricher.rewind();
                     }
-                    out.push(m.clone());
                 }
-                other => out.push(other.clone()),
+                _ => {}
             }
         }
-        Ok(Cow::Owned(out))
+        if !dead.is_empty() {
+            let mut n = 0;
+            batch.retain(|_| {
+                n += 1;
+                dead.binary_search(&(n - 1)).is_err()
+            });
+        }
+        Ok(batch)
     }
 
     /// Fetches, one query per lookup step (in batches of keys), the looked-up rows the
@@ -349,6 +367,7 @@ impl Stage {
         let (from, key) = l.source();
         let (from, key) = (from.to_string(), key.to_string());
         let rows = source.fetch(&from, &key, keys).await?;
+        self.fetched += keys.len() as u64;
         crate::metrics::enrich_lookup_fetches(&from, keys.len() as u64);
         let l = step.enricher.as_lookup().expect("a lookup step");
         l.provide(&step.from_columns, keys, rows);
@@ -359,10 +378,10 @@ impl Stage {
     fn chain(&mut self, table: &Arc<TableSchema>) -> Result<Option<&Chain>, EnrichError> {
         let key = Arc::as_ptr(table) as usize;
         if !self.chains.contains_key(&key) {
-            let chain = self.bind(table)?;
+            let chain = self.bind(table)?.map(Arc::new);
             self.chains.insert(key, chain);
         }
-        Ok(self.chains.get(&key).and_then(|c| c.as_ref()))
+        Ok(self.chains.get(&key).and_then(|c| c.as_deref()))
     }
 
     fn dead_letters(&mut self) -> &mut DeadLetters {
@@ -384,6 +403,19 @@ impl Stage {
         out
     }
 
+    /// Logs what the lookups did this run (at exit).
+    pub fn log_summary(&self) {
+        if self.looked_up > 0 {
+            let hit_rate = 1.0 - self.fetched as f64 / self.looked_up as f64;
+            tracing::info!(
+                lookups = self.looked_up,
+                fetched = self.fetched,
+                hit_rate = (hit_rate * 1000.0).round() / 1000.0,
+                "enrichment lookups"
+            );
+        }
+    }
+
     /// The dead-letter stream's flush (None without steps).
     pub async fn flush(&mut self) -> Result<Option<Ack>, SinkError> {
         match self.dead.as_mut() {
@@ -392,72 +424,95 @@ impl Stage {
         }
     }
 
-    async fn enrich(&mut self, e: &ChangeEvent) -> Result<Option<ChangeEvent>, EnrichError> {
+    /// Enriches `e` in place; false when it went to the dead-letter stream.
+    async fn enrich(&mut self, e: &mut ChangeEvent) -> Result<bool, EnrichError> {
         if self.chain(&e.table)?.is_none() {
-            return Ok(Some(e.clone()));
+            return Ok(true);
         }
-        let key = Arc::as_ptr(&e.table) as usize;
-        // Bindings are cheap to clone; the chain stays in the map meanwhile.
-        let (steps, schema, with_flags) = {
-            let chain = self.chains[&key].as_ref().expect("bound");
-            (
-                chain.steps.clone(),
-                chain.schema.clone(),
-                chain.flags_at.is_some(),
-            )
-        };
-        let metas = [
-            EventMeta {
-                event: e,
-                after: false,
-            },
-            EventMeta {
-                event: e,
-                after: true,
-            },
-        ];
+        let chain = self.chains[&(Arc::as_ptr(&e.table) as usize)]
+            .clone()
+            .expect("bound");
+        // The rows are taken out while the steps rewrite them (the metadata stays).
+        let mut images = [e.before.take(), e.after.take()];
+        // Room for every field the steps add, once.
+        let width = chain.schema.columns.len();
+        for row in images.iter_mut().flatten() {
+            row.reserve(width.saturating_sub(row.len()));
+        }
         let mut flags = Vec::new();
         // Flags describe the row as it is now: `after`, or `before` for a delete.
         let mut ignored = Vec::new();
-        let mut images = [e.before.clone(), e.after.clone()];
-        let flag_image = if e.after.is_some() { 1 } else { 0 };
-        for (i, b) in &steps {
+        let flag_image = if images[1].is_some() { 1 } else { 0 };
+        for (k, (i, b)) in chain.steps.iter().enumerate() {
             // A lookup whose key the cache lacks (prefetch missed it, or it was
             // invalidated since): fetched now.
             let needed: Vec<Value> = match self.steps[*i].enricher.as_lookup() {
-                Some(l) => images
-                    .iter()
-                    .flatten()
-                    .filter_map(|row| l.needs(b, row))
-                    .collect(),
+                Some(l) => {
+                    self.looked_up += 1;
+                    images
+                        .iter()
+                        .flatten()
+                        .filter_map(|row| l.needs(b, row))
+                        .collect()
+                }
                 None => Vec::new(),
             };
+            let mut failure = None;
             if !needed.is_empty() {
                 if let Err(why) = self.fetch(*i, &needed).await {
-                    let origin = self.steps[*i].origin.clone();
-                    self.dead_letters().append(e, &origin, &why)?;
-                    return Ok(None);
+                    failure = Some(why);
                 }
             }
             let step = &mut self.steps[*i];
-            for (n, row) in images.iter_mut().enumerate() {
-                let Some(row) = row else { continue };
-                let flags = if n == flag_image {
-                    &mut flags
-                } else {
-                    &mut ignored
-                };
-                if let Err(why) = step.enricher.apply(b, &metas[n], row, flags) {
-                    let origin = step.origin.clone();
-                    self.dead
-                        .as_mut()
-                        .expect("opened when there are steps")
-                        .append(e, &origin, &why)?;
-                    return Ok(None);
+            if failure.is_none() {
+                for (n, row) in images.iter_mut().enumerate() {
+                    let Some(row) = row else { continue };
+                    let flags = if n == flag_image {
+                        &mut flags
+                    } else {
+                        &mut ignored
+                    };
+                    let meta = EventMeta {
+                        event: e,
+                        after: n == 1,
+                    };
+                    if let Err(why) = step.enricher.apply(b, &meta, row, flags) {
+                        failure = Some(why);
+                        break;
+                    }
                 }
             }
+            if let Some(why) = failure {
+                // The event as the failing step saw it: the rows as they stood, under
+                // the layout before the step.
+                let origin = step.origin.clone();
+                let layout = match k {
+                    0 => Layout {
+                        columns: e.table.columns.clone(),
+                        key: e.table.primary_key.clone(),
+                    },
+                    _ => chain.steps[k - 1].1.layout.clone(),
+                };
+                let [before, after] = images;
+                let seen = ChangeEvent {
+                    table: Arc::new(TableSchema::new(
+                        e.table.connector.clone(),
+                        e.table.kind,
+                        e.table.db.clone(),
+                        e.table.table.clone(),
+                        layout.columns,
+                        layout.key,
+                        e.table.schema_version,
+                    )),
+                    before,
+                    after,
+                    ..e.clone()
+                };
+                self.dead_letters().append(&seen, &origin, &why)?;
+                return Ok(false);
+            }
         }
-        if with_flags {
+        if chain.flags_at.is_some() {
             flags.sort();
             flags.dedup();
             let v = if flags.is_empty() {
@@ -470,12 +525,10 @@ impl Stage {
             }
         }
         let [before, after] = images;
-        Ok(Some(ChangeEvent {
-            table: schema,
-            before,
-            after,
-            ..e.clone()
-        }))
+        e.before = before;
+        e.after = after;
+        e.table = chain.schema.clone();
+        Ok(true)
     }
 
     /// Binds the matching steps to a table's layout; None when none matches.

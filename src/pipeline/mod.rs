@@ -152,7 +152,7 @@ pub async fn run(
         loop {
             tokio::select! {
                 batch = rx.recv() => {
-                    let Some(batch) = batch else { break };
+                    let Some(mut batch) = batch else { break };
                     // With --until, nothing past the first boundary at or after it.
                     let mut reached = false;
                     let mut halted = None;
@@ -213,23 +213,35 @@ pub async fn run(
                     }
                     // Counted once per batch: a metric lookup per transaction costs.
                     crate::metrics::transactions(stats.transactions - transactions_before);
-                    let passed = &batch.messages[..take];
-                    let kept: Vec<SourceMessage>;
-                    let passed = if skipped.is_empty() {
-                        passed
+                    // Enrichment rewrites events in place: it takes the batch's own.
+                    let enrich = !outputs.enrich.is_empty();
+                    let owned: Option<Vec<SourceMessage>> = if !skipped.is_empty() {
+                        Some(
+                            batch.messages[..take]
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| skipped.binary_search(i).is_err())
+                                .map(|(_, m)| m.clone())
+                                .collect(),
+                        )
+                    } else if enrich {
+                        let mut v = std::mem::take(&mut batch.messages);
+                        v.truncate(take);
+                        Some(v)
                     } else {
-                        kept = passed
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| skipped.binary_search(i).is_err())
-                            .map(|(_, m)| m.clone())
-                            .collect();
-                        &kept
+                        None
                     };
-                    // (It sees only `passed`, which ends at a boundary when cut.)
-                    let passed = outputs.enrich.apply(passed).await?;
+                    // (It sees only what passed, which ends at a boundary when cut.)
+                    let owned = match owned {
+                        Some(v) if enrich => Some(outputs.enrich.apply(v).await?),
+                        other => other,
+                    };
+                    let passed: &[SourceMessage] = match &owned {
+                        Some(v) => v,
+                        None => &batch.messages[..take],
+                    };
                     for s in outputs.sinks.iter_mut() {
-                        s.accept(&passed).await?;
+                        s.accept(passed).await?;
                     }
                     drop(batch);
                     if let Some(h) = halted {
@@ -310,6 +322,7 @@ pub async fn run(
         &mut stats,
     )
     .await?;
+    outputs.enrich.log_summary();
     match source_task.await {
         Ok(Ok(())) => Ok(stats),
         Ok(Err(SourceError::Closed)) => Ok(stats),

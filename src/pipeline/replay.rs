@@ -129,11 +129,10 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
                 unreachable!("only changes are batched")
             };
             batch.push(SourceMessage::Commit(e.pos.clone()));
-            let enriched = enrich.apply(&batch).await?;
+            let enriched = enrich.apply(std::mem::take(&mut batch)).await?;
             for s in sinks.iter_mut() {
                 s.accept(&enriched).await?;
             }
-            batch.clear();
         }
         let Some(r) = next else { break };
         let e = schemas.event(r)?;
