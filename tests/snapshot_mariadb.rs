@@ -186,20 +186,7 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
 
     // Asked again while it runs: the daemon snapshots the table anew (a new run in
     // `status`), and the index still equals the source.
-    let first = snapshot_status(&c, &table);
-    let (code, out, err) = tributary(&[
-        "snapshot",
-        "--connector",
-        c.to_str().unwrap(),
-        "--table",
-        &table,
-    ]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("the running daemon starts it"), "{out}");
-    wait_snapshot(&c, &table, |s| {
-        s["status"] == "done" && s["started_ms"].as_u64() > first["started_ms"].as_u64()
-    })
-    .await;
+    resnapshot_while_running(&c, &table).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let docs = es_documents_by_id(&url, &alias).await;
     assert_eq!(docs.len(), want.len());

@@ -260,20 +260,7 @@ async fn snapshot_under_writes_converges_in_elasticsearch() {
     let alias = format!("{schema}_t");
     wait_index_equals(&url, &alias, &want, 240, &c).await;
 
-    let first = snapshot_status(&c, &table);
-    let (code, out, err) = tributary(&[
-        "snapshot",
-        "--connector",
-        c.to_str().unwrap(),
-        "--table",
-        &table,
-    ]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("the running daemon starts it"), "{out}");
-    wait_snapshot(&c, &table, |s| {
-        s["status"] == "done" && s["started_ms"].as_u64() > first["started_ms"].as_u64()
-    })
-    .await;
+    resnapshot_while_running(&c, &table).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(es_documents_by_id(&url, &alias).await.len(), want.len());
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));

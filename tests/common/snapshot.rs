@@ -110,3 +110,22 @@ pub async fn wait_index_equals(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+/// Asks the running daemon to snapshot `table` again (`tributary snapshot`) and waits
+/// until a newer run of it finished.
+pub async fn resnapshot_while_running(connector: &std::path::Path, table: &str) {
+    let first = snapshot_status(connector, table);
+    let (code, out, err) = tributary(&[
+        "snapshot",
+        "--connector",
+        connector.to_str().unwrap(),
+        "--table",
+        table,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the running daemon starts it"), "{out}");
+    wait_snapshot(connector, table, |s| {
+        s["status"] == "done" && s["started_ms"].as_u64() > first["started_ms"].as_u64()
+    })
+    .await;
+}
