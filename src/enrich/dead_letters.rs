@@ -31,9 +31,7 @@ impl DeadLetters {
         let event: serde_json::Value =
             serde_json::from_str(&e.to_json()).expect("events render valid JSON");
         let record = serde_json::json!({"reason": reason, "step": step, "event": event});
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, &record).expect("writing to a Vec cannot fail");
-        self.log.append_json(&self.scratch)?;
+        self.log.append_record(&record, &mut self.scratch)?;
         let kind = step.rsplit(' ').next().unwrap_or(step);
         crate::metrics::enrich_dead_letter(&e.table.qualified_name(), kind);
         tracing::warn!(table = %e.table.qualified_name(), step, reason, "enrichment failed: event sent to the enrichment dead-letter stream");

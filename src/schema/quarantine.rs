@@ -59,9 +59,7 @@ impl QuarantineStream {
             epoch,
             event: StoredEvent::from_event(e),
         };
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, &record).expect("writing to a Vec cannot fail");
-        self.log.append_json(&self.scratch)?;
+        self.log.append_record(&record, &mut self.scratch)?;
         self.counters
             .get_or_insert_with(&e.table, || {
                 crate::metrics::quarantined(&e.table.qualified_name())

@@ -156,6 +156,17 @@ impl LogSink {
     }
 
     /// Appends one record of any JSON (dead letters use it); one line, no newline.
+    /// Appends `record` serialized as JSON (through `scratch`, reused by the caller).
+    pub fn append_record<T: serde::Serialize>(
+        &mut self,
+        record: &T,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), SinkError> {
+        scratch.clear();
+        serde_json::to_writer(&mut *scratch, record).expect("writing to a Vec cannot fail");
+        self.append_json(scratch)
+    }
+
     pub fn append_json(&mut self, json: &[u8]) -> Result<(), SinkError> {
         let crc = crc32c::crc32c(json);
         let mut head = [0u8; 9];
