@@ -524,3 +524,81 @@ async fn postgres_lookup_follows_the_looked_up_table() {
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }
+
+/// `track` on PostgreSQL into the stand-in: the document carries the window and the
+/// last activity; an impossible jump is flagged and not kept; a 0/0 reading is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_track_into_elasticsearch() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let (schema, table) = pg_table(
+        &client,
+        "ptrack",
+        "device int PRIMARY KEY, lat double precision, lng double precision, at timestamp(3)",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    add_es_sink(&c, &url, "");
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    text.push_str(&format!(
+        "\n[[enrich]]\ntable = \"{table}\"\nkind = \"track\"\nlat = \"lat\"\nlon = \"lng\"\ntime = \"at\"\nkeep = 3\nspeed_range = [0.0, 50.0]\n"
+    ));
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let step = |lat: f64, lng: f64, secs: u32| {
+        format!("UPDATE {table} SET lat = {lat}, lng = {lng}, at = TIMESTAMP '2024-05-01 10:00:00' + INTERVAL '{secs} seconds' WHERE device = 1;")
+    };
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} VALUES (1, 48.1, 11.5, TIMESTAMP '2024-05-01 10:00:00'); {} {} {} {}",
+            step(48.1001, 11.5, 1),  // 11 m in 1 s: kept
+            step(0.0, 0.0, 2),       // no fix: skipped
+            step(49.5, 11.5, 3),     // 155 km in 2 s: flagged, not kept
+            step(48.1002, 11.5, 4),  // kept
+        ))
+        .await
+        .unwrap();
+    let alias = format!("{schema}_t");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = read_events(&dir.path().join("log"));
+        if events.len() >= 5 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(events.len(), 5, "{}", daemon_log(&c));
+    assert_eq!(
+        events[3]["after"]["_flags"],
+        serde_json::json!(["track_speed_out_of_range"])
+    );
+    assert!(
+        events[2]["after"]["_flags"].is_null(),
+        "0/0 is skipped, not flagged"
+    );
+    let doc = loop {
+        let docs = es_documents(&url, &alias).await;
+        if docs.get("1").is_some_and(|d| d["lat"] == 48.1002) {
+            break docs["1"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{docs:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let points: Vec<f64> = doc["track"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["lat"].as_f64().unwrap())
+        .collect();
+    assert_eq!(points, vec![48.1, 48.1001, 48.1002], "{doc}");
+    assert_eq!(doc["last_activity"], "2024-05-01T10:00:04.000Z");
+    assert!(doc["track"]["speed_mps"].as_f64().unwrap() > 1.0, "{doc}");
+    let mapping = mapping_json(&url, &alias).await;
+    let props =
+        mapping.as_object().unwrap().values().next().unwrap()["mappings"]["properties"].clone();
+    assert_eq!(props["last_activity"]["type"], "date", "{props}");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
+}

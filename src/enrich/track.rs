@@ -137,8 +137,27 @@ fn epoch_ms(v: &Value) -> Option<i64> {
             )
         }
         Value::Int(i) => Some(*i),
+        // PostgreSQL timestamps arrive as ISO text (`YYYY-MM-DDTHH:MM:SS[.f][Z]`).
+        Value::String(s) => iso_ms(s),
         _ => None,
     }
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z]` as ms since the epoch (UTC).
+fn iso_ms(s: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = s.get(19..).unwrap_or("");
+    let ms = match frac.strip_prefix('.') {
+        Some(f) => {
+            let digits: String = f.chars().take_while(char::is_ascii_digit).take(3).collect();
+            format!("{digits:0<3}").parse::<i64>().ok()?
+        }
+        None => 0,
+    };
+    let days = crate::temporal::days_from_civil(y, mo as u32, d as u32);
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000 + ms)
 }
 
 /// Great-circle distance in metres (haversine, mean Earth radius).
@@ -388,6 +407,17 @@ mod tests {
             s.iter().map(|p| p.at_ms).collect::<Vec<_>>(),
             vec![1000, 5000]
         );
+    }
+
+    #[test]
+    fn iso_times() {
+        assert_eq!(iso_ms("1970-01-01T00:00:01.5"), Some(1500));
+        assert_eq!(iso_ms("1970-01-02 00:00:00Z"), Some(86_400_000));
+        assert_eq!(
+            iso_ms("2024-05-01T10:00:04.123456Z"),
+            Some(1_714_557_604_123)
+        );
+        assert_eq!(iso_ms("nope"), None);
     }
 
     #[test]
