@@ -194,6 +194,9 @@ pub struct Stage {
 /// Keys per lookup query.
 const LOOKUP_BATCH: usize = 500;
 
+/// Table layouts whose chains are kept bound.
+const MAX_CHAINS: usize = 4096;
+
 impl Stage {
     /// The stage for a connector's `[[enrich]]` entries; the dead-letter stream is
     /// opened at its stored cursor (only when there are entries).
@@ -378,6 +381,11 @@ impl Stage {
     fn chain(&mut self, table: &Arc<TableSchema>) -> Result<Option<&Chain>, EnrichError> {
         let key = Arc::as_ptr(table) as usize;
         if !self.chains.contains_key(&key) {
+            // Layouts come and go with reconnects and DDL; a long-lived daemon must
+            // not keep every one it ever saw (binding again is cheap).
+            if self.chains.len() >= MAX_CHAINS {
+                self.chains.clear();
+            }
             let chain = self.bind(table)?.map(Arc::new);
             self.chains.insert(key, chain);
         }
