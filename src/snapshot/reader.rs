@@ -141,8 +141,14 @@ pub async fn start<S: ChunkSource>(
 }
 
 /// A table layout read from the catalog, with the schema version the stream gives the
-/// same layout, recorded in the schema history.
-pub fn versioned(store: &OffsetStore, schema: TableSchema) -> Result<Arc<TableSchema>, String> {
+/// same layout, recorded in the schema history (without a store, for lookups: as it is).
+pub fn versioned(
+    store: Option<&OffsetStore>,
+    schema: TableSchema,
+) -> Result<Arc<TableSchema>, String> {
+    let Some(store) = store else {
+        return Ok(Arc::new(schema));
+    };
     let version = store
         .schema_version(&schema.qualified_name(), schema.layout_fingerprint())
         .map_err(|e| e.to_string())?;

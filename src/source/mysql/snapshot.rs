@@ -84,13 +84,7 @@ impl ChunkSource for Chunks {
         conn: &mut Conn,
         table: &str,
     ) -> Result<Option<Described<SnapTable>>, String> {
-        let Some(mut d) = self.describe_table(conn, table).await? else {
-            return Ok(None);
-        };
-        if let Some(store) = &self.store {
-            d.schema = versioned(store, (*d.schema).clone())?;
-        }
-        Ok(Some(d))
+        self.describe_table(conn, table).await
     }
 
     /// One chunk inside its own consistent snapshot; returns once the stream emitted it.
@@ -174,7 +168,7 @@ impl ChunkSource for Chunks {
 impl Chunks {
     /// The table's columns, key and row estimate from information_schema; None when it
     /// does not exist.
-    pub(super) async fn describe_table(
+    async fn describe_table(
         &self,
         conn: &mut Conn,
         table: &str,
@@ -256,7 +250,7 @@ impl Chunks {
             0,
         );
         Ok(Some(Described {
-            schema: Arc::new(schema),
+            schema: versioned(self.store.as_deref(), schema)?,
             keyed: !chunk_key.is_empty(),
             table: SnapTable { columns, chunk_key },
             estimate: estimate.flatten().unwrap_or(0),

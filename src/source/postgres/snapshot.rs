@@ -151,10 +151,7 @@ impl ChunkSource for Chunks {
             0,
         );
         Ok(Some(Described {
-            schema: match &self.store {
-                Some(store) => versioned(store, schema)?,
-                None => Arc::new(schema),
-            },
+            schema: versioned(self.store.as_deref(), schema)?,
             keyed: !key.is_empty(),
             table: PgTable {
                 types,
