@@ -40,10 +40,10 @@ use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Descri
 pub const MARKER_PREFIX: &str = "tributary.snapshot";
 
 /// A reader's connections: one reads chunks in their snapshots, the other commits the
-/// markers meanwhile.
+/// markers meanwhile (opened by the first chunk: lookups read through `reader` only).
 pub struct Conns {
     reader: Client,
-    marker: Client,
+    marker: Option<Client>,
 }
 
 /// A table as the snapshot reads it.
@@ -74,18 +74,10 @@ impl ChunkSource for Chunks {
     type Table = PgTable;
 
     async fn connect(&self) -> Result<Conns, String> {
-        let connect = || async {
-            query_client(&self.cfg, self.password.as_ref())
-                .await
-                .map_err(|e| e.message().to_string())
-        };
-        let reader = connect().await?;
-        let marker = connect().await?;
-        marker
-            .batch_execute("SET synchronous_commit = local")
-            .await
-            .map_err(|e| self.sql_error(e))?;
-        Ok(Conns { reader, marker })
+        Ok(Conns {
+            reader: self.query_client().await?,
+            marker: None,
+        })
     }
 
     async fn describe(
@@ -172,6 +164,14 @@ impl ChunkSource for Chunks {
         requests: &Requests,
     ) -> Result<ChunkEnd, String> {
         let sql_err = |e: tokio_postgres::Error| self.sql_error(e);
+        if conns.marker.is_none() {
+            let marker = self.query_client().await?;
+            marker
+                .batch_execute("SET synchronous_commit = local")
+                .await
+                .map_err(sql_err)?;
+            conns.marker = Some(marker);
+        }
         let conn = &conns.reader;
         conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
@@ -187,6 +187,12 @@ impl ChunkSource for Chunks {
 }
 
 impl Chunks {
+    async fn query_client(&self) -> Result<Client, String> {
+        query_client(&self.cfg, self.password.as_ref())
+            .await
+            .map_err(|e| e.message().to_string())
+    }
+
     fn sql_error(&self, e: tokio_postgres::Error) -> String {
         classify(&self.cfg, &e).message().to_string()
     }
@@ -227,6 +233,8 @@ impl Chunks {
         // the table replaces it in the stream task) and the read retried.
         conns
             .marker
+            .as_ref()
+            .expect("opened by chunk")
             .query_one(
                 "SELECT pg_logical_emit_message(true, $1, $2)::text",
                 &[&MARKER_PREFIX, &marker],
