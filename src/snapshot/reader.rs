@@ -157,6 +157,18 @@ pub fn versioned(
     Ok(Arc::new(schema))
 }
 
+/// `SELECT <every column> FROM <db>.<table>`, identifiers quoted the source's way: the
+/// start of every chunk and lookup statement.
+pub fn select_all(s: &TableSchema, quote: fn(&str) -> String) -> String {
+    let cols: Vec<String> = s.columns.iter().map(|c| quote(&c.name)).collect();
+    format!(
+        "SELECT {} FROM {}.{}",
+        cols.join(", "),
+        quote(&s.db),
+        quote(&s.table)
+    )
+}
+
 /// Runs a source's snapshots beside its stream.
 struct Reader<S: ChunkSource> {
     source: S,

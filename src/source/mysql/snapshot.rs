@@ -23,7 +23,7 @@ use crate::config::Secret;
 use crate::event::{Column, Position, TableSchema, Value};
 use crate::offsets::OffsetStore;
 use crate::snapshot::merge::{Cut, Requests};
-use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Described};
+use crate::snapshot::reader::{register, select_all, versioned, ChunkEnd, ChunkSource, Described};
 use crate::source::filter::TableFilter;
 
 /// How one column's SELECT value becomes an event value.
@@ -285,13 +285,7 @@ fn select(
     after: Option<&[Value]>,
     limit: u64,
 ) -> (String, Vec<MyValue>) {
-    let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let mut sql = format!(
-        "SELECT {} FROM {}.{}",
-        cols.join(", "),
-        quote_ident(&s.db),
-        quote_ident(&s.table)
-    );
+    let mut sql = select_all(s, quote_ident);
     let mut params = Vec::new();
     if chunk_key.is_empty() {
         return (sql, params);
@@ -444,12 +438,9 @@ impl Chunks {
         keys: &[Value],
     ) -> Result<Vec<crate::event::Row>, String> {
         let s = &t.schema;
-        let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} IN ({})",
-            cols.join(", "),
-            quote_ident(&s.db),
-            quote_ident(&s.table),
+            "{} WHERE {} IN ({})",
+            select_all(s, quote_ident),
             quote_ident(&s.columns[key].name),
             vec!["?"; keys.len()].join(", ")
         );

@@ -34,7 +34,7 @@ use crate::config::Secret;
 use crate::event::{now_ms, Column, Row, TableSchema, Value};
 use crate::offsets::OffsetStore;
 use crate::snapshot::merge::{Cut, Requests, SnapshotView};
-use crate::snapshot::reader::{register, versioned, ChunkEnd, ChunkSource, Described};
+use crate::snapshot::reader::{register, select_all, versioned, ChunkEnd, ChunkSource, Described};
 
 /// The prefix of marker messages (`pg_logical_emit_message`).
 pub const MARKER_PREFIX: &str = "tributary.snapshot";
@@ -328,17 +328,14 @@ impl Chunks {
         keys: &[Value],
     ) -> Result<Vec<Row>, String> {
         let s = &t.schema;
-        let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let ty = &s.columns[key].type_name;
         let list: Vec<String> = keys
             .iter()
             .map(|k| format!("{}::{ty}", literal(&key_text(k))))
             .collect();
         let sql = format!(
-            "SELECT {} FROM {}.{} WHERE {} IN ({})",
-            cols.join(", "),
-            quote_ident(&s.db),
-            quote_ident(&s.table),
+            "{} WHERE {} IN ({})",
+            select_all(s, quote_ident),
             quote_ident(&s.columns[key].name),
             list.join(", ")
         );
@@ -383,13 +380,7 @@ async fn find(
 /// The chunk's statement: every column (text output) in key order after `after` (the
 /// previous chunk's last key, as text cast to the key's types).
 fn select(s: &TableSchema, t: &PgTable, after: Option<&[Value]>, limit: u64) -> String {
-    let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let mut sql = format!(
-        "SELECT {} FROM {}.{}",
-        cols.join(", "),
-        quote_ident(&s.db),
-        quote_ident(&s.table)
-    );
+    let mut sql = select_all(s, quote_ident);
     if t.chunk_key.is_empty() {
         return sql;
     }
