@@ -323,6 +323,21 @@ impl Value {
         json::write_value(&mut out, self);
         std::string::String::from_utf8(out).expect("the encoder writes UTF-8")
     }
+    /// The value as plain text: text and decimals as they are; everything else its JSON
+    /// text, without the quotes of those emitted as JSON strings (dates, times,
+    /// base64 bytes).
+    pub fn to_text(&self) -> std::string::String {
+        match self {
+            Value::String(text) | Value::Decimal(text) => text.clone(),
+            other => {
+                let j = other.to_json();
+                match j.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                    Some(inner) => inner.to_string(),
+                    None => j,
+                }
+            }
+        }
+    }
 }
 
 /// One column of a table as events describe it.

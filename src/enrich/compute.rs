@@ -119,16 +119,8 @@ fn to_ev(v: &Value) -> Ev {
         Value::Double(d) => Ev::Float(*d),
         Value::Decimal(s) => s.parse().map_or_else(|_| Ev::String(s.clone()), Ev::Float),
         Value::String(s) => Ev::String(s.clone()),
-        // Dates, times, bytes, JSON and arrays: their JSON text (strings unquoted).
-        other => {
-            let j = other.to_json();
-            Ev::String(
-                match j.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                    Some(inner) => inner.to_string(),
-                    None => j,
-                },
-            )
-        }
+        // Dates, times, bytes, JSON and arrays: their text.
+        other => Ev::String(other.to_text()),
     }
 }
 

@@ -331,7 +331,7 @@ impl Chunks {
         let ty = &s.columns[key].type_name;
         let list: Vec<String> = keys
             .iter()
-            .map(|k| format!("{}::{ty}", literal(&key_text(k))))
+            .map(|k| format!("{}::{ty}", literal(&k.to_text())))
             .collect();
         let sql = format!(
             "{} WHERE {} IN ({})",
@@ -393,7 +393,7 @@ fn select(s: &TableSchema, t: &PgTable, after: Option<&[Value]>, limit: u64) -> 
         let literals: Vec<String> = after
             .iter()
             .zip(&t.key_types)
-            .map(|(v, ty)| format!("{}::{ty}", literal(&key_text(v))))
+            .map(|(v, ty)| format!("{}::{ty}", literal(&v.to_text())))
             .collect();
         sql.push_str(&format!(
             " WHERE ({}) > ({})",
@@ -403,21 +403,6 @@ fn select(s: &TableSchema, t: &PgTable, after: Option<&[Value]>, limit: u64) -> 
     }
     sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", key.join(", ")));
     sql
-}
-
-/// A key value as the text its type's input function reads (a stored resume key is
-/// its text already).
-fn key_text(v: &Value) -> String {
-    match v {
-        Value::String(text) | Value::Decimal(text) => text.clone(),
-        other => {
-            let j = other.to_json();
-            match j.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                Some(inner) => inner.to_string(),
-                None => j,
-            }
-        }
-    }
 }
 
 /// A string literal that reads the same whatever standard_conforming_strings says.
