@@ -26,6 +26,11 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// Seconds since the Unix epoch of a civil date and time (proleptic Gregorian, UTC).
+pub fn epoch_secs(y: i64, mo: u32, d: u32, h: i64, mi: i64, s: i64) -> i64 {
+    days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s
+}
+
 /// Milliseconds since the Unix epoch as a UTC timestamp value (millisecond precision).
 pub fn utc_from_ms(ms: u64) -> crate::event::Value {
     let secs = (ms / 1000) as i64;

@@ -161,14 +161,17 @@ impl Lookup {
     /// for fetching a batch's misses at once.
     pub fn prefetch_key(&self, table: &TableSchema, row: &Row) -> Option<Value> {
         let i = table.columns.iter().position(|c| c.name == self.on.0)?;
-        let v = &row[i];
-        (!matches!(v, Value::Null | Value::Absent) && !self.fresh(v)).then(|| v.clone())
+        self.missing(&row[i])
     }
 
     /// The key a bound row needs when it is not cached (fetched before `apply`).
     pub fn needs(&self, b: &Binding, row: &Row) -> Option<Value> {
-        let v = &row[b.at[0]];
-        (!matches!(v, Value::Null | Value::Absent) && !self.fresh(v)).then(|| v.clone())
+        self.missing(&row[b.at[0]])
+    }
+
+    /// `key`, when it is a key (not null, not absent) the cache lacks or holds stale.
+    fn missing(&self, key: &Value) -> Option<Value> {
+        (!matches!(key, Value::Null | Value::Absent) && !self.fresh(key)).then(|| key.clone())
     }
 
     /// Fetched rows (whole, in the looked-up table's column order `columns`) for

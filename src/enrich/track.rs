@@ -129,12 +129,15 @@ fn epoch_ms(v: &Value) -> Option<i64> {
             micros,
             ..
         } => {
-            let days = crate::temporal::days_from_civil(*year as i64, *month as u32, *day as u32);
-            Some(
-                ((days * 86_400 + *hour as i64 * 3600 + *minute as i64 * 60 + *second as i64)
-                    * 1000)
-                    + (*micros / 1000) as i64,
-            )
+            let secs = crate::temporal::epoch_secs(
+                *year as i64,
+                *month as u32,
+                *day as u32,
+                *hour as i64,
+                *minute as i64,
+                *second as i64,
+            );
+            Some(secs * 1000 + (*micros / 1000) as i64)
         }
         Value::Int(i) => Some(*i),
         // PostgreSQL timestamps arrive as ISO text (`YYYY-MM-DDTHH:MM:SS[.f][Z]`).
@@ -156,8 +159,7 @@ fn iso_ms(s: &str) -> Option<i64> {
         }
         None => 0,
     };
-    let days = crate::temporal::days_from_civil(y, mo as u32, d as u32);
-    Some((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000 + ms)
+    Some(crate::temporal::epoch_secs(y, mo as u32, d as u32, h, mi, sec) * 1000 + ms)
 }
 
 /// Great-circle distance in metres (haversine, mean Earth radius).

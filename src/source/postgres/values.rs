@@ -6,7 +6,7 @@
 use serde_json::value::RawValue;
 
 use crate::event::Value;
-use crate::temporal::{civil_from_days, days_from_civil};
+use crate::temporal::{civil_from_days, epoch_secs};
 
 /// How a column's text is decoded, from its type oid (and, for enums, domains and
 /// arrays, from the catalog).
@@ -183,8 +183,7 @@ fn timestamptz(s: &str) -> Result<String, String> {
             .map(|x| x.parse::<i64>().map_err(|_| bad()))
             .transpose()?
             .unwrap_or(0);
-    let secs = days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + sec
-        - if neg { -off } else { off };
+    let secs = epoch_secs(y, mo as u32, d as u32, h, mi, sec) - if neg { -off } else { off };
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     let mut out = format!(
