@@ -437,6 +437,19 @@ impl TableSchema {
     }
 
     /// The same table at another schema version.
+    /// The same table with other columns and key (an enriched layout).
+    pub fn with_layout(&self, columns: Vec<Column>, primary_key: Vec<usize>) -> Self {
+        TableSchema::new(
+            self.connector.clone(),
+            self.kind,
+            self.db.clone(),
+            self.table.clone(),
+            columns,
+            primary_key,
+            self.schema_version,
+        )
+    }
+
     pub fn with_version(&self, schema_version: u32) -> Self {
         TableSchema {
             schema_version,

@@ -167,7 +167,8 @@ struct Chain {
     _source: Arc<TableSchema>,
     schema: Arc<TableSchema>,
     steps: Vec<(usize, Binding)>,
-    flags_at: Option<usize>,
+    /// A step may flag events: the last field is `_flags`.
+    flags: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -503,15 +504,7 @@ impl Stage {
                 };
                 let [before, after] = images;
                 let seen = ChangeEvent {
-                    table: Arc::new(TableSchema::new(
-                        e.table.connector.clone(),
-                        e.table.kind,
-                        e.table.db.clone(),
-                        e.table.table.clone(),
-                        layout.columns,
-                        layout.key,
-                        e.table.schema_version,
-                    )),
+                    table: Arc::new(e.table.with_layout(layout.columns, layout.key)),
                     before,
                     after,
                     ..e.clone()
@@ -520,7 +513,7 @@ impl Stage {
                 return Ok(false);
             }
         }
-        if chain.flags_at.is_some() {
+        if chain.flags {
             flags.sort();
             flags.dedup();
             let v = if flags.is_empty() {
@@ -565,27 +558,17 @@ impl Stage {
         if steps.is_empty() {
             return Ok(None);
         }
-        let flags_at = if flags {
-            Some(layout.add(FLAGS_FIELD, "keyword").map_err(|why| {
+        if flags {
+            layout.add(FLAGS_FIELD, "keyword").map_err(|why| {
                 EnrichError::Config(format!("cannot enrich {}: {why}", table.qualified_name()))
-            })?)
-        } else {
-            None
-        };
-        let schema = TableSchema::new(
-            table.connector.clone(),
-            table.kind,
-            table.db.clone(),
-            table.table.clone(),
-            layout.columns,
-            layout.key,
-            table.schema_version,
-        );
+            })?;
+        }
+        let schema = table.with_layout(layout.columns, layout.key);
         Ok(Some(Chain {
             _source: table.clone(),
             schema: Arc::new(schema),
             steps,
-            flags_at,
+            flags,
         }))
     }
 }
