@@ -339,11 +339,10 @@ impl Stage {
             let Some(row) = e.after.as_ref() else {
                 continue;
             };
-            let steps: Vec<usize> = match self.chain(&e.table)? {
-                Some(chain) => chain.steps.iter().map(|(i, _)| *i).collect(),
-                None => continue,
+            let Some(chain) = self.chain(&e.table)? else {
+                continue;
             };
-            for i in steps {
+            for &(i, _) in &chain.steps {
                 if let Some(l) = self.steps[i].enricher.as_lookup() {
                     if let Some(k) = l.prefetch_key(&e.table, row) {
                         wanted.entry(i).or_default().push(k);
@@ -379,7 +378,7 @@ impl Stage {
     }
 
     /// The chain for a table layout, bound on first sight.
-    fn chain(&mut self, table: &Arc<TableSchema>) -> Result<Option<&Chain>, EnrichError> {
+    fn chain(&mut self, table: &Arc<TableSchema>) -> Result<Option<Arc<Chain>>, EnrichError> {
         let key = Arc::as_ptr(table) as usize;
         if !self.chains.contains_key(&key) {
             // Layouts come and go with reconnects and DDL; a long-lived daemon must
@@ -390,7 +389,7 @@ impl Stage {
             let chain = self.bind(table)?.map(Arc::new);
             self.chains.insert(key, chain);
         }
-        Ok(self.chains.get(&key).and_then(|c| c.as_deref()))
+        Ok(self.chains.get(&key).cloned().flatten())
     }
 
     fn dead_letters(&mut self) -> &mut DeadLetters {
@@ -435,12 +434,9 @@ impl Stage {
 
     /// Enriches `e` in place; false when it went to the dead-letter stream.
     async fn enrich(&mut self, e: &mut ChangeEvent) -> Result<bool, EnrichError> {
-        if self.chain(&e.table)?.is_none() {
+        let Some(chain) = self.chain(&e.table)? else {
             return Ok(true);
-        }
-        let chain = self.chains[&(Arc::as_ptr(&e.table) as usize)]
-            .clone()
-            .expect("bound");
+        };
         // The rows are taken out while the steps rewrite them (the metadata stays).
         let mut images = [e.before.take(), e.after.take()];
         // Room for every field the steps add, once.

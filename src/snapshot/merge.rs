@@ -155,7 +155,13 @@ impl Merger {
     /// Notes a streamed change (cheap when no table is tracked).
     pub fn note(&mut self, e: &ChangeEvent) {
         if let Some(t) = &e.txid {
-            if self.recent.back().is_none_or(|last| last != t) {
+            // The events of one transaction share their txid: the pointer test is
+            // the usual answer, the text comparison the rare one.
+            if self
+                .recent
+                .back()
+                .is_none_or(|last| !Arc::ptr_eq(last, t) && last != t)
+            {
                 if self.recent.len() == RECENT_TRANSACTIONS {
                     self.recent.pop_front();
                 }
