@@ -12,3 +12,5 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod temporal;
+#[cfg(test)]
+pub mod testkit;

@@ -504,7 +504,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
 async fn status(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     // A running daemon holds the store; it reports its checkpoint beside it.
-    let (running, checkpoint, sinks) = match OffsetStore::open(&cfg.state.dir) {
+    let (running, checkpoint, sinks, stages) = match OffsetStore::open(&cfg.state.dir) {
         Ok(store) => (
             false,
             store.checkpoint()?,
@@ -512,16 +512,20 @@ async fn status(path: &Path) -> anyhow::Result<ExitCode> {
                 .sink_cursors()?
                 .into_iter()
                 .collect::<serde_json::Map<_, _>>(),
+            store
+                .stage_states()?
+                .into_iter()
+                .collect::<serde_json::Map<_, _>>(),
         ),
         Err(_) => (
             true,
             OffsetStore::reported_checkpoint(&cfg.state.dir),
-            OffsetStore::reported_cursors(&cfg.state.dir),
+            OffsetStore::reported(&cfg.state.dir, "cursors"),
+            OffsetStore::reported(&cfg.state.dir, "stages"),
         ),
     };
-    let mut sinks = sinks;
-    let guard_state = sinks.remove(tributary::schema::guard::STATE_ID);
-    let snapshot_state = sinks.remove(tributary::snapshot::STATE_ID);
+    let guard_state = stages.get(tributary::schema::guard::STATE_ID);
+    let snapshot_state = stages.get(tributary::snapshot::STATE_ID);
     let mut out = serde_json::json!({
         "connector": cfg.connector_name(),
         "source": cfg.source.kind(),
@@ -531,8 +535,8 @@ async fn status(path: &Path) -> anyhow::Result<ExitCode> {
             "age_s": tributary::event::now_ms().saturating_sub(c.at_ms) / 1000,
         })),
         "sinks": sinks,
-        "tables": guard_state.as_ref().map(tributary::schema::guard::summary),
-        "snapshot": snapshot_state.as_ref().map(tributary::snapshot::summary),
+        "tables": guard_state.map(tributary::schema::guard::summary),
+        "snapshot": snapshot_state.map(tributary::snapshot::summary),
     });
     if let SourceConfig::Postgres(p) = &cfg.source {
         let client = postgres_client(p).await?;
@@ -620,6 +624,7 @@ fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
                 "connector": cfg.connector_name(),
                 "checkpoint": store.checkpoint()?,
                 "sinks": store.sink_cursors()?.into_iter().collect::<serde_json::Map<_, _>>(),
+                "stages": store.stage_states()?.into_iter().collect::<serde_json::Map<_, _>>(),
                 "schema_versions": store.schema_versions()?.into_iter().map(|(t, v)| (t, serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 "schema_history": store.schema_history()?,
             });

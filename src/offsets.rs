@@ -1,8 +1,10 @@
 //! Durable local state (redb, `<state dir>/offsets.redb`): the source checkpoint, each
-//! sink's cursor at that checkpoint, and the schema versions seen per table.
+//! stream's cursor at that checkpoint (sinks, the quarantine and dead-letter streams),
+//! each stage's state there (schema guard, snapshot progress), the keyed state of
+//! stateful enrichers, and the schema versions seen per table.
 //!
-//! The checkpoint and the sink cursors are written in one transaction, so they always
-//! describe the same transaction boundary.
+//! Everything a checkpoint stores is written in one transaction (`commit`), so it
+//! always describes the same transaction boundary.
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +21,27 @@ const SCHEMA_HISTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("schem
 /// Keyed stage state (enrichment `track`): `<owner>\0<key>` -> bytes, written in the
 /// checkpoint's transaction so it always matches the stored position.
 const KEYED_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("keyed_state");
+/// Stage state by stage id (`schema-guard`, `snapshot`): JSON, as of the checkpoint.
+/// Stores written before this table existed kept it among the sink cursors; `open`
+/// moves it here.
+const STAGE_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("stage_state");
+
+/// The stage ids older stores kept among the sink cursors.
+const STAGES_AMONG_CURSORS: [&str; 2] = ["schema-guard", "snapshot"];
 
 /// A change to keyed state: set (Some) or remove (None) `<owner>\0<key>`.
 pub type StateUpdate = (String, Option<Vec<u8>>);
+
+/// One thing a checkpoint stores, besides the position.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    /// A stream's cursor (a sink, the quarantine or a dead-letter stream) by its id.
+    Cursor(String, serde_json::Value),
+    /// A stage's state by the stage's id.
+    Stage(String, serde_json::Value),
+    /// A keyed-state update.
+    Keyed(StateUpdate),
+}
 const SOURCE_KEY: &str = "source";
 
 /// One version of a table's schema as the source described it.
@@ -84,8 +104,20 @@ impl OffsetStore {
         let tx = store.db.begin_write().map_err(|e| store.err(e))?;
         {
             tx.open_table(CHECKPOINT).map_err(|e| store.err(e))?;
-            tx.open_table(SINK_CURSORS).map_err(|e| store.err(e))?;
+            let mut cursors = tx.open_table(SINK_CURSORS).map_err(|e| store.err(e))?;
             tx.open_table(SCHEMAS).map_err(|e| store.err(e))?;
+            let mut stages = tx.open_table(STAGE_STATE).map_err(|e| store.err(e))?;
+            // Stores of earlier releases kept stage state among the sink cursors.
+            for id in STAGES_AMONG_CURSORS {
+                let old = cursors.remove(id).map_err(|e| store.err(e))?;
+                if let Some(v) = old {
+                    let bytes = v.value().to_vec();
+                    drop(v);
+                    stages
+                        .insert(id, bytes.as_slice())
+                        .map_err(|e| store.err(e))?;
+                }
+            }
         }
         tx.commit().map_err(|e| store.err(e))?;
         Ok(store)
@@ -114,15 +146,29 @@ impl OffsetStore {
         }
     }
 
-    /// A sink's cursor as it stored it (sink-specific JSON).
+    /// A stream's cursor as it stored it (sink-specific JSON).
     pub fn sink_cursor(&self, sink_id: &str) -> Result<Option<serde_json::Value>, OffsetError> {
+        self.json(SINK_CURSORS, sink_id, "cursor of sink")
+    }
+
+    /// A stage's state as of the last checkpoint.
+    pub fn stage_state(&self, stage: &str) -> Result<Option<serde_json::Value>, OffsetError> {
+        self.json(STAGE_STATE, stage, "state of stage")
+    }
+
+    fn json(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        what: &str,
+    ) -> Result<Option<serde_json::Value>, OffsetError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
-        match t.get(sink_id).map_err(|e| self.err(e))? {
+        let t = tx.open_table(table).map_err(|e| self.err(e))?;
+        match t.get(key).map_err(|e| self.err(e))? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(v.value())
                 .map(Some)
-                .map_err(|e| self.err(format!("corrupt cursor of sink {sink_id}: {e}"))),
+                .map_err(|e| self.err(format!("corrupt {what} {key}: {e}"))),
         }
     }
 
@@ -147,8 +193,20 @@ impl OffsetStore {
     }
 
     pub fn sink_cursors(&self) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {
+        self.all_json(SINK_CURSORS)
+    }
+
+    /// Every stage's state as of the last checkpoint.
+    pub fn stage_states(&self) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {
+        self.all_json(STAGE_STATE)
+    }
+
+    fn all_json(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
+        let t = tx.open_table(table).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
@@ -158,33 +216,35 @@ impl OffsetStore {
         Ok(out)
     }
 
-    /// Writes the checkpoint (if any) and the sink cursors atomically, durably.
-    pub fn commit(
-        &self,
-        checkpoint: Option<&Checkpoint>,
-        cursors: &[(String, serde_json::Value)],
-    ) -> Result<(), OffsetError> {
-        self.commit_with_state(checkpoint, cursors, &[])
-    }
-
-    /// `commit`, with keyed state updates in the same transaction.
-    pub fn commit_with_state(
-        &self,
-        checkpoint: Option<&Checkpoint>,
-        cursors: &[(String, serde_json::Value)],
-        state: &[StateUpdate],
-    ) -> Result<(), OffsetError> {
+    /// Writes the checkpoint (if any) and what it saves atomically, durably.
+    pub fn commit(&self, checkpoint: Option<&Checkpoint>, saved: &[Saved]) -> Result<(), OffsetError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
-            if !state.is_empty() {
-                let mut t = tx.open_table(KEYED_STATE).map_err(|e| self.err(e))?;
-                for (key, value) in state {
-                    match value {
-                        Some(v) => t.insert(key.as_str(), v.as_slice()),
-                        None => t.remove(key.as_str()).map(|_| None),
+            let mut cursors = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
+            let mut stages = tx.open_table(STAGE_STATE).map_err(|e| self.err(e))?;
+            let mut keyed = None;
+            for s in saved {
+                match s {
+                    Saved::Cursor(id, v) => {
+                        let bytes = serde_json::to_vec(v).map_err(|e| self.err(e))?;
+                        cursors.insert(id.as_str(), bytes.as_slice()).map(|_| ())
                     }
-                    .map_err(|e| self.err(e))?;
+                    Saved::Stage(id, v) => {
+                        let bytes = serde_json::to_vec(v).map_err(|e| self.err(e))?;
+                        stages.insert(id.as_str(), bytes.as_slice()).map(|_| ())
+                    }
+                    Saved::Keyed((key, value)) => {
+                        let t = match &mut keyed {
+                            Some(t) => t,
+                            None => keyed.insert(tx.open_table(KEYED_STATE).map_err(|e| self.err(e))?),
+                        };
+                        match value {
+                            Some(v) => t.insert(key.as_str(), v.as_slice()).map(|_| ()),
+                            None => t.remove(key.as_str()).map(|_| ()),
+                        }
+                    }
                 }
+                .map_err(|e| self.err(e))?;
             }
             if let Some(cp) = checkpoint {
                 let mut t = tx.open_table(CHECKPOINT).map_err(|e| self.err(e))?;
@@ -192,16 +252,10 @@ impl OffsetStore {
                 t.insert(SOURCE_KEY, bytes.as_slice())
                     .map_err(|e| self.err(e))?;
             }
-            let mut t = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
-            for (id, cur) in cursors {
-                let bytes = serde_json::to_vec(cur).map_err(|e| self.err(e))?;
-                t.insert(id.as_str(), bytes.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
         }
         tx.commit().map_err(|e| self.err(e))?;
         if let Some(cp) = checkpoint {
-            self.write_status(cp, cursors);
+            self.write_status(cp, saved);
         }
         Ok(())
     }
@@ -209,13 +263,21 @@ impl OffsetStore {
     /// A readable copy of the latest checkpoint beside the store, for `tributary
     /// status` while the daemon holds the store (redb allows one process). Best effort:
     /// the store is the truth, this file only reports.
-    fn write_status(&self, cp: &Checkpoint, cursors: &[(String, serde_json::Value)]) {
+    fn write_status(&self, cp: &Checkpoint, saved: &[Saved]) {
         let Some(dir) = self.path.parent() else {
             return;
         };
         let tmp = dir.join("status.json.tmp");
-        let cursors: serde_json::Map<_, _> = cursors.iter().cloned().collect();
-        let body = serde_json::json!({ "checkpoint": cp, "cursors": cursors });
+        let mut cursors = serde_json::Map::new();
+        let mut stages = serde_json::Map::new();
+        for s in saved {
+            match s {
+                Saved::Cursor(id, v) => cursors.insert(id.clone(), v.clone()),
+                Saved::Stage(id, v) => stages.insert(id.clone(), v.clone()),
+                Saved::Keyed(_) => None,
+            };
+        }
+        let body = serde_json::json!({ "checkpoint": cp, "cursors": cursors, "stages": stages });
         if std::fs::write(&tmp, body.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join("status.json"));
         }
@@ -228,12 +290,13 @@ impl OffsetStore {
         serde_json::from_value(v.get("checkpoint")?.clone()).ok()
     }
 
-    /// The cursors (sinks and schema guard) a running daemon last reported.
-    pub fn reported_cursors(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+    /// What a running daemon last reported under `part`: `cursors` (streams) or
+    /// `stages` (stage state).
+    pub fn reported(dir: &Path, part: &str) -> serde_json::Map<String, serde_json::Value> {
         std::fs::read_to_string(dir.join("status.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("cursors")?.as_object().cloned())
+            .and_then(|v| v.get(part)?.as_object().cloned())
             .unwrap_or_default()
     }
 
@@ -409,7 +472,11 @@ mod tests {
             assert!(s.checkpoint().unwrap().is_none());
             s.commit(
                 Some(&cp),
-                &[("log:x".into(), serde_json::json!({"segment":1,"offset":5}))],
+                &[
+                    Saved::Cursor("log:x".into(), serde_json::json!({"segment":1,"offset":5})),
+                    Saved::Stage("schema-guard".into(), serde_json::json!({"tables": {}})),
+                    Saved::Keyed(("track\0k".into(), Some(vec![1, 2]))),
+                ],
             )
             .unwrap();
             assert!(
@@ -420,9 +487,60 @@ mod tests {
         let s = OffsetStore::open(dir.path()).unwrap();
         assert_eq!(s.checkpoint().unwrap(), Some(cp));
         assert_eq!(s.sink_cursor("log:x").unwrap().unwrap()["offset"], 5);
+        assert_eq!(
+            s.stage_state("schema-guard").unwrap(),
+            Some(serde_json::json!({"tables": {}}))
+        );
+        assert_eq!(s.keyed_state("track").unwrap(), [("k".to_string(), vec![1, 2])]);
         assert!(s.reset_source().unwrap());
         assert!(s.checkpoint().unwrap().is_none());
         assert!(s.sink_cursor("log:x").unwrap().is_some());
+    }
+
+    /// A store as the releases before the stage-state table wrote it: the guard's and
+    /// the snapshot's state among the sink cursors. It opens with both moved to the
+    /// stage table, the real cursors and the checkpoint untouched.
+    #[test]
+    fn a_store_of_the_earlier_layout_opens_with_stage_state_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let guard = serde_json::json!({"tables": {"a.b": {"version": 1, "columns": []}}});
+        let snapshot = serde_json::json!({"tables": {}});
+        let cp = Checkpoint {
+            position: Position::Wal { lsn: 42 },
+            source: "postgres 127.0.0.1:5432".into(),
+            at_ms: 7,
+        };
+        {
+            // Written with redb directly, as the earlier release's commit did.
+            let db = Database::create(dir.path().join("offsets.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(CHECKPOINT).unwrap();
+                t.insert(SOURCE_KEY, serde_json::to_vec(&cp).unwrap().as_slice())
+                    .unwrap();
+                let mut t = tx.open_table(SINK_CURSORS).unwrap();
+                for (id, v) in [
+                    ("schema-guard", &guard),
+                    ("snapshot", &snapshot),
+                    ("log:0", &serde_json::json!({"segment": 1, "offset": 9})),
+                ] {
+                    t.insert(id, serde_json::to_vec(v).unwrap().as_slice()).unwrap();
+                }
+                tx.open_table(SCHEMAS).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(s.checkpoint().unwrap(), Some(cp));
+        assert_eq!(s.stage_state("schema-guard").unwrap(), Some(guard.clone()));
+        assert_eq!(s.stage_state("snapshot").unwrap(), Some(snapshot));
+        let cursors = s.sink_cursors().unwrap();
+        assert_eq!(cursors.len(), 1, "{cursors:?}");
+        assert_eq!(cursors[0].0, "log:0");
+        drop(s);
+        // Opening again finds nothing more to move and keeps what was moved.
+        let s = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(s.stage_state("schema-guard").unwrap(), Some(guard));
     }
 
     #[test]

@@ -263,6 +263,18 @@ impl Stage {
         })
     }
 
+    /// A stage without steps: hands every batch on as it is.
+    pub fn none() -> Stage {
+        Stage {
+            steps: Vec::new(),
+            chains: HashMap::new(),
+            dead: None,
+            lookups: None,
+            looked_up: 0,
+            fetched: 0,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }

@@ -16,12 +16,13 @@ use std::sync::Arc;
 
 use crate::config::ConnectorConfig;
 use crate::event::{ChangeEvent, SourceMessage, TableSchema};
-use crate::offsets::{OffsetError, OffsetStore, SchemaRecord};
+use crate::offsets::{OffsetError, OffsetStore, Saved, SchemaRecord};
 use crate::schema::guard::{self, Guard, Pass};
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
 use crate::sink::log::LogRecordError;
 use crate::sink::open_sinks;
 
+use super::checkpoint::{flush_all, Participant};
 use super::PipelineError;
 
 /// Events handed to the sinks per batch.
@@ -51,7 +52,7 @@ fn open_store(cfg: &ConnectorConfig) -> Result<OffsetStore, PipelineError> {
 pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayReport, PipelineError> {
     let store = open_store(cfg)?;
     let policy = cfg.policy()?;
-    let state = store.sink_cursor(guard::STATE_ID)?;
+    let state = store.stage_state(guard::STATE_ID)?;
     let quarantined = Guard::new(policy.clone(), state.clone())
         .quarantined()
         .clone();
@@ -146,30 +147,24 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     }
     finish(reader).await?;
 
-    // One commit: the sinks' cursors past the replayed changes, and the guard with the
-    // tables released and their new layout accepted.
+    // One commit: the sinks' cursors past the replayed changes, the enrichment's state
+    // and dead letters, and the guard with the tables released and their new layout
+    // accepted.
     guard.commit();
-    let mut cursors = vec![(guard::STATE_ID.to_string(), guard.state())];
+    let mut parts: Vec<&mut dyn Participant> = vec![&mut guard, &mut enrich];
     for s in sinks.iter_mut() {
-        let id = s.id().to_string();
-        if let Some(c) = s.flush().await?.await? {
-            cursors.push((id, c));
-        }
+        parts.push(s);
     }
-    if let Some(ack) = enrich.flush().await? {
-        if let Some(c) = ack.await? {
-            cursors.push((crate::enrich::DEAD_LETTERS_ID.to_string(), c));
-        }
-    }
+    let mut saved = flush_all(parts).await?.await?;
     report.remaining = guard.quarantined().keys().cloned().collect();
     let emptied = report.remaining.is_empty();
     if emptied {
-        cursors.push((
+        saved.push(Saved::Cursor(
             quarantine::STREAM_ID.to_string(),
             QuarantineStream::empty_cursor(),
         ));
     }
-    store.commit_with_state(None, &cursors, &enrich.state_updates())?;
+    store.commit(None, &saved)?;
     if emptied {
         // Nothing waits any more: opening at the empty cursor removes the records.
         drop(QuarantineStream::open(

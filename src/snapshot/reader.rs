@@ -112,7 +112,7 @@ pub async fn start<S: ChunkSource>(
 ) -> Result<(Merger, Running), String> {
     let mut state = State::from_stored(
         store
-            .sink_cursor(super::STATE_ID)
+            .stage_state(super::STATE_ID)
             .map_err(|e| e.to_string())?,
     );
     if settings.first_start && state.tables.is_empty() && settings.mode != SnapshotMode::Never {

@@ -1,0 +1,272 @@
+//! The pipeline loop's state and one method per thing that can happen to it: a batch
+//! arrives, a checkpoint is stored, the operator asks for a policy reload, the timer
+//! ticks.
+
+use std::time::{Duration, Instant};
+
+use super::checkpoint::{Checkpointer, Participant, SnapshotProgress};
+use super::queue::Batch;
+use super::route::{route, Routed, Stop};
+use super::{PipelineError, RunStats};
+use crate::config::ConfigError;
+use crate::event::{Position, SourceMessage};
+use crate::schema::guard::Guard;
+use crate::schema::quarantine::QuarantineStream;
+use crate::schema::Policy;
+use crate::sink::Sink;
+
+/// Whether the loop goes on after a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Go,
+    /// `--until` was reached and checkpointed.
+    Stop,
+}
+
+/// Where passed changes go and what stores state with each checkpoint.
+pub struct Stages {
+    pub guard: Guard,
+    pub snapshot: SnapshotProgress,
+    /// The changes of quarantined tables.
+    pub quarantine: QuarantineStream,
+    /// Enrichment before the sinks, and its dead-letter stream.
+    pub enrich: crate::enrich::Stage,
+    pub sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Stages {
+    /// Everything that takes part in a checkpoint.
+    pub fn participants(&mut self) -> Vec<&mut dyn Participant> {
+        let mut parts: Vec<&mut dyn Participant> = Vec::with_capacity(self.sinks.len() + 4);
+        parts.push(&mut self.guard);
+        parts.push(&mut self.snapshot);
+        parts.push(&mut self.quarantine);
+        parts.push(&mut self.enrich);
+        for s in self.sinks.iter_mut() {
+            parts.push(s);
+        }
+        parts
+    }
+
+    /// Appends the batch's quarantined changes to the quarantine stream, with its
+    /// boundaries and rewinds in order (only walked when the batch holds either).
+    fn quarantine(&mut self, messages: &[SourceMessage], r: &Routed) -> Result<(), PipelineError> {
+        let q = &mut self.quarantine;
+        if r.quarantined.is_empty() && !r.rewinds {
+            if r.commits > 0 {
+                q.commit();
+            }
+        } else {
+            let mut next = r.quarantined.iter().peekable();
+            for (i, m) in messages.iter().enumerate() {
+                match m {
+                    SourceMessage::Commit(_) => q.commit(),
+                    SourceMessage::Rewind => q.rewind()?,
+                    SourceMessage::Change(e) => {
+                        if let Some((_, epoch)) = next.next_if(|(at, _)| *at == i) {
+                            q.append(*epoch, e)?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if r.stop.is_some() {
+            // Nothing past the cut reaches the quarantine stream either.
+            q.rewind()?;
+        }
+        Ok(())
+    }
+}
+
+pub struct Runner {
+    stages: Stages,
+    checkpoints: Checkpointer,
+    until: Option<Position>,
+    stats: RunStats,
+    counters: ChangeCounters,
+    last_report: Instant,
+    reported_changes: u64,
+}
+
+impl Runner {
+    pub fn new(stages: Stages, checkpoints: Checkpointer, until: Option<Position>) -> Self {
+        Runner {
+            stages,
+            checkpoints,
+            until,
+            stats: RunStats::default(),
+            counters: ChangeCounters::default(),
+            last_report: Instant::now(),
+            reported_changes: 0,
+        }
+    }
+
+    /// Routes a batch, sends what passed to the enrichment stage and the sinks, and
+    /// begins a checkpoint when one is due.
+    pub async fn on_batch(&mut self, mut batch: Batch) -> Result<Flow, PipelineError> {
+        let stats = &mut self.stats;
+        let counters = &mut self.counters;
+        let r = route(
+            &batch.messages,
+            &mut self.stages.guard,
+            &mut self.stages.snapshot,
+            self.until.as_ref(),
+            |e| {
+                stats.changes += 1;
+                counters.count(e);
+            },
+        );
+        self.stats.transactions += r.commits;
+        // Counted once per batch: a metric lookup per transaction costs.
+        crate::metrics::transactions(r.commits);
+        self.stages.quarantine(&batch.messages[..r.take], &r)?;
+        if let Some(p) = &r.last_commit {
+            self.checkpoints.boundary(p.clone());
+        }
+
+        // Enrichment rewrites events in place: it takes the batch's own.
+        let enrich = !self.stages.enrich.is_empty();
+        let owned: Option<Vec<SourceMessage>> = if !r.skipped.is_empty() {
+            Some(
+                batch.messages[..r.take]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| r.skipped.binary_search(i).is_err())
+                    .map(|(_, m)| m.clone())
+                    .collect(),
+            )
+        } else if enrich {
+            let mut v = std::mem::take(&mut batch.messages);
+            v.truncate(r.take);
+            Some(v)
+        } else {
+            None
+        };
+        // (It sees only what passed, which ends at a boundary when cut.)
+        let owned = match owned {
+            Some(v) if enrich => Some(self.stages.enrich.apply(v).await?),
+            other => other,
+        };
+        let passed: &[SourceMessage] = match &owned {
+            Some(v) => v,
+            None => &batch.messages[..r.take],
+        };
+        for s in self.stages.sinks.iter_mut() {
+            s.accept(passed).await?;
+        }
+        drop(batch);
+
+        match r.stop {
+            Some(Stop::Halt(h)) => {
+                // Everything before the change is checkpointed; the change is not.
+                self.checkpoint_now().await?;
+                Err(h.into())
+            }
+            Some(Stop::Reached) => {
+                self.checkpoint_now().await?;
+                tracing::info!(until = %self.until.as_ref().expect("set"), "reached --until position");
+                Ok(Flow::Stop)
+            }
+            None => {
+                if self.checkpoints.may_begin(true) {
+                    self.checkpoints.begin(self.stages.participants()).await?;
+                }
+                Ok(Flow::Go)
+            }
+        }
+    }
+
+    /// Waits for the checkpoint in flight to be stored (pending while there is none).
+    pub async fn checkpoint_stored(&mut self) -> Result<Position, PipelineError> {
+        self.checkpoints.settle().await
+    }
+
+    /// A checkpoint the store holds: counted, and handed to the source.
+    pub fn on_stored(&mut self, position: Position) {
+        self.stats.checkpoints += 1;
+        self.stats.last_checkpoint = Some(position.clone());
+        self.checkpoints.publish(position);
+    }
+
+    /// SIGHUP: the operator edited the policy file. A policy that does not load leaves
+    /// the one in force.
+    pub fn on_reload(&mut self, policy: Result<Policy, ConfigError>) {
+        match policy {
+            Ok(p) => {
+                self.stages.guard.set_policy(p);
+                tracing::info!("schema policy reloaded");
+                let quarantined = self.stages.guard.quarantined();
+                if !quarantined.is_empty() {
+                    let tables: Vec<&String> = quarantined.keys().collect();
+                    tracing::warn!(?tables, "quarantined tables stay quarantined until `tributary quarantine replay` (stop the daemon, replay, start it again)");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "schema policy not reloaded; the previous one stays in force")
+            }
+        }
+    }
+
+    /// The timer: a checkpoint when none is in flight, and a progress line every 30 s.
+    pub async fn on_tick(&mut self) -> Result<(), PipelineError> {
+        if self.checkpoints.may_begin(false) {
+            self.checkpoints.begin(self.stages.participants()).await?;
+        }
+        if self.last_report.elapsed() >= Duration::from_secs(30) {
+            let n = self.stats.changes - self.reported_changes;
+            tracing::info!(
+                changes = self.stats.changes,
+                per_s = (n as f64 / self.last_report.elapsed().as_secs_f64()) as u64,
+                position = ?self.stats.last_checkpoint.as_ref().map(|p| p.to_string()),
+                "progress"
+            );
+            self.reported_changes = self.stats.changes;
+            self.last_report = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Settles the checkpoint in flight, then checkpoints what is pending and waits for
+    /// it: for `--until`, a halt and the final checkpoint at exit.
+    pub async fn checkpoint_now(&mut self) -> Result<(), PipelineError> {
+        if self.checkpoints.in_flight() {
+            let p = self.checkpoints.settle().await?;
+            self.on_stored(p);
+        }
+        if self.checkpoints.may_begin(false) {
+            self.checkpoints.begin(self.stages.participants()).await?;
+            let p = self.checkpoints.settle().await?;
+            self.on_stored(p);
+        }
+        Ok(())
+    }
+
+    /// The final checkpoint and summary of a run that ended without an error.
+    pub async fn finish(mut self) -> Result<RunStats, PipelineError> {
+        self.checkpoint_now().await?;
+        self.stages.enrich.log_summary();
+        Ok(self.stats)
+    }
+}
+
+/// `tributary_changes_total` handles by table and op, looked up once per schema (the
+/// label lookup is too slow to repeat for every change).
+#[derive(Default)]
+struct ChangeCounters {
+    by_table: crate::event::PerSchema<Vec<(crate::event::Op, metrics::Counter)>>,
+}
+
+impl ChangeCounters {
+    fn count(&mut self, e: &crate::event::ChangeEvent) {
+        let counters = self.by_table.get_or_insert_with(&e.table, Vec::new);
+        match counters.iter().find(|(op, _)| *op == e.op) {
+            Some((_, c)) => c.increment(1),
+            None => {
+                let c = crate::metrics::changes(&e.table.qualified_name(), e.op);
+                c.increment(1);
+                counters.push((e.op, c));
+            }
+        }
+    }
+}

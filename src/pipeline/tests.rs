@@ -1,0 +1,386 @@
+//! The pipeline loop without servers: a scripted source, recording sinks, a store in
+//! a temporary directory.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::SnapshotProgress;
+use super::route::{route, Stop};
+use super::runner::Stages;
+use super::{drive, Loop, PipelineError, Reload, RunStats};
+use crate::event::Position;
+use crate::offsets::OffsetStore;
+use crate::schema::guard::{self, Guard};
+use crate::schema::quarantine::{self, QuarantineStream};
+use crate::schema::Policy;
+use crate::sink::Sink;
+use crate::testkit::*;
+
+fn policy(rules: &str) -> Policy {
+    Policy::parse(std::path::Path::new("test-policy.toml"), &format!("[rules]\n{rules}\n"))
+        .expect("a valid policy")
+}
+
+struct Run {
+    dir: tempfile::TempDir,
+    store: Arc<OffsetStore>,
+}
+
+impl Run {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(OffsetStore::open(&dir.path().join("state")).unwrap());
+        Run { dir, store }
+    }
+
+    fn quarantine_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("quarantine")
+    }
+
+    fn stages(&self, policy: Policy, sinks: Vec<Box<dyn Sink>>) -> Stages {
+        Stages {
+            guard: Guard::new(policy, self.store.stage_state(guard::STATE_ID).unwrap()),
+            snapshot: SnapshotProgress::new(None),
+            quarantine: QuarantineStream::open(
+                &self.quarantine_dir(),
+                self.store.sink_cursor(quarantine::STREAM_ID).unwrap(),
+            )
+            .unwrap(),
+            enrich: crate::enrich::Stage::none(),
+            sinks,
+        }
+    }
+
+    async fn drive(
+        &self,
+        source: ScriptedSource,
+        stages: Stages,
+        until: Option<Position>,
+        reload: Reload,
+        hangups: tokio::sync::mpsc::Receiver<()>,
+    ) -> Result<RunStats, PipelineError> {
+        let cfg = Loop {
+            queue_events: 1024,
+            queue_bytes: 1 << 20,
+            checkpoint_interval: Duration::from_millis(1),
+            until,
+            reload,
+            hangups,
+        };
+        let run = drive(
+            Box::new(source),
+            "test".into(),
+            self.store.clone(),
+            stages,
+            cfg,
+            CancellationToken::new(),
+        );
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the run ends")
+    }
+
+    fn checkpoint(&self) -> Option<Position> {
+        self.store.checkpoint().unwrap().map(|c| c.position)
+    }
+}
+
+fn no_reload() -> Reload {
+    Box::new(|| panic!("no reload expected"))
+}
+
+fn no_hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    std::mem::forget(tx);
+    rx
+}
+
+fn recording(acks: Acks) -> (Box<dyn Sink>, Arc<Mutex<Recorded>>) {
+    let s = RecordingSink::new("rec", acks);
+    let seen = s.seen.clone();
+    (Box::new(s), seen)
+}
+
+#[test]
+fn route_cuts_a_halt_at_the_boundary_before_its_transaction() {
+    let t1 = table("db.t", &[("id", "int")], 1);
+    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
+    let u = table("db.u", &[("id", "int")], 1);
+    let messages = [
+        insert(&t1, 1, 10),
+        commit(11),
+        insert(&u, 2, 12),
+        insert(&t2, 3, 13),
+        insert(&t2, 4, 14),
+        commit(15),
+    ];
+    let mut guard = Guard::new(policy("column_added = \"halt\""), None);
+    let mut passed = Vec::new();
+    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), None, |e| {
+        passed.push(e.table.qualified_name())
+    });
+    assert_eq!(r.take, 2, "up to the last boundary before the halting change");
+    assert_eq!(r.last_commit, Some(at(11)));
+    assert_eq!(r.commits, 1);
+    assert!(matches!(&r.stop, Some(Stop::Halt(h)) if h.table == "db.t"), "{r:?}");
+    // The guard's state as of the boundary knows version 1 only.
+    let state = guard.state();
+    assert_eq!(state["tables"]["db.t"]["version"], 1, "{state}");
+}
+
+#[test]
+fn route_stops_at_the_first_boundary_at_or_past_until() {
+    let t = table("db.t", &[("id", "int")], 1);
+    let messages = [
+        insert(&t, 1, 10),
+        commit(11),
+        insert(&t, 2, 20),
+        commit(21),
+        insert(&t, 3, 30),
+        commit(31),
+    ];
+    let mut guard = Guard::new(Policy::add_only(), None);
+    let until = at(15);
+    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), Some(&until), |_| {});
+    assert_eq!(r.take, 4);
+    assert_eq!(r.last_commit, Some(at(21)));
+    assert!(matches!(r.stop, Some(Stop::Reached)));
+    // Exactly at a boundary stops there too.
+    let mut guard = Guard::new(Policy::add_only(), None);
+    let until = at(11);
+    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), Some(&until), |_| {});
+    assert_eq!(r.take, 2);
+}
+
+#[test]
+fn route_sets_quarantined_and_ignored_changes_aside() {
+    let t1 = table("db.t", &[("id", "int")], 1);
+    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
+    let u = table("db.u", &[("id", "int")], 1);
+    let messages = [
+        insert(&t1, 1, 10),
+        commit(11),
+        insert(&t2, 2, 12),
+        insert(&u, 3, 13),
+        commit(14),
+    ];
+    let mut guard = Guard::new(policy("column_added = \"quarantine\""), None);
+    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), None, |_| {});
+    assert_eq!(r.take, messages.len());
+    assert_eq!(r.skipped, [2]);
+    assert_eq!(r.quarantined.len(), 1);
+    assert_eq!(r.quarantined[0].0, 2);
+    assert!(r.stop.is_none());
+}
+
+#[tokio::test]
+async fn halt_checkpoints_everything_before_the_transaction_holding_the_change() {
+    let run = Run::new();
+    let t1 = table("db.t", &[("id", "int")], 1);
+    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
+    let u = table("db.u", &[("id", "int")], 1);
+    // One batch: the halt falls inside it.
+    let source = ScriptedSource::new([
+        Step::Send(insert(&t1, 1, 10)),
+        Step::Send(commit(11)),
+        Step::Send(insert(&u, 2, 12)),
+        Step::Send(insert(&t2, 3, 13)),
+        Step::Send(commit(14)),
+        Step::Send(insert(&u, 4, 15)),
+        Step::Send(commit(16)),
+    ]);
+    let (sink, seen) = recording(Acks::Now);
+    let stages = run.stages(policy("column_added = \"halt\""), vec![sink]);
+    let err = run
+        .drive(source, stages, None, no_reload(), no_hangups())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PipelineError::Halt(ref h) if h.table == "db.t"), "{err}");
+    assert_eq!(run.checkpoint(), Some(at(11)));
+    assert_eq!(seen.lock().unwrap().accepted, ["c db.t 1", "commit lsn 0/B"]);
+    // The next run resumes at the checkpoint and meets the change again.
+    let source = ScriptedSource::batches([insert(&t2, 3, 13), commit(14)]);
+    let resumed = source.resumed_from.clone();
+    let stages = run.stages(policy("column_added = \"halt\""), vec![recording(Acks::Now).0]);
+    let err = run.drive(source, stages, None, no_reload(), no_hangups()).await;
+    assert!(matches!(err, Err(PipelineError::Halt(_))));
+    assert_eq!(*resumed.lock().unwrap(), Some(at(11)));
+}
+
+#[tokio::test]
+async fn until_cuts_at_the_first_boundary_at_or_past_the_position() {
+    let run = Run::new();
+    let t = table("db.t", &[("id", "int")], 1);
+    let source = ScriptedSource::batches((1..=5).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]));
+    let (sink, seen) = recording(Acks::Now);
+    let stats = run
+        .drive(source, run.stages(Policy::add_only(), vec![sink]), Some(at(25)), no_reload(), no_hangups())
+        .await
+        .unwrap();
+    assert_eq!(run.checkpoint(), Some(at(31)));
+    assert_eq!(stats.last_checkpoint, Some(at(31)));
+    assert_eq!(stats.transactions, 3);
+    let accepted = seen.lock().unwrap().accepted.clone();
+    assert_eq!(accepted.last().map(String::as_str), Some("commit lsn 0/1F"), "{accepted:?}");
+    assert_eq!(accepted.len(), 6);
+}
+
+#[tokio::test]
+async fn a_quarantined_tables_records_are_rewound_on_a_reconnect() {
+    let run = Run::new();
+    let t1 = table("db.t", &[("id", "int")], 1);
+    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
+    let u = table("db.u", &[("id", "int")], 1);
+    let source = ScriptedSource::new([
+        Step::Send(insert(&t1, 1, 10)),
+        Step::Send(commit(11)),
+        Step::Flush,
+        // A transaction cut by a lost connection, across two batches ...
+        Step::Send(insert(&t2, 2, 12)),
+        Step::Flush,
+        Step::Send(insert(&t2, 3, 13)),
+        Step::Send(crate::event::SourceMessage::Rewind),
+        // ... and sent again whole.
+        Step::Send(insert(&t2, 2, 12)),
+        Step::Send(insert(&t2, 3, 13)),
+        Step::Send(insert(&u, 4, 14)),
+        Step::Send(commit(15)),
+    ]);
+    let (sink, seen) = recording(Acks::Now);
+    run.drive(
+        source,
+        run.stages(policy("column_added = \"quarantine\""), vec![sink]),
+        None,
+        no_reload(),
+        no_hangups(),
+    )
+    .await
+    .unwrap();
+    let mut ids = Vec::new();
+    quarantine::read_records(&run.quarantine_dir(), |r| {
+        ids.push(r.event.qualified_name());
+        true
+    })
+    .unwrap();
+    assert_eq!(ids, ["db.t", "db.t"], "each quarantined change once");
+    assert_eq!(
+        seen.lock().unwrap().accepted,
+        ["c db.t 1", "commit lsn 0/B", "rewind", "c db.u 4", "commit lsn 0/F"]
+    );
+    assert_eq!(run.checkpoint(), Some(at(15)));
+}
+
+#[tokio::test]
+async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
+    let run = Run::new();
+    let t = table("db.t", &[("id", "int")], 1);
+    // The start record's flush is acknowledged; the first checkpoint's waits.
+    let gate = Arc::new(Semaphore::new(1));
+    let (sink, seen) = recording(Acks::Gated(gate.clone()));
+    let source = ScriptedSource::batches((1..=20).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]));
+    let handle = {
+        let stages = run.stages(Policy::add_only(), vec![sink]);
+        let store = run.store.clone();
+        let cfg = Loop {
+            queue_events: 1024,
+            queue_bytes: 1 << 20,
+            checkpoint_interval: Duration::from_millis(1),
+            until: None,
+            reload: no_reload(),
+            hangups: no_hangups(),
+        };
+        tokio::spawn(drive(Box::new(source), "test".into(), store, stages, cfg, CancellationToken::new()))
+    };
+    // Every batch reaches the sink while the first checkpoint waits for its ack.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().accepted.len() < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "batches stopped flowing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.flushed_at.len(), 2, "the start record and one checkpoint: {s:?}");
+        assert_eq!(s.overlapping_flushes, 0);
+    }
+    assert_eq!(run.store.checkpoint().unwrap(), None, "nothing stored before the ack");
+    gate.add_permits(1000);
+    let stats = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let s = seen.lock().unwrap();
+    assert_eq!(s.overlapping_flushes, 0, "{s:?}");
+    assert_eq!(stats.last_checkpoint, Some(at(201)));
+    assert_eq!(run.checkpoint(), Some(at(201)));
+}
+
+#[tokio::test]
+async fn a_sink_failure_stores_no_checkpoint_past_the_last_acknowledged_one() {
+    let run = Run::new();
+    let t = table("db.t", &[("id", "int")], 1);
+    // Flush 1 records the start, flush 2 checkpoints 0/B, flush 3 fails.
+    let (sink, _) = recording(Acks::FailFrom(3));
+    let (good, good_seen) = recording(Acks::Now);
+    let source = ScriptedSource::new([
+        Step::Send(insert(&t, 1, 10)),
+        Step::Send(commit(11)),
+        Step::AwaitCheckpoint(at(11)),
+        Step::Send(insert(&t, 2, 20)),
+        Step::Send(commit(21)),
+        Step::Flush,
+    ]);
+    let err = run
+        .drive(source, run.stages(Policy::add_only(), vec![sink, good]), None, no_reload(), no_hangups())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("flush 3 failed"), "{err}");
+    assert_eq!(run.checkpoint(), Some(at(11)));
+    // The other sink's cursor is stored as of that checkpoint, not past it.
+    assert_eq!(run.store.sink_cursor("rec").unwrap(), Some(serde_json::json!({"n": 2})));
+    assert!(good_seen.lock().unwrap().accepted.len() >= 4);
+}
+
+/// A reload that fails keeps the policy in force; one that loads replaces it.
+async fn reload_case(reloaded: fn() -> Result<Policy, crate::config::ConfigError>) -> (Run, Result<RunStats, PipelineError>) {
+    let run = Run::new();
+    let t1 = table("db.t", &[("id", "int")], 1);
+    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
+    let asked = Arc::new(Notify::new());
+    let (hangup, hangups) = tokio::sync::mpsc::channel(1);
+    hangup.send(()).await.unwrap();
+    let notify = asked.clone();
+    let reload = Box::new(move || {
+        notify.notify_one();
+        reloaded()
+    });
+    let source = ScriptedSource::new([
+        Step::Send(insert(&t1, 1, 10)),
+        Step::Send(commit(11)),
+        Step::Flush,
+        Step::Wait(asked),
+        Step::Send(insert(&t2, 2, 20)),
+        Step::Send(commit(21)),
+    ]);
+    let stages = run.stages(policy("column_added = \"halt\""), vec![recording(Acks::Now).0]);
+    let result = run.drive(source, stages, None, reload, hangups).await;
+    (run, result)
+}
+
+#[tokio::test]
+async fn a_hangup_with_a_broken_policy_keeps_the_old_one() {
+    let (run, result) = reload_case(|| {
+        Err(crate::config::ConfigError::new(std::path::Path::new("p.toml"), "broken"))
+    })
+    .await;
+    assert!(matches!(result, Err(PipelineError::Halt(_))), "{result:?}");
+    assert_eq!(run.checkpoint(), Some(at(11)));
+
+    let (run, result) = reload_case(|| Ok(Policy::add_only())).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(run.checkpoint(), Some(at(21)));
+}
