@@ -217,7 +217,11 @@ impl OffsetStore {
     }
 
     /// Writes the checkpoint (if any) and what it saves atomically, durably.
-    pub fn commit(&self, checkpoint: Option<&Checkpoint>, saved: &[Saved]) -> Result<(), OffsetError> {
+    pub fn commit(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        saved: &[Saved],
+    ) -> Result<(), OffsetError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut cursors = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
@@ -236,7 +240,9 @@ impl OffsetStore {
                     Saved::Keyed((key, value)) => {
                         let t = match &mut keyed {
                             Some(t) => t,
-                            None => keyed.insert(tx.open_table(KEYED_STATE).map_err(|e| self.err(e))?),
+                            None => {
+                                keyed.insert(tx.open_table(KEYED_STATE).map_err(|e| self.err(e))?)
+                            }
                         };
                         match value {
                             Some(v) => t.insert(key.as_str(), v.as_slice()).map(|_| ()),
@@ -491,7 +497,10 @@ mod tests {
             s.stage_state("schema-guard").unwrap(),
             Some(serde_json::json!({"tables": {}}))
         );
-        assert_eq!(s.keyed_state("track").unwrap(), [("k".to_string(), vec![1, 2])]);
+        assert_eq!(
+            s.keyed_state("track").unwrap(),
+            [("k".to_string(), vec![1, 2])]
+        );
         assert!(s.reset_source().unwrap());
         assert!(s.checkpoint().unwrap().is_none());
         assert!(s.sink_cursor("log:x").unwrap().is_some());
@@ -524,7 +533,8 @@ mod tests {
                     ("snapshot", &snapshot),
                     ("log:0", &serde_json::json!({"segment": 1, "offset": 9})),
                 ] {
-                    t.insert(id, serde_json::to_vec(v).unwrap().as_slice()).unwrap();
+                    t.insert(id, serde_json::to_vec(v).unwrap().as_slice())
+                        .unwrap();
                 }
                 tx.open_table(SCHEMAS).unwrap();
             }

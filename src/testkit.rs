@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{ChangeEvent, Column, Op, Position, SourceMessage, TableChange, TableSchema, Value};
+use crate::event::{
+    ChangeEvent, Column, Op, Position, SourceMessage, TableChange, TableSchema, Value,
+};
 use crate::pipeline::queue::QueueSender;
 use crate::sink::{Ack, Sink, SinkError};
 use crate::source::{Checkpoints, Source, SourceError};
@@ -240,7 +242,12 @@ impl Sink for RecordingSink {
             (n, seen.flushed_at.len())
         };
         self.open.fetch_add(1, Ordering::SeqCst);
-        let (seen, open, acks, id) = (self.seen.clone(), self.open.clone(), self.acks.clone(), self.id.clone());
+        let (seen, open, acks, id) = (
+            self.seen.clone(),
+            self.open.clone(),
+            self.acks.clone(),
+            self.id.clone(),
+        );
         Ok(Box::pin(async move {
             match acks {
                 Acks::Now => {}

@@ -44,7 +44,13 @@ pub trait Participant: Send {
 
 /// A stream's acknowledgement as what the checkpoint saves: its cursor under `id`.
 fn cursor(id: String, ack: Ack) -> Stored {
-    Box::pin(async move { Ok(ack.await?.map(|c| Saved::Cursor(id, c)).into_iter().collect()) })
+    Box::pin(async move {
+        Ok(ack
+            .await?
+            .map(|c| Saved::Cursor(id, c))
+            .into_iter()
+            .collect())
+    })
 }
 
 /// Saved at once (in-memory state as of the last boundary).
@@ -141,9 +147,10 @@ impl Participant for SnapshotProgress {
     }
 
     async fn flush(&mut self) -> Result<Stored, SinkError> {
-        let saved = self.committed.as_deref().map(|v| {
-            Saved::Stage(crate::snapshot::STATE_ID.to_string(), v.clone())
-        });
+        let saved = self
+            .committed
+            .as_deref()
+            .map(|v| Saved::Stage(crate::snapshot::STATE_ID.to_string(), v.clone()));
         Ok(ready(saved.into_iter().collect()))
     }
 }
@@ -239,9 +246,12 @@ impl Checkpointer {
                 source,
                 at_ms: now_ms(),
             };
-            let cp = tokio::task::spawn_blocking(move || store.commit(Some(&cp), &saved).map(|()| cp))
-                .await
-                .map_err(|e| PipelineError::Source(format!("the checkpoint writer failed: {e}")))??;
+            let cp =
+                tokio::task::spawn_blocking(move || store.commit(Some(&cp), &saved).map(|()| cp))
+                    .await
+                    .map_err(|e| {
+                        PipelineError::Source(format!("the checkpoint writer failed: {e}"))
+                    })??;
             crate::metrics::checkpoint(acked, began.elapsed() - acked);
             Ok(cp.position)
         }));

@@ -20,8 +20,11 @@ use crate::sink::Sink;
 use crate::testkit::*;
 
 fn policy(rules: &str) -> Policy {
-    Policy::parse(std::path::Path::new("test-policy.toml"), &format!("[rules]\n{rules}\n"))
-        .expect("a valid policy")
+    Policy::parse(
+        std::path::Path::new("test-policy.toml"),
+        &format!("[rules]\n{rules}\n"),
+    )
+    .expect("a valid policy")
 }
 
 struct Run {
@@ -119,13 +122,23 @@ fn route_cuts_a_halt_at_the_boundary_before_its_transaction() {
     ];
     let mut guard = Guard::new(policy("column_added = \"halt\""), None);
     let mut passed = Vec::new();
-    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), None, |e| {
-        passed.push(e.table.qualified_name())
-    });
-    assert_eq!(r.take, 2, "up to the last boundary before the halting change");
+    let r = route(
+        &messages,
+        &mut guard,
+        &mut SnapshotProgress::default(),
+        None,
+        |e| passed.push(e.table.qualified_name()),
+    );
+    assert_eq!(
+        r.take, 2,
+        "up to the last boundary before the halting change"
+    );
     assert_eq!(r.last_commit, Some(at(11)));
     assert_eq!(r.commits, 1);
-    assert!(matches!(&r.stop, Some(Stop::Halt(h)) if h.table == "db.t"), "{r:?}");
+    assert!(
+        matches!(&r.stop, Some(Stop::Halt(h)) if h.table == "db.t"),
+        "{r:?}"
+    );
     // The guard's state as of the boundary knows version 1 only.
     let state = guard.state();
     assert_eq!(state["tables"]["db.t"]["version"], 1, "{state}");
@@ -144,14 +157,26 @@ fn route_stops_at_the_first_boundary_at_or_past_until() {
     ];
     let mut guard = Guard::new(Policy::add_only(), None);
     let until = at(15);
-    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), Some(&until), |_| {});
+    let r = route(
+        &messages,
+        &mut guard,
+        &mut SnapshotProgress::default(),
+        Some(&until),
+        |_| {},
+    );
     assert_eq!(r.take, 4);
     assert_eq!(r.last_commit, Some(at(21)));
     assert!(matches!(r.stop, Some(Stop::Reached)));
     // Exactly at a boundary stops there too.
     let mut guard = Guard::new(Policy::add_only(), None);
     let until = at(11);
-    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), Some(&until), |_| {});
+    let r = route(
+        &messages,
+        &mut guard,
+        &mut SnapshotProgress::default(),
+        Some(&until),
+        |_| {},
+    );
     assert_eq!(r.take, 2);
 }
 
@@ -168,7 +193,13 @@ fn route_sets_quarantined_and_ignored_changes_aside() {
         commit(14),
     ];
     let mut guard = Guard::new(policy("column_added = \"quarantine\""), None);
-    let r = route(&messages, &mut guard, &mut SnapshotProgress::default(), None, |_| {});
+    let r = route(
+        &messages,
+        &mut guard,
+        &mut SnapshotProgress::default(),
+        None,
+        |_| {},
+    );
     assert_eq!(r.take, messages.len());
     assert_eq!(r.skipped, [2]);
     assert_eq!(r.quarantined.len(), 1);
@@ -198,14 +229,25 @@ async fn halt_checkpoints_everything_before_the_transaction_holding_the_change()
         .drive(source, stages, None, no_reload(), no_hangups())
         .await
         .unwrap_err();
-    assert!(matches!(err, PipelineError::Halt(ref h) if h.table == "db.t"), "{err}");
+    assert!(
+        matches!(err, PipelineError::Halt(ref h) if h.table == "db.t"),
+        "{err}"
+    );
     assert_eq!(run.checkpoint(), Some(at(11)));
-    assert_eq!(seen.lock().unwrap().accepted, ["c db.t 1", "commit lsn 0/B"]);
+    assert_eq!(
+        seen.lock().unwrap().accepted,
+        ["c db.t 1", "commit lsn 0/B"]
+    );
     // The next run resumes at the checkpoint and meets the change again.
     let source = ScriptedSource::batches([insert(&t2, 3, 13), commit(14)]);
     let resumed = source.resumed_from.clone();
-    let stages = run.stages(policy("column_added = \"halt\""), vec![recording(Acks::Now).0]);
-    let err = run.drive(source, stages, None, no_reload(), no_hangups()).await;
+    let stages = run.stages(
+        policy("column_added = \"halt\""),
+        vec![recording(Acks::Now).0],
+    );
+    let err = run
+        .drive(source, stages, None, no_reload(), no_hangups())
+        .await;
     assert!(matches!(err, Err(PipelineError::Halt(_))));
     assert_eq!(*resumed.lock().unwrap(), Some(at(11)));
 }
@@ -214,17 +256,29 @@ async fn halt_checkpoints_everything_before_the_transaction_holding_the_change()
 async fn until_cuts_at_the_first_boundary_at_or_past_the_position() {
     let run = Run::new();
     let t = table("db.t", &[("id", "int")], 1);
-    let source = ScriptedSource::batches((1..=5).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]));
+    let source = ScriptedSource::batches(
+        (1..=5).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]),
+    );
     let (sink, seen) = recording(Acks::Now);
     let stats = run
-        .drive(source, run.stages(Policy::add_only(), vec![sink]), Some(at(25)), no_reload(), no_hangups())
+        .drive(
+            source,
+            run.stages(Policy::add_only(), vec![sink]),
+            Some(at(25)),
+            no_reload(),
+            no_hangups(),
+        )
         .await
         .unwrap();
     assert_eq!(run.checkpoint(), Some(at(31)));
     assert_eq!(stats.last_checkpoint, Some(at(31)));
     assert_eq!(stats.transactions, 3);
     let accepted = seen.lock().unwrap().accepted.clone();
-    assert_eq!(accepted.last().map(String::as_str), Some("commit lsn 0/1F"), "{accepted:?}");
+    assert_eq!(
+        accepted.last().map(String::as_str),
+        Some("commit lsn 0/1F"),
+        "{accepted:?}"
+    );
     assert_eq!(accepted.len(), 6);
 }
 
@@ -268,7 +322,13 @@ async fn a_quarantined_tables_records_are_rewound_on_a_reconnect() {
     assert_eq!(ids, ["db.t", "db.t"], "each quarantined change once");
     assert_eq!(
         seen.lock().unwrap().accepted,
-        ["c db.t 1", "commit lsn 0/B", "rewind", "c db.u 4", "commit lsn 0/F"]
+        [
+            "c db.t 1",
+            "commit lsn 0/B",
+            "rewind",
+            "c db.u 4",
+            "commit lsn 0/F"
+        ]
     );
     assert_eq!(run.checkpoint(), Some(at(15)));
 }
@@ -280,7 +340,9 @@ async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
     // The start record's flush is acknowledged; the first checkpoint's waits.
     let gate = Arc::new(Semaphore::new(1));
     let (sink, seen) = recording(Acks::Gated(gate.clone()));
-    let source = ScriptedSource::batches((1..=20).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]));
+    let source = ScriptedSource::batches(
+        (1..=20).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]),
+    );
     let handle = {
         let stages = run.stages(Policy::add_only(), vec![sink]);
         let store = run.store.clone();
@@ -292,21 +354,39 @@ async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
             reload: no_reload(),
             hangups: no_hangups(),
         };
-        tokio::spawn(drive(Box::new(source), "test".into(), store, stages, cfg, CancellationToken::new()))
+        tokio::spawn(drive(
+            Box::new(source),
+            "test".into(),
+            store,
+            stages,
+            cfg,
+            CancellationToken::new(),
+        ))
     };
     // Every batch reaches the sink while the first checkpoint waits for its ack.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.lock().unwrap().accepted.len() < 40 {
-        assert!(tokio::time::Instant::now() < deadline, "batches stopped flowing");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batches stopped flowing"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     {
         let s = seen.lock().unwrap();
-        assert_eq!(s.flushed_at.len(), 2, "the start record and one checkpoint: {s:?}");
+        assert_eq!(
+            s.flushed_at.len(),
+            2,
+            "the start record and one checkpoint: {s:?}"
+        );
         assert_eq!(s.overlapping_flushes, 0);
     }
-    assert_eq!(run.store.checkpoint().unwrap(), None, "nothing stored before the ack");
+    assert_eq!(
+        run.store.checkpoint().unwrap(),
+        None,
+        "nothing stored before the ack"
+    );
     gate.add_permits(1000);
     let stats = tokio::time::timeout(Duration::from_secs(10), handle)
         .await
@@ -335,18 +415,29 @@ async fn a_sink_failure_stores_no_checkpoint_past_the_last_acknowledged_one() {
         Step::Flush,
     ]);
     let err = run
-        .drive(source, run.stages(Policy::add_only(), vec![sink, good]), None, no_reload(), no_hangups())
+        .drive(
+            source,
+            run.stages(Policy::add_only(), vec![sink, good]),
+            None,
+            no_reload(),
+            no_hangups(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("flush 3 failed"), "{err}");
     assert_eq!(run.checkpoint(), Some(at(11)));
     // The other sink's cursor is stored as of that checkpoint, not past it.
-    assert_eq!(run.store.sink_cursor("rec").unwrap(), Some(serde_json::json!({"n": 2})));
+    assert_eq!(
+        run.store.sink_cursor("rec").unwrap(),
+        Some(serde_json::json!({"n": 2}))
+    );
     assert!(good_seen.lock().unwrap().accepted.len() >= 4);
 }
 
 /// A reload that fails keeps the policy in force; one that loads replaces it.
-async fn reload_case(reloaded: fn() -> Result<Policy, crate::config::ConfigError>) -> (Run, Result<RunStats, PipelineError>) {
+async fn reload_case(
+    reloaded: fn() -> Result<Policy, crate::config::ConfigError>,
+) -> (Run, Result<RunStats, PipelineError>) {
     let run = Run::new();
     let t1 = table("db.t", &[("id", "int")], 1);
     let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
@@ -366,7 +457,10 @@ async fn reload_case(reloaded: fn() -> Result<Policy, crate::config::ConfigError
         Step::Send(insert(&t2, 2, 20)),
         Step::Send(commit(21)),
     ]);
-    let stages = run.stages(policy("column_added = \"halt\""), vec![recording(Acks::Now).0]);
+    let stages = run.stages(
+        policy("column_added = \"halt\""),
+        vec![recording(Acks::Now).0],
+    );
     let result = run.drive(source, stages, None, reload, hangups).await;
     (run, result)
 }
@@ -374,7 +468,10 @@ async fn reload_case(reloaded: fn() -> Result<Policy, crate::config::ConfigError
 #[tokio::test]
 async fn a_hangup_with_a_broken_policy_keeps_the_old_one() {
     let (run, result) = reload_case(|| {
-        Err(crate::config::ConfigError::new(std::path::Path::new("p.toml"), "broken"))
+        Err(crate::config::ConfigError::new(
+            std::path::Path::new("p.toml"),
+            "broken",
+        ))
     })
     .await;
     assert!(matches!(result, Err(PipelineError::Halt(_))), "{result:?}");
