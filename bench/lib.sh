@@ -48,7 +48,8 @@ SQL
   } | "${P[@]}" >/dev/null
 }
 
-# The [source] of the PostgreSQL bench server on $PGPORT_BENCH: slot $1, publication $2.
+# The [source] of the PostgreSQL bench server on $PGPORT_BENCH: slot $1, publication $2,
+# snapshot mode $3 (default never: a streaming benchmark measures streaming only).
 pg_source_toml() {
   echo "kind = \"postgres\"
 port = $PGPORT_BENCH
@@ -59,7 +60,8 @@ sslmode = \"disable\"
 slot = \"$1\"
 publication = \"$2\"
 include = [\"bench.orders\"]
-status_interval_secs = 1"
+status_interval_secs = 1
+snapshot = \"${3:-never}\""
 }
 
 # A connector file $2/c.toml: [source] $3, one sink of kind $1 (null, log or
@@ -89,7 +91,8 @@ user = \"tributary\"
 password = \"tributary\"
 server_id = 9901
 include = [\"bench.*\"]
-start = \"earliest\""}
+start = \"earliest\"
+snapshot = \"never\""}
   source=${source//@SINK@/$1}
   write_connector "$1" "$dir" "$source"
   /usr/bin/time -f "%e %M %U %S" -o "$dir/time" target/release/tributary --log-format json run \

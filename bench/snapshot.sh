@@ -33,7 +33,7 @@ load_postgres() { # $1 = rows
 }
 
 source_toml_postgres() { # $1 = sink kind
-  pg_source_toml "bench_snap_$1" bench_snap
+  pg_source_toml "bench_snap_$1" bench_snap initial
 }
 
 source_toml_mariadb() {
@@ -42,7 +42,8 @@ port = $PORT
 user = \"tributary\"
 password = \"tributary\"
 server_id = 9902
-include = [\"bench.*\"]"
+include = [\"bench.*\"]
+snapshot = \"initial\""
 }
 
 load_mariadb() { # $1 = rows

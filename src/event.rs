@@ -5,7 +5,10 @@
 //! docs/DESIGN.md.
 
 mod json;
+mod schema_change;
 pub mod stored;
+
+pub use schema_change::{ChangeKind, SchemaChange};
 
 pub use json::write_json_str;
 
@@ -436,7 +439,6 @@ impl TableSchema {
         format!("{}.{}", self.db, self.table)
     }
 
-    /// The same table at another schema version.
     /// The same table with other columns and key (an enriched layout).
     pub fn with_layout(&self, columns: Vec<Column>, primary_key: Vec<usize>) -> Self {
         TableSchema::new(
@@ -450,6 +452,7 @@ impl TableSchema {
         )
     }
 
+    /// The same table at another schema version.
     pub fn with_version(&self, schema_version: u32) -> Self {
         TableSchema {
             schema_version,
@@ -567,7 +570,7 @@ pub enum SourceMessage {
 pub struct TableChange {
     /// `db.table` (MariaDB/MySQL) or `schema.table`.
     pub table: String,
-    pub change: crate::schema::SchemaChange,
+    pub change: SchemaChange,
 }
 
 impl SourceMessage {

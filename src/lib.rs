@@ -4,10 +4,15 @@
 pub mod config;
 pub mod enrich;
 pub mod event;
+pub mod failure;
+pub mod journal;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod queue;
+pub mod registry;
 pub mod schema;
+pub mod settings;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

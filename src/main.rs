@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tributary::source::CommonSettings;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -9,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use tributary::config::{ConnectorConfig, SourceConfig};
 use tributary::event::format_lsn;
+use tributary::journal::read_log;
 use tributary::offsets::OffsetStore;
-use tributary::sink::log::read_log;
 
 #[derive(Parser)]
 #[command(
@@ -300,7 +301,7 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     let policy = cfg.policy()?;
     let recorded = OffsetStore::recorded_schemas(&cfg.state.dir)?;
-    let live = tributary::source::live_schemas(&cfg.source)
+    let live = tributary::registry::live_schemas(&cfg.source)
         .await
         .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
     let mut stops = 0;
@@ -388,7 +389,7 @@ async fn policy_explain(path: &Path) -> anyhow::Result<ExitCode> {
         Some(p) => println!("policy {}", p.display()),
         None => println!("no [schema] policy: the built-in add-only rules"),
     }
-    let live = tributary::source::live_schemas(&cfg.source)
+    let live = tributary::registry::live_schemas(&cfg.source)
         .await
         .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
     if live.is_empty() {
@@ -458,7 +459,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_FAILURE));
         }
     };
-    let report = match tributary::source::check(&cfg.source, checkpoint.as_ref()).await {
+    let report = match tributary::registry::check(&cfg.source, checkpoint.as_ref()).await {
         Ok(r) => r,
         Err(m) => {
             println!("error {m}");

@@ -11,9 +11,27 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{
     ChangeEvent, Column, Op, Position, SourceMessage, TableChange, TableSchema, Value,
 };
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
 use crate::sink::{Ack, Sink, SinkError};
 use crate::source::{Checkpoints, Source, SourceError};
+
+/// A `s.t` schema (key: the first column).
+pub fn test_schema(version: u32, cols: &[(&str, &str)]) -> crate::event::TableSchema {
+    crate::event::TableSchema::new(
+        std::sync::Arc::from("c"),
+        "postgres",
+        "s".into(),
+        "t".into(),
+        cols.iter()
+            .map(|(n, t)| crate::event::Column {
+                name: n.to_string(),
+                type_name: t.to_string(),
+            })
+            .collect(),
+        vec![0],
+        version,
+    )
+}
 
 /// A table `db.table` of (name, type) columns, keyed by the first, at `version`.
 pub fn table(name: &str, columns: &[(&str, &str)], version: u32) -> Arc<TableSchema> {

@@ -3,14 +3,13 @@
 //! Every error names the file and, where the TOML parser knows it, the line and column,
 //! plus the expected form. Unknown keys are errors (a typo must never be ignored).
 
-use std::fmt;
+use crate::source::CommonSettings;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 mod kinds;
-mod secret;
-pub use secret::{PasswordSetting, Secret};
+pub use crate::settings::{line_col, parse_toml, ConfigError, PasswordSetting, Secret};
 
 /// A connector file: one pipeline from one source to one or more sinks.
 #[derive(Debug, Clone, Deserialize)]
@@ -128,72 +127,6 @@ impl Default for PipelineConfig {
             checkpoint_interval_ms: 200,
         }
     }
-}
-
-/// A config error, rendered as `file:line:column: message`.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub line_col: Option<(usize, usize)>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line_col {
-            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.path.display(), self.message),
-            None => write!(f, "{}: {}", self.path.display(), self.message),
-        }
-    }
-}
-
-impl ConfigError {
-    pub fn new(path: &Path, message: impl Into<String>) -> Self {
-        ConfigError {
-            path: path.to_path_buf(),
-            line_col: None,
-            message: message.into(),
-        }
-    }
-
-    /// An error located at the first occurrence of `key = ` in the file (best effort).
-    pub fn at_key(path: &Path, text: &str, key: &str, message: impl Into<String>) -> Self {
-        let line_col = text.lines().enumerate().find_map(|(i, line)| {
-            let t = line.trim_start();
-            let rest = t.strip_prefix(key)?;
-            rest.trim_start()
-                .starts_with('=')
-                .then(|| (i + 1, line.len() - t.len() + 1))
-        });
-        ConfigError {
-            path: path.to_path_buf(),
-            line_col,
-            message: message.into(),
-        }
-    }
-}
-
-/// 1-based line and column of a byte offset in `text`.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map(|nl| before.len() - nl)
-        .unwrap_or(before.len() + 1);
-    (line, col)
-}
-
-/// Parses TOML text into `T`, turning parser errors into `file:line:column` errors.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    text: &str,
-) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError {
-        path: path.to_path_buf(),
-        line_col: e.span().map(|s| line_col(text, s.start)),
-        message: e.message().trim().to_string(),
-    })
 }
 
 impl ConnectorConfig {
@@ -381,5 +314,26 @@ dir = "data/state"
     fn line_col_is_one_based() {
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}
+
+#[cfg(test)]
+mod enrich_example {
+    use super::ConnectorConfig;
+
+    /// The documented example uses every kind and stays valid.
+    #[test]
+    fn the_example_connector_uses_every_kind() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("connectors")
+            .join("enrich-example.toml");
+        let cfg = ConnectorConfig::load(&path).unwrap();
+        let mut kinds: Vec<&str> = cfg.enrich.iter().map(|e| e.kind()).collect();
+        kinds.sort();
+        kinds.dedup();
+        let mut all = crate::enrich::config::KINDS.to_vec();
+        all.sort();
+        assert_eq!(kinds, all);
+        assert!(cfg.enrich.iter().all(|e| e.line > 0));
     }
 }

@@ -15,7 +15,7 @@ use evalexpr::{
 };
 use serde::Deserialize;
 
-use super::config::Tables;
+use super::config::{Kind, Tables};
 use super::{Binding, Enricher, EventMeta, Layout};
 use crate::event::{Row, Value};
 
@@ -205,6 +205,12 @@ fn format_date(date: &str, pattern: &str) -> EvalexprResult<String> {
         .replace("%H", hh)
         .replace("%M", mm)
         .replace("%S", ss))
+}
+
+impl Kind for ComputeConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(Compute::new(self)?))
+    }
 }
 
 #[cfg(test)]

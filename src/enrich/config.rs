@@ -8,16 +8,73 @@ use serde::Deserialize;
 use super::{compute, fields, geo, lookup, track, EnrichError, Enricher};
 use crate::source::filter::TableFilter;
 
-pub const KINDS: &[&str] = &[
-    "meta",
-    "rename",
-    "drop",
-    "set",
-    "compute",
-    "geo_point",
-    "track",
-    "lookup",
-];
+/// What a kind's config type (in the kind's own file) provides.
+pub trait Kind {
+    /// The step, as far as the entry alone builds it.
+    fn build(&self) -> Result<Box<dyn Enricher>, String>;
+
+    /// What can be checked without a table (names, expressions).
+    fn check(&self) -> Result<(), String> {
+        self.build().map(|_| ())
+    }
+}
+
+/// The enricher kinds: the name in connector files, the variant, the config type. A new
+/// kind is its file (config type with `table`, `impl Kind`, the `Enricher`) plus its
+/// line here.
+macro_rules! kinds {
+    ($($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
+        pub const KINDS: &[&str] = &[$($name),*];
+
+        #[derive(Debug, Clone)]
+        pub enum Spec {
+            $($variant($cfg)),*
+        }
+
+        impl Spec {
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Spec::$variant(_) => $name),*
+                }
+            }
+
+            fn as_kind(&self) -> &dyn Kind {
+                match self {
+                    $(Spec::$variant(c) => c),*
+                }
+            }
+        }
+
+        /// The entry of `kind`, None for an unknown kind.
+        fn entry_of<'de, D: serde::Deserializer<'de>>(
+            kind: &str,
+            d: D,
+        ) -> Result<Option<EnrichConfig>, D::Error> {
+            Ok(Some(match kind {
+                $($name => {
+                    let c = <$cfg>::deserialize(d)?;
+                    EnrichConfig {
+                        table: c.table.clone().into_vec(),
+                        spec: Spec::$variant(c),
+                        line: 0,
+                    }
+                })*
+                _ => return Ok(None),
+            }))
+        }
+    };
+}
+
+kinds! {
+    "meta" => Meta(fields::MetaConfig),
+    "rename" => Rename(fields::RenameConfig),
+    "drop" => Drop(fields::DropConfig),
+    "set" => Set(fields::SetConfig),
+    "compute" => Compute(compute::ComputeConfig),
+    "geo_point" => GeoPoint(geo::GeoPointConfig),
+    "track" => Track(track::TrackConfig),
+    "lookup" => Lookup(lookup::LookupConfig),
+}
 
 /// One `[[enrich]]` entry.
 #[derive(Debug, Clone)]
@@ -27,18 +84,6 @@ pub struct EnrichConfig {
     pub spec: Spec,
     /// The entry's line in the connector file (set after parsing).
     pub line: usize,
-}
-
-#[derive(Debug, Clone)]
-pub enum Spec {
-    Meta(fields::MetaConfig),
-    Rename(fields::RenameConfig),
-    Drop(fields::DropConfig),
-    Set(fields::SetConfig),
-    Compute(compute::ComputeConfig),
-    GeoPoint(geo::GeoPointConfig),
-    Track(track::TrackConfig),
-    Lookup(lookup::LookupConfig),
 }
 
 /// `table = "db.t"` or `table = ["db.a", "db.b*"]`.
@@ -60,16 +105,7 @@ impl Tables {
 
 impl EnrichConfig {
     pub fn kind(&self) -> &'static str {
-        match self.spec {
-            Spec::Meta(_) => "meta",
-            Spec::Rename(_) => "rename",
-            Spec::Drop(_) => "drop",
-            Spec::Set(_) => "set",
-            Spec::Compute(_) => "compute",
-            Spec::GeoPoint(_) => "geo_point",
-            Spec::Track(_) => "track",
-            Spec::Lookup(_) => "lookup",
-        }
+        self.spec.kind()
     }
 
     pub fn tables(&self) -> TableFilter {
@@ -88,31 +124,18 @@ impl EnrichConfig {
         if let Err(e) = TableFilter::new(&self.table, &[]) {
             return Err(("table", format!("[[enrich]] {e}")));
         }
-        match &self.spec {
-            Spec::Lookup(c) => {
-                lookup::check(c).map_err(|m| ("kind", format!("[[enrich]] lookup: {m}")))
-            }
-            _ => self
-                .build()
-                .map(|_| ())
-                .map_err(|e| ("kind", e.to_string())),
-        }
+        self.spec
+            .as_kind()
+            .check()
+            .map_err(|m| ("kind", format!("[[enrich]] {}: {m}", self.kind())))
     }
 
     /// The enricher.
     pub fn build(&self) -> Result<Box<dyn Enricher>, EnrichError> {
-        let fail = |m: String| EnrichError::Config(format!("[[enrich]] {}: {m}", self.kind()));
-        Ok(match &self.spec {
-            Spec::Meta(c) => Box::new(fields::Meta::new(c).map_err(fail)?),
-            Spec::Rename(c) => Box::new(fields::Rename::new(c).map_err(fail)?),
-            Spec::Drop(c) => Box::new(fields::Drop::new(c)),
-            Spec::Set(c) => Box::new(fields::Set::new(c).map_err(fail)?),
-            Spec::Compute(c) => Box::new(compute::Compute::new(c).map_err(fail)?),
-            Spec::GeoPoint(c) => Box::new(geo::GeoPoint::new(c)),
-            Spec::Track(c) => Box::new(track::Track::new(c).map_err(fail)?),
-            // Built by the stage, which asks the source for the looked-up table.
-            Spec::Lookup(_) => return Err(fail("built by the stage".into())),
-        })
+        self.spec
+            .as_kind()
+            .build()
+            .map_err(|m| EnrichError::Config(format!("[[enrich]] {}: {m}", self.kind())))
     }
 }
 
@@ -122,51 +145,11 @@ pub fn deserialize<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<EnrichConfig, D::Error> {
     use serde::de::Error;
-    macro_rules! entry {
-        ($t:ty, $v:ident) => {{
-            let c = <$t>::deserialize(d)?;
-            EnrichConfig {
-                table: c.table.clone().into_vec(),
-                spec: Spec::$v(c),
-                line: 0,
-            }
-        }};
-    }
-    Ok(match kind {
-        "meta" => entry!(fields::MetaConfig, Meta),
-        "rename" => entry!(fields::RenameConfig, Rename),
-        "drop" => entry!(fields::DropConfig, Drop),
-        "set" => entry!(fields::SetConfig, Set),
-        "compute" => entry!(compute::ComputeConfig, Compute),
-        "geo_point" => entry!(geo::GeoPointConfig, GeoPoint),
-        "track" => entry!(track::TrackConfig, Track),
-        "lookup" => entry!(lookup::LookupConfig, Lookup),
-        _ => {
-            return Err(D::Error::custom(format!(
-                "[[enrich]] needs `kind`, one of: {}",
-                KINDS.join(", ")
-            )))
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::ConnectorConfig;
-
-    /// The documented example uses every kind and stays valid.
-    #[test]
-    fn the_example_connector_uses_every_kind() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("connectors")
-            .join("enrich-example.toml");
-        let cfg = ConnectorConfig::load(&path).unwrap();
-        let mut kinds: Vec<&str> = cfg.enrich.iter().map(|e| e.kind()).collect();
-        kinds.sort();
-        kinds.dedup();
-        let mut all = super::KINDS.to_vec();
-        all.sort();
-        assert_eq!(kinds, all);
-        assert!(cfg.enrich.iter().all(|e| e.line > 0));
+    match entry_of(kind, d)? {
+        Some(entry) => Ok(entry),
+        None => Err(D::Error::custom(format!(
+            "[[enrich]] needs `kind`, one of: {}",
+            KINDS.join(", ")
+        ))),
     }
 }

@@ -6,20 +6,19 @@
 use std::path::Path;
 
 use crate::event::ChangeEvent;
-use crate::sink::log::{LogSink, LogSinkConfig};
-use crate::sink::{Ack, Sink, SinkError};
+use crate::journal::{Flushed, Journal, JournalError, Settings};
 
 pub struct DeadLetters {
-    log: LogSink,
+    log: Journal,
     scratch: Vec<u8>,
 }
 
 impl DeadLetters {
-    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, SinkError> {
+    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, JournalError> {
         Ok(DeadLetters {
-            log: LogSink::open(
+            log: Journal::open(
                 super::DEAD_LETTERS_ID.to_string(),
-                &LogSinkConfig::at(dir),
+                &Settings::at(dir),
                 cursor,
             )?,
             scratch: Vec::with_capacity(4096),
@@ -27,7 +26,12 @@ impl DeadLetters {
     }
 
     /// `{"reason": .., "step": .., "event": <the event as sinks would see it>}`.
-    pub fn append(&mut self, e: &ChangeEvent, step: &str, reason: &str) -> Result<(), SinkError> {
+    pub fn append(
+        &mut self,
+        e: &ChangeEvent,
+        step: &str,
+        reason: &str,
+    ) -> Result<(), JournalError> {
         let event: serde_json::Value =
             serde_json::from_str(&e.to_json()).expect("events render valid JSON");
         let record = serde_json::json!({"reason": reason, "step": step, "event": event});
@@ -42,11 +46,11 @@ impl DeadLetters {
         self.log.mark_boundary();
     }
 
-    pub fn rewind(&mut self) -> Result<(), SinkError> {
+    pub fn rewind(&mut self) -> Result<(), JournalError> {
         self.log.rewind()
     }
 
-    pub async fn flush(&mut self) -> Result<Ack, SinkError> {
+    pub async fn flush(&mut self) -> Result<Flushed, JournalError> {
         self.log.flush().await
     }
 }

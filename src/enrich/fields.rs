@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::config::Tables;
+use super::config::{Kind, Tables};
 use super::{Binding, Enricher, EventMeta, Layout};
 use crate::event::{Row, Value};
 
@@ -278,5 +278,29 @@ impl Enricher for Set {
     ) -> Result<(), String> {
         row.extend(self.fields.iter().map(|f| f.2.clone()));
         Ok(())
+    }
+}
+
+impl Kind for MetaConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(Meta::new(self)?))
+    }
+}
+
+impl Kind for RenameConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(Rename::new(self)?))
+    }
+}
+
+impl Kind for DropConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(Drop::new(self)))
+    }
+}
+
+impl Kind for SetConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(Set::new(self)?))
     }
 }

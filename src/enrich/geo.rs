@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::config::Tables;
+use super::config::{Kind, Tables};
 use super::{Binding, Enricher, EventMeta, Layout};
 use crate::event::{Row, Value};
 
@@ -91,6 +91,12 @@ impl Enricher for GeoPoint {
 
     fn flags(&self) -> bool {
         true
+    }
+}
+
+impl Kind for GeoPointConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(GeoPoint::new(self)))
     }
 }
 

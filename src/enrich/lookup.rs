@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use serde::Deserialize;
 
-use super::config::Tables;
+use super::config::{Kind, Tables};
 use super::{Binding, Enricher, EventMeta, Layout};
 use crate::event::{ChangeEvent, Column, Op, Row, TableSchema, Value};
 
@@ -305,5 +305,15 @@ impl Enricher for Lookup {
 
     fn as_lookup(&mut self) -> Option<&mut Lookup> {
         Some(self)
+    }
+}
+impl Kind for LookupConfig {
+    /// Built by the stage, which asks the source for the looked-up table.
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Err("built by the stage".into())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        check(self)
     }
 }

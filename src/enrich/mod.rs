@@ -27,7 +27,7 @@ pub use config::EnrichConfig;
 pub use dead_letters::DeadLetters;
 
 use crate::event::{ChangeEvent, Column, Row, SourceMessage, TableSchema, Value};
-use crate::sink::{Ack, SinkError};
+use crate::journal::JournalError;
 
 /// The id the dead-letter stream's cursor is stored under.
 pub const DEAD_LETTERS_ID: &str = "enrich-dead-letters";
@@ -175,8 +175,9 @@ struct Chain {
 pub enum EnrichError {
     #[error("{0}")]
     Config(String),
+    /// The dead-letter stream could not be written.
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    DeadLetters(#[from] JournalError),
 }
 
 /// The enrichment stage of a pipeline.
@@ -199,21 +200,26 @@ const LOOKUP_BATCH: usize = 500;
 const MAX_CHAINS: usize = 4096;
 
 impl Stage {
-    /// The stage for a connector's `[[enrich]]` entries; the dead-letter stream is
-    /// opened at its stored cursor (only when there are entries).
+    /// The stage for the `[[enrich]]` entries of the connector file `file`; the
+    /// dead-letter stream is opened in `dead_letter_dir` at its stored cursor (only when
+    /// there are entries). `lookups` gives the source's row reader, asked for only when
+    /// a step looks up.
     pub async fn open(
-        cfg: &crate::config::ConnectorConfig,
+        entries: &[EnrichConfig],
+        file: &std::path::Path,
+        dead_letter_dir: &std::path::Path,
+        lookups: impl FnOnce() -> Arc<dyn crate::source::Lookup>,
         store: &crate::offsets::OffsetStore,
     ) -> Result<Stage, EnrichError> {
         let mut steps = Vec::new();
-        let mut lookups = None;
-        for e in &cfg.enrich {
-            let origin = format!("{}:{} {}", cfg.path.display(), e.line, e.kind());
+        let mut reader = Some(lookups);
+        let mut lookups: Option<Arc<dyn crate::source::Lookup>> = None;
+        for e in entries {
+            let origin = format!("{}:{} {}", file.display(), e.line, e.kind());
             let (mut enricher, from_columns) = match &e.spec {
                 config::Spec::Lookup(c) => {
-                    let source = lookups.get_or_insert_with(|| {
-                        crate::source::lookup(&cfg.source, &cfg.connector_name())
-                    });
+                    let source =
+                        lookups.get_or_insert_with(|| (reader.take().expect("asked for once"))());
                     let columns = source
                         .describe(&c.from)
                         .await
@@ -251,7 +257,7 @@ impl Stage {
         let dead = if steps.is_empty() {
             None
         } else {
-            Some(DeadLetters::open(&cfg.enrich_dead_letter_dir(), cursor)?)
+            Some(DeadLetters::open(dead_letter_dir, cursor)?)
         };
         Ok(Stage {
             steps,
@@ -437,7 +443,7 @@ impl Stage {
     }
 
     /// The dead-letter stream's flush (None without steps).
-    pub async fn flush(&mut self) -> Result<Option<Ack>, SinkError> {
+    pub async fn flush(&mut self) -> Result<Option<crate::journal::Flushed>, JournalError> {
         match self.dead.as_mut() {
             Some(d) => Ok(Some(d.flush().await?)),
             None => Ok(None),
@@ -585,7 +591,7 @@ impl Stage {
 pub(crate) fn test_event() -> ChangeEvent {
     ChangeEvent {
         op: crate::event::Op::Create,
-        table: Arc::new(crate::schema::test_schema(1, &[("id", "int")])),
+        table: Arc::new(crate::testkit::test_schema(1, &[("id", "int")])),
         pos: crate::event::Position::Wal { lsn: 1 },
         txid: None,
         source_ts_ms: 0,

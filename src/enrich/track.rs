@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Tables;
+use super::config::{Kind, Tables};
 use super::geo::{number, valid};
 use super::{Binding, Enricher, EventMeta, Layout};
 use crate::event::{Op, Row, Value};
@@ -321,6 +321,12 @@ impl Enricher for Track {
             ));
         }
         out
+    }
+}
+
+impl Kind for TrackConfig {
+    fn build(&self) -> Result<Box<dyn Enricher>, String> {
+        Ok(Box::new(Track::new(self)?))
     }
 }
 

@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn an_event_round_trips_with_its_schema() {
-        let schema = Arc::new(crate::schema::test_schema(
+        let schema = Arc::new(crate::testkit::test_schema(
             3,
             &[("id", "int"), ("d", "date")],
         ));
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(back.after, e.after);
         assert_eq!(back.before, e.before);
         // A row that does not fit the schema is refused, not padded.
-        let narrow = Arc::new(crate::schema::test_schema(3, &[("id", "int")]));
+        let narrow = Arc::new(crate::testkit::test_schema(3, &[("id", "int")]));
         let stored: StoredEvent = serde_json::from_str(&text).unwrap();
         let err = stored.into_event(narrow).unwrap_err();
         assert!(

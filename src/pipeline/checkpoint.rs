@@ -87,13 +87,13 @@ impl Participant for QuarantineStream {
     }
 
     fn rewind(&mut self) -> Result<(), SinkError> {
-        QuarantineStream::rewind(self)
+        Ok(QuarantineStream::rewind(self)?)
     }
 
     async fn flush(&mut self) -> Result<Stored, SinkError> {
         Ok(cursor(
             quarantine::STREAM_ID.to_string(),
-            QuarantineStream::flush(self).await?,
+            crate::sink::ack_of(QuarantineStream::flush(self).await?),
         ))
     }
 }
@@ -106,10 +106,11 @@ impl Participant for crate::enrich::Stage {
         let dead = crate::enrich::Stage::flush(self).await?;
         Ok(Box::pin(async move {
             let mut saved = keyed;
-            if let Some(ack) = dead {
-                if let Some(c) = ack.await? {
-                    saved.push(Saved::Cursor(crate::enrich::DEAD_LETTERS_ID.to_string(), c));
-                }
+            if let Some(flushed) = dead {
+                saved.push(Saved::Cursor(
+                    crate::enrich::DEAD_LETTERS_ID.to_string(),
+                    flushed.await?,
+                ));
             }
             Ok(saved)
         }))

@@ -4,7 +4,6 @@
 //! every sink flushed everything up to it, together with each sink's cursor there.
 
 pub mod checkpoint;
-pub mod queue;
 pub mod replay;
 pub mod route;
 pub mod runner;
@@ -18,14 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use self::checkpoint::{Checkpointer, SnapshotProgress};
 use self::runner::{Flow, Runner, Stages};
-use crate::config::{ConnectorConfig, SourceConfig};
+use crate::config::ConnectorConfig;
 use crate::event::Position;
 use crate::offsets::OffsetStore;
+use crate::queue;
+use crate::registry;
 use crate::schema::guard::{self, Guard};
 use crate::schema::quarantine::{self, QuarantineStream};
-use crate::sink::open_sinks;
-use crate::source::mysql::MysqlSource;
-use crate::source::postgres::PostgresSource;
 use crate::source::{Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +35,15 @@ pub enum PipelineError {
     #[error("{0}")]
     Source(String),
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::settings::ConfigError),
     #[error(transparent)]
     Halt(#[from] Box<crate::schema::Halt>),
     #[error("quarantine replay: {0}")]
     Replay(String),
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// What a finished run did.
@@ -55,28 +55,6 @@ pub struct RunStats {
     pub last_checkpoint: Option<Position>,
 }
 
-/// Builds the source described by the connector file.
-pub fn build_source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn Source>, String) {
-    let name = cfg.connector_name();
-    match &cfg.source {
-        SourceConfig::Mariadb(m) => {
-            let s = MysqlSource::new(m.clone(), true, &name, store);
-            let d = s.describe();
-            (Box::new(s), d)
-        }
-        SourceConfig::Mysql(m) => {
-            let s = MysqlSource::new(m.clone(), false, &name, store);
-            let d = s.describe();
-            (Box::new(s), d)
-        }
-        SourceConfig::Postgres(p) => {
-            let s = PostgresSource::new(p.clone(), &name, store);
-            let d = s.describe();
-            (Box::new(s), d)
-        }
-    }
-}
-
 /// Runs the connector until `shutdown` fires (then drains and checkpoints), an error,
 /// or (with `until`) a checkpoint at or past that position.
 pub async fn run(
@@ -85,7 +63,7 @@ pub async fn run(
     until: Option<Position>,
 ) -> Result<RunStats, PipelineError> {
     let store = Arc::new(open_store(&cfg.state.dir).await?);
-    let (mut source, source_desc) = build_source(cfg, store.clone());
+    let (mut source, source_desc) = registry::source(cfg, store.clone());
     if let Err(e) = source.preflight().await {
         drop(source);
         // Leave no trace of a run that never started: a state dir this run created
@@ -99,12 +77,12 @@ pub async fn run(
     }
     let policy = cfg.policy()?;
     let stages = Stages {
-        sinks: open_sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?,
+        sinks: registry::sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?,
         quarantine: QuarantineStream::open(
             &cfg.quarantine_dir(),
             store.sink_cursor(quarantine::STREAM_ID)?,
         )?,
-        enrich: crate::enrich::Stage::open(cfg, &store).await?,
+        enrich: registry::enrich(cfg, &store).await?,
         guard: Guard::new(policy, store.stage_state(guard::STATE_ID)?),
         snapshot: SnapshotProgress::new(store.stage_state(crate::snapshot::STATE_ID)?),
     };
@@ -122,7 +100,7 @@ pub async fn run(
 
 /// Loads the schema policy again.
 pub type Reload =
-    Box<dyn Fn() -> Result<crate::schema::Policy, crate::config::ConfigError> + Send + Sync>;
+    Box<dyn Fn() -> Result<crate::schema::Policy, crate::settings::ConfigError> + Send + Sync>;
 
 /// How the loop runs, besides its stages.
 pub struct Loop {

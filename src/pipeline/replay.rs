@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use crate::config::ConnectorConfig;
 use crate::event::{ChangeEvent, SourceMessage, TableSchema};
+use crate::journal::LogRecordError;
 use crate::offsets::{OffsetError, OffsetStore, Saved, SchemaRecord};
+use crate::registry;
 use crate::schema::guard::{self, Guard, Pass};
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
-use crate::sink::log::LogRecordError;
-use crate::sink::open_sinks;
 
 use super::checkpoint::{flush_all, Participant};
 use super::PipelineError;
@@ -109,10 +109,10 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
 
     // Second pass: send them on, in stream order.
     let mut guard = release(Guard::new(policy.clone(), state), &chosen);
-    let mut sinks = open_sinks(&cfg.sinks, &store, &Arc::new(policy))?;
+    let mut sinks = registry::sinks(&cfg.sinks, &store, &Arc::new(policy))?;
     // The same enrichment as the live stream (its state and dead letters stored with
     // the replay's commit).
-    let mut enrich = crate::enrich::Stage::open(cfg, &store)
+    let mut enrich = registry::enrich(cfg, &store)
         .await
         .map_err(|e| PipelineError::Replay(e.to_string()))?;
     for t in chosen.keys() {

@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{Checkpointer, Participant, SnapshotProgress};
-use super::queue::Batch;
 use super::route::{route, Routed, Stop};
 use super::{PipelineError, RunStats};
-use crate::config::ConfigError;
 use crate::event::{Position, SourceMessage};
+use crate::queue::Batch;
 use crate::schema::guard::Guard;
 use crate::schema::quarantine::QuarantineStream;
 use crate::schema::Policy;
+use crate::settings::ConfigError;
 use crate::sink::Sink;
 
 /// Whether the loop goes on after a batch.

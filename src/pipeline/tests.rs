@@ -436,7 +436,7 @@ async fn a_sink_failure_stores_no_checkpoint_past_the_last_acknowledged_one() {
 
 /// A reload that fails keeps the policy in force; one that loads replaces it.
 async fn reload_case(
-    reloaded: fn() -> Result<Policy, crate::config::ConfigError>,
+    reloaded: fn() -> Result<Policy, crate::settings::ConfigError>,
 ) -> (Run, Result<RunStats, PipelineError>) {
     let run = Run::new();
     let t1 = table("db.t", &[("id", "int")], 1);
@@ -468,7 +468,7 @@ async fn reload_case(
 #[tokio::test]
 async fn a_hangup_with_a_broken_policy_keeps_the_old_one() {
     let (run, result) = reload_case(|| {
-        Err(crate::config::ConfigError::new(
+        Err(crate::settings::ConfigError::new(
             std::path::Path::new("p.toml"),
             "broken",
         ))

@@ -1,120 +1,7 @@
 //! Schema changes between two versions of a table, and which type changes widen.
 
-use std::fmt;
-
+pub use crate::event::{ChangeKind, SchemaChange};
 use crate::event::{Column, TableSchema};
-
-/// One difference between a table's recorded schema and its new one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SchemaChange {
-    ColumnAdded {
-        column: String,
-        type_name: String,
-    },
-    ColumnDropped {
-        column: String,
-    },
-    /// A type change that cannot lose values (see `is_widening`).
-    TypeWidened {
-        column: String,
-        from: String,
-        to: String,
-    },
-    TypeChanged {
-        column: String,
-        from: String,
-        to: String,
-    },
-    /// A rename the DDL said, or a drop and an add of the same type in one change
-    /// (`certain` false: Postgres does not replicate DDL, so it may be a real drop+add).
-    ColumnRenamed {
-        from: String,
-        to: String,
-        certain: bool,
-    },
-    TableCreated,
-    TableDropped,
-}
-
-/// The kinds a policy gives verdicts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ChangeKind {
-    ColumnAdded,
-    ColumnDropped,
-    TypeWidened,
-    TypeChanged,
-    ColumnRenamed,
-    TableCreated,
-    TableDropped,
-}
-
-impl ChangeKind {
-    pub const ALL: [ChangeKind; 7] = [
-        ChangeKind::ColumnAdded,
-        ChangeKind::ColumnDropped,
-        ChangeKind::TypeWidened,
-        ChangeKind::TypeChanged,
-        ChangeKind::ColumnRenamed,
-        ChangeKind::TableCreated,
-        ChangeKind::TableDropped,
-    ];
-
-    /// The key in policy files.
-    pub fn key(self) -> &'static str {
-        match self {
-            ChangeKind::ColumnAdded => "column_added",
-            ChangeKind::ColumnDropped => "column_dropped",
-            ChangeKind::TypeWidened => "type_widened",
-            ChangeKind::TypeChanged => "type_changed",
-            ChangeKind::ColumnRenamed => "column_renamed",
-            ChangeKind::TableCreated => "table_created",
-            ChangeKind::TableDropped => "table_dropped",
-        }
-    }
-}
-
-impl SchemaChange {
-    pub fn kind(&self) -> ChangeKind {
-        match self {
-            SchemaChange::ColumnAdded { .. } => ChangeKind::ColumnAdded,
-            SchemaChange::ColumnDropped { .. } => ChangeKind::ColumnDropped,
-            SchemaChange::TypeWidened { .. } => ChangeKind::TypeWidened,
-            SchemaChange::TypeChanged { .. } => ChangeKind::TypeChanged,
-            SchemaChange::ColumnRenamed { .. } => ChangeKind::ColumnRenamed,
-            SchemaChange::TableCreated => ChangeKind::TableCreated,
-            SchemaChange::TableDropped => ChangeKind::TableDropped,
-        }
-    }
-}
-
-impl fmt::Display for SchemaChange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SchemaChange::ColumnAdded { column, type_name } => {
-                write!(f, "column `{column}` added ({type_name})")
-            }
-            SchemaChange::ColumnDropped { column } => write!(f, "column `{column}` dropped"),
-            SchemaChange::TypeWidened { column, from, to } => {
-                write!(f, "column `{column}` widened from {from} to {to}")
-            }
-            SchemaChange::TypeChanged { column, from, to } => {
-                write!(f, "column `{column}` changed type from {from} to {to}")
-            }
-            SchemaChange::ColumnRenamed { from, to, certain } => {
-                if *certain {
-                    write!(f, "column `{from}` renamed to `{to}`")
-                } else {
-                    write!(
-                        f,
-                        "column `{from}` dropped and `{to}` added with the same type (possibly a rename)"
-                    )
-                }
-            }
-            SchemaChange::TableCreated => write!(f, "table created"),
-            SchemaChange::TableDropped => write!(f, "table dropped"),
-        }
-    }
-}
 
 /// The changes from `old` to `new` (same table), by column name. A column dropped and
 /// one added with the same type in the same change is reported as a possible rename.
@@ -256,7 +143,7 @@ mod tests {
     use super::*;
 
     fn table(cols: &[(&str, &str)]) -> TableSchema {
-        crate::schema::test_schema(1, cols)
+        crate::testkit::test_schema(1, cols)
     }
 
     #[test]

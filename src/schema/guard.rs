@@ -356,7 +356,7 @@ mod tests {
     use std::sync::Arc;
 
     fn event(version: u32, cols: &[(&str, &str)]) -> ChangeEvent {
-        let schema = crate::schema::test_schema(version, cols);
+        let schema = crate::testkit::test_schema(version, cols);
         ChangeEvent {
             op: Op::Create,
             table: Arc::new(schema),

@@ -23,7 +23,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::change::{ChangeKind, SchemaChange};
-use crate::config::{line_col, ConfigError};
+use crate::settings::{line_col, ConfigError};
 
 /// What happens to a table when its schema changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The quarantine stream: where a quarantined table's events wait for
 //! `tributary quarantine replay`.
 //!
-//! A log stream (the log sink's segment format, CRC per record) under
+//! A journal (the segment format of every stream, CRC per record) under
 //! `[schema] quarantine_dir` (default `<state dir>/quarantine`). Its cursor is stored
 //! with every checkpoint like a sink's, so after a crash it holds each quarantined
 //! change once, exactly as the other sinks hold the rest. Records keep the events in
@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::stored::StoredEvent;
 use crate::event::{ChangeEvent, PerSchema};
-use crate::sink::log::{read_log, Cursor, LogRecordError, LogSink, LogSinkConfig};
-use crate::sink::{Ack, Sink, SinkError};
+use crate::journal::{read_log, Cursor, Flushed, Journal, JournalError, LogRecordError, Settings};
 
 /// The id its cursor is stored under, next to the sinks' cursors.
 pub const STREAM_ID: &str = "quarantine";
@@ -29,7 +28,7 @@ pub struct QuarantineRecord {
 }
 
 pub struct QuarantineStream {
-    log: LogSink,
+    log: Journal,
     counters: PerSchema<metrics::Counter>,
     scratch: Vec<u8>,
 }
@@ -37,9 +36,9 @@ pub struct QuarantineStream {
 impl QuarantineStream {
     /// Opens the stream in `dir` at its stored cursor, cutting what was written after
     /// the last checkpoint (the source sends it again).
-    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, SinkError> {
+    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, JournalError> {
         Ok(QuarantineStream {
-            log: LogSink::open(STREAM_ID.to_string(), &LogSinkConfig::at(dir), cursor)?,
+            log: Journal::open(STREAM_ID.to_string(), &Settings::at(dir), cursor)?,
             counters: PerSchema::default(),
             scratch: Vec::with_capacity(4096),
         })
@@ -47,14 +46,10 @@ impl QuarantineStream {
 
     /// The cursor of an empty stream: storing it (then opening) empties the stream.
     pub fn empty_cursor() -> serde_json::Value {
-        serde_json::to_value(Cursor {
-            segment: 0,
-            offset: 0,
-        })
-        .expect("a cursor serializes")
+        Cursor::empty()
     }
 
-    pub fn append(&mut self, epoch: u64, e: &ChangeEvent) -> Result<(), SinkError> {
+    pub fn append(&mut self, epoch: u64, e: &ChangeEvent) -> Result<(), JournalError> {
         let record = QuarantineRecord {
             epoch,
             event: StoredEvent::from_event(e),
@@ -74,12 +69,12 @@ impl QuarantineStream {
     }
 
     /// Drops what was appended after the last boundary.
-    pub fn rewind(&mut self) -> Result<(), SinkError> {
+    pub fn rewind(&mut self) -> Result<(), JournalError> {
         self.log.rewind()
     }
 
     /// Like a sink's flush: the cursor at the last boundary, once durable.
-    pub async fn flush(&mut self) -> Result<Ack, SinkError> {
+    pub async fn flush(&mut self) -> Result<Flushed, JournalError> {
         self.log.flush().await
     }
 }
@@ -95,7 +90,7 @@ pub fn read_records(
             Ok(q) => f(q),
             Err(e) => {
                 bad = Some(LogRecordError::Corrupt {
-                    path: dir.join(crate::sink::log::segment_name(r.segment)),
+                    path: dir.join(crate::journal::segment_name(r.segment)),
                     line: r.line,
                     message: format!("not a quarantine record: {e}"),
                 });

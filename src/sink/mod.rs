@@ -14,9 +14,7 @@ pub mod stdout;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
-use crate::config::SinkConfig;
 use crate::event::SourceMessage;
-use crate::offsets::OffsetStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -51,35 +49,21 @@ pub trait Sink: Send {
 /// A sink's acknowledgement of a flush: its cursor once the data is durable.
 pub type Ack = BoxFuture<'static, Result<Option<serde_json::Value>, SinkError>>;
 
+impl From<crate::journal::JournalError> for SinkError {
+    fn from(e: crate::journal::JournalError) -> Self {
+        SinkError::Failed {
+            sink: e.stream,
+            message: e.message,
+        }
+    }
+}
+
+/// A journal's flush as a sink's acknowledgement.
+pub fn ack_of(flushed: crate::journal::Flushed) -> Ack {
+    Box::pin(async move { Ok(Some(flushed.await?)) })
+}
+
 /// An acknowledgement that is already durable.
 pub fn acked(cursor: Option<serde_json::Value>) -> Ack {
     Box::pin(std::future::ready(Ok(cursor)))
-}
-
-/// Opens the configured sinks, each positioned at its stored cursor. `policy` is the
-/// connector's schema policy (sinks that map columns read its unindexed columns).
-pub fn open_sinks(
-    configs: &[SinkConfig],
-    store: &OffsetStore,
-    policy: &std::sync::Arc<crate::schema::Policy>,
-) -> Result<Vec<Box<dyn Sink>>, SinkError> {
-    let mut out: Vec<Box<dyn Sink>> = Vec::new();
-    for c in configs {
-        let id = c.id();
-        let cursor = store
-            .sink_cursor(&id)
-            .map_err(|e| SinkError::new(&id, e.to_string()))?;
-        out.push(match c {
-            SinkConfig::Log(l) => Box::new(log::LogSink::open(id, l, cursor)?),
-            SinkConfig::Elasticsearch(e) => Box::new(elasticsearch::ElasticsearchSink::open(
-                id,
-                e,
-                cursor,
-                policy.clone(),
-            )?),
-            SinkConfig::Stdout(s) => Box::new(stdout::StdoutSink::new(id, s)),
-            SinkConfig::Null(_) => Box::new(null::NullSink::new(id)),
-        });
-    }
-    Ok(out)
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::progress::Progress;
 use super::{State, Status};
 use crate::event::{now_ms, ChangeEvent, Op, Position, Row, SourceMessage, TableSchema, Value};
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
 
 /// Transactions remembered for the check in `take` (see `SnapshotView::running`): far
 /// more than stream past in the moment between a commit record and its visibility.
@@ -432,10 +432,10 @@ pub fn key_bytes(schema: &TableSchema, row: &Row) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::queue::{bounded, QueueReceiver};
+    use crate::queue::{bounded, QueueReceiver};
 
     fn schema() -> Arc<TableSchema> {
-        Arc::new(crate::schema::test_schema(
+        Arc::new(crate::testkit::test_schema(
             1,
             &[("id", "int"), ("v", "text")],
         ))

@@ -18,7 +18,7 @@ use super::merge::{Batch, Chunk, Cut, Emitted, Merger, Request, Requests};
 use super::{SnapshotMode, State, Status, TableProgress};
 use crate::event::{now_ms, Row, SourceMessage, TableSchema, Value};
 use crate::offsets::OffsetStore;
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
 
 /// Rows per message to the stream task.
 const BATCH_ROWS: usize = 256;

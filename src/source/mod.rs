@@ -8,12 +8,15 @@ pub mod lookup;
 pub mod mysql;
 pub mod postgres;
 pub mod session;
+pub mod settings;
+
+pub use settings::CommonSettings;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Position;
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
 
 /// The newest stored checkpoint, as the pipeline publishes it.
 pub type Checkpoints = tokio::sync::watch::Receiver<Option<Position>>;
@@ -48,43 +51,6 @@ impl CheckReport {
     }
 }
 
-/// Connects to the source's server and runs the checks `tributary check` shows and the
-/// daemon runs at startup. `checkpoint` is the stored position, if any.
-pub async fn check(
-    cfg: &crate::config::SourceConfig,
-    checkpoint: Option<&Position>,
-) -> Result<CheckReport, String> {
-    use crate::config::SourceConfig;
-    match cfg {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
-            let mut report = mysql::check(m, matches!(cfg, SourceConfig::Mariadb(_))).await?;
-            report
-                .info
-                .insert(0, format!("connected to {} as {}", m.address(), m.user));
-            Ok(report)
-        }
-        SourceConfig::Postgres(p) => {
-            let (mut report, _, _) = postgres::check(p, checkpoint).await?;
-            report
-                .info
-                .insert(0, format!("connected to {} as {}", p.address(), p.user));
-            Ok(report)
-        }
-    }
-}
-
-/// The included tables and their columns as the source's server has them now, with
-/// the type names the stream gives (for `tributary policy diff`).
-pub async fn live_schemas(
-    cfg: &crate::config::SourceConfig,
-) -> Result<Vec<(String, Vec<crate::event::Column>)>, String> {
-    use crate::config::SourceConfig;
-    match cfg {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => mysql::live_schemas(m).await,
-        SourceConfig::Postgres(p) => postgres::live_schemas(p).await,
-    }
-}
-
 /// Errors a source stops with. Each message says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -112,17 +78,6 @@ pub trait Lookup: Send + Sync {
         key: &str,
         keys: &[crate::event::Value],
     ) -> Result<Vec<crate::event::Row>, String>;
-}
-
-/// The lookup reader of the connector's source.
-pub fn lookup(cfg: &crate::config::SourceConfig, connector: &str) -> std::sync::Arc<dyn Lookup> {
-    use crate::config::SourceConfig;
-    match cfg {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
-            mysql::lookup(m, matches!(cfg, SourceConfig::Mariadb(_)), connector)
-        }
-        SourceConfig::Postgres(p) => postgres::lookup(p, connector),
-    }
 }
 
 #[async_trait]

@@ -9,7 +9,8 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::SourceMessage;
-use crate::pipeline::queue::QueueSender;
+use crate::failure::Failure;
+use crate::queue::QueueSender;
 use crate::source::SourceError;
 
 /// How long a part-filled batch waits for more events before it is handed over.
@@ -17,37 +18,29 @@ const LINGER: Duration = Duration::from_millis(1);
 /// Batches at least this full are handed over without waiting.
 const LINGER_BELOW: usize = 128;
 
-/// Whether a connection error may go away by itself (reconnect) or needs the operator.
-#[derive(Debug)]
-pub enum ConnError {
-    Transient(String),
-    Fatal(String),
-}
-
-impl ConnError {
-    pub fn message(&self) -> &str {
-        match self {
-            ConnError::Transient(m) | ConnError::Fatal(m) => m,
-        }
-    }
-}
-
 /// Why one streaming session ended.
 #[derive(Debug)]
 pub enum Stop {
     Shutdown,
-    Transient(String),
-    Fatal(String),
     /// The pipeline went away.
     Closed,
+    /// Lost (transient: reconnect) or refused (fatal: stop with the reason).
+    Failed(Failure),
 }
 
-impl From<ConnError> for Stop {
-    fn from(e: ConnError) -> Self {
-        match e {
-            ConnError::Transient(m) => Stop::Transient(m),
-            ConnError::Fatal(m) => Stop::Fatal(m),
-        }
+impl Stop {
+    pub fn fatal(reason: impl Into<String>) -> Stop {
+        Stop::Failed(Failure::Fatal(reason.into()))
+    }
+
+    pub fn transient(reason: impl Into<String>) -> Stop {
+        Stop::Failed(Failure::Transient(reason.into()))
+    }
+}
+
+impl From<Failure> for Stop {
+    fn from(e: Failure) -> Self {
+        Stop::Failed(e)
     }
 }
 
@@ -91,12 +84,14 @@ impl Reconnect {
                 return Some(Ok(()));
             }
             Stop::Closed => return Some(Err(SourceError::Closed)),
-            Stop::Fatal(m) => {
+            Stop::Failed(Failure::Fatal(m)) => {
                 let _ = tx.flush().await;
                 return Some(Err(SourceError::Fatal(m)));
             }
-            Stop::Transient(m) if !self.connected_once => return Some(Err(SourceError::Fatal(m))),
-            Stop::Transient(m) => m,
+            Stop::Failed(Failure::Transient(m)) if !self.connected_once => {
+                return Some(Err(SourceError::Fatal(m)))
+            }
+            Stop::Failed(Failure::Transient(m)) => m,
         };
         if std::mem::take(in_txn) && tx.send(SourceMessage::Rewind).await.is_err() {
             return Some(Err(SourceError::Closed));

@@ -227,7 +227,7 @@ pub fn read_events(log_dir: &Path) -> Vec<Json> {
         return Vec::new();
     }
     let mut out = Vec::new();
-    tributary::sink::log::read_log(log_dir, |r| {
+    tributary::journal::read_log(log_dir, |r| {
         out.push(serde_json::from_str(&r.json).unwrap());
         true
     })
@@ -263,7 +263,7 @@ pub async fn wait_for_events(log_dir: &Path, n: usize, timeout: Duration) -> usi
     let deadline = Instant::now() + timeout;
     loop {
         let mut count = 0;
-        let _ = tributary::sink::log::read_log(log_dir, |_| {
+        let _ = tributary::journal::read_log(log_dir, |_| {
             count += 1;
             true
         });

@@ -1,11 +1,9 @@
-//! Bulk request bodies and per-item outcomes.
+//! Bulk request bodies.
 //!
 //! Every write carries the event's version with `version_type=external_gte`, deletes
 //! too, so a replayed or reordered write can never overwrite newer data (DESIGN.md).
 
 use std::ops::Range;
-
-use serde_json::Value as Json;
 
 use sha2::Digest;
 
@@ -140,50 +138,6 @@ impl Batch {
         }
         out
     }
-}
-
-/// What became of one item.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Written; or 409 (a newer version is already there); or 404 on a delete (gone).
-    Done,
-    /// 429 or 5xx: send again.
-    Retry,
-    /// Rejected for good (mapping errors, other 4xx): to the dead-letter stream.
-    Reject { status: u16, error: Json },
-}
-
-/// Reads a bulk response's items in request order.
-pub fn outcomes(response: &Json, expected: usize) -> Result<Vec<Outcome>, String> {
-    let items = response["items"]
-        .as_array()
-        .ok_or("bulk response has no `items` array")?;
-    if items.len() != expected {
-        return Err(format!(
-            "bulk response has {} items for {expected} actions",
-            items.len()
-        ));
-    }
-    Ok(items
-        .iter()
-        .map(|item| {
-            let (action, body) = item
-                .as_object()
-                .and_then(|o| o.iter().next())
-                .map(|(k, v)| (k.as_str(), v))
-                .unwrap_or(("", &Json::Null));
-            let status = body["status"].as_u64().unwrap_or(0) as u16;
-            match status {
-                200..=299 | 409 => Outcome::Done,
-                404 if action == "delete" => Outcome::Done,
-                429 | 500..=599 | 0 => Outcome::Retry,
-                _ => Outcome::Reject {
-                    status,
-                    error: body["error"].clone(),
-                },
-            }
-        })
-        .collect())
 }
 
 /// How a table's documents are identified.
@@ -374,25 +328,5 @@ mod tests {
         assert!(String::from_utf8(only_delete.event_json(0).to_vec())
             .unwrap()
             .contains("\"op\":\"d\""));
-    }
-
-    #[test]
-    fn item_outcomes() {
-        let resp = serde_json::json!({"items": [
-            {"index": {"status": 201}},
-            {"index": {"status": 409}},
-            {"delete": {"status": 404}},
-            {"index": {"status": 429}},
-            {"index": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
-        ]});
-        let o = outcomes(&resp, 5).unwrap();
-        assert_eq!(
-            &o[..4],
-            &[Outcome::Done, Outcome::Done, Outcome::Done, Outcome::Retry]
-        );
-        assert!(
-            matches!(&o[4], Outcome::Reject { status: 400, error } if error["type"] == "mapper_parsing_exception")
-        );
-        assert!(outcomes(&resp, 4).is_err());
     }
 }

@@ -7,6 +7,7 @@
 pub mod bulk;
 mod config;
 pub mod mapping;
+mod response;
 mod sender;
 
 pub use bulk::{document_id, DocId};
@@ -30,10 +31,12 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use self::config::redact;
-use self::sender::{Attempt, Rejected, Retry, Sender};
-use super::log::{LogSink, LogSinkConfig};
+use self::response::classify;
+use self::sender::{Rejected, Retry, Sender};
 use super::{Ack, Sink, SinkError};
 use crate::event::{ChangeEvent, Column, Op, PerSchema, SourceMessage, TableSchema, Value};
+use crate::failure::Failure;
+use crate::journal::{Journal, Settings as JournalSettings};
 use crate::schema::Policy;
 
 #[derive(Default)]
@@ -67,7 +70,7 @@ pub struct ElasticsearchSink {
     retry: Retry,
     sender: Sender,
     /// Written by the checkpoints' acks, one at a time, in order.
-    dead_letters: Arc<Mutex<LogSink>>,
+    dead_letters: Arc<Mutex<Journal>>,
     /// The schema policy, for its unindexed columns.
     policy: Arc<Policy>,
 }
@@ -83,11 +86,11 @@ impl ElasticsearchSink {
         policy: Arc<Policy>,
     ) -> Result<Self, SinkError> {
         let client = client(cfg).map_err(|m| SinkError::new(&id, m))?;
-        let dlq_cfg = LogSinkConfig {
+        let dlq_cfg = JournalSettings {
             segment_bytes: 64 << 20,
-            ..LogSinkConfig::at(&cfg.dead_letter_dir)
+            ..JournalSettings::at(&cfg.dead_letter_dir)
         };
-        let dead_letters = LogSink::open(format!("{id}/dead-letters"), &dlq_cfg, cursor)?;
+        let dead_letters = Journal::open(format!("{id}/dead-letters"), &dlq_cfg, cursor)?;
         let retry = Retry {
             sink: Arc::from(id.as_str()),
             max_backoff: Duration::from_secs(cfg.max_backoff_secs),
@@ -221,8 +224,8 @@ impl ElasticsearchSink {
                     .send()
                     .await
                 {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                    Err(e) => Err(Failure::Transient(e.to_string())),
+                    Ok(r) if r.status_code().is_success() => Ok(()),
                     Ok(r) => status_attempt(r).await,
                 }
             })
@@ -251,9 +254,9 @@ impl ElasticsearchSink {
                     .send()
                     .await
                 {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().as_u16() == 200 => Attempt::Done(true),
-                    Ok(r) if r.status_code().as_u16() == 404 => Attempt::Done(false),
+                    Err(e) => Err(Failure::Transient(e.to_string())),
+                    Ok(r) if r.status_code().as_u16() == 200 => Ok(true),
+                    Ok(r) if r.status_code().as_u16() == 404 => Ok(false),
                     Ok(r) => status_attempt(r).await,
                 }
             })
@@ -311,19 +314,20 @@ impl ElasticsearchSink {
                     .send()
                     .await
                 {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                    Err(e) => Err(Failure::Transient(e.to_string())),
+                    Ok(r) if r.status_code().is_success() => Ok(()),
                     Ok(r) => {
                         let status = r.status_code().as_u16();
                         let text = r.text().await.unwrap_or_default();
                         if status == 400 && text.contains("already_exists") {
-                            Attempt::Done(())
-                        } else if status == 429 || status >= 500 {
-                            Attempt::Retry(format!("HTTP {status}: {text}"))
+                            Ok(())
                         } else {
-                            Attempt::Fatal(format!(
-                                "creating index {concrete}: HTTP {status}: {text}"
-                            ))
+                            Err(match classify(status, &text) {
+                                Failure::Fatal(m) => {
+                                    Failure::Fatal(format!("creating index {concrete}: {m}"))
+                                }
+                                transient => transient,
+                            })
                         }
                     }
                 }
@@ -344,8 +348,8 @@ impl ElasticsearchSink {
                     .send()
                     .await
                 {
-                    Err(e) => Attempt::Retry(e.to_string()),
-                    Ok(r) if r.status_code().is_success() => Attempt::Done(()),
+                    Err(e) => Err(Failure::Transient(e.to_string())),
+                    Ok(r) if r.status_code().is_success() => Ok(()),
                     Ok(r) => status_attempt(r).await,
                 }
             })
@@ -400,11 +404,11 @@ impl ElasticsearchSink {
                         .send()
                         .await
                     {
-                        Err(e) => Attempt::Retry(e.to_string()),
+                        Err(e) => Err(Failure::Transient(e.to_string())),
                         Ok(r)
                             if r.status_code().is_success() || r.status_code().as_u16() == 404 =>
                         {
-                            Attempt::Done(())
+                            Ok(())
                         }
                         Ok(r) => status_attempt(r).await,
                     }
@@ -619,41 +623,33 @@ pub async fn ping(cfg: &ElasticsearchSinkConfig) -> Result<String, String> {
             ))
         }
         Ok(r) => match status_attempt::<()>(r).await {
-            Attempt::Fatal(m) | Attempt::Retry(m) => Err(format!("{}: {m}", urls.join(", "))),
-            Attempt::Done(()) => unreachable!("non-success status"),
+            Err(f) => Err(format!("{}: {f}", urls.join(", "))),
+            Ok(()) => unreachable!("non-success status"),
         },
     }
 }
 
-/// Turns a non-success response into a retry (429, 5xx) or a fatal error (other 4xx:
-/// bad credentials, missing privileges), with the server's own words.
 /// A request whose answer is a JSON body: connection errors and unreadable bodies are
-/// retried, HTTP errors sorted by `status_attempt`.
+/// retried, HTTP errors sorted by `response::classify`.
 async fn json_attempt(
     sent: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
     what: &str,
-) -> Attempt<serde_json::Value> {
+) -> Result<serde_json::Value, Failure> {
     match sent {
-        Err(e) => Attempt::Retry(e.to_string()),
-        Ok(r) if r.status_code().is_success() => match r.json::<serde_json::Value>().await {
-            Ok(j) => Attempt::Done(j),
-            Err(e) => Attempt::Retry(format!("reading the {what} response: {e}")),
-        },
+        Err(e) => Err(Failure::Transient(e.to_string())),
+        Ok(r) if r.status_code().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .map_err(|e| Failure::Transient(format!("reading the {what} response: {e}"))),
         Ok(r) => status_attempt(r).await,
     }
 }
 
-async fn status_attempt<T>(r: elasticsearch::http::response::Response) -> Attempt<T> {
+/// A non-success response, classified by its status and body (`response::classify`).
+async fn status_attempt<T>(r: elasticsearch::http::response::Response) -> Result<T, Failure> {
     let status = r.status_code().as_u16();
     let text = r.text().await.unwrap_or_default();
-    let text: String = text.chars().take(500).collect();
-    match status {
-        429 | 500..=599 => Attempt::Retry(format!("HTTP {status}: {text}")),
-        401 | 403 => Attempt::Fatal(format!(
-            "HTTP {status}: check the sink's user/password or api_key and its privileges: {text}"
-        )),
-        _ => Attempt::Fatal(format!("HTTP {status}: {text}")),
-    }
+    Err(classify(status, &text))
 }
 
 #[async_trait]
@@ -702,14 +698,14 @@ impl Sink for ElasticsearchSink {
             dlq.mark_boundary();
             let durable = dlq.flush().await?;
             drop(dlq);
-            durable.await
+            Ok(Some(durable.await?))
         }))
     }
 }
 
 /// Appends a rejected document to the dead-letter stream: the event, the index, the
 /// error type and reason, and the whole error the cluster gave.
-fn write_dead_letter(dlq: &mut LogSink, sink: &str, r: &Rejected) -> Result<(), SinkError> {
+fn write_dead_letter(dlq: &mut Journal, sink: &str, r: &Rejected) -> Result<(), SinkError> {
     let error = &r.error;
     crate::metrics::dead_letter(sink, &r.index, error["type"].as_str().unwrap_or(""));
     tracing::warn!(sink, index = %r.index, status = r.status, error_type = %error["type"], reason = %error["reason"], "document rejected; written to the dead-letter stream");
@@ -727,5 +723,5 @@ fn write_dead_letter(dlq: &mut LogSink, sink: &str, r: &Rejected) -> Result<(), 
     rec.extend_from_slice(b",\"event\":");
     rec.extend_from_slice(&r.event);
     rec.push(b'}');
-    dlq.append_json(&rec)
+    Ok(dlq.append_json(&rec)?)
 }

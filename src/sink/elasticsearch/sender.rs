@@ -16,18 +16,13 @@ use elasticsearch::{BulkParts, Elasticsearch};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::bulk::{outcomes, Batch, Outcome};
+use super::bulk::Batch;
 use super::json_attempt;
+use super::response::{outcomes, Outcome};
 use crate::event::{now_ms, ChangeEvent};
+use crate::failure::Failure;
 use crate::metrics::AckLatency;
 use crate::sink::SinkError;
-
-/// One attempt's result, for the retry loop.
-pub(super) enum Attempt<T> {
-    Done(T),
-    Retry(String),
-    Fatal(String),
-}
 
 /// Retries forever with exponential backoff and jitter: an outage must never drop
 /// data; the pipeline waits meanwhile. Warns once a minute while it lasts.
@@ -41,7 +36,7 @@ impl Retry {
     pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, SinkError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Attempt<T>>,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let max = self.max_backoff.max(Duration::from_secs(1));
         let mut backoff = Duration::from_millis(100);
@@ -49,16 +44,16 @@ impl Retry {
         let mut warned = None::<Instant>;
         loop {
             match attempt().await {
-                Attempt::Done(v) => {
+                Ok(v) => {
                     if warned.is_some() {
                         tracing::info!(sink = %self.sink, "{what} succeeded after {}s of retries", started.elapsed().as_secs());
                     }
                     return Ok(v);
                 }
-                Attempt::Fatal(m) => {
+                Err(Failure::Fatal(m)) => {
                     return Err(SinkError::new(&self.sink, format!("{what}: {m}")))
                 }
-                Attempt::Retry(m) => {
+                Err(Failure::Transient(m)) => {
                     crate::metrics::sink_retry(&self.sink);
                     if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
                         tracing::warn!(sink = %self.sink, error = %m, retrying_for_s = started.elapsed().as_secs(), "{what} failed; retrying (changes wait, none are dropped)");

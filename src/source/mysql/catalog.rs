@@ -1,6 +1,7 @@
 //! information_schema lookups over an ordinary connection: MariaDB's JSON columns and
 //! the included tables' columns as the server has them now.
 
+use crate::source::CommonSettings;
 use std::collections::HashSet;
 
 use mysql_async::prelude::Queryable;

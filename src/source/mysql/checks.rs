@@ -1,12 +1,14 @@
 //! Startup and `tributary check` checks: server settings and grants, each problem with
 //! the exact statement that fixes it.
 
+use crate::source::CommonSettings;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use super::catalog::quote_ident;
 use super::config::MysqlSourceConfig;
-use super::connect::{classify, ConnError};
+use super::connect::classify;
+use crate::failure::Failure;
 
 pub use crate::source::CheckReport;
 
@@ -20,8 +22,8 @@ fn setting_fix(var: &str, want: &str) -> String {
 pub async fn check_server(
     conn: &mut Conn,
     cfg: &MysqlSourceConfig,
-    mariadb: bool,
-) -> Result<CheckReport, ConnError> {
+    flavor: super::Flavor,
+) -> Result<CheckReport, Failure> {
     let mut r = CheckReport::default();
     let version: Option<String> = conn
         .query_first("SELECT VERSION()")
@@ -31,10 +33,10 @@ pub async fn check_server(
     let is_mariadb = version.to_ascii_lowercase().contains("mariadb");
     r.info
         .push(format!("server {} runs {version}", cfg.address()));
-    if mariadb != is_mariadb {
+    if flavor.is_mariadb() != is_mariadb {
         r.warnings.push(format!(
             "[source] kind is \"{}\" but the server reports {version}; set kind = \"{}\"",
-            if mariadb { "mariadb" } else { "mysql" },
+            flavor.kind(),
             if is_mariadb { "mariadb" } else { "mysql" }
         ));
     }
@@ -153,7 +155,7 @@ pub async fn check_server(
             "{account} lacks REPLICATION SLAVE, needed to read the binlog: GRANT REPLICATION SLAVE ON *.* TO {account};"
         ));
     }
-    let monitor = if mariadb {
+    let monitor = if flavor.is_mariadb() {
         "BINLOG MONITOR"
     } else {
         "REPLICATION CLIENT"

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, PasswordSetting, Secret};
+use crate::settings::{ConfigError, PasswordSetting};
 use crate::source::filter::TableFilter;
+use crate::source::CommonSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,14 +105,6 @@ impl MysqlSourceConfig {
                 "[source] server_id must be a non-zero number no other replica of this server uses",
             ));
         }
-        if let Err(e) = TableFilter::new(&self.include, &self.exclude) {
-            return Err(ConfigError::at_key(
-                path,
-                text,
-                "include",
-                format!("[source] {e}"),
-            ));
-        }
         if self.heartbeat_secs == 0 || self.heartbeat_secs > 4_000_000 {
             return Err(ConfigError::at_key(
                 path,
@@ -120,30 +113,17 @@ impl MysqlSourceConfig {
                 "[source] heartbeat_secs must be between 1 and 4000000",
             ));
         }
-        if let Err((key, msg)) = crate::snapshot::check_settings(
-            self.snapshot,
-            self.snapshot_chunk_rows,
-            self.snapshot_parallel_tables,
-        ) {
-            return Err(ConfigError::at_key(path, text, key, msg));
-        }
-        self.password_setting().check_one(path, text, "[source]")
+        self.validate_common(path, text)
     }
 
-    pub fn snapshot_settings(&self, first_start: bool) -> crate::snapshot::reader::Settings {
-        crate::snapshot::reader::Settings {
-            mode: self.snapshot,
-            chunk_rows: self.snapshot_chunk_rows,
-            parallel_tables: self.snapshot_parallel_tables,
-            first_start,
-        }
+    /// `host:port`, for messages (never includes credentials).
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
+}
 
-    pub fn filter(&self) -> TableFilter {
-        TableFilter::new(&self.include, &self.exclude).expect("validated when loaded")
-    }
-
-    pub fn password_setting(&self) -> PasswordSetting<'_> {
+impl CommonSettings for MysqlSourceConfig {
+    fn password_setting(&self) -> PasswordSetting<'_> {
         PasswordSetting {
             password: self.password.as_deref(),
             env: self.password_env.as_deref(),
@@ -151,13 +131,15 @@ impl MysqlSourceConfig {
         }
     }
 
-    /// The password, read now from its env var or file.
-    pub fn password(&self) -> Result<Option<Secret>, String> {
-        self.password_setting().resolve("[source]")
+    fn table_filter(&self) -> Result<TableFilter, String> {
+        TableFilter::new(&self.include, &self.exclude)
     }
 
-    /// `host:port`, for messages (never includes credentials).
-    pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+    fn snapshot_fields(&self) -> (crate::snapshot::SnapshotMode, u64, usize) {
+        (
+            self.snapshot,
+            self.snapshot_chunk_rows,
+            self.snapshot_parallel_tables,
+        )
     }
 }

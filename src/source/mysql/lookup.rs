@@ -1,6 +1,7 @@
 //! Lookups by key for the `lookup` enricher: the snapshot's table descriptions and
 //! decoding (source::lookup).
 
+use crate::source::CommonSettings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,11 +27,10 @@ impl KeyReader for Chunks {
     }
 }
 
-pub fn lookup(cfg: &MysqlSourceConfig, mariadb: bool, connector: &str) -> Arc<dyn Lookup> {
+pub fn lookup(cfg: &MysqlSourceConfig, flavor: super::Flavor, connector: &str) -> Arc<dyn Lookup> {
     Arc::new(Keyed::new(Chunks {
         cfg: cfg.clone(),
-        mariadb,
-        kind: if mariadb { "mariadb" } else { "mysql" },
+        flavor,
         connector: Arc::from(connector),
         store: None,
         // Read when connecting (a bad password setting fails the lookup with its

@@ -16,6 +16,7 @@ mod snapshot;
 mod stream;
 pub mod table;
 
+use crate::source::CommonSettings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -28,12 +29,34 @@ pub use stream::{file_sequence, row_version};
 
 use crate::event::Position;
 use crate::offsets::OffsetStore;
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
 use crate::source::{CheckReport, Checkpoints, Source, SourceError};
+
+/// Which server a binlog source talks to: they differ in GTIDs, grants and snapshot
+/// support, and events name it as the source kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Mariadb,
+    Mysql,
+}
+
+impl Flavor {
+    /// The source kind events and connector files name (`mariadb` or `mysql`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Flavor::Mariadb => "mariadb",
+            Flavor::Mysql => "mysql",
+        }
+    }
+
+    pub fn is_mariadb(self) -> bool {
+        self == Flavor::Mariadb
+    }
+}
 
 pub struct MysqlSource {
     cfg: MysqlSourceConfig,
-    mariadb: bool,
+    flavor: Flavor,
     connector: Arc<str>,
     store: Arc<OffsetStore>,
 }
@@ -41,39 +64,30 @@ pub struct MysqlSource {
 impl MysqlSource {
     pub fn new(
         cfg: MysqlSourceConfig,
-        mariadb: bool,
+        flavor: Flavor,
         connector: &str,
         store: Arc<OffsetStore>,
     ) -> Self {
         MysqlSource {
             cfg,
-            mariadb,
+            flavor,
             connector: Arc::from(connector),
             store,
         }
     }
 
-    /// The source kind events name (`mariadb` or `mysql`).
-    fn kind(&self) -> &'static str {
-        if self.mariadb {
-            "mariadb"
-        } else {
-            "mysql"
-        }
-    }
-
     pub fn describe(&self) -> String {
-        format!("{} {}", self.kind(), self.cfg.address())
+        format!("{} {}", self.flavor.kind(), self.cfg.address())
     }
 }
 
 /// Connects and runs the server checks (`tributary check` and startup).
-pub async fn check(cfg: &MysqlSourceConfig, mariadb: bool) -> Result<CheckReport, String> {
+pub async fn check(cfg: &MysqlSourceConfig, flavor: Flavor) -> Result<CheckReport, String> {
     let password = cfg.password()?;
     let mut conn = connect::connect(cfg, password.as_ref())
         .await
         .map_err(|e| e.message().to_string())?;
-    let report = checks::check_server(&mut conn, cfg, mariadb)
+    let report = checks::check_server(&mut conn, cfg, flavor)
         .await
         .map_err(|e| e.message().to_string())?;
     let _ = conn.disconnect().await;
@@ -83,7 +97,7 @@ pub async fn check(cfg: &MysqlSourceConfig, mariadb: bool) -> Result<CheckReport
 #[async_trait]
 impl Source for MysqlSource {
     async fn preflight(&mut self) -> Result<(), SourceError> {
-        check(&self.cfg, self.mariadb)
+        check(&self.cfg, self.flavor)
             .await
             .map_err(SourceError::Fatal)?
             .require_ready(&self.cfg.address())
@@ -101,8 +115,7 @@ impl Source for MysqlSource {
         let (merger, snapshots) = crate::snapshot::reader::start(
             snapshot::Chunks {
                 cfg: self.cfg.clone(),
-                mariadb: self.mariadb,
-                kind: self.kind(),
+                flavor: self.flavor,
                 connector: self.connector.clone(),
                 store: Some(self.store.clone()),
                 password: password.clone(),
@@ -117,8 +130,7 @@ impl Source for MysqlSource {
         .map_err(SourceError::Fatal)?;
         let streamer = stream::Streamer {
             cfg: &self.cfg,
-            mariadb: self.mariadb,
-            kind: self.kind(),
+            flavor: self.flavor,
             connector: self.connector.clone(),
             store: self.store.clone(),
             filter: self.cfg.filter(),

@@ -19,9 +19,9 @@ use super::config::MysqlSourceConfig;
 use super::connect::connect;
 use super::raw;
 use super::stream::{file_sequence, row_version};
-use crate::config::Secret;
 use crate::event::{Column, Position, TableSchema, Value};
 use crate::offsets::OffsetStore;
+use crate::settings::Secret;
 use crate::snapshot::merge::{Cut, Requests};
 use crate::snapshot::reader::{register, select_all, versioned, ChunkEnd, ChunkSource, Described};
 use crate::source::filter::TableFilter;
@@ -48,8 +48,7 @@ pub(super) struct SnapTable {
 /// MariaDB as a snapshot source (snapshot::reader).
 pub(super) struct Chunks {
     pub cfg: MysqlSourceConfig,
-    pub mariadb: bool,
-    pub kind: &'static str,
+    pub flavor: super::Flavor,
     pub connector: Arc<str>,
     /// Where the schema versions of snapshotted tables are recorded (None for lookups).
     pub store: Option<Arc<OffsetStore>>,
@@ -62,7 +61,7 @@ impl ChunkSource for Chunks {
     type Table = SnapTable;
 
     fn unsupported(&self) -> Option<&'static str> {
-        (!self.mariadb).then_some("it needs MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet")
+        (!self.flavor.is_mariadb()).then_some("it needs MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet")
     }
 
     async fn connect(&self) -> Result<Conn, String> {
@@ -205,7 +204,7 @@ impl Chunks {
             )
             .await
             .map_err(sql_err)?;
-        let json = if self.mariadb {
+        let json = if self.flavor.is_mariadb() {
             json_columns(conn, &db, &name).await.map_err(sql_err)?
         } else {
             Default::default()
@@ -242,7 +241,7 @@ impl Chunks {
         };
         let schema = TableSchema::new(
             self.connector.clone(),
-            self.kind,
+            self.flavor.kind(),
             db,
             name,
             event_columns,

@@ -20,11 +20,11 @@ use super::ddl::{self, Ddl};
 use super::decode::read_image;
 use super::mariadb::{self, GtidState};
 use super::table::{ExtraColumnInfo, TableInfo};
-use crate::config::Secret;
+use crate::event::SchemaChange;
 use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableChange, TableSchema};
 use crate::offsets::OffsetStore;
-use crate::pipeline::queue::QueueSender;
-use crate::schema::SchemaChange;
+use crate::queue::QueueSender;
+use crate::settings::Secret;
 use crate::snapshot::merge::Merger;
 use crate::source::filter::TableFilter;
 use crate::source::session::{next_or_flush_or, Next, Reconnect, Stop};
@@ -82,8 +82,7 @@ impl StreamState {
 
 pub(super) struct Streamer<'a> {
     pub cfg: &'a MysqlSourceConfig,
-    pub mariadb: bool,
-    pub kind: &'static str,
+    pub flavor: super::Flavor,
     pub connector: Arc<str>,
     pub store: Arc<OffsetStore>,
     pub filter: TableFilter,
@@ -191,7 +190,7 @@ impl Streamer<'_> {
         };
         let heartbeat_ns = cfg.heartbeat_secs * 1_000_000_000;
         let mut setup = vec![format!("SET @master_heartbeat_period = {heartbeat_ns}")];
-        if self.mariadb {
+        if self.flavor.is_mariadb() {
             // 4 = MARIA_SLAVE_CAPABILITY_GTID: the server sends GTID events as they are.
             setup.push("SET @mariadb_slave_capability = 4".into());
             if let Some(g) = &gtid_connect {
@@ -262,7 +261,7 @@ impl Streamer<'_> {
                 Next::Shutdown => return Stop::Shutdown,
                 Next::Closed => return Stop::Closed,
                 Next::Silent => {
-                    return Stop::Transient(format!(
+                    return Stop::transient(format!(
                         "no event or heartbeat from {} for {}s",
                         cfg.address(),
                         silence.as_secs()
@@ -271,7 +270,7 @@ impl Streamer<'_> {
             };
             let event = match next {
                 None => {
-                    return Stop::Transient(format!("{} closed the binlog stream", cfg.address()))
+                    return Stop::transient(format!("{} closed the binlog stream", cfg.address()))
                 }
                 Some(Err(e)) => return classify(cfg, &e).into(),
                 Some(Ok(ev)) => ev,
@@ -291,7 +290,7 @@ impl Streamer<'_> {
     ) -> Result<(String, u64, Option<String>), Stop> {
         let cfg = self.cfg;
         if let Some(Position::Binlog { file, offset, gtid }) = &st.boundary {
-            let by_gtid = self.mariadb
+            let by_gtid = self.flavor.is_mariadb()
                 && cfg.resume == ResumeBy::Gtid
                 && gtid.as_deref().is_some_and(|g| !g.is_empty());
             return Ok((
@@ -305,10 +304,9 @@ impl Streamer<'_> {
             ));
         }
         if st.boundary.is_some() {
-            return Err(Stop::Fatal(
+            return Err(Stop::fatal(
                 "the checkpoint is not a binlog position (was the state dir used by another source kind?): \
-                 run `tributary offsets reset --connector <file>`"
-                    .into(),
+                 run `tributary offsets reset --connector <file>`",
             ));
         }
         let (file, pos) = match cfg.start {
@@ -318,7 +316,7 @@ impl Streamer<'_> {
                     .await
                     .map_err(|e| Stop::from(classify(cfg, &e)))?;
                 let row = row.ok_or_else(|| {
-                    Stop::Fatal("SHOW MASTER STATUS returned nothing: the binlog is off".into())
+                    Stop::fatal("SHOW MASTER STATUS returned nothing: the binlog is off")
                 })?;
                 let file: String = row.get(0).unwrap_or_default();
                 let pos: u64 = row.get(1).unwrap_or(4);
@@ -330,12 +328,12 @@ impl Streamer<'_> {
                     .await
                     .map_err(|e| Stop::from(classify(cfg, &e)))?;
                 let row = row.ok_or_else(|| {
-                    Stop::Fatal("SHOW BINARY LOGS returned nothing: the binlog is off".into())
+                    Stop::fatal("SHOW BINARY LOGS returned nothing: the binlog is off")
                 })?;
                 (row.get::<String, _>(0).unwrap_or_default(), 4)
             }
         };
-        let gtid = if self.mariadb && cfg.start == StartFrom::Current {
+        let gtid = if self.flavor.is_mariadb() && cfg.start == StartFrom::Current {
             let g: Option<Option<String>> = meta
                 .exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file.clone(), pos))
                 .await
@@ -345,7 +343,7 @@ impl Streamer<'_> {
             None
         };
         if let Some(g) = &gtid {
-            st.gtid = GtidState::parse(g).map_err(Stop::Fatal)?;
+            st.gtid = GtidState::parse(g).map_err(Stop::fatal)?;
         }
         let start = Position::Binlog {
             file: Arc::from(file.as_str()),
@@ -382,7 +380,7 @@ impl Streamer<'_> {
                 && event.footer().get_checksum_enabled()
                 && u32::from_le_bytes(sum) != event.calc_checksum(alg)
             {
-                return Err(Stop::Fatal(format!(
+                return Err(Stop::fatal(format!(
                     "binlog event at {} fails its checksum",
                     at()
                 )));
@@ -411,7 +409,7 @@ impl Streamer<'_> {
             }
             mariadb::GTID_EVENT => {
                 let g = mariadb::parse_gtid_event(event.data(), header.server_id())
-                    .ok_or_else(|| Stop::Fatal(format!("malformed GTID event at {}", at())))?;
+                    .ok_or_else(|| Stop::fatal(format!("malformed GTID event at {}", at())))?;
                 st.in_txn = true;
                 st.standalone = g.standalone();
                 st.txn_gtid = Some(g.gtid);
@@ -426,7 +424,7 @@ impl Streamer<'_> {
             | mariadb::BINLOG_CHECKPOINT_EVENT
             | mariadb::START_ENCRYPTION_EVENT => {}
             mariadb::QUERY_COMPRESSED_EVENT | mariadb::FIRST_COMPRESSED_ROWS_EVENT..=mariadb::LAST_COMPRESSED_ROWS_EVENT => {
-                return Err(Stop::Fatal(format!(
+                return Err(Stop::fatal(format!(
                     "compressed binlog event (type {ty}) at {}: tributary cannot decode compressed events and never skips one. \
                      Set log_bin_compress = OFF on the server; changes already written compressed must be re-snapshotted",
                     at()
@@ -441,7 +439,7 @@ impl Streamer<'_> {
             t if t == EventType::QUERY_EVENT as u8 => {
                 let q = match event.read_data() {
                     Ok(Some(EventData::QueryEvent(q))) => q,
-                    _ => return Err(Stop::Fatal(format!("malformed query event at {}", at()))),
+                    _ => return Err(Stop::fatal(format!("malformed query event at {}", at()))),
                 };
                 let sql = q.query();
                 let head = sql.trim_start().get(..12).unwrap_or(sql.trim_start()).to_ascii_uppercase();
@@ -452,7 +450,7 @@ impl Streamer<'_> {
                 } else {
                     for dml in ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA"] {
                         if head.starts_with(dml) {
-                            return Err(Stop::Fatal(format!(
+                            return Err(Stop::fatal(format!(
                                 "statement-based change at {} ({}...): a session wrote with binlog_format other than ROW, \
                                  so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
                                 at(),
@@ -482,14 +480,14 @@ impl Streamer<'_> {
             {
                 let rows = match event.read_data() {
                     Ok(Some(EventData::RowsEvent(r))) => r,
-                    Ok(_) => return Err(Stop::Fatal(format!("malformed rows event at {}", at()))),
-                    Err(e) => return Err(Stop::Fatal(format!("malformed rows event at {}: {e}", at()))),
+                    Ok(_) => return Err(Stop::fatal(format!("malformed rows event at {}", at()))),
+                    Err(e) => return Err(Stop::fatal(format!("malformed rows event at {}: {e}", at()))),
                 };
                 let info = match st.tables.get(&rows.table_id()) {
                     Some(CachedTable::Included { info, .. }) => info.clone(),
                     Some(CachedTable::Excluded { .. }) => return Ok(()),
                     None => {
-                        return Err(Stop::Fatal(format!(
+                        return Err(Stop::fatal(format!(
                             "rows event at {} refers to table id {} with no table map before it",
                             at(),
                             rows.table_id()
@@ -499,26 +497,26 @@ impl Streamer<'_> {
                 let start = log_pos.saturating_sub(header.event_size() as u64);
                 let ts = header.timestamp() as u64 * 1000;
                 let changes = self.decode_rows(st, &info, &rows, start, ts).map_err(|m| {
-                    Stop::Fatal(format!("cannot decode a row of {} at {}: {m}", info.schema.qualified_name(), at()))
+                    Stop::fatal(format!("cannot decode a row of {} at {}: {m}", info.schema.qualified_name(), at()))
                 })?;
                 for e in changes {
                     st.send_change(tx, e).await?;
                 }
             }
             t if t == EventType::PARTIAL_UPDATE_ROWS_EVENT as u8 => {
-                return Err(Stop::Fatal(format!(
+                return Err(Stop::fatal(format!(
                     "partial JSON update event at {}: set binlog_row_value_options = '' on the server",
                     at()
                 )))
             }
             t if t == EventType::INCIDENT_EVENT as u8 => {
-                return Err(Stop::Fatal(format!(
+                return Err(Stop::fatal(format!(
                     "incident event at {}: the server reports that changes may be missing from the binlog; re-snapshot the tables",
                     at()
                 )))
             }
             t if t == EventType::XA_PREPARE_LOG_EVENT as u8 => {
-                return Err(Stop::Fatal(format!("XA PREPARE at {}: XA transactions are not supported yet", at())))
+                return Err(Stop::fatal(format!("XA PREPARE at {}: XA transactions are not supported yet", at())))
             }
             t if t == EventType::FORMAT_DESCRIPTION_EVENT as u8 => st.seen_fde = true,
             t if t == EventType::HEARTBEAT_EVENT as u8
@@ -536,7 +534,7 @@ impl Streamer<'_> {
             _ => {
                 // LOG_EVENT_IGNORABLE_F: the server says a reader may skip it.
                 if header.flags_raw() & 0x80 == 0 {
-                    return Err(Stop::Fatal(format!(
+                    return Err(Stop::fatal(format!(
                         "unknown binlog event type {ty} at {}: tributary never skips an event it does not understand",
                         at()
                     )));
@@ -592,7 +590,7 @@ impl Streamer<'_> {
     ) -> Result<(), Stop> {
         let tme = match event.read_data() {
             Ok(Some(EventData::TableMapEvent(t))) => t,
-            _ => return Err(Stop::Fatal("malformed table map event".into())),
+            _ => return Err(Stop::fatal("malformed table map event")),
         };
         let id = tme.table_id();
         let raw = event.data();
@@ -616,7 +614,7 @@ impl Streamer<'_> {
         }
         let qualified = format!("{db}.{table}");
         if !st.extra.contains_key(&qualified) {
-            let extra = if self.mariadb {
+            let extra = if self.flavor.is_mariadb() {
                 self.json_columns(meta, &db, &table).await?
             } else {
                 ExtraColumnInfo::default()
@@ -629,18 +627,18 @@ impl Streamer<'_> {
             &st.collations,
             extra,
             self.connector.clone(),
-            self.kind,
+            self.flavor.kind(),
             0,
         )
-        .map_err(|e| Stop::Fatal(e.to_string()))?;
+        .map_err(|e| Stop::fatal(e.to_string()))?;
         let version = self
             .store
             .schema_version(&qualified, info.schema.layout_fingerprint())
-            .map_err(|e| Stop::Fatal(e.to_string()))?;
+            .map_err(|e| Stop::fatal(e.to_string()))?;
         info.schema = Arc::new(info.schema.with_version(version));
         self.store
             .record_schema(&info.schema)
-            .map_err(|e| Stop::Fatal(e.to_string()))?;
+            .map_err(|e| Stop::fatal(e.to_string()))?;
         if info.schema.primary_key.is_empty() {
             tracing::warn!(table = %qualified, "table has no primary key: events carry a null key");
         }
@@ -775,11 +773,11 @@ impl Streamer<'_> {
         let history = self
             .store
             .schema_history()
-            .map_err(|e| Stop::Fatal(e.to_string()))?;
+            .map_err(|e| Stop::fatal(e.to_string()))?;
         Ok(history.get(&qualified).and_then(|h| h.last()).map(|r| {
             Arc::new(TableSchema::new(
                 self.connector.clone(),
-                self.kind,
+                self.flavor.kind(),
                 db.to_string(),
                 table.to_string(),
                 r.columns.clone(),

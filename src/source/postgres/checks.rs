@@ -4,6 +4,7 @@
 //! one message per problem with the statement that fixes it, and no slot or
 //! publication is left half-made.
 
+use crate::source::CommonSettings;
 use tokio_postgres::Client;
 
 use super::catalog::{included_tables, CatalogTable};

@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, PasswordSetting, Secret};
+use crate::settings::{ConfigError, PasswordSetting};
 use crate::source::filter::TableFilter;
+use crate::source::CommonSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,9 +104,6 @@ fn default_wal_warn_mb() -> u64 {
 impl PostgresSourceConfig {
     pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let at = |key: &str, msg: String| Err(ConfigError::at_key(path, text, key, msg));
-        if let Err(e) = TableFilter::postgres(&self.include, &self.exclude) {
-            return at("include", format!("[source] {e}"));
-        }
         for (key, name) in [("slot", &self.slot), ("publication", &self.publication)] {
             if !valid_identifier(name) {
                 return at(
@@ -131,30 +129,17 @@ impl PostgresSourceConfig {
                     .into(),
             );
         }
-        if let Err((key, msg)) = crate::snapshot::check_settings(
-            self.snapshot,
-            self.snapshot_chunk_rows,
-            self.snapshot_parallel_tables,
-        ) {
-            return at(key, msg.into());
-        }
-        self.password_setting().check_one(path, text, "[source]")
+        self.validate_common(path, text)
     }
 
-    pub fn snapshot_settings(&self, first_start: bool) -> crate::snapshot::reader::Settings {
-        crate::snapshot::reader::Settings {
-            mode: self.snapshot,
-            chunk_rows: self.snapshot_chunk_rows,
-            parallel_tables: self.snapshot_parallel_tables,
-            first_start,
-        }
+    /// `host:port/database`, for messages (never includes credentials).
+    pub fn address(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.database)
     }
+}
 
-    pub fn filter(&self) -> TableFilter {
-        TableFilter::postgres(&self.include, &self.exclude).expect("validated when loaded")
-    }
-
-    pub fn password_setting(&self) -> PasswordSetting<'_> {
+impl CommonSettings for PostgresSourceConfig {
+    fn password_setting(&self) -> PasswordSetting<'_> {
         PasswordSetting {
             password: self.password.as_deref(),
             env: self.password_env.as_deref(),
@@ -162,14 +147,16 @@ impl PostgresSourceConfig {
         }
     }
 
-    /// The password, read now from its env var or file.
-    pub fn password(&self) -> Result<Option<Secret>, String> {
-        self.password_setting().resolve("[source]")
+    fn table_filter(&self) -> Result<TableFilter, String> {
+        TableFilter::postgres(&self.include, &self.exclude)
     }
 
-    /// `host:port/database`, for messages (never includes credentials).
-    pub fn address(&self) -> String {
-        format!("{}:{}/{}", self.host, self.port, self.database)
+    fn snapshot_fields(&self) -> (crate::snapshot::SnapshotMode, u64, usize) {
+        (
+            self.snapshot,
+            self.snapshot_chunk_rows,
+            self.snapshot_parallel_tables,
+        )
     }
 }
 

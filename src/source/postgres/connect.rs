@@ -1,6 +1,7 @@
 //! Connections: tokio-postgres for queries (catalog, checks, slot management) and
 //! pgwire-replication for the replication stream, both with errors that say what to fix.
 
+use crate::source::CommonSettings;
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, PgWireError, ReplicationConfig, TlsConfig};
@@ -8,8 +9,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::config::{PostgresSourceConfig, SslMode};
-use crate::config::Secret;
-use crate::source::session::ConnError;
+use crate::failure::Failure;
+use crate::settings::Secret;
 
 /// Session settings both connections pin, so values arrive in the forms the value
 /// decoder reads (values.rs): ISO dates, UTC timestamps, ISO-8601 intervals, hex bytea,
@@ -25,7 +26,7 @@ const REPLICATION_BUFFER: usize = 512;
 pub async fn query_client(
     cfg: &PostgresSourceConfig,
     password: Option<&Secret>,
-) -> Result<Client, ConnError> {
+) -> Result<Client, Failure> {
     let mut pc = tokio_postgres::Config::new();
     pc.host(&cfg.host)
         .port(cfg.port)
@@ -57,28 +58,29 @@ pub async fn query_client(
             Ok(client)
         }
     };
-    attempt.await.map_err(|e: Failure| match e {
-        Failure::Setup(Setup(m)) => ConnError::Fatal(m),
-        Failure::Pg(e) => classify(cfg, &e),
+    attempt.await.map_err(|e: Connecting| match e {
+        Connecting::Setup(Setup(m)) => Failure::Fatal(m),
+        Connecting::Pg(e) => classify(cfg, &e),
     })
 }
 
 struct Setup(String);
 
-enum Failure {
+/// Why connecting failed, before it is classified.
+enum Connecting {
     Setup(Setup),
     Pg(tokio_postgres::Error),
 }
 
-impl From<Setup> for Failure {
+impl From<Setup> for Connecting {
     fn from(s: Setup) -> Self {
-        Failure::Setup(s)
+        Connecting::Setup(s)
     }
 }
 
-impl From<tokio_postgres::Error> for Failure {
+impl From<tokio_postgres::Error> for Connecting {
     fn from(e: tokio_postgres::Error) -> Self {
-        Failure::Pg(e)
+        Connecting::Pg(e)
     }
 }
 
@@ -89,16 +91,16 @@ async fn drive<C: std::future::Future<Output = Result<(), tokio_postgres::Error>
 }
 
 /// Sorts a query-connection error into "retry" and "tell the operator".
-pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> ConnError {
+pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> Failure {
     let addr = cfg.address();
     if let Some(tls) = tls_failure(e) {
         // A certificate the settings reject fails the same way on every retry.
-        return ConnError::Fatal(format!(
+        return Failure::Fatal(format!(
             "TLS to {addr} failed: {tls}; check [source] sslmode and sslrootcert"
         ));
     }
     let Some(db) = e.as_db_error() else {
-        return ConnError::Transient(format!(
+        return Failure::Transient(format!(
             "cannot reach PostgreSQL at {addr}: {e}; is the server running and [source] host/port right?"
         ));
     };
@@ -106,17 +108,17 @@ pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> ConnEr
     let msg = db.message();
     if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
     {
-        ConnError::Fatal(format!(
+        Failure::Fatal(format!(
             "PostgreSQL at {addr} refused user `{}`: {msg}. Check [source] user, the password ({}) and pg_hba.conf",
             cfg.user,
             cfg.password_setting().origin()
         ))
     } else if *code == SqlState::INVALID_CATALOG_NAME {
-        ConnError::Fatal(format!(
+        Failure::Fatal(format!(
             "PostgreSQL at {addr}: {msg}; check [source] database"
         ))
     } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-        ConnError::Fatal(format!(
+        Failure::Fatal(format!(
             "user `{}` lacks a privilege at {addr}: {msg} (see `tributary check`)",
             cfg.user
         ))
@@ -126,9 +128,9 @@ pub fn classify(cfg: &PostgresSourceConfig, e: &tokio_postgres::Error) -> ConnEr
     {
         // Shutdown in progress, cannot connect now, connection failures, too many
         // connections: the server may be back in a moment.
-        ConnError::Transient(format!("PostgreSQL at {addr}: {msg}"))
+        Failure::Transient(format!("PostgreSQL at {addr}: {msg}"))
     } else {
-        ConnError::Fatal(format!("PostgreSQL at {addr}: {msg} ({})", code.code()))
+        Failure::Fatal(format!("PostgreSQL at {addr}: {msg} ({})", code.code()))
     }
 }
 
@@ -203,24 +205,24 @@ pub fn replication_config(
 }
 
 /// Sorts a replication-stream error the same way.
-pub fn classify_stream(cfg: &PostgresSourceConfig, e: &PgWireError) -> ConnError {
+pub fn classify_stream(cfg: &PostgresSourceConfig, e: &PgWireError) -> Failure {
     let addr = cfg.address();
     match e {
-        PgWireError::Auth(m) => ConnError::Fatal(format!(
+        PgWireError::Auth(m) => Failure::Fatal(format!(
             "PostgreSQL at {addr} refused the replication login of `{}`: {m}. Check the password ({}), the REPLICATION attribute and pg_hba.conf",
             cfg.user,
             cfg.password_setting().origin()
         )),
-        PgWireError::Tls(m) => ConnError::Fatal(format!(
+        PgWireError::Tls(m) => Failure::Fatal(format!(
             "TLS to {addr} failed: {m}; check [source] sslmode and sslrootcert"
         )),
         PgWireError::Server(m) if m.contains("does not exist") && m.contains("slot") => {
-            ConnError::Fatal(format!(
+            Failure::Fatal(format!(
                 "PostgreSQL at {addr}: {m}. The slot `{}` was dropped while tributary was stopped: changes since are lost to the stream. Re-snapshot the tables and run `tributary offsets reset --connector <file>`",
                 cfg.slot
             ))
         }
-        PgWireError::Server(m) if m.contains("is active for PID") => ConnError::Transient(format!(
+        PgWireError::Server(m) if m.contains("is active for PID") => Failure::Transient(format!(
             "PostgreSQL at {addr}: {m} (another session holds slot `{}`; retrying)",
             cfg.slot
         )),
@@ -230,15 +232,15 @@ pub fn classify_stream(cfg: &PostgresSourceConfig, e: &PgWireError) -> ConnError
                 || m.contains("terminating connection")
                 || m.contains("57P") =>
         {
-            ConnError::Transient(format!("PostgreSQL at {addr}: {m}"))
+            Failure::Transient(format!("PostgreSQL at {addr}: {m}"))
         }
         PgWireError::Server(m) | PgWireError::Protocol(m) => {
-            ConnError::Fatal(format!("replication stream from {addr}: {m}"))
+            Failure::Fatal(format!("replication stream from {addr}: {m}"))
         }
         PgWireError::MessageTooLarge { .. } => {
-            ConnError::Fatal(format!("replication stream from {addr}: {e}"))
+            Failure::Fatal(format!("replication stream from {addr}: {e}"))
         }
-        other => ConnError::Transient(format!(
+        other => Failure::Transient(format!(
             "replication connection to {addr}: {other}; is the server running?"
         )),
     }

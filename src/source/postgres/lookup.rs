@@ -1,6 +1,7 @@
 //! Lookups by key for the `lookup` enricher: the snapshot's table descriptions and
 //! text decoding (source::lookup).
 
+use crate::source::CommonSettings;
 use std::sync::Arc;
 
 use async_trait::async_trait;

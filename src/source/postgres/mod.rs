@@ -17,6 +17,7 @@ mod stream;
 mod tls;
 pub mod values;
 
+use crate::source::CommonSettings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,7 +28,7 @@ pub use lookup::lookup;
 
 use crate::event::Position;
 use crate::offsets::OffsetStore;
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
 use crate::source::{CheckReport, Checkpoints, Source, SourceError};
 
 pub struct PostgresSource {
@@ -95,7 +96,7 @@ pub async fn live_schemas(
 /// tables whose updates the server could not publish).
 async fn included_names(
     cfg: &PostgresSourceConfig,
-    password: Option<&crate::config::Secret>,
+    password: Option<&crate::settings::Secret>,
 ) -> Result<Vec<String>, String> {
     let client = connect::query_client(cfg, password)
         .await

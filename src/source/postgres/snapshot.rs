@@ -30,9 +30,9 @@ use super::catalog::{index_columns, quote_ident, Index, TypeCache};
 use super::config::PostgresSourceConfig;
 use super::connect::{classify, query_client};
 use super::values::{decode_text, PgType};
-use crate::config::Secret;
 use crate::event::{now_ms, Column, Row, TableSchema, Value};
 use crate::offsets::OffsetStore;
+use crate::settings::Secret;
 use crate::snapshot::merge::{Cut, Requests, SnapshotView};
 use crate::snapshot::reader::{register, select_all, versioned, ChunkEnd, ChunkSource, Described};
 

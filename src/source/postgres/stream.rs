@@ -15,15 +15,16 @@ use super::connect::{classify, classify_stream, query_client, replication_config
 use super::pgoutput::{decode, Datum, Message, OldTuple, Relation, Tuple};
 use super::snapshot::MARKER_PREFIX;
 use super::values::{decode_text, PgType};
-use crate::config::Secret;
 use crate::event::{
     format_lsn, now_ms, ChangeEvent, Column, Op, Position, Row, SourceMessage, TableSchema, Value,
 };
+use crate::failure::Failure;
 use crate::offsets::OffsetStore;
-use crate::pipeline::queue::QueueSender;
+use crate::queue::QueueSender;
+use crate::settings::Secret;
 use crate::snapshot::merge::Merger;
 use crate::source::filter::TableFilter;
-use crate::source::session::{next_or_flush_or, ConnError, Next, Reconnect, Stop};
+use crate::source::session::{next_or_flush_or, Next, Reconnect, Stop};
 use crate::source::{Checkpoints, SourceError};
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
@@ -205,7 +206,7 @@ impl Streamer<'_> {
                 Next::Shutdown => return Stop::Shutdown,
                 Next::Closed => return Stop::Closed,
                 Next::Silent => {
-                    return Stop::Transient(format!(
+                    return Stop::transient(format!(
                         "nothing from {} for {}s, not even a keepalive",
                         cfg.address(),
                         silence.as_secs()
@@ -223,7 +224,7 @@ impl Streamer<'_> {
                 Input::Checkpoint(false) => return Stop::Closed,
                 Input::Event(Ok(Some(ev))) => ev,
                 Input::Event(Ok(None)) => {
-                    return Stop::Transient(format!(
+                    return Stop::transient(format!(
                         "{} ended the replication stream",
                         cfg.address()
                     ))
@@ -288,7 +289,7 @@ impl Streamer<'_> {
                 wal_start, data, ..
             } => {
                 let msg = decode(&data).map_err(|e| {
-                    Stop::Fatal(format!("at {}: {e}", format_lsn(wal_start.as_u64())))
+                    Stop::fatal(format!("at {}: {e}", format_lsn(wal_start.as_u64())))
                 })?;
                 self.message(st, tx, catalog, wal_start.as_u64(), msg)
                     .await?;
@@ -409,7 +410,7 @@ impl Streamer<'_> {
             }
         };
         let Some(rel) = st.relations.get(&relation) else {
-            return Err(Stop::Fatal(format!(
+            return Err(Stop::fatal(format!(
                 "at {}: a change for relation {relation} arrived before its description",
                 format_lsn(lsn)
             )));
@@ -564,12 +565,12 @@ impl Streamer<'_> {
         let version = self
             .store
             .schema_version(&qualified, schema.layout_fingerprint())
-            .map_err(|e| Stop::Fatal(e.to_string()))?;
+            .map_err(|e| Stop::fatal(e.to_string()))?;
         let schema = schema.with_version(version);
         if included {
             self.store
                 .record_schema(&schema)
-                .map_err(|e| Stop::Fatal(e.to_string()))?;
+                .map_err(|e| Stop::fatal(e.to_string()))?;
         }
         st.relations.insert(
             rel.oid,
@@ -601,7 +602,7 @@ fn confirmed_lsn(p: &Option<Position>) -> u64 {
 fn row(rel: &Rel, t: &Tuple<'_>, lsn: u64, absent: impl Fn(usize) -> bool) -> Result<Row, Stop> {
     let schema = &rel.schema;
     if t.len() != rel.types.len() {
-        return Err(Stop::Fatal(format!(
+        return Err(Stop::fatal(format!(
             "at {}: {} has {} columns but the change carries {}",
             format_lsn(lsn),
             schema.qualified_name(),
@@ -616,7 +617,7 @@ fn row(rel: &Rel, t: &Tuple<'_>, lsn: u64, absent: impl Fn(usize) -> bool) -> Re
             Datum::Null => Value::Null,
             Datum::UnchangedToast => Value::Absent,
             Datum::Text(b) => decode_text(&rel.types[i], b).map_err(|e| {
-                Stop::Fatal(format!(
+                Stop::fatal(format!(
                     "at {}: cannot decode {}.{} ({}): {e}",
                     format_lsn(lsn),
                     schema.qualified_name(),
@@ -625,7 +626,7 @@ fn row(rel: &Rel, t: &Tuple<'_>, lsn: u64, absent: impl Fn(usize) -> bool) -> Re
                 ))
             })?,
             Datum::Binary(_) => {
-                return Err(Stop::Fatal(format!(
+                return Err(Stop::fatal(format!(
                     "at {}: {}.{} arrived in binary format, which tributary does not request",
                     format_lsn(lsn),
                     schema.qualified_name(),
@@ -637,9 +638,9 @@ fn row(rel: &Rel, t: &Tuple<'_>, lsn: u64, absent: impl Fn(usize) -> bool) -> Re
     Ok(out)
 }
 
-fn lookup_error(cfg: &PostgresSourceConfig, table: &str, e: tokio_postgres::Error) -> ConnError {
+fn lookup_error(cfg: &PostgresSourceConfig, table: &str, e: tokio_postgres::Error) -> Failure {
     match classify(cfg, &e) {
-        ConnError::Fatal(m) => ConnError::Fatal(format!("catalog lookup for {table}: {m}")),
+        Failure::Fatal(m) => Failure::Fatal(format!("catalog lookup for {table}: {m}")),
         t => t,
     }
 }

@@ -4,21 +4,36 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use futures_util::future::BoxFuture;
 
-use super::{list_segments, segment_name, Fsync, LogSinkConfig};
-use crate::event::SourceMessage;
-use crate::sink::{acked, Ack, Sink, SinkError};
+use super::{list_segments, segment_name, Cursor, Fsync, JournalError};
 
-/// A place in the log: segment index and byte length of that segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    pub segment: u64,
-    pub offset: u64,
+/// A flush's acknowledgement: the cursor at the last boundary (as stored JSON), once
+/// durable.
+pub type Flushed = BoxFuture<'static, Result<serde_json::Value, JournalError>>;
+
+/// Where a journal lives and how it writes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    /// Rotate to a new segment after this many bytes.
+    pub segment_bytes: u64,
+    pub fsync: Fsync,
 }
 
-pub struct LogSink {
+impl Settings {
+    /// A journal in `dir` with the defaults (streams tributary keeps for itself).
+    pub fn at(dir: &Path) -> Self {
+        Settings {
+            dir: dir.to_path_buf(),
+            segment_bytes: super::DEFAULT_SEGMENT_BYTES,
+            fsync: Fsync::Checkpoint,
+        }
+    }
+}
+
+/// The writing end of a journal.
+pub struct Journal {
     id: String,
     dir: PathBuf,
     segment_bytes: u64,
@@ -34,18 +49,18 @@ pub struct LogSink {
     /// Segments closed since the last flush, still to be fsynced.
     unsynced: Vec<PathBuf>,
     new_files: bool,
-    scratch: Vec<u8>,
 }
 
-impl LogSink {
-    /// Opens the log at `cursor`, cutting anything written past it.
+impl Journal {
+    /// Opens the journal at `cursor`, cutting anything written past it. `id` names it
+    /// in errors and logs.
     pub fn open(
         id: String,
-        cfg: &LogSinkConfig,
+        cfg: &Settings,
         cursor: Option<serde_json::Value>,
-    ) -> Result<Self, SinkError> {
+    ) -> Result<Self, JournalError> {
         let dir = cfg.dir.clone();
-        let err = |m: String| SinkError::new(&id, m);
+        let err = |m: String| JournalError::new(&id, m);
         std::fs::create_dir_all(&dir)
             .map_err(|e| err(format!("cannot create log dir {}: {e}", dir.display())))?;
         let segments =
@@ -101,7 +116,7 @@ impl LogSink {
             tracing::info!(sink = %id, bytes = cut, "cut log records written after the last checkpoint");
         }
         sync_dir(&dir).map_err(|e| err(e.to_string()))?;
-        Ok(LogSink {
+        Ok(Journal {
             id,
             dir,
             segment_bytes: cfg.segment_bytes,
@@ -112,19 +127,22 @@ impl LogSink {
             flushed: start,
             unsynced: Vec::new(),
             new_files: false,
-            scratch: Vec::with_capacity(4096),
         })
     }
 
-    fn err(&self, m: impl Into<String>) -> SinkError {
-        SinkError::new(&self.id, m)
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn err(&self, m: impl Into<String>) -> JournalError {
+        JournalError::new(&self.id, m)
     }
 
     fn segment_path(&self, index: u64) -> PathBuf {
         self.dir.join(segment_name(index))
     }
 
-    fn rotate(&mut self) -> Result<(), SinkError> {
+    fn rotate(&mut self) -> Result<(), JournalError> {
         self.out
             .flush()
             .map_err(|e| self.err(format!("write: {e}")))?;
@@ -146,28 +164,19 @@ impl LogSink {
         Ok(())
     }
 
-    fn append(&mut self, event: &crate::event::ChangeEvent) -> Result<(), SinkError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        event.write_json(&mut scratch);
-        let r = self.append_json(&scratch);
-        self.scratch = scratch;
-        r
-    }
-
-    /// Appends one record of any JSON (dead letters use it); one line, no newline.
     /// Appends `record` serialized as JSON (through `scratch`, reused by the caller).
     pub fn append_record<T: serde::Serialize>(
         &mut self,
         record: &T,
         scratch: &mut Vec<u8>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), JournalError> {
         scratch.clear();
         serde_json::to_writer(&mut *scratch, record).expect("writing to a Vec cannot fail");
         self.append_json(scratch)
     }
 
-    pub fn append_json(&mut self, json: &[u8]) -> Result<(), SinkError> {
+    /// Appends one record of JSON text: one line, no newline in it.
+    pub fn append_json(&mut self, json: &[u8]) -> Result<(), JournalError> {
         let crc = crc32c::crc32c(json);
         let mut head = [0u8; 9];
         write_hex(crc, &mut head);
@@ -177,7 +186,7 @@ impl LogSink {
             .and_then(|_| w.write_all(json))
             .and_then(|_| w.write_all(b"\n"))
             .map_err(|e| {
-                SinkError::new(&self.id, format!("write to {}: {e}", self.dir.display()))
+                JournalError::new(&self.id, format!("write to {}: {e}", self.dir.display()))
             })?;
         self.end.offset += json.len() as u64 + 10;
         if self.end.offset >= self.segment_bytes {
@@ -186,14 +195,13 @@ impl LogSink {
         Ok(())
     }
 
-    /// Everything appended so far belongs to complete units (for streams that are not
-    /// fed `SourceMessage`s, like dead letters).
+    /// Everything appended so far belongs to complete units (a transaction boundary).
     pub fn mark_boundary(&mut self) {
         self.boundary = self.end;
     }
 
     /// Drops records after the last boundary (a transaction the source will resend).
-    pub fn rewind(&mut self) -> Result<(), SinkError> {
+    pub fn rewind(&mut self) -> Result<(), JournalError> {
         self.out
             .flush()
             .map_err(|e| self.err(format!("write: {e}")))?;
@@ -227,25 +235,11 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-#[async_trait]
-impl Sink for LogSink {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
-        for m in batch {
-            match m {
-                SourceMessage::Change(e) => self.append(e)?,
-                SourceMessage::Commit(_) => self.boundary = self.end,
-                SourceMessage::Rewind => self.rewind()?,
-                SourceMessage::Schema(_) | SourceMessage::SnapshotProgress(_) => {}
-            }
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<Ack, SinkError> {
+impl Journal {
+    /// Hands everything up to the last boundary to the OS; resolves with the cursor
+    /// there once durable (fsynced, unless `fsync = never`). Records appended after
+    /// this call are not covered.
+    pub async fn flush(&mut self) -> Result<Flushed, JournalError> {
         self.out
             .flush()
             .map_err(|e| self.err(format!("write: {e}")))?;
@@ -256,7 +250,7 @@ impl Sink for LogSink {
         if self.fsync == Fsync::Never || unchanged {
             self.unsynced.clear();
             self.new_files = false;
-            return Ok(acked(Some(cursor)));
+            return Ok(Box::pin(std::future::ready(Ok(cursor))));
         }
         // fsync off the pipeline thread: later batches are written meanwhile, and the
         // checkpoint is stored only when this resolves.
@@ -287,9 +281,9 @@ impl Sink for LogSink {
                 Ok(())
             })
             .await
-            .map_err(|e| SinkError::new(&id, format!("fsync task: {e}")))?;
-            synced.map_err(|m| SinkError::new(&id, m))?;
-            Ok(Some(cursor))
+            .map_err(|e| JournalError::new(&id, format!("fsync task: {e}")))?;
+            synced.map_err(|m| JournalError::new(&id, m))?;
+            Ok(cursor)
         }))
     }
 }

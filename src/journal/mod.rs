@@ -1,0 +1,93 @@
+//! Journals: segmented append-only files of JSON records, a CRC32C per record. The
+//! format of every stream tributary writes: the log sink's, the quarantine stream, and
+//! the enrichment and Elasticsearch dead-letter streams.
+//!
+//! Record format, one per line: 8 lowercase hex digits of the CRC32C of the JSON, one
+//! space, the JSON, `\n`. Segments are `<index:020>.log` and rotate by size. A journal
+//! is opened at the cursor stored with the last checkpoint and cuts everything past
+//! it, so after any crash it holds each record once, in order.
+
+mod reader;
+mod writer;
+
+pub use reader::{read_log, LogRecordError, Record};
+pub use writer::{Flushed, Journal, Settings};
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Segment size unless configured: 128 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 128 << 20;
+
+/// A place in a journal: segment index and byte length of that segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Cursor {
+    /// The cursor of an empty journal: storing it (then opening) empties the journal.
+    pub fn empty() -> serde_json::Value {
+        serde_json::to_value(Cursor {
+            segment: 0,
+            offset: 0,
+        })
+        .expect("a cursor serializes")
+    }
+}
+
+/// When a journal's records reach the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// fsync before every checkpoint (survives power loss).
+    #[default]
+    Checkpoint,
+    /// Leave it to the OS (survives a process crash, not a power loss).
+    Never,
+}
+
+/// A journal could not be written, named by its id.
+#[derive(Debug, thiserror::Error)]
+#[error("{stream}: {message}")]
+pub struct JournalError {
+    pub stream: String,
+    pub message: String,
+}
+
+impl JournalError {
+    pub fn new(stream: &str, message: impl Into<String>) -> Self {
+        JournalError {
+            stream: stream.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `00000000000000000007.log` for segment 7.
+pub fn segment_name(index: u64) -> String {
+    format!("{index:020}.log")
+}
+
+/// Segment indexes present in `dir`, sorted.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".log") {
+            if stem.len() == 20 {
+                if let Ok(i) = stem.parse() {
+                    out.push(i);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
