@@ -26,4 +26,12 @@ impl Failure {
     pub fn is_transient(&self) -> bool {
         matches!(self, Failure::Transient(_))
     }
+
+    /// The same class with the reason rewritten (to add where it happened).
+    pub fn reword(self, f: impl FnOnce(&str) -> String) -> Failure {
+        match self {
+            Failure::Transient(m) => Failure::Transient(f(&m)),
+            Failure::Fatal(m) => Failure::Fatal(f(&m)),
+        }
+    }
 }

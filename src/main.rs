@@ -301,7 +301,10 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     let policy = cfg.policy()?;
     let recorded = OffsetStore::recorded_schemas(&cfg.state.dir)?;
-    let live = tributary::registry::live_schemas(&cfg.source)
+    let live = cfg
+        .source
+        .source()
+        .live_schemas()
         .await
         .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
     let mut stops = 0;
@@ -389,7 +392,10 @@ async fn policy_explain(path: &Path) -> anyhow::Result<ExitCode> {
         Some(p) => println!("policy {}", p.display()),
         None => println!("no [schema] policy: the built-in add-only rules"),
     }
-    let live = tributary::registry::live_schemas(&cfg.source)
+    let live = cfg
+        .source
+        .source()
+        .live_schemas()
         .await
         .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
     if live.is_empty() {
@@ -459,8 +465,15 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_FAILURE));
         }
     };
-    let report = match tributary::registry::check(&cfg.source, checkpoint.as_ref()).await {
-        Ok(r) => r,
+    let source = cfg.source.source();
+    let report = match source.check(checkpoint.as_ref()).await {
+        Ok(mut r) => {
+            r.info.insert(
+                0,
+                format!("connected to {} as {}", source.address(), source.user()),
+            );
+            r
+        }
         Err(m) => {
             println!("error {m}");
             return Ok(ExitCode::from(EXIT_FAILURE));

@@ -1,82 +1,18 @@
-//! The one place that maps the kinds a connector file names to components: which
-//! source, sinks and enrichment stage a connector runs, and the source's checks,
-//! catalog and row reader. A source kind is a folder under `source/` plus its arm here
-//! and its variant in `config::SourceConfig`; a sink kind likewise.
+//! The one place that maps the kinds a connector file names to components: the
+//! connector's source (through `config::SourceConfig`, whose kinds are `SourceKind`s),
+//! its sinks, and its enrichment stage.
 
 use std::sync::Arc;
 
-use crate::config::{ConnectorConfig, SinkConfig, SourceConfig};
-use crate::event::{Column, Position};
+use crate::config::{ConnectorConfig, SinkConfig};
 use crate::offsets::OffsetStore;
 use crate::sink::{self, Sink, SinkError};
-use crate::source::mysql::{self, Flavor, MysqlSource};
-use crate::source::postgres::{self, PostgresSource};
-use crate::source::{CheckReport, Lookup, Source};
+use crate::source::Source;
 
 /// The connector's source, and how logs and checkpoints describe it
 /// (`mariadb 127.0.0.1:3306`).
 pub fn source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn Source>, String) {
-    let name = cfg.connector_name();
-    match &cfg.source {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
-            let s = MysqlSource::new(m.clone(), flavor(&cfg.source), &name, store);
-            let d = s.describe();
-            (Box::new(s), d)
-        }
-        SourceConfig::Postgres(p) => {
-            let s = PostgresSource::new(p.clone(), &name, store);
-            let d = s.describe();
-            (Box::new(s), d)
-        }
-    }
-}
-
-fn flavor(cfg: &SourceConfig) -> Flavor {
-    match cfg {
-        SourceConfig::Mariadb(_) => Flavor::Mariadb,
-        _ => Flavor::Mysql,
-    }
-}
-
-/// Connects to the source's server and runs the checks `tributary check` shows and the
-/// daemon runs at startup. `checkpoint` is the stored position, if any.
-pub async fn check(
-    cfg: &SourceConfig,
-    checkpoint: Option<&Position>,
-) -> Result<CheckReport, String> {
-    let (mut report, address, user) = match cfg {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
-            (mysql::check(m, flavor(cfg)).await?, m.address(), &m.user)
-        }
-        SourceConfig::Postgres(p) => (
-            postgres::check(p, checkpoint).await?.0,
-            p.address(),
-            &p.user,
-        ),
-    };
-    report
-        .info
-        .insert(0, format!("connected to {address} as {user}"));
-    Ok(report)
-}
-
-/// The included tables and their columns as the source's server has them now, with
-/// the type names the stream gives (for `tributary policy diff`).
-pub async fn live_schemas(cfg: &SourceConfig) -> Result<Vec<(String, Vec<Column>)>, String> {
-    match cfg {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => mysql::live_schemas(m).await,
-        SourceConfig::Postgres(p) => postgres::live_schemas(p).await,
-    }
-}
-
-/// The row reader of the connector's source (for the `lookup` enricher).
-pub fn lookup(cfg: &SourceConfig, connector: &str) -> Arc<dyn Lookup> {
-    match cfg {
-        SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => {
-            mysql::lookup(m, flavor(cfg), connector)
-        }
-        SourceConfig::Postgres(p) => postgres::lookup(p, connector),
-    }
+    cfg.source.source().open(&cfg.connector_name(), store)
 }
 
 /// Opens the configured sinks, each positioned at its stored cursor. `policy` is the
@@ -116,7 +52,7 @@ pub async fn enrich(
         &cfg.enrich,
         &cfg.path,
         &cfg.enrich_dead_letter_dir(),
-        || lookup(&cfg.source, &cfg.connector_name()),
+        || cfg.source.source().lookup(&cfg.connector_name()),
         store,
     )
     .await

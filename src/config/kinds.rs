@@ -12,11 +12,10 @@ use std::path::Path;
 use serde::de::{Deserialize, Deserializer, Error};
 use serde::Deserialize as DeriveDeserialize;
 
-use super::{line_col, parse_toml, ConfigError, SinkConfig, SourceConfig};
+use super::{line_col, parse_toml, ConfigError, SinkConfig, SourceConfig, SOURCE_KINDS};
 use crate::enrich::config::KINDS as ENRICH_KINDS;
 use crate::enrich::EnrichConfig;
 
-const SOURCE_KINDS: &[&str] = &["mariadb", "mysql", "postgres"];
 const SINK_KINDS: &[&str] = &["log", "elasticsearch", "stdout", "null"];
 
 #[derive(DeriveDeserialize)]
@@ -109,11 +108,9 @@ impl ConfigError {
 impl<'de> Deserialize<'de> for SourceConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let kind = PLAN.with(|p| p.borrow().source.clone());
-        match kind.as_deref() {
-            Some("mariadb") => Deserialize::deserialize(d).map(SourceConfig::Mariadb),
-            Some("mysql") => Deserialize::deserialize(d).map(SourceConfig::Mysql),
-            Some("postgres") => Deserialize::deserialize(d).map(SourceConfig::Postgres),
-            _ => Err(D::Error::custom(format!(
+        match SourceConfig::of_kind(kind.as_deref().unwrap_or(""), d)? {
+            Some(source) => Ok(source),
+            None => Err(D::Error::custom(format!(
                 "[source] needs `kind`, one of: {}",
                 SOURCE_KINDS.join(", ")
             ))),

@@ -3,7 +3,6 @@
 //! Every error names the file and, where the TOML parser knows it, the line and column,
 //! plus the expected form. Unknown keys are errors (a typo must never be ignored).
 
-use crate::source::CommonSettings;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -40,29 +39,58 @@ pub struct ConnectorConfig {
     pub path: PathBuf,
 }
 
-/// `[source]`, by `kind`. Deserialized through `kinds::` so errors keep their spans.
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    Mariadb(crate::source::mysql::MysqlSourceConfig),
-    Mysql(crate::source::mysql::MysqlSourceConfig),
-    Postgres(crate::source::postgres::PostgresSourceConfig),
+/// The source kinds: the name in connector files, the variant, the section's type (a
+/// `source::SourceKind`). A new source kind is its folder under `source/` plus its
+/// line here.
+macro_rules! source_kinds {
+    ($($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
+        /// `[source]`, by `kind`. Deserialized through `kinds::` so errors keep their
+        /// spans.
+        #[derive(Debug, Clone)]
+        pub enum SourceConfig {
+            $($variant($cfg)),*
+        }
+
+        pub(crate) const SOURCE_KINDS: &[&str] = &[$($name),*];
+
+        impl SourceConfig {
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SourceConfig::$variant(_) => $name),*
+                }
+            }
+
+            /// What the rest of tributary asks of the source.
+            pub fn source(&self) -> &dyn crate::source::SourceKind {
+                match self {
+                    $(SourceConfig::$variant(c) => c),*
+                }
+            }
+
+            /// The `[source]` section of `kind`, None for an unknown kind.
+            fn of_kind<'de, D: serde::Deserializer<'de>>(
+                kind: &str,
+                d: D,
+            ) -> Result<Option<SourceConfig>, D::Error> {
+                Ok(Some(match kind {
+                    $($name => SourceConfig::$variant(<$cfg>::deserialize(d)?),)*
+                    _ => return Ok(None),
+                }))
+            }
+        }
+    };
+}
+
+source_kinds! {
+    "mariadb" => Mariadb(crate::source::mysql::MysqlSourceConfig),
+    "mysql" => Mysql(crate::source::mysql::MysqlSourceConfig),
+    "postgres" => Postgres(crate::source::postgres::PostgresSourceConfig),
 }
 
 impl SourceConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::Mariadb(_) => "mariadb",
-            SourceConfig::Mysql(_) => "mysql",
-            SourceConfig::Postgres(_) => "postgres",
-        }
-    }
-
     /// The include/exclude filter.
     pub fn filter(&self) -> crate::source::filter::TableFilter {
-        match self {
-            SourceConfig::Mariadb(m) | SourceConfig::Mysql(m) => m.filter(),
-            SourceConfig::Postgres(p) => p.filter(),
-        }
+        self.source().filter()
     }
 }
 
@@ -186,10 +214,7 @@ impl ConnectorConfig {
                 "no [[sink]] section: add at least one, e.g. [[sink]] kind = \"log\" dir = \"data/log\"",
             ));
         }
-        match &self.source {
-            SourceConfig::Mariadb(s) | SourceConfig::Mysql(s) => s.validate(p, text)?,
-            SourceConfig::Postgres(s) => s.validate(p, text)?,
-        }
+        self.source.source().validate(p, text)?;
         let mut seen = std::collections::HashSet::new();
         for sink in &self.sinks {
             match sink {

@@ -387,7 +387,10 @@ impl Stage {
         let l = step.enricher.as_lookup().expect("a lookup step");
         let (from, key) = l.source();
         let (from, key) = (from.to_string(), key.to_string());
-        let rows = source.fetch(&from, &key, keys).await?;
+        let rows = source
+            .fetch(&from, &key, keys)
+            .await
+            .map_err(|f| f.to_string())?;
         self.fetched += keys.len() as u64;
         crate::metrics::enrich_lookup_fetches(&from, keys.len() as u64);
         let l = step.enricher.as_lookup().expect("a lookup step");

@@ -1,7 +1,10 @@
-//! source -> sinks, through a bounded queue; checkpoint on acknowledgement.
+//! source -> guard -> enrichment -> sinks, through a bounded queue; checkpoint on
+//! acknowledgement.
 //!
 //! The position of a transaction boundary is written to the offsets store only after
-//! every sink flushed everything up to it, together with each sink's cursor there.
+//! every participant (sinks, internal streams, stages) flushed everything up to it,
+//! together with what each saves there (`checkpoint`). `route` decides where a batch's
+//! messages go, `runner` holds the loop's state, `drive` is the loop around it.
 
 pub mod checkpoint;
 pub mod replay;

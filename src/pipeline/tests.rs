@@ -11,7 +11,7 @@ use super::checkpoint::SnapshotProgress;
 use super::route::{route, Stop};
 use super::runner::Stages;
 use super::{drive, Loop, PipelineError, Reload, RunStats};
-use crate::event::Position;
+use crate::event::{Position, TableSchema};
 use crate::offsets::OffsetStore;
 use crate::schema::guard::{self, Guard};
 use crate::schema::quarantine::{self, QuarantineStream};
@@ -107,11 +107,18 @@ fn recording(acks: Acks) -> (Box<dyn Sink>, Arc<Mutex<Recorded>>) {
     (Box::new(s), seen)
 }
 
+/// `db.t` at version 1, `db.t` at version 2 (a column added), and `db.u`.
+fn tables() -> (Arc<TableSchema>, Arc<TableSchema>, Arc<TableSchema>) {
+    (
+        table("db.t", &[("id", "int")], 1),
+        table("db.t", &[("id", "int"), ("x", "text")], 2),
+        table("db.u", &[("id", "int")], 1),
+    )
+}
+
 #[test]
 fn route_cuts_a_halt_at_the_boundary_before_its_transaction() {
-    let t1 = table("db.t", &[("id", "int")], 1);
-    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
-    let u = table("db.u", &[("id", "int")], 1);
+    let (t1, t2, u) = tables();
     let messages = [
         insert(&t1, 1, 10),
         commit(11),
@@ -182,9 +189,7 @@ fn route_stops_at_the_first_boundary_at_or_past_until() {
 
 #[test]
 fn route_sets_quarantined_and_ignored_changes_aside() {
-    let t1 = table("db.t", &[("id", "int")], 1);
-    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
-    let u = table("db.u", &[("id", "int")], 1);
+    let (t1, t2, u) = tables();
     let messages = [
         insert(&t1, 1, 10),
         commit(11),
@@ -210,9 +215,7 @@ fn route_sets_quarantined_and_ignored_changes_aside() {
 #[tokio::test]
 async fn halt_checkpoints_everything_before_the_transaction_holding_the_change() {
     let run = Run::new();
-    let t1 = table("db.t", &[("id", "int")], 1);
-    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
-    let u = table("db.u", &[("id", "int")], 1);
+    let (t1, t2, u) = tables();
     // One batch: the halt falls inside it.
     let source = ScriptedSource::new([
         Step::Send(insert(&t1, 1, 10)),
@@ -285,9 +288,7 @@ async fn until_cuts_at_the_first_boundary_at_or_past_the_position() {
 #[tokio::test]
 async fn a_quarantined_tables_records_are_rewound_on_a_reconnect() {
     let run = Run::new();
-    let t1 = table("db.t", &[("id", "int")], 1);
-    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
-    let u = table("db.u", &[("id", "int")], 1);
+    let (t1, t2, u) = tables();
     let source = ScriptedSource::new([
         Step::Send(insert(&t1, 1, 10)),
         Step::Send(commit(11)),
@@ -439,8 +440,7 @@ async fn reload_case(
     reloaded: fn() -> Result<Policy, crate::settings::ConfigError>,
 ) -> (Run, Result<RunStats, PipelineError>) {
     let run = Run::new();
-    let t1 = table("db.t", &[("id", "int")], 1);
-    let t2 = table("db.t", &[("id", "int"), ("x", "text")], 2);
+    let (t1, t2, _) = tables();
     let asked = Arc::new(Notify::new());
     let (hangup, hangups) = tokio::sync::mpsc::channel(1);
     hangup.send(()).await.unwrap();

@@ -3,6 +3,7 @@
 //! the same table descriptions and value decoding. One connection, reopened and the
 //! read retried (three tries, with backoff) when it fails.
 
+use crate::failure::Failure;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,7 +64,7 @@ impl<R: KeyReader> Keyed<R> {
     }
 
     /// Runs `op` on the connection, reconnecting and retrying when it fails.
-    async fn run(&self, op: Op<'_>) -> Result<Done, String> {
+    async fn run(&self, op: Op<'_>) -> Result<Done, Failure> {
         let mut guard = self.conn.lock().await;
         let mut last = String::new();
         for attempt in 0..TRIES {
@@ -89,7 +90,12 @@ impl<R: KeyReader> Keyed<R> {
                 }
             }
         }
-        Err(format!("{} failed {TRIES} times: {last}", op.what()))
+        // Every try failed: the server may be back later, the event waits in the
+        // dead letters meanwhile.
+        Err(Failure::Transient(format!(
+            "{} failed {TRIES} times: {last}",
+            op.what()
+        )))
     }
 
     async fn once(&self, conn: &mut R::Conn, op: &Op<'_>) -> Result<Done, String> {
@@ -141,14 +147,14 @@ enum Done {
 
 #[async_trait]
 impl<R: KeyReader> Lookup for Keyed<R> {
-    async fn describe(&self, table: &str) -> Result<Option<Vec<Column>>, String> {
+    async fn describe(&self, table: &str) -> Result<Option<Vec<Column>>, Failure> {
         match self.run(Op::Describe(table)).await? {
             Done::Columns(c) => Ok(c),
             Done::Rows(_) => unreachable!("describe gives columns"),
         }
     }
 
-    async fn fetch(&self, table: &str, key: &str, keys: &[Value]) -> Result<Vec<Row>, String> {
+    async fn fetch(&self, table: &str, key: &str, keys: &[Value]) -> Result<Vec<Row>, Failure> {
         match self.run(Op::Fetch { table, key, keys }).await? {
             Done::Rows(r) => Ok(r),
             Done::Columns(_) => unreachable!("fetch gives rows"),

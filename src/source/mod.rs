@@ -15,8 +15,14 @@ pub use settings::CommonSettings;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Position;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::event::{Column, Position, Row, Value};
+use crate::failure::Failure;
+use crate::offsets::OffsetStore;
 use crate::queue::QueueSender;
+use crate::settings::ConfigError;
 
 /// The newest stored checkpoint, as the pipeline publishes it.
 pub type Checkpoints = tokio::sync::watch::Receiver<Option<Position>>;
@@ -62,22 +68,47 @@ pub enum SourceError {
     Closed,
 }
 
+/// A source kind, as its parsed `[source]` section: everything the rest of tributary
+/// asks of a source. Each source folder implements it on its config type, and
+/// `config::SourceConfig` lists the kinds, one line each.
+#[async_trait]
+pub trait SourceKind: CommonSettings + Send + Sync {
+    /// The server, for messages (`host:port`; never credentials).
+    fn address(&self) -> String;
+
+    /// The user it connects as.
+    fn user(&self) -> &str;
+
+    /// Checks what the section alone can tell, with `file:line` errors.
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError>;
+
+    /// The source of connector `connector`, and how logs and checkpoints describe it
+    /// (`mariadb 127.0.0.1:3306`).
+    fn open(&self, connector: &str, store: Arc<OffsetStore>) -> (Box<dyn Source>, String);
+
+    /// Connects and runs the checks `tributary check` shows and the daemon runs at
+    /// startup. `checkpoint` is the stored position, if any.
+    async fn check(&self, checkpoint: Option<&Position>) -> Result<CheckReport, Failure>;
+
+    /// The included tables and their columns as the server has them now, with the type
+    /// names the stream gives (for `tributary policy diff`).
+    async fn live_schemas(&self) -> Result<Vec<(String, Vec<Column>)>, Failure>;
+
+    /// The row reader for the `lookup` enricher.
+    fn lookup(&self, connector: &str) -> Arc<dyn Lookup>;
+}
+
 /// Reads rows of the source database by key, for the `lookup` enricher. Values are
 /// decoded exactly as the source's events and snapshots decode them.
 #[async_trait]
 pub trait Lookup: Send + Sync {
     /// The columns of `table` (`db.table`) as events name and type them; None when it
     /// does not exist.
-    async fn describe(&self, table: &str) -> Result<Option<Vec<crate::event::Column>>, String>;
+    async fn describe(&self, table: &str) -> Result<Option<Vec<Column>>, Failure>;
 
     /// The rows of `table` whose column `key` is one of `keys`, whole (in `describe`'s
     /// column order).
-    async fn fetch(
-        &self,
-        table: &str,
-        key: &str,
-        keys: &[crate::event::Value],
-    ) -> Result<Vec<crate::event::Row>, String>;
+    async fn fetch(&self, table: &str, key: &str, keys: &[Value]) -> Result<Vec<Row>, Failure>;
 }
 
 #[async_trait]

@@ -86,13 +86,15 @@ pub async fn included_tables(
 }
 
 /// The included tables' columns, in order.
-pub async fn live_schemas(cfg: &MysqlSourceConfig) -> Result<Vec<(String, Vec<Column>)>, String> {
-    let password = cfg.password()?;
-    let mut conn = super::connect::connect(cfg, password.as_ref())
-        .await
-        .map_err(|e| e.message().to_string())?;
-    let fail =
-        |e: mysql_async::Error| format!("reading information_schema at {}: {e}", cfg.address());
+pub async fn live_schemas(
+    cfg: &MysqlSourceConfig,
+) -> Result<Vec<(String, Vec<Column>)>, crate::failure::Failure> {
+    let password = cfg.password().map_err(crate::failure::Failure::Fatal)?;
+    let mut conn = super::connect::connect(cfg, password.as_ref()).await?;
+    let fail = |e: mysql_async::Error| {
+        super::connect::classify(cfg, &e)
+            .reword(|_| format!("reading information_schema at {}: {e}", cfg.address()))
+    };
     let rows: Vec<(String, String, String, String, String)> = conn
         .query(
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, DATA_TYPE, COLUMN_TYPE \

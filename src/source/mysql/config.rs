@@ -96,7 +96,7 @@ fn default_max_backoff() -> u64 {
 }
 
 impl MysqlSourceConfig {
-    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate_section(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         if self.server_id == 0 {
             return Err(ConfigError::at_key(
                 path,
@@ -114,6 +114,15 @@ impl MysqlSourceConfig {
             ));
         }
         self.validate_common(path, text)
+    }
+
+    /// MariaDB or MySQL, as `kind` says.
+    pub fn flavor(&self) -> super::Flavor {
+        if self.kind == "mysql" {
+            super::Flavor::Mysql
+        } else {
+            super::Flavor::Mariadb
+        }
     }
 
     /// `host:port`, for messages (never includes credentials).

@@ -24,13 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use catalog::live_schemas;
 pub use config::MysqlSourceConfig;
-pub use lookup::lookup;
 pub use stream::{file_sequence, row_version};
 
-use crate::event::Position;
+use crate::event::{Column, Position};
+use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::queue::QueueSender;
-use crate::source::{CheckReport, Checkpoints, Source, SourceError};
+use crate::settings::ConfigError;
+use crate::source::{CheckReport, Checkpoints, Lookup, Source, SourceError, SourceKind};
 
 /// Which server a binlog source talks to: they differ in GTIDs, grants and snapshot
 /// support, and events name it as the source kind.
@@ -82,24 +83,53 @@ impl MysqlSource {
 }
 
 /// Connects and runs the server checks (`tributary check` and startup).
-pub async fn check(cfg: &MysqlSourceConfig, flavor: Flavor) -> Result<CheckReport, String> {
-    let password = cfg.password()?;
-    let mut conn = connect::connect(cfg, password.as_ref())
-        .await
-        .map_err(|e| e.message().to_string())?;
-    let report = checks::check_server(&mut conn, cfg, flavor)
-        .await
-        .map_err(|e| e.message().to_string())?;
+pub async fn check(cfg: &MysqlSourceConfig) -> Result<CheckReport, Failure> {
+    let password = cfg.password().map_err(Failure::Fatal)?;
+    let mut conn = connect::connect(cfg, password.as_ref()).await?;
+    let report = checks::check_server(&mut conn, cfg, cfg.flavor()).await?;
     let _ = conn.disconnect().await;
     Ok(report)
 }
 
 #[async_trait]
+impl SourceKind for MysqlSourceConfig {
+    fn address(&self) -> String {
+        MysqlSourceConfig::address(self)
+    }
+
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn validate(&self, path: &std::path::Path, text: &str) -> Result<(), ConfigError> {
+        self.validate_section(path, text)
+    }
+
+    fn open(&self, connector: &str, store: Arc<OffsetStore>) -> (Box<dyn Source>, String) {
+        let s = MysqlSource::new(self.clone(), self.flavor(), connector, store);
+        let d = s.describe();
+        (Box::new(s), d)
+    }
+
+    async fn check(&self, _checkpoint: Option<&Position>) -> Result<CheckReport, Failure> {
+        check(self).await
+    }
+
+    async fn live_schemas(&self) -> Result<Vec<(String, Vec<Column>)>, Failure> {
+        catalog::live_schemas(self).await
+    }
+
+    fn lookup(&self, connector: &str) -> Arc<dyn Lookup> {
+        lookup::lookup(self, self.flavor(), connector)
+    }
+}
+
+#[async_trait]
 impl Source for MysqlSource {
     async fn preflight(&mut self) -> Result<(), SourceError> {
-        check(&self.cfg, self.flavor)
+        check(&self.cfg)
             .await
-            .map_err(SourceError::Fatal)?
+            .map_err(|f| SourceError::Fatal(f.to_string()))?
             .require_ready(&self.cfg.address())
     }
 

@@ -102,7 +102,7 @@ fn default_wal_warn_mb() -> u64 {
 }
 
 impl PostgresSourceConfig {
-    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate_section(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         let at = |key: &str, msg: String| Err(ConfigError::at_key(path, text, key, msg));
         for (key, name) in [("slot", &self.slot), ("publication", &self.publication)] {
             if !valid_identifier(name) {

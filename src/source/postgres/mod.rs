@@ -17,19 +17,21 @@ mod stream;
 mod tls;
 pub mod values;
 
-use crate::source::CommonSettings;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use config::PostgresSourceConfig;
-pub use lookup::lookup;
 
-use crate::event::Position;
+use crate::event::{Column, Position};
+use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::queue::QueueSender;
-use crate::source::{CheckReport, Checkpoints, Source, SourceError};
+use crate::settings::ConfigError;
+use crate::source::{
+    CheckReport, Checkpoints, CommonSettings, Lookup, Source, SourceError, SourceKind,
+};
 
 pub struct PostgresSource {
     cfg: PostgresSourceConfig,
@@ -56,30 +58,26 @@ impl PostgresSource {
 pub async fn check(
     cfg: &PostgresSourceConfig,
     checkpoint: Option<&Position>,
-) -> Result<(CheckReport, checks::Plan, tokio_postgres::Client), String> {
-    let password = cfg.password()?;
-    let client = connect::query_client(cfg, password.as_ref())
-        .await
-        .map_err(|e| e.message().to_string())?;
+) -> Result<(CheckReport, checks::Plan, tokio_postgres::Client), Failure> {
+    let password = cfg.password().map_err(Failure::Fatal)?;
+    let client = connect::query_client(cfg, password.as_ref()).await?;
     let checkpoint = match checkpoint {
         Some(Position::Wal { lsn }) => Some(*lsn),
         _ => None,
     };
     let (report, plan) = checks::check_server(&client, cfg, checkpoint)
         .await
-        .map_err(|e| connect::classify(cfg, &e).message().to_string())?;
+        .map_err(|e| connect::classify(cfg, &e))?;
     Ok((report, plan, client))
 }
 
 /// The included tables' columns as the server has them now (for `policy diff`).
 pub async fn live_schemas(
     cfg: &PostgresSourceConfig,
-) -> Result<Vec<(String, Vec<crate::event::Column>)>, String> {
-    let password = cfg.password()?;
-    let client = connect::query_client(cfg, password.as_ref())
-        .await
-        .map_err(|e| e.message().to_string())?;
-    let fail = |e: tokio_postgres::Error| connect::classify(cfg, &e).message().to_string();
+) -> Result<Vec<(String, Vec<Column>)>, Failure> {
+    let password = cfg.password().map_err(Failure::Fatal)?;
+    let client = connect::query_client(cfg, password.as_ref()).await?;
+    let fail = |e: tokio_postgres::Error| connect::classify(cfg, &e);
     let mut out = Vec::new();
     for t in catalog::included_tables(&client, &cfg.filter())
         .await
@@ -89,6 +87,39 @@ pub async fn live_schemas(
         out.push((t.qualified(), columns));
     }
     Ok(out)
+}
+
+#[async_trait]
+impl SourceKind for PostgresSourceConfig {
+    fn address(&self) -> String {
+        PostgresSourceConfig::address(self)
+    }
+
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn validate(&self, path: &std::path::Path, text: &str) -> Result<(), ConfigError> {
+        self.validate_section(path, text)
+    }
+
+    fn open(&self, connector: &str, store: Arc<OffsetStore>) -> (Box<dyn Source>, String) {
+        let s = PostgresSource::new(self.clone(), connector, store);
+        let d = s.describe();
+        (Box::new(s), d)
+    }
+
+    async fn check(&self, checkpoint: Option<&Position>) -> Result<CheckReport, Failure> {
+        check(self, checkpoint).await.map(|(report, _, _)| report)
+    }
+
+    async fn live_schemas(&self) -> Result<Vec<(String, Vec<Column>)>, Failure> {
+        live_schemas(self).await
+    }
+
+    fn lookup(&self, connector: &str) -> Arc<dyn Lookup> {
+        lookup::lookup(self, connector)
+    }
 }
 
 /// The tables the initial snapshot reads (`schema.table`): the included ones the
@@ -133,7 +164,7 @@ impl Source for PostgresSource {
             .map(|c| c.position);
         let (report, plan, client) = check(&self.cfg, checkpoint.as_ref())
             .await
-            .map_err(SourceError::Fatal)?;
+            .map_err(|f| SourceError::Fatal(f.to_string()))?;
         report.require_ready(&self.cfg.address())?;
         checks::set_up(&client, &self.cfg, &plan)
             .await
