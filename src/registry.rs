@@ -1,12 +1,13 @@
-//! The one place that maps the kinds a connector file names to components: the
-//! connector's source (through `config::SourceConfig`, whose kinds are `SourceKind`s),
-//! its sinks, and its enrichment stage.
+//! Builds a connector's components from its config: the source, the sinks and the
+//! enrichment stage. The kinds themselves are listed once each in `config`
+//! (`source_kinds!`, `sink_kinds!`) and `enrich::config` (`kinds!`); each kind's
+//! config type says how it is opened (`SourceKind`, `SinkKind`, `enrich::config::Kind`).
 
 use std::sync::Arc;
 
 use crate::config::{ConnectorConfig, SinkConfig};
 use crate::offsets::OffsetStore;
-use crate::sink::{self, Sink, SinkError};
+use crate::sink::{Sink, SinkError};
 use crate::source::Source;
 
 /// The connector's source, and how logs and checkpoints describe it
@@ -28,17 +29,7 @@ pub fn sinks(
         let cursor = store
             .sink_cursor(&id)
             .map_err(|e| SinkError::new(&id, e.to_string()))?;
-        out.push(match c {
-            SinkConfig::Log(l) => Box::new(sink::log::LogSink::open(id, l, cursor)?),
-            SinkConfig::Elasticsearch(e) => Box::new(sink::elasticsearch::ElasticsearchSink::open(
-                id,
-                e,
-                cursor,
-                policy.clone(),
-            )?),
-            SinkConfig::Stdout(s) => Box::new(sink::stdout::StdoutSink::new(id, s)),
-            SinkConfig::Null(_) => Box::new(sink::null::NullSink::new(id)),
-        });
+        out.push(c.sink().open(id, cursor, policy)?);
     }
     Ok(out)
 }

@@ -12,11 +12,11 @@ use std::path::Path;
 use serde::de::{Deserialize, Deserializer, Error};
 use serde::Deserialize as DeriveDeserialize;
 
-use super::{line_col, parse_toml, ConfigError, SinkConfig, SourceConfig, SOURCE_KINDS};
+use super::{
+    line_col, parse_toml, ConfigError, SinkConfig, SourceConfig, SINK_KINDS, SOURCE_KINDS,
+};
 use crate::enrich::config::KINDS as ENRICH_KINDS;
 use crate::enrich::EnrichConfig;
-
-const SINK_KINDS: &[&str] = &["log", "elasticsearch", "stdout", "null"];
 
 #[derive(DeriveDeserialize)]
 struct KindOnly {
@@ -121,14 +121,9 @@ impl<'de> Deserialize<'de> for SourceConfig {
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let kind = PLAN.with(|p| p.borrow_mut().sinks.pop_front());
-        match kind.as_deref() {
-            Some("log") => Deserialize::deserialize(d).map(SinkConfig::Log),
-            Some("elasticsearch") => {
-                Deserialize::deserialize(d).map(|c| SinkConfig::Elasticsearch(Box::new(c)))
-            }
-            Some("stdout") => Deserialize::deserialize(d).map(SinkConfig::Stdout),
-            Some("null") => Deserialize::deserialize(d).map(SinkConfig::Null),
-            _ => Err(D::Error::custom(format!(
+        match SinkConfig::of_kind(kind.as_deref().unwrap_or(""), d)? {
+            Some(sink) => Ok(sink),
+            None => Err(D::Error::custom(format!(
                 "[[sink]] needs `kind`, one of: {}",
                 SINK_KINDS.join(", ")
             ))),

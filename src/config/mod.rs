@@ -94,14 +94,48 @@ impl SourceConfig {
     }
 }
 
-/// `[[sink]]`, by `kind`. Deserialized through `kinds::` so errors keep their spans.
-#[derive(Debug, Clone)]
-pub enum SinkConfig {
-    Log(crate::sink::log::LogSinkConfig),
-    Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchSinkConfig>),
-    Stdout(crate::sink::stdout::StdoutSinkConfig),
-    /// Discards events after counting them: for benchmarks and dry runs.
-    Null(crate::sink::null::NullSinkConfig),
+/// The sink kinds: the name in connector files, the variant, the section's type (a
+/// `sink::SinkKind`). A new sink kind is its file or folder under `sink/` plus its line
+/// here.
+macro_rules! sink_kinds {
+    ($($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
+        /// `[[sink]]`, by `kind`. Deserialized through `kinds::` so errors keep their
+        /// spans.
+        #[derive(Debug, Clone)]
+        pub enum SinkConfig {
+            $($variant($cfg)),*
+        }
+
+        pub(crate) const SINK_KINDS: &[&str] = &[$($name),*];
+
+        impl SinkConfig {
+            /// What the rest of tributary asks of the sink.
+            pub fn sink(&self) -> &dyn crate::sink::SinkKind {
+                match self {
+                    $(SinkConfig::$variant(c) => c),*
+                }
+            }
+
+            /// The `[[sink]]` section of `kind`, None for an unknown kind.
+            fn of_kind<'de, D: serde::Deserializer<'de>>(
+                kind: &str,
+                d: D,
+            ) -> Result<Option<SinkConfig>, D::Error> {
+                Ok(Some(match kind {
+                    $($name => SinkConfig::$variant(<$cfg>::deserialize(d)?),)*
+                    _ => return Ok(None),
+                }))
+            }
+        }
+    };
+}
+
+sink_kinds! {
+    "log" => Log(crate::sink::log::LogSinkConfig),
+    "elasticsearch" => Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchSinkConfig>),
+    "stdout" => Stdout(crate::sink::stdout::StdoutSinkConfig),
+    // Discards events after counting them: for benchmarks and dry runs.
+    "null" => Null(crate::sink::null::NullSinkConfig),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,11 +251,7 @@ impl ConnectorConfig {
         self.source.source().validate(p, text)?;
         let mut seen = std::collections::HashSet::new();
         for sink in &self.sinks {
-            match sink {
-                SinkConfig::Log(l) => l.validate(p, text)?,
-                SinkConfig::Elasticsearch(e) => e.validate(p, text)?,
-                _ => {}
-            }
+            sink.sink().validate(p, text)?;
             let id = sink.id();
             if !seen.insert(id.clone()) {
                 return Err(ConfigError::new(
@@ -264,15 +294,7 @@ impl ConnectorConfig {
 impl SinkConfig {
     /// A stable id for the sink, under which its cursor is stored in the offsets store.
     pub fn id(&self) -> String {
-        match self {
-            SinkConfig::Log(l) => l
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("log:{}", l.dir.display())),
-            SinkConfig::Elasticsearch(e) => e.id(),
-            SinkConfig::Stdout(_) => "stdout".into(),
-            SinkConfig::Null(_) => "null".into(),
-        }
+        self.sink().id()
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::event::SourceMessage;
 use crate::journal::{Fsync, Journal, Settings};
 use crate::settings::ConfigError;
-use crate::sink::{Ack, Sink, SinkError};
+use crate::sink::{Ack, Sink, SinkError, SinkKind};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,7 +45,7 @@ impl LogSinkConfig {
         }
     }
 
-    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    fn validate_section(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         if self.segment_bytes < 4096 {
             return Err(ConfigError::at_key(
                 path,
@@ -55,6 +55,27 @@ impl LogSinkConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl SinkKind for LogSinkConfig {
+    fn id(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("log:{}", self.dir.display()))
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        self.validate_section(path, text)
+    }
+
+    fn open(
+        &self,
+        id: String,
+        cursor: Option<serde_json::Value>,
+        _policy: &std::sync::Arc<crate::schema::Policy>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(LogSink::open(id, self, cursor)?))
     }
 }
 

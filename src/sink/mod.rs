@@ -14,7 +14,12 @@ pub mod stdout;
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use crate::event::SourceMessage;
+use crate::schema::Policy;
+use crate::settings::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -44,6 +49,46 @@ pub trait Sink: Send {
     /// is durable, with the cursor to store with the checkpoint (None for sinks that
     /// keep no position). Data accepted after this call is not covered by the ack.
     async fn flush(&mut self) -> Result<Ack, SinkError>;
+}
+
+/// A sink kind, as its parsed `[[sink]]` section. Each sink implements it on its config
+/// type, and `config::SinkConfig` lists the kinds, one line each.
+pub trait SinkKind: Send + Sync {
+    /// A stable id, under which the sink's cursor is stored.
+    fn id(&self) -> String;
+
+    /// Checks what the section alone can tell, with `file:line` errors.
+    fn validate(&self, _path: &Path, _text: &str) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// The sink, positioned at its stored `cursor`. `policy` is the connector's schema
+    /// policy (sinks that map columns read its unindexed columns).
+    fn open(
+        &self,
+        id: String,
+        cursor: Option<serde_json::Value>,
+        policy: &Arc<Policy>,
+    ) -> Result<Box<dyn Sink>, SinkError>;
+}
+
+impl<T: SinkKind + ?Sized> SinkKind for Box<T> {
+    fn id(&self) -> String {
+        (**self).id()
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        (**self).validate(path, text)
+    }
+
+    fn open(
+        &self,
+        id: String,
+        cursor: Option<serde_json::Value>,
+        policy: &Arc<Policy>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        (**self).open(id, cursor, policy)
+    }
 }
 
 /// A sink's acknowledgement of a flush: its cursor once the data is durable.

@@ -14,6 +14,21 @@ pub struct NullSinkConfig {
     pub kind: String,
 }
 
+impl super::SinkKind for NullSinkConfig {
+    fn id(&self) -> String {
+        "null".into()
+    }
+
+    fn open(
+        &self,
+        id: String,
+        _cursor: Option<serde_json::Value>,
+        _policy: &std::sync::Arc<crate::schema::Policy>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(NullSink::new(id)))
+    }
+}
+
 pub struct NullSink {
     id: String,
     pub changes: u64,

@@ -16,6 +16,21 @@ pub struct StdoutSinkConfig {
     pub kind: String,
 }
 
+impl super::SinkKind for StdoutSinkConfig {
+    fn id(&self) -> String {
+        "stdout".into()
+    }
+
+    fn open(
+        &self,
+        id: String,
+        _cursor: Option<serde_json::Value>,
+        _policy: &std::sync::Arc<crate::schema::Policy>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(StdoutSink::new(id, self)))
+    }
+}
+
 pub struct StdoutSink {
     id: String,
     buf: Vec<u8>,

@@ -118,7 +118,7 @@ fn default_gc_deletes() -> String {
 }
 
 impl ElasticsearchSinkConfig {
-    pub(crate) fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate_section(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
         if self.urls.is_empty() {
             return Err(ConfigError::at_key(
                 path,

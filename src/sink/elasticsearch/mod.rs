@@ -75,6 +75,34 @@ pub struct ElasticsearchSink {
     policy: Arc<Policy>,
 }
 
+impl crate::sink::SinkKind for ElasticsearchSinkConfig {
+    fn id(&self) -> String {
+        ElasticsearchSinkConfig::id(self)
+    }
+
+    fn validate(
+        &self,
+        path: &std::path::Path,
+        text: &str,
+    ) -> Result<(), crate::settings::ConfigError> {
+        self.validate_section(path, text)
+    }
+
+    fn open(
+        &self,
+        id: String,
+        cursor: Option<serde_json::Value>,
+        policy: &Arc<Policy>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(ElasticsearchSink::open(
+            id,
+            self,
+            cursor,
+            policy.clone(),
+        )?))
+    }
+}
+
 impl ElasticsearchSink {
     /// `cursor` is the dead-letter stream's cursor stored with the last checkpoint.
     /// `policy` names the columns kept unindexed (read at start: a SIGHUP reload does
