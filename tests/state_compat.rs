@@ -1,0 +1,90 @@
+//! A state dir written by the release before stage state had its own table
+//! (tests/fixtures/state-0.1.0: the 0.1.0 daemon snapshotted `fixture.t` from MariaDB,
+//! streamed an insert and an update, and was stopped with SIGTERM) opens with this
+//! release: the checkpoint it resumes from is intact, and the schema guard's and the
+//! snapshot's state, which that release kept among the sink cursors, are stage state.
+
+use std::path::Path;
+use std::process::Command;
+
+use tributary::event::Position;
+use tributary::offsets::OffsetStore;
+
+fn copy_fixture(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-0.1.0");
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("offsets.redb"), to.join("offsets.redb")).unwrap();
+}
+
+#[test]
+fn a_state_dir_of_the_earlier_release_opens_with_its_stage_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    copy_fixture(&state);
+    let store = OffsetStore::open(&state).unwrap();
+
+    let cp = store.checkpoint().unwrap().expect("the checkpoint survives");
+    assert_eq!(
+        cp.position,
+        Position::Binlog {
+            file: "binlog.000001".into(),
+            offset: 186777995,
+            gtid: Some("0-1-2509".into()),
+        }
+    );
+    let guard = store.stage_state("schema-guard").unwrap().expect("guard state");
+    assert_eq!(guard["tables"]["fixture.t"]["version"], 1, "{guard}");
+    let snapshot = store.stage_state("snapshot").unwrap().expect("snapshot state");
+    assert_eq!(snapshot["tables"]["fixture.t"]["status"], "done", "{snapshot}");
+    assert_eq!(snapshot["tables"]["fixture.t"]["rows"], 3, "{snapshot}");
+    let mut cursors: Vec<String> = store
+        .sink_cursors()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    cursors.sort();
+    assert_eq!(cursors, ["log", "quarantine"]);
+    assert_eq!(store.sink_cursor("log").unwrap().unwrap()["offset"], 1617);
+}
+
+#[test]
+fn status_of_a_migrated_state_dir_shows_tables_and_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    copy_fixture(&state);
+    let connector = dir.path().join("fixture.toml");
+    std::fs::write(
+        &connector,
+        format!(
+            r#"[source]
+kind = "mariadb"
+port = 1
+user = "tributary"
+password = "x"
+server_id = 9911
+include = ["fixture.*"]
+[[sink]]
+kind = "log"
+name = "log"
+dir = "{log}"
+[state]
+dir = "{state}"
+"#,
+            log = dir.path().join("log").display(),
+            state = state.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["status", "--connector"])
+        .arg(&connector)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["tables"]["fixture.t"]["schema_version"], 1, "{status}");
+    assert_eq!(status["snapshot"]["fixture.t"]["status"], "done", "{status}");
+    assert!(status["sinks"].get("schema-guard").is_none(), "{status}");
+    assert!(status["sinks"]["log"].is_object(), "{status}");
+}
