@@ -1,6 +1,6 @@
 //! Builds a connector's components from its config: the source, the sinks and the
 //! enrichment stage. The kinds themselves are listed once each in `config`
-//! (`source_kinds!`, `sink_kinds!`) and `enrich::config` (`kinds!`); each kind's
+//! (the `kind_list!`s) and `enrich::config` (`kinds!`); each kind's
 //! config type says how it is opened (`SourceKind`, `SinkKind`, `enrich::config::Kind`).
 
 use std::sync::Arc;

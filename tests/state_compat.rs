@@ -23,7 +23,10 @@ fn a_state_dir_of_the_earlier_release_opens_with_its_stage_state() {
     copy_fixture(&state);
     let store = OffsetStore::open(&state).unwrap();
 
-    let cp = store.checkpoint().unwrap().expect("the checkpoint survives");
+    let cp = store
+        .checkpoint()
+        .unwrap()
+        .expect("the checkpoint survives");
     assert_eq!(
         cp.position,
         Position::Binlog {
@@ -32,10 +35,19 @@ fn a_state_dir_of_the_earlier_release_opens_with_its_stage_state() {
             gtid: Some("0-1-2509".into()),
         }
     );
-    let guard = store.stage_state("schema-guard").unwrap().expect("guard state");
+    let guard = store
+        .stage_state("schema-guard")
+        .unwrap()
+        .expect("guard state");
     assert_eq!(guard["tables"]["fixture.t"]["version"], 1, "{guard}");
-    let snapshot = store.stage_state("snapshot").unwrap().expect("snapshot state");
-    assert_eq!(snapshot["tables"]["fixture.t"]["status"], "done", "{snapshot}");
+    let snapshot = store
+        .stage_state("snapshot")
+        .unwrap()
+        .expect("snapshot state");
+    assert_eq!(
+        snapshot["tables"]["fixture.t"]["status"], "done",
+        "{snapshot}"
+    );
     assert_eq!(snapshot["tables"]["fixture.t"]["rows"], 3, "{snapshot}");
     let mut cursors: Vec<String> = store
         .sink_cursors()
@@ -81,10 +93,20 @@ dir = "{state}"
         .arg(&connector)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["tables"]["fixture.t"]["schema_version"], 1, "{status}");
-    assert_eq!(status["snapshot"]["fixture.t"]["status"], "done", "{status}");
+    assert_eq!(
+        status["tables"]["fixture.t"]["schema_version"], 1,
+        "{status}"
+    );
+    assert_eq!(
+        status["snapshot"]["fixture.t"]["status"], "done",
+        "{status}"
+    );
     assert!(status["sinks"].get("schema-guard").is_none(), "{status}");
     assert!(status["sinks"]["log"].is_object(), "{status}");
 }

@@ -39,41 +39,41 @@ pub struct ConnectorConfig {
     pub path: PathBuf,
 }
 
-/// The source kinds: the name in connector files, the variant, the section's type (a
-/// `source::SourceKind`). A new source kind is its folder under `source/` plus its
-/// line here.
-macro_rules! source_kinds {
-    ($($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
-        /// `[source]`, by `kind`. Deserialized through `kinds::` so errors keep their
-        /// spans.
+/// A list of kinds: `$enum` (one variant per kind, holding the section's type), the
+/// kind names `$names`, `kind()`, `$get()` (the section as the component's trait
+/// `$kind`) and `of_kind` (deserializes the section of a named kind).
+macro_rules! kind_list {
+    ($enum:ident, $names:ident, $get:ident -> $kind:path;
+     $($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
+        /// Deserialized by `kind` through `kinds::`, so errors keep their spans.
         #[derive(Debug, Clone)]
-        pub enum SourceConfig {
+        pub enum $enum {
             $($variant($cfg)),*
         }
 
-        pub(crate) const SOURCE_KINDS: &[&str] = &[$($name),*];
+        pub(crate) const $names: &[&str] = &[$($name),*];
 
-        impl SourceConfig {
+        impl $enum {
             pub fn kind(&self) -> &'static str {
                 match self {
-                    $(SourceConfig::$variant(_) => $name),*
+                    $($enum::$variant(_) => $name),*
                 }
             }
 
-            /// What the rest of tributary asks of the source.
-            pub fn source(&self) -> &dyn crate::source::SourceKind {
+            /// What the rest of tributary asks of this kind.
+            pub fn $get(&self) -> &dyn $kind {
                 match self {
-                    $(SourceConfig::$variant(c) => c),*
+                    $($enum::$variant(c) => c),*
                 }
             }
 
-            /// The `[source]` section of `kind`, None for an unknown kind.
+            /// The section of `kind`, None for an unknown kind.
             fn of_kind<'de, D: serde::Deserializer<'de>>(
                 kind: &str,
                 d: D,
-            ) -> Result<Option<SourceConfig>, D::Error> {
+            ) -> Result<Option<$enum>, D::Error> {
                 Ok(Some(match kind {
-                    $($name => SourceConfig::$variant(<$cfg>::deserialize(d)?),)*
+                    $($name => $enum::$variant(<$cfg>::deserialize(d)?),)*
                     _ => return Ok(None),
                 }))
             }
@@ -81,7 +81,10 @@ macro_rules! source_kinds {
     };
 }
 
-source_kinds! {
+// `[source]` kinds. A new source kind is its folder under `source/`, whose config type
+// implements `source::SourceKind`, plus its line here.
+kind_list! {
+    SourceConfig, SOURCE_KINDS, source -> crate::source::SourceKind;
     "mariadb" => Mariadb(crate::source::mysql::MysqlSourceConfig),
     "mysql" => Mysql(crate::source::mysql::MysqlSourceConfig),
     "postgres" => Postgres(crate::source::postgres::PostgresSourceConfig),
@@ -94,43 +97,10 @@ impl SourceConfig {
     }
 }
 
-/// The sink kinds: the name in connector files, the variant, the section's type (a
-/// `sink::SinkKind`). A new sink kind is its file or folder under `sink/` plus its line
-/// here.
-macro_rules! sink_kinds {
-    ($($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
-        /// `[[sink]]`, by `kind`. Deserialized through `kinds::` so errors keep their
-        /// spans.
-        #[derive(Debug, Clone)]
-        pub enum SinkConfig {
-            $($variant($cfg)),*
-        }
-
-        pub(crate) const SINK_KINDS: &[&str] = &[$($name),*];
-
-        impl SinkConfig {
-            /// What the rest of tributary asks of the sink.
-            pub fn sink(&self) -> &dyn crate::sink::SinkKind {
-                match self {
-                    $(SinkConfig::$variant(c) => c),*
-                }
-            }
-
-            /// The `[[sink]]` section of `kind`, None for an unknown kind.
-            fn of_kind<'de, D: serde::Deserializer<'de>>(
-                kind: &str,
-                d: D,
-            ) -> Result<Option<SinkConfig>, D::Error> {
-                Ok(Some(match kind {
-                    $($name => SinkConfig::$variant(<$cfg>::deserialize(d)?),)*
-                    _ => return Ok(None),
-                }))
-            }
-        }
-    };
-}
-
-sink_kinds! {
+// `[[sink]]` kinds. A new sink kind is its file or folder under `sink/`, whose config
+// type implements `sink::SinkKind`, plus its line here.
+kind_list! {
+    SinkConfig, SINK_KINDS, sink -> crate::sink::SinkKind;
     "log" => Log(crate::sink::log::LogSinkConfig),
     "elasticsearch" => Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchSinkConfig>),
     "stdout" => Stdout(crate::sink::stdout::StdoutSinkConfig),

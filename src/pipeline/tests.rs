@@ -151,6 +151,17 @@ fn route_cuts_a_halt_at_the_boundary_before_its_transaction() {
     assert_eq!(state["tables"]["db.t"]["version"], 1, "{state}");
 }
 
+/// Routes `messages` with a fresh guard under `policy`.
+fn route_once(
+    policy: Policy,
+    messages: &[crate::event::SourceMessage],
+    until: Option<Position>,
+) -> super::route::Routed {
+    let mut guard = Guard::new(policy, None);
+    let mut snapshot = SnapshotProgress::default();
+    route(messages, &mut guard, &mut snapshot, until.as_ref(), |_| {})
+}
+
 #[test]
 fn route_stops_at_the_first_boundary_at_or_past_until() {
     let t = table("db.t", &[("id", "int")], 1);
@@ -162,28 +173,12 @@ fn route_stops_at_the_first_boundary_at_or_past_until() {
         insert(&t, 3, 30),
         commit(31),
     ];
-    let mut guard = Guard::new(Policy::add_only(), None);
-    let until = at(15);
-    let r = route(
-        &messages,
-        &mut guard,
-        &mut SnapshotProgress::default(),
-        Some(&until),
-        |_| {},
-    );
+    let r = route_once(Policy::add_only(), &messages, Some(at(15)));
     assert_eq!(r.take, 4);
     assert_eq!(r.last_commit, Some(at(21)));
     assert!(matches!(r.stop, Some(Stop::Reached)));
     // Exactly at a boundary stops there too.
-    let mut guard = Guard::new(Policy::add_only(), None);
-    let until = at(11);
-    let r = route(
-        &messages,
-        &mut guard,
-        &mut SnapshotProgress::default(),
-        Some(&until),
-        |_| {},
-    );
+    let r = route_once(Policy::add_only(), &messages, Some(at(11)));
     assert_eq!(r.take, 2);
 }
 
@@ -197,14 +192,7 @@ fn route_sets_quarantined_and_ignored_changes_aside() {
         insert(&u, 3, 13),
         commit(14),
     ];
-    let mut guard = Guard::new(policy("column_added = \"quarantine\""), None);
-    let r = route(
-        &messages,
-        &mut guard,
-        &mut SnapshotProgress::default(),
-        None,
-        |_| {},
-    );
+    let r = route_once(policy("column_added = \"quarantine\""), &messages, None);
     assert_eq!(r.take, messages.len());
     assert_eq!(r.skipped, [2]);
     assert_eq!(r.quarantined.len(), 1);
