@@ -196,6 +196,25 @@ impl OffsetStore {
         self.all_json(SINK_CURSORS)
     }
 
+    /// A stage's state as of the last checkpoint, read as `T`. State that does not read
+    /// as `T` stops with what to do and never falls back to a default: a guard that
+    /// forgot its quarantined tables would send their changes on.
+    pub fn stage_state_as<T: serde::de::DeserializeOwned>(
+        &self,
+        stage: &str,
+    ) -> Result<Option<T>, OffsetError> {
+        match self.stage_state(stage)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v).map(Some).map_err(|e| {
+                self.err(format!(
+                    "the stored state of stage `{stage}` cannot be read ({e}): the store is damaged \
+                     or was written by a newer tributary. Restore the state dir from a backup, or \
+                     move it away to start over from [source] start (the tables are sent again)"
+                ))
+            }),
+        }
+    }
+
     /// Every stage's state as of the last checkpoint.
     pub fn stage_states(&self) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {
         self.all_json(STAGE_STATE)
@@ -210,7 +229,8 @@ impl OffsetStore {
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let v = serde_json::from_slice(v.value()).unwrap_or(serde_json::Value::Null);
+            let v = serde_json::from_slice(v.value())
+                .map_err(|e| self.err(format!("corrupt entry {} ({e})", k.value())))?;
             out.push((k.value().to_string(), v));
         }
         Ok(out)
@@ -222,6 +242,15 @@ impl OffsetStore {
         checkpoint: Option<&Checkpoint>,
         saved: &[Saved],
     ) -> Result<(), OffsetError> {
+        // The open file outlives its name: without this, a deleted state dir would take
+        // every later checkpoint with it, and the next start would begin from scratch.
+        if !self.path.exists() {
+            return Err(self.err(
+                "offsets.redb was deleted while tributary ran, so no checkpoint can be stored: \
+                 stopping. Restore the state dir from a backup, or start again without it \
+                 (from [source] start)",
+            ));
+        }
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut cursors = tx.open_table(SINK_CURSORS).map_err(|e| self.err(e))?;
@@ -319,6 +348,16 @@ impl OffsetStore {
         Ok(had)
     }
 
+    /// The layout fingerprints of `table`'s versions, in version order. Unreadable ones
+    /// are an error: starting the versions over would give new layouts old numbers.
+    fn fingerprints(&self, table: &str, bytes: &[u8]) -> Result<Vec<u64>, OffsetError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.err(format!(
+                "the schema versions of {table} cannot be read ({e}): restore the state dir from a backup"
+            ))
+        })
+    }
+
     /// The schema version of `table` with this column-layout fingerprint: the known
     /// version, or the next one (stored at once).
     pub fn schema_version(&self, table: &str, fingerprint: u64) -> Result<u32, OffsetError> {
@@ -326,7 +365,7 @@ impl OffsetStore {
             let tx = self.db.begin_read().map_err(|e| self.err(e))?;
             let t = tx.open_table(SCHEMAS).map_err(|e| self.err(e))?;
             if let Some(v) = t.get(table).map_err(|e| self.err(e))? {
-                let known: Vec<u64> = serde_json::from_slice(v.value()).unwrap_or_default();
+                let known = self.fingerprints(table, v.value())?;
                 if let Some(i) = known.iter().position(|f| *f == fingerprint) {
                     return Ok(i as u32 + 1);
                 }
@@ -336,7 +375,7 @@ impl OffsetStore {
         let version = {
             let mut t = tx.open_table(SCHEMAS).map_err(|e| self.err(e))?;
             let mut known: Vec<u64> = match t.get(table).map_err(|e| self.err(e))? {
-                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                Some(v) => self.fingerprints(table, v.value())?,
                 None => Vec::new(),
             };
             let version = match known.iter().position(|f| *f == fingerprint) {
@@ -450,7 +489,7 @@ impl OffsetStore {
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let known: Vec<u64> = serde_json::from_slice(v.value()).unwrap_or_default();
+            let known = self.fingerprints(k.value(), v.value())?;
             out.push((k.value().to_string(), known.len() as u32));
         }
         Ok(out)
@@ -551,6 +590,32 @@ mod tests {
         // Opening again finds nothing more to move and keeps what was moved.
         let s = OffsetStore::open(dir.path()).unwrap();
         assert_eq!(s.stage_state("schema-guard").unwrap(), Some(guard));
+    }
+
+    /// Unreadable stored state is an error, never a default: versions starting over
+    /// would give new layouts old numbers, a fresh guard would forget its quarantines.
+    #[test]
+    fn unreadable_state_is_an_error_not_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = OffsetStore::open(dir.path()).unwrap();
+        {
+            let tx = s.db.begin_write().unwrap();
+            tx.open_table(SCHEMAS)
+                .unwrap()
+                .insert("a.b", b"not json".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let e = s.schema_version("a.b", 7).unwrap_err().to_string();
+        assert!(e.contains("schema versions of a.b"), "{e}");
+        assert!(s.schema_versions().is_err());
+        s.commit(None, &[Saved::Stage("x".into(), serde_json::json!("text"))])
+            .unwrap();
+        let e = s
+            .stage_state_as::<std::collections::BTreeMap<String, u32>>("x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage `x` cannot be read"), "{e}");
     }
 
     #[test]

@@ -65,29 +65,7 @@ fn status_of_a_migrated_state_dir_shows_tables_and_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     copy_fixture(&state);
-    let connector = dir.path().join("fixture.toml");
-    std::fs::write(
-        &connector,
-        format!(
-            r#"[source]
-kind = "mariadb"
-port = 1
-user = "tributary"
-password = "x"
-server_id = 9911
-include = ["fixture.*"]
-[[sink]]
-kind = "log"
-name = "log"
-dir = "{log}"
-[state]
-dir = "{state}"
-"#,
-            log = dir.path().join("log").display(),
-            state = state.display()
-        ),
-    )
-    .unwrap();
+    let connector = connector(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
         .args(["status", "--connector"])
         .arg(&connector)
@@ -109,4 +87,77 @@ dir = "{state}"
     );
     assert!(status["sinks"].get("schema-guard").is_none(), "{status}");
     assert!(status["sinks"]["log"].is_object(), "{status}");
+}
+
+/// A connector file for the fixture table with its state in `dir/state`.
+fn connector(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("fixture.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[source]
+kind = "mariadb"
+port = 1
+user = "tributary"
+password = "x"
+server_id = 9911
+include = ["fixture.*"]
+[[sink]]
+kind = "log"
+name = "log"
+dir = "{log}"
+[state]
+dir = "{state}"
+"#,
+            log = dir.join("log").display(),
+            state = dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Stored guard state that does not read (a damaged store, or one a newer release
+/// wrote) stops with the store's path and what to do; before, the guard started over
+/// and forgot its quarantined tables.
+#[test]
+fn unreadable_guard_state_stops_with_the_state_dir_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    {
+        let store = OffsetStore::open(&state).unwrap();
+        store
+            .commit(
+                None,
+                &[tributary::offsets::Saved::Stage(
+                    "schema-guard".into(),
+                    serde_json::json!({"quarantined": "not a map"}),
+                )],
+            )
+            .unwrap();
+        let err = match tributary::schema::guard::Guard::restore(
+            tributary::schema::Policy::add_only(),
+            &store,
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a guard was made from unreadable state"),
+        };
+        assert!(
+            err.contains("schema-guard") && err.contains("cannot be read"),
+            "{err}"
+        );
+        assert!(err.contains(&state.display().to_string()), "{err}");
+    }
+    // Through the CLI: quarantine replay reads the guard state first.
+    let out = Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["quarantine", "replay", "--connector"])
+        .arg(connector(dir.path()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot be read") && stderr.contains("backup"),
+        "{stderr}"
+    );
 }

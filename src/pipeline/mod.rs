@@ -25,7 +25,7 @@ use crate::event::Position;
 use crate::offsets::OffsetStore;
 use crate::queue;
 use crate::registry;
-use crate::schema::guard::{self, Guard};
+use crate::schema::guard::Guard;
 use crate::schema::quarantine::{self, QuarantineStream};
 use crate::source::{Source, SourceError};
 
@@ -86,7 +86,7 @@ pub async fn run(
             store.sink_cursor(quarantine::STREAM_ID)?,
         )?,
         enrich: registry::enrich(cfg, &store).await?,
-        guard: Guard::new(policy, store.stage_state(guard::STATE_ID)?),
+        guard: Guard::restore(policy, &store)?,
         snapshot: SnapshotProgress::new(store.stage_state(crate::snapshot::STATE_ID)?),
     };
     let cfg_for_reload = cfg.clone();

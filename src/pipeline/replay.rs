@@ -19,7 +19,7 @@ use crate::event::{ChangeEvent, SourceMessage, TableSchema};
 use crate::journal::LogRecordError;
 use crate::offsets::{OffsetError, OffsetStore, Saved, SchemaRecord};
 use crate::registry;
-use crate::schema::guard::{self, Guard, Pass};
+use crate::schema::guard::{Guard, Pass};
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
 
 use super::checkpoint::{flush_all, Participant};
@@ -52,8 +52,7 @@ fn open_store(cfg: &ConnectorConfig) -> Result<OffsetStore, PipelineError> {
 pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayReport, PipelineError> {
     let store = open_store(cfg)?;
     let policy = cfg.policy()?;
-    let state = store.stage_state(guard::STATE_ID)?;
-    let quarantined = Guard::new(policy.clone(), state.clone())
+    let quarantined = Guard::restore(policy.clone(), &store)?
         .quarantined()
         .clone();
     let mut report = ReplayReport::default();
@@ -89,7 +88,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
 
     // First pass, sending nothing: every schema the records carry must pass the policy
     // now, or no sink sees any of them.
-    let mut dry = release(Guard::new(policy.clone(), state.clone()), &chosen);
+    let mut dry = release(Guard::restore(policy.clone(), &store)?, &chosen);
     let mut last: HashMap<String, u32> = HashMap::new();
     let (mut rx, reader) = records(&dir, &chosen);
     while let Some(r) = rx.recv().await {
@@ -108,7 +107,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     finish(reader).await?;
 
     // Second pass: send them on, in stream order.
-    let mut guard = release(Guard::new(policy.clone(), state), &chosen);
+    let mut guard = release(Guard::restore(policy.clone(), &store)?, &chosen);
     let mut sinks = registry::sinks(&cfg.sinks, &store, &Arc::new(policy))?;
     // The same enrichment as the live stream (its state and dead letters stored with
     // the replay's commit).

@@ -13,7 +13,7 @@ use super::runner::Stages;
 use super::{drive, Loop, PipelineError, Reload, RunStats};
 use crate::event::{Position, TableSchema};
 use crate::offsets::OffsetStore;
-use crate::schema::guard::{self, Guard};
+use crate::schema::guard::Guard;
 use crate::schema::quarantine::{self, QuarantineStream};
 use crate::schema::Policy;
 use crate::sink::Sink;
@@ -45,7 +45,7 @@ impl Run {
 
     fn stages(&self, policy: Policy, sinks: Vec<Box<dyn Sink>>) -> Stages {
         Stages {
-            guard: Guard::new(policy, self.store.stage_state(guard::STATE_ID).unwrap()),
+            guard: Guard::restore(policy, &self.store).unwrap(),
             snapshot: SnapshotProgress::new(None),
             quarantine: QuarantineStream::open(
                 &self.quarantine_dir(),
@@ -127,7 +127,7 @@ fn route_cuts_a_halt_at_the_boundary_before_its_transaction() {
         insert(&t2, 4, 14),
         commit(15),
     ];
-    let mut guard = Guard::new(policy("column_added = \"halt\""), None);
+    let mut guard = Guard::new(policy("column_added = \"halt\""));
     let mut passed = Vec::new();
     let r = route(
         &messages,
@@ -157,7 +157,7 @@ fn route_once(
     messages: &[crate::event::SourceMessage],
     until: Option<Position>,
 ) -> super::route::Routed {
-    let mut guard = Guard::new(policy, None);
+    let mut guard = Guard::new(policy);
     let mut snapshot = SnapshotProgress::default();
     route(messages, &mut guard, &mut snapshot, until.as_ref(), |_| {})
 }
@@ -468,4 +468,42 @@ async fn a_hangup_with_a_broken_policy_keeps_the_old_one() {
     let (run, result) = reload_case(|| Ok(Policy::add_only())).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(run.checkpoint(), Some(at(21)));
+}
+
+#[tokio::test]
+async fn a_state_dir_deleted_while_running_stops_at_the_next_checkpoint() {
+    let run = Run::new();
+    let t = table("db.t", &[("id", "int")], 1);
+    let deleted = Arc::new(Notify::new());
+    let source = ScriptedSource::new([
+        Step::Send(insert(&t, 1, 10)),
+        Step::Send(commit(11)),
+        Step::AwaitCheckpoint(at(11)),
+        Step::Wait(deleted.clone()),
+        Step::Send(insert(&t, 2, 20)),
+        Step::Send(commit(21)),
+    ]);
+    let stages = run.stages(Policy::add_only(), vec![recording(Acks::Now).0]);
+    let state = run.dir.path().join("state");
+    let watcher = {
+        let store = run.store.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            while store.checkpoint().unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            std::fs::remove_dir_all(&state).unwrap();
+            deleted.notify_one();
+        })
+    };
+    let err = run
+        .drive(source, stages, None, no_reload(), no_hangups())
+        .await
+        .unwrap_err();
+    watcher.await.unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("deleted") && msg.contains(&state.display().to_string()),
+        "{msg}"
+    );
 }

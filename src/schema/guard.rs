@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::change::{diff_columns, SchemaChange};
 use super::policy::{Policy, Ruling, Verdict};
 use crate::event::{ChangeEvent, Column, PerSchema, TableChange};
+use crate::offsets::{OffsetError, OffsetStore};
 
 /// The id the guard's state is stored under, next to the sinks' cursors.
 pub const STATE_ID: &str = "schema-guard";
@@ -121,11 +122,19 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// `state` is what `state()` returned at the last stored checkpoint.
-    pub fn new(policy: Policy, state: Option<serde_json::Value>) -> Self {
-        let state: State = state
-            .and_then(|s| serde_json::from_value(s).ok())
-            .unwrap_or_default();
+    /// A guard that has let nothing through yet.
+    pub fn new(policy: Policy) -> Self {
+        Guard::with_state(policy, State::default())
+    }
+
+    /// The guard as of the last stored checkpoint; stored state that cannot be read
+    /// is an error naming the store (never a fresh guard that forgot its quarantines).
+    pub fn restore(policy: Policy, store: &OffsetStore) -> Result<Self, OffsetError> {
+        let state = store.stage_state_as::<State>(STATE_ID)?;
+        Ok(Guard::with_state(policy, state.unwrap_or_default()))
+    }
+
+    fn with_state(policy: Policy, state: State) -> Self {
         let committed = serde_json::to_value(&state).expect("the state serializes");
         Guard {
             policy,
@@ -351,6 +360,11 @@ fn with_stated_renames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guard from a state `state()` returned.
+    fn reload(policy: Policy, state: serde_json::Value) -> Guard {
+        Guard::with_state(policy, serde_json::from_value(state).unwrap())
+    }
     use crate::event::{Op, Position};
     use std::path::Path;
     use std::sync::Arc;
@@ -372,7 +386,7 @@ mod tests {
 
     #[test]
     fn add_only_lets_additions_through_and_halts_at_narrowing() {
-        let mut g = Guard::new(Policy::add_only(), None);
+        let mut g = Guard::new(Policy::add_only());
         g.check(&event(1, &[("id", "int")])).unwrap();
         g.check(&event(2, &[("id", "int"), ("note", "text")]))
             .unwrap();
@@ -391,13 +405,13 @@ mod tests {
 
     #[test]
     fn state_is_taken_at_boundaries_and_restores() {
-        let mut g = Guard::new(Policy::add_only(), None);
+        let mut g = Guard::new(Policy::add_only());
         g.check(&event(1, &[("id", "int")])).unwrap();
         g.commit();
         g.check(&event(2, &[("id", "int"), ("x", "text")])).unwrap();
         // Not at a boundary yet: the stored state is still version 1.
         let state = g.state();
-        let mut again = Guard::new(Policy::add_only(), Some(state));
+        let mut again = reload(Policy::add_only(), state);
         // Replayed from the checkpoint: version 2 is decided again (and allowed).
         again
             .check(&event(2, &[("id", "int"), ("x", "text")]))
@@ -405,7 +419,7 @@ mod tests {
         // A narrowing after a restored state halts.
         let policy =
             Policy::parse(Path::new("p.toml"), "[rules]\ncolumn_dropped = \"halt\"\n").unwrap();
-        let mut strict = Guard::new(policy, Some(again.state()));
+        let mut strict = reload(policy, again.state());
         let halt = strict.check(&event(2, &[("x", "text")])).unwrap_err();
         assert!(
             halt.to_string()
@@ -416,7 +430,7 @@ mod tests {
 
     #[test]
     fn drops_are_deprecated_and_listed() {
-        let mut g = Guard::new(Policy::add_only(), None);
+        let mut g = Guard::new(Policy::add_only());
         g.check(&event(1, &[("id", "int"), ("x", "text")])).unwrap();
         g.check(&event(2, &[("x", "text")])).unwrap();
         g.commit();
@@ -432,7 +446,7 @@ mod tests {
             "[rules]\ncolumn_renamed = \"deprecate\"\ntable_created = \"ignore\"\ntable_dropped = \"halt\"\n",
         )
         .unwrap();
-        let mut g = Guard::new(policy, None);
+        let mut g = Guard::new(policy);
         g.check(&event(1, &[("id", "int"), ("a", "int")])).unwrap();
         let tc = |table: &str, change| TableChange {
             table: table.into(),
@@ -480,7 +494,7 @@ mod tests {
             "[rules]\ncolumn_added = \"quarantine\"\n",
         )
         .unwrap();
-        let mut g = Guard::new(policy, None);
+        let mut g = Guard::new(policy);
         g.check(&event(1, &[("id", "int")])).unwrap();
         let wider = event(2, &[("id", "int"), ("x", "text")]);
         assert_eq!(g.check(&wider).unwrap(), Pass::Quarantine(1));
@@ -502,7 +516,7 @@ mod tests {
         );
         // The quarantine survives a restart; released under a policy that allows the
         // change, the table's events pass and the new layout is accepted.
-        let mut replay = Guard::new(Policy::add_only(), Some(g.state()));
+        let mut replay = reload(Policy::add_only(), g.state());
         assert_eq!(replay.check(&wider).unwrap(), Pass::Quarantine(1));
         assert_eq!(replay.release("s.t").unwrap().epoch, 1);
         assert_eq!(replay.check(&wider).unwrap(), Pass::Yes);

@@ -110,11 +110,10 @@ pub async fn start<S: ChunkSource>(
     tx: &mut QueueSender,
     shutdown: &CancellationToken,
 ) -> Result<(Merger, Running), String> {
-    let mut state = State::from_stored(
-        store
-            .stage_state(super::STATE_ID)
-            .map_err(|e| e.to_string())?,
-    );
+    let mut state: State = store
+        .stage_state_as(super::STATE_ID)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     if settings.first_start && state.tables.is_empty() && settings.mode != SnapshotMode::Never {
         for t in tables.await? {
             state.request(&t, 0);
