@@ -5,6 +5,7 @@ pub mod config;
 pub mod enrich;
 pub mod event;
 pub mod failure;
+pub mod files;
 pub mod journal;
 pub mod metrics;
 pub mod offsets;

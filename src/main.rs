@@ -261,7 +261,7 @@ fn snapshot(path: &Path, tables: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     let running = matches!(
-        OffsetStore::open(&cfg.state.dir),
+        cfg.state.open_store(),
         Err(tributary::offsets::OffsetError::InUse { .. })
     );
     for t in tables {
@@ -300,7 +300,7 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
     use tributary::schema::{diff_columns, SchemaChange, Verdict};
     let cfg = load(path)?;
     let policy = cfg.policy()?;
-    let recorded = OffsetStore::recorded_schemas(&cfg.state.dir)?;
+    let recorded = OffsetStore::recorded_schemas(&cfg.state.dir, cfg.state.file_mode)?;
     let live = cfg
         .source
         .source()
@@ -458,7 +458,7 @@ async fn wait_for_signal() {
 async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     println!("ok    connector file {} parses", path.display());
-    let checkpoint = match OffsetStore::open(&cfg.state.dir) {
+    let checkpoint = match cfg.state.open_store() {
         Ok(store) => store.checkpoint()?.map(|c| c.position),
         Err(e) => {
             println!("error {e}");
@@ -518,7 +518,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
 async fn status(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     // A running daemon holds the store; it reports its checkpoint beside it.
-    let (running, checkpoint, sinks, stages) = match OffsetStore::open(&cfg.state.dir) {
+    let (running, checkpoint, sinks, stages) = match cfg.state.open_store() {
         Ok(store) => (
             false,
             store.checkpoint()?,
@@ -633,7 +633,7 @@ fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
     match action {
         OffsetsAction::Show { connector } => {
             let cfg = load(&connector)?;
-            let store = OffsetStore::open(&cfg.state.dir)?;
+            let store = cfg.state.open_store()?;
             let out = serde_json::json!({
                 "connector": cfg.connector_name(),
                 "checkpoint": store.checkpoint()?,
@@ -646,7 +646,7 @@ fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
         }
         OffsetsAction::Reset { connector } => {
             let cfg = load(&connector)?;
-            let store = OffsetStore::open(&cfg.state.dir)?;
+            let store = cfg.state.open_store()?;
             if store.reset_source()? {
                 println!("checkpoint removed: the next run starts from [source] start; log sinks keep their records and append after them");
             } else {

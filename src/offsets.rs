@@ -12,6 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Position;
+use crate::files::FileMode;
 
 const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoint");
 const SINK_CURSORS: TableDefinition<&str, &[u8]> = TableDefinition::new("sink_cursors");
@@ -82,16 +83,22 @@ pub struct Checkpoint {
 pub struct OffsetStore {
     db: Database,
     path: PathBuf,
+    /// Of offsets.redb and the reports beside it; the state dir gets the search bits.
+    file_mode: FileMode,
 }
 
 impl OffsetStore {
-    /// Opens (or creates) the store in `dir`. Only one process may hold it.
-    pub fn open(dir: &Path) -> Result<Self, OffsetError> {
+    /// Opens (or creates) the store in `dir`, which holds row data: the dir and its
+    /// files get `file_mode` (0600 files in a 0700 dir by default). Only one process
+    /// may hold it.
+    pub fn open(dir: &Path, file_mode: FileMode) -> Result<Self, OffsetError> {
         let err = |message: String| OffsetError::Store {
             path: dir.to_path_buf(),
             message,
         };
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+        file_mode
+            .create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create it: {e}")))?;
         let path = dir.join("offsets.redb");
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => OffsetError::InUse {
@@ -99,7 +106,16 @@ impl OffsetStore {
             },
             other => err(format!("cannot open offsets.redb: {other}")),
         })?;
-        let store = OffsetStore { db, path };
+        if let Ok(f) = std::fs::File::open(&path) {
+            file_mode
+                .apply(&f)
+                .map_err(|e| err(format!("cannot set the mode of offsets.redb: {e}")))?;
+        }
+        let store = OffsetStore {
+            db,
+            path,
+            file_mode,
+        };
         // Create the tables so readers never see "table does not exist".
         let tx = store.db.begin_write().map_err(|e| store.err(e))?;
         {
@@ -302,7 +318,6 @@ impl OffsetStore {
         let Some(dir) = self.path.parent() else {
             return;
         };
-        let tmp = dir.join("status.json.tmp");
         let mut cursors = serde_json::Map::new();
         let mut stages = serde_json::Map::new();
         for s in saved {
@@ -313,9 +328,9 @@ impl OffsetStore {
             };
         }
         let body = serde_json::json!({ "checkpoint": cp, "cursors": cursors, "stages": stages });
-        if std::fs::write(&tmp, body.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join("status.json"));
-        }
+        let _ = self
+            .file_mode
+            .write_atomically(&dir.join("status.json"), body.to_string().as_bytes());
     }
 
     /// The checkpoint a running daemon last reported in `status.json`.
@@ -428,11 +443,10 @@ impl OffsetStore {
         tx.commit().map_err(|e| self.err(e))?;
         // A readable copy for `policy diff` while the daemon holds the store.
         if let (Ok(history), Some(dir)) = (self.schema_history(), self.path.parent()) {
-            let tmp = dir.join("schemas.json.tmp");
             if let Ok(body) = serde_json::to_vec(&history) {
-                if std::fs::write(&tmp, body).is_ok() {
-                    let _ = std::fs::rename(&tmp, dir.join("schemas.json"));
-                }
+                let _ = self
+                    .file_mode
+                    .write_atomically(&dir.join("schemas.json"), &body);
             }
         }
         Ok(())
@@ -442,11 +456,12 @@ impl OffsetStore {
     /// daemon holds it, from the copy it keeps in `schemas.json`. Creates nothing.
     pub fn recorded_schemas(
         dir: &Path,
+        file_mode: FileMode,
     ) -> Result<std::collections::BTreeMap<String, Vec<SchemaRecord>>, OffsetError> {
         if !dir.join("offsets.redb").exists() {
             return Ok(Default::default());
         }
-        match OffsetStore::open(dir) {
+        match OffsetStore::open(dir, file_mode) {
             Ok(store) => store.schema_history(),
             Err(open_error) => {
                 let text =
@@ -513,7 +528,7 @@ mod tests {
             at_ms: 1,
         };
         {
-            let s = OffsetStore::open(dir.path()).unwrap();
+            let s = OffsetStore::open(dir.path(), FileMode::default()).unwrap();
             assert!(s.checkpoint().unwrap().is_none());
             s.commit(
                 Some(&cp),
@@ -525,11 +540,11 @@ mod tests {
             )
             .unwrap();
             assert!(
-                OffsetStore::open(dir.path()).is_err(),
+                OffsetStore::open(dir.path(), FileMode::default()).is_err(),
                 "second open must fail"
             );
         }
-        let s = OffsetStore::open(dir.path()).unwrap();
+        let s = OffsetStore::open(dir.path(), FileMode::default()).unwrap();
         assert_eq!(s.checkpoint().unwrap(), Some(cp));
         assert_eq!(s.sink_cursor("log:x").unwrap().unwrap()["offset"], 5);
         assert_eq!(
@@ -579,7 +594,7 @@ mod tests {
             }
             tx.commit().unwrap();
         }
-        let s = OffsetStore::open(dir.path()).unwrap();
+        let s = OffsetStore::open(dir.path(), FileMode::default()).unwrap();
         assert_eq!(s.checkpoint().unwrap(), Some(cp));
         assert_eq!(s.stage_state("schema-guard").unwrap(), Some(guard.clone()));
         assert_eq!(s.stage_state("snapshot").unwrap(), Some(snapshot));
@@ -588,7 +603,7 @@ mod tests {
         assert_eq!(cursors[0].0, "log:0");
         drop(s);
         // Opening again finds nothing more to move and keeps what was moved.
-        let s = OffsetStore::open(dir.path()).unwrap();
+        let s = OffsetStore::open(dir.path(), FileMode::default()).unwrap();
         assert_eq!(s.stage_state("schema-guard").unwrap(), Some(guard));
     }
 
@@ -597,7 +612,7 @@ mod tests {
     #[test]
     fn unreadable_state_is_an_error_not_a_default() {
         let dir = tempfile::tempdir().unwrap();
-        let s = OffsetStore::open(dir.path()).unwrap();
+        let s = OffsetStore::open(dir.path(), FileMode::default()).unwrap();
         {
             let tx = s.db.begin_write().unwrap();
             tx.open_table(SCHEMAS)
@@ -621,7 +636,7 @@ mod tests {
     #[test]
     fn schema_versions_are_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let s = OffsetStore::open(dir.path()).unwrap();
+        let s = OffsetStore::open(dir.path(), FileMode::default()).unwrap();
         assert_eq!(s.schema_version("a.b", 11).unwrap(), 1);
         assert_eq!(s.schema_version("a.b", 22).unwrap(), 2);
         assert_eq!(s.schema_version("a.b", 11).unwrap(), 1);

@@ -42,7 +42,7 @@ pub async fn enrich(
     crate::enrich::Stage::open(
         &cfg.enrich,
         &cfg.path,
-        &cfg.enrich_dead_letter_dir(),
+        &cfg.enrich_dead_letters(),
         || cfg.source.source().lookup(&cfg.connector_name()),
         store,
     )

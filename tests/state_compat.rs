@@ -21,7 +21,7 @@ fn a_state_dir_of_the_earlier_release_opens_with_its_stage_state() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     copy_fixture(&state);
-    let store = OffsetStore::open(&state).unwrap();
+    let store = OffsetStore::open(&state, tributary::files::FileMode::default()).unwrap();
 
     let cp = store
         .checkpoint()
@@ -125,7 +125,7 @@ fn unreadable_guard_state_stops_with_the_state_dir_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     {
-        let store = OffsetStore::open(&state).unwrap();
+        let store = OffsetStore::open(&state, tributary::files::FileMode::default()).unwrap();
         store
             .commit(
                 None,

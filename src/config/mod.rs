@@ -113,6 +113,17 @@ kind_list! {
 pub struct StateConfig {
     /// Directory of the offsets store (`offsets.redb`).
     pub dir: PathBuf,
+    /// Of the files in the state dir, the quarantine and the enrichment dead letters
+    /// (default "0600"; directories get the matching search bits).
+    #[serde(default)]
+    pub file_mode: crate::files::FileMode,
+}
+
+impl StateConfig {
+    /// Opens the offsets store (the state dir and its files get `file_mode`).
+    pub fn open_store(&self) -> Result<crate::offsets::OffsetStore, crate::offsets::OffsetError> {
+        crate::offsets::OffsetStore::open(&self.dir, self.file_mode)
+    }
 }
 
 /// `[schema]`: the schema guard.
@@ -193,12 +204,22 @@ impl ConnectorConfig {
             .unwrap_or_else(|| self.state.dir.join("quarantine"))
     }
 
+    /// The quarantine stream: its directory, written with `[state] file_mode`.
+    pub fn quarantine_journal(&self) -> crate::journal::Settings {
+        crate::journal::Settings::at(&self.quarantine_dir(), self.state.file_mode)
+    }
+
     /// The enrichment dead-letter stream's directory.
     pub fn enrich_dead_letter_dir(&self) -> PathBuf {
         self.enrichment
             .dead_letter_dir
             .clone()
             .unwrap_or_else(|| self.state.dir.join("dead-letters").join("enrich"))
+    }
+
+    /// The enrichment dead-letter stream, written with `[state] file_mode`.
+    pub fn enrich_dead_letters(&self) -> crate::journal::Settings {
+        crate::journal::Settings::at(&self.enrich_dead_letter_dir(), self.state.file_mode)
     }
 
     /// The connector's schema policy (errors name the policy file, line and column).
@@ -325,6 +346,25 @@ dir = "data/state"
         let e = ConnectorConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
         assert!(e.to_string().contains("log"), "{e}");
         assert!(e.to_string().contains("stdout"), "{e}");
+    }
+
+    #[test]
+    fn file_modes_default_private_and_a_bad_one_names_its_line() {
+        let c = ConnectorConfig::parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(c.state.file_mode.bits(), 0o600);
+        let wide = GOOD.replace(
+            "dir = \"data/state\"",
+            "dir = \"data/state\"\nfile_mode = \"0640\"",
+        );
+        let c = ConnectorConfig::parse(Path::new("c.toml"), &wide).unwrap();
+        assert_eq!(c.state.file_mode.dir_bits(), 0o750);
+        let bad = GOOD.replace(
+            "dir = \"data/log\"",
+            "dir = \"data/log\"\nfile_mode = \"0755\"",
+        );
+        let e = ConnectorConfig::parse(Path::new("c.toml"), &bad).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:15:13:"), "{e}");
+        assert!(e.to_string().contains("no execute"), "{e}");
     }
 
     #[test]

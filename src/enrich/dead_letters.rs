@@ -3,8 +3,6 @@
 //! (default `<state dir>/dead-letters/enrich`). Its cursor is stored with every
 //! checkpoint like a sink's, so after a crash it holds each failed event once.
 
-use std::path::Path;
-
 use crate::event::ChangeEvent;
 use crate::journal::{Flushed, Journal, JournalError, Settings};
 
@@ -14,13 +12,9 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, JournalError> {
+    pub fn open(at: &Settings, cursor: Option<serde_json::Value>) -> Result<Self, JournalError> {
         Ok(DeadLetters {
-            log: Journal::open(
-                super::DEAD_LETTERS_ID.to_string(),
-                &Settings::at(dir),
-                cursor,
-            )?,
+            log: Journal::open(super::DEAD_LETTERS_ID.to_string(), at, cursor)?,
             scratch: Vec::with_capacity(4096),
         })
     }

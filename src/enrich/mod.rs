@@ -201,13 +201,13 @@ const MAX_CHAINS: usize = 4096;
 
 impl Stage {
     /// The stage for the `[[enrich]]` entries of the connector file `file`; the
-    /// dead-letter stream is opened in `dead_letter_dir` at its stored cursor (only when
+    /// dead-letter stream is opened in `dead_letters` at its stored cursor (only when
     /// there are entries). `lookups` gives the source's row reader, asked for only when
     /// a step looks up.
     pub async fn open(
         entries: &[EnrichConfig],
         file: &std::path::Path,
-        dead_letter_dir: &std::path::Path,
+        dead_letters: &crate::journal::Settings,
         lookups: impl FnOnce() -> Arc<dyn crate::source::Lookup>,
         store: &crate::offsets::OffsetStore,
     ) -> Result<Stage, EnrichError> {
@@ -257,7 +257,7 @@ impl Stage {
         let dead = if steps.is_empty() {
             None
         } else {
-            Some(DeadLetters::open(dead_letter_dir, cursor)?)
+            Some(DeadLetters::open(dead_letters, cursor)?)
         };
         Ok(Stage {
             steps,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 
 use super::{list_segments, segment_name, Cursor, Fsync, JournalError};
+use crate::files::FileMode;
 
 /// A flush's acknowledgement: the cursor at the last boundary (as stored JSON), once
 /// durable.
@@ -19,15 +20,19 @@ pub struct Settings {
     /// Rotate to a new segment after this many bytes.
     pub segment_bytes: u64,
     pub fsync: Fsync,
+    /// Of the segments; the directory gets the matching search bits.
+    pub file_mode: FileMode,
 }
 
 impl Settings {
-    /// A journal in `dir` with the defaults (streams tributary keeps for itself).
-    pub fn at(dir: &Path) -> Self {
+    /// A journal in `dir` with the defaults (streams tributary keeps for itself), its
+    /// files written with `file_mode`.
+    pub fn at(dir: &Path, file_mode: FileMode) -> Self {
         Settings {
             dir: dir.to_path_buf(),
             segment_bytes: super::DEFAULT_SEGMENT_BYTES,
             fsync: Fsync::Checkpoint,
+            file_mode,
         }
     }
 }
@@ -49,6 +54,7 @@ pub struct Journal {
     /// Segments closed since the last flush, still to be fsynced.
     unsynced: Vec<PathBuf>,
     new_files: bool,
+    file_mode: FileMode,
 }
 
 impl Journal {
@@ -61,7 +67,8 @@ impl Journal {
     ) -> Result<Self, JournalError> {
         let dir = cfg.dir.clone();
         let err = |m: String| JournalError::new(&id, m);
-        std::fs::create_dir_all(&dir)
+        cfg.file_mode
+            .create_dir_all(&dir)
             .map_err(|e| err(format!("cannot create log dir {}: {e}", dir.display())))?;
         let segments =
             list_segments(&dir).map_err(|e| err(format!("cannot list {}: {e}", dir.display())))?;
@@ -92,11 +99,17 @@ impl Journal {
                 .map_err(|e| err(format!("cannot remove {}: {e}", p.display())))?;
         }
         let path = dir.join(segment_name(start.segment));
-        let file = OpenOptions::new()
+        let file = cfg
+            .file_mode
+            .options()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| err(format!("cannot open {}: {e}", path.display())))?;
+        // A segment an earlier release wrote gets the mode too.
+        cfg.file_mode
+            .apply(&file)
+            .map_err(|e| err(format!("cannot set the mode of {}: {e}", path.display())))?;
         let len = file.metadata().map_err(|e| err(e.to_string()))?.len();
         if len < start.offset {
             return Err(err(format!(
@@ -127,6 +140,7 @@ impl Journal {
             flushed: start,
             unsynced: Vec::new(),
             new_files: false,
+            file_mode: cfg.file_mode,
         })
     }
 
@@ -149,7 +163,9 @@ impl Journal {
         self.unsynced.push(self.segment_path(self.end.segment));
         let next = self.end.segment + 1;
         let path = self.segment_path(next);
-        let file = OpenOptions::new()
+        let file = self
+            .file_mode
+            .options()
             .create(true)
             .truncate(true)
             .write(true)

@@ -65,7 +65,7 @@ pub async fn run(
     shutdown: CancellationToken,
     until: Option<Position>,
 ) -> Result<RunStats, PipelineError> {
-    let store = Arc::new(open_store(&cfg.state.dir).await?);
+    let store = Arc::new(open_store(&cfg.state).await?);
     let (mut source, source_desc) = registry::source(cfg, store.clone());
     if let Err(e) = source.preflight().await {
         drop(source);
@@ -82,7 +82,7 @@ pub async fn run(
     let stages = Stages {
         sinks: registry::sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?,
         quarantine: QuarantineStream::open(
-            &cfg.quarantine_dir(),
+            &cfg.quarantine_journal(),
             store.sink_cursor(quarantine::STREAM_ID)?,
         )?,
         enrich: registry::enrich(cfg, &store).await?,
@@ -197,10 +197,12 @@ pub async fn drive(
 /// Opens the offsets store, waiting up to 5 s while another process holds it: a
 /// `tributary status` or `offsets show` run at that moment holds it for milliseconds,
 /// and must not make a starting daemon fail.
-async fn open_store(dir: &std::path::Path) -> Result<OffsetStore, crate::offsets::OffsetError> {
+async fn open_store(
+    state: &crate::config::StateConfig,
+) -> Result<OffsetStore, crate::offsets::OffsetError> {
     let mut tries = 0;
     loop {
-        match OffsetStore::open(dir) {
+        match state.open_store() {
             Err(crate::offsets::OffsetError::InUse { .. }) if tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -38,7 +38,7 @@ pub struct ReplayReport {
 }
 
 fn open_store(cfg: &ConnectorConfig) -> Result<OffsetStore, PipelineError> {
-    OffsetStore::open(&cfg.state.dir).map_err(|e| match e {
+    cfg.state.open_store().map_err(|e| match e {
         OffsetError::InUse { path } => PipelineError::Replay(format!(
             "the daemon of {} is running (state dir {} is in use): stop it first (its checkpoint keeps every change), replay, then start it again",
             cfg.path.display(),
@@ -75,9 +75,10 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
 
     // Opening cuts what was written after the last checkpoint: the daemon writes it
     // again when it resumes there.
-    let dir = cfg.quarantine_dir();
+    let journal = cfg.quarantine_journal();
+    let dir = journal.dir.clone();
     drop(QuarantineStream::open(
-        &dir,
+        &journal,
         store.sink_cursor(quarantine::STREAM_ID)?,
     )?);
     let mut schemas = Schemas {
@@ -167,7 +168,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     if emptied {
         // Nothing waits any more: opening at the empty cursor removes the records.
         drop(QuarantineStream::open(
-            &dir,
+            &journal,
             Some(QuarantineStream::empty_cursor()),
         )?);
     }

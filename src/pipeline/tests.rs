@@ -30,13 +30,19 @@ fn policy(rules: &str) -> Policy {
 struct Run {
     dir: tempfile::TempDir,
     store: Arc<OffsetStore>,
+    mode: crate::files::FileMode,
 }
 
 impl Run {
     fn new() -> Self {
+        Self::with_mode(crate::files::FileMode::default())
+    }
+
+    /// A run whose state and streams are written with `mode`.
+    fn with_mode(mode: crate::files::FileMode) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(OffsetStore::open(&dir.path().join("state")).unwrap());
-        Run { dir, store }
+        let store = Arc::new(OffsetStore::open(&dir.path().join("state"), mode).unwrap());
+        Run { dir, store, mode }
     }
 
     fn quarantine_dir(&self) -> std::path::PathBuf {
@@ -48,7 +54,7 @@ impl Run {
             guard: Guard::restore(policy, &self.store).unwrap(),
             snapshot: SnapshotProgress::new(None),
             quarantine: QuarantineStream::open(
-                &self.quarantine_dir(),
+                &crate::journal::Settings::at(&self.quarantine_dir(), self.mode),
                 self.store.sink_cursor(quarantine::STREAM_ID).unwrap(),
             )
             .unwrap(),
@@ -506,4 +512,54 @@ async fn a_state_dir_deleted_while_running_stops_at_the_next_checkpoint() {
         msg.contains("deleted") && msg.contains(&state.display().to_string()),
         "{msg}"
     );
+}
+
+/// Row data is private: the state dir, offsets store, reports, log stream and
+/// quarantine stream are 0700 directories of 0600 files, unless a file_mode widens them.
+#[cfg(unix)]
+#[tokio::test]
+async fn state_and_streams_are_private_unless_widened() {
+    use std::os::unix::fs::PermissionsExt;
+    let bits = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for (mode, file, dir) in [(None, 0o600, 0o700), (Some("0640"), 0o640, 0o750)] {
+        let mode = mode
+            .map(|m| crate::files::FileMode::parse(m).unwrap())
+            .unwrap_or_default();
+        let run = Run::with_mode(mode);
+        let (t1, t2, _) = tables();
+        let log_dir = run.dir.path().join("log");
+        let log: crate::sink::log::LogSinkConfig = serde_json::from_value(serde_json::json!({
+            "kind": "log",
+            "dir": log_dir,
+            "file_mode": format!("{:o}", mode.bits()),
+        }))
+        .unwrap();
+        let sink = crate::sink::log::LogSink::open("log".into(), &log, None).unwrap();
+        let source = ScriptedSource::batches([
+            insert(&t1, 1, 10),
+            commit(11),
+            insert(&t2, 2, 12),
+            commit(13),
+        ]);
+        let stages = run.stages(
+            policy("column_added = \"quarantine\""),
+            vec![Box::new(sink)],
+        );
+        run.drive(source, stages, None, no_reload(), no_hangups())
+            .await
+            .unwrap();
+        let state = run.dir.path().join("state");
+        let quarantine = run.quarantine_dir();
+        for d in [&state, &log_dir, &quarantine] {
+            assert_eq!(bits(d), dir, "{}", d.display());
+        }
+        for f in [
+            state.join("offsets.redb"),
+            state.join("status.json"),
+            log_dir.join(crate::journal::segment_name(0)),
+            quarantine.join(crate::journal::segment_name(0)),
+        ] {
+            assert_eq!(bits(&f), file, "{}", f.display());
+        }
+    }
 }

@@ -36,9 +36,9 @@ pub struct QuarantineStream {
 impl QuarantineStream {
     /// Opens the stream in `dir` at its stored cursor, cutting what was written after
     /// the last checkpoint (the source sends it again).
-    pub fn open(dir: &Path, cursor: Option<serde_json::Value>) -> Result<Self, JournalError> {
+    pub fn open(at: &Settings, cursor: Option<serde_json::Value>) -> Result<Self, JournalError> {
         Ok(QuarantineStream {
-            log: Journal::open(STREAM_ID.to_string(), &Settings::at(dir), cursor)?,
+            log: Journal::open(STREAM_ID.to_string(), at, cursor)?,
             counters: PerSchema::default(),
             scratch: Vec::with_capacity(4096),
         })

@@ -30,6 +30,9 @@ pub struct LogSinkConfig {
     /// `never`: leave it to the OS (survives a process crash, not a power loss).
     #[serde(default)]
     pub fsync: Fsync,
+    /// Of the segments (default "0600"; the dir gets the matching search bits).
+    #[serde(default)]
+    pub file_mode: crate::files::FileMode,
 }
 
 fn default_segment_bytes() -> u64 {
@@ -42,6 +45,7 @@ impl LogSinkConfig {
             dir: self.dir.clone(),
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
+            file_mode: self.file_mode,
         }
     }
 

@@ -73,6 +73,10 @@ pub struct ElasticsearchSinkConfig {
     /// Documents the cluster rejects for good (mapping errors, other 400s) go to this
     /// log stream with the reason. Required: a rejection is never dropped.
     pub dead_letter_dir: PathBuf,
+    /// Of the dead-letter stream's files (default "0600"; the dir gets the matching
+    /// search bits).
+    #[serde(default)]
+    pub file_mode: crate::files::FileMode,
 }
 
 /// One table's document id setting (see `ids`).

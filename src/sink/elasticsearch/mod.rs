@@ -116,7 +116,7 @@ impl ElasticsearchSink {
         let client = client(cfg).map_err(|m| SinkError::new(&id, m))?;
         let dlq_cfg = JournalSettings {
             segment_bytes: 64 << 20,
-            ..JournalSettings::at(&cfg.dead_letter_dir)
+            ..JournalSettings::at(&cfg.dead_letter_dir, cfg.file_mode)
         };
         let dead_letters = Journal::open(format!("{id}/dead-letters"), &dlq_cfg, cursor)?;
         let retry = Retry {
