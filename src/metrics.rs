@@ -16,9 +16,27 @@ use crate::event::Op;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of the Prometheus endpoint (off when absent).
+    /// Address of the Prometheus endpoint (off when absent; a loopback address such as
+    /// 127.0.0.1:9187 keeps it on this host).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Serving other hosts on purpose: silences the warning a non-loopback `listen`
+    /// gives.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+impl MetricsConfig {
+    /// The warning a `listen` address other hosts can reach deserves, unless
+    /// `allow_remote` says it is meant.
+    pub fn remote_warning(&self) -> Option<String> {
+        let addr = self.listen?;
+        (!addr.ip().is_loopback() && !self.allow_remote).then(|| {
+            format!(
+                "[metrics] listen = \"{addr}\" serves table names and change rates to other hosts, without authentication: listen on 127.0.0.1 (behind a proxy that authenticates), or set allow_remote = true if that is meant"
+            )
+        })
+    }
 }
 
 /// Serves the metrics on `cfg.listen`, if set. Call inside the tokio runtime.
@@ -26,6 +44,9 @@ pub fn install(cfg: &MetricsConfig) -> Result<(), String> {
     let Some(addr) = cfg.listen else {
         return Ok(());
     };
+    if let Some(w) = cfg.remote_warning() {
+        tracing::warn!("{w}");
+    }
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
@@ -126,4 +147,27 @@ impl AckLatency {
 pub fn schema_change(table: &str, kind: &'static str, verdict: &'static str) {
     counter!("tributary_schema_changes_total", "table" => table.to_string(), "change" => kind, "verdict" => verdict)
         .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_other_hosts_reach_is_warned_about_unless_allowed() {
+        let cfg = |listen: &str, allow_remote| MetricsConfig {
+            listen: Some(listen.parse().unwrap()),
+            allow_remote,
+        };
+        assert_eq!(cfg("127.0.0.1:9187", false).remote_warning(), None);
+        assert_eq!(cfg("[::1]:9187", false).remote_warning(), None);
+        let w = cfg("0.0.0.0:9187", false).remote_warning().unwrap();
+        assert!(
+            w.contains("allow_remote") && w.contains("0.0.0.0:9187"),
+            "{w}"
+        );
+        assert!(cfg("10.0.0.5:9187", false).remote_warning().is_some());
+        assert_eq!(cfg("0.0.0.0:9187", true).remote_warning(), None);
+        assert_eq!(MetricsConfig::default().remote_warning(), None);
+    }
 }
