@@ -261,11 +261,9 @@ impl Stage {
         };
         Ok(Stage {
             steps,
-            chains: HashMap::new(),
             dead,
             lookups,
-            looked_up: 0,
-            fetched: 0,
+            ..Stage::none()
         })
     }
 

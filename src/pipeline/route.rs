@@ -51,9 +51,6 @@ pub fn route(
     };
     // After the last transaction boundary seen.
     let mut boundary = 0;
-    let mut skipped_since_boundary = 0;
-    let mut quarantined_since_boundary = 0;
-    let mut rewinds_since_boundary = false;
     for (i, m) in messages.iter().enumerate() {
         let halt = match m {
             SourceMessage::Change(e) => match guard.check(e) {
@@ -63,14 +60,11 @@ pub fn route(
                 }
                 Ok(Pass::Skip) => {
                     r.skipped.push(i);
-                    skipped_since_boundary += 1;
                     None
                 }
                 Ok(Pass::Quarantine(epoch)) => {
                     r.skipped.push(i);
                     r.quarantined.push((i, epoch));
-                    skipped_since_boundary += 1;
-                    quarantined_since_boundary += 1;
                     None
                 }
                 Err(h) => Some(h),
@@ -82,9 +76,6 @@ pub fn route(
             }
             SourceMessage::Commit(p) => {
                 boundary = i + 1;
-                skipped_since_boundary = 0;
-                quarantined_since_boundary = 0;
-                rewinds_since_boundary = false;
                 Participant::commit(guard);
                 snapshot.commit();
                 r.commits += 1;
@@ -98,22 +89,20 @@ pub fn route(
             }
             SourceMessage::Rewind => {
                 r.rewinds = true;
-                rewinds_since_boundary = true;
                 None
             }
         };
         if let Some(h) = halt {
             // Nothing of the transaction with the change goes on.
+            // Both lists are in message order.
             r.take = boundary;
-            let keep = r.skipped.len() - skipped_since_boundary;
-            r.skipped.truncate(keep);
-            let keep = r.quarantined.len() - quarantined_since_boundary;
-            r.quarantined.truncate(keep);
-            if rewinds_since_boundary {
-                r.rewinds = messages[..boundary]
-                    .iter()
-                    .any(|m| matches!(m, SourceMessage::Rewind));
-            }
+            r.skipped
+                .truncate(r.skipped.partition_point(|&at| at < boundary));
+            r.quarantined
+                .truncate(r.quarantined.partition_point(|&(at, _)| at < boundary));
+            r.rewinds = messages[..boundary]
+                .iter()
+                .any(|m| matches!(m, SourceMessage::Rewind));
             r.stop = Some(Stop::Halt(h));
             return r;
         }
