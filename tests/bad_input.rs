@@ -327,3 +327,57 @@ fn a_bad_policy_file_is_named_with_its_line_and_the_allowed_values() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("column_renamed  halt"), "{out}");
 }
+
+/// A session that writes with binlog_format = MIXED logs a plain UPDATE as a statement,
+/// so its rows are not in the binlog. Behind a comment it must still stop the daemon
+/// with the setting to fix, and a restart must stop at it again (it is never skipped).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_based_update_behind_a_comment_stops_the_daemon() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("mixed");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, s TEXT)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (1, 'a')")).await;
+    exec(&mut conn, "SET SESSION binlog_format = 'MIXED'").await;
+    exec(
+        &mut conn,
+        &format!("/* app=checkout */ UPDATE `{db}`.t SET s = 'b' WHERE id = 1"),
+    )
+    .await;
+    exec(&mut conn, "SET SESSION binlog_format = 'ROW'").await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (2, 'c')")).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon kept running past a statement-based UPDATE:\n{}",
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = daemon_log(&c);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("statement-based change"), "{log}");
+    assert!(log.contains("binlog_format = ROW"), "{log}");
+    let events = read_events(&dir.path().join("log"));
+    assert_eq!(events.len(), 1, "only the insert before it: {events:?}");
+
+    // Never skipped: a restart stops at the same statement.
+    let (code, _, err) = tributary(&["run", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/* app=checkout */ UPDATE"), "{err}");
+    assert_eq!(read_events(&dir.path().join("log")).len(), 1);
+}

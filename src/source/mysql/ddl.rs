@@ -5,8 +5,14 @@
 //! a statement that cannot be parsed loses nothing: the next table map of each table
 //! shows its new layout. The parse adds what table maps cannot say: TRUNCATE (which
 //! writes no rows), tables dropped or renamed, and renames that are certain.
+//!
+//! A query event can also carry row changes written statement-based (a session with
+//! binlog_format MIXED or STATEMENT): their rows are not in the binlog, so they must
+//! stop the pipeline, never pass as DDL. They are recognised by parsing, comments and
+//! `WITH` prefixes included ([`Ddl::RowsNotLogged`]); transaction control is read from
+//! the leading words ([`control`]) before anything is parsed.
 
-use sqlparser::ast::{AlterTableOperation, ObjectName, ObjectType, Statement};
+use sqlparser::ast::{AlterTableOperation, ObjectName, ObjectType, SetExpr, Statement};
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
@@ -26,6 +32,9 @@ pub enum Ddl {
     },
     /// Not about tables' data or layout (GRANT, CREATE USER, views, ...).
     Other,
+    /// A row change written as a statement (INSERT, UPDATE, DELETE, REPLACE, MERGE,
+    /// LOAD DATA, also behind comments or a WITH clause): its rows are not logged.
+    RowsNotLogged,
     /// sqlparser could not read it; the reason.
     Unparsed(String),
 }
@@ -34,8 +43,14 @@ pub enum Ddl {
 pub fn parse(sql: &str, default_db: &str) -> Ddl {
     let statements = match Parser::parse_sql(&MySqlDialect {}, sql) {
         Ok(s) => s,
+        // sqlparser does not know every statement MariaDB accepts; a row change it
+        // cannot read still starts with a data keyword.
+        Err(_) if starts_as_row_change(sql) => return Ddl::RowsNotLogged,
         Err(e) => return Ddl::Unparsed(e.to_string()),
     };
+    if statements.iter().any(changes_rows) {
+        return Ddl::RowsNotLogged;
+    }
     let Some(statement) = statements.into_iter().next() else {
         return Ddl::Other;
     };
@@ -88,6 +103,101 @@ pub fn parse(sql: &str, default_db: &str) -> Ddl {
         }
         _ => Ddl::Other,
     }
+}
+
+/// Whether a statement writes rows (directly, or as the body of a WITH query).
+fn changes_rows(statement: &Statement) -> bool {
+    match statement {
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
+        | Statement::LoadData { .. } => true,
+        Statement::Query(q) => matches!(
+            q.body.as_ref(),
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+        ),
+        _ => false,
+    }
+}
+
+/// For statements sqlparser cannot read: the first word is a data keyword. `WITH`
+/// counts, since in MySQL and MariaDB it only leads queries and row changes, and a
+/// plain query never reaches the binlog.
+fn starts_as_row_change(sql: &str) -> bool {
+    let [first, _] = leading_words(sql);
+    matches!(
+        first.as_str(),
+        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD" | "WITH" | "MERGE"
+    )
+}
+
+/// Transaction control in a query event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// BEGIN, START TRANSACTION, XA START/BEGIN.
+    Begin,
+    /// COMMIT, ROLLBACK (the whole transaction), XA COMMIT/ROLLBACK.
+    End,
+    /// Inside a transaction without ending it: SAVEPOINT, ROLLBACK TO, RELEASE
+    /// SAVEPOINT, XA END, XA PREPARE.
+    Within,
+}
+
+/// Reads transaction control from the leading words (after comments), or None for
+/// any other statement.
+pub fn control(sql: &str) -> Option<Control> {
+    let [first, second] = leading_words(sql);
+    match (first.as_str(), second.as_str()) {
+        ("BEGIN", _) | ("START", "TRANSACTION") | ("XA", "START" | "BEGIN") => Some(Control::Begin),
+        ("ROLLBACK", "TO") | ("SAVEPOINT", _) | ("RELEASE", "SAVEPOINT") => Some(Control::Within),
+        ("XA", "END" | "PREPARE") => Some(Control::Within),
+        ("COMMIT", _) | ("ROLLBACK", _) | ("XA", "COMMIT" | "ROLLBACK") => Some(Control::End),
+        _ => None,
+    }
+}
+
+/// The first two words of a statement, uppercased, skipping whitespace and comments
+/// (`/* */`, `-- `, `#`). The body of an executable comment (`/*!50100 ...`,
+/// `/*M!100100 ...`) is read as code, as the server does.
+fn leading_words(sql: &str) -> [String; 2] {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut words: [String; 2] = Default::default();
+    let mut found = 0;
+    while i < b.len() && found < 2 {
+        let rest = &b[i..];
+        if rest[0].is_ascii_whitespace() || rest.starts_with(b"*/") {
+            i += if rest[0] == b'*' { 2 } else { 1 };
+        } else if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") {
+            i += if rest[2] == b'M' { 4 } else { 3 };
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+        } else if rest.starts_with(b"/*") {
+            i = find(b, i + 2, b"*/").map_or(b.len(), |end| end + 2);
+        } else if rest.starts_with(b"--") || rest[0] == b'#' {
+            i = find(b, i, b"\n").map_or(b.len(), |end| end + 1);
+        } else if rest[0].is_ascii_alphabetic() || rest[0] == b'_' {
+            let len = rest
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                .count();
+            words[found] = sql[i..i + len].to_ascii_uppercase();
+            found += 1;
+            i += len;
+        } else {
+            break;
+        }
+    }
+    words
+}
+
+fn find(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    haystack[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| from + p)
 }
 
 /// `db.table` or `table` (in the current database), unquoted.
@@ -171,5 +281,54 @@ mod tests {
             parse("ALTER TABLE t ALGORITHM=INSTANT, ADD COLUMN ((", "shop"),
             Ddl::Unparsed(_)
         ));
+    }
+
+    #[test]
+    fn row_changes_written_as_statements_are_recognised_behind_comments_and_with() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "/* app=checkout */ UPDATE t SET a = 1",
+            "  -- note\n  DELETE FROM t WHERE id = 1",
+            "# note\nREPLACE INTO t VALUES (1)",
+            "WITH x AS (SELECT 1 AS id) UPDATE t JOIN x USING (id) SET a = 2",
+            "WITH x AS (SELECT 1 AS id) DELETE t FROM t JOIN x USING (id)",
+            "/*!40000 INSERT INTO t VALUES (1) */",
+            "LOAD DATA INFILE '/tmp/x' INTO TABLE t",
+            "INSERT INTO t SELECT * FROM u ON DUPLICATE KEY UPDATE a = VALUES(a)",
+            // Not readable by sqlparser, still a row change.
+            "UPDATE LOW_PRIORITY IGNORE t SET a = 1 ORDER BY id LIMIT 3 RETURNING ((",
+        ] {
+            assert_eq!(parse(sql, "shop"), Ddl::RowsNotLogged, "{sql}");
+            assert_eq!(control(sql), None, "{sql}");
+        }
+        // DDL that mentions the keywords is still DDL.
+        assert!(matches!(
+            parse("/* UPDATE */ ALTER TABLE t ADD COLUMN `update` INT", "shop"),
+            Ddl::AlterTable { .. }
+        ));
+        assert_eq!(
+            parse("CREATE TABLE `insert` (id INT)", "shop"),
+            Ddl::CreateTable(t("shop", "insert"))
+        );
+    }
+
+    #[test]
+    fn transaction_control_is_read_after_comments() {
+        for (sql, want) in [
+            ("BEGIN", Control::Begin),
+            ("/* x */ START TRANSACTION", Control::Begin),
+            ("XA START X'31',X'',1", Control::Begin),
+            ("COMMIT", Control::End),
+            ("ROLLBACK", Control::End),
+            ("XA COMMIT X'31',X'',1", Control::End),
+            ("ROLLBACK TO `s1`", Control::Within),
+            ("SAVEPOINT `s1`", Control::Within),
+            ("XA END X'31',X'',1", Control::Within),
+            ("XA PREPARE X'31',X'',1", Control::Within),
+        ] {
+            assert_eq!(control(sql), Some(want), "{sql}");
+        }
+        assert_eq!(control("BEGINNING_TABLE_DROP"), None);
+        assert_eq!(control("CREATE TABLE commit_log (id INT)"), None);
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::charset::Collations;
 use super::config::{MysqlSourceConfig, ResumeBy, StartFrom};
 use super::connect::{classify, connect};
-use super::ddl::{self, Ddl};
+use super::ddl::{self, Control, Ddl};
 use super::decode::read_image;
 use super::mariadb::{self, GtidState};
 use super::table::{ExtraColumnInfo, TableInfo};
@@ -442,14 +442,13 @@ impl Streamer<'_> {
                     _ => return Err(Stop::fatal(format!("malformed query event at {}", at()))),
                 };
                 let sql = q.query();
-                let head = sql.trim_start().get(..12).unwrap_or(sql.trim_start()).to_ascii_uppercase();
-                if head.starts_with("BEGIN") || head.starts_with("XA START") {
-                    st.in_txn = true;
-                } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") || head.starts_with("XA COMMIT") {
-                    self.commit(st, tx, log_pos).await?;
-                } else {
-                    for dml in ["INSERT", "UPDATE", "DELETE", "REPLACE", "LOAD DATA"] {
-                        if head.starts_with(dml) {
+                match ddl::control(&sql) {
+                    Some(Control::Begin) => st.in_txn = true,
+                    Some(Control::End) => self.commit(st, tx, log_pos).await?,
+                    Some(Control::Within) => {}
+                    None => {
+                        let statement = ddl::parse(&sql, &q.schema());
+                        if statement == Ddl::RowsNotLogged {
                             return Err(Stop::fatal(format!(
                                 "statement-based change at {} ({}...): a session wrote with binlog_format other than ROW, \
                                  so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
@@ -457,15 +456,15 @@ impl Streamer<'_> {
                                 sql.chars().take(60).collect::<String>()
                             )));
                         }
-                    }
-                    // DDL: table maps after it describe the new layout; extra column info
-                    // (JSON checks) must be read again.
-                    st.extra.clear();
-                    let start = log_pos.saturating_sub(header.event_size() as u64);
-                    self.ddl(st, tx, &sql, &q.schema(), start, header.timestamp() as u64 * 1000)
-                        .await?;
-                    if st.standalone || !st.in_txn {
-                        self.commit(st, tx, log_pos).await?;
+                        // DDL: table maps after it describe the new layout; extra column
+                        // info (JSON checks) must be read again.
+                        st.extra.clear();
+                        let start = log_pos.saturating_sub(header.event_size() as u64);
+                        self.ddl(st, tx, statement, &sql, start, header.timestamp() as u64 * 1000)
+                            .await?;
+                        if st.standalone || !st.in_txn {
+                            self.commit(st, tx, log_pos).await?;
+                        }
                     }
                 }
             }
@@ -659,12 +658,12 @@ impl Streamer<'_> {
         &self,
         st: &mut StreamState,
         tx: &mut QueueSender,
+        statement: Ddl,
         sql: &str,
-        default_db: &str,
         start: u64,
         source_ts_ms: u64,
     ) -> Result<(), Stop> {
-        match ddl::parse(sql, default_db) {
+        match statement {
             Ddl::Truncate(tables) => {
                 for (i, (db, table)) in tables.iter().enumerate() {
                     if !self.filter.matches(db, table) {
@@ -722,7 +721,7 @@ impl Streamer<'_> {
                     self.table_change(tx, &db, &table, change).await?;
                 }
             }
-            Ddl::Other => {}
+            Ddl::Other | Ddl::RowsNotLogged => {}
         }
         Ok(())
     }
