@@ -533,3 +533,105 @@ async fn unindexed_columns_are_stored_not_indexed() {
         .unwrap();
     assert_eq!(hits["hits"]["total"]["value"], 0, "{hits}");
 }
+
+/// A cluster whose `http.max_content_length` is smaller than the batches: a refused
+/// (413) bulk request is split until it fits, so every row arrives; a document the
+/// cluster refuses even alone, and one larger than `max_document_bytes`, go to the dead
+/// letters with their size; the daemon keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_split_and_oversized_documents_dead_lettered() {
+    const LIMIT_PROXY_PORT: u16 = 19274;
+    const MAX_BODY: usize = 64 * 1024;
+    mariadb(SHARED_PORT, "");
+    let es = elasticsearch();
+    let largest = limit_body_proxy(LIMIT_PROXY_PORT, ES_PORT, MAX_BODY);
+    let url = format!("http://127.0.0.1:{LIMIT_PROXY_PORT}");
+    let db = unique_db("es413");
+    let alias = format!("{db}_t");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.t (id INT PRIMARY KEY, body LONGTEXT NOT NULL)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    // Batches of up to 500 documents and 4 MiB: far above the 64 KiB the proxy takes.
+    add_es_sink(
+        &c,
+        &url,
+        "batch_bytes = 4194304\nlinger_ms = 2000\nmax_document_bytes = 262144",
+    );
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("batch_docs = 500\n", "batch_docs = 400\n");
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    // 300 rows of 1 KiB in one transaction, then one of 100 KiB (over the cluster's
+    // limit, under max_document_bytes) and one of 300 KiB (over max_document_bytes).
+    let values: Vec<String> = (1..=300)
+        .map(|i| format!("({i}, REPEAT('{}', 1000))", (b'a' + (i % 26) as u8) as char))
+        .collect();
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.t VALUES {}", values.join(",")),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.t VALUES (1001, REPEAT('x', 100000)), (1002, REPEAT('y', 300000)), (1003, 'small')"),
+    )
+    .await;
+
+    let docs = wait_documents(&es, &alias, 301).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = read_events(&dir.path().join("dead-letters"));
+        if dead.len() >= 2 || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(daemon.try_wait().unwrap().is_none(), "{}", daemon_log(&c));
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let mut want: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
+    want.push("1003".into());
+    want.sort();
+    assert_eq!(docs.keys().cloned().collect::<Vec<_>>(), want);
+    for (id, doc) in &docs {
+        if id != "1003" {
+            assert_eq!(doc["body"].as_str().unwrap().len(), 1000, "{id}");
+        }
+    }
+    assert!(largest.load(std::sync::atomic::Ordering::SeqCst) <= MAX_BODY);
+    assert!(
+        daemon_log(&c).contains("sending it in halves"),
+        "{}",
+        daemon_log(&c)
+    );
+
+    let mut dead: Vec<(i64, String, u64)> = dead
+        .iter()
+        .map(|d| {
+            assert_eq!(d["status"], 413, "{d}");
+            assert_eq!(d["index"], alias.as_str());
+            (
+                d["event"]["after"]["id"].as_i64().unwrap(),
+                d["error_type"].as_str().unwrap().to_string(),
+                d["error"]["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!((dead[0].0, dead[0].1.as_str()), (1001, "request_too_large"));
+    assert!(dead[0].2 > 100_000 && dead[0].2 < 101_000, "{dead:?}");
+    assert_eq!(
+        (dead[1].0, dead[1].1.as_str()),
+        (1002, "document_too_large")
+    );
+    assert!(dead[1].2 > 300_000 && dead[1].2 < 301_000, "{dead:?}");
+}

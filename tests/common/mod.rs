@@ -398,6 +398,77 @@ impl Proxy {
     }
 }
 
+/// An HTTP proxy in front of the stand-in that refuses requests whose body is larger
+/// than `max_body` with 413, like Elasticsearch's `http.max_content_length` (the
+/// stand-in has no limit). One request per connection (`Connection: close`); returns
+/// the largest body it forwarded, for the test to check.
+pub fn limit_body_proxy(
+    listen: u16,
+    target: u16,
+    max_body: usize,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let largest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = largest.clone();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if inbound.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                if inbound.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                if length > max_body {
+                    let answer = "{\"error\":\"request too large\"}";
+                    let _ = inbound
+                        .write_all(format!("HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len()).as_bytes())
+                        .await;
+                    return;
+                }
+                seen.fetch_max(length, Ordering::SeqCst);
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                else {
+                    return;
+                };
+                let (line, rest) = text.split_once("\r\n").unwrap();
+                let request = format!("{line}\r\nconnection: close\r\n{rest}");
+                if outbound.write_all(request.as_bytes()).await.is_err()
+                    || outbound.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+                let mut answer = Vec::new();
+                let _ = outbound.read_to_end(&mut answer).await;
+                let _ = inbound.write_all(&answer).await;
+            });
+        }
+    });
+    largest
+}
+
 /// Appends an Elasticsearch sink to a connector file written by `connector`.
 pub fn add_es_sink(connector: &Path, url: &str, extra: &str) {
     let dir = connector.parent().unwrap();

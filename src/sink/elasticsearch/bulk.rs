@@ -111,6 +111,20 @@ impl Batch {
         });
     }
 
+    /// Bytes of the last item's bulk lines (action and document).
+    pub fn last_item_bytes(&self) -> usize {
+        self.items.last().map_or(0, |it| it.body.len())
+    }
+
+    /// Takes the last item back out: its alias and event JSON.
+    pub fn pop(&mut self) -> Option<(std::sync::Arc<str>, Vec<u8>)> {
+        let it = self.items.pop()?;
+        let event = self.events[it.event.clone()].to_vec();
+        self.body.truncate(it.body.start);
+        self.events.truncate(it.event.start);
+        Some((it.alias, event))
+    }
+
     /// The NDJSON body (each line ends with a newline).
     pub fn body(&self) -> &[u8] {
         &self.body
@@ -328,5 +342,31 @@ mod tests {
         assert!(String::from_utf8(only_delete.event_json(0).to_vec())
             .unwrap()
             .contains("\"op\":\"d\""));
+    }
+
+    #[test]
+    fn the_last_item_is_measured_and_taken_back_whole() {
+        let mut b = Batch::default();
+        b.push(
+            &event(Op::Create, vec![0], vec![Value::Int(1), Value::Null]),
+            "t".into(),
+            "1",
+        );
+        let (body, events) = (b.body().to_vec(), b.events.clone());
+        b.push(
+            &event(
+                Op::Create,
+                vec![0],
+                vec![Value::Int(2), Value::String("x".repeat(500).into())],
+            ),
+            "u".into(),
+            "2",
+        );
+        assert!(b.last_item_bytes() > 500 && b.last_item_bytes() < 650);
+        let (alias, event) = b.pop().unwrap();
+        assert_eq!(&*alias, "u");
+        assert!(String::from_utf8(event).unwrap().contains(&"x".repeat(500)));
+        assert_eq!((b.body(), &b.events), (&body[..], &events));
+        assert_eq!(b.items.len(), 1);
     }
 }

@@ -46,6 +46,12 @@ pub struct ElasticsearchSinkConfig {
     /// ... or this many bytes, ...
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes: usize,
+    /// A document whose bulk lines are larger than this goes to the dead-letter stream
+    /// with its size instead of being sent (default 90 MiB, below Elasticsearch's
+    /// 100 MB `http.max_content_length`). A request the cluster still refuses as too
+    /// large (413) is split; a single document it refuses is dead-lettered.
+    #[serde(default = "default_max_document_bytes")]
+    pub max_document_bytes: usize,
     /// ... or when its oldest document waited this long (and at every checkpoint).
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
@@ -105,6 +111,9 @@ fn default_batch_docs() -> usize {
 fn default_batch_bytes() -> usize {
     5 << 20
 }
+fn default_max_document_bytes() -> usize {
+    90 << 20
+}
 fn default_linger_ms() -> u64 {
     50
 }
@@ -158,6 +167,14 @@ impl ElasticsearchSinkConfig {
                 text,
                 "batch_docs",
                 "[[sink]] batch_docs must be > 0 and batch_bytes >= 1024",
+            ));
+        }
+        if self.max_document_bytes < 1024 {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "max_document_bytes",
+                "[[sink]] max_document_bytes must be >= 1024 (default 94371840, 90 MiB)",
             ));
         }
         for (table, id) in &self.ids {

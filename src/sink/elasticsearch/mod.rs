@@ -123,13 +123,7 @@ impl ElasticsearchSink {
             sink: Arc::from(id.as_str()),
             max_backoff: Duration::from_secs(cfg.max_backoff_secs),
         };
-        let sender = Sender::new(
-            client.clone(),
-            retry.clone(),
-            cfg.concurrency,
-            cfg.batch_docs,
-            cfg.batch_bytes,
-        );
+        let sender = Sender::new(client.clone(), retry.clone(), cfg);
         Ok(ElasticsearchSink {
             id,
             cfg: cfg.clone(),

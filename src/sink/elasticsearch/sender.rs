@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::bulk::Batch;
+use super::config::ElasticsearchSinkConfig;
 use super::json_attempt;
 use super::response::{outcomes, Outcome};
 use crate::event::{now_ms, ChangeEvent};
@@ -118,21 +119,16 @@ pub(super) struct Sender {
     pending: Vec<Pending>,
     batch_docs: usize,
     batch_bytes: usize,
+    max_document_bytes: usize,
 }
 
 impl Sender {
-    pub fn new(
-        client: Elasticsearch,
-        retry: Retry,
-        concurrency: usize,
-        batch_docs: usize,
-        batch_bytes: usize,
-    ) -> Self {
+    pub fn new(client: Elasticsearch, retry: Retry, cfg: &ElasticsearchSinkConfig) -> Self {
         Sender {
             client,
             latency: Arc::new(AckLatency::new(&retry.sink)),
             retry,
-            lanes: (0..concurrency.max(1))
+            lanes: (0..cfg.concurrency.max(1))
                 .map(|_| Lane {
                     batch: Batch::default(),
                     since: None,
@@ -140,8 +136,9 @@ impl Sender {
                 })
                 .collect(),
             pending: Vec::new(),
-            batch_docs,
-            batch_bytes,
+            batch_docs: cfg.batch_docs,
+            batch_bytes: cfg.batch_bytes,
+            max_document_bytes: cfg.max_document_bytes,
         }
     }
 
@@ -171,6 +168,16 @@ impl Sender {
         let l = &mut self.lanes[lane];
         l.since.get_or_insert_with(Instant::now);
         add(&mut l.batch);
+        let size = l.batch.last_item_bytes();
+        if size > self.max_document_bytes {
+            if let Some((index, event)) = l.batch.pop() {
+                self.reject(too_large(index, event, size, "document_too_large", format!(
+                    "the document's bulk lines are {size} bytes, more than max_document_bytes = {}; raise it (below the cluster's http.max_content_length) and send the dead letter again, or make the row smaller",
+                    self.max_document_bytes
+                )));
+            }
+            return;
+        }
         if l.batch.items.len() >= self.batch_docs || l.batch.bytes() >= self.batch_bytes {
             self.send_lane(lane).await;
         }
@@ -265,49 +272,89 @@ impl Sender {
     }
 }
 
-/// Sends a batch until every item is written, a 409, or rejected for good.
+/// Sends a batch until every item is written, a 409, or rejected for good. A batch
+/// the cluster refuses as too large (413, its `http.max_content_length`) is split in
+/// halves, in order; a single document it refuses is rejected with its size.
 async fn send(
     client: &Elasticsearch,
     retry: &Retry,
     latency: &AckLatency,
-    mut batch: Batch,
+    batch: Batch,
 ) -> Result<Vec<Rejected>, SinkError> {
     let mut rejected = Vec::new();
-    loop {
-        let b = &batch;
-        let response = retry
-            .run("bulk request", || async move {
-                let body = b.body();
-                let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
-                let started = Instant::now();
-                let sent = client.bulk(BulkParts::None).body(vec![body]).send().await;
-                let answer = json_attempt(sent, "bulk").await;
-                crate::metrics::sink_request(&retry.sink, started.elapsed());
-                answer
-            })
-            .await?;
-        let now = now_ms();
-        let results =
-            outcomes(&response, batch.items.len()).map_err(|m| SinkError::new(&retry.sink, m))?;
-        let mut again = Vec::new();
-        for (i, o) in results.into_iter().enumerate() {
-            let item = &batch.items[i];
-            match o {
-                Outcome::Done => latency.record(now, item.commit_ms, item.read_ms),
-                Outcome::Retry => again.push(i),
-                Outcome::Reject { status, error } => rejected.push(Rejected {
-                    index: batch.items[i].alias.clone(),
-                    status,
-                    error,
-                    event: batch.event_json(i).to_vec(),
-                }),
+    let mut work = std::collections::VecDeque::from([batch]);
+    while let Some(mut batch) = work.pop_front() {
+        loop {
+            let b = &batch;
+            let response = retry
+                .run("bulk request", || async move {
+                    let body = b.body();
+                    let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
+                    let started = Instant::now();
+                    let sent = client.bulk(BulkParts::None).body(vec![body]).send().await;
+                    crate::metrics::sink_request(&retry.sink, started.elapsed());
+                    match sent {
+                        Ok(r) if r.status_code().as_u16() == 413 => Ok(None),
+                        sent => json_attempt(sent, "bulk").await.map(Some),
+                    }
+                })
+                .await?;
+            let Some(response) = response else {
+                let n = batch.items.len();
+                if n == 1 {
+                    let size = batch.last_item_bytes();
+                    let (index, event) = batch.pop().expect("one item");
+                    rejected.push(too_large(index, event, size, "request_too_large", format!(
+                        "the cluster refused a bulk request of this one document ({size} bytes) as too large (HTTP 413): lower max_document_bytes below the cluster's http.max_content_length, or raise that"
+                    )));
+                } else {
+                    tracing::warn!(sink = %retry.sink, items = n, bytes = batch.bytes(), "bulk request too large for the cluster (HTTP 413); sending it in halves (lower batch_bytes to avoid this)");
+                    let (first, second) = (0..n).partition::<Vec<_>, _>(|i| *i < n / 2);
+                    work.push_front(batch.subset(&second));
+                    work.push_front(batch.subset(&first));
+                }
+                break;
+            };
+            let now = now_ms();
+            let results = outcomes(&response, batch.items.len())
+                .map_err(|m| SinkError::new(&retry.sink, m))?;
+            let mut again = Vec::new();
+            for (i, o) in results.into_iter().enumerate() {
+                let item = &batch.items[i];
+                match o {
+                    Outcome::Done => latency.record(now, item.commit_ms, item.read_ms),
+                    Outcome::Retry => again.push(i),
+                    Outcome::Reject { status, error } => rejected.push(Rejected {
+                        index: batch.items[i].alias.clone(),
+                        status,
+                        error,
+                        event: batch.event_json(i).to_vec(),
+                    }),
+                }
             }
+            if again.is_empty() {
+                break;
+            }
+            tracing::warn!(sink = %retry.sink, items = again.len(), "bulk items throttled or failed on the server; sending them again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            batch = batch.subset(&again);
         }
-        if again.is_empty() {
-            return Ok(rejected);
-        }
-        tracing::warn!(sink = %retry.sink, items = again.len(), "bulk items throttled or failed on the server; sending them again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        batch = batch.subset(&again);
+    }
+    Ok(rejected)
+}
+
+/// A document too large to send, for the dead-letter stream (status 413).
+fn too_large(
+    index: Arc<str>,
+    event: Vec<u8>,
+    size: usize,
+    error_type: &str,
+    reason: String,
+) -> Rejected {
+    Rejected {
+        index,
+        status: 413,
+        error: serde_json::json!({ "type": error_type, "reason": reason, "bytes": size }),
+        event,
     }
 }
