@@ -357,7 +357,7 @@ mod tests {
             &event(
                 Op::Create,
                 vec![0],
-                vec![Value::Int(2), Value::String("x".repeat(500).into())],
+                vec![Value::Int(2), Value::String("x".repeat(500))],
             ),
             "u".into(),
             "2",
