@@ -602,3 +602,131 @@ async fn postgres_track_into_elasticsearch() {
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }
+
+/// Records of a log stream as raw JSON text (a JSON parser's recursion limit would
+/// refuse the deep values this file's tests write), whitespace removed.
+fn raw_records(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    tributary::journal::read_log(dir, |r| {
+        out.push(r.json.split_whitespace().collect());
+        true
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    out
+}
+
+/// JSON nested 200 levels deep (deeper than a JSON parser's default recursion limit of
+/// 128; PostgreSQL jsonb takes it) is never a poison pill: it flows into the log and
+/// the index, through a failing step into the enrichment dead letters, and through the
+/// merge of an unchanged TOAST column, which reads the stored document back. (The
+/// column is `unindexed` by the policy: Elasticsearch maps objects at most
+/// `index.mapping.depth.limit` = 20 deep and rejects deeper documents, as the
+/// stand-in does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_deep_json_flows_everywhere() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let (schema, table) = pg_table(
+        &client,
+        "pdeep",
+        "id int PRIMARY KEY, j jsonb, qty int, body text",
+    )
+    .await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ALTER COLUMN body SET STORAGE EXTERNAL"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &table, "snapshot = \"never\"");
+    add_es_sink(&c, &url, "");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[table]]\nmatch = \"{table}\"\nunindexed = [\"j\"]\n"),
+    )
+    .unwrap();
+    set_policy(&c, &policy);
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    text.push_str(&format!(
+        "\n[[enrich]]\ntable = \"{table}\"\nkind = \"compute\"\nfield = \"per\"\nexpr = \"100 / qty\"\ntype = \"long\"\n"
+    ));
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    let deep = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
+    let big: String = (0..100_000)
+        .map(|i| char::from(b'a' + (i % 23) as u8))
+        .collect();
+    client
+        .execute(
+            &format!("INSERT INTO {table} VALUES (1, $1::text::jsonb, 1, $2), (2, $1::text::jsonb, 0, 'small')"),
+            &[&deep, &big],
+        )
+        .await
+        .unwrap();
+    // body is TOASTed and left alone: the index's copy is merged back in.
+    client
+        .batch_execute(&format!("UPDATE {table} SET qty = 2 WHERE id = 1"))
+        .await
+        .unwrap();
+
+    let log = dir.path().join("log");
+    assert_eq!(
+        wait_for_events(&log, 2, Duration::from_secs(30)).await,
+        2,
+        "{}",
+        daemon_log(&c)
+    );
+    let es = elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(&url).unwrap(),
+    );
+    let alias = format!("{schema}_t");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let doc = loop {
+        let answer = es
+            .get(elasticsearch::GetParts::IndexId(&alias, "1"))
+            .send()
+            .await
+            .unwrap();
+        let text: String = answer.text().await.unwrap().split_whitespace().collect();
+        if text.contains("\"qty\":2") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(daemon.try_wait().unwrap().is_none(), "{}", daemon_log(&c));
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert!(
+        doc.contains("\"qty\":2"),
+        "the update merged and indexed: {}\n{}",
+        &doc[..doc.len().min(300)],
+        daemon_log(&c)
+    );
+    assert!(
+        doc.contains(&format!("\"j\":{deep}")),
+        "{}",
+        &doc[..doc.len().min(300)]
+    );
+    assert!(
+        doc.contains(&format!("\"body\":\"{big}\"")),
+        "the TOAST column kept"
+    );
+    assert!(doc.contains("\"per\":50"), "{}", &doc[..doc.len().min(300)]);
+
+    let events = raw_records(&log);
+    assert!(
+        events.iter().all(|e| e.contains(&format!("\"j\":{deep}"))),
+        "{events:?}"
+    );
+    assert!(events[1].contains("\"op\":\"u\""));
+    let dead = raw_records(&dir.path().join("state").join("dead-letters").join("enrich"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].contains("100/qty"), "{}", dead[0]);
+    assert!(dead[0].contains(&format!("\"j\":{deep}")), "{}", dead[0]);
+    assert!(dead[0].contains("\"id\":2"), "{}", dead[0]);
+    assert!(read_events(&dir.path().join("dead-letters")).is_empty());
+    pg_drop_slot(&client, &schema).await;
+}

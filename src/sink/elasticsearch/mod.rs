@@ -285,7 +285,7 @@ impl ElasticsearchSink {
             .await?;
         if exists {
             tracing::info!(sink = %self.id, alias, table = %table.qualified_name(), "adopting existing index alias");
-            let current = self
+            let current: serde_json::Value = self
                 .retry
                 .run("reading the mapping", || async move {
                     let sent = client
@@ -387,7 +387,7 @@ impl ElasticsearchSink {
         // Writes queued before the truncate belong to the old index.
         self.sender.drain().await;
         let client = &self.client;
-        let current = self
+        let current: serde_json::Value = self
             .retry
             .run("reading the alias", || async move {
                 let sent = client
@@ -555,7 +555,7 @@ impl ElasticsearchSink {
         let client = &self.client;
         let body = json!({ "ids": [id] });
         let b = &body;
-        let response = self
+        let response: Mget = self
             .retry
             .run("reading a document to merge", || async move {
                 let sent = client
@@ -566,31 +566,40 @@ impl ElasticsearchSink {
                 json_attempt(sent, "_mget").await
             })
             .await?;
-        let found = &response["docs"][0];
-        let Some(stored) = found["_source"]
-            .as_object()
-            .filter(|_| found["found"] == true)
+        let Some(MgetDoc {
+            found: true,
+            source: Some(mut stored),
+        }) = response.docs.into_iter().next()
         else {
             return Ok(None);
         };
-        let mut partial = Vec::with_capacity(256);
-        e.write_row_json(after, &mut partial);
-        let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&partial)
-            .map_err(|err| self.err(format!("re-reading a partial row: {err}")))?;
+        // The stored values go back in as they are (raw JSON): they are what this
+        // sink rendered before, and may nest deeper than a parser's recursion limit.
+        let mut row = after.clone();
         for &i in &absent {
-            let name = &e.table.columns[i].name;
-            match stored.get(name) {
-                Some(v) => {
-                    doc.insert(name.clone(), v.clone());
-                }
+            match stored.remove(&e.table.columns[i].name) {
+                Some(v) => row[i] = Value::Json(v),
                 None => return Ok(None),
             }
         }
-        Ok(Some((
-            serde_json::to_vec(&doc).expect("a map serializes"),
-            None,
-        )))
+        let mut doc = Vec::with_capacity(256);
+        e.write_row_json(&row, &mut doc);
+        Ok(Some((doc, None)))
     }
+}
+
+/// An `_mget` answer, with each stored field kept as raw JSON.
+#[derive(serde::Deserialize)]
+struct Mget {
+    docs: Vec<MgetDoc>,
+}
+
+#[derive(serde::Deserialize)]
+struct MgetDoc {
+    #[serde(default)]
+    found: bool,
+    #[serde(rename = "_source")]
+    source: Option<HashMap<String, Box<serde_json::value::RawValue>>>,
 }
 
 /// The client for a sink's nodes, credentials and CA.
@@ -653,14 +662,14 @@ pub async fn ping(cfg: &ElasticsearchSinkConfig) -> Result<String, String> {
 
 /// A request whose answer is a JSON body: connection errors and unreadable bodies are
 /// retried, HTTP errors sorted by `response::classify`.
-async fn json_attempt(
+async fn json_attempt<T: serde::de::DeserializeOwned>(
     sent: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
     what: &str,
-) -> Result<serde_json::Value, Failure> {
+) -> Result<T, Failure> {
     match sent {
         Err(e) => Err(Failure::Transient(e.to_string())),
         Ok(r) if r.status_code().is_success() => r
-            .json::<serde_json::Value>()
+            .json::<T>()
             .await
             .map_err(|e| Failure::Transient(format!("reading the {what} response: {e}"))),
         Ok(r) => status_attempt(r).await,
