@@ -28,6 +28,12 @@ use crate::queue::QueueSender;
 /// more than stream past in the moment between a commit record and its visibility.
 const RECENT_TRANSACTIONS: usize = 16_384;
 
+/// Keys a tracked table may collect while its chunk waits for the stream to reach the
+/// cut (each about 150 bytes: some 8 MiB). A stream further behind than that (catching
+/// up a backlog) drops the chunk, which is read again once the stream caught up: the
+/// memory stays bounded, and a chunk read later has fewer changes to wait for.
+pub const MAX_TRACKED_KEYS: usize = 50_000;
+
 /// What a chunk reader sends, in order: rows, then the end.
 #[derive(Debug)]
 pub enum Batch {
@@ -79,7 +85,17 @@ pub struct Chunk {
     pub rows: mpsc::Receiver<Batch>,
     /// Resolved once the chunk was emitted (or dropped): rows emitted, and whether the
     /// table is finished.
-    pub emitted: oneshot::Sender<Result<Emitted, String>>,
+    pub emitted: oneshot::Sender<Result<Emitted, NotEmitted>>,
+}
+
+/// Why a chunk was not emitted, or only in part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotEmitted {
+    /// Read it again, from where the progress stands.
+    Retry(String),
+    /// The stream is too far behind the chunk's cut (`MAX_TRACKED_KEYS`): read it again
+    /// after a while, once the stream caught up.
+    Behind(String),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +129,9 @@ struct Changed {
 struct Tracked {
     since: u64,
     keys: HashMap<Vec<u8>, Changed>,
+    /// More than `max_tracked_keys` changed: `keys` was let go, and the chunk whose cut
+    /// came before is refused (`NotEmitted::Behind`).
+    overflowed: bool,
 }
 
 /// Held by the stream task.
@@ -125,6 +144,7 @@ pub struct Merger {
     recent_total: u64,
     state: Arc<Mutex<State>>,
     progress: Progress,
+    max_tracked_keys: usize,
 }
 
 impl Merger {
@@ -139,6 +159,7 @@ impl Merger {
                 recent_total: 0,
                 state,
                 progress: Progress::default(),
+                max_tracked_keys: MAX_TRACKED_KEYS,
             },
             tx,
         )
@@ -175,6 +196,9 @@ impl Merger {
         let Some(tracked) = self.tracked.get_mut(&e.table.qualified_name()) else {
             return;
         };
+        if tracked.overflowed {
+            return;
+        }
         let changed = || Changed {
             pos: e.pos.clone(),
             txid: e.txid.clone(),
@@ -187,6 +211,37 @@ impl Merger {
         for row in [e.before.as_ref(), e.after.as_ref()].into_iter().flatten() {
             if let Some(k) = key_bytes(&e.table, row) {
                 tracked.keys.insert(k, changed());
+            }
+        }
+        if tracked.keys.len() > self.max_tracked_keys {
+            self.overflow(&e.table.qualified_name());
+        }
+    }
+
+    /// Too many keys of `table` changed since tracking began: lets them go. The chunk
+    /// waiting for the stream (or, when none waits yet, the one on its way, whose cut
+    /// was taken before) is refused as `Behind`; the next chunk's cut comes after that
+    /// answer, so fresh tracking covers it.
+    fn overflow(&mut self, table: &str) {
+        let why = format!(
+            "the stream is more than {} changed keys of {table} behind the chunk's cut",
+            self.max_tracked_keys
+        );
+        match self
+            .waiting
+            .iter()
+            .position(|c| c.table.qualified_name() == table)
+        {
+            Some(i) => {
+                let chunk = self.waiting.remove(i).expect("found");
+                self.track(table.to_string());
+                let _ = chunk.emitted.send(Err(NotEmitted::Behind(why)));
+            }
+            None => {
+                if let Some(t) = self.tracked.get_mut(table) {
+                    t.keys = HashMap::new();
+                    t.overflowed = true;
+                }
             }
         }
     }
@@ -212,15 +267,21 @@ impl Merger {
                 let _ = ack.send(());
             }
             Request::Chunk(c) => {
+                let name = c.table.qualified_name();
+                if self.tracked.get(&name).is_some_and(|t| t.overflowed) {
+                    self.track(name.clone());
+                    let why = format!("the stream fell more than {} changed keys of {name} behind while the chunk was read", self.max_tracked_keys);
+                    let _ = c.emitted.send(Err(NotEmitted::Behind(why)));
+                    return;
+                }
                 if let Cut::Snapshot(view) = &c.cut {
-                    if let Some(why) = self.missed(&c.table.qualified_name(), view.as_ref()) {
-                        let _ = c.emitted.send(Err(why));
+                    if let Some(why) = self.missed(&name, view.as_ref()) {
+                        let _ = c.emitted.send(Err(NotEmitted::Retry(why)));
                         return;
                     }
                 }
                 // One chunk per table at a time: an older one was given up by its
                 // reader (its marker never came).
-                let name = c.table.qualified_name();
                 self.waiting.retain(|w| w.table.qualified_name() != name);
                 self.waiting.push_back(c);
             }
@@ -233,6 +294,7 @@ impl Merger {
             Tracked {
                 since: self.recent_total,
                 keys: HashMap::new(),
+                overflowed: false,
             },
         );
     }
@@ -325,9 +387,9 @@ impl Merger {
             // Without a key the changed rows cannot be told apart: read it again (the
             // next cut is taken closer to the stream, so this is rare).
             self.track(name);
-            let _ = c.emitted.send(Err(
+            let _ = c.emitted.send(Err(NotEmitted::Retry(
                 "the table changed between the chunk's cut and its turn in the stream".into(),
-            ));
+            )));
             return Ok(());
         }
         let mut emitted = 0u64;
@@ -370,7 +432,7 @@ impl Merger {
             Err((why, Some(last))) => (false, Some(last), Some(why)),
             Err((why, None)) => {
                 self.track(name);
-                let _ = c.emitted.send(Err(why));
+                let _ = c.emitted.send(Err(NotEmitted::Retry(why)));
                 return Ok(());
             }
         };
@@ -410,7 +472,7 @@ impl Merger {
                 rows: emitted,
                 finished,
             }),
-            Some(m) => Err(m),
+            Some(m) => Err(NotEmitted::Retry(m)),
         });
         Ok(())
     }
@@ -467,7 +529,7 @@ mod tests {
     async fn setup(
         cut: u64,
         rows: Vec<Row>,
-    ) -> (Merger, oneshot::Receiver<Result<Emitted, String>>) {
+    ) -> (Merger, oneshot::Receiver<Result<Emitted, NotEmitted>>) {
         let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
         let (ack, _) = oneshot::channel();
         m.take(Request::Track {
@@ -580,7 +642,7 @@ mod tests {
         m: &mut Merger,
         unseen: Vec<&'static str>,
         rows: Vec<Row>,
-    ) -> oneshot::Receiver<Result<Emitted, String>> {
+    ) -> oneshot::Receiver<Result<Emitted, NotEmitted>> {
         let (rows_tx, rows_rx) = mpsc::channel(4);
         let (emitted_tx, emitted_rx) = oneshot::channel();
         m.take(Request::Chunk(Chunk {
@@ -642,7 +704,9 @@ mod tests {
         });
         let emitted = snapshot_chunk(&mut m, vec!["9"], vec![row(1, "stale")]).await;
         assert!(!m.has_waiting());
-        let why = emitted.await.unwrap().unwrap_err();
+        let Err(NotEmitted::Retry(why)) = emitted.await.unwrap() else {
+            panic!("a retry")
+        };
         assert!(why.contains("transaction 9"), "{why}");
         // The same transaction streamed after tracking began is fine.
         let (ack, _) = oneshot::channel();
@@ -653,5 +717,85 @@ mod tests {
         m.note(&change_in(Op::Update, 1, 95, "10"));
         let _emitted = snapshot_chunk(&mut m, vec!["10"], vec![row(1, "x")]).await;
         assert!(m.has_waiting());
+    }
+
+    /// A position chunk of `rows` cut at `cut`, handed to `m` (rows sent in the
+    /// background, as a reader would).
+    fn position_chunk(
+        m: &mut Merger,
+        cut: u64,
+        rows: Vec<Row>,
+    ) -> oneshot::Receiver<Result<Emitted, NotEmitted>> {
+        let (rows_tx, rows_rx) = mpsc::channel(4);
+        let (emitted_tx, emitted_rx) = oneshot::channel();
+        m.take(Request::Chunk(Chunk {
+            table: schema(),
+            cut: Cut::Position {
+                at: at(cut),
+                version: cut,
+            },
+            rows: rows_rx,
+            emitted: emitted_tx,
+        }));
+        tokio::spawn(async move {
+            let last_key = rows.last().map(|r| vec![r[0].clone()]);
+            let _ = rows_tx.send(Batch::Rows(rows)).await;
+            let _ = rows_tx
+                .send(Batch::End {
+                    finished: true,
+                    last_key,
+                })
+                .await;
+        });
+        emitted_rx
+    }
+
+    #[tokio::test]
+    async fn a_stream_far_behind_the_cut_drops_the_chunk_and_lets_its_keys_go() {
+        let (mut tx, mut rx) = bounded(1024, 1 << 20);
+        let (mut m, emitted) = setup(1000, vec![row(1, "a"), row(2, "b")]).await;
+        m.max_tracked_keys = 3;
+        for id in 10..13 {
+            m.note(&change(Op::Update, id, 500 + id as u64));
+        }
+        assert!(m.has_waiting(), "at the limit, not past it");
+        m.note(&change(Op::Update, 13, 513));
+        assert!(!m.has_waiting());
+        assert!(matches!(emitted.await.unwrap(), Err(NotEmitted::Behind(_))));
+        assert!(m.tracked["s.t"].keys.is_empty(), "tracking starts over");
+
+        // The chunk read again, with a later cut, is merged with the keys changed
+        // since: row 2 changed after the new cut and is left out.
+        let again = position_chunk(&mut m, 2000, vec![row(1, "a"), row(2, "b")]);
+        m.note(&change(Op::Update, 2, 2100));
+        m.emit_due(&at(2200), &mut tx).await.unwrap();
+        assert_eq!(read_ids(&drain(&mut tx, &mut rx).await), vec![(1, 2000)]);
+        assert_eq!(again.await.unwrap().unwrap().rows, 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_cut_before_tracking_overflowed_is_refused_when_it_comes() {
+        let (mut tx, mut rx) = bounded(1024, 1 << 20);
+        let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
+        m.max_tracked_keys = 2;
+        let (ack, _) = oneshot::channel();
+        m.take(Request::Track {
+            table: "s.t".into(),
+            ack,
+        });
+        // Overflows while the reader reads (no chunk waits yet).
+        for id in 10..14 {
+            m.note(&change(Op::Update, id, 500 + id as u64));
+        }
+        assert!(m.tracked["s.t"].overflowed && m.tracked["s.t"].keys.is_empty());
+        let refused = position_chunk(&mut m, 400, vec![row(10, "old")]);
+        assert!(matches!(refused.await.unwrap(), Err(NotEmitted::Behind(_))));
+        assert!(!m.has_waiting());
+        // Tracking started over with the refusal: the next chunk is merged.
+        m.note(&change(Op::Update, 11, 700));
+        let next = position_chunk(&mut m, 600, vec![row(10, "a"), row(11, "b")]);
+        m.emit_due(&at(800), &mut tx).await.unwrap();
+        assert_eq!(read_ids(&drain(&mut tx, &mut rx).await), vec![(10, 600)]);
+        assert_eq!(next.await.unwrap().unwrap().rows, 1);
     }
 }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::merge::{Batch, Chunk, Cut, Emitted, Merger, Request, Requests};
+use super::merge::{Batch, Chunk, Cut, Emitted, Merger, NotEmitted, Request, Requests};
 use super::{SnapshotMode, State, Status, TableProgress};
 use crate::event::{now_ms, Row, SourceMessage, TableSchema, Value};
 use crate::offsets::OffsetStore;
@@ -22,6 +22,10 @@ use crate::queue::QueueSender;
 
 /// Rows per message to the stream task.
 const BATCH_ROWS: usize = 256;
+
+/// The first pause before a chunk the stream was too far behind is read again
+/// (doubling, up to 16 s, while it stays behind).
+const BEHIND_PAUSE: Duration = Duration::from_millis(500);
 
 /// A table as a source reads it.
 pub struct Described<T> {
@@ -39,6 +43,9 @@ pub enum ChunkEnd {
     More,
     /// Not emitted (or cut short): read again from where the progress stands.
     Retry(String),
+    /// Not emitted: the stream is far behind the cut (catching up a backlog). Read again
+    /// from where the progress stands, after a pause.
+    Behind(String),
 }
 
 /// What a source provides to be snapshotted.
@@ -290,6 +297,7 @@ impl<S: ChunkSource> Reader<S> {
 
         let limit = self.chunk_rows.max(1);
         let mut after = after;
+        let mut pause = BEHIND_PAUSE;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
@@ -300,8 +308,22 @@ impl<S: ChunkSource> Reader<S> {
                 .await?
             {
                 ChunkEnd::Finished => break,
-                ChunkEnd::More => {}
+                ChunkEnd::More => pause = BEHIND_PAUSE,
                 ChunkEnd::Retry(why) => tracing::debug!(table, why, "snapshot chunk read again"),
+                ChunkEnd::Behind(why) => {
+                    if pause == BEHIND_PAUSE {
+                        tracing::info!(
+                            table,
+                            why,
+                            "snapshot waits for the stream to catch up; the chunk is read again"
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(16));
+                }
             }
             // From where the stream's progress says (a chunk cut short may have
             // emitted part of its rows).
@@ -336,7 +358,7 @@ pub struct ChunkRows {
 }
 
 /// The stream's answer for one chunk; made by `register`.
-pub struct Settled(oneshot::Receiver<Result<Emitted, String>>);
+pub struct Settled(oneshot::Receiver<Result<Emitted, NotEmitted>>);
 
 /// Hands a chunk of `schema` consistent with `cut` to the stream task. The rows follow
 /// through the returned `ChunkRows`.
@@ -421,7 +443,8 @@ impl Settled {
         match self.0.await {
             Ok(Ok(e)) if e.finished => Ok(ChunkEnd::Finished),
             Ok(Ok(_)) => Ok(ChunkEnd::More),
-            Ok(Err(why)) => Ok(ChunkEnd::Retry(why)),
+            Ok(Err(NotEmitted::Retry(why))) => Ok(ChunkEnd::Retry(why)),
+            Ok(Err(NotEmitted::Behind(why))) => Ok(ChunkEnd::Behind(why)),
             Err(_) => Err("the stream stopped".into()),
         }
     }
