@@ -502,6 +502,26 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Tables an Elasticsearch sink cannot index under their names.
+    if cfg
+        .sinks
+        .iter()
+        .any(|s| matches!(s, tributary::config::SinkConfig::Elasticsearch(_)))
+    {
+        match source.live_schemas().await {
+            Ok(tables) => {
+                for sink in &cfg.sinks {
+                    if let tributary::config::SinkConfig::Elasticsearch(es) = sink {
+                        for p in tributary::sink::elasticsearch::name_problems(es, &tables) {
+                            println!("error sink {}: {p}", sink.id());
+                            sink_errors += 1;
+                        }
+                    }
+                }
+            }
+            Err(e) => println!("warn  could not list the included tables: {e}"),
+        }
+    }
     println!("ok    state dir {} is usable", cfg.state.dir.display());
     if report.ok() && sink_errors == 0 {
         println!("ready");

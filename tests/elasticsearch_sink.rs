@@ -635,3 +635,157 @@ async fn oversized_requests_are_split_and_oversized_documents_dead_lettered() {
     );
     assert!(dead[1].2 > 300_000 && dead[1].2 < 301_000, "{dead:?}");
 }
+
+/// Dead letters of the Elasticsearch sink as (table, error_type, op).
+fn es_dead_letters(dir: &std::path::Path) -> Vec<(String, String, String)> {
+    read_events(&dir.join("dead-letters"))
+        .iter()
+        .map(|d| {
+            (
+                d["event"]["source"]["table"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                d["error_type"].as_str().unwrap().to_string(),
+                d["event"]["op"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Table names Elasticsearch refuses as index names get a valid encoded alias; two
+/// tables meeting in one alias (case) keep their documents apart (the second one's
+/// changes, its TRUNCATE too, go to the dead letters with the reason); a column
+/// Elasticsearch cannot map sends its table's changes to the dead letters. The daemon
+/// keeps running and every other table flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_table_names_elasticsearch_refuses_are_encoded_and_collisions_kept_apart() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("esnames");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    for table in ["Foo Bar", "a#b", "_x", "orders", "Orders"] {
+        exec(
+            &mut conn,
+            &format!("CREATE TABLE `{db}`.`{table}` (id INT PRIMARY KEY, v TEXT)"),
+        )
+        .await;
+    }
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.meta_id (id INT PRIMARY KEY, `_id` TEXT)"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("CREATE TABLE `{db}`.dotted (id INT PRIMARY KEY, a INT, `a.b` INT)"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "snapshot = \"never\"");
+    add_es_sink(&c, &url, "");
+    // `check` names them up front.
+    let (code, out, _) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        format!("both map to the index alias `{db}_orders`"),
+        format!("{db}.meta_id: `_id` is an Elasticsearch metadata field"),
+        format!("{db}.dotted: `a.b` is a field inside `a`"),
+    ] {
+        assert!(out.contains(&want), "{want}:\n{out}");
+    }
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    for table in ["Foo Bar", "a#b", "_x", "orders"] {
+        exec(
+            &mut conn,
+            &format!("INSERT INTO `{db}`.`{table}` VALUES (1, '{table}'), (2, '{table}')"),
+        )
+        .await;
+    }
+    // `Orders` meets `orders` in one alias: kept out, its TRUNCATE too.
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.`Orders` VALUES (1, 'Orders'), (3, 'Orders')"),
+    )
+    .await;
+    exec(&mut conn, &format!("TRUNCATE TABLE `{db}`.`Orders`")).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.meta_id VALUES (1, 'x')"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.dotted VALUES (1, 2, 3)"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.orders VALUES (4, 'orders')"),
+    )
+    .await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while es_dead_letters(dir.path()).len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_documents(&url, &format!("{db}_orders"), 3).await;
+    assert!(daemon.try_wait().unwrap().is_none(), "{}", daemon_log(&c));
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+
+    for (table, alias) in [
+        ("Foo Bar", format!("{db}_foo%20bar")),
+        ("a#b", format!("{db}_a%23b")),
+        ("_x", format!("{db}__x")),
+    ] {
+        let docs = es_documents(&url, &alias).await;
+        assert_eq!(docs.len(), 2, "{alias}: {docs:?}");
+        assert_eq!(docs["1"]["v"], table);
+    }
+    let orders = es_documents(&url, &format!("{db}_orders")).await;
+    assert_eq!(orders.keys().collect::<Vec<_>>(), ["1", "2", "4"]);
+    assert!(orders.values().all(|d| d["v"] == "orders"), "{orders:?}");
+
+    let mut dead = es_dead_letters(dir.path());
+    dead.sort();
+    let want = [
+        ("Orders", "index_name_collision", "c"),
+        ("Orders", "index_name_collision", "c"),
+        ("Orders", "index_name_collision", "t"),
+        ("dotted", "unmappable_column", "c"),
+        ("meta_id", "unmappable_column", "c"),
+    ]
+    .map(|(t, e, o)| (t.to_string(), e.to_string(), o.to_string()));
+    assert_eq!(dead, want);
+    let reasons: Vec<Json> = read_events(&dir.path().join("dead-letters"));
+    let collision = reasons
+        .iter()
+        .find(|d| d["error_type"] == "index_name_collision")
+        .unwrap();
+    let reason = collision["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("{db}.orders")) && reason.contains("indexes"),
+        "{reason}"
+    );
+
+    // After a restart the index's _meta still says whose it is.
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.`Orders` VALUES (5, 'Orders')"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while es_dead_letters(dir.path()).len() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let dead = es_dead_letters(dir.path());
+    assert_eq!(dead.len(), 6, "{dead:?}");
+    assert_eq!(dead[5].1, "index_name_collision");
+    let orders = es_documents(&url, &format!("{db}_orders")).await;
+    assert_eq!(orders.keys().collect::<Vec<_>>(), ["1", "2", "4"]);
+}

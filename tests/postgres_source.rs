@@ -1451,3 +1451,76 @@ async fn add_only_default_through_a_migration() {
         "{out}"
     );
 }
+
+/// PostgreSQL table names Elasticsearch refuses are encoded into valid aliases;
+/// `"Orders"` meeting `orders` in one alias, and a column named `_id`, send those
+/// tables' changes to the dead letters while the rest flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_names_from_postgres_tables() {
+    let url = elasticsearch();
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "esnames").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.\"Foo Bar\" (id int PRIMARY KEY, v text);
+             CREATE TABLE {schema}.orders (id int PRIMARY KEY, v text);
+             CREATE TABLE {schema}.\"Orders\" (id int PRIMARY KEY, v text);
+             CREATE TABLE {schema}.meta_id (id int PRIMARY KEY, \"_id\" text);
+             CREATE PUBLICATION {schema} FOR TABLES IN SCHEMA {schema};"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(
+        dir.path(),
+        PG_PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "snapshot = \"never\"",
+    );
+    add_es_sink(&conn, &url, "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.\"Foo Bar\" VALUES (1, 'foo');
+             INSERT INTO {schema}.orders VALUES (1, 'orders');
+             INSERT INTO {schema}.\"Orders\" VALUES (1, 'Orders'), (2, 'Orders');
+             INSERT INTO {schema}.meta_id VALUES (1, 'x');
+             INSERT INTO {schema}.orders VALUES (3, 'orders');"
+        ))
+        .await
+        .unwrap();
+    let dead_dir = dir.path().join("dead-letters");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read_events(&dead_dir).len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let orders = wait_documents(&url, &format!("{schema}_orders"), 2).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&conn));
+    pg_drop_slot(&client, &schema).await;
+
+    assert_eq!(orders.keys().collect::<Vec<_>>(), ["1", "3"]);
+    assert!(orders.values().all(|d| d["v"] == "orders"), "{orders:?}");
+    let foo = es_documents(&url, &format!("{schema}_foo%20bar")).await;
+    assert_eq!(foo["1"]["v"], "foo");
+    let mut dead: Vec<(String, String)> = read_events(&dead_dir)
+        .iter()
+        .map(|d| {
+            (
+                d["event"]["source"]["table"].as_str().unwrap().to_string(),
+                d["error_type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(
+        dead,
+        [
+            ("Orders", "index_name_collision"),
+            ("Orders", "index_name_collision"),
+            ("meta_id", "unmappable_column"),
+        ]
+        .map(|(t, e)| (t.to_string(), e.to_string()))
+    );
+}

@@ -33,8 +33,9 @@ pub struct ElasticsearchSinkConfig {
     /// PEM file of the CA that signed the cluster's certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Alias name per table: `{db}` and `{table}` are replaced, the result lowercased.
-    /// The concrete index behind it is `<alias>_v1`.
+    /// Alias name per table: `{db}` and `{table}` are replaced by the names encoded as
+    /// `names` says (lowercased, characters Elasticsearch refuses as `%xx`). The
+    /// concrete index behind it is `<alias>_v1`.
     #[serde(default = "default_index")]
     pub index: String,
     /// Per-table alias names: `"shop.orders" = "orders"`.
@@ -169,6 +170,32 @@ impl ElasticsearchSinkConfig {
                 "[[sink]] batch_docs must be > 0 and batch_bytes >= 1024",
             ));
         }
+        let template = self
+            .index
+            .replace("{db}", "db")
+            .replace("{table}", "table")
+            .to_lowercase();
+        if let Some(why) = super::names::invalid_index_name(&template) {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "index",
+                format!(
+                    "[[sink]] index = \"{}\": {why} (with {{db}} and {{table}} filled in)",
+                    self.index
+                ),
+            ));
+        }
+        for (table, alias) in &self.indexes {
+            if let Some(why) = super::names::invalid_index_name(&alias.to_lowercase()) {
+                return Err(ConfigError::at_key(
+                    path,
+                    text,
+                    "indexes",
+                    format!("[[sink]] indexes.\"{table}\": {why}"),
+                ));
+            }
+        }
         if self.max_document_bytes < 1024 {
             return Err(ConfigError::at_key(
                 path,
@@ -211,15 +238,13 @@ impl ElasticsearchSinkConfig {
         })
     }
 
-    /// The alias for a table.
+    /// The alias for a table: its `indexes` entry, else the `index` template with the
+    /// encoded names (`names::alias`).
     pub fn alias(&self, db: &str, table: &str) -> String {
         if let Some(a) = self.indexes.get(&format!("{db}.{table}")) {
             return a.to_lowercase();
         }
-        self.index
-            .replace("{db}", db)
-            .replace("{table}", table)
-            .to_lowercase()
+        super::names::alias(&self.index, db, table)
     }
 
     pub fn password(&self) -> Result<Option<Secret>, String> {

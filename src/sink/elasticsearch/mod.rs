@@ -7,6 +7,7 @@
 pub mod bulk;
 mod config;
 pub mod mapping;
+mod names;
 mod response;
 mod sender;
 
@@ -57,6 +58,14 @@ enum Target {
     },
     /// No primary key and no `ids` setting: skipped (warned once).
     Skip,
+    /// Elasticsearch cannot take the table under this name (another table holds the
+    /// alias, or a column cannot be mapped): every change goes to the dead letters
+    /// with the reason, so nothing is lost and the other tables flow.
+    Refuse {
+        alias: Arc<str>,
+        error_type: &'static str,
+        reason: Arc<str>,
+    },
 }
 
 pub struct ElasticsearchSink {
@@ -67,6 +76,9 @@ pub struct ElasticsearchSink {
     targets: PerSchema<Target>,
     /// Aliases known to exist, with the fields their mapping has.
     mapped: HashMap<String, Mapped>,
+    /// Which table each alias belongs to (the first to claim it in this run, or the
+    /// one the index's `_meta.source_table` names).
+    claims: HashMap<String, String>,
     retry: Retry,
     sender: Sender,
     /// Written by the checkpoints' acks, one at a time, in order.
@@ -130,6 +142,7 @@ impl ElasticsearchSink {
             client,
             targets: PerSchema::default(),
             mapped: HashMap::new(),
+            claims: HashMap::new(),
             retry,
             sender,
             dead_letters: Arc::new(Mutex::new(dead_letters)),
@@ -172,10 +185,41 @@ impl ElasticsearchSink {
             }
             Some(id) => {
                 let alias = self.cfg.alias(&table.db, &table.table);
-                let (fields, version) = match self.mapped.get(&alias) {
-                    Some(m) => (m.fields.clone(), m.version),
-                    None => self.ensure_index(&alias, table).await?,
+                let refused = |error_type, reason: String| {
+                    tracing::error!(sink = %self.id, table = %name, alias, error_type, reason, "the table's changes go to the dead-letter stream");
+                    Target::Refuse {
+                        alias: Arc::from(alias.as_str()),
+                        error_type,
+                        reason: Arc::from(reason),
+                    }
                 };
+                if let Some((column, why)) = names::unmappable_column(&table.columns) {
+                    let target = refused("unmappable_column", format!(
+                        "{why}. Rename column `{column}` of {name} with an [[enrich]] step (kind = \"rename\", columns = {{ \"{column}\" = \"new_name\" }}), then snapshot the table again"
+                    ));
+                    self.targets.insert(table, target.clone());
+                    return Ok(target);
+                }
+                let owner = match self.claims.get(&alias) {
+                    Some(owner) => Some(owner.clone()).filter(|o| *o != name),
+                    None => None,
+                };
+                let ensured = match (owner, self.mapped.get(&alias)) {
+                    (Some(owner), _) => Err(owner),
+                    (None, Some(m)) => Ok((m.fields.clone(), m.version)),
+                    (None, None) => self.ensure_index(&alias, table).await?,
+                };
+                let (fields, version) = match ensured {
+                    Ok(found) => found,
+                    Err(owner) => {
+                        let target = refused("index_name_collision", format!(
+                            "{name} and {owner} both map to the index alias `{alias}`, and one index cannot hold both (their ids would overwrite each other, a TRUNCATE would empty both). Give {name} its own alias with [[sink]] indexes = {{ \"{name}\" = \"...\" }}, then snapshot it"
+                        ));
+                        self.targets.insert(table, target.clone());
+                        return Ok(target);
+                    }
+                };
+                self.claims.insert(alias.clone(), name.clone());
                 // Columns new to the index (added on the source, also while the daemon
                 // was stopped), and fields whose columns are gone (deprecated: kept).
                 let added: Vec<Column> = table
@@ -260,12 +304,13 @@ impl ElasticsearchSink {
     /// Adopts an existing alias, or creates `<alias>_v1` with the mapping derived from
     /// the schema and points the alias at it. Never drops anything. Returns the fields
     /// the index maps and the schema version its `_meta` names (0 for an adopted index:
-    /// unknown, so `_meta` is written again).
+    /// unknown, so `_meta` is written again); or Err with the other table an adopted
+    /// index's `_meta.source_table` names.
     async fn ensure_index(
         &self,
         alias: &str,
         table: &TableSchema,
-    ) -> Result<(Vec<String>, u32), SinkError> {
+    ) -> Result<Result<(Vec<String>, u32), String>, SinkError> {
         let client = &self.client;
         let exists = self
             .retry
@@ -299,21 +344,27 @@ impl ElasticsearchSink {
             // Every concrete index behind the alias: {"<index>": {"mappings": {...}}}.
             let mut fields = Vec::new();
             for index in current.as_object().into_iter().flat_map(|m| m.values()) {
-                if let Some(p) = index["mappings"]["properties"].as_object() {
+                let mappings = &index["mappings"];
+                if let Some(owner) = mappings["_meta"]["source_table"].as_str() {
+                    if owner != table.qualified_name() {
+                        return Ok(Err(owner.to_string()));
+                    }
+                }
+                if let Some(p) = mappings["properties"].as_object() {
                     fields.extend(p.keys().cloned());
                 }
             }
-            return Ok((fields, 0));
+            return Ok(Ok((fields, 0)));
         }
         let concrete = format!("{alias}_v1");
         self.create_index(&concrete, table).await?;
         self.swap_aliases(json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]}))
             .await?;
         tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
-        Ok((
+        Ok(Ok((
             table.columns.iter().map(|c| c.name.clone()).collect(),
             table.schema_version,
-        ))
+        )))
     }
 
     /// Creates a concrete index with the mapping derived from the schema (an index that
@@ -636,6 +687,15 @@ fn client(cfg: &ElasticsearchSinkConfig) -> Result<Elasticsearch, String> {
     Ok(Elasticsearch::new(transport))
 }
 
+/// For `tributary check`: the tables (`db.table` and columns, as the server has them)
+/// whose changes this sink would send to the dead letters, and why (`names::problems`).
+pub fn name_problems(
+    cfg: &ElasticsearchSinkConfig,
+    tables: &[(String, Vec<Column>)],
+) -> Vec<String> {
+    names::problems(tables, |db, table| cfg.alias(db, table))
+}
+
 /// For `tributary check`: reaches the cluster and reports what answers. Touches no
 /// local state (no dead-letter stream is opened).
 pub async fn ping(cfg: &ElasticsearchSinkConfig) -> Result<String, String> {
@@ -696,8 +756,18 @@ impl Sink for ElasticsearchSink {
             let SourceMessage::Change(e) = m else {
                 continue;
             };
-            let Target::Index { alias, id: ids } = self.target(&e.table).await? else {
-                continue;
+            let (alias, ids) = match self.target(&e.table).await? {
+                Target::Index { alias, id } => (alias, id),
+                Target::Skip => continue,
+                Target::Refuse {
+                    alias,
+                    error_type,
+                    reason,
+                } => {
+                    // A TRUNCATE too: it must not empty the other table's index.
+                    self.reject(e, alias, error_type, &reason);
+                    continue;
+                }
             };
             if e.op == Op::Truncate {
                 self.truncate(&alias, &e.table).await?;
