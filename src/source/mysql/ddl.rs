@@ -12,7 +12,11 @@
 //! `WITH` prefixes included ([`Ddl::RowsNotLogged`]); transaction control is read from
 //! the leading words ([`control`]) before anything is parsed.
 
-use sqlparser::ast::{AlterTableOperation, ObjectName, ObjectType, SetExpr, Statement};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_relations, AlterTableOperation, ObjectName, ObjectType, SetExpr, Statement,
+};
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
@@ -34,7 +38,8 @@ pub enum Ddl {
     Other,
     /// A row change written as a statement (INSERT, UPDATE, DELETE, REPLACE, MERGE,
     /// LOAD DATA, also behind comments or a WITH clause): its rows are not logged.
-    RowsNotLogged,
+    /// With the tables it names (written or read), when the statement could be read.
+    RowsNotLogged(Option<Vec<TableName>>),
     /// sqlparser could not read it; the reason.
     Unparsed(String),
 }
@@ -45,11 +50,16 @@ pub fn parse(sql: &str, default_db: &str) -> Ddl {
         Ok(s) => s,
         // sqlparser does not know every statement MariaDB accepts; a row change it
         // cannot read still starts with a data keyword.
-        Err(_) if starts_as_row_change(sql) => return Ddl::RowsNotLogged,
+        Err(_) if starts_as_row_change(sql) => return Ddl::RowsNotLogged(None),
         Err(e) => return Ddl::Unparsed(e.to_string()),
     };
     if statements.iter().any(changes_rows) {
-        return Ddl::RowsNotLogged;
+        let mut tables = Vec::new();
+        let _ = visit_relations(&statements, |name| {
+            tables.push(table_name(name, default_db));
+            ControlFlow::<()>::Continue(())
+        });
+        return Ddl::RowsNotLogged(Some(tables));
     }
     let Some(statement) = statements.into_iter().next() else {
         return Ddl::Other;
@@ -298,7 +308,7 @@ mod tests {
             // Not readable by sqlparser, still a row change.
             "UPDATE LOW_PRIORITY IGNORE t SET a = 1 ORDER BY id LIMIT 3 RETURNING ((",
         ] {
-            assert_eq!(parse(sql, "shop"), Ddl::RowsNotLogged, "{sql}");
+            assert!(matches!(parse(sql, "shop"), Ddl::RowsNotLogged(_)), "{sql}");
             assert_eq!(control(sql), None, "{sql}");
         }
         // DDL that mentions the keywords is still DDL.
@@ -309,6 +319,30 @@ mod tests {
         assert_eq!(
             parse("CREATE TABLE `insert` (id INT)", "shop"),
             Ddl::CreateTable(t("shop", "insert"))
+        );
+    }
+
+    #[test]
+    fn a_row_change_names_the_tables_it_touches() {
+        let tables = |sql| match parse(sql, "shop") {
+            Ddl::RowsNotLogged(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            tables("UPDATE t JOIN other.u ON t.id = u.id SET t.a = u.a"),
+            Some(vec![t("shop", "t"), t("other", "u")])
+        );
+        assert_eq!(
+            tables("/* x */ INSERT INTO log.audit SELECT * FROM shop.orders"),
+            Some(vec![t("log", "audit"), t("shop", "orders")])
+        );
+        assert_eq!(
+            tables("DELETE FROM `a b`.`c` WHERE id = 1"),
+            Some(vec![t("a b", "c")])
+        );
+        assert_eq!(
+            tables("UPDATE LOW_PRIORITY IGNORE t SET a = 1 ORDER BY id LIMIT 3 RETURNING (("),
+            None
         );
     }
 

@@ -448,7 +448,18 @@ impl Streamer<'_> {
                     Some(Control::Within) => {}
                     None => {
                         let statement = ddl::parse(&sql, &q.schema());
-                        if statement == Ddl::RowsNotLogged {
+                        if let Ddl::RowsNotLogged(tables) = &statement {
+                            // Rows of tables tributary does not capture are not missed.
+                            let excluded = tables.as_ref().is_some_and(|t| {
+                                t.iter().all(|(db, table)| !self.filter.matches(db, table))
+                            });
+                            if excluded {
+                                tracing::debug!(statement = %sql.chars().take(120).collect::<String>(), "statement-based change of tables not captured");
+                                if st.standalone || !st.in_txn {
+                                    self.commit(st, tx, log_pos).await?;
+                                }
+                                return Ok(());
+                            }
                             return Err(Stop::fatal(format!(
                                 "statement-based change at {} ({}...): a session wrote with binlog_format other than ROW, \
                                  so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
@@ -721,7 +732,7 @@ impl Streamer<'_> {
                     self.table_change(tx, &db, &table, change).await?;
                 }
             }
-            Ddl::Other | Ddl::RowsNotLogged => {}
+            Ddl::Other | Ddl::RowsNotLogged(_) => {}
         }
         Ok(())
     }
