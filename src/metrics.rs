@@ -112,6 +112,11 @@ pub fn sink_request(sink: &str, took: Duration) {
 }
 
 /// Requests retried after a connection error, 429 or 5xx.
+/// A lookup query retried after a transient failure (the source database was away).
+pub fn lookup_retry(table: &str) {
+    counter!("tributary_enrich_lookup_retries_total", "table" => table.to_string()).increment(1);
+}
+
 pub fn sink_retry(sink: &str) {
     counter!("tributary_sink_retries_total", "sink" => sink.to_string()).increment(1);
 }

@@ -730,3 +730,71 @@ async fn postgres_deep_json_flows_everywhere() {
     assert!(read_events(&dir.path().join("dead-letters")).is_empty());
     pg_drop_slot(&client, &schema).await;
 }
+
+/// A lookup whose query fails because the source database restarts is retried until
+/// the server is back: the event is enriched, nothing goes to the dead letters. (The
+/// looked-up rows come from a view that sleeps, so the query is in flight when the
+/// server goes down.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_rides_out_a_source_restart() {
+    const LOOKUP_RESTART_PORT: u16 = 33075;
+    mariadb(LOOKUP_RESTART_PORT, "");
+    let db = unique_db("lkrestart");
+    let mut conn = admin(LOOKUP_RESTART_PORT).await;
+    for sql in [
+        format!("CREATE DATABASE `{db}`"),
+        format!("CREATE TABLE `{db}`.customers_base (id INT PRIMARY KEY, name TEXT)"),
+        format!("INSERT INTO `{db}`.customers_base VALUES (1, 'Ada'), (2, 'Bob')"),
+        format!("CREATE VIEW `{db}`.customers AS SELECT id, name, SLEEP(2) AS pause FROM `{db}`.customers_base"),
+        format!("CREATE TABLE `{db}`.orders (id INT PRIMARY KEY, customer_id INT)"),
+    ] {
+        exec(&mut conn, &sql).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), LOOKUP_RESTART_PORT, &db, "snapshot = \"never\"");
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        &format!("include = [\"{db}.*\"]"),
+        &format!("include = [\"{db}.orders\"]"),
+    );
+    std::fs::write(
+        &c,
+        format!(
+            "{text}\n[[enrich]]\ntable = \"{db}.orders\"\nkind = \"lookup\"\nfrom = \"{db}.customers\"\n\
+             on = {{ customer_id = \"id\" }}\nfields = {{ name = \"customer_name\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.orders VALUES (1, 1)"),
+    )
+    .await;
+    drop(conn);
+    // The lookup's query sleeps 2 s; the server goes down under it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    deploy(LOOKUP_RESTART_PORT, "stop", "");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    deploy(LOOKUP_RESTART_PORT, "start", "");
+    let mut conn = admin(LOOKUP_RESTART_PORT).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.orders VALUES (2, 2)"),
+    )
+    .await;
+
+    let log = dir.path().join("log");
+    let n = wait_for_events(&log, 2, Duration::from_secs(60)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert_eq!(n, 2, "{}", daemon_log(&c));
+    let events = read_events(&log);
+    assert_eq!(events[0]["after"]["customer_name"], "Ada", "{}", events[0]);
+    assert_eq!(events[1]["after"]["customer_name"], "Bob", "{}", events[1]);
+    assert!(dead_letters(dir.path()).is_empty(), "{}", daemon_log(&c));
+    assert!(
+        daemon_log(&c).contains("failed; retrying"),
+        "{}",
+        daemon_log(&c)
+    );
+}

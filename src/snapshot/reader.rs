@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::merge::{Batch, Chunk, Cut, Emitted, Merger, NotEmitted, Request, Requests};
 use super::{SnapshotMode, State, Status, TableProgress};
 use crate::event::{now_ms, Row, SourceMessage, TableSchema, Value};
+use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::queue::QueueSender;
 
@@ -59,14 +60,15 @@ pub trait ChunkSource: Send + Sync + 'static {
         None
     }
 
-    async fn connect(&self) -> Result<Self::Conn, String>;
+    /// A connection; the failure classified (lookups retry transient ones).
+    async fn connect(&self) -> Result<Self::Conn, Failure>;
 
     /// The table's columns, key and estimate; None when it does not exist.
     async fn describe(
         &self,
         conn: &mut Self::Conn,
         table: &str,
-    ) -> Result<Option<Described<Self::Table>>, String>;
+    ) -> Result<Option<Described<Self::Table>>, Failure>;
 
     /// Reads the chunk after `after` (at most `limit` rows; all rows without a key),
     /// hands it to the stream through `requests` (`ChunkRows`), and returns once the
@@ -260,8 +262,13 @@ impl<S: ChunkSource> Reader<S> {
     }
 
     async fn table(&self, table: &str, stop: &CancellationToken) -> Result<(), String> {
-        let mut conn = self.source.connect().await?;
-        let Some(t) = self.source.describe(&mut conn, table).await? else {
+        let mut conn = self.source.connect().await.map_err(|f| f.to_string())?;
+        let Some(t) = self
+            .source
+            .describe(&mut conn, table)
+            .await
+            .map_err(|f| f.to_string())?
+        else {
             tracing::warn!(table, "snapshot skipped: the table no longer exists");
             self.finish_missing(table);
             return Ok(());

@@ -1,7 +1,10 @@
 //! Lookups by key against the source database (the `lookup` enricher), shared by the
 //! sources: a source that can snapshot can also read rows by key (`KeyReader`), with
-//! the same table descriptions and value decoding. One connection, reopened and the
-//! read retried (three tries, with backoff) when it fails.
+//! the same table descriptions and value decoding. One connection, reopened when it
+//! fails. A transient failure (connection refused or reset, server restarting) is
+//! retried with backoff for as long as it lasts, holding the pipeline like a sink
+//! outage does; only failures retrying cannot fix reach the caller (whose event then
+//! goes to the dead letters).
 
 use crate::failure::Failure;
 use std::collections::HashMap;
@@ -24,10 +27,11 @@ pub trait KeyReader: ChunkSource {
         t: &Described<Self::Table>,
         key: usize,
         keys: &[Value],
-    ) -> Result<Vec<Row>, String>;
+    ) -> Result<Vec<Row>, Failure>;
 }
 
-const TRIES: u32 = 3;
+/// The longest pause between retries of a lookup during an outage.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Keyed<R: KeyReader> {
     reader: R,
@@ -48,7 +52,7 @@ impl<R: KeyReader> Keyed<R> {
         &self,
         conn: &mut R::Conn,
         table: &str,
-    ) -> Result<Option<Arc<Described<R::Table>>>, String> {
+    ) -> Result<Option<Arc<Described<R::Table>>>, Failure> {
         if let Some(t) = self.tables.lock().expect("not poisoned").get(table) {
             return Ok(Some(t.clone()));
         }
@@ -63,42 +67,34 @@ impl<R: KeyReader> Keyed<R> {
         Ok(Some(t))
     }
 
-    /// Runs `op` on the connection, reconnecting and retrying when it fails.
+    /// Runs `op` on the connection, reconnecting and retrying while it fails for a
+    /// transient reason (`failure::retry`).
     async fn run(&self, op: Op<'_>) -> Result<Done, Failure> {
-        let mut guard = self.conn.lock().await;
-        let mut last = String::new();
-        for attempt in 0..TRIES {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-            if guard.is_none() {
-                match self.reader.connect().await {
-                    Ok(c) => *guard = Some(c),
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
+        let what = op.what();
+        crate::failure::retry(
+            "lookup",
+            &what,
+            MAX_BACKOFF,
+            || crate::metrics::lookup_retry(op.table()),
+            || async {
+                let mut slot = self.conn.lock().await;
+                if slot.is_none() {
+                    *slot = Some(self.reader.connect().await?);
                 }
-            }
-            let conn = guard.as_mut().expect("connected");
-            match self.once(conn, &op).await {
-                Ok(v) => return Ok(v),
-                Err(e) => {
+                let conn = slot.as_mut().expect("connected");
+                let done = self.once(conn, &op).await;
+                if matches!(&done, Err(f) if f.is_transient()) {
                     // A fresh connection for the next try.
-                    *guard = None;
-                    last = e;
+                    *slot = None;
                 }
-            }
-        }
-        // Every try failed: the server may be back later, the event waits in the
-        // dead letters meanwhile.
-        Err(Failure::Transient(format!(
-            "{} failed {TRIES} times: {last}",
-            op.what()
-        )))
+                done
+            },
+        )
+        .await
+        .map_err(|m| Failure::Fatal(format!("{what}: {m}")))
     }
 
-    async fn once(&self, conn: &mut R::Conn, op: &Op<'_>) -> Result<Done, String> {
+    async fn once(&self, conn: &mut R::Conn, op: &Op<'_>) -> Result<Done, Failure> {
         match op {
             Op::Describe(table) => Ok(Done::Columns(
                 self.table(conn, table)
@@ -109,13 +105,13 @@ impl<R: KeyReader> Keyed<R> {
                 let t = self
                     .table(conn, table)
                     .await?
-                    .ok_or_else(|| format!("{table} no longer exists"))?;
+                    .ok_or_else(|| Failure::Fatal(format!("{table} no longer exists")))?;
                 let k = t
                     .schema
                     .columns
                     .iter()
                     .position(|c| c.name == *key)
-                    .ok_or_else(|| format!("{table} has no column `{key}`"))?;
+                    .ok_or_else(|| Failure::Fatal(format!("{table} has no column `{key}`")))?;
                 Ok(Done::Rows(self.reader.rows(conn, &t, k, keys).await?))
             }
         }
@@ -132,6 +128,12 @@ enum Op<'a> {
 }
 
 impl Op<'_> {
+    fn table(&self) -> &str {
+        match self {
+            Op::Describe(t) | Op::Fetch { table: t, .. } => t,
+        }
+    }
+
     fn what(&self) -> String {
         match self {
             Op::Describe(t) => format!("describing {t} for a lookup"),

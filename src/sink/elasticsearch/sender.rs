@@ -34,47 +34,22 @@ pub(super) struct Retry {
 }
 
 impl Retry {
-    pub async fn run<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, SinkError>
+    /// `failure::retry` for this sink: fatal failures stop it with `what` and the reason.
+    pub async fn run<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, SinkError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let max = self.max_backoff.max(Duration::from_secs(1));
-        let mut backoff = Duration::from_millis(100);
-        let started = Instant::now();
-        let mut warned = None::<Instant>;
-        loop {
-            match attempt().await {
-                Ok(v) => {
-                    if warned.is_some() {
-                        tracing::info!(sink = %self.sink, "{what} succeeded after {}s of retries", started.elapsed().as_secs());
-                    }
-                    return Ok(v);
-                }
-                Err(Failure::Fatal(m)) => {
-                    return Err(SinkError::new(&self.sink, format!("{what}: {m}")))
-                }
-                Err(Failure::Transient(m)) => {
-                    crate::metrics::sink_retry(&self.sink);
-                    if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
-                        tracing::warn!(sink = %self.sink, error = %m, retrying_for_s = started.elapsed().as_secs(), "{what} failed; retrying (changes wait, none are dropped)");
-                        warned = Some(Instant::now());
-                    }
-                    tokio::time::sleep(backoff.mul_f64(jitter())).await;
-                    backoff = (backoff * 2).min(max);
-                }
-            }
-        }
+        crate::failure::retry(
+            &self.sink,
+            what,
+            self.max_backoff,
+            || crate::metrics::sink_retry(&self.sink),
+            attempt,
+        )
+        .await
+        .map_err(|m| SinkError::new(&self.sink, format!("{what}: {m}")))
     }
-}
-
-/// 0.8..1.2, so that many sinks retrying at once spread out.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    0.8 + 0.4 * (nanos % 1000) as f64 / 1000.0
 }
 
 /// A document rejected for good, on its way to the dead-letter stream.

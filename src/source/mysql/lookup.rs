@@ -22,7 +22,7 @@ impl KeyReader for Chunks {
         t: &Described<SnapTable>,
         key: usize,
         keys: &[Value],
-    ) -> Result<Vec<Row>, String> {
+    ) -> Result<Vec<Row>, crate::failure::Failure> {
         self.rows_by_key(conn, t, key, keys).await
     }
 }

@@ -16,10 +16,11 @@ use serde_json::value::RawValue;
 
 use super::catalog::{self, json_columns, quote_ident, stream_type_name};
 use super::config::MysqlSourceConfig;
-use super::connect::connect;
+use super::connect::{classify, connect};
 use super::raw;
 use super::stream::{file_sequence, row_version};
 use crate::event::{Column, Position, TableSchema, Value};
+use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::settings::Secret;
 use crate::snapshot::merge::{Cut, Requests};
@@ -64,13 +65,11 @@ impl ChunkSource for Chunks {
         (!self.flavor.is_mariadb()).then_some("it needs MariaDB's consistent-snapshot binlog position (binlog_snapshot_file/position); MySQL 8 snapshots are not built yet")
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
-        let mut conn = connect(&self.cfg, self.password.as_ref())
-            .await
-            .map_err(|e| e.message().to_string())?;
+    async fn connect(&self) -> Result<Conn, Failure> {
+        let mut conn = connect(&self.cfg, self.password.as_ref()).await?;
         conn.query_drop("SET time_zone = '+00:00'")
             .await
-            .map_err(|e| format!("{}: {e}", self.cfg.address()))?;
+            .map_err(|e| classify(&self.cfg, &e))?;
         Ok(conn)
     }
 
@@ -82,7 +81,7 @@ impl ChunkSource for Chunks {
         &self,
         conn: &mut Conn,
         table: &str,
-    ) -> Result<Option<Described<SnapTable>>, String> {
+    ) -> Result<Option<Described<SnapTable>>, Failure> {
         self.describe_table(conn, table).await
     }
 
@@ -171,9 +170,11 @@ impl Chunks {
         &self,
         conn: &mut Conn,
         table: &str,
-    ) -> Result<Option<Described<SnapTable>>, String> {
-        let sql_err =
-            |e: mysql_async::Error| format!("reading information_schema for {table}: {e}");
+    ) -> Result<Option<Described<SnapTable>>, Failure> {
+        let sql_err = |e: mysql_async::Error| {
+            classify(&self.cfg, &e)
+                .reword(|m| format!("reading information_schema for {table}: {m}"))
+        };
         let Some((db, name)) = split(conn, table).await.map_err(sql_err)? else {
             return Ok(None);
         };
@@ -249,7 +250,7 @@ impl Chunks {
             0,
         );
         Ok(Some(Described {
-            schema: versioned(self.store.as_deref(), schema)?,
+            schema: versioned(self.store.as_deref(), schema).map_err(Failure::Fatal)?,
             keyed: !chunk_key.is_empty(),
             table: SnapTable { columns, chunk_key },
             estimate: estimate.flatten().unwrap_or(0),
@@ -435,7 +436,7 @@ impl Chunks {
         t: &Described<SnapTable>,
         key: usize,
         keys: &[Value],
-    ) -> Result<Vec<crate::event::Row>, String> {
+    ) -> Result<Vec<crate::event::Row>, Failure> {
         let s = &t.schema;
         let sql = format!(
             "{} WHERE {} IN ({})",
@@ -447,14 +448,17 @@ impl Chunks {
         let rows: Vec<mysql_async::Row> = conn
             .exec(sql, params)
             .await
-            .map_err(|e| format!("{}: {e}", self.cfg.address()))?;
+            .map_err(|e| classify(&self.cfg, &e))?;
         rows.into_iter()
             .map(|row| {
                 t.table
                     .columns
                     .iter()
                     .zip(row.unwrap())
-                    .map(|(c, v)| convert(c, v).map_err(|m| format!("column `{}`: {m}", c.name)))
+                    .map(|(c, v)| {
+                        convert(c, v)
+                            .map_err(|m| Failure::Fatal(format!("column `{}`: {m}", c.name)))
+                    })
                     .collect()
             })
             .collect()

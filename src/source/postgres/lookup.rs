@@ -21,7 +21,7 @@ impl KeyReader for Chunks {
         t: &Described<PgTable>,
         key: usize,
         keys: &[Value],
-    ) -> Result<Vec<Row>, String> {
+    ) -> Result<Vec<Row>, crate::failure::Failure> {
         self.rows_by_key(conns, t, key, keys).await
     }
 }

@@ -31,6 +31,7 @@ use super::config::PostgresSourceConfig;
 use super::connect::{classify, query_client};
 use super::values::{decode_text, PgType};
 use crate::event::{now_ms, Column, Row, TableSchema, Value};
+use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::settings::Secret;
 use crate::snapshot::merge::{Cut, Requests, SnapshotView};
@@ -73,9 +74,9 @@ impl ChunkSource for Chunks {
     type Conn = Conns;
     type Table = PgTable;
 
-    async fn connect(&self) -> Result<Conns, String> {
+    async fn connect(&self) -> Result<Conns, Failure> {
         Ok(Conns {
-            reader: self.query_client().await?,
+            reader: query_client(&self.cfg, self.password.as_ref()).await?,
             marker: None,
         })
     }
@@ -84,13 +85,10 @@ impl ChunkSource for Chunks {
         &self,
         conns: &mut Conns,
         table: &str,
-    ) -> Result<Option<Described<PgTable>>, String> {
+    ) -> Result<Option<Described<PgTable>>, Failure> {
         let conn = &conns.reader;
         let fail = |e: tokio_postgres::Error| {
-            format!(
-                "reading the catalog for {table}: {}",
-                classify(&self.cfg, &e).message()
-            )
+            classify(&self.cfg, &e).reword(|m| format!("reading the catalog for {table}: {m}"))
         };
         let Some((oid, schema, name, identity)) = find(conn, table).await.map_err(fail)? else {
             return Ok(None);
@@ -143,7 +141,7 @@ impl ChunkSource for Chunks {
             0,
         );
         Ok(Some(Described {
-            schema: versioned(self.store.as_deref(), schema)?,
+            schema: versioned(self.store.as_deref(), schema).map_err(Failure::Fatal)?,
             keyed: !key.is_empty(),
             table: PgTable {
                 types,
@@ -326,7 +324,7 @@ impl Chunks {
         t: &Described<PgTable>,
         key: usize,
         keys: &[Value],
-    ) -> Result<Vec<Row>, String> {
+    ) -> Result<Vec<Row>, Failure> {
         let s = &t.schema;
         let ty = &s.columns[key].type_name;
         let list: Vec<String> = keys
@@ -344,10 +342,10 @@ impl Chunks {
             .reader
             .simple_query(&sql)
             .await
-            .map_err(|e| self.sql_error(e))?
+            .map_err(|e| classify(&self.cfg, &e))?
         {
             if let SimpleQueryMessage::Row(r) = msg {
-                out.push(decode_row(t, &r)?);
+                out.push(decode_row(t, &r).map_err(Failure::Fatal)?);
             }
         }
         Ok(out)
