@@ -321,6 +321,46 @@ dir = "data/state"
     }
 
     #[test]
+    fn secrets_never_show_in_debug() {
+        let text = GOOD.replace("password = \"x\"", "password = \"hunter2\"").replace(
+            "[state]",
+            "[[sink]]\nkind = \"elasticsearch\"\nurls = [\"https://elastic:hunter3@es1:9200\"]\nuser = \"elastic\"\npassword = \"hunter4\"\ndead_letter_dir = \"dl\"\n\n[state]",
+        );
+        let c = ConnectorConfig::parse(Path::new("c.toml"), &text).unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("es1:9200"), "{shown}");
+        // The values are still there for use.
+        assert_eq!(
+            c.source
+                .source()
+                .password_setting()
+                .resolve("")
+                .unwrap()
+                .unwrap()
+                .expose(),
+            "hunter2"
+        );
+    }
+
+    #[test]
+    fn an_elasticsearch_password_without_a_user_is_an_error() {
+        let text = GOOD.replace(
+            "[state]",
+            "[[sink]]\nkind = \"elasticsearch\"\nurls = [\"http://es1:9200\"]\npassword_env = \"ES_PW\"\ndead_letter_dir = \"dl\"\n\n[state]",
+        );
+        let e = ConnectorConfig::parse(Path::new("c.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.toml:19:1: [[sink]] password_env is set but `user` is not"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_column() {
         let bad = GOOD.replace("server_id = 4242", "server_id = 4242\nserverid = 1");
         let e = ConnectorConfig::parse(Path::new("conn/c.toml"), &bad).unwrap_err();

@@ -21,6 +21,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// From a string in a config file: the value is a `Secret` from parsing on, so no
+/// config struct's `Debug` can show it.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -33,7 +41,7 @@ impl fmt::Display for Secret {
 /// password live here once.
 #[derive(Clone, Copy)]
 pub struct PasswordSetting<'a> {
-    pub password: Option<&'a str>,
+    pub password: Option<&'a Secret>,
     pub env: Option<&'a str>,
     pub file: Option<&'a std::path::Path>,
 }
@@ -75,7 +83,7 @@ impl PasswordSetting<'_> {
                     ))
                 });
         }
-        Ok(self.password.map(Secret::new))
+        Ok(self.password.cloned())
     }
 
     /// Where the password came from, for "access denied" messages (never the password).

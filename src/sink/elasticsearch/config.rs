@@ -17,12 +17,12 @@ pub struct ElasticsearchSinkConfig {
     #[serde(default)]
     pub name: Option<String>,
     /// One or more node URLs (`https://es1:9200`), used round robin.
-    pub urls: Vec<String>,
+    pub urls: Vec<NodeUrl>,
     /// Basic auth user; its password from `password_env`, `password_file` or `password`.
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
     pub password_env: Option<String>,
     #[serde(default)]
@@ -196,6 +196,21 @@ impl ElasticsearchSinkConfig {
                 ));
             }
         }
+        let given = [
+            ("password", self.password.is_some()),
+            ("password_env", self.password_env.is_some()),
+            ("password_file", self.password_file.is_some()),
+        ];
+        if let Some((key, _)) = given.iter().find(|(_, set)| *set) {
+            if self.user.is_none() {
+                return Err(ConfigError::at_key(
+                    path,
+                    text,
+                    key,
+                    format!("[[sink]] {key} is set but `user` is not: basic auth needs both (or use api_key_env)"),
+                ));
+            }
+        }
         if self.max_document_bytes < 1024 {
             return Err(ConfigError::at_key(
                 path,
@@ -233,7 +248,7 @@ impl ElasticsearchSinkConfig {
         self.name.clone().unwrap_or_else(|| {
             format!(
                 "elasticsearch:{}",
-                redact(self.urls.first().map(String::as_str).unwrap_or(""))
+                redact(self.urls.first().map(NodeUrl::as_str).unwrap_or(""))
             )
         })
     }
@@ -249,11 +264,36 @@ impl ElasticsearchSinkConfig {
 
     pub fn password(&self) -> Result<Option<Secret>, String> {
         PasswordSetting {
-            password: self.password.as_deref(),
+            password: self.password.as_ref(),
             env: self.password_env.as_deref(),
             file: self.password_file.as_deref(),
         }
         .resolve("[[sink]] elasticsearch:")
+    }
+}
+
+/// A node URL as written in the file. It may carry `user:password@`, so its `Debug`
+/// shows it without them.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct NodeUrl(String);
+
+impl NodeUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for NodeUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact(&self.0))
+    }
+}
+
+impl std::ops::Deref for NodeUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 

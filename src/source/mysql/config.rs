@@ -21,7 +21,7 @@ pub struct MysqlSourceConfig {
     pub user: String,
     /// Local demos only: prefer `password_env` or `password_file`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<crate::settings::Secret>,
     #[serde(default)]
     pub password_env: Option<String>,
     #[serde(default)]
@@ -134,7 +134,7 @@ impl MysqlSourceConfig {
 impl CommonSettings for MysqlSourceConfig {
     fn password_setting(&self) -> PasswordSetting<'_> {
         PasswordSetting {
-            password: self.password.as_deref(),
+            password: self.password.as_ref(),
             env: self.password_env.as_deref(),
             file: self.password_file.as_deref(),
         }
