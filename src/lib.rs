@@ -10,6 +10,7 @@ pub mod journal;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
+pub mod privacy;
 pub mod queue;
 pub mod registry;
 pub mod schema;

@@ -26,6 +26,10 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `tributary=debug` (also RUST_LOG).
     #[arg(long, global = true, default_value = "info", env = "TRIBUTARY_LOG")]
     log_level: String,
+    /// Let logs and error messages quote row values, statements and servers' reasons
+    /// about values (hidden by default: they are often personal data).
+    #[arg(long, global = true)]
+    log_row_values: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(cli: &Cli) {
     use std::io::IsTerminal;
+    tributary::privacy::show_row_values(cli.log_row_values);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
     let json = match cli.log_format {

@@ -40,7 +40,7 @@ impl DeadLetters {
         self.log.append_json(rec)?;
         let kind = step.rsplit(' ').next().unwrap_or(step);
         crate::metrics::enrich_dead_letter(&e.table.qualified_name(), kind);
-        tracing::warn!(table = %e.table.qualified_name(), step, reason, "enrichment failed: event sent to the enrichment dead-letter stream");
+        tracing::warn!(table = %e.table.qualified_name(), step, reason = %crate::privacy::text(reason), "enrichment failed: event sent to the enrichment dead-letter stream");
         Ok(())
     }
 

@@ -371,7 +371,7 @@ impl Stage {
             keys.dedup();
             for chunk in keys.chunks(LOOKUP_BATCH) {
                 if let Err(why) = self.fetch(i, chunk).await {
-                    tracing::warn!(step = %self.steps[i].origin, error = %why, "lookup prefetch failed; each event tries its key again");
+                    tracing::warn!(step = %self.steps[i].origin, error = %crate::privacy::text(&why), "lookup prefetch failed; each event tries its key again");
                 }
             }
         }

@@ -289,7 +289,16 @@ impl<S: ChunkSource> Reader<S> {
         if !t.keyed {
             tracing::warn!(table, "snapshot: the table has no primary key usable for chunks: read in one pass, which holds the stream at its cut while it runs");
         }
-        tracing::info!(table, estimate = t.estimate, resume_after = ?after.as_ref().map(|k| k.iter().map(|v| v.to_json()).collect::<Vec<_>>()), "snapshot of table started");
+        let resume_after = after.as_ref().map(|k| {
+            let key: Vec<String> = k.iter().map(|v| v.to_json()).collect();
+            crate::privacy::value(&key.join(", "))
+        });
+        tracing::info!(
+            table,
+            estimate = t.estimate,
+            resume_after,
+            "snapshot of table started"
+        );
 
         // Track the table's keys in the stream before the first cut is taken.
         let (ack, acked) = oneshot::channel();

@@ -809,7 +809,7 @@ impl Sink for ElasticsearchSink {
 fn write_dead_letter(dlq: &mut Journal, sink: &str, r: &Rejected) -> Result<(), SinkError> {
     let error = &r.error;
     crate::metrics::dead_letter(sink, &r.index, error["type"].as_str().unwrap_or(""));
-    tracing::warn!(sink, index = %r.index, status = r.status, error_type = %error["type"], reason = %error["reason"], "document rejected; written to the dead-letter stream");
+    tracing::warn!(sink, index = %r.index, status = r.status, error_type = %error["type"], reason = %crate::privacy::text(error["reason"].as_str().unwrap_or("")), "document rejected; written to the dead-letter stream");
     let mut rec = Vec::with_capacity(256 + r.event.len());
     rec.extend_from_slice(b"{\"sink\":");
     crate::event::write_json_str(&mut rec, sink);

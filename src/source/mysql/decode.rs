@@ -184,7 +184,12 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             }
             Some(cs) => text(cs, b)?,
         },
-        (t, v) => return Err(format!("unsupported value {v:?} for column type {t:?}")),
+        (t, v) => {
+            return Err(format!(
+                "unsupported value {} for column type {t:?}",
+                crate::privacy::value(&format!("{v:?}"))
+            ))
+        }
     })
 }
 

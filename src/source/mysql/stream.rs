@@ -460,11 +460,19 @@ impl Streamer<'_> {
                                 }
                                 return Ok(());
                             }
+                            let of = match tables {
+                                Some(t) if !t.is_empty() => t
+                                    .iter()
+                                    .map(|(db, table)| format!("{db}.{table}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                _ => "tables it does not say".into(),
+                            };
                             return Err(Stop::fatal(format!(
-                                "statement-based change at {} ({}...): a session wrote with binlog_format other than ROW, \
+                                "statement-based change at {} ({}, touching {of}): a session wrote with binlog_format other than ROW, \
                                  so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
                                 at(),
-                                sql.chars().take(60).collect::<String>()
+                                crate::privacy::statement(&sql, 2),
                             )));
                         }
                         // DDL: table maps after it describe the new layout; extra column
@@ -699,7 +707,7 @@ impl Streamer<'_> {
                 }
             }
             Ddl::Unparsed(reason) => {
-                tracing::warn!(statement = %sql.chars().take(120).collect::<String>(), %reason, "DDL statement not understood; the included tables it changes are compared through their next table map");
+                tracing::warn!(statement = %crate::privacy::statement(sql, 3), %reason, "DDL statement not understood; the included tables it changes are compared through their next table map");
             }
             Ddl::DropTables(tables) => {
                 for (db, table) in tables {

@@ -5,6 +5,8 @@
 
 use serde_json::value::RawValue;
 
+use crate::privacy::value;
+
 use crate::event::Value;
 use crate::temporal::{civil_from_days, epoch_secs};
 
@@ -75,16 +77,25 @@ pub fn decode_text(ty: &PgType, text: &[u8]) -> Result<Value, String> {
         PgType::Bool => match s {
             "t" => Value::Bool(true),
             "f" => Value::Bool(false),
-            _ => return Err(format!("`{s}` is not a boolean")),
+            _ => return Err(format!("{} is not a boolean", value(s))),
         },
-        PgType::Int => Value::Int(s.parse().map_err(|_| format!("`{s}` is not an integer"))?),
+        PgType::Int => Value::Int(
+            s.parse()
+                .map_err(|_| format!("{} is not an integer", value(s)))?,
+        ),
         PgType::Float4 => match special_float(s) {
             Some(f) => Value::Float(f as f32),
-            None => Value::Float(s.parse().map_err(|_| format!("`{s}` is not a float4"))?),
+            None => Value::Float(
+                s.parse()
+                    .map_err(|_| format!("{} is not a float4", value(s)))?,
+            ),
         },
         PgType::Float8 => match special_float(s) {
             Some(f) => Value::Double(f),
-            None => Value::Double(s.parse().map_err(|_| format!("`{s}` is not a float8"))?),
+            None => Value::Double(
+                s.parse()
+                    .map_err(|_| format!("{} is not a float8", value(s)))?,
+            ),
         },
         PgType::Numeric => {
             let ok = matches!(s, "NaN" | "Infinity" | "-Infinity")
@@ -92,7 +103,7 @@ pub fn decode_text(ty: &PgType, text: &[u8]) -> Result<Value, String> {
                     && s.bytes()
                         .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.'));
             if !ok {
-                return Err(format!("`{s}` is not a numeric"));
+                return Err(format!("{} is not a numeric", value(s)));
             }
             Value::Decimal(s.to_string())
         }
@@ -148,7 +159,7 @@ fn timestamp(s: &str) -> Result<String, String> {
     }
     let (d, t) = s
         .split_once(' ')
-        .ok_or_else(|| format!("`{s}` is not a timestamp"))?;
+        .ok_or_else(|| format!("{} is not a timestamp", value(s)))?;
     Ok(format!("{d}T{t}"))
 }
 
@@ -157,7 +168,7 @@ fn timestamptz(s: &str) -> Result<String, String> {
     if s == "infinity" || s == "-infinity" || s.ends_with(" BC") {
         return Ok(s.to_string());
     }
-    let bad = || format!("`{s}` is not a timestamptz");
+    let bad = || format!("{} is not a timestamptz", value(s));
     let (date, rest) = s.split_once(' ').ok_or_else(bad)?;
     let sign_at = rest.rfind(['+', '-']).ok_or_else(bad)?;
     let (time, offset) = rest.split_at(sign_at);
@@ -206,7 +217,10 @@ fn parse_array(s: &str) -> Result<Vec<Option<String>>, String> {
         .strip_prefix('{')
         .and_then(|x| x.strip_suffix('}'))
         .ok_or_else(|| {
-            format!("`{s}` is not an array literal (arrays with bounds are not supported)")
+            format!(
+                "{} is not an array literal (arrays with bounds are not supported)",
+                value(s)
+            )
         })?;
     let mut out = Vec::new();
     if inner.is_empty() {
@@ -244,7 +258,7 @@ fn parse_array(s: &str) -> Result<Vec<Option<String>>, String> {
         match chars.next() {
             None => return Ok(out),
             Some(',') => {}
-            Some(c) => return Err(format!("unexpected `{c}` in array")),
+            Some(c) => return Err(format!("unexpected {} in array", value(&c.to_string()))),
         }
     }
 }
