@@ -12,7 +12,7 @@ bash deploy/mariadb.sh install
 bash deploy/postgres.sh install
 
 # Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test,
-# 33074 has its binlogs purged by a test, 33075 restarted under a lookup.
+# 33074 has its binlogs purged by a test, 33075 restarted under a lookup, 33076 TLS.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
   # PostgreSQL: 54371 shared, 54372 restarted by a test, 54373 wal_level=replica,
@@ -21,9 +21,9 @@ cleanup() {
     bash deploy/postgres.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-postgres-$port" "/tmp/tributary-postgres-$port.lock" "/tmp/tributary-postgres-$port-certs"
   done
-  for port in 33071 33072 33073 33074 33075; do
+  for port in 33071 33072 33073 33074 33075 33076; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
-    rm -rf "/tmp/tributary-mariadb-$port"
+    rm -rf "/tmp/tributary-mariadb-$port" "/tmp/tributary-mariadb-$port-certs"
   done
 }
 trap cleanup EXIT

@@ -178,6 +178,9 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
+    // One TLS crypto provider for every client that asks rustls for the default
+    // (MariaDB/MySQL through mysql_async); more than one is linked in, so say which.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -895,30 +895,7 @@ const TLS_PORT: u16 = 54374;
 /// unrelated CA, made once per server (they live as long as it does).
 fn tls_certificates() -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(format!("/tmp/tributary-postgres-{TLS_PORT}-certs"));
-    if dir.join("server.pem").exists() {
-        return dir;
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = r#"set -e
-ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-openssl req -x509 $ec -keyout ca.key -out ca.pem -days 3650 -subj "/CN=tributary test CA"
-openssl req -x509 $ec -keyout other.key -out other.pem -days 3650 -subj "/CN=some other CA"
-openssl req $ec -keyout server.key -out server.csr -subj "/CN=localhost"
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 3650 -extfile san.ext
-chmod 600 server.key
-if [ "$(id -u)" = 0 ]; then chown postgres: server.key server.pem; fi
-"#;
-    let out = std::process::Command::new("bash")
-        .args(["-c", script])
-        .current_dir(&dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_ca(&dir, "IP:127.0.0.1,DNS:localhost", "postgres");
     dir
 }
 

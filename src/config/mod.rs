@@ -346,6 +346,42 @@ dir = "data/state"
     }
 
     #[test]
+    fn tls_settings_that_do_not_fit_are_named() {
+        for (add, want) in [
+            ("ssl_cert = \"c.pem\"", "ssl_cert and ssl_key go together"),
+            (
+                "ssl_mode = \"disabled\"\nssl_ca = \"ca.pem\"",
+                "ssl_ca is set but ssl_mode = \"disabled\"",
+            ),
+            (
+                "ssl_mode = \"verify_ca\"\nssl_ca = \"/nonexistent/ca.pem\"",
+                "ssl_ca = \"/nonexistent/ca.pem\": No such file",
+            ),
+        ] {
+            let text = GOOD.replace("server_id = 4242", &format!("server_id = 4242\n{add}"));
+            let e = ConnectorConfig::parse(Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{add}: {e}");
+        }
+        let mysql = GOOD
+            .replace("kind = \"mariadb\"", "kind = \"mysql\"")
+            .replace(
+                "server_id = 4242",
+                "server_id = 4242\nssl_mode = \"disabled\"",
+            );
+        let e = ConnectorConfig::parse(Path::new("c.toml"), &mysql)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("get_server_public_key = true"), "{e}");
+        let accepted = mysql.replace(
+            "ssl_mode = \"disabled\"",
+            "ssl_mode = \"disabled\"\nget_server_public_key = true",
+        );
+        assert!(ConnectorConfig::parse(Path::new("c.toml"), &accepted).is_ok());
+    }
+
+    #[test]
     fn an_elasticsearch_password_without_a_user_is_an_error() {
         let text = GOOD.replace(
             "[state]",

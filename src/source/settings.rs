@@ -56,3 +56,12 @@ pub trait CommonSettings {
         self.password_setting().check_one(path, text, "[source]")
     }
 }
+
+/// Whether `host` names this machine (plain text there never crosses a network).
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -55,6 +55,23 @@ pub fn run_deploy(script: &str, extra_var: &str, port: u16, action: &str, extra_
     );
 }
 
+/// Test certificates in `dir` through deploy/test-ca.sh: ca.pem, other.pem (an
+/// unrelated CA), server.pem/.key for `san`, client.pem/.key; the server's files given
+/// to `owner` when running as root.
+pub fn test_ca(dir: &Path, san: &str, owner: &str) {
+    let out = Command::new("bash")
+        .arg(repo().join("deploy/test-ca.sh"))
+        .arg(dir)
+        .args([san, owner])
+        .output()
+        .expect("run deploy/test-ca.sh");
+    assert!(
+        out.status.success(),
+        "deploy/test-ca.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts (once per test process) a MariaDB on `port` with extra server arguments.
 pub fn mariadb(port: u16, extra_args: &str) {
     start_once(port, || deploy(port, "start", extra_args));

@@ -56,6 +56,20 @@ pub struct MysqlSourceConfig {
     /// Tables snapshotted at once (one connection each).
     #[serde(default = "crate::snapshot::default_parallel_tables")]
     pub snapshot_parallel_tables: usize,
+    /// TLS (see `tls`): `disabled`, `preferred` (default), `required`, `verify_ca`,
+    /// `verify_identity`.
+    #[serde(default)]
+    pub ssl_mode: super::tls::SslMode,
+    #[serde(default)]
+    pub ssl_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    #[serde(default)]
+    pub get_server_public_key: bool,
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -113,7 +127,21 @@ impl MysqlSourceConfig {
                 "[source] heartbeat_secs must be between 1 and 4000000",
             ));
         }
+        self.tls()
+            .validate(path, text, self.flavor() == super::Flavor::Mysql)?;
         self.validate_common(path, text)
+    }
+
+    /// The TLS settings, for connections.
+    pub fn tls(&self) -> super::tls::TlsSettings {
+        super::tls::TlsSettings {
+            ssl_mode: self.ssl_mode,
+            ssl_ca: self.ssl_ca.clone(),
+            ssl_cert: self.ssl_cert.clone(),
+            ssl_key: self.ssl_key.clone(),
+            get_server_public_key: self.get_server_public_key,
+            tls_server_name: self.tls_server_name.clone(),
+        }
     }
 
     /// MariaDB or MySQL, as `kind` says.

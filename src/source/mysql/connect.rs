@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
 use super::config::MysqlSourceConfig;
+use super::tls::SslMode;
 use crate::settings::Secret;
 
 use crate::failure::Failure;
@@ -19,15 +20,56 @@ pub async fn connect(cfg: &MysqlSourceConfig, password: Option<&Secret>) -> Resu
         .pass(password.map(|p| p.expose().to_string()))
         .prefer_socket(false)
         .stmt_cache_size(0);
+    let tls = cfg.tls();
+    let plain = opts.clone();
+    let opts = match tls.ssl_opts() {
+        Some(ssl) => opts.ssl_opts(ssl),
+        None => opts,
+    };
+    match open(cfg, opts).await {
+        Err(e)
+            if tls.ssl_mode == SslMode::Preferred
+                && matches!(
+                    e,
+                    mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer)
+                ) =>
+        {
+            if cfg.flavor() == super::Flavor::Mysql && !tls.get_server_public_key {
+                return Err(Failure::Fatal(format!(
+                    "{} offers no TLS, and over plain text MySQL's caching_sha2 authentication fetches the server's RSA key where anyone in between can swap it. Enable TLS on the server, or set [source] get_server_public_key = true to accept that",
+                    cfg.address()
+                )));
+            }
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !crate::source::settings::is_loopback(&cfg.host)
+                && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(server = %cfg.address(), "the server offers no TLS: rows and the login travel in plain text (ssl_mode = \"preferred\"; \"required\" refuses this)");
+            }
+            open(cfg, plain).await.map_err(|e| classify(cfg, &e))
+        }
+        Err(e) => Err(tls
+            .failure(&cfg.address(), &e)
+            .unwrap_or_else(|| classify(cfg, &e))),
+        Ok(conn) => Ok(conn),
+    }
+}
+
+/// One connection attempt within `connect_timeout_secs`.
+async fn open(cfg: &MysqlSourceConfig, opts: OptsBuilder) -> Result<Conn, mysql_async::Error> {
     let timeout = Duration::from_secs(cfg.connect_timeout_secs);
     match tokio::time::timeout(timeout, Conn::new(opts)).await {
-        Err(_) => Err(Failure::Transient(format!(
-            "cannot connect to {}: no answer within {}s (connect_timeout_secs); is [source] host/port right and the port reachable?",
-            cfg.address(),
-            cfg.connect_timeout_secs
+        Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {}s (connect_timeout_secs); is [source] host/port right and the port reachable?",
+                    cfg.connect_timeout_secs
+                ),
+            ),
         ))),
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(classify(cfg, &e)),
+        Ok(r) => r,
     }
 }
 
@@ -63,6 +105,22 @@ pub fn classify(cfg: &MysqlSourceConfig, e: &mysql_async::Error) -> Failure {
         E::Driver(d) => Failure::Transient(format!("connection to {addr}: {d}")),
         other => Failure::Fatal(format!("connection to {addr}: {other}")),
     }
+}
+
+/// The TLS version and cipher of `conn`'s session (`TLSv1.3 TLS_AES_256_GCM_SHA384`),
+/// or None in plain text: what the server says, so a test or an operator can see it.
+pub async fn cipher(conn: &mut Conn) -> Option<String> {
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+        .await
+        .ok()?;
+    let get = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    Some(format!("{} {}", get("Ssl_version")?, get("Ssl_cipher")?))
 }
 
 /// Runs a query and collects rows, mapping errors.

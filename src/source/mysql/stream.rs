@@ -202,6 +202,9 @@ impl Streamer<'_> {
                 return classify(cfg, &e).into();
             }
         }
+        let tls = super::connect::cipher(&mut conn)
+            .await
+            .unwrap_or_else(|| "none".into());
         let mut request = BinlogStreamRequest::new(self.cfg.server_id);
         if gtid_connect.is_none() {
             request = request.with_filename(file.as_bytes()).with_pos(pos);
@@ -213,8 +216,8 @@ impl Streamer<'_> {
             Err(e) => return classify(cfg, &e).into(),
         };
         match &gtid_connect {
-            Some(g) => tracing::info!(gtid = %g, "streaming binlog from GTID position"),
-            None => tracing::info!(file = %file, pos, "streaming binlog"),
+            Some(g) => tracing::info!(gtid = %g, tls, "streaming binlog from GTID position"),
+            None => tracing::info!(file = %file, pos, tls, "streaming binlog"),
         }
         *connected_once = true;
         st.file = Arc::from(file.as_str());
