@@ -15,7 +15,7 @@ const TLS_PORT: u16 = 33076;
 
 fn certificates() -> PathBuf {
     let dir = PathBuf::from(format!("/tmp/tributary-mariadb-{TLS_PORT}-certs"));
-    test_ca(&dir, "DNS:localhost", "");
+    test_ca(&dir, "DNS:localhost", "", "tributary");
     dir
 }
 

@@ -895,7 +895,7 @@ const TLS_PORT: u16 = 54374;
 /// unrelated CA, made once per server (they live as long as it does).
 fn tls_certificates() -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(format!("/tmp/tributary-postgres-{TLS_PORT}-certs"));
-    test_ca(&dir, "IP:127.0.0.1,DNS:localhost", "postgres");
+    test_ca(&dir, "IP:127.0.0.1,DNS:localhost", "postgres", "pgcert");
     dir
 }
 
@@ -904,14 +904,7 @@ fn tls_certificates() -> std::path::PathBuf {
 /// sslrootcert and refuses one from another CA with a message naming the settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_encrypts_both_connections_and_verifies_the_server() {
-    let certs = tls_certificates();
-    postgres(
-        TLS_PORT,
-        &format!(
-            "-c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
-            certs.display()
-        ),
-    );
+    let certs = tls_server();
     let client = pg_admin(TLS_PORT).await;
     let (schema, table) = work_table(&client, "tls").await;
     let dir = tempfile::tempdir().unwrap();
@@ -1500,4 +1493,104 @@ async fn elasticsearch_names_from_postgres_tables() {
         ]
         .map(|(t, e)| (t.to_string(), e.to_string()))
     );
+}
+
+/// The TLS server, started once for the tests that use it.
+fn tls_server() -> std::path::PathBuf {
+    let certs = tls_certificates();
+    postgres(
+        TLS_PORT,
+        &format!(
+            "-c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key -c ssl_ca_file={0}/ca.pem",
+            certs.display()
+        ),
+    );
+    certs
+}
+
+/// A password the server asks for in clear text (pg_hba.conf `password`) is never sent
+/// over plain text; over TLS it is. A user with `cert` authentication logs in with the
+/// client certificate (sslcert/sslkey), and check says the session is encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_passwords_need_tls_and_client_certificates_log_in() {
+    let certs = tls_server();
+    let client = pg_admin(TLS_PORT).await;
+    let hba = format!("/tmp/tributary-postgres-{TLS_PORT}/data/pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    if !text.contains("plainpw") {
+        std::fs::write(
+            &hba,
+            format!(
+                "host all plainpw 127.0.0.1/32 password\nhost replication plainpw 127.0.0.1/32 password\n\
+                 hostssl all pgcert 127.0.0.1/32 cert\nhostssl replication pgcert 127.0.0.1/32 cert\n{text}"
+            ),
+        )
+        .unwrap();
+    }
+    client
+        .batch_execute(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'plainpw') THEN
+                 CREATE ROLE plainpw LOGIN REPLICATION PASSWORD 'plainpw';
+               END IF;
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgcert') THEN
+                 CREATE ROLE pgcert LOGIN REPLICATION;
+               END IF;
+             END $$;
+             SELECT pg_reload_conf();",
+        )
+        .await
+        .unwrap();
+    let (schema, table) = work_table(&client, "authtls").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |user: &str, password: &str, tls: &str| {
+        let conn = pg_connector(dir.path(), TLS_PORT, &schema, &table, "");
+        let text = std::fs::read_to_string(&conn)
+            .unwrap()
+            .replace("user = \"tributary\"", &format!("user = \"{user}\""))
+            .replace("password = \"tributary\"", password)
+            .replace("sslmode = \"disable\"", tls);
+        std::fs::write(&conn, text).unwrap();
+        conn
+    };
+    let check = |conn: std::path::PathBuf| {
+        let (code, out, err) = tributary(&["check", "--connector", conn.to_str().unwrap()]);
+        (code, format!("{out}{err}"))
+    };
+
+    // Plain text: refused before the password is sent, naming sslmode.
+    let (code, out) = check(file(
+        "plainpw",
+        "password = \"plainpw\"",
+        "sslmode = \"disable\"",
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("asks for the password in clear text")
+            && out.contains("sslmode = \"require\""),
+        "{out}"
+    );
+    // Over TLS the same login goes through.
+    let (_, out) = check(file(
+        "plainpw",
+        "password = \"plainpw\"",
+        "sslmode = \"require\"",
+    ));
+    assert!(
+        !out.contains("clear text") && out.contains("connection encrypted (TLSv1."),
+        "{out}"
+    );
+
+    // cert authentication: the client certificate is the login.
+    let c = certs.display();
+    let verified = format!("sslmode = \"verify-full\"\nsslrootcert = \"{c}/ca.pem\"");
+    let (code, out) = check(file("pgcert", "", &verified));
+    assert_eq!(code, 1, "without a client certificate: {out}");
+    let (_, out) = check(file(
+        "pgcert",
+        "",
+        &format!("{verified}\nsslcert = \"{c}/client.pem\"\nsslkey = \"{c}/client.key\""),
+    ));
+    assert!(out.contains("connection encrypted (TLSv1."), "{out}");
+    assert!(!out.contains("authentication failed"), "{out}");
 }

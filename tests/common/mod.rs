@@ -57,12 +57,12 @@ pub fn run_deploy(script: &str, extra_var: &str, port: u16, action: &str, extra_
 
 /// Test certificates in `dir` through deploy/test-ca.sh: ca.pem, other.pem (an
 /// unrelated CA), server.pem/.key for `san`, client.pem/.key; the server's files given
-/// to `owner` when running as root.
-pub fn test_ca(dir: &Path, san: &str, owner: &str) {
+/// to `owner` when running as root; the client certificate's CN is `client_cn`.
+pub fn test_ca(dir: &Path, san: &str, owner: &str, client_cn: &str) {
     let out = Command::new("bash")
         .arg(repo().join("deploy/test-ca.sh"))
         .arg(dir)
-        .args([san, owner])
+        .args([san, owner, client_cn])
         .output()
         .expect("run deploy/test-ca.sh");
     assert!(

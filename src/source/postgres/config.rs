@@ -30,9 +30,16 @@ pub struct PostgresSourceConfig {
     /// libpq's sslmode: disable, prefer, require, verify-ca, verify-full.
     #[serde(default)]
     pub sslmode: SslMode,
-    /// CA certificate (PEM) for verify-ca / verify-full; the system roots otherwise.
+    /// CA certificate (PEM) for verify-ca / verify-full; the bundled Mozilla roots
+    /// otherwise.
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) and its key, for servers that ask for one (`cert`
+    /// authentication, or `clientcert=verify-ca` in pg_hba.conf).
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     /// The logical replication slot (pgoutput); created when missing.
     pub slot: String,
     /// The publication listing the included tables; created when missing (never FOR
@@ -127,6 +134,24 @@ impl PostgresSourceConfig {
                 "sslrootcert",
                 "[source] sslrootcert is only used with sslmode = \"verify-ca\" or \"verify-full\""
                     .into(),
+            );
+        }
+        if self.sslcert.is_some() != self.sslkey.is_some() {
+            let key = if self.sslcert.is_some() {
+                "sslcert"
+            } else {
+                "sslkey"
+            };
+            return at(
+                key,
+                "[source] sslcert and sslkey go together (the client certificate and its key)"
+                    .into(),
+            );
+        }
+        if self.sslcert.is_some() && self.sslmode == SslMode::Disable {
+            return at(
+                "sslcert",
+                "[source] sslcert is set but sslmode = \"disable\"".into(),
             );
         }
         self.validate_common(path, text)

@@ -36,6 +36,7 @@ pub async fn query_client(
         .options(SESSION_OPTIONS)
         .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs.max(1)));
     if let Some(p) = password {
+        super::auth_probe::refuse_cleartext(cfg, false).await?;
         pc.password(p.expose());
     }
     let attempt = async {
@@ -58,10 +59,37 @@ pub async fn query_client(
             Ok(client)
         }
     };
-    attempt.await.map_err(|e: Connecting| match e {
+    let client = attempt.await.map_err(|e: Connecting| match e {
         Connecting::Setup(Setup(m)) => Failure::Fatal(m),
         Connecting::Pg(e) => classify(cfg, &e),
-    })
+    })?;
+    if matches!(cfg.sslmode, SslMode::Disable | SslMode::Prefer)
+        && !crate::source::settings::is_loopback(&cfg.host)
+        && encryption(&client).await.is_none()
+    {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(server = %cfg.address(), sslmode = ?cfg.sslmode, "the connection is not encrypted: rows and the login travel in plain text (sslmode = \"verify-full\" with sslrootcert refuses this)");
+        }
+    }
+    Ok(client)
+}
+
+/// The TLS version and cipher of `client`'s session as the server reports it
+/// (`TLSv1.3 TLS_AES_256_GCM_SHA384`), or None in plain text.
+pub async fn encryption(client: &Client) -> Option<String> {
+    let row = client
+        .query_opt(
+            "SELECT version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .await
+        .ok()??;
+    Some(format!(
+        "{} {}",
+        row.get::<_, String>(0),
+        row.get::<_, String>(1)
+    ))
 }
 
 struct Setup(String);
@@ -190,6 +218,8 @@ pub fn replication_config(
             SslMode::VerifyFull => pgwire_replication::SslMode::VerifyFull,
         },
         ca_pem_path: cfg.sslrootcert.clone(),
+        client_cert_pem_path: cfg.sslcert.clone(),
+        client_key_pem_path: cfg.sslkey.clone(),
         // The replication client refuses verify-full with an IP host unless the name
         // to verify is given; given the IP itself, rustls matches the certificate's IP
         // address entries, which is what libpq's verify-full does.

@@ -6,6 +6,7 @@
 //! decoder), `values` (text values -> event values), `stream` (the session loop),
 //! `snapshot` (chunks read in MVCC snapshots, placed in the stream by markers).
 
+mod auth_probe;
 pub mod catalog;
 pub mod checks;
 pub mod config;
@@ -65,9 +66,18 @@ pub async fn check(
         Some(Position::Wal { lsn }) => Some(*lsn),
         _ => None,
     };
-    let (report, plan) = checks::check_server(&client, cfg, checkpoint)
+    let (mut report, plan) = checks::check_server(&client, cfg, checkpoint)
         .await
         .map_err(|e| connect::classify(cfg, &e))?;
+    match connect::encryption(&client).await {
+        Some(tls) => report.info.push(format!("connection encrypted ({tls})")),
+        None if crate::source::settings::is_loopback(&cfg.host) => report
+            .info
+            .push("connection not encrypted (loopback)".into()),
+        None => report.warnings.push(
+            "the connection is not encrypted: rows and the login travel in plain text (set [source] sslmode = \"verify-full\" and sslrootcert)".into(),
+        ),
+    }
     Ok((report, plan, client))
 }
 

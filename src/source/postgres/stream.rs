@@ -248,6 +248,11 @@ impl Streamer<'_> {
         let cfg = self.cfg;
         let began = Instant::now();
         loop {
+            if self.password.is_some() {
+                super::auth_probe::refuse_cleartext(cfg, true)
+                    .await
+                    .map_err(Stop::from)?;
+            }
             let rc = replication_config(cfg, self.password.as_ref(), start, confirmed);
             let mut client = ReplicationClient::connect(rc)
                 .await

@@ -10,7 +10,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
 use super::config::{PostgresSourceConfig, SslMode};
@@ -27,19 +27,22 @@ pub fn client_config(cfg: &PostgresSourceConfig) -> Result<ClientConfig, String>
             provider,
         }),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let path = cfg.sslrootcert.as_ref().ok_or(
-                "[source] sslmode verify-ca/verify-full needs sslrootcert (the CA certificate, PEM)",
-            )?;
             let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("[source] sslrootcert {}: {e}", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!(
-                    "[source] sslrootcert {} holds no usable CA certificate",
-                    path.display()
-                ));
+            match cfg.sslrootcert.as_ref() {
+                // Without sslrootcert: the bundled Mozilla roots (a public CA).
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                Some(path) => {
+                    let certs = CertificateDer::pem_file_iter(path)
+                        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                        .map_err(|e| format!("[source] sslrootcert {}: {e}", path.display()))?;
+                    let (added, _) = roots.add_parsable_certificates(certs);
+                    if added == 0 {
+                        return Err(format!(
+                            "[source] sslrootcert {} holds no usable CA certificate",
+                            path.display()
+                        ));
+                    }
+                }
             }
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -55,10 +58,22 @@ pub fn client_config(cfg: &PostgresSourceConfig) -> Result<ClientConfig, String>
             }
         }
     };
-    Ok(builder
+    let builder = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(verifier);
+    match (&cfg.sslcert, &cfg.sslkey) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("[source] sslcert {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("[source] sslkey {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("[source] sslcert/sslkey: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// prefer/require (no `chain`): encryption without authentication of the server, like
