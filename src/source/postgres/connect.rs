@@ -228,7 +228,6 @@ pub fn replication_config(
             .parse::<std::net::IpAddr>()
             .is_ok()
             .then(|| cfg.host.clone()),
-        ..TlsConfig::default()
     });
     rc.application_name = Some("tributary".into());
     rc
