@@ -375,6 +375,7 @@ impl<V> PerSchema<V> {
     }
 
     pub fn insert(&mut self, schema: &Arc<TableSchema>, value: V) {
+        self.make_room(schema);
         self.map
             .insert(Arc::as_ptr(schema) as usize, (schema.clone(), value));
     }
@@ -384,6 +385,7 @@ impl<V> PerSchema<V> {
         schema: &Arc<TableSchema>,
         f: impl FnOnce() -> V,
     ) -> &mut V {
+        self.make_room(schema);
         &mut self
             .map
             .entry(Arc::as_ptr(schema) as usize)
@@ -394,7 +396,28 @@ impl<V> PerSchema<V> {
     pub fn clear(&mut self) {
         self.map.clear();
     }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Schemas come and go with reconnects, DDL and new tables; a daemon that runs for
+    /// months must not keep every one it saw. Past `MAX_SCHEMAS` the map starts over:
+    /// what it holds is derived per schema and cheap to derive again.
+    fn make_room(&mut self, schema: &Arc<TableSchema>) {
+        if self.map.len() >= MAX_SCHEMAS && !self.map.contains_key(&(Arc::as_ptr(schema) as usize))
+        {
+            self.map.clear();
+        }
+    }
 }
+
+/// Schemas a `PerSchema` keeps before it starts over.
+pub const MAX_SCHEMAS: usize = 1024;
 
 /// A table as events reference it: identity, columns in order, primary key, schema version.
 /// Shared by every event of the table (one allocation per schema, not per row).
@@ -593,6 +616,24 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_schema_caches_start_over_past_their_cap() {
+        let mut m = PerSchema::default();
+        let schemas: Vec<Arc<TableSchema>> = (0..MAX_SCHEMAS + 10)
+            .map(|_| Arc::new(crate::testkit::test_schema(1, &[("id", "int")])))
+            .collect();
+        for (i, s) in schemas.iter().enumerate() {
+            m.insert(s, i);
+            assert!(m.len() <= MAX_SCHEMAS);
+        }
+        assert_eq!(m.get(schemas.last().unwrap()), Some(&(MAX_SCHEMAS + 9)));
+        // A schema it holds is updated in place, never a reason to start over.
+        let last = schemas.last().unwrap();
+        let before = m.len();
+        m.insert(last, 0);
+        assert_eq!(m.len(), before);
+    }
 
     fn table() -> Arc<TableSchema> {
         Arc::new(TableSchema::new(

@@ -32,7 +32,22 @@ use crate::source::SourceError;
 
 enum CachedTable {
     Included { raw: Vec<u8>, info: Arc<TableInfo> },
-    Excluded { raw: Vec<u8> },
+    Excluded { raw: Vec<u8>, name: String },
+}
+
+impl CachedTable {
+    fn raw(&self) -> &[u8] {
+        match self {
+            CachedTable::Included { raw, .. } | CachedTable::Excluded { raw, .. } => raw,
+        }
+    }
+
+    fn is_table(&self, qualified: &str) -> bool {
+        match self {
+            CachedTable::Included { info, .. } => info.schema.qualified_name() == qualified,
+            CachedTable::Excluded { name, .. } => name == qualified,
+        }
+    }
 }
 
 /// Everything that survives a reconnect.
@@ -615,25 +630,51 @@ impl Streamer<'_> {
         };
         let id = tme.table_id();
         let raw = event.data();
-        let same = match st.tables.get(&id) {
-            Some(CachedTable::Included { raw: r, .. }) | Some(CachedTable::Excluded { raw: r }) => {
-                r.as_slice() == raw
-            }
-            None => false,
-        };
-        if same {
+        if st.tables.get(&id).is_some_and(|c| c.raw() == raw) {
             return Ok(());
         }
         let (db, table) = (
             tme.database_name().into_owned(),
             tme.table_name().into_owned(),
         );
+        let qualified = format!("{db}.{table}");
+        // A table gets a new id whenever the server reopens it (FLUSH TABLES, ALTER, a
+        // full table cache): its older ids are never referenced again, so the cache
+        // holds one entry per table, not per id. An unchanged layout (the same map but
+        // for the id, its first 6 bytes) keeps its parsed info and schema, which the
+        // caches downstream key on.
+        let previous = st
+            .tables
+            .iter()
+            .find(|(_, c)| c.is_table(&qualified))
+            .map(|(old, _)| *old);
+        if let Some(old) = previous {
+            let cached = st.tables.remove(&old).expect("found");
+            if cached.raw().get(6..) == raw.get(6..) {
+                let cached = match cached {
+                    CachedTable::Included { info, .. } => CachedTable::Included {
+                        raw: raw.to_vec(),
+                        info,
+                    },
+                    CachedTable::Excluded { name, .. } => CachedTable::Excluded {
+                        raw: raw.to_vec(),
+                        name,
+                    },
+                };
+                st.tables.insert(id, cached);
+                return Ok(());
+            }
+        }
         if !self.filter.matches(&db, &table) {
-            st.tables
-                .insert(id, CachedTable::Excluded { raw: raw.to_vec() });
+            st.tables.insert(
+                id,
+                CachedTable::Excluded {
+                    raw: raw.to_vec(),
+                    name: qualified,
+                },
+            );
             return Ok(());
         }
-        let qualified = format!("{db}.{table}");
         if !st.extra.contains_key(&qualified) {
             let extra = if self.flavor.is_mariadb() {
                 self.json_columns(meta, &db, &table).await?
