@@ -286,3 +286,12 @@ impl Sink for RecordingSink {
         }))
     }
 }
+
+/// Cases per property test of the decoders: `default`, or `TRIBUTARY_FUZZ_CASES` for a
+/// longer run (bench/fuzz_decoders.sh).
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("TRIBUTARY_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -92,3 +92,32 @@ pub fn read_log(dir: &Path, mut f: impl FnMut(Record) -> bool) -> Result<u64, Lo
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testkit::fuzz_cases(300)))]
+
+        /// A segment of any bytes (valid records, then damage): records up to the damage
+        /// or an error naming it, never a panic.
+        #[test]
+        fn segments_of_any_bytes_never_panic(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), at in proptest::prelude::any::<usize>(), byte in proptest::prelude::any::<u8>()) {
+            let dir = tempfile::tempdir().unwrap();
+            let good = "{\"a\":1}";
+            let mut seg = format!("{:08x} {good}\n", crc32c::crc32c(good.as_bytes())).into_bytes();
+            seg.extend_from_slice(&seg.clone());
+            let i = at % seg.len();
+            seg[i] = byte;
+            seg.extend(tail);
+            std::fs::write(dir.path().join(segment_name(0)), &seg).unwrap();
+            let mut n = 0;
+            let _ = read_log(dir.path(), |r| {
+                n += 1;
+                r.json.len() < 1 << 20
+            });
+            proptest::prop_assert!(n <= 2 + seg.len() / 11);
+        }
+    }
+}

@@ -160,10 +160,16 @@ pub fn convert(col: &ColumnInfo, raw: BinlogValue<'_>) -> Result<Value, String> 
             }
         }
         (MYSQL_TYPE_SET, MyValue::Bytes(b)) => {
+            if col.labels.len() > 64 {
+                return Err(format!(
+                    "SET with {} members (the server allows 64)",
+                    col.labels.len()
+                ));
+            }
             let bits = b.iter().rev().fold(0u64, |acc, x| (acc << 8) | *x as u64);
             let mut labels = Vec::new();
             for (i, label) in col.labels.iter().enumerate() {
-                if bits & (1 << i) != 0 {
+                if bits & (1u64 << i) != 0 {
                     labels.push(Value::String(label.clone()));
                 }
             }

@@ -62,7 +62,8 @@ pub fn parse_gtid_event(data: &[u8], server_id: u32) -> Option<GtidEvent> {
 /// Parses a GTID list event: the GTID state at the start of a binlog file.
 pub fn parse_gtid_list(data: &[u8]) -> Option<Vec<Gtid>> {
     let count = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) & 0x0fff_ffff;
-    let mut out = Vec::with_capacity(count as usize);
+    // The count comes from the wire: allocate for what the data can hold.
+    let mut out = Vec::with_capacity((count as usize).min(data.len() / 16));
     for i in 0..count as usize {
         let at = 4 + i * 16;
         let e = data.get(at..at + 16)?;
@@ -160,5 +161,19 @@ mod tests {
         assert_eq!(st.to_string(), "0-1-7,3-2-9");
         assert!(GtidState::parse("0-1").is_err());
         assert_eq!(GtidState::parse("").unwrap().to_string(), "");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testkit::fuzz_cases(3000)))]
+
+        /// GTID events and lists from any bytes: parsed or None, never a panic or an
+        /// allocation the bytes cannot back (a count of 2^28 once asked for 4 GiB).
+        #[test]
+        fn gtid_parsers_take_any_bytes(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), server in proptest::prelude::any::<u32>()) {
+            let _ = parse_gtid_event(&data, server);
+            if let Some(list) = parse_gtid_list(&data) {
+                proptest::prop_assert!(list.len() * 16 <= data.len());
+            }
+        }
     }
 }

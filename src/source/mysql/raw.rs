@@ -257,7 +257,8 @@ const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
 /// and negative numbers stored inverted. Emitted as the digits the server prints.
 pub fn read_decimal(buf: &mut ParseBuf<'_>, precision: u8, scale: u8) -> Result<Value, String> {
     let (precision, scale) = (precision as usize, scale as usize);
-    if scale > precision || precision == 0 {
+    // 65 digits is the server's maximum (and 40 bytes hold them).
+    if scale > precision || precision == 0 || precision > 65 {
         return Err(format!("DECIMAL({precision},{scale}) metadata is invalid"));
     }
     let intg = precision - scale;
@@ -617,5 +618,34 @@ mod tests {
         assert_eq!(crate::temporal::civil_from_days(0), (1970, 1, 1));
         assert_eq!(crate::temporal::civil_from_days(-1), (1969, 12, 31));
         assert_eq!(crate::temporal::civil_from_days(11016), (2000, 2, 29));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testkit::fuzz_cases(3000)))]
+
+        /// Any DECIMAL metadata and bytes: digits or an error, never a panic (precision
+        /// beyond 65 once overran a fixed buffer).
+        #[test]
+        fn decimals_from_any_metadata_and_bytes(precision in proptest::prelude::any::<u8>(), scale in proptest::prelude::any::<u8>(), data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)) {
+            let mut buf = ParseBuf(&data);
+            let _ = read_decimal(&mut buf, precision, scale);
+        }
+
+        /// The temporal and integer readers on any bytes.
+        #[test]
+        fn fixed_width_readers_take_any_bytes(fsp in 0u8..12, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)) {
+            let _ = read_datetime2(&mut ParseBuf(&data), fsp);
+            let _ = read_timestamp2(&mut ParseBuf(&data), fsp);
+            let _ = read_time2(&mut ParseBuf(&data), fsp);
+            let _ = read_int24(&mut ParseBuf(&data), fsp % 2 == 0);
+            let _ = bit_value(&data);
+            let _ = geometry_value(&data);
+        }
+    }
+
+    #[test]
+    fn a_decimal_wider_than_the_server_allows_is_an_error() {
+        let data = [0x80u8; 120];
+        assert!(read_decimal(&mut ParseBuf(&data), 90, 2).is_err());
     }
 }

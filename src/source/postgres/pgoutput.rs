@@ -170,7 +170,7 @@ impl<'a> Reader<'a> {
 
     fn tuple(&mut self) -> Result<Tuple<'a>, DecodeError> {
         let n = self.u16()? as usize;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n.min(self.buf.len()));
         for _ in 0..n {
             out.push(match self.u8()? {
                 b'n' => Datum::Null,
@@ -243,7 +243,7 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             let name = r.str()?;
             let replica_identity = r.u8()?;
             let n = r.u16()? as usize;
-            let mut columns = Vec::with_capacity(n);
+            let mut columns = Vec::with_capacity(n.min(r.buf.len()));
             for _ in 0..n {
                 columns.push(RelationColumn {
                     key: r.u8()? & 1 == 1,
@@ -302,7 +302,7 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
         b'T' => {
             let n = r.u32()? as usize;
             let options = r.u8()?;
-            let mut relations = Vec::with_capacity(n);
+            let mut relations = Vec::with_capacity(n.min(r.buf.len() / 4));
             for _ in 0..n {
                 relations.push(r.u32()?);
             }
@@ -562,5 +562,76 @@ mod tests {
         let mut no_nul = no_nul;
         no_nul.extend_from_slice(b"public");
         assert!(decode(&no_nul).unwrap_err().message.contains("NUL"));
+    }
+
+    /// Real message layouts, to mutate.
+    fn samples() -> Vec<Vec<u8>> {
+        vec![
+            W::default().b(b'B').u64(1).u64(2).u32(3).0,
+            W::default().b(b'C').b(0).u64(10).u64(20).u64(30).0,
+            W::default()
+                .b(b'R')
+                .u32(16_384)
+                .s("public")
+                .s("orders")
+                .b(b'd')
+                .u16(2)
+                .b(1)
+                .s("id")
+                .u32(20)
+                .u32(u32::MAX)
+                .b(0)
+                .s("note")
+                .u32(1043)
+                .u32(104)
+                .0,
+            W::default()
+                .b(b'I')
+                .u32(7)
+                .b(b'N')
+                .u16(3)
+                .text("42")
+                .b(b'n')
+                .text("")
+                .0,
+            W::default()
+                .b(b'U')
+                .u32(7)
+                .b(b'O')
+                .u16(1)
+                .text("1")
+                .b(b'N')
+                .u16(1)
+                .b(b'u')
+                .0,
+            W::default().b(b'D').u32(7).b(b'K').u16(1).text("1").0,
+            W::default().b(b'T').u32(2).b(0).u32(7).u32(8).0,
+            W::default().b(b'Y').u32(99_999).s("public").s("mood").0,
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testkit::fuzz_cases(2000)))]
+
+        /// Any bytes: an error or a message, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(kind in proptest::sample::select(b"BCRIUDTYOMX".to_vec()), body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut m = vec![kind];
+            m.extend(body);
+            let _ = decode(&m);
+        }
+
+        /// Real messages with bytes changed, cut or added.
+        #[test]
+        fn mutated_messages_never_panic(which in 0usize..8, at in proptest::prelude::any::<usize>(), byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<bool>()) {
+            let mut m = samples()[which].clone();
+            let i = at % m.len();
+            if cut {
+                m.truncate(i.max(1));
+            } else {
+                m[i] = byte;
+            }
+            let _ = decode(&m);
+        }
     }
 }

@@ -144,10 +144,14 @@ fn bytea(s: &str) -> Result<Vec<u8>, String> {
     if hex.len() % 2 != 0 {
         return Err("bytea hex of odd length".into());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("bad bytea hex at {i}"))
+    // By bytes: a multi-byte character must be an error, not a cut inside it.
+    let digit = |b: u8| (b as char).to_digit(16);
+    hex.as_bytes()
+        .chunks(2)
+        .enumerate()
+        .map(|(i, pair)| match (digit(pair[0]), digit(pair[1])) {
+            (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
+            _ => Err(format!("bad bytea hex at {}", i * 2)),
         })
         .collect()
 }
@@ -325,5 +329,28 @@ mod tests {
         assert!(decode_text(&PgType::Array(Box::new(PgType::Int)), b"{{1,2},{3,4}}").is_err());
         assert_eq!(builtin(1007), PgType::Array(Box::new(PgType::Int)));
         assert_eq!(builtin(99_999), PgType::Unknown(99_999));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testkit::fuzz_cases(3000)))]
+
+        /// Any text for any type the stream decodes: an error or a value, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(oid in proptest::sample::select(vec![16u32, 17, 20, 21, 23, 25, 700, 701, 1700, 1082, 1083, 1114, 1184, 1186, 2950, 114, 3802, 1007, 1009, 1016, 869, 0]), text in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)) {
+            let _ = decode_text(&builtin(oid), &text);
+        }
+
+        /// Text shaped like the server's output, bent.
+        #[test]
+        fn near_misses_never_panic(oid in proptest::sample::select(vec![17u32, 1700, 1082, 1114, 1184, 1186, 1007, 1009]), text in "[-+0-9a-fA-F\\\\x{}\", .:TZé]{0,40}") {
+            let _ = decode_text(&builtin(oid), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn bytea_with_a_multibyte_character_is_an_error() {
+        // Four bytes, even, with a character across the first pair's boundary.
+        assert!(decode_text(&builtin(17), "\\x0é1".as_bytes()).is_err());
+        assert!(decode_text(&builtin(17), "\\xé".as_bytes()).is_err());
     }
 }
