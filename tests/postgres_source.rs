@@ -780,18 +780,8 @@ async fn elasticsearch_keeps_unchanged_toast_columns() {
         ))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     // Streaming only: the test counts the streamed events.
-    let conn = pg_connector(
-        dir.path(),
-        PG_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "snapshot = \"never\"",
-    );
-    add_es_sink(&conn, &url, "");
-    let mut daemon = spawn_daemon(&conn);
-    wait_streaming(&conn, &mut daemon).await;
+    let (dir, conn, mut daemon) = stream_schema_to_elasticsearch(&schema, &url).await;
     let big: String = (0..(1 << 20))
         .map(|i| char::from(b'a' + (i % 23) as u8))
         .collect();
@@ -1440,17 +1430,7 @@ async fn elasticsearch_names_from_postgres_tables() {
         ))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let conn = pg_connector(
-        dir.path(),
-        PG_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "snapshot = \"never\"",
-    );
-    add_es_sink(&conn, &url, "");
-    let mut daemon = spawn_daemon(&conn);
-    wait_streaming(&conn, &mut daemon).await;
+    let (dir, conn, mut daemon) = stream_schema_to_elasticsearch(&schema, &url).await;
     client
         .batch_execute(&format!(
             "INSERT INTO {schema}.\"Foo Bar\" VALUES (1, 'foo');
@@ -1593,4 +1573,24 @@ async fn cleartext_passwords_need_tls_and_client_certificates_log_in() {
     ));
     assert!(out.contains("connection encrypted (TLSv1."), "{out}");
     assert!(!out.contains("authentication failed"), "{out}");
+}
+
+/// A daemon streaming every table of `schema` (publication and slot named after it)
+/// into a log and the Elasticsearch at `url`, without a snapshot.
+async fn stream_schema_to_elasticsearch(
+    schema: &str,
+    url: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, std::process::Child) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = pg_connector(
+        dir.path(),
+        PG_PORT,
+        schema,
+        &format!("{schema}.*"),
+        "snapshot = \"never\"",
+    );
+    add_es_sink(&conn, url, "");
+    let mut daemon = spawn_daemon(&conn);
+    wait_streaming(&conn, &mut daemon).await;
+    (dir, conn, daemon)
 }

@@ -547,16 +547,15 @@ mod tests {
             rows: rows_rx,
             emitted: emitted_tx,
         }));
-        let last_key = rows.last().map(|r| vec![r[0].clone()]);
-        rows_tx.send(Batch::Rows(rows)).await.unwrap();
-        rows_tx
-            .send(Batch::End {
-                finished: true,
-                last_key,
-            })
-            .await
-            .unwrap();
+        feed(rows_tx, rows, true).await;
         (m, emitted_rx)
+    }
+
+    /// Sends a chunk's rows and its end, as a reader does (a dropped chunk ignores them).
+    async fn feed(rows_tx: mpsc::Sender<Batch>, rows: Vec<Row>, finished: bool) {
+        let last_key = rows.last().map(|r| vec![r[0].clone()]);
+        let _ = rows_tx.send(Batch::Rows(rows)).await;
+        let _ = rows_tx.send(Batch::End { finished, last_key }).await;
     }
 
     async fn drain(tx: &mut QueueSender, rx: &mut QueueReceiver) -> Vec<SourceMessage> {
@@ -654,14 +653,7 @@ mod tests {
             rows: rows_rx,
             emitted: emitted_tx,
         }));
-        let last_key = rows.last().map(|r| vec![r[0].clone()]);
-        let _ = rows_tx.send(Batch::Rows(rows)).await;
-        let _ = rows_tx
-            .send(Batch::End {
-                finished: false,
-                last_key,
-            })
-            .await;
+        feed(rows_tx, rows, false).await;
         emitted_rx
     }
 
@@ -737,16 +729,7 @@ mod tests {
             rows: rows_rx,
             emitted: emitted_tx,
         }));
-        tokio::spawn(async move {
-            let last_key = rows.last().map(|r| vec![r[0].clone()]);
-            let _ = rows_tx.send(Batch::Rows(rows)).await;
-            let _ = rows_tx
-                .send(Batch::End {
-                    finished: true,
-                    last_key,
-                })
-                .await;
-        });
+        tokio::spawn(feed(rows_tx, rows, true));
         emitted_rx
     }
 
