@@ -536,19 +536,8 @@ mod tests {
             table: "s.t".into(),
             ack,
         });
-        let (rows_tx, rows_rx) = mpsc::channel(4);
-        let (emitted_tx, emitted_rx) = oneshot::channel();
-        m.take(Request::Chunk(Chunk {
-            table: schema(),
-            cut: Cut::Position {
-                at: at(cut),
-                version: cut,
-            },
-            rows: rows_rx,
-            emitted: emitted_tx,
-        }));
-        feed(rows_tx, rows, true).await;
-        (m, emitted_rx)
+        let emitted = position_chunk(&mut m, cut, rows);
+        (m, emitted)
     }
 
     /// Sends a chunk's rows and its end, as a reader does (a dropped chunk ignores them).

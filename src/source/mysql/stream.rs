@@ -466,39 +466,40 @@ impl Streamer<'_> {
                     Some(Control::Within) => {}
                     None => {
                         let statement = ddl::parse(&sql, &q.schema());
-                        if let Ddl::RowsNotLogged(tables) = &statement {
+                        match &statement {
                             // Rows of tables tributary does not capture are not missed.
-                            let excluded = tables.as_ref().is_some_and(|t| {
-                                t.iter().all(|(db, table)| !self.filter.matches(db, table))
-                            });
-                            if excluded {
-                                tracing::debug!(statement = %sql.chars().take(120).collect::<String>(), "statement-based change of tables not captured");
-                                if st.standalone || !st.in_txn {
-                                    self.commit(st, tx, log_pos).await?;
-                                }
-                                return Ok(());
-                            }
-                            let of = match tables {
-                                Some(t) if !t.is_empty() => t
+                            Ddl::RowsNotLogged(Some(tables))
+                                if tables
                                     .iter()
-                                    .map(|(db, table)| format!("{db}.{table}"))
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                                _ => "tables it does not say".into(),
-                            };
-                            return Err(Stop::fatal(format!(
-                                "statement-based change at {} ({}, touching {of}): a session wrote with binlog_format other than ROW, \
-                                 so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
-                                at(),
-                                crate::privacy::statement(&sql, 2),
-                            )));
+                                    .all(|(db, table)| !self.filter.matches(db, table)) =>
+                            {
+                                tracing::debug!(statement = %crate::privacy::statement(&sql, 3), "statement-based change of tables not captured");
+                            }
+                            Ddl::RowsNotLogged(tables) => {
+                                let of = match tables {
+                                    Some(t) if !t.is_empty() => t
+                                        .iter()
+                                        .map(|(db, table)| format!("{db}.{table}"))
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                    _ => "tables it does not say".into(),
+                                };
+                                return Err(Stop::fatal(format!(
+                                    "statement-based change at {} ({}, touching {of}): a session wrote with binlog_format other than ROW, \
+                                     so its rows are not in the binlog. Set binlog_format = ROW globally and re-snapshot the affected tables",
+                                    at(),
+                                    crate::privacy::statement(&sql, 2),
+                                )));
+                            }
+                            _ => {
+                                // DDL: table maps after it describe the new layout; extra
+                                // column info (JSON checks) must be read again.
+                                st.extra.clear();
+                                let start = log_pos.saturating_sub(header.event_size() as u64);
+                                self.ddl(st, tx, statement, &sql, start, header.timestamp() as u64 * 1000)
+                                    .await?;
+                            }
                         }
-                        // DDL: table maps after it describe the new layout; extra column
-                        // info (JSON checks) must be read again.
-                        st.extra.clear();
-                        let start = log_pos.saturating_sub(header.event_size() as u64);
-                        self.ddl(st, tx, statement, &sql, start, header.timestamp() as u64 * 1000)
-                            .await?;
                         if st.standalone || !st.in_txn {
                             self.commit(st, tx, log_pos).await?;
                         }
