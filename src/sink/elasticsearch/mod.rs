@@ -183,7 +183,7 @@ impl ElasticsearchSink {
                 tracing::warn!(sink = %self.id, table = %name, "table has no primary key: its changes are not indexed (set ids.\"{name}\" = \"row_hash\" or a column list in the sink to index them)");
                 Target::Skip
             }
-            Some(id) => {
+            Some(id) => 'target: {
                 let alias = self.cfg.alias(&table.db, &table.table);
                 let refused = |error_type, reason: String| {
                     tracing::error!(sink = %self.id, table = %name, alias, error_type, reason, "the table's changes go to the dead-letter stream");
@@ -194,16 +194,11 @@ impl ElasticsearchSink {
                     }
                 };
                 if let Some((column, why)) = names::unmappable_column(&table.columns) {
-                    let target = refused("unmappable_column", format!(
+                    break 'target refused("unmappable_column", format!(
                         "{why}. Rename column `{column}` of {name} with an [[enrich]] step (kind = \"rename\", columns = {{ \"{column}\" = \"new_name\" }}), then snapshot the table again"
                     ));
-                    self.targets.insert(table, target.clone());
-                    return Ok(target);
                 }
-                let owner = match self.claims.get(&alias) {
-                    Some(owner) => Some(owner.clone()).filter(|o| *o != name),
-                    None => None,
-                };
+                let owner = self.claims.get(&alias).filter(|o| **o != name).cloned();
                 let ensured = match (owner, self.mapped.get(&alias)) {
                     (Some(owner), _) => Err(owner),
                     (None, Some(m)) => Ok((m.fields.clone(), m.version)),
@@ -212,11 +207,9 @@ impl ElasticsearchSink {
                 let (fields, version) = match ensured {
                     Ok(found) => found,
                     Err(owner) => {
-                        let target = refused("index_name_collision", format!(
+                        break 'target refused("index_name_collision", format!(
                             "{name} and {owner} both map to the index alias `{alias}`, and one index cannot hold both (their ids would overwrite each other, a TRUNCATE would empty both). Give {name} its own alias with [[sink]] indexes = {{ \"{name}\" = \"...\" }}, then snapshot it"
                         ));
-                        self.targets.insert(table, target.clone());
-                        return Ok(target);
                     }
                 };
                 self.claims.insert(alias.clone(), name.clone());
