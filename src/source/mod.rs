@@ -42,6 +42,21 @@ impl CheckReport {
         self.errors.is_empty()
     }
 
+    /// What the session's encryption (`tls`: version and cipher, None in plain text)
+    /// means: info when encrypted or on loopback, else a warning ending in `fix` (the
+    /// settings that encrypt).
+    pub fn encryption(&mut self, tls: Option<String>, host: &str, fix: &str) {
+        match tls {
+            Some(tls) => self.info.push(format!("connection encrypted ({tls})")),
+            None if settings::is_loopback(host) => {
+                self.info.push("connection not encrypted (loopback)".into())
+            }
+            None => self.warnings.push(format!(
+                "the connection is not encrypted: rows and the login travel in plain text ({fix})"
+            )),
+        }
+    }
+
     /// At startup: logs the warnings, and stops with every error when there is one.
     pub fn require_ready(&self, address: &str) -> Result<(), SourceError> {
         for w in &self.warnings {

@@ -88,15 +88,11 @@ pub async fn check(cfg: &MysqlSourceConfig) -> Result<CheckReport, Failure> {
     let password = cfg.password().map_err(Failure::Fatal)?;
     let mut conn = connect::connect(cfg, password.as_ref()).await?;
     let mut report = checks::check_server(&mut conn, cfg, cfg.flavor()).await?;
-    match connect::cipher(&mut conn).await {
-        Some(tls) => report.info.push(format!("connection encrypted ({tls})")),
-        None if crate::source::settings::is_loopback(&cfg.host) => report
-            .info
-            .push("connection not encrypted (loopback)".into()),
-        None => report.warnings.push(
-            "the connection is not encrypted: rows and the login travel in plain text (set [source] ssl_mode = \"verify_identity\" and ssl_ca, with TLS on the server)".into(),
-        ),
-    }
+    report.encryption(
+        connect::cipher(&mut conn).await,
+        &cfg.host,
+        "set [source] ssl_mode = \"verify_identity\" and ssl_ca, with TLS on the server",
+    );
     let _ = conn.disconnect().await;
     Ok(report)
 }

@@ -69,15 +69,11 @@ pub async fn check(
     let (mut report, plan) = checks::check_server(&client, cfg, checkpoint)
         .await
         .map_err(|e| connect::classify(cfg, &e))?;
-    match connect::encryption(&client).await {
-        Some(tls) => report.info.push(format!("connection encrypted ({tls})")),
-        None if crate::source::settings::is_loopback(&cfg.host) => report
-            .info
-            .push("connection not encrypted (loopback)".into()),
-        None => report.warnings.push(
-            "the connection is not encrypted: rows and the login travel in plain text (set [source] sslmode = \"verify-full\" and sslrootcert)".into(),
-        ),
-    }
+    report.encryption(
+        connect::encryption(&client).await,
+        &cfg.host,
+        "set [source] sslmode = \"verify-full\" and sslrootcert",
+    );
     Ok((report, plan, client))
 }
 
