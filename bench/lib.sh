@@ -7,7 +7,7 @@
 #   only) and at_least=1 (more changes allowed: snapshot reads); the run's change count
 #   is left in $work/<sink>/changes
 
-PORT=${TRIBUTARY_BENCH_PORT:-33081}
+PORT=${TRIBUTARY_BENCH_PORT:-23081}
 export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
 work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
 trap 'rm -rf "$work"; if declare -F bench_cleanup >/dev/null; then bench_cleanup; fi' EXIT

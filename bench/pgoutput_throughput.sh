@@ -16,7 +16,7 @@
 set -euo pipefail
 N=${1:-1000000}
 cd "$(dirname "$0")/.."
-PGPORT_BENCH=${TRIBUTARY_BENCH_PG_PORT:-54381}
+PGPORT_BENCH=${TRIBUTARY_BENCH_PG_PORT:-25381}
 BENCH_SOURCE=postgres
 . bench/lib.sh
 bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null

@@ -13,7 +13,7 @@ set -euo pipefail
 N=${1:-1000000}
 N_ES=${2:-100000}
 ES_PORT=${TRIBUTARY_BENCH_ES_PORT:-19282}
-PGPORT_BENCH=${TRIBUTARY_BENCH_PG_PORT:-54381}
+PGPORT_BENCH=${TRIBUTARY_BENCH_PG_PORT:-25381}
 cd "$(dirname "$0")/.."
 bench_cleanup() {
   [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null || true

@@ -9,7 +9,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 seconds=${DEMO_SECONDS:-30}
-port=33061
+port=23061
 
 bash deploy/mariadb.sh start "$port" >/dev/null
 bash deploy/osmem.sh start 19200 >/dev/null

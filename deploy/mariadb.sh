@@ -14,7 +14,7 @@
 set -euo pipefail
 
 cmd=${1:-}
-port=${2:-${TRIBUTARY_MARIADB_PORT:-33061}}
+port=${2:-${TRIBUTARY_MARIADB_PORT:-23061}}
 dir=${TRIBUTARY_MARIADB_DIR:-/tmp/tributary-mariadb-$port}
 sock="$dir/mysqld.sock"
 

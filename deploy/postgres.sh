@@ -14,7 +14,7 @@
 #   admin / admin           superuser: tests create tables and load rows with it
 set -euo pipefail
 cmd=${1:-}
-port=${2:-${TRIBUTARY_POSTGRES_PORT:-54321}}
+port=${2:-${TRIBUTARY_POSTGRES_PORT:-25321}}
 dir=${TRIBUTARY_POSTGRES_DIR:-/tmp/tributary-postgres-$port}
 bin=/usr/lib/postgresql/15/bin
 

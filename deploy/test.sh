@@ -11,17 +11,20 @@ command -v cargo >/dev/null || { echo "cargo is not installed: install the Rust 
 bash deploy/mariadb.sh install
 bash deploy/postgres.sh install
 
-# Test servers: 33071 shared, 33072 wrong settings, 33073 restarted by a test,
-# 33074 has its binlogs purged by a test, 33075 restarted under a lookup, 33076 TLS.
+# Every server port here, in bench/ and in the demo is below 32768, outside Linux's
+# ephemeral range (32768-60999): a port in that range can be taken at random by an
+# outgoing connection of an earlier test, and the server then cannot bind it.
+# Test servers: 23071 shared, 23072 wrong settings, 23073 restarted by a test,
+# 23074 has its binlogs purged by a test, 23075 restarted under a lookup, 23076 TLS.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
-  # PostgreSQL: 54371 shared, 54372 restarted by a test, 54373 wal_level=replica,
-  # 54374 TLS (its test CA next to it).
-  for port in 54371 54372 54373 54374; do
+  # PostgreSQL: 25371 shared, 25372 restarted by a test, 25373 wal_level=replica,
+  # 25374 TLS (its test CA next to it).
+  for port in 25371 25372 25373 25374; do
     bash deploy/postgres.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-postgres-$port" "/tmp/tributary-postgres-$port.lock" "/tmp/tributary-postgres-$port-certs"
   done
-  for port in 33071 33072 33073 33074 33075 33076; do
+  for port in 23071 23072 23073 23074 23075 23076; do
     bash deploy/mariadb.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-mariadb-$port" "/tmp/tributary-mariadb-$port-certs"
   done

@@ -13,7 +13,7 @@ pub use schema_change::{ChangeKind, SchemaChange};
 pub use json::write_json_str;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -31,6 +31,11 @@ pub enum Op {
     Read,
     /// Truncate (`t`).
     Truncate,
+    /// `resync`: the stream lost changes of the table (the server no longer had the
+    /// stored position, `snapshot = "when_needed"`); a fresh snapshot of it follows.
+    /// Consumers reset what they hold of the table: rows deleted in the gap are in no
+    /// later event. Table-level, like a truncate: no rows.
+    Resync,
 }
 
 impl Op {
@@ -41,6 +46,7 @@ impl Op {
             Op::Delete => "d",
             Op::Read => "r",
             Op::Truncate => "t",
+            Op::Resync => "resync",
         }
     }
 
@@ -52,6 +58,7 @@ impl Op {
             "d" => Op::Delete,
             "r" => Op::Read,
             "t" => Op::Truncate,
+            "resync" => Op::Resync,
             _ => return None,
         })
     }
@@ -353,10 +360,12 @@ pub struct Column {
 
 /// Something kept per table schema, looked up by the schema `Arc`'s address (every
 /// event of one schema shares the `Arc`): one lookup per event without hashing or
-/// formatting names. The `Arc` is held, so its address cannot be reused by another
-/// schema.
+/// formatting names. The map holds a `Weak`, so it never keeps a schema alive (the
+/// source drops a layout an ALTER replaced; several caches holding it would keep every
+/// layout ever seen), yet the allocation behind the address stays reserved while the
+/// entry exists, so no other schema can take the address and find this entry.
 pub struct PerSchema<V> {
-    map: std::collections::HashMap<usize, (Arc<TableSchema>, V)>,
+    map: std::collections::HashMap<usize, (Weak<TableSchema>, V)>,
 }
 
 impl<V> Default for PerSchema<V> {
@@ -376,8 +385,10 @@ impl<V> PerSchema<V> {
 
     pub fn insert(&mut self, schema: &Arc<TableSchema>, value: V) {
         self.make_room(schema);
-        self.map
-            .insert(Arc::as_ptr(schema) as usize, (schema.clone(), value));
+        self.map.insert(
+            Arc::as_ptr(schema) as usize,
+            (Arc::downgrade(schema), value),
+        );
     }
 
     pub fn get_or_insert_with(
@@ -389,7 +400,7 @@ impl<V> PerSchema<V> {
         &mut self
             .map
             .entry(Arc::as_ptr(schema) as usize)
-            .or_insert_with(|| (schema.clone(), f()))
+            .or_insert_with(|| (Arc::downgrade(schema), f()))
             .1
     }
 
@@ -405,12 +416,16 @@ impl<V> PerSchema<V> {
         self.map.is_empty()
     }
 
-    /// Schemas come and go with reconnects, DDL and new tables; a daemon that runs for
-    /// months must not keep every one it saw. Past `MAX_SCHEMAS` the map starts over:
-    /// what it holds is derived per schema and cheap to derive again.
+    /// Before a new schema goes in, entries of schemas nothing uses any more go (new
+    /// schemas are rare: a reconnect, a DDL, a new table, so the sweep costs nothing per
+    /// event). Past `MAX_SCHEMAS` live ones the map starts over: what it holds is
+    /// derived per schema and cheap to derive again.
     fn make_room(&mut self, schema: &Arc<TableSchema>) {
-        if self.map.len() >= MAX_SCHEMAS && !self.map.contains_key(&(Arc::as_ptr(schema) as usize))
-        {
+        if self.map.contains_key(&(Arc::as_ptr(schema) as usize)) {
+            return;
+        }
+        self.map.retain(|_, (weak, _)| weak.strong_count() > 0);
+        if self.map.len() >= MAX_SCHEMAS {
             self.map.clear();
         }
     }
@@ -633,6 +648,26 @@ mod tests {
         let before = m.len();
         m.insert(last, 0);
         assert_eq!(m.len(), before);
+    }
+
+    #[test]
+    fn per_schema_caches_let_go_of_schemas_nothing_uses() {
+        let mut m = PerSchema::default();
+        let kept = Arc::new(crate::testkit::test_schema(1, &[("id", "int")]));
+        m.insert(&kept, "kept");
+        for _ in 0..100 {
+            // An ALTER's layout: in use while its events are, then dropped.
+            let passing = Arc::new(crate::testkit::test_schema(2, &[("id", "int")]));
+            m.insert(&passing, "passing");
+            assert_eq!(m.get(&passing), Some(&"passing"));
+        }
+        // The last one is still in the map until the next schema comes.
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get(&kept), Some(&"kept"));
+        let next = Arc::new(crate::testkit::test_schema(3, &[("id", "int")]));
+        m.insert(&next, "next");
+        assert_eq!(m.len(), 2, "only the live schemas stay");
+        assert_eq!(m.get(&kept), Some(&"kept"));
     }
 
     fn table() -> Arc<TableSchema> {

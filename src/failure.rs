@@ -62,6 +62,7 @@ where
         match attempt().await {
             Ok(v) => {
                 if warned.is_some() {
+                    crate::health::recovered(who);
                     tracing::info!(
                         who,
                         "{what} succeeded after {}s of retries",
@@ -73,6 +74,7 @@ where
             Err(Failure::Fatal(m)) => return Err(m),
             Err(Failure::Transient(m)) => {
                 on_retry();
+                crate::health::retrying(who, &m);
                 if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
                     tracing::warn!(who, error = %m, retrying_for_s = started.elapsed().as_secs(), "{what} failed; retrying (changes wait, none are dropped)");
                     warned = Some(Instant::now());

@@ -9,15 +9,35 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use tributary::config::{ConnectorConfig, SourceConfig};
-use tributary::event::format_lsn;
 use tributary::journal::read_log;
 use tributary::offsets::OffsetStore;
+
+/// What `tributary --help` ends with: the workflow, with examples.
+const MANUAL: &str = "\
+Getting started:
+  tributary check --connector shop.toml       server settings, grants, sinks: fix what it says
+  tributary run --connector shop.toml         snapshot the tables, then stream (SIGTERM drains and checkpoints)
+  tributary status --connector shop.toml      checkpoint, sinks, snapshots, reindexes (also while running)
+
+Schema changes:
+  tributary policy check schema-rules/default.toml
+  tributary policy diff --connector shop.toml        exit 3 if a pending change would halt or quarantine
+  tributary quarantine replay --connector shop.toml  after editing the policy (daemon stopped)
+
+Elasticsearch indexes:
+  tributary verify --connector shop.toml --table shop.orders [--repair]
+  tributary reindex --connector shop.toml --table shop.orders      zero-downtime rebuild, alias swapped
+
+Exit codes: 0 success, 1 runtime failure, 2 bad connector or policy file, 3 policy diff
+would stop the pipeline, 4 verify found a difference.
+Documentation: README.md (connector file reference, delivery guarantees, operating).";
 
 #[derive(Parser)]
 #[command(
     name = "tributary",
     version,
-    about = "Change-data-capture daemon: MySQL/MariaDB binlog into log streams (and Elasticsearch)"
+    about = "Change-data-capture daemon: MySQL/MariaDB binlog and PostgreSQL logical replication into Elasticsearch and log streams",
+    after_long_help = MANUAL
 )]
 struct Cli {
     /// Log format: human (default) or json (one object per line, for log shippers).
@@ -43,6 +63,9 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run a connector: stream changes into its sinks until SIGTERM/SIGINT.
+    #[command(
+        after_long_help = "Examples:\n  tributary run --connector /etc/tributary/shop.toml\n  tributary --log-format json run -c shop.toml          JSON logs for a log shipper\n  tributary run -c shop.toml --until binlog.000042:1234  stop after checkpointing there\n\nFirst start: snapshot every included table while streaming ([source] snapshot). SIGTERM or\nSIGINT drains what is in flight and checkpoints; SIGHUP reloads the schema policy. With\n[http] listen: /metrics, /health, /ready, /status."
+    )]
     Run {
         #[arg(long, short)]
         connector: PathBuf,
@@ -51,33 +74,86 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Write a connector file from a connection URL: connects, lists the tables with
+    /// their keys and sizes, runs the checks of `tributary check`, and writes a
+    /// commented connector file; the check's messages say what an administrator must
+    /// run (grants, settings, the publication). Exit 1 when the check found errors
+    /// (the file is written anyway).
+    #[command(
+        after_long_help = "Examples:\n  export TRIBUTARY_PASSWORD=...\n  tributary init --source mariadb://tributary@db1:3306/shop --elasticsearch https://es1:9200 --out /etc/tributary/shop.toml\n  tributary init --source postgres://tributary@db2/app --schema sales > sales.toml"
+    )]
+    Init {
+        /// `mariadb://user@host:port/db`, `mysql://...` or `postgres://user@host:port/db`
+        /// (no password in it: see --password-env).
+        #[arg(long)]
+        source: String,
+        /// Where to write the file (default: stdout). An existing file is kept unless
+        /// --force.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+        /// The connector's name (default: the database's).
+        #[arg(long)]
+        name: Option<String>,
+        /// The environment variable holding the password; the file names it too.
+        #[arg(long, default_value = "TRIBUTARY_PASSWORD")]
+        password_env: String,
+        /// Elasticsearch URL for the sink (repeatable; none: written commented out).
+        #[arg(long)]
+        elasticsearch: Vec<String>,
+        /// The state dir (default /var/lib/tributary/<name>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// PostgreSQL: the schema whose tables are included.
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
     /// Check a connector: config, connectivity, server settings and grants.
+    #[command(
+        after_long_help = "Examples:\n  tributary check --connector shop.toml\n\nEach line is ok, info, warn or error; an error names the setting, grant or statement that\nfixes it. Exit 1 when there is an error."
+    )]
     Check {
         #[arg(long, short)]
         connector: PathBuf,
     },
     /// Show where a connector stands: checkpoint, sinks, and (Postgres) the slot's
     /// retained WAL and lag.
+    #[command(
+        after_long_help = "Examples:\n  tributary status -c shop.toml\n  tributary status -c shop.toml | jq .checkpoint.age_s\n\nWhile the daemon runs it reports what the daemon last checkpointed; with [http] listen the\nsame JSON is at /status."
+    )]
     Status {
         #[arg(long, short)]
         connector: PathBuf,
     },
     /// Manage the Postgres replication slot.
+    #[command(
+        after_long_help = "Examples:\n  tributary slot drop -c app.toml        the daemon stopped, on purpose"
+    )]
     Slot {
         #[command(subcommand)]
         action: SlotAction,
     },
     /// Show or reset the stored checkpoint.
+    #[command(
+        after_long_help = "Examples:\n  tributary offsets show -c shop.toml\n  tributary offsets reset -c shop.toml   the next run starts from [source] start (daemon stopped)"
+    )]
     Offsets {
         #[command(subcommand)]
         action: OffsetsAction,
     },
     /// Read log streams.
+    #[command(
+        after_long_help = "Examples:\n  tributary log cat /var/lib/tributary/shop/log --follow --positions"
+    )]
     Log {
         #[command(subcommand)]
         action: LogAction,
     },
     /// Schema policy files (schema-rules/*.toml).
+    #[command(
+        after_long_help = "Examples:\n  tributary policy check schema-rules/default.toml\n  tributary policy explain -c shop.toml\n  tributary policy diff -c shop.toml      before a migration: exit 3 if a change would halt"
+    )]
     Policy {
         #[command(subcommand)]
         action: PolicyAction,
@@ -85,6 +161,9 @@ enum Command {
     /// Snapshot tables again while streaming keeps running (the running daemon picks
     /// the request up within a second; a stopped one when it starts). Progress shows
     /// in `tributary status`.
+    #[command(
+        after_long_help = "Examples:\n  tributary snapshot -c shop.toml --table shop.orders --table shop.customers"
+    )]
     Snapshot {
         #[arg(long, short)]
         connector: PathBuf,
@@ -93,9 +172,123 @@ enum Command {
         table: Vec<String>,
     },
     /// Tables a `quarantine` verdict set aside (`tributary status` lists them).
+    #[command(
+        after_long_help = "Examples:\n  tributary quarantine replay -c shop.toml --table shop.orders   after editing the policy, daemon stopped"
+    )]
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
+    },
+    /// Compare each table with its Elasticsearch index, key by key, the documents as
+    /// the sink would write them now (also while the daemon runs: keys changing
+    /// meanwhile are not judged). Exit 0: equal; 4: a difference was found (or is left
+    /// after --repair).
+    #[command(
+        after_long_help = "Examples:\n  tributary verify -c shop.toml                        every included table\n  tributary verify -c shop.toml --table shop.orders --json\n  tributary verify -c shop.toml --table shop.orders --repair"
+    )]
+    Verify {
+        #[arg(long, short)]
+        connector: PathBuf,
+        /// `db.table` (repeatable). Default: every included table.
+        #[arg(long)]
+        table: Vec<String>,
+        /// The Elasticsearch sink's name (when there are several).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Write the source's row for missing and stale documents and delete extra
+        /// ones, versioned so that a newer change always wins.
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object per table on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a table's index into a new concrete index (`<alias>_v<N+1>`) with
+    /// today's mapping and enrichment, read from the source, then move the alias to it
+    /// in one atomic request (searches never see a partial index). Beside a running
+    /// daemon, which writes the table's changes to the new index too meanwhile; or with
+    /// it stopped, which then resumes into the new index.
+    #[command(
+        after_long_help = "Examples:\n  tributary reindex -c shop.toml --table shop.orders\n  tributary reindex -c shop.toml --table shop.orders --delete-previous\n\n`tributary status` shows the reindex while it runs; a reindex killed midway leaves the\nalias where it was."
+    )]
+    Reindex {
+        #[arg(long, short)]
+        connector: PathBuf,
+        /// `db.table`.
+        #[arg(long)]
+        table: String,
+        /// The Elasticsearch sink's name (when there are several).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Delete the previous index after the swap (default: keep it).
+        #[arg(long)]
+        delete_previous: bool,
+    },
+    /// Print a shell completion script, e.g.
+    /// `tributary completions bash > /etc/bash_completion.d/tributary`.
+    #[command(
+        after_long_help = "Examples:\n  tributary completions bash > /etc/bash_completion.d/tributary\n  tributary completions zsh > /usr/local/share/zsh/site-functions/_tributary"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (roff): `tributary.1` and one `tributary-<command>.1` per
+    /// command into DIR, or `tributary.1` to stdout without it. The package installs
+    /// them; `man tributary` then reads them.
+    #[command(
+        after_long_help = "Examples:\n  tributary man --dir /usr/local/share/man/man1 && man tributary-run"
+    )]
+    Man {
+        /// Directory to write the pages into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Changes an enrichment step or an Elasticsearch sink could not handle.
+    #[command(
+        after_long_help = "Examples:\n  tributary dead-letters list -c shop.toml --table shop.orders\n  tributary dead-letters replay -c shop.toml --stream enrich   after fixing the cause, daemon stopped"
+    )]
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print the dead letters not replayed yet: place (segment:line), table, op,
+    /// version, the step or index that refused it, and why. Works while the daemon runs.
+    List {
+        #[arg(long, short)]
+        connector: PathBuf,
+        /// `enrich`, an Elasticsearch sink's name (or `elasticsearch` when there is
+        /// one). Default: every stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only this table (`db.table`).
+        #[arg(long)]
+        table: Option<String>,
+        /// Replayed ones too.
+        #[arg(long)]
+        all: bool,
+        /// Print each record's JSON as stored, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// After the cause was fixed: send the dead letters again (an enrichment one
+    /// through the enrichment to every sink, a sink's one to that sink), each with its
+    /// version so a newer change already indexed wins, and record them as replayed in
+    /// the same commit. Ones that fail again wait for the next replay. The daemon must
+    /// be stopped.
+    Replay {
+        #[arg(long, short)]
+        connector: PathBuf,
+        /// As for `list`. Default: every stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only this table (`db.table`); repeatable.
+        #[arg(long)]
+        table: Vec<String>,
     },
 }
 
@@ -165,9 +358,26 @@ enum SlotAction {
 #[derive(Subcommand)]
 enum LogAction {
     /// Print every record of a log stream as JSON lines, verifying each checksum.
+    #[command(
+        after_long_help = "Examples:\n  tributary log cat /var/lib/tributary/shop/log\n  tributary log cat DIR --follow --positions          print new records as they are written\n  tributary log cat DIR --follow --from 3:1207        resume after a position printed before\n  tributary log cat DIR --from-time 2026-12-01T00:00:00Z\n\nA daemon restarted after a crash writes the records past its last checkpoint again, so\na follower can print those twice."
+    )]
     Cat {
         /// The log sink's directory.
         dir: PathBuf,
+        /// Keep printing records as they are written (across rotations and retention),
+        /// until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Start after this record: `SEGMENT:LINE`, as `--positions` prints them.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only records tributary read at or after this time: RFC 3339 UTC
+        /// (`2026-12-01T00:00:00Z`) or milliseconds since the epoch.
+        #[arg(long)]
+        from_time: Option<String>,
+        /// Print each record's position (`SEGMENT:LINE`) and a tab before it.
+        #[arg(long)]
+        positions: bool,
     },
 }
 
@@ -236,8 +446,27 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             action: SlotAction::Drop { connector },
         } => slot_drop(&connector).await,
         Command::Log {
-            action: LogAction::Cat { dir },
-        } => log_cat(&dir),
+            action:
+                LogAction::Cat {
+                    dir,
+                    follow,
+                    from,
+                    from_time,
+                    positions,
+                },
+        } => {
+            if follow || from.is_some() || from_time.is_some() || positions {
+                log_tail(
+                    &dir,
+                    follow,
+                    from.as_deref(),
+                    from_time.as_deref(),
+                    positions,
+                )
+            } else {
+                log_cat(&dir)
+            }
+        }
         Command::Policy {
             action: PolicyAction::Check { file },
         } => policy_check(&file),
@@ -251,6 +480,68 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             action: QuarantineAction::Replay { connector, table },
         } => quarantine_replay(&connector, &table).await,
         Command::Snapshot { connector, table } => snapshot(&connector, &table),
+        Command::Man { dir } => man_pages(dir.as_deref()),
+        Command::Init {
+            source,
+            out,
+            force,
+            name,
+            password_env,
+            elasticsearch,
+            state_dir,
+            schema,
+        } => {
+            let opts = tributary::init::Options {
+                source,
+                name,
+                password_env,
+                elasticsearch,
+                state_dir,
+                schema,
+            };
+            init(&opts, out.as_deref(), force).await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tributary",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            connector,
+            table,
+            sink,
+            repair,
+            json,
+        } => verify(&connector, table, sink, repair, json).await,
+        Command::Reindex {
+            connector,
+            table,
+            sink,
+            delete_previous,
+        } => reindex(&connector, table, sink, delete_previous).await,
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::List {
+                    connector,
+                    stream,
+                    table,
+                    all,
+                    json,
+                },
+        } => dead_letters_list(&connector, stream.as_deref(), table.as_deref(), all, json),
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::Replay {
+                    connector,
+                    stream,
+                    table,
+                },
+        } => dead_letters_replay(&connector, stream.as_deref(), &table).await,
     }
 }
 
@@ -297,6 +588,186 @@ async fn quarantine_replay(path: &Path, tables: &[String]) -> anyhow::Result<Exi
     }
     for table in &report.remaining {
         println!("{table}: still quarantined");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify` found a difference (or one is left after `--repair`).
+const EXIT_DIFFERENT: u8 = 4;
+
+async fn verify(
+    path: &Path,
+    tables: Vec<String>,
+    sink: Option<String>,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let cfg = load(path)?;
+    let opts = tributary::verify::Options {
+        tables,
+        sink,
+        repair,
+        progress: !json && std::io::stderr().is_terminal(),
+    };
+    let reports = tributary::verify::verify(&cfg, &opts)
+        .await
+        .with_context(|| format!("connector {}", path.display()))?;
+    let mut different = false;
+    for r in &reports {
+        different |= r.differences() > 0;
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+            continue;
+        }
+        if let Some(why) = &r.skipped {
+            println!("{}: not verified: {why}", r.table);
+            continue;
+        }
+        println!(
+            "{} -> {}: {} rows, {} documents: {} missing, {} stale, {} extra{}{}{}",
+            r.table,
+            r.index,
+            r.rows,
+            r.documents,
+            r.missing,
+            r.stale,
+            r.extra,
+            if r.changing > 0 {
+                format!(" ({} changing meanwhile, not judged)", r.changing)
+            } else {
+                String::new()
+            },
+            if r.not_enriched > 0 {
+                format!(" ({} rows an enrichment step fails on)", r.not_enriched)
+            } else {
+                String::new()
+            },
+            if repair {
+                format!("; {} repaired", r.repaired)
+            } else {
+                String::new()
+            },
+        );
+        for (kind, keys) in [
+            ("missing", &r.first_missing),
+            ("stale", &r.first_stale),
+            ("extra", &r.first_extra),
+        ] {
+            if !keys.is_empty() {
+                println!("  {kind}: {}", keys.join(" "));
+            }
+        }
+    }
+    Ok(if different {
+        ExitCode::from(EXIT_DIFFERENT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn reindex(
+    path: &Path,
+    table: String,
+    sink: Option<String>,
+    delete_previous: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let cfg = load(path)?;
+    let opts = tributary::reindex::Options {
+        table,
+        sink,
+        delete_previous,
+        progress: std::io::stderr().is_terminal(),
+        if_indexed: false,
+    };
+    let r = tributary::reindex::reindex(&cfg, &opts)
+        .await
+        .with_context(|| format!("connector {}", path.display()))?;
+    println!(
+        "{}: {} documents in {}; the alias now points at it (was: {}){}{}",
+        r.alias,
+        r.documents,
+        r.index,
+        r.previous.join(", "),
+        if r.deleted_previous {
+            "; previous deleted"
+        } else {
+            "; previous kept"
+        },
+        if r.not_enriched > 0 {
+            format!("; {} rows an enrichment step fails on", r.not_enriched)
+        } else {
+            String::new()
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letters_list(
+    path: &Path,
+    stream: Option<&str>,
+    table: Option<&str>,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let streams = tributary::pipeline::dead_letters::list(&cfg, stream, table, all)
+        .with_context(|| format!("connector {}", path.display()))?;
+    for (name, entries) in &streams {
+        if json {
+            for e in entries {
+                println!("{}", e.json);
+            }
+            continue;
+        }
+        println!(
+            "{name}: {} dead letter(s){}",
+            entries.len(),
+            if all { "" } else { " to replay" }
+        );
+        for e in entries {
+            let what = if e.replayable() {
+                format!("{} {} v{}", e.table, e.op, e.version)
+            } else {
+                "(written by an older release: cannot be replayed)".to_string()
+            };
+            let done = if e.replayed { " [replayed]" } else { "" };
+            println!("  {}  {what}  {}: {}{done}", e.at, e.cause, e.reason);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letters_replay(
+    path: &Path,
+    stream: Option<&str>,
+    tables: &[String],
+) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let report = tributary::pipeline::dead_letters::replay(&cfg, stream, tables)
+        .await
+        .with_context(|| format!("connector {}", path.display()))?;
+    for (name, counts) in &report.replayed {
+        if counts.is_empty() {
+            println!("{name}: nothing to replay");
+        }
+        for (table, n) in counts {
+            println!("{name}: {table}: {n} change(s) sent again");
+        }
+    }
+    for (name, n) in &report.not_replayable {
+        println!("{name}: {n} record(s) written by an older release hold no exact change and were passed over (`dead-letters list --all` shows them)");
+    }
+    // What failed again was appended to its stream and waits for the next replay.
+    let waiting: usize = tributary::pipeline::dead_letters::list(&cfg, stream, None, false)?
+        .iter()
+        .flat_map(|(_, entries)| entries)
+        .filter(|e| tables.is_empty() || tables.contains(&e.table))
+        .count();
+    match waiting {
+        0 => println!("no dead letters wait"),
+        n => println!("{n} dead letter(s) failed again and wait (`tributary dead-letters list`)"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -432,12 +903,22 @@ async fn run(path: &Path, until: Option<&str>) -> anyhow::Result<ExitCode> {
         tracing::info!("shutting down: draining in-flight changes and checkpointing");
         signal_token.cancel();
     });
+    let serving = tributary::http::HttpConfig::of(&cfg)
+        .map(|h| h.listen.is_some())
+        .unwrap_or(false);
     tracing::info!(connector = %cfg.connector_name(), file = %path.display(), version = env!("CARGO_PKG_VERSION"), "starting");
-    tributary::metrics::install(&cfg.metrics)
-        .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
-    let stats = tributary::pipeline::run(&cfg, shutdown, until)
+    tributary::http::serve(&cfg)
         .await
-        .with_context(|| format!("connector {}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
+    let reindexer = tributary::reindex::for_the_daemon(&cfg);
+    let result = tributary::pipeline::run(&cfg, shutdown.clone(), until, Some(reindexer)).await;
+    if let (Err(tributary::pipeline::PipelineError::Halt(h)), true) = (&result, serving) {
+        // A service manager would restart a daemon that exits into the same halt, over
+        // and over; so it stays up, answering /ready with the reason, until stopped.
+        tracing::error!(table = %h.table, "halted by the schema guard: /ready answers 503 with the reason until the daemon is stopped; change the policy (or the table), then start it again");
+        shutdown.cancelled().await;
+    }
+    let stats = result.with_context(|| format!("connector {}", path.display()))?;
     tracing::info!(
         changes = stats.changes,
         transactions = stats.transactions,
@@ -524,6 +1005,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
                             println!("error sink {}: {p}", sink.id());
                             sink_errors += 1;
                         }
+                        written_with(&cfg, &sink.id(), es, &tables).await;
                     }
                 }
             }
@@ -543,64 +1025,134 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// For `check`: the indexes written under another enrichment or mapping configuration
+/// than the connector file has now (warnings: they are whole, only not current).
+async fn written_with(
+    cfg: &tributary::config::ConnectorConfig,
+    sink: &str,
+    es: &tributary::sink::elasticsearch::ElasticsearchSinkConfig,
+    tables: &[(String, Vec<tributary::event::Column>)],
+) {
+    use tributary::sink::elasticsearch::verify::{IndexView, Written};
+    let view = cfg
+        .policy()
+        .map_err(|e| e.to_string())
+        .and_then(|p| IndexView::open(sink.into(), es, tributary::registry::sink_context(cfg, p)));
+    let view = match view {
+        Ok(v) => v,
+        Err(e) => return println!("warn  sink {sink}: cannot read its indexes: {e}"),
+    };
+    let (mut current, mut none) = (0, 0);
+    for (name, _) in tables {
+        let (db, table) = name.split_once('.').unwrap_or(("", name));
+        match view.written_with(db, table).await {
+            Ok(Written::Current) => current += 1,
+            Ok(Written::NoIndex) => none += 1,
+            Ok(Written::Other { index }) => println!(
+                "warn  sink {sink}: index {index} of {name} was written under another enrichment or mapping configuration than {} has now; `tributary reindex --table {name}` rewrites every document with it",
+                cfg.path.display()
+            ),
+            Ok(Written::Unrecorded { index }) => println!(
+                "warn  sink {sink}: index {index} of {name} was created before indexes recorded their configuration, so whether it is current is unknown; `tributary reindex --table {name}` makes it so"
+            ),
+            Err(e) => return println!("warn  sink {sink}: cannot read its indexes: {e}"),
+        }
+    }
+    println!(
+        "ok    sink {sink}: {current} index(es) written under the current configuration{}",
+        if none > 0 {
+            format!(", {none} table(s) without an index yet")
+        } else {
+            String::new()
+        }
+    );
+}
+
 async fn status(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
-    // A running daemon holds the store; it reports its checkpoint beside it.
-    let (running, checkpoint, sinks, stages) = match cfg.state.open_store() {
-        Ok(store) => (
-            false,
-            store.checkpoint()?,
-            store
-                .sink_cursors()?
-                .into_iter()
-                .collect::<serde_json::Map<_, _>>(),
-            store
-                .stage_states()?
-                .into_iter()
-                .collect::<serde_json::Map<_, _>>(),
-        ),
-        Err(_) => (
-            true,
-            OffsetStore::reported_checkpoint(&cfg.state.dir),
-            OffsetStore::reported(&cfg.state.dir, "cursors"),
-            OffsetStore::reported(&cfg.state.dir, "stages"),
-        ),
-    };
-    let guard_state = stages.get(tributary::schema::guard::STATE_ID);
-    let snapshot_state = stages.get(tributary::snapshot::STATE_ID);
-    let mut out = serde_json::json!({
-        "connector": cfg.connector_name(),
-        "source": cfg.source.kind(),
-        "running": running,
-        "checkpoint": checkpoint.as_ref().map(|c| serde_json::json!({
-            "position": c.position,
-            "age_s": tributary::event::now_ms().saturating_sub(c.at_ms) / 1000,
-        })),
-        "sinks": sinks,
-        "tables": guard_state.map(tributary::schema::guard::summary),
-        "snapshot": snapshot_state.map(tributary::snapshot::summary),
-    });
-    if let SourceConfig::Postgres(p) = &cfg.source {
-        let client = postgres_client(p).await?;
-        let slot = tributary::source::postgres::checks::slot_info(&client, &p.slot)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("{}", tributary::source::postgres::checks::db_message(&e))
-            })?;
-        out["slot"] = match slot {
-            None => serde_json::json!({"name": p.slot, "exists": false}),
-            Some(s) => serde_json::json!({
-                "name": p.slot,
-                "exists": true,
-                "active_pid": s.active_pid,
-                "confirmed_flush_lsn": s.confirmed_flush.map(format_lsn),
-                "retained_wal_bytes": s.retained_bytes,
-                "lag_bytes": s.lag_bytes,
-                "retained_wal_warning": s.retained_bytes.is_some_and(|b| (b >> 20) as u64 >= p.retained_wal_warn_mb),
-            }),
-        };
-    }
+    let out = tributary::status::report(&cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn init(
+    opts: &tributary::init::Options,
+    out: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(out) = out.filter(|o| o.exists() && !force) {
+        anyhow::bail!("{} exists: choose another --out, or --force", out.display());
+    }
+    let path = out.unwrap_or(Path::new("connector.toml"));
+    let s = tributary::init::init(opts, path)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The findings go to stderr, so `init > file` writes the file alone.
+    eprintln!("{} table(s):", s.tables.len());
+    for t in &s.tables {
+        let key = if t.key.is_empty() {
+            "no primary key".to_string()
+        } else {
+            format!("key ({})", t.key.join(", "))
+        };
+        eprintln!("  {}  {key}  ~{} rows", t.name, t.rows);
+    }
+    for (level, lines) in [
+        ("info ", &s.report.info),
+        ("warn ", &s.report.warnings),
+        ("error", &s.report.errors),
+    ] {
+        for l in lines {
+            eprintln!("{level} {l}");
+        }
+    }
+    match out {
+        Some(out) => {
+            std::fs::write(out, &s.text).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote {}; then: tributary check --connector {}",
+                out.display(),
+                out.display()
+            );
+        }
+        None => print!("{}", s.text),
+    }
+    Ok(if s.report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("the server is not ready yet: an administrator runs what the errors above say");
+        ExitCode::from(EXIT_FAILURE)
+    })
+}
+
+/// The manual pages, from the same definitions as `--help` (clap_mangen).
+fn man_pages(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cli).render(&mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written = 0;
+    let mut page = |cmd: clap::Command, name: String| -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        // Pages name the command as typed (`tributary-run`); clap wants a static name.
+        let named: &'static str = Box::leak(name.clone().into_boxed_str());
+        clap_mangen::Man::new(cmd.name(named)).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        written += 1;
+        Ok(())
+    };
+    for sub in cli.get_subcommands() {
+        if sub.get_name() != "help" {
+            page(sub.clone(), format!("tributary-{}", sub.get_name()))?;
+        }
+    }
+    page(cli, "tributary".into())?;
+    eprintln!("{written} page(s) in {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -683,6 +1235,100 @@ fn offsets(action: OffsetsAction) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `log cat` with `--follow`, `--from`, `--from-time` or `--positions`.
+fn log_tail(
+    dir: &Path,
+    follow: bool,
+    from: Option<&str>,
+    from_time: Option<&str>,
+    positions: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let after = from
+        .map(|p| {
+            let (s, l) = p
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--from {p}: expected SEGMENT:LINE"))?;
+            Ok::<_, anyhow::Error>((
+                s.parse().with_context(|| format!("--from {p}: segment"))?,
+                l.parse().with_context(|| format!("--from {p}: line"))?,
+            ))
+        })
+        .transpose()?;
+    let since_ms = from_time.map(parse_time).transpose()?;
+    if !dir.is_dir() {
+        anyhow::bail!("{}: not a directory", dir.display());
+    }
+    let mut tail = tributary::journal::Tail::new(dir, after);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    loop {
+        match tail.poll()? {
+            Some(r) => {
+                if let Some(since) = since_ms {
+                    let ts = serde_json::from_str::<serde_json::Value>(&r.json)
+                        .ok()
+                        .and_then(|v| v["ts_ms"].as_u64());
+                    if ts.is_some_and(|t| t < since) {
+                        continue;
+                    }
+                }
+                let written = if positions {
+                    writeln!(out, "{}:{}\t{}", r.segment, r.line, r.json)
+                } else {
+                    writeln!(out, "{}", r.json)
+                };
+                if let Err(e) = written {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Err(e.into());
+                }
+            }
+            None if follow => {
+                if out.flush().is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            None => break,
+        }
+    }
+    out.flush().ok();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--from-time`: milliseconds since the epoch, or RFC 3339 UTC.
+fn parse_time(t: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = t.parse::<u64>() {
+        return Ok(ms);
+    }
+    let bad = || anyhow::anyhow!("--from-time {t}: expected 2026-12-01T00:00:00Z or milliseconds");
+    let t = t.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<&str> = date.split('-').collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let h: Vec<&str> = hms.split(':').collect();
+    if d.len() != 3 || h.len() != 3 {
+        return Err(bad());
+    }
+    let num = |s: &str| s.parse::<i64>().map_err(|_| bad());
+    let secs = tributary::temporal::epoch_secs(
+        num(d[0])?,
+        num(d[1])? as u32,
+        num(d[2])? as u32,
+        num(h[0])?,
+        num(h[1])?,
+        num(h[2])?,
+    );
+    let ms = format!("{frac:0<3}")[..3]
+        .parse::<u64>()
+        .map_err(|_| bad())?;
+    u64::try_from(secs)
+        .map(|s| s * 1000 + ms)
+        .map_err(|_| bad())
 }
 
 fn log_cat(dir: &Path) -> anyhow::Result<ExitCode> {

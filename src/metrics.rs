@@ -1,8 +1,8 @@
 //! Metrics: one home for their names and the Prometheus endpoint.
 //!
 //! Stages record through the `metrics` facade (free when no exporter is installed);
-//! `[metrics] listen = "127.0.0.1:9187"` in the connector file serves them at
-//! `http://<listen>/metrics` in the Prometheus text format. Histograms are rendered as
+//! `[http] listen = "127.0.0.1:9187"` in the connector file serves them at
+//! `http://<listen>/metrics` in the Prometheus text format (http.rs). Histograms are rendered as
 //! summaries with quantiles 0.5, 0.9, 0.99, 0.999.
 
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use crate::event::Op;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[metrics]`: the older spelling of `[http]` (http::HttpConfig::of).
 pub struct MetricsConfig {
     /// Address of the Prometheus endpoint (off when absent; a loopback address such as
     /// 127.0.0.1:9187 keeps it on this host).
@@ -26,37 +27,14 @@ pub struct MetricsConfig {
     pub allow_remote: bool,
 }
 
-impl MetricsConfig {
-    /// The warning a `listen` address other hosts can reach deserves, unless
-    /// `allow_remote` says it is meant.
-    pub fn remote_warning(&self) -> Option<String> {
-        let addr = self.listen?;
-        (!addr.ip().is_loopback() && !self.allow_remote).then(|| {
-            format!(
-                "[metrics] listen = \"{addr}\" serves table names and change rates to other hosts, without authentication: listen on 127.0.0.1 (behind a proxy that authenticates), or set allow_remote = true if that is meant"
-            )
-        })
-    }
-}
-
-/// Serves the metrics on `cfg.listen`, if set. Call inside the tokio runtime.
-pub fn install(cfg: &MetricsConfig) -> Result<(), String> {
-    let Some(addr) = cfg.listen else {
-        return Ok(());
-    };
-    if let Some(w) = cfg.remote_warning() {
-        tracing::warn!("{w}");
-    }
+/// Installs the Prometheus recorder; the handle renders what it recorded (http.rs
+/// serves it at `/metrics`).
+pub fn recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
         .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
-        .map_err(|e| format!("[metrics]: {e}"))?
-        .install()
-        .map_err(|e| {
-            format!("[metrics] listen = \"{addr}\": {e} (is another process using the port?)")
-        })?;
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    Ok(())
+        .map_err(|e| format!("[http] metrics: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("[http] metrics: {e}"))
 }
 
 /// Row changes that entered the pipeline, by table and op.
@@ -86,6 +64,15 @@ pub fn checkpoint(acked: Duration, stored: Duration) {
     counter!("tributary_checkpoints_total").increment(1);
     histogram!("tributary_checkpoint_ack_seconds").record(acked.as_secs_f64());
     histogram!("tributary_checkpoint_store_seconds").record(stored.as_secs_f64());
+    metrics::gauge!("tributary_last_checkpoint_timestamp_seconds")
+        .set(crate::event::now_ms() as f64 / 1000.0);
+}
+
+/// What `/ready` says, as gauges (set every few seconds by the HTTP server): how long
+/// the oldest change not in a stored checkpoint has waited, and 1 when ready.
+pub fn readiness(lag: Duration, ready: bool) {
+    metrics::gauge!("tributary_lag_seconds").set(lag.as_secs_f64());
+    metrics::gauge!("tributary_ready").set(if ready { 1.0 } else { 0.0 });
 }
 
 /// A document (or message) a sink rejected for good and wrote to its dead-letter stream.
@@ -152,27 +139,4 @@ impl AckLatency {
 pub fn schema_change(table: &str, kind: &'static str, verdict: &'static str) {
     counter!("tributary_schema_changes_total", "table" => table.to_string(), "change" => kind, "verdict" => verdict)
         .increment(1);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_listener_other_hosts_reach_is_warned_about_unless_allowed() {
-        let cfg = |listen: &str, allow_remote| MetricsConfig {
-            listen: Some(listen.parse().unwrap()),
-            allow_remote,
-        };
-        assert_eq!(cfg("127.0.0.1:9187", false).remote_warning(), None);
-        assert_eq!(cfg("[::1]:9187", false).remote_warning(), None);
-        let w = cfg("0.0.0.0:9187", false).remote_warning().unwrap();
-        assert!(
-            w.contains("allow_remote") && w.contains("0.0.0.0:9187"),
-            "{w}"
-        );
-        assert!(cfg("10.0.0.5:9187", false).remote_warning().is_some());
-        assert_eq!(cfg("0.0.0.0:9187", true).remote_warning(), None);
-        assert_eq!(MetricsConfig::default().remote_warning(), None);
-    }
 }

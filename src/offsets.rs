@@ -87,6 +87,12 @@ pub struct OffsetStore {
     file_mode: FileMode,
 }
 
+/// redb's page cache. Its default, 1 GiB, would let the cache grow with the file (the
+/// track enricher's keys make it large) and count against the daemon's memory; the
+/// checkpoint and cursors are a few pages, and the keys past the track enricher's
+/// in-memory LRU (`max_keys`) are the only large reads.
+const STORE_CACHE_BYTES: usize = 32 << 20;
+
 impl OffsetStore {
     /// Opens (or creates) the store in `dir`, which holds row data: the dir and its
     /// files get `file_mode` (0600 files in a 0700 dir by default). Only one process
@@ -100,12 +106,15 @@ impl OffsetStore {
             .create_dir_all(dir)
             .map_err(|e| err(format!("cannot create it: {e}")))?;
         let path = dir.join("offsets.redb");
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => OffsetError::InUse {
-                path: dir.to_path_buf(),
-            },
-            other => err(format!("cannot open offsets.redb: {other}")),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OffsetError::InUse {
+                    path: dir.to_path_buf(),
+                },
+                other => err(format!("cannot open offsets.redb: {other}")),
+            })?;
         if let Ok(f) = std::fs::File::open(&path) {
             file_mode
                 .apply(&f)
@@ -206,6 +215,21 @@ impl OffsetStore {
             out.push((key.to_string(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// One key of a stateful stage's keyed state (`<owner>\0<key>`), as of the last
+    /// checkpoint.
+    pub fn keyed_get(&self, owner: &str, key: &str) -> Result<Option<Vec<u8>>, OffsetError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = match tx.open_table(KEYED_STATE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let v = t
+            .get(format!("{owner}\0{key}").as_str())
+            .map_err(|e| self.err(e))?;
+        Ok(v.map(|v| v.value().to_vec()))
     }
 
     pub fn sink_cursors(&self) -> Result<Vec<(String, serde_json::Value)>, OffsetError> {

@@ -39,6 +39,24 @@ pub fn text(text: &str) -> String {
     }
 }
 
+/// An Elasticsearch error body for a message: itself when values may be shown, else
+/// its error type (`resource_already_exists_exception`: a class name, never a value),
+/// which is what tells an operator what went wrong.
+pub fn server_error(body: &str) -> String {
+    if row_values_shown() {
+        return body.to_string();
+    }
+    let kind = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["type"].as_str().map(str::to_string));
+    match kind {
+        Some(kind) => {
+            format!("{kind} (the reason may quote row values: --log-row-values shows it)")
+        }
+        None => text(body),
+    }
+}
+
 /// A SQL statement for a message: its first `words` words when values are hidden
 /// (`CREATE USER ...`; literals, passwords included, come later), else its first 120
 /// characters.
@@ -63,6 +81,10 @@ mod tests {
             statement("CREATE USER 'u'@'%' IDENTIFIED BY 'pw'", 2),
             "CREATE USER ..."
         );
+        let refused = r#"{"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n] value 'alice'"},"status":400}"#;
+        let shown = server_error(refused);
+        assert!(shown.starts_with("mapper_parsing_exception") && !shown.contains("alice"));
+        assert!(!server_error("alice").contains("alice"));
         show_row_values(true);
         assert_eq!(value("alice"), "`alice`");
         assert!(statement("CREATE USER 'u'@'%' IDENTIFIED BY 'pw'", 2).contains("'pw'"));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{ConnectorConfig, SinkConfig};
 use crate::offsets::OffsetStore;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Sink, SinkContext, SinkError};
 use crate::source::Source;
 
 /// The connector's source, and how logs and checkpoints describe it
@@ -16,12 +16,22 @@ pub fn source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn Source
     cfg.source.source().open(&cfg.connector_name(), store)
 }
 
-/// Opens the configured sinks, each positioned at its stored cursor. `policy` is the
-/// connector's schema policy (sinks that map columns read its unindexed columns).
+/// What the sinks are told as they open: `policy`, and the enrichment entries that
+/// shape each table's documents.
+pub fn sink_context(cfg: &ConnectorConfig, policy: crate::schema::Policy) -> SinkContext {
+    let entries = Arc::new(cfg.enrich.clone());
+    SinkContext {
+        policy: Arc::new(policy),
+        upstream: Arc::new(move |db, table| crate::enrich::written_for(&entries, db, table)),
+        state_dir: Some(cfg.state.dir.clone()),
+    }
+}
+
+/// Opens the configured sinks, each positioned at its stored cursor.
 pub fn sinks(
     configs: &[SinkConfig],
     store: &OffsetStore,
-    policy: &Arc<crate::schema::Policy>,
+    context: &SinkContext,
 ) -> Result<Vec<Box<dyn Sink>>, SinkError> {
     let mut out: Vec<Box<dyn Sink>> = Vec::new();
     for c in configs {
@@ -29,7 +39,7 @@ pub fn sinks(
         let cursor = store
             .sink_cursor(&id)
             .map_err(|e| SinkError::new(&id, e.to_string()))?;
-        out.push(c.sink().open(id, cursor, policy)?);
+        out.push(c.sink().open(id, cursor, context)?);
     }
     Ok(out)
 }
@@ -37,7 +47,7 @@ pub fn sinks(
 /// The connector's enrichment stage (`[[enrich]]`), its state restored from `store`.
 pub async fn enrich(
     cfg: &ConnectorConfig,
-    store: &OffsetStore,
+    store: &Arc<OffsetStore>,
 ) -> Result<crate::enrich::Stage, crate::enrich::EnrichError> {
     crate::enrich::Stage::open(
         &cfg.enrich,

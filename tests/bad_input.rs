@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 
 /// A server started with the settings tributary refuses.
-const BAD_SETTINGS_PORT: u16 = 33072;
+const BAD_SETTINGS_PORT: u16 = 23072;
 
 fn assert_no_state(dir: &Path) {
     assert!(
@@ -136,7 +136,7 @@ fn malformed_connector_files_name_file_line_and_column() {
             "unknown field `serverid`",
         ),
         (
-            good.replace("port = 33071", "port = \"33071\""),
+            good.replace("port = 23071", "port = \"23071\""),
             "expected u16",
         ),
         (

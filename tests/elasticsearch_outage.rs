@@ -69,13 +69,9 @@ async fn changes(db: &str, from: u64, n: u64) {
 }
 
 async fn setup(url: &str, prefix: &str) -> (String, tempfile::TempDir, std::path::PathBuf) {
-    mariadb(SHARED_PORT, "");
-    let db = unique_db(prefix);
-    let mut conn = admin(SHARED_PORT).await;
-    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
-    exec(
-        &mut conn,
-        &format!("CREATE TABLE `{db}`.t (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL)"),
+    let db = new_db(
+        prefix,
+        &["CREATE TABLE `{db}`.t (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL)"],
     )
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -537,9 +537,12 @@ async fn unindexed_columns_are_stored_not_indexed() {
 /// A cluster whose `http.max_content_length` is smaller than the batches: a refused
 /// (413) bulk request is split until it fits, so every row arrives; a document the
 /// cluster refuses even alone, and one larger than `max_document_bytes`, go to the dead
-/// letters with their size; the daemon keeps running.
+/// letters with their size; the daemon keeps running. Then `dead-letters replay`: with
+/// the cause still there they fail again and wait; once it is fixed they are indexed,
+/// except that a newer change of the same row already indexed wins; the index equals
+/// the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_requests_are_split_and_oversized_documents_dead_lettered() {
+async fn oversized_documents_are_dead_lettered_and_replayed_once_fixed() {
     const LIMIT_PROXY_PORT: u16 = 19274;
     const MAX_BODY: usize = 64 * 1024;
     mariadb(SHARED_PORT, "");
@@ -561,7 +564,7 @@ async fn oversized_requests_are_split_and_oversized_documents_dead_lettered() {
     add_es_sink(
         &c,
         &url,
-        "batch_bytes = 4194304\nlinger_ms = 2000\nmax_document_bytes = 262144",
+        "name = \"es\"\nbatch_bytes = 4194304\nlinger_ms = 2000\nmax_document_bytes = 262144",
     );
     let text = std::fs::read_to_string(&c)
         .unwrap()
@@ -596,6 +599,16 @@ async fn oversized_requests_are_split_and_oversized_documents_dead_lettered() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert!(daemon.try_wait().unwrap().is_none(), "{}", daemon_log(&c));
+    // A newer change of row 1001 is indexed while its first version waits.
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.t SET body = 'newer' WHERE id = 1001"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !es_documents(&es, &alias).await.contains_key("1001") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     let mut want: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
     want.push("1003".into());
@@ -634,6 +647,80 @@ async fn oversized_requests_are_split_and_oversized_documents_dead_lettered() {
         (1002, "document_too_large")
     );
     assert!(dead[1].2 > 300_000 && dead[1].2 < 301_000, "{dead:?}");
+
+    // Listed with table, op and cause.
+    let c = c.to_str().unwrap();
+    let (code, out, err) = tributary(&["dead-letters", "list", "--connector", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("es: 2 dead letter(s) to replay"), "{out}");
+    assert!(out.contains(&format!("{db}.t c v")), "{out}");
+    assert!(
+        out.contains("request_too_large") && out.contains("document_too_large"),
+        "{out}"
+    );
+
+    // The limit raised, but the cluster's still too small: both fail again and wait.
+    let text = std::fs::read_to_string(c).unwrap().replace(
+        "max_document_bytes = 262144",
+        "max_document_bytes = 1048576",
+    );
+    std::fs::write(c, &text).unwrap();
+    let (code, out, err) = tributary(&["dead-letters", "replay", "--connector", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("es: {db}.t: 2 change(s) sent again")),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 dead letter(s) failed again and wait"),
+        "{out}"
+    );
+    let (_, out, _) = tributary(&[
+        "dead-letters",
+        "list",
+        "--connector",
+        c,
+        "--stream",
+        "elasticsearch",
+    ]);
+    assert!(out.contains("es: 2 dead letter(s) to replay"), "{out}");
+    assert_eq!(read_events(&dir.path().join("dead-letters")).len(), 4);
+
+    // The cluster takes them now: 1002 is indexed; 1001's old version loses to the newer.
+    std::fs::write(c, text.replace(&url, &es)).unwrap();
+    let (code, out, err) = tributary(&[
+        "dead-letters",
+        "replay",
+        "--connector",
+        c,
+        "--table",
+        &format!("{db}.t"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("es: {db}.t: 2 change(s) sent again")),
+        "{out}"
+    );
+    assert!(out.contains("no dead letters wait"), "{out}");
+    let docs = es_documents(&es, &alias).await;
+    assert_eq!(docs["1002"]["body"].as_str().unwrap(), "y".repeat(300_000));
+    assert_eq!(docs["1001"]["body"], "newer");
+    assert_eq!(docs.len(), 303);
+    let rows: Vec<(i64, String)> = conn
+        .query(format!("SELECT id, body FROM `{db}`.t"))
+        .await
+        .unwrap();
+    let source: BTreeMap<String, Json> = rows
+        .into_iter()
+        .map(|(id, body)| (id.to_string(), json!({"id": id, "body": body})))
+        .collect();
+    assert!(docs == source, "the index differs from the source");
+    // Replayed once: a second replay has nothing to send; `--all` still shows them.
+    let (code, out, err) = tributary(&["dead-letters", "replay", "--connector", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("es: nothing to replay"), "{out}");
+    let (_, out, _) = tributary(&["dead-letters", "list", "--connector", c, "--all"]);
+    assert_eq!(out.matches("[replayed]").count(), 4, "{out}");
 }
 
 /// Dead letters of the Elasticsearch sink as (table, error_type, op).

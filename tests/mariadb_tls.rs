@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 
 /// A MariaDB with TLS from its own test CA; its certificate names only `localhost`.
-const TLS_PORT: u16 = 33076;
+const TLS_PORT: u16 = 23076;
 
 fn certificates() -> PathBuf {
     let dir = PathBuf::from(format!("/tmp/tributary-mariadb-{TLS_PORT}-certs"));

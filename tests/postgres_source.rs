@@ -474,7 +474,7 @@ async fn kill_9_during_a_100k_change_workload_loses_and_repeats_nothing() {
 }
 
 /// The server the restart test restarts.
-const RESTART_PORT: u16 = 54372;
+const RESTART_PORT: u16 = 25372;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_mid_stream_loses_nothing_and_the_slot_never_passes_the_checkpoint() {
@@ -725,7 +725,7 @@ async fn bad_input_is_one_clear_message_and_creates_nothing() {
 }
 
 /// The server the wal_level test starts with wal_level=replica.
-const REPLICA_PORT: u16 = 54373;
+const REPLICA_PORT: u16 = 25373;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_not_logical_is_refused() {
@@ -879,7 +879,7 @@ async fn elasticsearch_follows_truncate() {
 }
 
 /// The server the TLS test starts with ssl=on and a certificate from its own test CA.
-const TLS_PORT: u16 = 54374;
+const TLS_PORT: u16 = 25374;
 
 /// A test CA, a server certificate it signed for 127.0.0.1 and localhost, and an
 /// unrelated CA, made once per server (they live as long as it does).
@@ -1216,7 +1216,8 @@ async fn quarantine_sets_a_table_aside_and_replay_sends_it_on() {
     assert_eq!(b.len(), 5, "{b:?}");
     assert!(
         b.values().any(|d| d["v"] == "changed" && d["extra"] == -1),
-        "{b:?}"
+        "{b:?}\n{}",
+        daemon_log(&conn)
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let a = es_documents(&url, &format!("{schema}_a")).await;

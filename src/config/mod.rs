@@ -24,6 +24,10 @@ pub struct ConnectorConfig {
     pub state: StateConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// `[http]`: /metrics, /health, /ready, /status.
+    #[serde(default)]
+    pub http: crate::http::HttpConfig,
+    /// `[metrics]`: the older spelling of `[http] listen`.
     #[serde(default)]
     pub metrics: crate::metrics::MetricsConfig,
     #[serde(default)]
@@ -43,7 +47,7 @@ pub struct ConnectorConfig {
 /// kind names `$names`, `kind()`, `$get()` (the section as the component's trait
 /// `$kind`) and `of_kind` (deserializes the section of a named kind).
 macro_rules! kind_list {
-    ($enum:ident, $names:ident, $get:ident -> $kind:path;
+    ($enum:ident, $names:ident, $get:ident, $get_mut:ident -> $kind:path;
      $($name:literal => $variant:ident($cfg:ty)),* $(,)?) => {
         /// Deserialized by `kind` through `kinds::`, so errors keep their spans.
         #[derive(Debug, Clone)]
@@ -67,6 +71,12 @@ macro_rules! kind_list {
                 }
             }
 
+            fn $get_mut(&mut self) -> &mut dyn $kind {
+                match self {
+                    $($enum::$variant(c) => c),*
+                }
+            }
+
             /// The section of `kind`, None for an unknown kind.
             fn of_kind<'de, D: serde::Deserializer<'de>>(
                 kind: &str,
@@ -84,7 +94,7 @@ macro_rules! kind_list {
 // `[source]` kinds. A new source kind is its folder under `source/`, whose config type
 // implements `source::SourceKind`, plus its line here.
 kind_list! {
-    SourceConfig, SOURCE_KINDS, source -> crate::source::SourceKind;
+    SourceConfig, SOURCE_KINDS, source, source_mut -> crate::source::SourceKind;
     "mariadb" => Mariadb(crate::source::mysql::MysqlSourceConfig),
     "mysql" => Mysql(crate::source::mysql::MysqlSourceConfig),
     "postgres" => Postgres(crate::source::postgres::PostgresSourceConfig),
@@ -100,7 +110,7 @@ impl SourceConfig {
 // `[[sink]]` kinds. A new sink kind is its file or folder under `sink/`, whose config
 // type implements `sink::SinkKind`, plus its line here.
 kind_list! {
-    SinkConfig, SINK_KINDS, sink -> crate::sink::SinkKind;
+    SinkConfig, SINK_KINDS, sink, sink_mut -> crate::sink::SinkKind;
     "log" => Log(crate::sink::log::LogSinkConfig),
     "elasticsearch" => Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchSinkConfig>),
     "stdout" => Stdout(crate::sink::stdout::StdoutSinkConfig),
@@ -183,6 +193,12 @@ impl ConnectorConfig {
         let mut cfg: ConnectorConfig =
             kinds::with_kind_plan(path, text, || parse_toml(path, text))?;
         cfg.path = path.to_path_buf();
+        // Names and places a user need not spell out, derived from the connector.
+        let (name, state_dir) = (cfg.connector_name(), cfg.state.dir.clone());
+        cfg.source.source_mut().fill_defaults(&name);
+        for s in cfg.sinks.iter_mut() {
+            s.sink_mut().fill_defaults(&state_dir);
+        }
         // Each [[enrich]] entry's line, for errors found when a table binds.
         let mut headers = text
             .lines()
@@ -191,6 +207,17 @@ impl ConnectorConfig {
             .map(|(i, _)| i + 1);
         for e in cfg.enrich.iter_mut() {
             e.line = headers.next().unwrap_or(0);
+        }
+        // And what each entry says, as written (the file parsed above, so it parses).
+        if let Ok(doc) = toml::from_str::<toml::Table>(text) {
+            let written = doc.get("enrich").and_then(|e| e.as_array());
+            for (e, w) in cfg.enrich.iter_mut().zip(written.into_iter().flatten()) {
+                let mut w = serde_json::to_value(w).unwrap_or_default();
+                if let Some(m) = w.as_object_mut() {
+                    m.remove("table");
+                }
+                e.written = w;
+            }
         }
         cfg.validate(text)?;
         Ok(cfg)
@@ -318,6 +345,88 @@ dir = "data/state"
         assert_eq!(c.connector_name(), "shop");
         assert_eq!(c.sinks.len(), 1);
         assert_eq!(c.source.kind(), "mariadb");
+    }
+
+    /// A PostgreSQL slot and publication, and an Elasticsearch sink's dead-letter
+    /// stream, need not be spelled out: they follow from the connector.
+    #[test]
+    fn names_and_places_follow_from_the_connector() {
+        let text = GOOD
+            .replace("name = \"shop\"", "name = \"Shop-EU 2\"")
+            .replace(
+                "kind = \"mariadb\"\nhost = \"127.0.0.1\"\nport = 3306",
+                "kind = \"postgres\"\nhost = \"127.0.0.1\"\nport = 5432\ndatabase = \"app\"",
+            )
+            .replace("server_id = 4242\n", "")
+            .replace(
+                "[state]",
+                "[[sink]]\nkind = \"elasticsearch\"\nname = \"search\"\nurls = [\"http://es1:9200\"]\n\n[[sink]]\nkind = \"elasticsearch\"\nurls = [\"http://es2:9200\"]\ndead_letter_dir = \"dl\"\n\n[state]",
+            );
+        let c = ConnectorConfig::parse(Path::new("c.toml"), &text).unwrap();
+        let SourceConfig::Postgres(pg) = &c.source else {
+            panic!("a postgres source")
+        };
+        assert_eq!(
+            (pg.slot.as_str(), pg.publication.as_str()),
+            ("tributary_shop_eu_2", "tributary_shop_eu_2")
+        );
+        assert!(pg.derived_names, "check says so");
+        let dirs: Vec<_> = c.sinks[1..]
+            .iter()
+            .map(|s| s.sink().dead_letter_dir().unwrap())
+            .collect();
+        assert_eq!(
+            dirs,
+            [Path::new("data/state/dead-letters/search"), Path::new("dl")]
+        );
+        // Given names stay.
+        let given = text.replace(
+            "database = \"app\"",
+            "database = \"app\"\nslot = \"mine\"\npublication = \"pub\"",
+        );
+        let c = ConnectorConfig::parse(Path::new("c.toml"), &given).unwrap();
+        let SourceConfig::Postgres(pg) = &c.source else {
+            unreachable!()
+        };
+        assert_eq!((pg.slot.as_str(), pg.publication.as_str()), ("mine", "pub"));
+        assert!(!pg.derived_names);
+    }
+
+    /// What the sinks fingerprint: the entries that apply to a table, as written, but
+    /// which tables they name.
+    #[test]
+    fn enrich_entries_are_kept_as_written_for_the_tables_they_apply_to() {
+        let with = |steps: &str| {
+            let text = GOOD.replace("[state]", &format!("{steps}\n[state]"));
+            ConnectorConfig::parse(Path::new("c.toml"), &text).unwrap()
+        };
+        let c = with(
+            "[[enrich]]\ntable = \"shop.orders\"\nkind = \"set\"\nfields = { region = \"eu\" }\n\n[[enrich]]\ntable = \"shop.other\"\nkind = \"drop\"\ncolumns = [\"x\"]\n",
+        );
+        let orders = crate::enrich::written_for(&c.enrich, "shop", "orders");
+        assert_eq!(
+            orders,
+            serde_json::json!([{"kind": "set", "entry": {"kind": "set", "fields": {"region": "eu"}}}])
+        );
+        assert_eq!(
+            crate::enrich::written_for(&c.enrich, "shop", "nothing"),
+            serde_json::json!([])
+        );
+        // Naming the table another way changes nothing; a value does.
+        let glob = with(
+            "[[enrich]]\ntable = [\"shop.ord*\"]\nkind = \"set\"\nfields = { region = \"eu\" }\n",
+        );
+        assert_eq!(
+            crate::enrich::written_for(&glob.enrich, "shop", "orders"),
+            orders
+        );
+        let other = with(
+            "[[enrich]]\ntable = \"shop.orders\"\nkind = \"set\"\nfields = { region = \"us\" }\n",
+        );
+        assert_ne!(
+            crate::enrich::written_for(&other.enrich, "shop", "orders"),
+            orders
+        );
     }
 
     #[test]

@@ -72,6 +72,10 @@ impl Compute {
 }
 
 impl Enricher for Compute {
+    fn append_only(&self) -> bool {
+        true
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let at = self
             .reads

@@ -57,6 +57,7 @@ macro_rules! kinds {
                         table: c.table.clone().into_vec(),
                         spec: Spec::$variant(c),
                         line: 0,
+                        written: serde_json::Value::Null,
                     }
                 })*
                 _ => return Ok(None),
@@ -84,6 +85,9 @@ pub struct EnrichConfig {
     pub spec: Spec,
     /// The entry's line in the connector file (set after parsing).
     pub line: usize,
+    /// The entry's keys and values as written, but `table` (set after parsing): what
+    /// it does to a table's documents, for the fingerprint sinks store beside them.
+    pub written: serde_json::Value,
 }
 
 /// `table = "db.t"` or `table = ["db.a", "db.b*"]`.

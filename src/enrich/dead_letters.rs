@@ -1,8 +1,11 @@
 //! The enrichment dead-letter stream: events a step failed on, with the reason and the
 //! step (`file:line kind`), in the log-stream format under `[enrich] dead_letter_dir`
 //! (default `<state dir>/dead-letters/enrich`). Its cursor is stored with every
-//! checkpoint like a sink's, so after a crash it holds each failed event once.
+//! checkpoint like a sink's, so after a crash it holds each failed event once. Each
+//! record also keeps the event as the source gave it, exactly (`replay`), for
+//! `tributary dead-letters replay`.
 
+use crate::event::stored::StoredChange;
 use crate::event::{write_json_str, ChangeEvent};
 use crate::journal::{Flushed, Journal, JournalError, Settings};
 
@@ -19,12 +22,14 @@ impl DeadLetters {
         })
     }
 
-    /// `{"reason": .., "step": .., "event": <the event as sinks would see it>}`. The
-    /// event is written as rendered, never parsed again: its JSON values may nest
+    /// `{"reason": .., "step": .., "event": <the event as the failing step saw it, as
+    /// sinks would see it>, "replay": <the source's event, exactly, with its layout>}`.
+    /// The event is written as rendered, never parsed again: its JSON values may nest
     /// deeper than a JSON parser's recursion limit.
     pub fn append(
         &mut self,
         e: &ChangeEvent,
+        source: &ChangeEvent,
         step: &str,
         reason: &str,
     ) -> Result<(), JournalError> {
@@ -36,6 +41,8 @@ impl DeadLetters {
         write_json_str(rec, step);
         rec.extend_from_slice(b",\"event\":");
         e.write_json(rec);
+        rec.extend_from_slice(b",\"replay\":");
+        StoredChange::write(source, rec);
         rec.push(b'}');
         self.log.append_json(rec)?;
         let kind = step.rsplit(' ').next().unwrap_or(step);
@@ -78,7 +85,7 @@ mod tests {
         };
         e.after.as_mut().unwrap()[1] =
             Value::Json(serde_json::value::RawValue::from_string(deep.clone()).unwrap());
-        dl.append(&e, "f.toml:3 compute", "a \"quoted\" reason")
+        dl.append(&e, &e, "f.toml:3 compute", "a \"quoted\" reason")
             .unwrap();
         dl.commit();
         dl.flush().await.unwrap().await.unwrap();

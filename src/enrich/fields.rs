@@ -56,6 +56,14 @@ impl Meta {
 }
 
 impl Enricher for Meta {
+    fn append_only(&self) -> bool {
+        true
+    }
+
+    fn may_fail(&self) -> bool {
+        false
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let mut layout = input.clone();
         for (name, field) in &self.fields {
@@ -124,6 +132,14 @@ impl Rename {
 }
 
 impl Enricher for Rename {
+    fn append_only(&self) -> bool {
+        true
+    }
+
+    fn may_fail(&self) -> bool {
+        false
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let mut layout = input.clone();
         for (old, new) in &self.columns {
@@ -173,6 +189,10 @@ impl Drop {
 }
 
 impl Enricher for Drop {
+    fn may_fail(&self) -> bool {
+        false
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let mut at = Vec::new();
         for c in &self.columns {
@@ -258,6 +278,14 @@ impl Set {
 }
 
 impl Enricher for Set {
+    fn append_only(&self) -> bool {
+        true
+    }
+
+    fn may_fail(&self) -> bool {
+        false
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let mut layout = input.clone();
         for (name, ty, _) in &self.fields {

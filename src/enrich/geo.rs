@@ -54,6 +54,14 @@ pub fn valid(lat: f64, lon: f64) -> bool {
 }
 
 impl Enricher for GeoPoint {
+    fn append_only(&self) -> bool {
+        true
+    }
+
+    fn may_fail(&self) -> bool {
+        false
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let at = vec![input.require(&self.cfg.lat)?, input.require(&self.cfg.lon)?];
         let mut layout = input.clone();

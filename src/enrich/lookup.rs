@@ -252,6 +252,10 @@ impl Lookup {
 }
 
 impl Enricher for Lookup {
+    fn append_only(&self) -> bool {
+        true
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         let at = vec![input.require(&self.on.0)?];
         let mut layout = input.clone();

@@ -41,6 +41,17 @@ pub fn field_type(es_type: &str) -> String {
     format!("es:{es_type}")
 }
 
+/// The `[[enrich]]` entries that apply to `db.table`, in order, as written: what the
+/// enrichment stage does to the table's documents (sinks fingerprint it, so `check`
+/// can tell an index written before the entries changed).
+pub fn written_for(entries: &[EnrichConfig], db: &str, table: &str) -> serde_json::Value {
+    entries
+        .iter()
+        .filter(|e| e.tables().matches(db, table))
+        .map(|e| serde_json::json!({"kind": e.kind(), "entry": e.written}))
+        .collect()
+}
+
 /// A table's columns and key as a step sees them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
@@ -119,6 +130,20 @@ pub trait Enricher: Send {
         false
     }
 
+    /// Whether `apply` may fail (the event then goes to the dead letters as the source
+    /// gave it, for `dead-letters replay`); steps that never fail say so.
+    fn may_fail(&self) -> bool {
+        true
+    }
+
+    /// Whether `apply` only appends values, leaving the row's values before them as
+    /// they were. In a chain of such steps a failed event's source rows are its rows
+    /// cut back to the source's width; a chain with another step (`drop`) and a step
+    /// that may fail keeps a copy of each event's source rows instead.
+    fn append_only(&self) -> bool {
+        false
+    }
+
     /// Steps that keep state per key (`track`) implement the rest. The state as of the
     /// last transaction boundary is stored with each checkpoint, so a restart (which
     /// replays from the checkpoint) gives the output of an uninterrupted run.
@@ -128,10 +153,10 @@ pub trait Enricher: Send {
         None
     }
 
-    /// The stored state, at startup.
-    fn restore(&mut self, _entries: Vec<(String, Vec<u8>)>) -> Result<(), String> {
-        Ok(())
-    }
+    /// At startup: the reader of the state stored under `state_owner` (as of the last
+    /// checkpoint). Steps read it as keys come, so the state in memory can stay
+    /// bounded (the store holds every key).
+    fn restore(&mut self, _stored: StoredKeys) {}
 
     /// A transaction boundary: what changed belongs to the next checkpoint.
     fn commit(&mut self) {}
@@ -148,6 +173,26 @@ pub trait Enricher: Send {
     /// The lookup step (the stage fetches its rows).
     fn as_lookup(&mut self) -> Option<&mut lookup::Lookup> {
         None
+    }
+}
+
+/// Reads a stateful step's keys from the offsets store, as of the last checkpoint.
+#[derive(Clone)]
+pub struct StoredKeys {
+    store: Arc<crate::offsets::OffsetStore>,
+    owner: String,
+}
+
+impl StoredKeys {
+    pub fn new(store: Arc<crate::offsets::OffsetStore>, owner: String) -> Self {
+        StoredKeys { store, owner }
+    }
+
+    /// The stored value of `key`; Err names the state dir.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.store
+            .keyed_get(&self.owner, key)
+            .map_err(|e| format!("reading the stored state of {}: {e}", self.owner))
     }
 }
 
@@ -169,6 +214,10 @@ struct Chain {
     steps: Vec<(usize, Binding)>,
     /// A step may flag events: the last field is `_flags`.
     flags: bool,
+    /// A step may fail and one rewrites values in place: the events' source rows are
+    /// kept until the chain is done (by the time a step fails, the steps before it, or
+    /// it on the other image, have rewritten them).
+    keep_source: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +258,26 @@ impl Stage {
         file: &std::path::Path,
         dead_letters: &crate::journal::Settings,
         lookups: impl FnOnce() -> Arc<dyn crate::source::Lookup>,
-        store: &crate::offsets::OffsetStore,
+        store: &Arc<crate::offsets::OffsetStore>,
+    ) -> Result<Stage, EnrichError> {
+        let mut stage = Stage::detached(entries, file, lookups, Some(store)).await?;
+        if !stage.steps.is_empty() {
+            let cursor = store
+                .sink_cursor(DEAD_LETTERS_ID)
+                .map_err(|e| EnrichError::Config(e.to_string()))?;
+            stage.dead = Some(DeadLetters::open(dead_letters, cursor)?);
+        }
+        Ok(stage)
+    }
+
+    /// The same steps without a dead-letter stream (an event a step fails on is only
+    /// taken out) and, without `store`, without stored state (`tributary verify`,
+    /// which runs beside the daemon: the daemon holds both).
+    pub async fn detached(
+        entries: &[EnrichConfig],
+        file: &std::path::Path,
+        lookups: impl FnOnce() -> Arc<dyn crate::source::Lookup>,
+        store: Option<&Arc<crate::offsets::OffsetStore>>,
     ) -> Result<Stage, EnrichError> {
         let mut steps = Vec::new();
         let mut reader = Some(lookups);
@@ -236,13 +304,8 @@ impl Stage {
                 }
                 _ => (e.build()?, Vec::new()),
             };
-            if let Some(owner) = enricher.state_owner() {
-                let entries = store
-                    .keyed_state(&owner)
-                    .map_err(|e| EnrichError::Config(e.to_string()))?;
-                enricher
-                    .restore(entries)
-                    .map_err(|why| EnrichError::Config(format!("{origin}: stored state: {why}")))?;
+            if let (Some(owner), Some(store)) = (enricher.state_owner(), store) {
+                enricher.restore(StoredKeys::new(store.clone(), owner));
             }
             steps.push(Step {
                 origin,
@@ -251,20 +314,46 @@ impl Stage {
                 from_columns,
             });
         }
-        let cursor = store
-            .sink_cursor(DEAD_LETTERS_ID)
-            .map_err(|e| EnrichError::Config(e.to_string()))?;
-        let dead = if steps.is_empty() {
-            None
-        } else {
-            Some(DeadLetters::open(dead_letters, cursor)?)
-        };
         Ok(Stage {
             steps,
-            dead,
             lookups,
             ..Stage::none()
         })
+    }
+
+    /// The table as the sinks see it: its enriched layout (itself when no step
+    /// applies).
+    pub fn layout(&mut self, table: &Arc<TableSchema>) -> Result<Arc<TableSchema>, EnrichError> {
+        Ok(match self.chain(table)? {
+            Some(chain) => chain.schema.clone(),
+            None => table.clone(),
+        })
+    }
+
+    /// The fields of `table`'s enriched layout that steps keeping state per key add
+    /// (`track`): they depend on the history of the key, not on the row alone.
+    pub fn stateful_fields(
+        &mut self,
+        table: &Arc<TableSchema>,
+    ) -> Result<Vec<String>, EnrichError> {
+        let Some(chain) = self.chain(table)? else {
+            return Ok(Vec::new());
+        };
+        let mut before: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+        let mut out = Vec::new();
+        for (i, b) in &chain.steps {
+            if self.steps[*i].enricher.state_owner().is_some() {
+                out.extend(
+                    b.layout
+                        .columns
+                        .iter()
+                        .filter(|c| !before.contains(&c.name.as_str()))
+                        .map(|c| c.name.clone()),
+                );
+            }
+            before = b.layout.columns.iter().map(|c| c.name.as_str()).collect();
+        }
+        Ok(out)
     }
 
     /// A stage without steps: hands every batch on as it is.
@@ -319,13 +408,17 @@ impl Stage {
                     }
                 }
                 SourceMessage::Commit(_) => {
-                    self.dead_letters().commit();
+                    if let Some(dead) = self.dead.as_mut() {
+                        dead.commit();
+                    }
                     for s in self.steps.iter_mut() {
                         s.enricher.commit();
                     }
                 }
                 SourceMessage::Rewind => {
-                    self.dead_letters().rewind()?;
+                    if let Some(dead) = self.dead.as_mut() {
+                        dead.rewind()?;
+                    }
                     for s in self.steps.iter_mut() {
                         s.enricher.rewind();
                     }
@@ -411,10 +504,6 @@ impl Stage {
         Ok(self.chains.get(&key).cloned().flatten())
     }
 
-    fn dead_letters(&mut self) -> &mut DeadLetters {
-        self.dead.as_mut().expect("opened when there are steps")
-    }
-
     /// The keyed state changed since the last checkpoint, as of the last boundary, for
     /// the store (`<owner>\0<key>`).
     pub fn state_updates(&mut self) -> Vec<crate::offsets::StateUpdate> {
@@ -456,6 +545,9 @@ impl Stage {
         let Some(chain) = self.chain(&e.table)? else {
             return Ok(true);
         };
+        let source = chain
+            .keep_source
+            .then(|| [e.before.clone(), e.after.clone()]);
         // The rows are taken out while the steps rewrite them (the metadata stays).
         let mut images = [e.before.take(), e.after.take()];
         // Room for every field the steps add, once.
@@ -524,7 +616,23 @@ impl Stage {
                     after,
                     ..e.clone()
                 };
-                self.dead_letters().append(&seen, &origin, &why)?;
+                // The event as the source gave it, to be sent again through the whole
+                // chain once the cause is fixed.
+                // The rows as the source gave them: kept, or (every step only appends)
+                // cut back to the source's width.
+                let [before, after] = source.unwrap_or_else(|| {
+                    let width = e.table.columns.len();
+                    [&seen.before, &seen.after]
+                        .map(|r| r.as_ref().map(|r| r[..width.min(r.len())].to_vec()))
+                });
+                let sent = ChangeEvent {
+                    before,
+                    after,
+                    ..e.clone()
+                };
+                if let Some(dead) = self.dead.as_mut() {
+                    dead.append(&seen, &sent, &origin, &why)?;
+                }
                 return Ok(false);
             }
         }
@@ -555,10 +663,13 @@ impl Stage {
         };
         let mut steps = Vec::new();
         let mut flags = false;
+        let (mut may_fail, mut rewrites) = (false, false);
         for (i, s) in self.steps.iter().enumerate() {
             if !s.tables.matches(&table.db, &table.table) {
                 continue;
             }
+            may_fail |= s.enricher.may_fail();
+            rewrites |= !s.enricher.append_only();
             let b = s.enricher.bind(&layout).map_err(|why| {
                 EnrichError::Config(format!(
                     "{}: cannot enrich {}: {why}",
@@ -584,6 +695,7 @@ impl Stage {
             schema: Arc::new(schema),
             steps,
             flags,
+            keep_source: may_fail && rewrites,
         }))
     }
 }
@@ -600,5 +712,102 @@ pub(crate) fn test_event() -> ChangeEvent {
         after: Some(vec![Value::Int(1)]),
         version: 1,
         ts_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Op, Position};
+
+    fn entry(spec: config::Spec) -> EnrichConfig {
+        EnrichConfig {
+            table: vec!["s.t".into()],
+            spec,
+            line: 1,
+            written: serde_json::Value::Null,
+        }
+    }
+
+    /// The source rows a failed event's dead letter holds: exact whether the chain only
+    /// appends (rows cut back) or also drops a column (rows kept).
+    #[tokio::test]
+    async fn a_dead_letter_holds_the_source_rows_in_either_kind_of_chain() {
+        let meta = || {
+            entry(config::Spec::Meta(
+                toml::from_str("table = \"s.t\"\nfields = { op = \"_op\" }").unwrap(),
+            ))
+        };
+        let compute = || {
+            entry(config::Spec::Compute(
+                toml::from_str(
+                    "table = \"s.t\"\nfield = \"per\"\nexpr = \"100 / qty\"\ntype = \"long\"",
+                )
+                .unwrap(),
+            ))
+        };
+        let drop = entry(config::Spec::Drop(
+            toml::from_str("table = \"s.t\"\ncolumns = [\"note\"]").unwrap(),
+        ));
+        for (chain, keeps) in [
+            (vec![meta(), compute()], false),
+            (vec![meta(), drop, compute()], true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut stage = Stage::detached(
+                &chain,
+                std::path::Path::new("c.toml"),
+                || unreachable!("no lookups"),
+                None,
+            )
+            .await
+            .unwrap();
+            let at = crate::journal::Settings::at(dir.path(), crate::files::FileMode::default());
+            stage.dead = Some(DeadLetters::open(&at, None).unwrap());
+            let schema = Arc::new(crate::testkit::test_schema(
+                1,
+                &[("id", "int"), ("qty", "int"), ("note", "text")],
+            ));
+            assert_eq!(stage.chain(&schema).unwrap().unwrap().keep_source, keeps);
+            let row = |q| vec![Value::Int(7), Value::Int(q), Value::String("n".into())];
+            let e = ChangeEvent {
+                op: Op::Update,
+                table: schema.clone(),
+                pos: Position::Wal { lsn: 9 },
+                txid: None,
+                source_ts_ms: 1,
+                before: Some(row(1)),
+                after: Some(row(0)),
+                version: 9,
+                ts_ms: 2,
+            };
+            let out = stage
+                .apply(vec![
+                    SourceMessage::Change(e.clone()),
+                    SourceMessage::Commit(Position::Wal { lsn: 9 }),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(out.len(), 1, "the event went to the dead letters");
+            stage.flush().await.unwrap().unwrap().await.unwrap();
+            let mut records = Vec::new();
+            crate::journal::read_log(dir.path(), |r| {
+                records.push(r.json);
+                true
+            })
+            .unwrap();
+            assert_eq!(records.len(), 1);
+            #[derive(serde::Deserialize)]
+            struct Record {
+                replay: crate::event::stored::StoredChange,
+            }
+            let r: Record = serde_json::from_str(&records[0]).unwrap();
+            let back = r.replay.into_event("c".into(), "postgres").unwrap();
+            assert_eq!(
+                (back.before, back.after),
+                (e.before.clone(), e.after.clone())
+            );
+            assert_eq!(back.table.columns, schema.columns);
+        }
     }
 }

@@ -13,6 +13,11 @@
 //! change, so a replay computes the same. The state lives in the offset store and is
 //! stored with each checkpoint as of its transaction boundary (an undo log covers the
 //! open transaction), so the output after a crash equals an uninterrupted run.
+//!
+//! Memory holds at most `max_keys` keys (default 100,000), the least recently used
+//! going first; an evicted key is read back from the store on its next change, so the
+//! output is the same as with every key in memory. Only keys whose value the store
+//! holds can go: those changed since the last checkpoint stay until it is stored.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -20,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Kind, Tables};
 use super::geo::{number, valid};
-use super::{Binding, Enricher, EventMeta, Layout};
+use super::{Binding, Enricher, EventMeta, Layout, StoredKeys};
 use crate::event::{Op, Row, Value};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +50,14 @@ pub struct TrackConfig {
     pub field: String,
     #[serde(default = "default_last_activity")]
     pub last_activity_field: String,
+    /// Keys kept in memory; the rest are read back from the state store when they
+    /// change.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
 }
 
 fn default_keep() -> usize {
@@ -73,19 +86,40 @@ struct Point {
 
 type Points = VecDeque<Point>;
 
+/// A key's points in memory, with when it was last used (for eviction).
+struct Kept {
+    points: Points,
+    used: u64,
+}
+
 pub struct Track {
     cfg: TrackConfig,
-    state: HashMap<String, Points>,
+    state: HashMap<String, Kept>,
+    /// Where evicted keys are read back from (None in tests without a store: nothing
+    /// is evicted then).
+    stored: Option<StoredKeys>,
+    /// Counts key uses, for least-recently-used eviction.
+    clock: u64,
+    /// Keys in memory at which the next eviction runs (evicting is a sort, so it runs
+    /// once per tenth of `max_keys` new keys, not for each).
+    evict_at: usize,
     /// Keys changed by committed transactions since the last `take_changes`.
     dirty: HashSet<String>,
     /// The open transaction: each key's value before it (first change wins).
     undo: HashMap<String, Option<Points>>,
+    /// Keys handed out by the last `take_changes`: the store holds them once that
+    /// checkpoint commits, which is before the next `take_changes` (one checkpoint is
+    /// in flight at most), so they stay in memory until then.
+    flushing: HashSet<String>,
 }
 
 impl Track {
     pub fn new(c: &TrackConfig) -> Result<Track, String> {
         if c.keep == 0 {
             return Err("`keep` must be at least 1".into());
+        }
+        if c.max_keys == 0 {
+            return Err("`max_keys` must be at least 1".into());
         }
         let [min, max] = c.speed_range;
         if min.is_nan() || max.is_nan() || min > max {
@@ -94,17 +128,84 @@ impl Track {
         Ok(Track {
             cfg: c.clone(),
             state: HashMap::new(),
+            stored: None,
+            clock: 0,
+            evict_at: c.max_keys + 1,
             dirty: HashSet::new(),
             undo: HashMap::new(),
+            flushing: HashSet::new(),
         })
     }
 
-    fn set(&mut self, key: &str, value: Option<Points>) {
-        let old = match &value {
-            Some(v) => self.state.insert(key.to_string(), v.clone()),
-            None => self.state.remove(key),
+    /// The key's points: from memory, else read back from the store.
+    fn points(&mut self, key: &str) -> Result<Points, String> {
+        self.clock += 1;
+        if let Some(k) = self.state.get_mut(key) {
+            k.used = self.clock;
+            return Ok(k.points.clone());
+        }
+        let Some(stored) = &self.stored else {
+            return Ok(Points::new());
         };
+        let Some(bytes) = stored.get(key)? else {
+            return Ok(Points::new());
+        };
+        let points: Points = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the stored state of key {key} is corrupt: {e}"))?;
+        self.keep(key, points.clone());
+        Ok(points)
+    }
+
+    /// Puts a key's points in memory, evicting when over `max_keys`.
+    fn keep(&mut self, key: &str, points: Points) {
+        let used = self.clock;
+        if self
+            .state
+            .insert(key.to_string(), Kept { points, used })
+            .is_none()
+            && self.state.len() >= self.evict_at
+        {
+            self.evict();
+        }
+    }
+
+    /// Drops the least recently used keys the store holds as they are, down to 90% of
+    /// `max_keys` (fewer when more are changed since the last checkpoint).
+    fn evict(&mut self) {
+        let cap = self.cfg.max_keys;
+        if self.stored.is_some() {
+            let mut clean: Vec<(u64, String)> = self
+                .state
+                .iter()
+                .filter(|(k, v)| {
+                    // The key in use now stays, like changed ones.
+                    v.used != self.clock
+                        && !self.undo.contains_key(*k)
+                        && !self.dirty.contains(*k)
+                        && !self.flushing.contains(*k)
+                })
+                .map(|(k, v)| (v.used, k.clone()))
+                .collect();
+            let excess = self.state.len().saturating_sub(cap - cap / 10);
+            if clean.len() > excess {
+                clean.select_nth_unstable(excess);
+            }
+            for (_, k) in clean.into_iter().take(excess) {
+                self.state.remove(&k);
+            }
+        }
+        self.evict_at = self.state.len().max(cap) + cap / 10 + 1;
+    }
+
+    /// Changes a key in the open transaction (its points were read first, so memory
+    /// holds its value).
+    fn set(&mut self, key: &str, value: Option<Points>) {
+        let old = self.state.get(key).map(|k| k.points.clone());
+        // In the undo log before anything is evicted: it pins the key in memory.
         self.undo.entry(key.to_string()).or_insert(old);
+        // A removed key stays in memory as empty until the store has it removed too:
+        // it must not be read back from the store before then.
+        self.keep(key, value.unwrap_or_default());
     }
 
     /// The point's time in ms: the `time` column, or the commit time.
@@ -172,6 +273,10 @@ fn distance_m(a: &Point, b: &Point) -> f64 {
 }
 
 impl Enricher for Track {
+    fn append_only(&self) -> bool {
+        true
+    }
+
     fn bind(&self, input: &Layout) -> Result<Binding, String> {
         if input.key.is_empty() {
             return Err("the table has no key to keep state by".into());
@@ -194,24 +299,27 @@ impl Enricher for Track {
         row: &mut Row,
         flags: &mut Vec<String>,
     ) -> Result<(), String> {
-        if !meta.after {
+        let e = meta.event;
+        if !meta.after && e.op != Op::Delete {
             // The before image: the state describes the row as it is now.
             row.extend([Value::Absent, Value::Absent]);
             return Ok(());
         }
-        let e = meta.event;
         let key_from = if self.cfg.time.is_some() { 3 } else { 2 };
         let key: String = b.at[key_from..]
             .iter()
             .map(|&i| row[i].to_json())
             .collect::<Vec<_>>()
             .join("\u{1f}");
+        let mut points = self.points(&key)?;
         if e.op == Op::Delete {
-            self.set(&key, None);
-            row.extend([Value::Null, Value::Null]);
+            // The row is gone (a delete has only its before image): so is its track.
+            if !points.is_empty() {
+                self.set(&key, None);
+            }
+            row.extend([Value::Absent, Value::Absent]);
             return Ok(());
         }
-        let mut points = self.state.get(&key).cloned().unwrap_or_default();
         let mut speed = None;
         let point = match (number(&row[b.at[0]]), number(&row[b.at[1]])) {
             (Some(lat), Some(lon)) if valid(lat, lon) => self
@@ -284,13 +392,8 @@ impl Enricher for Track {
         ))
     }
 
-    fn restore(&mut self, entries: Vec<(String, Vec<u8>)>) -> Result<(), String> {
-        for (key, bytes) in entries {
-            let points: Points =
-                serde_json::from_slice(&bytes).map_err(|e| format!("key {key}: {e}"))?;
-            self.state.insert(key, points);
-        }
-        Ok(())
+    fn restore(&mut self, stored: StoredKeys) {
+        self.stored = Some(stored);
     }
 
     fn commit(&mut self) {
@@ -300,25 +403,34 @@ impl Enricher for Track {
     fn rewind(&mut self) {
         for (key, old) in self.undo.drain() {
             match old {
-                Some(v) => self.state.insert(key, v),
-                None => self.state.remove(&key),
-            };
+                Some(points) => {
+                    let used = self.clock;
+                    self.state.insert(key, Kept { points, used });
+                }
+                None => {
+                    self.state.remove(&key);
+                }
+            }
         }
     }
 
     fn take_changes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
         let mut out = Vec::with_capacity(self.dirty.len());
+        // The previous checkpoint is stored by now: its keys may be evicted again.
+        self.flushing.clear();
         for key in std::mem::take(&mut self.dirty) {
             // As of the last boundary: the open transaction's change is not stored yet
             // (it stays dirty through its undo entry).
             let value = match self.undo.get(&key) {
                 Some(before) => before.clone(),
-                None => self.state.get(&key).cloned(),
-            };
+                None => self.state.get(&key).map(|k| k.points.clone()),
+            }
+            .filter(|points| !points.is_empty());
             out.push((
-                key,
+                key.clone(),
                 value.map(|v| serde_json::to_vec(&v).expect("points serialize")),
             ));
+            self.flushing.insert(key);
         }
         out
     }
@@ -398,7 +510,7 @@ mod tests {
         assert_eq!(s[1].lat, 50.0001);
         // The open transaction is dropped (its events come again): back to two.
         t.rewind();
-        assert_eq!(t.state.values().next().unwrap().len(), 2);
+        assert_eq!(t.state.values().next().unwrap().points.len(), 2);
         // 0/0 is skipped; a 5-degree jump in a second is flagged and not kept.
         assert!(point(&mut t, &b, 0.0, 0.0, 3).is_empty());
         assert_eq!(
@@ -443,5 +555,88 @@ mod tests {
         let d = distance_m(&berlin, &paris);
         assert!((d - 877_000.0).abs() < 5_000.0, "{d}");
         assert_eq!(distance_m(&berlin, &berlin), 0.0);
+    }
+
+    /// With `max_keys` (10) far below the keys in play (500), memory stays near the cap and the
+    /// output equals a run with every key in memory: evicted keys come back from the
+    /// store (checkpoints, rewinds of an open transaction and deletes included).
+    #[test]
+    fn bounded_memory_gives_the_output_of_unbounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            crate::offsets::OffsetStore::open(dir.path(), crate::files::FileMode::default())
+                .unwrap(),
+        );
+        let (mut big, b) = step();
+        let (mut small, _) = step();
+        small.cfg.max_keys = 10;
+        small.evict_at = 11;
+        let owner = small.state_owner().unwrap();
+        small.restore(StoredKeys::new(store.clone(), owner.clone()));
+        let apply = |t: &mut Track, id: i64, op: Op, n: u64| -> Row {
+            let mut e = crate::enrich::test_event();
+            e.op = op;
+            e.source_ts_ms = n * 1000;
+            // Small moves (valid speeds), and now and then a jump (flagged).
+            let lat = 50.0 + (n % 7) as f64 * 0.0001 + if n % 13 == 0 { 3.0 } else { 0.0 };
+            let mut row = vec![Value::Int(id), Value::Double(lat), Value::Double(8.0)];
+            let mut flags = Vec::new();
+            t.apply(
+                &b,
+                &EventMeta {
+                    event: &e,
+                    after: op != Op::Delete,
+                },
+                &mut row,
+                &mut flags,
+            )
+            .unwrap();
+            row.push(Value::Array(flags.into_iter().map(Value::String).collect()));
+            row
+        };
+        let mut peak = 0;
+        let mut in_flight: Vec<crate::offsets::Saved> = Vec::new();
+        for n in 0..6_000u64 {
+            // 500 keys, visited in an order that keeps revisiting evicted ones; every
+            // other event revisits the key of 31 events before (a checkpoint or two
+            // later: while the store may not hold its change yet).
+            let base = |n: u64| ((n / 2 * 7919) % 500) as i64;
+            let id = if n % 2 == 1 && n > 31 {
+                base(n - 31)
+            } else {
+                base(n)
+            };
+            let op = if n % 97 == 0 { Op::Delete } else { Op::Update };
+            assert_eq!(
+                apply(&mut big, id, op, n),
+                apply(&mut small, id, op, n),
+                "event {n}"
+            );
+            if n % 11 == 5 {
+                // The source takes the open transaction back and sends it again.
+                big.rewind();
+                small.rewind();
+                assert_eq!(apply(&mut big, id, op, n), apply(&mut small, id, op, n));
+            }
+            if n % 3 == 0 {
+                big.commit();
+                small.commit();
+            }
+            if n % 20 == 0 {
+                // A checkpoint: the changes as of the boundary go to the store, which
+                // holds them some time later (before the next checkpoint begins).
+                store.commit(None, &in_flight).unwrap();
+                big.take_changes();
+                in_flight = small
+                    .take_changes()
+                    .into_iter()
+                    .map(|(k, v)| crate::offsets::Saved::Keyed((format!("{owner}\0{k}"), v)))
+                    .collect();
+            }
+            peak = peak.max(small.state.len());
+        }
+        assert!(big.state.len() > 400, "{}", big.state.len());
+        // The cap, plus keys changed in the last two checkpoint intervals.
+        assert!(peak <= 10 + 2 * 20 + 1, "{peak}");
     }
 }

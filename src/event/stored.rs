@@ -1,18 +1,20 @@
 //! The exact, round-trippable form of a change event, for streams tributary reads back
-//! itself (the quarantine stream).
+//! itself (the quarantine stream, the dead-letter streams).
 //!
 //! The event JSON sinks write is for consumers: a DATE and a string of the same text,
 //! an `int` and a `bigint unsigned`, a NaN double and the string "NaN" all look alike
 //! there. Read back, that JSON would hand the sinks different values (a DATE key would
 //! give another Elasticsearch `_id` than the live stream gives). This form keeps every
-//! value's variant (`Value`'s serde form: floats by their bits, bytes as base64); the
-//! table's columns and key come from the schema history by `schema_version`.
+//! value's variant (`Value`'s serde form: floats by their bits, bytes as base64). The
+//! quarantine stream takes the table's columns and key from the schema history by
+//! `schema_version`; dead letters keep them beside the event (`StoredChange`), since the
+//! Elasticsearch sink's events carry enriched layouts the history does not hold.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChangeEvent, Op, Position, Row, TableSchema};
+use super::{ChangeEvent, Column, Op, Position, Row, TableSchema};
 
 /// A `ChangeEvent` without its table schema (stored once per version in the history).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,62 @@ impl StoredEvent {
     }
 }
 
+/// Appends `e` in `StoredEvent`'s form to `out`.
+pub fn write_stored(e: &ChangeEvent, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, &StoredEvent::from_event(e)).expect("writing to a Vec cannot fail");
+}
+
+/// A change with its table's columns and key: what a dead-letter record keeps so the
+/// change can be sent again exactly as it was (`tributary dead-letters replay`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredChange {
+    pub columns: Vec<Column>,
+    pub key: Vec<usize>,
+    pub event: StoredEvent,
+}
+
+impl StoredChange {
+    /// Appends `{"columns":..,"key":..,"event":..}` for `e` to `out`.
+    pub fn write(e: &ChangeEvent, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"columns\":");
+        serde_json::to_writer(&mut *out, &e.table.columns).expect("writing to a Vec cannot fail");
+        out.extend_from_slice(b",\"key\":");
+        serde_json::to_writer(&mut *out, &e.table.primary_key)
+            .expect("writing to a Vec cannot fail");
+        out.extend_from_slice(b",\"event\":");
+        write_stored(e, out);
+        out.push(b'}');
+    }
+
+    /// The change again, its table rebuilt for `connector` (a `kind` source).
+    pub fn into_event(
+        self,
+        connector: Arc<str>,
+        kind: &'static str,
+    ) -> Result<ChangeEvent, String> {
+        let schema = TableSchema::new(
+            connector,
+            kind,
+            self.event.db.clone(),
+            self.event.table.clone(),
+            self.columns,
+            self.key,
+            self.event.schema_version,
+        );
+        if let Some(&k) = schema
+            .primary_key
+            .iter()
+            .find(|&&k| k >= schema.columns.len())
+        {
+            return Err(format!(
+                "key column {k} is outside the {} columns",
+                schema.columns.len()
+            ));
+        }
+        self.event.into_event(Arc::new(schema))
+    }
+}
+
 /// Floats by their bits.
 pub(super) mod f32_bits {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -135,9 +193,8 @@ mod tests {
     use crate::event::Value;
     use serde_json::value::RawValue;
 
-    #[test]
-    fn every_value_reads_back_as_the_same_variant() {
-        let values = vec![
+    fn every_value() -> Vec<Value> {
+        vec![
             Value::Null,
             Value::Absent,
             Value::Bool(true),
@@ -181,7 +238,15 @@ mod tests {
             Value::Bytes(vec![0, 1, 255]),
             Value::Json(RawValue::from_string(r#"{"a": [1, 2.50]}"#.into()).unwrap()),
             Value::Array(vec![Value::String("a".into()), Value::Null, Value::Int(3)]),
-        ];
+            Value::String("tab\t quote\" back\\ nul\u{0} \u{1f} é 😀".into()),
+            Value::Decimal("12345678901234567890.000001".into()),
+            Value::Bool(false),
+        ]
+    }
+
+    #[test]
+    fn every_value_reads_back_as_the_same_variant() {
+        let values = every_value();
         let text = serde_json::to_string(&values).unwrap();
         let back: Vec<Value> = serde_json::from_str(&text).unwrap();
         // PartialEq on Value compares floats by bits: NaN equals NaN, -0.0 is not 0.0.
@@ -230,5 +295,69 @@ mod tests {
             err.contains("has 2 values, but version 3 of s.t has 1 columns"),
             "{err}"
         );
+    }
+
+    /// The borrowed writer gives `StoredEvent`'s form, and a `StoredChange` rebuilds
+    /// the event with its (enriched) layout, no schema history needed.
+    #[test]
+    fn a_stored_change_round_trips_with_its_layout() {
+        let schema = crate::testkit::test_schema(
+            4,
+            &[("id", "int"), ("d", "date"), ("added", "es:keyword")],
+        );
+        let e = ChangeEvent {
+            op: Op::Delete,
+            table: Arc::new(schema),
+            pos: Position::parse("0/16B3748").unwrap(),
+            txid: None,
+            source_ts_ms: 5,
+            before: Some(vec![
+                Value::Int(1),
+                Value::Date {
+                    year: 2024,
+                    month: 2,
+                    day: 29,
+                },
+                Value::Double(f64::NAN),
+            ]),
+            after: None,
+            version: 9,
+            ts_ms: 6,
+        };
+        let mut change = Vec::new();
+        StoredChange::write(&e, &mut change);
+        let back: StoredChange = serde_json::from_slice(&change).unwrap();
+        let back = back.into_event("c".into(), "postgres").unwrap();
+        assert_eq!(back.table.columns, e.table.columns);
+        assert_eq!(back.table.primary_key, e.table.primary_key);
+        assert_eq!(back.before, e.before);
+        assert_eq!((back.op, back.version), (Op::Delete, 9));
+        // A key outside the columns is refused, not indexed into.
+        let mut bad: StoredChange = serde_json::from_slice(&change).unwrap();
+        bad.key = vec![7];
+        assert!(bad.into_event("c".into(), "postgres").is_err());
+    }
+
+    /// The written form reads back as the event, every variant included.
+    #[test]
+    fn write_stored_reads_back_as_the_event() {
+        let values = every_value();
+        let names: Vec<String> = (0..values.len()).map(|i| format!("c{i}")).collect();
+        let cols: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "text")).collect();
+        let e = ChangeEvent {
+            op: Op::Update,
+            table: Arc::new(crate::testkit::test_schema(2, &cols)),
+            pos: Position::parse("0/16B3748").unwrap(),
+            txid: Some("x\"1".into()),
+            source_ts_ms: u64::MAX,
+            before: None,
+            after: Some(values),
+            version: 3,
+            ts_ms: 4,
+        };
+        let mut text = Vec::new();
+        write_stored(&e, &mut text);
+        let back: StoredEvent = serde_json::from_slice(&text).unwrap();
+        assert_eq!(back, StoredEvent::from_event(&e));
     }
 }

@@ -8,9 +8,11 @@
 //! it, so after any crash it holds each record once, in order.
 
 mod reader;
+mod retention;
 mod writer;
 
-pub use reader::{read_log, LogRecordError, Record};
+pub use reader::{read_log, LogRecordError, Record, Tail};
+pub use retention::Retention;
 pub use writer::{Flushed, Journal, Settings};
 
 use std::path::Path;

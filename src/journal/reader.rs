@@ -56,30 +56,11 @@ pub fn read_log(dir: &Path, mut f: impl FnMut(Record) -> bool) -> Result<u64, Lo
                 break;
             }
             n += 1;
-            let corrupt = |message: &str| LogRecordError::Corrupt {
+            let json = verified(&line).map_err(|message| LogRecordError::Corrupt {
                 path: path.clone(),
                 line: n,
                 message: message.to_string(),
-            };
-            if line.last() != Some(&b'\n') {
-                return Err(corrupt("incomplete record at the end of the segment (written after the last checkpoint; the daemon cuts it on its next start)"));
-            }
-            let body = &line[..line.len() - 1];
-            if body.len() < 10 || body[8] != b' ' {
-                return Err(corrupt(
-                    "not a tributary log record (expected `<crc32c hex> <json>`)",
-                ));
-            }
-            let want = std::str::from_utf8(&body[..8])
-                .ok()
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .ok_or_else(|| corrupt("bad CRC field"))?;
-            let json = &body[9..];
-            if crc32c::crc32c(json) != want {
-                return Err(corrupt("CRC mismatch: the record is corrupt"));
-            }
-            let json =
-                String::from_utf8(json.to_vec()).map_err(|_| corrupt("record is not UTF-8"))?;
+            })?;
             count += 1;
             if !f(Record {
                 segment: s,
@@ -91,6 +72,151 @@ pub fn read_log(dir: &Path, mut f: impl FnMut(Record) -> bool) -> Result<u64, Lo
         }
     }
     Ok(count)
+}
+
+/// The JSON of one line (`<crc32c hex> <json>\n`) once its checksum matches.
+fn verified(line: &[u8]) -> Result<String, &'static str> {
+    if line.last() != Some(&b'\n') {
+        return Err("incomplete record at the end of the segment (written after the last checkpoint; the daemon cuts it on its next start)");
+    }
+    let body = &line[..line.len() - 1];
+    if body.len() < 10 || body[8] != b' ' {
+        return Err("not a tributary log record (expected `<crc32c hex> <json>`)");
+    }
+    let want = std::str::from_utf8(&body[..8])
+        .ok()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("bad CRC field")?;
+    let json = &body[9..];
+    if crc32c::crc32c(json) != want {
+        return Err("CRC mismatch: the record is corrupt");
+    }
+    String::from_utf8(json.to_vec()).map_err(|_| "record is not UTF-8")
+}
+
+/// Follows a log stream as it is written (`tributary log cat --follow`): every record
+/// once, in order, across rotations; a segment retention deleted before it was read
+/// is skipped with a warning. `poll` returns None when nothing new is there yet.
+pub struct Tail {
+    dir: PathBuf,
+    segment: u64,
+    /// Records of `segment` read so far (the last one's line number).
+    line: u64,
+    /// Records up to this place are skipped (`--from`: resume after it).
+    after: Option<(u64, u64)>,
+    reader: Option<(BufReader<File>, u64)>,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    /// From the first record, or after record `line` of `segment`.
+    pub fn new(dir: &Path, after: Option<(u64, u64)>) -> Tail {
+        Tail {
+            dir: dir.to_path_buf(),
+            segment: after.map(|(s, _)| s).unwrap_or(0),
+            line: 0,
+            after,
+            reader: None,
+            partial: Vec::new(),
+        }
+    }
+
+    pub fn poll(&mut self) -> Result<Option<Record>, LogRecordError> {
+        let io = |path: &Path, e: std::io::Error| LogRecordError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        loop {
+            if self.reader.is_none() {
+                let path = self.dir.join(segment_name(self.segment));
+                match File::open(&path) {
+                    Ok(f) => self.reader = Some((BufReader::with_capacity(1 << 16, f), 0)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Gone (retention) or not there yet.
+                        let later = list_segments(&self.dir)
+                            .map_err(|e| io(&self.dir, e))?
+                            .into_iter()
+                            .find(|s| *s > self.segment);
+                        match later {
+                            Some(s) => {
+                                if self.line > 0 || self.segment > 0 {
+                                    eprintln!("warning: segments {}..{} of {} were deleted before they were read (retention)", self.segment, s - 1, self.dir.display());
+                                }
+                                self.segment = s;
+                                self.line = 0;
+                                continue;
+                            }
+                            None => return Ok(None),
+                        }
+                    }
+                    Err(e) => return Err(io(&path, e)),
+                }
+            }
+            let path = self.dir.join(segment_name(self.segment));
+            let (reader, offset) = self.reader.as_mut().expect("opened");
+            // A daemon restarted after a crash cuts what it wrote past its checkpoint
+            // and writes it again: read on from the new end.
+            let len = reader.get_ref().metadata().map_err(|e| io(&path, e))?.len();
+            if len < *offset {
+                use std::io::Seek;
+                reader
+                    .seek(std::io::SeekFrom::Start(len))
+                    .map_err(|e| io(&path, e))?;
+                *offset = len;
+                self.partial.clear();
+            }
+            if self.partial.last() != Some(&b'\n') {
+                let read = reader
+                    .read_until(b'\n', &mut self.partial)
+                    .map_err(|e| io(&path, e))?;
+                *offset += read as u64;
+            }
+            if self.partial.last() == Some(&b'\n') {
+                self.line += 1;
+                let line = std::mem::take(&mut self.partial);
+                let json = verified(&line).map_err(|message| LogRecordError::Corrupt {
+                    path: path.clone(),
+                    line: self.line,
+                    message: message.to_string(),
+                })?;
+                if self
+                    .after
+                    .is_some_and(|(s, l)| (self.segment, self.line) <= (s, l))
+                {
+                    continue;
+                }
+                return Ok(Some(Record {
+                    segment: self.segment,
+                    line: self.line,
+                    json,
+                }));
+            }
+            // At the end: the next segment, once the writer rotated to it.
+            let rotated = list_segments(&self.dir)
+                .map_err(|e| io(&self.dir, e))?
+                .into_iter()
+                .any(|s| s > self.segment);
+            if rotated && self.partial.is_empty() {
+                // Read once more: the last records may have landed after the check.
+                let read = reader
+                    .read_until(b'\n', &mut self.partial)
+                    .map_err(|e| io(&path, e))?;
+                if read > 0 {
+                    *offset += read as u64;
+                    // A complete line is taken at the top of the loop.
+                    if self.partial.last() == Some(&b'\n') {
+                        continue;
+                    }
+                    return Ok(None);
+                }
+                self.segment += 1;
+                self.line = 0;
+                self.reader = None;
+                continue;
+            }
+            return Ok(None);
+        }
+    }
 }
 
 #[cfg(test)]

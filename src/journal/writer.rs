@@ -148,6 +148,11 @@ impl Journal {
         &self.id
     }
 
+    /// The segment the next flush's cursor will be in.
+    pub fn boundary_segment(&self) -> u64 {
+        self.boundary.segment
+    }
+
     fn err(&self, m: impl Into<String>) -> JournalError {
         JournalError::new(&self.id, m)
     }

@@ -235,6 +235,7 @@ impl Checkpointer {
             return Ok(());
         };
         let began = Instant::now();
+        crate::health::checkpoint_began();
         self.last = began;
         let saved = flush_all(parts).await?;
         let store = self.store.clone();

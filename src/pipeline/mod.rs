@@ -7,6 +7,8 @@
 //! messages go, `runner` holds the loop's state, `drive` is the loop around it.
 
 pub mod checkpoint;
+pub mod dead_letters;
+pub mod rebuild;
 pub mod replay;
 pub mod route;
 pub mod runner;
@@ -43,6 +45,11 @@ pub enum PipelineError {
     Halt(#[from] Box<crate::schema::Halt>),
     #[error("quarantine replay: {0}")]
     Replay(String),
+    #[error("dead-letters: {0}")]
+    DeadLetters(String),
+    /// A command that needs the daemon stopped found it running.
+    #[error("{0}")]
+    Stopped(String),
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
     #[error(transparent)]
@@ -64,6 +71,7 @@ pub async fn run(
     cfg: &ConnectorConfig,
     shutdown: CancellationToken,
     until: Option<Position>,
+    reindexer: Option<rebuild::Reindexer>,
 ) -> Result<RunStats, PipelineError> {
     let store = Arc::new(open_store(&cfg.state).await?);
     let (mut source, source_desc) = registry::source(cfg, store.clone());
@@ -80,7 +88,11 @@ pub async fn run(
     }
     let policy = cfg.policy()?;
     let stages = Stages {
-        sinks: registry::sinks(&cfg.sinks, &store, &Arc::new(policy.clone()))?,
+        sinks: registry::sinks(
+            &cfg.sinks,
+            &store,
+            &registry::sink_context(cfg, policy.clone()),
+        )?,
         quarantine: QuarantineStream::open(
             &cfg.quarantine_journal(),
             store.sink_cursor(quarantine::STREAM_ID)?,
@@ -97,6 +109,7 @@ pub async fn run(
         until,
         reload: Box::new(move || cfg_for_reload.policy()),
         hangups: hangups(),
+        reindexer,
     };
     drive(source, source_desc, store, stages, loop_cfg, shutdown).await
 }
@@ -116,6 +129,8 @@ pub struct Loop {
     pub reload: Reload,
     /// Each message asks for a policy reload (SIGHUP in the daemon).
     pub hangups: tokio::sync::mpsc::Receiver<()>,
+    /// Rebuilds indexes the schema guard's `reindex` verdict asks for (None: they wait).
+    pub reindexer: Option<rebuild::Reindexer>,
 }
 
 /// Runs `source` into `stages` until the source ends, `shutdown` fires (then drains
@@ -148,10 +163,13 @@ pub async fn drive(
     let source_stop = shutdown.child_token();
     let source_token = source_stop.clone();
     let (published, checkpoints) = tokio::sync::watch::channel(resume.clone());
+    crate::health::source(crate::health::Source::Connecting);
     let source_task =
         tokio::spawn(async move { source.run(resume, tx, checkpoints, source_token).await });
     let checkpointer = Checkpointer::new(store, source_desc, published, cfg.checkpoint_interval);
     let mut runner = Runner::new(stages, checkpointer, cfg.until.take());
+    let mut rebuilds = rebuild::Rebuilds::new(cfg.reindexer.take());
+    rebuilds.start(runner.guard().reindex_wanted());
 
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,10 +181,21 @@ pub async fn drive(
                     if runner.on_batch(batch).await? == Flow::Stop {
                         break;
                     }
+                    rebuilds.start(runner.guard().reindex_wanted());
                 }
                 stored = runner.checkpoint_stored() => runner.on_stored(stored?),
                 Some(()) = cfg.hangups.recv() => runner.on_reload((cfg.reload)()),
-                _ = ticker.tick() => runner.on_tick().await?,
+                (table, result) = rebuilds.ended() => {
+                    if rebuilds.settle(&table, result) {
+                        runner.guard_mut().reindexed(&table);
+                    }
+                    rebuilds.start(runner.guard().reindex_wanted());
+                }
+                _ = ticker.tick() => {
+                    crate::notify::keep_alive();
+                    runner.on_tick().await?;
+                    rebuilds.start(runner.guard().reindex_wanted());
+                }
             }
         }
         Ok(())

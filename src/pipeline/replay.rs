@@ -21,12 +21,13 @@ use crate::offsets::{OffsetError, OffsetStore, Saved, SchemaRecord};
 use crate::registry;
 use crate::schema::guard::{Guard, Pass};
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
+use crate::sink::Sink;
 
 use super::checkpoint::{flush_all, Participant};
 use super::PipelineError;
 
 /// Events handed to the sinks per batch.
-const BATCH: usize = 1024;
+pub(super) const BATCH: usize = 1024;
 
 /// What a replay did.
 #[derive(Debug, Default)]
@@ -37,10 +38,15 @@ pub struct ReplayReport {
     pub remaining: Vec<String>,
 }
 
-fn open_store(cfg: &ConnectorConfig) -> Result<OffsetStore, PipelineError> {
-    cfg.state.open_store().map_err(|e| match e {
-        OffsetError::InUse { path } => PipelineError::Replay(format!(
-            "the daemon of {} is running (state dir {} is in use): stop it first (its checkpoint keeps every change), replay, then start it again",
+/// The offsets store for a replay (`command` names it in the error): it needs the
+/// daemon stopped.
+pub(crate) fn open_store(
+    cfg: &ConnectorConfig,
+    command: &str,
+) -> Result<Arc<OffsetStore>, PipelineError> {
+    cfg.state.open_store().map(Arc::new).map_err(|e| match e {
+        OffsetError::InUse { path } => PipelineError::Stopped(format!(
+            "{command}: the daemon of {} is running (state dir {} is in use): stop it first (its checkpoint keeps every change), replay, then start it again",
             cfg.path.display(),
             path.display()
         )),
@@ -50,7 +56,7 @@ fn open_store(cfg: &ConnectorConfig) -> Result<OffsetStore, PipelineError> {
 
 /// Replays the quarantined changes of `only` (every quarantined table when empty).
 pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayReport, PipelineError> {
-    let store = open_store(cfg)?;
+    let store = open_store(cfg, "quarantine replay")?;
     let policy = cfg.policy()?;
     let quarantined = Guard::restore(policy.clone(), &store)?
         .quarantined()
@@ -109,7 +115,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
 
     // Second pass: send them on, in stream order.
     let mut guard = release(Guard::restore(policy.clone(), &store)?, &chosen);
-    let mut sinks = registry::sinks(&cfg.sinks, &store, &Arc::new(policy))?;
+    let mut sinks = registry::sinks(&cfg.sinks, &store, &registry::sink_context(cfg, policy))?;
     // The same enrichment as the live stream (its state and dead letters stored with
     // the replay's commit).
     let mut enrich = registry::enrich(cfg, &store)
@@ -120,22 +126,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     }
     let mut batch: Vec<SourceMessage> = Vec::with_capacity(BATCH + 1);
     let (mut rx, reader) = records(&dir, &chosen);
-    loop {
-        let next = rx.recv().await;
-        let full = batch.len() >= BATCH;
-        if (next.is_none() || full) && !batch.is_empty() {
-            // Sinks flush up to a boundary: one after each batch (the replay is stored
-            // as a whole at the end, so where the boundaries fall does not matter).
-            let SourceMessage::Change(e) = batch.last().expect("not empty") else {
-                unreachable!("only changes are batched")
-            };
-            batch.push(SourceMessage::Commit(e.pos.clone()));
-            let enriched = enrich.apply(std::mem::take(&mut batch)).await?;
-            for s in sinks.iter_mut() {
-                s.accept(&enriched).await?;
-            }
-        }
-        let Some(r) = next else { break };
+    while let Some(r) = rx.recv().await {
         let e = schemas.event(r)?;
         if decide(&mut guard, &e)? {
             *report
@@ -143,9 +134,13 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
                 .get_mut(&e.table.qualified_name())
                 .expect("a chosen table") += 1;
             batch.push(SourceMessage::Change(e));
+            if batch.len() >= BATCH {
+                send(&mut enrich, &mut sinks, &mut batch).await?;
+            }
         }
     }
     finish(reader).await?;
+    send(&mut enrich, &mut sinks, &mut batch).await?;
 
     // One commit: the sinks' cursors past the replayed changes, the enrichment's state
     // and dead letters, and the guard with the tables released and their new layout
@@ -173,6 +168,27 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
         )?);
     }
     Ok(report)
+}
+
+/// Sends a batch of replayed changes through the enrichment to the sinks, closed by a
+/// commit at its last change: sinks flush up to a boundary (a replay is stored as a
+/// whole at its end, so where the boundaries fall does not matter). Shared by both
+/// replays (`dead_letters`).
+pub(super) async fn send(
+    enrich: &mut crate::enrich::Stage,
+    sinks: &mut [Box<dyn Sink>],
+    batch: &mut Vec<SourceMessage>,
+) -> Result<(), PipelineError> {
+    let Some(SourceMessage::Change(last)) = batch.last() else {
+        return Ok(());
+    };
+    let pos = last.pos.clone();
+    batch.push(SourceMessage::Commit(pos));
+    let enriched = enrich.apply(std::mem::take(batch)).await?;
+    for s in sinks.iter_mut() {
+        s.accept(&enriched).await?;
+    }
+    Ok(())
 }
 
 /// The records of the chosen tables' current epochs, in stream order, read on a

@@ -102,9 +102,18 @@ impl Runner {
         }
     }
 
+    pub fn guard(&self) -> &crate::schema::guard::Guard {
+        &self.stages.guard
+    }
+
+    pub fn guard_mut(&mut self) -> &mut crate::schema::guard::Guard {
+        &mut self.stages.guard
+    }
+
     /// Routes a batch, sends what passed to the enrichment stage and the sinks, and
     /// begins a checkpoint when one is due.
     pub async fn on_batch(&mut self, mut batch: Batch) -> Result<Flow, PipelineError> {
+        crate::health::batch();
         let stats = &mut self.stats;
         let counters = &mut self.counters;
         let r = route(
@@ -161,6 +170,10 @@ impl Runner {
             Some(Stop::Halt(h)) => {
                 // Everything before the change is checkpointed; the change is not.
                 self.checkpoint_now().await?;
+                crate::health::halted(format!(
+                    "the schema guard halted on {}: {}",
+                    h.table, h.change
+                ));
                 Err(h.into())
             }
             Some(Stop::Reached) => {
@@ -184,6 +197,7 @@ impl Runner {
 
     /// A checkpoint the store holds: counted, and handed to the source.
     pub fn on_stored(&mut self, position: Position) {
+        crate::health::checkpoint_stored();
         self.stats.checkpoints += 1;
         self.stats.last_checkpoint = Some(position.clone());
         self.checkpoints.publish(position);

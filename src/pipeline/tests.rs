@@ -78,6 +78,7 @@ impl Run {
             until,
             reload,
             hangups,
+            reindexer: None,
         };
         let run = drive(
             Box::new(source),
@@ -348,6 +349,7 @@ async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
             until: None,
             reload: no_reload(),
             hangups: no_hangups(),
+            reindexer: None,
         };
         tokio::spawn(drive(
             Box::new(source),

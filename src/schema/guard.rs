@@ -55,6 +55,10 @@ struct State {
     /// The last quarantine epoch handed out.
     #[serde(default)]
     last_epoch: u64,
+    /// Tables a `reindex` verdict let a change through for, whose index is still to
+    /// be rebuilt (kept until the rebuild finished: a restart starts it again).
+    #[serde(default)]
+    reindex: BTreeSet<String>,
 }
 
 /// Why and since when a table is quarantined.
@@ -175,6 +179,9 @@ impl Guard {
             Verdict::Quarantine => {
                 tracing::warn!(table, change = %change, rule = %ruling.origin, "schema change quarantined: the table's events go to the quarantine stream until `tributary quarantine replay`; other tables keep flowing")
             }
+            Verdict::Reindex => {
+                tracing::info!(table, change = %change, rule = %ruling.origin, "schema change allowed; the table's index is rebuilt with the new type beside the stream")
+            }
         }
         crate::metrics::schema_change(table, change.kind().key(), ruling.verdict.name());
         Ok(ruling)
@@ -210,6 +217,7 @@ impl Guard {
         };
         let mut deprecated = previous.map(|p| p.deprecated.clone()).unwrap_or_default();
         let mut quarantine: Option<Quarantined> = None;
+        let mut rebuild = false;
         if let Some(previous) = previous {
             let hints = self.state.renames.get(&table).cloned().unwrap_or_default();
             for change in
@@ -234,6 +242,7 @@ impl Guard {
                         });
                         q.changes.push(change.to_string());
                     }
+                    Verdict::Reindex => rebuild = true,
                     _ => {}
                 }
             }
@@ -250,6 +259,9 @@ impl Guard {
             return Ok(Pass::Quarantine(epoch));
         }
         self.state.renames.remove(&table);
+        if rebuild {
+            self.state.reindex.insert(table.clone());
+        }
         // Other schemas of this table were decided against the previous layout.
         self.decided.clear();
         self.state.tables.insert(
@@ -292,6 +304,18 @@ impl Guard {
         }
         self.dirty = true;
         Ok(())
+    }
+
+    /// Tables whose index a `reindex` verdict asked to rebuild, not rebuilt yet.
+    pub fn reindex_wanted(&self) -> &BTreeSet<String> {
+        &self.state.reindex
+    }
+
+    /// `table`'s index was rebuilt.
+    pub fn reindexed(&mut self, table: &str) {
+        if self.state.reindex.remove(table) {
+            self.dirty = true;
+        }
     }
 
     /// The quarantined tables, by name.
@@ -426,6 +450,26 @@ mod tests {
                 .contains("(p.toml:2: column_dropped = \"halt\")"),
             "{halt}"
         );
+    }
+
+    /// A widening under `reindex` (the add-only default) passes and leaves the table
+    /// wanting a rebuild, kept through a restart until `reindexed`.
+    #[test]
+    fn reindex_verdicts_pass_and_are_remembered_until_rebuilt() {
+        let mut g = Guard::new(Policy::add_only());
+        g.check(&event(1, &[("id", "int"), ("x", "real")])).unwrap();
+        assert!(g.reindex_wanted().is_empty());
+        g.check(&event(2, &[("id", "int"), ("x", "double precision")]))
+            .unwrap();
+        g.commit();
+        assert_eq!(g.reindex_wanted().iter().collect::<Vec<_>>(), ["s.t"]);
+        let mut again = reload(Policy::add_only(), g.state());
+        assert_eq!(again.reindex_wanted().len(), 1, "a restart starts it again");
+        again.reindexed("s.t");
+        again.commit();
+        assert!(reload(Policy::add_only(), again.state())
+            .reindex_wanted()
+            .is_empty());
     }
 
     #[test]

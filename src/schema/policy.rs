@@ -38,6 +38,9 @@ pub enum Verdict {
     Halt,
     /// Do nothing (tables created that the connector does not capture).
     Ignore,
+    /// Apply it, and rebuild the table's index with the new type beside the running
+    /// stream (a field type Elasticsearch cannot change in place: float -> double).
+    Reindex,
 }
 
 impl Verdict {
@@ -48,6 +51,7 @@ impl Verdict {
             Verdict::Quarantine => "quarantine",
             Verdict::Halt => "halt",
             Verdict::Ignore => "ignore",
+            Verdict::Reindex => "reindex",
         }
     }
 
@@ -58,6 +62,7 @@ impl Verdict {
             Verdict::Quarantine,
             Verdict::Halt,
             Verdict::Ignore,
+            Verdict::Reindex,
         ]
         .into_iter()
         .find(|v| v.name() == s)
@@ -71,7 +76,9 @@ impl ChangeKind {
         match self {
             ChangeKind::ColumnAdded => &[Allow, Quarantine, Halt],
             ChangeKind::ColumnDropped => &[Deprecate, Quarantine, Halt],
-            ChangeKind::TypeWidened | ChangeKind::TypeChanged => &[Allow, Quarantine, Halt],
+            ChangeKind::TypeWidened | ChangeKind::TypeChanged => {
+                &[Allow, Reindex, Quarantine, Halt]
+            }
             ChangeKind::ColumnRenamed => &[Deprecate, Quarantine, Halt],
             ChangeKind::TableCreated => &[Allow, Ignore, Halt],
             ChangeKind::TableDropped => &[Deprecate, Halt],
@@ -81,9 +88,9 @@ impl ChangeKind {
     /// Add-only: what a policy file that says nothing gives.
     pub fn built_in(self) -> Verdict {
         match self {
-            ChangeKind::ColumnAdded | ChangeKind::TypeWidened | ChangeKind::TableCreated => {
-                Verdict::Allow
-            }
+            ChangeKind::ColumnAdded | ChangeKind::TableCreated => Verdict::Allow,
+            // Allowed; the index is rebuilt when its field type has to change.
+            ChangeKind::TypeWidened => Verdict::Reindex,
             ChangeKind::ColumnDropped | ChangeKind::TableDropped => Verdict::Deprecate,
             ChangeKind::TypeChanged | ChangeKind::ColumnRenamed => Verdict::Halt,
         }
@@ -422,7 +429,7 @@ type_changed = "quarantine"
         assert_eq!((r.verdict, r.origin), (Verdict::Halt, RuleOrigin::BuiltIn));
         assert_eq!(
             p.ruling_for("other.t", ChangeKind::TypeWidened).verdict,
-            Verdict::Allow
+            Verdict::Reindex
         );
         assert_eq!(p.unindexed("shop.orders"), ["payload"]);
         assert!(p.unindexed("shop.items").is_empty());

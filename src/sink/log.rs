@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::event::SourceMessage;
-use crate::journal::{Fsync, Journal, Settings};
+use crate::journal::{Fsync, Journal, Retention, Settings};
 use crate::settings::ConfigError;
 use crate::sink::{Ack, Sink, SinkError, SinkKind};
 
@@ -33,6 +33,12 @@ pub struct LogSinkConfig {
     /// Of the segments (default "0600"; the dir gets the matching search bits).
     #[serde(default)]
     pub file_mode: crate::files::FileMode,
+    /// Delete the oldest segments once the log is larger than this (off when absent).
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+    /// Delete segments last written longer ago than this (off when absent).
+    #[serde(default)]
+    pub retention_hours: Option<u64>,
 }
 
 fn default_segment_bytes() -> u64 {
@@ -49,7 +55,27 @@ impl LogSinkConfig {
         }
     }
 
+    fn retention(&self) -> Retention {
+        Retention {
+            bytes: self.retention_bytes,
+            max_age: self
+                .retention_hours
+                .map(|h| std::time::Duration::from_secs(h * 3600)),
+        }
+    }
+
     fn validate_section(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        if self
+            .retention_bytes
+            .is_some_and(|b| b < 2 * self.segment_bytes)
+        {
+            return Err(ConfigError::at_key(
+                path,
+                text,
+                "retention_bytes",
+                "[[sink]] retention_bytes must be at least two segments (2 x segment_bytes): whole segments are deleted, and the one being written stays",
+            ));
+        }
         if self.segment_bytes < 4096 {
             return Err(ConfigError::at_key(
                 path,
@@ -77,7 +103,7 @@ impl SinkKind for LogSinkConfig {
         &self,
         id: String,
         cursor: Option<serde_json::Value>,
-        _policy: &std::sync::Arc<crate::schema::Policy>,
+        _context: &super::SinkContext,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(LogSink::open(id, self, cursor)?))
     }
@@ -87,6 +113,12 @@ impl SinkKind for LogSinkConfig {
 pub struct LogSink {
     journal: Journal,
     scratch: Vec<u8>,
+    dir: PathBuf,
+    retention: Retention,
+    /// The segment of the previous flush's cursor: stored by the time the next flush
+    /// begins (one checkpoint is in flight at most), so segments before it are free
+    /// to go.
+    stored: Option<u64>,
 }
 
 impl LogSink {
@@ -99,6 +131,9 @@ impl LogSink {
         Ok(LogSink {
             journal: Journal::open(id, &cfg.journal(), cursor)?,
             scratch: Vec::with_capacity(4096),
+            dir: cfg.dir.clone(),
+            retention: cfg.retention(),
+            stored: None,
         })
     }
 
@@ -128,6 +163,19 @@ impl Sink for LogSink {
     }
 
     async fn flush(&mut self) -> Result<Ack, SinkError> {
+        if let Some(stored) = self.stored {
+            match self.retention.apply(&self.dir, stored) {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(sink = %self.journal.id(), segments = ?deleted, "retention: deleted log segments")
+                }
+                Ok(_) => {}
+                // Disk space is at stake, not data: say so and go on.
+                Err(e) => {
+                    tracing::warn!(sink = %self.journal.id(), error = %e, "retention: cannot delete log segments")
+                }
+            }
+        }
+        self.stored = Some(self.journal.boundary_segment());
         Ok(crate::sink::ack_of(self.journal.flush().await?))
     }
 }

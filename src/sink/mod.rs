@@ -36,6 +36,22 @@ impl SinkError {
     }
 }
 
+/// What shapes `db`.`table`'s documents before they reach a sink (see `SinkContext`).
+pub type Upstream = Arc<dyn Fn(&str, &str) -> serde_json::Value + Send + Sync>;
+
+/// What the rest of the connector tells a sink as it opens.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The connector's schema policy (sinks that map columns read its unindexed columns).
+    pub policy: Arc<Policy>,
+    /// What shapes `db`.`table`'s documents before they reach the sink (its enrichment
+    /// entries as written), for sinks that record which configuration wrote them.
+    pub upstream: Upstream,
+    /// The connector's state dir (None in unit tests): where sinks meet the commands
+    /// that work beside a running daemon (`tributary reindex`).
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
 #[async_trait]
 pub trait Sink: Send {
     /// Stable id; its cursor is stored under it.
@@ -62,14 +78,23 @@ pub trait SinkKind: Send + Sync {
         Ok(())
     }
 
-    /// The sink, positioned at its stored `cursor`. `policy` is the connector's schema
-    /// policy (sinks that map columns read its unindexed columns).
+    /// Fills what the section left out that has a place under the connector's state
+    /// dir (the Elasticsearch dead-letter stream), before it is validated.
+    fn fill_defaults(&mut self, _state_dir: &Path) {}
+
+    /// The sink, positioned at its stored `cursor`.
     fn open(
         &self,
         id: String,
         cursor: Option<serde_json::Value>,
-        policy: &Arc<Policy>,
+        context: &SinkContext,
     ) -> Result<Box<dyn Sink>, SinkError>;
+
+    /// The directory of the sink's dead-letter stream, for sinks that keep one (records
+    /// with a `replay` field, `tributary dead-letters`). Its write cursor is the sink's.
+    fn dead_letter_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl<T: SinkKind + ?Sized> SinkKind for Box<T> {
@@ -81,13 +106,21 @@ impl<T: SinkKind + ?Sized> SinkKind for Box<T> {
         (**self).validate(path, text)
     }
 
+    fn fill_defaults(&mut self, state_dir: &Path) {
+        (**self).fill_defaults(state_dir)
+    }
+
     fn open(
         &self,
         id: String,
         cursor: Option<serde_json::Value>,
-        policy: &Arc<Policy>,
+        context: &SinkContext,
     ) -> Result<Box<dyn Sink>, SinkError> {
-        (**self).open(id, cursor, policy)
+        (**self).open(id, cursor, context)
+    }
+
+    fn dead_letter_dir(&self) -> Option<std::path::PathBuf> {
+        (**self).dead_letter_dir()
     }
 }
 

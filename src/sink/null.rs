@@ -23,7 +23,7 @@ impl super::SinkKind for NullSinkConfig {
         &self,
         id: String,
         _cursor: Option<serde_json::Value>,
-        _policy: &std::sync::Arc<crate::schema::Policy>,
+        _context: &super::SinkContext,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(NullSink::new(id)))
     }

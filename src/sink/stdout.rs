@@ -25,7 +25,7 @@ impl super::SinkKind for StdoutSinkConfig {
         &self,
         id: String,
         _cursor: Option<serde_json::Value>,
-        _policy: &std::sync::Arc<crate::schema::Policy>,
+        _context: &super::SinkContext,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(StdoutSink::new(id, self)))
     }

@@ -110,6 +110,10 @@ pub enum Request {
     /// does, so a cut taken after the ack is covered.
     Track {
         table: String,
+        /// A resync's first chunk: the table, for the `resync` event the stream shows
+        /// where tracking begins (at a transaction boundary, so the event is a
+        /// transaction of its own and every change of the table after it is tracked).
+        resync: Option<Arc<TableSchema>>,
         ack: oneshot::Sender<()>,
     },
     Chunk(Chunk),
@@ -145,6 +149,8 @@ pub struct Merger {
     state: Arc<Mutex<State>>,
     progress: Progress,
     max_tracked_keys: usize,
+    /// Resync tracks waiting for a transaction boundary (`at_boundary`).
+    resyncs: Vec<(Arc<TableSchema>, oneshot::Sender<()>)>,
 }
 
 impl Merger {
@@ -160,6 +166,7 @@ impl Merger {
                 state,
                 progress: Progress::default(),
                 max_tracked_keys: MAX_TRACKED_KEYS,
+                resyncs: Vec::new(),
             },
             tx,
         )
@@ -262,7 +269,12 @@ impl Merger {
     /// Takes a request; chunks wait for `emit_due` / `emit_marked`.
     pub fn take(&mut self, r: Request) {
         match r {
-            Request::Track { table, ack } => {
+            Request::Track {
+                resync: Some(schema),
+                ack,
+                ..
+            } => self.resyncs.push((schema, ack)),
+            Request::Track { table, ack, .. } => {
                 self.track(table);
                 let _ = ack.send(());
             }
@@ -323,6 +335,39 @@ impl Merger {
             .map(|t| {
                 format!("transaction {t} reached the stream before the snapshot saw it committed")
             })
+    }
+
+    /// At a transaction boundary `at` (the stream is between transactions): shows the
+    /// `resync` event of each table whose resync starts, as a transaction of its own,
+    /// and starts tracking it. Err when the pipeline is gone.
+    pub async fn at_boundary(&mut self, at: &Position, tx: &mut QueueSender) -> Result<(), ()> {
+        for (table, ack) in std::mem::take(&mut self.resyncs) {
+            let ts = now_ms();
+            let e = ChangeEvent {
+                op: Op::Resync,
+                table: table.clone(),
+                pos: at.clone(),
+                txid: None,
+                source_ts_ms: ts,
+                before: None,
+                after: None,
+                version: 0,
+                ts_ms: ts,
+            };
+            tracing::info!(table = %table.qualified_name(), at = %at, "resync: the table's fresh snapshot starts");
+            tx.send(SourceMessage::Change(e)).await.map_err(|_| ())?;
+            tx.send(SourceMessage::Commit(at.clone()))
+                .await
+                .map_err(|_| ())?;
+            self.track(table.qualified_name());
+            let _ = ack.send(());
+        }
+        Ok(())
+    }
+
+    /// Whether resyncs wait for a transaction boundary.
+    pub fn has_resyncs(&self) -> bool {
+        !self.resyncs.is_empty()
     }
 
     /// Whether chunks wait for the stream to pass their cut.
@@ -533,6 +578,7 @@ mod tests {
         let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
         let (ack, _) = oneshot::channel();
         m.take(Request::Track {
+            resync: None,
             table: "s.t".into(),
             ack,
         });
@@ -590,6 +636,38 @@ mod tests {
         assert!(matches!(&out[out.len() - 1], SourceMessage::Commit(p) if *p == at(120)));
         let e = emitted.await.unwrap().unwrap();
         assert_eq!((e.rows, e.finished), (2, true));
+    }
+
+    /// A resync's `resync` event waits for a transaction boundary, comes as a
+    /// transaction of its own, and only then is the table tracked (the reader takes its
+    /// cut after the ack): a change after the event is tracked, one before is not.
+    #[tokio::test]
+    async fn a_resync_event_marks_where_tracking_begins() {
+        let (mut tx, mut rx) = bounded(1024, 1 << 20);
+        let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
+        let (ack, mut acked) = oneshot::channel();
+        m.take(Request::Track {
+            resync: Some(schema()),
+            table: "s.t".into(),
+            ack,
+        });
+        assert!(m.has_resyncs());
+        m.note(&change(Op::Update, 1, 90)); // the rest of a transaction: not tracked
+        assert!(acked.try_recv().is_err(), "acked before the boundary");
+        m.at_boundary(&at(95), &mut tx).await.unwrap();
+        assert!(acked.try_recv().is_ok());
+        assert!(!m.has_resyncs());
+        let out = drain(&mut tx, &mut rx).await;
+        assert!(
+            matches!(&out[..], [SourceMessage::Change(e), SourceMessage::Commit(p)]
+                if e.op == Op::Resync && e.table.qualified_name() == "s.t" && *p == at(95)),
+            "{out:?}"
+        );
+        m.note(&change(Op::Update, 2, 110));
+        let emitted = position_chunk(&mut m, 100, vec![row(1, "a"), row(2, "b")]);
+        m.emit_due(&at(120), &mut tx).await.unwrap();
+        assert_eq!(read_ids(&drain(&mut tx, &mut rx).await), vec![(1, 100)]);
+        assert_eq!(emitted.await.unwrap().unwrap().rows, 1);
     }
 
     #[tokio::test]
@@ -652,6 +730,7 @@ mod tests {
         let (mut m, _requests) = Merger::new(Arc::new(Mutex::new(State::default())));
         let (ack, _) = oneshot::channel();
         m.take(Request::Track {
+            resync: None,
             table: "s.t".into(),
             ack,
         });
@@ -680,6 +759,7 @@ mod tests {
         m.note(&change_in(Op::Update, 1, 90, "9"));
         let (ack, _) = oneshot::channel();
         m.take(Request::Track {
+            resync: None,
             table: "s.t".into(),
             ack,
         });
@@ -692,6 +772,7 @@ mod tests {
         // The same transaction streamed after tracking began is fine.
         let (ack, _) = oneshot::channel();
         m.take(Request::Track {
+            resync: None,
             table: "s.t".into(),
             ack,
         });
@@ -752,6 +833,7 @@ mod tests {
         m.max_tracked_keys = 2;
         let (ack, _) = oneshot::channel();
         m.take(Request::Track {
+            resync: None,
             table: "s.t".into(),
             ack,
         });

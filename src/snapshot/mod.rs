@@ -35,26 +35,35 @@ pub enum SnapshotMode {
     Initial,
     /// Never on its own; `tributary snapshot --table` still works.
     Never,
-    /// Like `initial`, and again for every table when the stored position is gone from
-    /// the server (purged binlog, lost slot) instead of stopping. Not built yet: the
-    /// config check refuses it with that advice.
+    /// Like `initial`, and when the stored position is gone from the server (purged
+    /// binlog, dropped slot): resume from the server's current position and snapshot
+    /// every included table again as a *resync* (a `resync` event first, so consumers
+    /// reset the table; the Elasticsearch sink fills a new index and swaps the alias),
+    /// instead of stopping.
     WhenNeeded,
 }
 
-/// Checks `[source] snapshot`, `snapshot_chunk_rows` and `snapshot_parallel_tables`
-/// (every source has them): the key at fault and what to write instead.
+/// What a source reports when the server no longer has the stored position (`what`
+/// names how: a purged binlog file, a dropped slot): a warning under `when_needed`,
+/// which resyncs, else an error naming both ways out.
+pub fn position_lost(mode: SnapshotMode, what: &str) -> Result<String, String> {
+    if mode == SnapshotMode::WhenNeeded {
+        Ok(format!(
+            "{what}: the changes since are lost to the stream. [source] snapshot = \"when_needed\": resuming from the server's current position and resyncing every included table (a `resync` event, then a fresh snapshot; each Elasticsearch index is rebuilt beside the stream and swapped in)"
+        ))
+    } else {
+        Err(format!(
+            "{what}: the changes since are lost to the stream. Set [source] snapshot = \"when_needed\" to resync every included table by itself, or re-snapshot the tables and run `tributary offsets reset --connector <file>`"
+        ))
+    }
+}
+
+/// Checks `[source] snapshot_chunk_rows` and `snapshot_parallel_tables` (every source
+/// has them): the key at fault and what to write instead.
 pub fn check_settings(
-    mode: SnapshotMode,
     chunk_rows: u64,
     parallel_tables: usize,
 ) -> Result<(), (&'static str, &'static str)> {
-    if mode == SnapshotMode::WhenNeeded {
-        return Err((
-            "snapshot",
-            "[source] snapshot = \"when_needed\" (re-snapshot after the server lost the stored position) is not built yet: \
-             use \"initial\", and `tributary snapshot --table` after a lost position",
-        ));
-    }
     let must = "[source] snapshot_chunk_rows and snapshot_parallel_tables must be at least 1";
     if chunk_rows == 0 {
         return Err(("snapshot_chunk_rows", must));
@@ -109,6 +118,10 @@ pub struct TableProgress {
     pub started_ms: Option<u64>,
     #[serde(default)]
     pub finished_ms: Option<u64>,
+    /// A resync after a lost position: the stream shows a `resync` event of the table
+    /// before its first chunk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resync: bool,
 }
 
 impl TableProgress {
@@ -122,6 +135,7 @@ impl TableProgress {
             requested_ms,
             started_ms: None,
             finished_ms: None,
+            resync: false,
         }
     }
 }
@@ -156,6 +170,19 @@ impl State {
     }
 }
 
+impl State {
+    /// Queues every table again as a resync (the stream lost changes of each): what
+    /// ran or finished before counts no more.
+    pub fn resync(&mut self, tables: Vec<String>, requested_ms: u64) {
+        self.tables.clear();
+        for t in tables {
+            let mut p = TableProgress::pending(requested_ms);
+            p.resync = true;
+            self.tables.insert(t, p);
+        }
+    }
+}
+
 /// For `tributary status`: each table's snapshot progress.
 pub fn summary(state: &serde_json::Value) -> serde_json::Value {
     let state = State::from_stored(Some(state.clone()));
@@ -172,6 +199,7 @@ pub fn summary(state: &serde_json::Value) -> serde_json::Value {
                     "chunks": p.chunks,
                     "started_ms": p.started_ms,
                     "finished_ms": p.finished_ms,
+                    "resync": p.resync,
                 }),
             )
         })

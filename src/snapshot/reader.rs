@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::merge::{Batch, Chunk, Cut, Emitted, Merger, NotEmitted, Request, Requests};
 use super::{SnapshotMode, State, Status, TableProgress};
-use crate::event::{now_ms, Row, SourceMessage, TableSchema, Value};
+use crate::event::{now_ms, Position, Row, SourceMessage, TableSchema, Value};
 use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::queue::QueueSender;
@@ -83,6 +83,11 @@ pub trait ChunkSource: Send + Sync + 'static {
     ) -> Result<ChunkEnd, String>;
 
     async fn close(&self, _conn: Self::Conn) {}
+
+    /// The stream's current end (what a change committed now would come after), and
+    /// the version of an event there: every change committed before carries a lower
+    /// one. For `tributary verify`, which reads without a stream.
+    async fn position(&self, conn: &mut Self::Conn) -> Result<(Position, u64), Failure>;
 }
 
 /// How a source's snapshots start beside its stream.
@@ -92,6 +97,9 @@ pub struct Settings {
     pub parallel_tables: usize,
     /// No checkpoint yet: with `initial`, every included table is queued.
     pub first_start: bool,
+    /// The server lost the stored position (`when_needed`): every included table is
+    /// queued again as a resync.
+    pub resync: bool,
 }
 
 /// Snapshots running beside a stream; `stop` ends them once the stream ended.
@@ -123,7 +131,12 @@ pub async fn start<S: ChunkSource>(
         .stage_state_as(super::STATE_ID)
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
-    if settings.first_start && state.tables.is_empty() && settings.mode != SnapshotMode::Never {
+    if settings.resync {
+        state.resync(tables.await?, now_ms());
+    } else if settings.first_start
+        && state.tables.is_empty()
+        && settings.mode != SnapshotMode::Never
+    {
         for t in tables.await? {
             state.request(&t, 0);
         }
@@ -247,6 +260,12 @@ impl<S: ChunkSource> Reader<S> {
     /// A failed read (lost connection, server restart) is retried with backoff, from
     /// the last chunk the stream emitted.
     async fn table_with_retries(&self, table: &str, stop: &CancellationToken) {
+        crate::health::snapshot_started(table);
+        self.table_retried(table, stop).await;
+        crate::health::snapshot_ended(table);
+    }
+
+    async fn table_retried(&self, table: &str, stop: &CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         while let Err(e) = self.table(table, stop).await {
             if stop.is_cancelled() {
@@ -273,7 +292,7 @@ impl<S: ChunkSource> Reader<S> {
             self.finish_missing(table);
             return Ok(());
         };
-        let after = {
+        let (after, resync) = {
             let mut st = self.state.lock().expect("not poisoned");
             let p = st
                 .tables
@@ -284,7 +303,7 @@ impl<S: ChunkSource> Reader<S> {
                 p.started_ms = Some(now_ms());
                 p.estimate = t.estimate;
             }
-            p.after.clone()
+            (p.after.clone(), p.resync && p.chunks == 0)
         };
         if !t.keyed {
             tracing::warn!(table, "snapshot: the table has no primary key usable for chunks: read in one pass, which holds the stream at its cut while it runs");
@@ -305,6 +324,9 @@ impl<S: ChunkSource> Reader<S> {
         self.requests
             .send(Request::Track {
                 table: table.to_string(),
+                // A resync's `resync` event, until its first chunk is in the stream
+                // (a retried or resumed first chunk shows it again).
+                resync: resync.then(|| t.schema.clone()),
                 ack,
             })
             .await

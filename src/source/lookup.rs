@@ -34,7 +34,7 @@ pub trait KeyReader: ChunkSource {
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct Keyed<R: KeyReader> {
-    reader: R,
+    pub(super) reader: R,
     conn: tokio::sync::Mutex<Option<R::Conn>>,
     tables: Mutex<HashMap<String, Arc<Described<R::Table>>>>,
 }
@@ -46,6 +46,38 @@ impl<R: KeyReader> Keyed<R> {
             conn: tokio::sync::Mutex::new(None),
             tables: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The connection, opened if there is none, held for the caller's reads
+    /// (`scan`).
+    pub(super) async fn connection(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<R::Conn>>, Failure> {
+        let mut slot = self.conn.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.reader.connect().await?);
+        }
+        Ok(slot)
+    }
+
+    /// The table as the reader describes it (kept once read).
+    pub(super) async fn described(
+        &self,
+        conn: &mut R::Conn,
+        table: &str,
+    ) -> Result<Option<Arc<Described<R::Table>>>, Failure> {
+        self.table(conn, table).await
+    }
+
+    /// The table, which must exist.
+    pub(super) async fn existing(
+        &self,
+        conn: &mut R::Conn,
+        table: &str,
+    ) -> Result<Arc<Described<R::Table>>, Failure> {
+        self.table(conn, table)
+            .await?
+            .ok_or_else(|| Failure::Fatal(format!("{table} no longer exists")))
     }
 
     async fn table(
@@ -102,10 +134,7 @@ impl<R: KeyReader> Keyed<R> {
                     .map(|t| t.schema.columns.clone()),
             )),
             Op::Fetch { table, key, keys } => {
-                let t = self
-                    .table(conn, table)
-                    .await?
-                    .ok_or_else(|| Failure::Fatal(format!("{table} no longer exists")))?;
+                let t = self.existing(conn, table).await?;
                 let k = t
                     .schema
                     .columns

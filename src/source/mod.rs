@@ -7,6 +7,7 @@ pub mod filter;
 pub mod lookup;
 pub mod mysql;
 pub mod postgres;
+pub mod scan;
 pub mod session;
 pub mod settings;
 
@@ -91,6 +92,10 @@ pub trait SourceKind: CommonSettings + Send + Sync {
     /// The server, for messages (`host:port`; never credentials).
     fn address(&self) -> String;
 
+    /// Fills what the section left out that follows from the connector's name (the
+    /// PostgreSQL slot and publication), before the section is validated.
+    fn fill_defaults(&mut self, _connector: &str) {}
+
     /// The user it connects as.
     fn user(&self) -> &str;
 
@@ -111,6 +116,9 @@ pub trait SourceKind: CommonSettings + Send + Sync {
 
     /// The row reader for the `lookup` enricher.
     fn lookup(&self, connector: &str) -> Arc<dyn Lookup>;
+
+    /// The table reader for `tributary verify`.
+    fn scan(&self, connector: &str) -> Arc<dyn scan::TableScan>;
 }
 
 /// Reads rows of the source database by key, for the `lookup` enricher. Values are

@@ -26,6 +26,9 @@ pub enum Stop {
     Closed,
     /// Lost (transient: reconnect) or refused (fatal: stop with the reason).
     Failed(Failure),
+    /// Ended on purpose at a transaction boundary (the reason says why): connect again
+    /// at once, without a warning or a backoff.
+    Renew(String),
 }
 
 impl Stop {
@@ -92,6 +95,14 @@ impl Reconnect {
                 return Some(Err(SourceError::Fatal(m)))
             }
             Stop::Failed(Failure::Transient(m)) => m,
+            Stop::Renew(why) => {
+                debug_assert!(!*in_txn, "renewed inside a transaction");
+                if tx.flush().await.is_err() {
+                    return Some(Err(SourceError::Closed));
+                }
+                tracing::info!(reason = %why, "{} renewed", self.what);
+                return None;
+            }
         };
         if std::mem::take(in_txn) && tx.send(SourceMessage::Rewind).await.is_err() {
             return Some(Err(SourceError::Closed));
@@ -103,6 +114,7 @@ impl Reconnect {
             self.backoff = Duration::from_secs(1);
         }
         tracing::warn!(error = %m, retry_in_s = self.backoff.as_secs(), "{} lost; reconnecting", self.what);
+        crate::health::source(crate::health::Source::Down(m.clone()));
         tokio::select! {
             _ = tokio::time::sleep(self.backoff) => {}
             _ = shutdown.cancelled() => return Some(Ok(())),

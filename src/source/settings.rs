@@ -28,13 +28,19 @@ pub trait CommonSettings {
         self.table_filter().expect("validated when loaded")
     }
 
-    fn snapshot_settings(&self, first_start: bool) -> crate::snapshot::reader::Settings {
+    /// `resync`: the server lost the stored position (`when_needed`).
+    fn snapshot_settings(
+        &self,
+        first_start: bool,
+        resync: bool,
+    ) -> crate::snapshot::reader::Settings {
         let (mode, chunk_rows, parallel_tables) = self.snapshot_fields();
         crate::snapshot::reader::Settings {
             mode,
             chunk_rows,
             parallel_tables,
             first_start,
+            resync,
         }
     }
 
@@ -48,9 +54,8 @@ pub trait CommonSettings {
                 format!("[source] {e}"),
             ));
         }
-        let (mode, chunk_rows, parallel_tables) = self.snapshot_fields();
-        if let Err((key, msg)) = crate::snapshot::check_settings(mode, chunk_rows, parallel_tables)
-        {
+        let (_, chunk_rows, parallel_tables) = self.snapshot_fields();
+        if let Err((key, msg)) = crate::snapshot::check_settings(chunk_rows, parallel_tables) {
             return Err(ConfigError::at_key(path, text, key, msg));
         }
         self.password_setting().check_one(path, text, "[source]")

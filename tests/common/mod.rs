@@ -20,7 +20,7 @@ pub use pg::*;
 pub use snapshot::*;
 
 /// Port of the MariaDB server shared by most tests.
-pub const SHARED_PORT: u16 = 33071;
+pub const SHARED_PORT: u16 = 23071;
 
 static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
@@ -131,7 +131,7 @@ segment_bytes = 1048576
 [state]
 dir = "{state}"
 "#,
-        server_id = 5000 + (std::process::id() % 10_000) + rand_u32() % 1000,
+        server_id = unique_server_id(),
         log = dir.join("log").display(),
         state = dir.join("state").display(),
     );
@@ -140,13 +140,13 @@ dir = "{state}"
     path
 }
 
-fn rand_u32() -> u32 {
-    static N: AtomicU32 = AtomicU32::new(1);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    t.wrapping_add(N.fetch_add(7919, Ordering::SeqCst))
+/// A binlog client id no other connector of this test process uses: tests run side by
+/// side on the shared server, and two clients with one id are refused (MariaDB error
+/// 4052). (A random part collided now and then.) The process id keeps test binaries
+/// apart as well.
+fn unique_server_id() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    1_000_000 + (std::process::id() % 100_000) * 1000 + N.fetch_add(1, Ordering::SeqCst) % 1000
 }
 
 pub fn bin() -> PathBuf {
@@ -337,10 +337,20 @@ pub fn elasticsearch_pid(port: u16) -> u32 {
 
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of the resident set (the heap and stacks): unlike VmRSS it does
+/// not grow as more of the binary's code is paged in.
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -521,8 +531,15 @@ pub async fn es_documents(url: &str, alias: &str) -> std::collections::BTreeMap<
         .collect()
 }
 
-/// Serves the daemon's metrics on a free loopback port; returns it.
+/// Serves the daemon's metrics on a free loopback port (`[metrics]`, the older
+/// spelling); returns it.
 pub fn add_metrics(connector: &Path) -> u16 {
+    add_listener(connector, "metrics", "")
+}
+
+/// Adds section `[name]` with `listen` on a free loopback port and `extra` lines;
+/// returns the port.
+pub fn add_listener(connector: &Path, name: &str, extra: &str) -> u16 {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -530,25 +547,48 @@ pub fn add_metrics(connector: &Path) -> u16 {
         .port();
     let text = std::fs::read_to_string(connector).unwrap().replace(
         "[state]",
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[state]"),
+        &format!("[{name}]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n\n[state]"),
     );
     std::fs::write(connector, text).unwrap();
     port
 }
 
+/// A new database on the shared MariaDB with `tables` created in it (`{db}` in each
+/// statement is its name); returns the name.
+pub async fn new_db(prefix: &str, tables: &[&str]) -> String {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db(prefix);
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    for t in tables {
+        exec(&mut conn, &t.replace("{db}", &db)).await;
+    }
+    db
+}
+
 /// The value of the Prometheus sample whose line starts with `series` (name and
 /// labels as rendered), from the daemon's /metrics.
 pub fn metric(port: u16, series: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
+    let (_, text) = http_get(port, "/metrics")?;
     text.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// GET `path` from the daemon's HTTP endpoints on `port`: (status, body); None when
+/// nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
 }
 
 /// Points the connector at a schema policy file.
@@ -663,5 +703,144 @@ pub async fn es_documents_by_id(url: &str, alias: &str) -> std::collections::BTr
             out.insert(h["_source"]["id"].as_i64().unwrap(), h["_source"].clone());
         }
         after = Some(hits.last().unwrap()["sort"].clone());
+    }
+}
+
+/// `<db>.items` (id key, v, note) of `rows` rows in a fresh database, streamed by a
+/// running daemon into the Elasticsearch stand-in at `url` until the index holds every
+/// row. Returns (db, work dir, connector, daemon).
+pub async fn items_in_elasticsearch(
+    prefix: &str,
+    url: &str,
+    rows: u64,
+) -> (String, tempfile::TempDir, PathBuf, Child) {
+    let db = new_db(
+        prefix,
+        &["CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, note VARCHAR(100) NOT NULL)"],
+    )
+    .await;
+    let mut conn = admin(SHARED_PORT).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.items SELECT seq, seq * 10, CONCAT('note ', seq) FROM `{db}`.seq_1_to_{rows}"),
+    )
+    .await;
+    wait_documents(url, &format!("{db}_items"), rows as usize).await;
+    (db, dir, c, daemon)
+}
+
+/// `<db>.items` as its index should hold it: id -> document.
+pub async fn items_rows(db: &str) -> std::collections::BTreeMap<String, Json> {
+    items_rows_at(SHARED_PORT, db).await
+}
+
+/// `items_rows` on the server at `port`.
+pub async fn items_rows_at(port: u16, db: &str) -> std::collections::BTreeMap<String, Json> {
+    let mut conn = admin(port).await;
+    let rows: Vec<(u64, i64, String)> = conn
+        .query(format!("SELECT id, v, note FROM `{db}`.items"))
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(id, v, note)| {
+            (
+                id.to_string(),
+                serde_json::json!({"id": id, "v": v, "note": note}),
+            )
+        })
+        .collect()
+}
+
+/// Rotates the binlog and purges every file before the new one (MariaDB keeps a binlog
+/// until its binlog checkpoint is written: retried until gone). Only on a server no
+/// other test streams from.
+pub async fn purge_binlogs(conn: &mut Conn) {
+    exec(conn, "FLUSH BINARY LOGS").await;
+    let current: String = conn
+        .query_first::<mysql_async::Row, _>("SHOW MASTER STATUS")
+        .await
+        .unwrap()
+        .unwrap()
+        .get(0)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        exec(conn, &format!("PURGE BINARY LOGS TO '{current}'")).await;
+        let first: String = conn
+            .query_first::<mysql_async::Row, _>("SHOW BINARY LOGS")
+            .await
+            .unwrap()
+            .unwrap()
+            .get(0)
+            .unwrap();
+        if first == current {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server kept {first}");
+        exec(conn, "FLUSH BINARY LOGS").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A client of the stand-in at `url`.
+pub fn es(url: &str) -> elasticsearch::Elasticsearch {
+    elasticsearch::Elasticsearch::new(
+        elasticsearch::http::transport::Transport::single_node(url).unwrap(),
+    )
+}
+
+/// The concrete indexes behind `alias`.
+pub async fn behind(url: &str, alias: &str) -> Vec<String> {
+    let r = es(url)
+        .indices()
+        .get_alias(elasticsearch::indices::IndicesGetAliasParts::Name(&[alias]))
+        .send()
+        .await
+        .unwrap();
+    let v: Json = r.json().await.unwrap();
+    let mut out: Vec<String> = v
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+pub async fn exists(url: &str, index: &str) -> bool {
+    es(url)
+        .indices()
+        .exists(elasticsearch::indices::IndicesExistsParts::Index(&[index]))
+        .send()
+        .await
+        .unwrap()
+        .status_code()
+        .is_success()
+}
+
+/// Waits until `alias` holds exactly `want()` (the daemon keeps running).
+pub async fn until_equal<F, Fut>(url: &str, alias: &str, c: &Path, want: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::collections::BTreeMap<String, Json>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (w, got) = (want().await, es_documents(url, alias).await);
+        if w == got {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the index did not converge: {} rows, {} documents\n{}",
+            w.len(),
+            got.len(),
+            daemon_log(c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

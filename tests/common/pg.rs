@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// The server most Postgres tests share.
-pub const PG_PORT: u16 = 54371;
+pub const PG_PORT: u16 = 25371;
 
 /// Starts (once per test process) PostgreSQL on `port` with extra server arguments.
 pub fn postgres(port: u16, extra_args: &str) {
@@ -153,4 +153,92 @@ pub async fn pg_drop_slot(client: &tokio_postgres::Client, slot: &str) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A table `t` (id int key, v bigint, note text) of `rows` rows in a fresh schema,
+/// streamed by a running daemon into the Elasticsearch stand-in at `url` until the
+/// index holds every row. Returns (schema, `schema.t`, work dir, connector, daemon).
+pub async fn pg_items_in_elasticsearch(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    url: &str,
+    rows: u64,
+) -> (
+    String,
+    String,
+    tempfile::TempDir,
+    PathBuf,
+    std::process::Child,
+) {
+    let (schema, table) = pg_table(
+        client,
+        prefix,
+        "id int PRIMARY KEY, v bigint NOT NULL, note text NOT NULL",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &table, "");
+    super::add_es_sink(&c, url, "");
+    let mut daemon = super::spawn_daemon(&c);
+    super::wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {table} SELECT i, i * 10, 'note ' || i FROM generate_series(1, {rows}) i"
+        ))
+        .await
+        .unwrap();
+    super::wait_documents(url, &format!("{schema}_t"), rows as usize).await;
+    (schema, table, dir, c, daemon)
+}
+
+/// Until `halt`: updates a row of the first `rows`, inserts one (ids from 100,001) and,
+/// with `deletes`, deletes every third inserted one. Returns the rounds written.
+pub fn pg_items_writer(
+    table: String,
+    rows: u64,
+    deletes: bool,
+    halt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let client = pg_admin(PG_PORT).await;
+        let mut n = 0u64;
+        while !halt.load(std::sync::atomic::Ordering::SeqCst) {
+            n += 1;
+            let new = 100_000 + n;
+            let delete = if deletes && n % 3 == 0 {
+                format!("; DELETE FROM {table} WHERE id = {}", new - 2)
+            } else {
+                String::new()
+            };
+            client
+                .batch_execute(&format!(
+                    "UPDATE {table} SET v = v + 1, note = 'w {n}' WHERE id = {}; INSERT INTO {table} VALUES ({new}, {n}, 'new {n}'){delete}",
+                    1 + (n * 37) % rows,
+                ))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        n
+    })
+}
+
+/// The `t` of `pg_items_in_elasticsearch` as its index should hold it: id -> document.
+pub async fn pg_items_rows(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    client
+        .query(&format!("SELECT id, v, note FROM {table}"), &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let (id, v, note): (i32, i64, String) = (r.get(0), r.get(1), r.get(2));
+            (
+                id.to_string(),
+                serde_json::json!({"id": id, "v": v, "note": note}),
+            )
+        })
+        .collect()
 }

@@ -78,7 +78,9 @@ pub struct ElasticsearchSinkConfig {
     #[serde(default)]
     pub decimal: DecimalMapping,
     /// Documents the cluster rejects for good (mapping errors, other 400s) go to this
-    /// log stream with the reason. Required: a rejection is never dropped.
+    /// log stream with the reason (a rejection is never dropped). Default:
+    /// `<state dir>/dead-letters/<sink name>`.
+    #[serde(default)]
     pub dead_letter_dir: PathBuf,
     /// Of the dead-letter stream's files (default "0600"; the dir gets the matching
     /// search bits).

@@ -2,8 +2,33 @@
 
 use serde_json::{json, Map, Value as Json};
 
-use super::config::DecimalMapping;
+use super::config::{DecimalMapping, IdConfig};
 use crate::event::{Column, TableSchema};
+
+/// What shapes a table's documents besides its columns, hashed for
+/// `_meta.document_fingerprint`: the enrichment entries upstream (as written), the
+/// decimal mapping, the columns kept unindexed and the `ids` setting. An index whose
+/// fingerprint differs from the connector file's was written under another
+/// configuration (`tributary check` says so; `tributary reindex` rewrites it).
+pub fn document_fingerprint(
+    upstream: &Json,
+    decimal: DecimalMapping,
+    unindexed: &[String],
+    ids: Option<&IdConfig>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let shape = json!({
+        "upstream": upstream,
+        "decimal": format!("{decimal:?}"),
+        "unindexed": unindexed,
+        "ids": ids.map(|i| format!("{i:?}")),
+    });
+    Sha256::digest(shape.to_string().as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The mapping of one column, from the source type name.
 pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
@@ -78,7 +103,7 @@ pub struct FieldOptions<'a> {
 }
 
 impl FieldOptions<'_> {
-    fn field(&self, c: &Column) -> Json {
+    pub fn field(&self, c: &Column) -> Json {
         if self.unindexed.contains(&c.name) {
             json!({"type": "object", "enabled": false})
         } else {
@@ -88,22 +113,29 @@ impl FieldOptions<'_> {
 }
 
 /// The body that creates `<alias>_v1`: settings, mapping and `_meta`.
-pub fn create_index_body(table: &TableSchema, options: FieldOptions<'_>, gc_deletes: &str) -> Json {
+pub fn create_index_body(
+    table: &TableSchema,
+    options: FieldOptions<'_>,
+    gc_deletes: &str,
+    fingerprint: &str,
+) -> Json {
     json!({
         "settings": {"index": {"gc_deletes": gc_deletes}},
-        "mappings": mappings(table, &table.columns, &[], options),
+        "mappings": mappings(table, &table.columns, &[], options, Some(fingerprint)),
     })
 }
 
 /// The `_mapping` update for a new schema version: fields for the columns it added,
 /// and `_meta` with the version and the deprecated fields.
+/// (`_meta` is replaced as a whole, so it carries the fingerprint again.)
 pub fn update_body(
     table: &TableSchema,
     added: &[Column],
     deprecated: &[String],
     options: FieldOptions<'_>,
+    fingerprint: Option<&str>,
 ) -> Json {
-    mappings(table, added, deprecated, options)
+    mappings(table, added, deprecated, options, fingerprint)
 }
 
 fn mappings(
@@ -111,6 +143,7 @@ fn mappings(
     columns: &[Column],
     deprecated: &[String],
     options: FieldOptions<'_>,
+    fingerprint: Option<&str>,
 ) -> Json {
     let mut props = Map::new();
     for c in columns {
@@ -122,6 +155,7 @@ fn mappings(
             "source_kind": table.kind,
             "schema_version": table.schema_version,
             "deprecated_fields": deprecated,
+            "document_fingerprint": fingerprint,
             "managed_by": "tributary",
         },
         "properties": props,
@@ -149,6 +183,28 @@ mod tests {
         assert_eq!(field("es:geo_point", k)["type"], "geo_point");
         assert_eq!(field("es:long", k)["type"], "long");
         assert_eq!(field("es:date", k)["type"], "date");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_everything_that_shapes_documents_and_nothing_else() {
+        let step = json!([{"kind": "set", "entry": {"fields": {"region": "eu"}}}]);
+        let base = || document_fingerprint(&json!([]), DecimalMapping::Keyword, &[], None);
+        assert_eq!(base(), base(), "stable");
+        assert_eq!(base().len(), 16);
+        let others = [
+            document_fingerprint(&step, DecimalMapping::Keyword, &[], None),
+            document_fingerprint(&json!([]), DecimalMapping::ScaledFloat, &[], None),
+            document_fingerprint(&json!([]), DecimalMapping::Keyword, &["notes".into()], None),
+            document_fingerprint(
+                &json!([]),
+                DecimalMapping::Keyword,
+                &[],
+                Some(&IdConfig::Named("row_hash".into())),
+            ),
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(*o, base(), "input {i}");
+        }
     }
 }
 

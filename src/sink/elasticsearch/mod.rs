@@ -6,10 +6,13 @@
 
 pub mod bulk;
 mod config;
+pub mod dual;
 pub mod mapping;
 mod names;
 mod response;
+mod resync;
 mod sender;
+pub mod verify;
 
 pub use bulk::{document_id, DocId};
 pub use config::{DecimalMapping, ElasticsearchSinkConfig, IdConfig};
@@ -25,7 +28,7 @@ use elasticsearch::http::transport::{MultiNodeConnectionPool, TransportBuilder};
 use elasticsearch::http::Url;
 use elasticsearch::indices::{
     IndicesCreateParts, IndicesDeleteParts, IndicesExistsAliasParts, IndicesGetAliasParts,
-    IndicesGetMappingParts, IndicesPutMappingParts,
+    IndicesGetMappingParts, IndicesPutMappingParts, IndicesRefreshParts,
 };
 use elasticsearch::{Elasticsearch, MgetParts};
 use serde_json::json;
@@ -34,11 +37,10 @@ use tokio::sync::Mutex;
 use self::config::redact;
 use self::response::classify;
 use self::sender::{Rejected, Retry, Sender};
-use super::{Ack, Sink, SinkError};
+use super::{Ack, Sink, SinkContext, SinkError};
 use crate::event::{ChangeEvent, Column, Op, PerSchema, SourceMessage, TableSchema, Value};
 use crate::failure::Failure;
 use crate::journal::{Journal, Settings as JournalSettings};
-use crate::schema::Policy;
 
 #[derive(Default)]
 struct Mapped {
@@ -47,6 +49,10 @@ struct Mapped {
     version: u32,
     /// Fields whose columns the source dropped, as `_meta.deprecated_fields` says.
     deprecated: Vec<String>,
+    /// The configuration the index was written under, as `_meta.document_fingerprint`
+    /// says (None: not recorded). Kept through mapping updates: a new column does not
+    /// make the documents already there current.
+    fingerprint: Option<String>,
 }
 
 /// Where a table's documents go and how they are identified.
@@ -83,13 +89,33 @@ pub struct ElasticsearchSink {
     sender: Sender,
     /// Written by the checkpoints' acks, one at a time, in order.
     dead_letters: Arc<Mutex<Journal>>,
-    /// The schema policy, for its unindexed columns.
-    policy: Arc<Policy>,
+    /// The schema policy (its unindexed columns) and what shapes documents upstream.
+    context: SinkContext,
+    /// New indexes an online reindex fills, written to as well (dual.rs).
+    dual: dual::DualWrites,
 }
 
 impl crate::sink::SinkKind for ElasticsearchSinkConfig {
     fn id(&self) -> String {
         ElasticsearchSinkConfig::id(self)
+    }
+
+    /// `dead_letter_dir` defaults to `<state dir>/dead-letters/<sink name>`.
+    fn fill_defaults(&mut self, state_dir: &std::path::Path) {
+        if self.dead_letter_dir.as_os_str().is_empty() {
+            let name: String = self
+                .id()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            self.dead_letter_dir = state_dir.join("dead-letters").join(name);
+        }
     }
 
     fn validate(
@@ -104,26 +130,30 @@ impl crate::sink::SinkKind for ElasticsearchSinkConfig {
         &self,
         id: String,
         cursor: Option<serde_json::Value>,
-        policy: &Arc<Policy>,
+        context: &SinkContext,
     ) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(ElasticsearchSink::open(
             id,
             self,
             cursor,
-            policy.clone(),
+            context.clone(),
         )?))
+    }
+
+    fn dead_letter_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.dead_letter_dir.clone())
     }
 }
 
 impl ElasticsearchSink {
     /// `cursor` is the dead-letter stream's cursor stored with the last checkpoint.
-    /// `policy` names the columns kept unindexed (read at start: a SIGHUP reload does
-    /// not change existing mappings).
+    /// `context.policy` names the columns kept unindexed (read at start: a SIGHUP reload
+    /// does not change existing mappings).
     pub fn open(
         id: String,
         cfg: &ElasticsearchSinkConfig,
         cursor: Option<serde_json::Value>,
-        policy: Arc<Policy>,
+        context: SinkContext,
     ) -> Result<Self, SinkError> {
         let client = client(cfg).map_err(|m| SinkError::new(&id, m))?;
         let dlq_cfg = JournalSettings {
@@ -136,6 +166,13 @@ impl ElasticsearchSink {
             max_backoff: Duration::from_secs(cfg.max_backoff_secs),
         };
         let sender = Sender::new(client.clone(), retry.clone(), cfg);
+        let dual = dual::DualWrites::watch(context.state_dir.clone(), id.clone(), {
+            let (cfg, context) = (cfg.clone(), context.clone());
+            move |name: &str| {
+                let (db, table) = name.split_once('.').unwrap_or(("", name));
+                fingerprint(&cfg, &context, db, table)
+            }
+        });
         Ok(ElasticsearchSink {
             id,
             cfg: cfg.clone(),
@@ -146,7 +183,8 @@ impl ElasticsearchSink {
             retry,
             sender,
             dead_letters: Arc::new(Mutex::new(dead_letters)),
-            policy,
+            context,
+            dual,
         })
     }
 
@@ -160,24 +198,7 @@ impl ElasticsearchSink {
             return Ok(t.clone());
         }
         let name = table.qualified_name();
-        let id = match self.cfg.ids.get(&name) {
-            Some(IdConfig::Columns(cols)) => {
-                let idx = cols
-                    .iter()
-                    .map(|c| table.columns.iter().position(|col| col.name == *c).ok_or(c))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|c| {
-                        self.err(format!(
-                            "ids.\"{name}\" names column `{c}`, which {name} does not have (columns: {})",
-                            table.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                        ))
-                    })?;
-                Some(DocId::Columns(idx))
-            }
-            Some(IdConfig::Named(_)) => Some(DocId::RowHash),
-            None if table.primary_key.is_empty() => None,
-            None => Some(DocId::Columns(table.primary_key.clone())),
-        };
+        let id = doc_id(&self.cfg, table).map_err(|m| self.err(m))?;
         let target = match id {
             None => {
                 tracing::warn!(sink = %self.id, table = %name, "table has no primary key: its changes are not indexed (set ids.\"{name}\" = \"row_hash\" or a column list in the sink to index them)");
@@ -201,10 +222,10 @@ impl ElasticsearchSink {
                 let owner = self.claims.get(&alias).filter(|o| **o != name).cloned();
                 let ensured = match (owner, self.mapped.get(&alias)) {
                     (Some(owner), _) => Err(owner),
-                    (None, Some(m)) => Ok((m.fields.clone(), m.version)),
+                    (None, Some(m)) => Ok((m.fields.clone(), m.version, m.fingerprint.clone())),
                     (None, None) => self.ensure_index(&alias, table).await?,
                 };
-                let (fields, version) = match ensured {
+                let (fields, version, fingerprint) = match ensured {
                     Ok(found) => found,
                     Err(owner) => {
                         break 'target refused("index_name_collision", format!(
@@ -232,10 +253,11 @@ impl ElasticsearchSink {
                     || deprecated != known.deprecated
                     || table.schema_version > version;
                 if changed {
-                    self.extend_mapping(&alias, table, &added, &deprecated)
+                    self.extend_mapping(&alias, table, &added, &deprecated, fingerprint.as_deref())
                         .await?;
                 }
                 let known = self.mapped.entry(alias.clone()).or_default();
+                known.fingerprint = fingerprint;
                 known.fields = fields;
                 known.fields.extend(added.into_iter().map(|c| c.name));
                 known.deprecated = deprecated;
@@ -265,30 +287,35 @@ impl ElasticsearchSink {
         table: &TableSchema,
         added: &[Column],
         deprecated: &[String],
+        fingerprint: Option<&str>,
     ) -> Result<(), SinkError> {
         let client = &self.client;
-        let unindexed = self.policy.unindexed(&table.qualified_name());
+        let unindexed = self.context.policy.unindexed(&table.qualified_name());
         let options = mapping::FieldOptions {
             decimal: self.cfg.decimal,
             unindexed,
         };
-        let body = mapping::update_body(table, added, deprecated, options);
+        let body = mapping::update_body(table, added, deprecated, options, fingerprint);
         let b = &body;
-        self.retry
-            .run("extending the mapping", || async move {
-                match client
-                    .indices()
-                    .put_mapping(IndicesPutMappingParts::Index(&[alias]))
-                    .body(b.clone())
-                    .send()
+        // An index an online reindex fills gets the fields too (its documents would
+        // otherwise have them mapped by guess).
+        let filling = self.dual.targets.get(alias).cloned();
+        for target in std::iter::once(alias).chain(filling.as_deref()) {
+            self.retry
+                .run("extending the mapping", || async move {
+                    ok_attempt(
+                        client
+                            .indices()
+                            .put_mapping(IndicesPutMappingParts::Index(&[target]))
+                            .body(b.clone())
+                            .send()
+                            .await,
+                        false,
+                    )
                     .await
-                {
-                    Err(e) => Err(Failure::Transient(e.to_string())),
-                    Ok(r) if r.status_code().is_success() => Ok(()),
-                    Ok(r) => status_attempt(r).await,
-                }
-            })
-            .await?;
+                })
+                .await?;
+        }
         let names: Vec<&str> = added.iter().map(|c| c.name.as_str()).collect();
         tracing::info!(sink = %self.id, alias, added = ?names, deprecated = ?deprecated, schema_version = table.schema_version, "mapping updated");
         Ok(())
@@ -296,14 +323,15 @@ impl ElasticsearchSink {
 
     /// Adopts an existing alias, or creates `<alias>_v1` with the mapping derived from
     /// the schema and points the alias at it. Never drops anything. Returns the fields
-    /// the index maps and the schema version its `_meta` names (0 for an adopted index:
-    /// unknown, so `_meta` is written again); or Err with the other table an adopted
-    /// index's `_meta.source_table` names.
+    /// the index maps, the schema version its `_meta` names (0 for an adopted index:
+    /// unknown, so `_meta` is written again) and the configuration it was written under;
+    /// or Err with the other table an adopted index's `_meta.source_table` names.
+    #[allow(clippy::type_complexity)]
     async fn ensure_index(
         &self,
         alias: &str,
         table: &TableSchema,
-    ) -> Result<Result<(Vec<String>, u32), String>, SinkError> {
+    ) -> Result<Result<(Vec<String>, u32, Option<String>), String>, SinkError> {
         let client = &self.client;
         let exists = self
             .retry
@@ -323,21 +351,21 @@ impl ElasticsearchSink {
             .await?;
         if exists {
             tracing::info!(sink = %self.id, alias, table = %table.qualified_name(), "adopting existing index alias");
-            let current: serde_json::Value = self
-                .retry
-                .run("reading the mapping", || async move {
-                    let sent = client
+            let current = self
+                .read_json("reading the mapping", || async move {
+                    client
                         .indices()
                         .get_mapping(IndicesGetMappingParts::Index(&[alias]))
                         .send()
-                        .await;
-                    json_attempt(sent, "_mapping").await
+                        .await
                 })
                 .await?;
             // Every concrete index behind the alias: {"<index>": {"mappings": {...}}}.
             let mut fields = Vec::new();
+            let mut fingerprints = std::collections::BTreeSet::new();
             for index in current.as_object().into_iter().flat_map(|m| m.values()) {
                 let mappings = &index["mappings"];
+                fingerprints.insert(mappings["_meta"]["document_fingerprint"].as_str());
                 if let Some(owner) = mappings["_meta"]["source_table"].as_str() {
                     if owner != table.qualified_name() {
                         return Ok(Err(owner.to_string()));
@@ -347,29 +375,37 @@ impl ElasticsearchSink {
                     fields.extend(p.keys().cloned());
                 }
             }
-            return Ok(Ok((fields, 0)));
+            // Indexes written under different configurations: not recorded as one.
+            let fingerprint = match fingerprints.into_iter().collect::<Vec<_>>()[..] {
+                [Some(f)] => Some(f.to_string()),
+                _ => None,
+            };
+            return Ok(Ok((fields, 0, fingerprint)));
         }
         let concrete = format!("{alias}_v1");
-        self.create_index(&concrete, table).await?;
+        let fingerprint = self.create_index(&concrete, table).await?;
         self.swap_aliases(json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]}))
             .await?;
         tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "created index and alias");
         Ok(Ok((
             table.columns.iter().map(|c| c.name.clone()).collect(),
             table.schema_version,
+            Some(fingerprint),
         )))
     }
 
     /// Creates a concrete index with the mapping derived from the schema (an index that
     /// already exists is fine: an earlier attempt made it).
-    async fn create_index(&self, concrete: &str, table: &TableSchema) -> Result<(), SinkError> {
+    /// Returns the configuration's fingerprint the index's `_meta` records.
+    async fn create_index(&self, concrete: &str, table: &TableSchema) -> Result<String, SinkError> {
         let client = &self.client;
-        let unindexed = self.policy.unindexed(&table.qualified_name());
+        let unindexed = self.context.policy.unindexed(&table.qualified_name());
         let options = mapping::FieldOptions {
             decimal: self.cfg.decimal,
             unindexed,
         };
-        let body = mapping::create_index_body(table, options, &self.cfg.gc_deletes);
+        let fingerprint = fingerprint(&self.cfg, &self.context, &table.db, &table.table);
+        let body = mapping::create_index_body(table, options, &self.cfg.gc_deletes, &fingerprint);
         let b = &body;
         self.retry
             .run("creating the index", || async move {
@@ -398,7 +434,8 @@ impl ElasticsearchSink {
                     }
                 }
             })
-            .await
+            .await?;
+        Ok(fingerprint)
     }
 
     /// Applies alias actions atomically (`_aliases`).
@@ -407,17 +444,16 @@ impl ElasticsearchSink {
         let a = &actions;
         self.retry
             .run("updating aliases", || async move {
-                match client
-                    .indices()
-                    .update_aliases()
-                    .body(a.clone())
-                    .send()
-                    .await
-                {
-                    Err(e) => Err(Failure::Transient(e.to_string())),
-                    Ok(r) if r.status_code().is_success() => Ok(()),
-                    Ok(r) => status_attempt(r).await,
-                }
+                ok_attempt(
+                    client
+                        .indices()
+                        .update_aliases()
+                        .body(a.clone())
+                        .send()
+                        .await,
+                    false,
+                )
+                .await
             })
             .await
     }
@@ -430,59 +466,116 @@ impl ElasticsearchSink {
     async fn truncate(&mut self, alias: &str, table: &TableSchema) -> Result<(), SinkError> {
         // Writes queued before the truncate belong to the old index.
         self.sender.drain().await;
-        let client = &self.client;
-        let current: serde_json::Value = self
-            .retry
-            .run("reading the alias", || async move {
-                let sent = client
-                    .indices()
-                    .get_alias(IndicesGetAliasParts::Name(&[alias]))
-                    .send()
-                    .await;
-                json_attempt(sent, "_alias").await
-            })
+        // The rows a resync's snapshot copied are gone now, and the empty index is
+        // exact: the resync is over. An online reindex has to start over.
+        let resynced = self.end_resync(alias);
+        self.dual.stop(
+            alias,
+            "the table was truncated while the new index was filled; run the reindex again",
+        );
+        let (old, all) = self.indexes_of(alias).await?;
+        // After every version there is, behind the alias or not: the next one may be
+        // an index a reindex fills (or an interrupted one left), full of rows.
+        let concrete = next_concrete(alias, &all);
+        let fingerprint = self.create_index(&concrete, table).await?;
+        self.swap_aliases(move_alias(alias, &old, &concrete))
             .await?;
-        let old: Vec<String> = current
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let next = old
-            .iter()
-            .filter_map(|i| i.strip_prefix(&format!("{alias}_v"))?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let concrete = format!("{alias}_v{next}");
-        self.create_index(&concrete, table).await?;
-        let mut actions: Vec<serde_json::Value> = old
-            .iter()
-            .map(|i| json!({"remove": {"index": i, "alias": alias}}))
-            .collect();
-        actions.push(json!({"add": {"index": concrete, "alias": alias, "is_write_index": true}}));
-        self.swap_aliases(json!({ "actions": actions })).await?;
-        for i in &old {
-            let i = i.as_str();
-            self.retry
-                .run("deleting the truncated index", || async move {
-                    match client
-                        .indices()
-                        .delete(IndicesDeleteParts::Index(&[i]))
-                        .send()
-                        .await
-                    {
-                        Err(e) => Err(Failure::Transient(e.to_string())),
-                        Ok(r)
-                            if r.status_code().is_success() || r.status_code().as_u16() == 404 =>
-                        {
-                            Ok(())
-                        }
-                        Ok(r) => status_attempt(r).await,
-                    }
-                })
-                .await?;
+        for i in old.iter().chain(&resynced) {
+            self.delete_index(i, "deleting the truncated index").await?;
+        }
+        // An empty index is written under the configuration of today.
+        if let Some(m) = self.mapped.get_mut(alias) {
+            m.fingerprint = Some(fingerprint);
         }
         tracing::info!(sink = %self.id, alias, index = %concrete, table = %table.qualified_name(), "truncate: the alias now points at a new empty index");
         Ok(())
+    }
+
+    /// The concrete indexes behind `alias`, and every `<alias>_v<N>` there is (those
+    /// behind it included).
+    async fn indexes_of(&self, alias: &str) -> Result<(Vec<String>, Vec<String>), SinkError> {
+        let client = &self.client;
+        let current = self
+            .read_json("reading the alias", || async move {
+                client
+                    .indices()
+                    .get_alias(IndicesGetAliasParts::Name(&[alias]))
+                    .send()
+                    .await
+            })
+            .await?;
+        let mut behind: Vec<String> = current
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        behind.sort();
+        let pattern = format!("{alias}_v*");
+        let pattern = pattern.as_str();
+        let listed = self
+            .read_json("listing the alias's indexes", || async move {
+                client
+                    .indices()
+                    .get_alias(IndicesGetAliasParts::Index(&[pattern]))
+                    .send()
+                    .await
+            })
+            .await?;
+        let mut all = versions_in(alias, &listed);
+        all.extend(behind.iter().cloned());
+        Ok((behind, all))
+    }
+
+    /// A JSON answer of the cluster, retried like every request (`what` names it).
+    async fn read_json<F, Fut>(&self, what: &str, send: F) -> Result<serde_json::Value, SinkError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+            Output = Result<elasticsearch::http::response::Response, elasticsearch::Error>,
+        >,
+    {
+        let send = &send;
+        self.retry
+            .run(
+                what,
+                || async move { json_attempt(send().await, what).await },
+            )
+            .await
+    }
+
+    /// Deletes concrete index `name` (gone already is fine).
+    async fn delete_index(&self, name: &str, what: &str) -> Result<(), SinkError> {
+        let client = &self.client;
+        self.retry
+            .run(what, || async move {
+                ok_attempt(
+                    client
+                        .indices()
+                        .delete(IndicesDeleteParts::Index(&[name]))
+                        .send()
+                        .await,
+                    true,
+                )
+                .await
+            })
+            .await
+    }
+
+    /// Makes what was written to concrete index `name` searchable now.
+    async fn refresh_index(&self, name: &str) -> Result<(), SinkError> {
+        let client = &self.client;
+        self.retry
+            .run("refreshing the index", || async move {
+                ok_attempt(
+                    client
+                        .indices()
+                        .refresh(IndicesRefreshParts::Index(&[name]))
+                        .send()
+                        .await,
+                    false,
+                )
+                .await
+            })
+            .await
     }
 
     /// Queues the writes for one row change: a delete, or an index of the new row
@@ -498,7 +591,7 @@ impl ElasticsearchSink {
         let old_id = e.before.as_ref().and_then(|b| ids.of(e, b));
         if e.op == Op::Delete {
             match old_id {
-                Some(id) => self.sender.push_delete(e, alias, &id).await,
+                Some(id) => self.push_delete(e, &alias, &id).await,
                 None => self.reject(e, alias, "row_without_id", "the delete does not carry the values of the document id (for ids = \"row_hash\" the source must send whole old rows: REPLICA IDENTITY FULL on PostgreSQL)"),
             }
             return Ok(());
@@ -538,7 +631,7 @@ impl ElasticsearchSink {
         };
         if e.op == Op::Update {
             match &old_id {
-                Some(old) if *old != new_id => self.sender.push_delete(e, alias.clone(), old).await,
+                Some(old) if *old != new_id => self.push_delete(e, &alias, old).await,
                 Some(_) => {}
                 // Without the old values the old document cannot be found: say so
                 // rather than leave it behind unnoticed.
@@ -548,10 +641,25 @@ impl ElasticsearchSink {
                 None => {}
             }
         }
-        self.sender
-            .push(e, alias, &new_id, document.as_deref())
-            .await;
+        self.push(e, &alias, &new_id, document.as_deref()).await;
         Ok(())
+    }
+
+    /// Queues an index of `e`'s row under `id`, into the alias and into the index an
+    /// online reindex fills, if one does.
+    async fn push(&mut self, e: &ChangeEvent, alias: &Arc<str>, id: &str, document: Option<&[u8]>) {
+        if let Some(filling) = self.dual.targets.get(&**alias).cloned() {
+            self.sender.push(e, filling, id, document).await;
+        }
+        self.sender.push(e, alias.clone(), id, document).await;
+    }
+
+    /// `push` for a delete.
+    async fn push_delete(&mut self, e: &ChangeEvent, alias: &Arc<str>, id: &str) {
+        if let Some(filling) = self.dual.targets.get(&**alias).cloned() {
+            self.sender.push_delete(e, filling, id).await;
+        }
+        self.sender.push_delete(e, alias.clone(), id).await;
     }
 
     fn reject(&mut self, e: &ChangeEvent, index: Arc<str>, error_type: &str, reason: &str) {
@@ -559,7 +667,7 @@ impl ElasticsearchSink {
             index,
             status: 0,
             error: json!({ "type": error_type, "reason": reason }),
-            event: e.to_json().into_bytes(),
+            event: e.clone(),
         });
     }
 
@@ -647,6 +755,95 @@ struct MgetDoc {
 }
 
 /// The client for a sink's nodes, credentials and CA.
+/// The next concrete index of `alias`: `<alias>_v<N+1>` after the highest `_vN` among
+/// `existing` (truncate and reindex both make one). Callers pass every version there
+/// is, not only those behind the alias: a name is never used twice.
+fn next_concrete(alias: &str, existing: &[String]) -> String {
+    let next = existing
+        .iter()
+        .filter_map(|i| version_of(alias, i))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    format!("{alias}_v{next}")
+}
+
+/// N when `index` is `<alias>_v<N>`.
+fn version_of(alias: &str, index: &str) -> Option<u64> {
+    index
+        .strip_prefix(alias)?
+        .strip_prefix("_v")?
+        .parse::<u64>()
+        .ok()
+}
+
+/// The versions of `alias` among the indexes of an `_alias` answer for `<alias>_v*`
+/// (the pattern also matches another table's `<alias>_vendors_v1`), sorted.
+fn versions_in(alias: &str, answer: &serde_json::Value) -> Vec<String> {
+    let mut out: Vec<String> = answer
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter(|i| version_of(alias, i).is_some())
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The `_aliases` body that moves `alias` from `old` to `new` (the write index) in one
+/// atomic request: searches see the old indexes or the new one, never neither.
+fn move_alias(alias: &str, old: &[String], new: &str) -> serde_json::Value {
+    let mut actions: Vec<serde_json::Value> = old
+        .iter()
+        .map(|i| json!({"remove": {"index": i, "alias": alias}}))
+        .collect();
+    actions.push(json!({"add": {"index": new, "alias": alias, "is_write_index": true}}));
+    json!({ "actions": actions })
+}
+
+/// `_meta.document_fingerprint` for `table`'s documents as this sink writes them.
+fn fingerprint(
+    cfg: &ElasticsearchSinkConfig,
+    context: &SinkContext,
+    db: &str,
+    table: &str,
+) -> String {
+    let name = format!("{db}.{table}");
+    mapping::document_fingerprint(
+        &(context.upstream)(db, table),
+        cfg.decimal,
+        context.policy.unindexed(&name),
+        cfg.ids.get(&name),
+    )
+}
+
+/// How a table's documents are identified: the `ids` setting, else the primary key;
+/// None without either (the table is skipped).
+fn doc_id(cfg: &ElasticsearchSinkConfig, table: &TableSchema) -> Result<Option<DocId>, String> {
+    let name = table.qualified_name();
+    Ok(match cfg.ids.get(&name) {
+        Some(IdConfig::Columns(cols)) => {
+            let idx = cols
+                .iter()
+                .map(|c| table.columns.iter().position(|col| col.name == *c).ok_or(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|c| {
+                    format!(
+                        "ids.\"{name}\" names column `{c}`, which {name} does not have (columns: {})",
+                        table.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+            Some(DocId::Columns(idx))
+        }
+        Some(IdConfig::Named(_)) => Some(DocId::RowHash),
+        None if table.primary_key.is_empty() => None,
+        None => Some(DocId::Columns(table.primary_key.clone())),
+    })
+}
+
 fn client(cfg: &ElasticsearchSinkConfig) -> Result<Elasticsearch, String> {
     let urls = cfg
         .urls
@@ -729,6 +926,19 @@ async fn json_attempt<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A request that answers nothing but success (`missing_ok`: or 404).
+async fn ok_attempt(
+    sent: Result<elasticsearch::http::response::Response, elasticsearch::Error>,
+    missing_ok: bool,
+) -> Result<(), Failure> {
+    match sent {
+        Err(e) => Err(Failure::Transient(e.to_string())),
+        Ok(r) if r.status_code().is_success() => Ok(()),
+        Ok(r) if missing_ok && r.status_code().as_u16() == 404 => Ok(()),
+        Ok(r) => status_attempt(r).await,
+    }
+}
+
 /// A non-success response, classified by its status and body (`response::classify`).
 async fn status_attempt<T>(r: elasticsearch::http::response::Response) -> Result<T, Failure> {
     let status = r.status_code().as_u16();
@@ -743,11 +953,17 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+        self.dual.refresh();
         for m in batch {
             // Commits need nothing here; a rewound transaction's documents are resent
             // with the same versions, which is harmless.
-            let SourceMessage::Change(e) = m else {
-                continue;
+            let e = match m {
+                SourceMessage::Change(e) => e,
+                SourceMessage::SnapshotProgress(p) => {
+                    self.end_resyncs(p).await?;
+                    continue;
+                }
+                _ => continue,
             };
             let (alias, ids) = match self.target(&e.table).await? {
                 Target::Index { alias, id } => (alias, id),
@@ -762,9 +978,16 @@ impl Sink for ElasticsearchSink {
                     continue;
                 }
             };
-            if e.op == Op::Truncate {
-                self.truncate(&alias, &e.table).await?;
-                continue;
+            match e.op {
+                Op::Truncate => {
+                    self.truncate(&alias, &e.table).await?;
+                    continue;
+                }
+                Op::Resync => {
+                    self.begin_resync(&alias, &e.table).await?;
+                    continue;
+                }
+                _ => {}
             }
             self.write(e, alias, &ids).await?;
         }
@@ -798,12 +1021,13 @@ impl Sink for ElasticsearchSink {
 }
 
 /// Appends a rejected document to the dead-letter stream: the event, the index, the
-/// error type and reason, and the whole error the cluster gave.
+/// error type and reason, the whole error the cluster gave, and the event's exact form
+/// with its layout (`replay`, what `tributary dead-letters replay` sends again).
 fn write_dead_letter(dlq: &mut Journal, sink: &str, r: &Rejected) -> Result<(), SinkError> {
     let error = &r.error;
     crate::metrics::dead_letter(sink, &r.index, error["type"].as_str().unwrap_or(""));
     tracing::warn!(sink, index = %r.index, status = r.status, error_type = %error["type"], reason = %crate::privacy::text(error["reason"].as_str().unwrap_or("")), "document rejected; written to the dead-letter stream");
-    let mut rec = Vec::with_capacity(256 + r.event.len());
+    let mut rec = Vec::with_capacity(1024);
     rec.extend_from_slice(b"{\"sink\":");
     crate::event::write_json_str(&mut rec, sink);
     rec.extend_from_slice(b",\"index\":");
@@ -815,7 +1039,29 @@ fn write_dead_letter(dlq: &mut Journal, sink: &str, r: &Rejected) -> Result<(), 
     rec.extend_from_slice(b",\"error\":");
     rec.extend_from_slice(error.to_string().as_bytes());
     rec.extend_from_slice(b",\"event\":");
-    rec.extend_from_slice(&r.event);
+    r.event.write_json(&mut rec);
+    rec.extend_from_slice(b",\"replay\":");
+    crate::event::stored::StoredChange::write(&r.event, &mut rec);
     rec.push(b'}');
     Ok(dlq.append_json(&rec)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_version_comes_after_every_version_there_is() {
+        let answer = json!({
+            "shop_items_v1": {"aliases": {}},
+            "shop_items_v3": {"aliases": {"shop_items": {}}},
+            "shop_items_vendors_v9": {"aliases": {"shop_items_vendors": {}}},
+            "shop_items_v2x": {"aliases": {}},
+        });
+        let all = versions_in("shop_items", &answer);
+        assert_eq!(all, ["shop_items_v1", "shop_items_v3"]);
+        assert_eq!(next_concrete("shop_items", &all), "shop_items_v4");
+        assert_eq!(next_concrete("shop_items", &[]), "shop_items_v1");
+        assert_eq!(version_of("shop_items", "shop_items_vendors_v9"), None);
+    }
 }

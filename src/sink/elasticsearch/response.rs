@@ -10,7 +10,11 @@ use crate::failure::Failure;
 /// pass by themselves (retried forever, nothing dropped); everything else needs the
 /// operator, with advice where the status says what to change.
 pub fn classify(status: u16, body: &str) -> Failure {
-    let text: String = body.chars().take(500).collect();
+    // A cluster's reason can quote a document's values: its error type stands in.
+    let text: String = crate::privacy::server_error(body)
+        .chars()
+        .take(500)
+        .collect();
     match status {
         429 | 500..=599 => Failure::Transient(format!("HTTP {status}: {text}")),
         401 | 403 => Failure::Fatal(format!(

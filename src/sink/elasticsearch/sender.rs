@@ -57,7 +57,7 @@ pub(super) struct Rejected {
     pub index: Arc<str>,
     pub status: u16,
     pub error: serde_json::Value,
-    pub event: Vec<u8>,
+    pub event: ChangeEvent,
 }
 
 /// What a checkpoint's ack must settle, in request order.
@@ -303,7 +303,7 @@ async fn send(
                         index: batch.items[i].alias.clone(),
                         status,
                         error,
-                        event: batch.event_json(i).to_vec(),
+                        event: batch.event(i).clone(),
                     }),
                 }
             }
@@ -321,7 +321,7 @@ async fn send(
 /// A document too large to send, for the dead-letter stream (status 413).
 fn too_large(
     index: Arc<str>,
-    event: Vec<u8>,
+    event: ChangeEvent,
     size: usize,
     error_type: &str,
     reason: String,

@@ -208,3 +208,36 @@ pub async fn check_server(
         .push(format!("{} included table(s) visible", included.len()));
     Ok(r)
 }
+
+/// Whether the server still has the checkpoint's binlog file (`SHOW BINARY LOGS`): a
+/// purge while tributary was stopped loses the changes in between. Reported by
+/// `snapshot::position_lost` (an error, or under `when_needed` a warning and a resync);
+/// returns true when lost.
+pub async fn checkpoint_file(
+    conn: &mut Conn,
+    cfg: &MysqlSourceConfig,
+    checkpoint: Option<&crate::event::Position>,
+    r: &mut CheckReport,
+) -> Result<bool, Failure> {
+    let Some(crate::event::Position::Binlog { file, .. }) = checkpoint else {
+        return Ok(false);
+    };
+    let files: Vec<mysql_async::Row> = conn
+        .query("SHOW BINARY LOGS")
+        .await
+        .map_err(|e| classify(cfg, &e))?;
+    if files
+        .iter()
+        .any(|row| row.get::<String, _>(0).as_deref() == Some(&**file))
+    {
+        return Ok(false);
+    }
+    let what = format!(
+        "the server no longer has binlog file {file} of tributary's checkpoint (purged: expire_logs_days / binlog_expire_logs_seconds)"
+    );
+    match crate::snapshot::position_lost(cfg.snapshot, &what) {
+        Ok(warning) => r.warnings.push(warning),
+        Err(error) => r.errors.push(error),
+    }
+    Ok(true)
+}

@@ -87,7 +87,7 @@ pub fn classify(cfg: &MysqlSourceConfig, e: &mysql_async::Error) -> Failure {
             1236 => Failure::Fatal(format!(
                 "the server cannot send the binlog from the checkpointed position: {}. \
                  The binlog was probably purged (expire_logs_days / binlog_expire_logs_seconds) while tributary was stopped. \
-                 Changes in between are lost to the stream: re-snapshot the tables, and run `tributary offsets reset --connector <file>` to start from the current position",
+                 Changes in between are lost to the stream: with [source] snapshot = \"when_needed\" a restart resyncs every table; else re-snapshot the tables, and run `tributary offsets reset --connector <file>` to start from the current position",
                 se.message
             )),
             1227 | 1142 | 1044 => Failure::Fatal(format!(

@@ -27,7 +27,12 @@ impl KeyReader for Chunks {
     }
 }
 
-pub fn lookup(cfg: &MysqlSourceConfig, flavor: super::Flavor, connector: &str) -> Arc<dyn Lookup> {
+/// The source's row reader: by key (lookups) and by chunk (verify).
+pub fn keyed(
+    cfg: &MysqlSourceConfig,
+    flavor: super::Flavor,
+    connector: &str,
+) -> Arc<Keyed<Chunks>> {
     Arc::new(Keyed::new(Chunks {
         cfg: cfg.clone(),
         flavor,
@@ -37,4 +42,16 @@ pub fn lookup(cfg: &MysqlSourceConfig, flavor: super::Flavor, connector: &str) -
         // message then).
         password: cfg.password().ok().flatten(),
     }))
+}
+
+pub fn lookup(cfg: &MysqlSourceConfig, flavor: super::Flavor, connector: &str) -> Arc<dyn Lookup> {
+    keyed(cfg, flavor, connector)
+}
+
+pub fn scan(
+    cfg: &MysqlSourceConfig,
+    flavor: super::Flavor,
+    connector: &str,
+) -> Arc<dyn crate::source::scan::TableScan> {
+    keyed(cfg, flavor, connector)
 }

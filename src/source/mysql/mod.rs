@@ -61,6 +61,8 @@ pub struct MysqlSource {
     flavor: Flavor,
     connector: Arc<str>,
     store: Arc<OffsetStore>,
+    /// The server no longer has the checkpoint's binlog (found by preflight).
+    lost: bool,
 }
 
 impl MysqlSource {
@@ -75,6 +77,7 @@ impl MysqlSource {
             flavor,
             connector: Arc::from(connector),
             store,
+            lost: false,
         }
     }
 
@@ -83,18 +86,23 @@ impl MysqlSource {
     }
 }
 
-/// Connects and runs the server checks (`tributary check` and startup).
-pub async fn check(cfg: &MysqlSourceConfig) -> Result<CheckReport, Failure> {
+/// Connects and runs the server checks (`tributary check` and startup), the
+/// checkpoint's binlog file among them; says whether the server lost it.
+pub async fn check(
+    cfg: &MysqlSourceConfig,
+    checkpoint: Option<&Position>,
+) -> Result<(CheckReport, bool), Failure> {
     let password = cfg.password().map_err(Failure::Fatal)?;
     let mut conn = connect::connect(cfg, password.as_ref()).await?;
     let mut report = checks::check_server(&mut conn, cfg, cfg.flavor()).await?;
+    let lost = checks::checkpoint_file(&mut conn, cfg, checkpoint, &mut report).await?;
     report.encryption(
         connect::cipher(&mut conn).await,
         &cfg.host,
         "set [source] ssl_mode = \"verify_identity\" and ssl_ca, with TLS on the server",
     );
     let _ = conn.disconnect().await;
-    Ok(report)
+    Ok((report, lost))
 }
 
 #[async_trait]
@@ -117,8 +125,8 @@ impl SourceKind for MysqlSourceConfig {
         (Box::new(s), d)
     }
 
-    async fn check(&self, _checkpoint: Option<&Position>) -> Result<CheckReport, Failure> {
-        check(self).await
+    async fn check(&self, checkpoint: Option<&Position>) -> Result<CheckReport, Failure> {
+        Ok(check(self, checkpoint).await?.0)
     }
 
     async fn live_schemas(&self) -> Result<Vec<(String, Vec<Column>)>, Failure> {
@@ -128,15 +136,26 @@ impl SourceKind for MysqlSourceConfig {
     fn lookup(&self, connector: &str) -> Arc<dyn Lookup> {
         lookup::lookup(self, self.flavor(), connector)
     }
+
+    fn scan(&self, connector: &str) -> Arc<dyn crate::source::scan::TableScan> {
+        lookup::scan(self, self.flavor(), connector)
+    }
 }
 
 #[async_trait]
 impl Source for MysqlSource {
     async fn preflight(&mut self) -> Result<(), SourceError> {
-        check(&self.cfg)
+        let checkpoint = self
+            .store
+            .checkpoint()
+            .map_err(|e| SourceError::Fatal(e.to_string()))?
+            .map(|c| c.position);
+        let (report, lost) = check(&self.cfg, checkpoint.as_ref())
             .await
-            .map_err(|f| SourceError::Fatal(f.to_string()))?
-            .require_ready(&self.cfg.address())
+            .map_err(|f| SourceError::Fatal(f.to_string()))?;
+        report.require_ready(&self.cfg.address())?;
+        self.lost = lost;
+        Ok(())
     }
 
     async fn run(
@@ -148,6 +167,13 @@ impl Source for MysqlSource {
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;
         let mut tx = tx;
+        // The server lost the checkpoint's binlog (`when_needed`, preflight): from its
+        // current position, every table resynced.
+        let resume = if self.lost { None } else { resume };
+        let mut cfg = self.cfg.clone();
+        if self.lost {
+            cfg.start = config::StartFrom::Current;
+        }
         let (merger, snapshots) = crate::snapshot::reader::start(
             snapshot::Chunks {
                 cfg: self.cfg.clone(),
@@ -157,7 +183,7 @@ impl Source for MysqlSource {
                 password: password.clone(),
             },
             self.store.clone(),
-            self.cfg.snapshot_settings(resume.is_none()),
+            self.cfg.snapshot_settings(resume.is_none(), self.lost),
             snapshot::included_tables(&self.cfg, password.as_ref(), &self.cfg.filter()),
             &mut tx,
             &shutdown,
@@ -165,7 +191,7 @@ impl Source for MysqlSource {
         .await
         .map_err(SourceError::Fatal)?;
         let streamer = stream::Streamer {
-            cfg: &self.cfg,
+            cfg: &cfg,
             flavor: self.flavor,
             connector: self.connector.clone(),
             store: self.store.clone(),

@@ -25,6 +25,9 @@ use crate::offsets::OffsetStore;
 use crate::settings::Secret;
 use crate::snapshot::merge::{Cut, Requests};
 use crate::snapshot::reader::{register, select_all, versioned, ChunkEnd, ChunkSource, Described};
+
+/// "Table definition has changed, please retry transaction".
+const ER_TABLE_DEF_CHANGED: u16 = 1412;
 use crate::source::filter::TableFilter;
 
 /// How one column's SELECT value becomes an event value.
@@ -71,6 +74,27 @@ impl ChunkSource for Chunks {
             .await
             .map_err(|e| classify(&self.cfg, &e))?;
         Ok(conn)
+    }
+
+    async fn position(&self, conn: &mut Conn) -> Result<(Position, u64), Failure> {
+        let row: Option<mysql_async::Row> = conn
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .map_err(|e| classify(&self.cfg, &e))?;
+        let (file, offset) = row
+            .and_then(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+            .ok_or_else(|| {
+                Failure::Fatal("SHOW MASTER STATUS returned nothing: the binlog is off".into())
+            })?;
+        let version = row_version(file_sequence(&file), offset, 0);
+        Ok((
+            Position::Binlog {
+                file: Arc::from(file.as_str()),
+                offset,
+                gtid: None,
+            },
+            version,
+        ))
     }
 
     async fn close(&self, conn: Conn) {
@@ -155,7 +179,13 @@ impl ChunkSource for Chunks {
                 rows.fail(e.to_string()).await;
                 // Wait for the stream to settle what it got, so the retry starts after
                 // the progress it recorded.
-                let _ = settled.wait().await;
+                let settled = settled.wait().await;
+                // A TRUNCATE or ALTER after the snapshot began: the server asks for the
+                // transaction again (error 1412), and a new snapshot reads the table as
+                // it is now.
+                if matches!(&e, mysql_async::Error::Server(s) if s.code == ER_TABLE_DEF_CHANGED) {
+                    return settled;
+                }
                 return Err(sql_err(e));
             }
         }

@@ -23,6 +23,12 @@ use super::table::{ExtraColumnInfo, TableInfo};
 use crate::event::SchemaChange;
 use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableChange, TableSchema};
 use crate::offsets::OffsetStore;
+
+/// New table ids on one connection before it is renewed at the next transaction
+/// boundary (see `StreamState::table_ids_this_session`): the driver's map events cost
+/// about 0.4 KiB each (measured with tests/mariadb_crash.rs's churn test), so at most
+/// about 4 MiB; a reconnect costs a few milliseconds per 10,000 reopened tables.
+const RENEW_AFTER_TABLE_IDS: usize = 10_000;
 use crate::queue::QueueSender;
 use crate::settings::Secret;
 use crate::snapshot::merge::Merger;
@@ -62,6 +68,11 @@ struct StreamState {
     txid: Option<Arc<str>>,
     standalone: bool,
     tables: HashMap<u64, CachedTable>,
+    /// Table ids first seen on this connection: the driver's stream reader keeps the
+    /// map event of every one until the server rotates its binlog (mysql_common's
+    /// EventStreamReader), so a table reopened again and again (FLUSH TABLES, a full
+    /// table cache) would grow it for up to a whole binlog file.
+    table_ids_this_session: usize,
     extra: HashMap<String, ExtraColumnInfo>,
     collations: Collations,
     /// A start position was just chosen (no checkpoint): hand it to the pipeline first
@@ -126,6 +137,7 @@ impl Streamer<'_> {
             txid: None,
             standalone: false,
             tables: HashMap::new(),
+            table_ids_this_session: 0,
             extra: HashMap::new(),
             collations: Collations::default(),
             announce_start: false,
@@ -193,6 +205,7 @@ impl Streamer<'_> {
             };
         st.checksums = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
         st.seen_fde = false;
+        st.table_ids_this_session = 0;
 
         // Where to start.
         let (file, pos, gtid_connect) = match self.start_point(&mut meta, st).await {
@@ -234,6 +247,7 @@ impl Streamer<'_> {
             Some(g) => tracing::info!(gtid = %g, tls, "streaming binlog from GTID position"),
             None => tracing::info!(file = %file, pos, tls, "streaming binlog"),
         }
+        crate::health::source(crate::health::Source::Streaming);
         *connected_once = true;
         st.file = Arc::from(file.as_str());
         if std::mem::take(&mut st.announce_start) {
@@ -269,7 +283,9 @@ impl Streamer<'_> {
                     st.merger.take(request);
                     if !st.in_txn {
                         if let Some(at) = st.boundary.clone() {
-                            if st.merger.emit_due(&at, tx).await.is_err() {
+                            if st.merger.at_boundary(&at, tx).await.is_err()
+                                || st.merger.emit_due(&at, tx).await.is_err()
+                            {
                                 return Stop::Closed;
                             }
                         }
@@ -296,6 +312,12 @@ impl Streamer<'_> {
             *progressed = true;
             if let Err(stop) = self.handle_event(st, tx, &mut meta, &event).await {
                 return stop;
+            }
+            if !st.in_txn && st.table_ids_this_session >= RENEW_AFTER_TABLE_IDS {
+                return Stop::Renew(format!(
+                    "{} table ids since connecting (the driver keeps a map event per id)",
+                    st.table_ids_this_session
+                ));
             }
         }
     }
@@ -613,6 +635,12 @@ impl Streamer<'_> {
         tx.send(SourceMessage::Commit(p.clone()))
             .await
             .map_err(|_| Stop::Closed)?;
+        if st.merger.has_resyncs() {
+            st.merger
+                .at_boundary(&p, tx)
+                .await
+                .map_err(|_| Stop::Closed)?;
+        }
         if st.merger.has_waiting() {
             st.merger.emit_due(&p, tx).await.map_err(|_| Stop::Closed)?;
         }
@@ -631,8 +659,10 @@ impl Streamer<'_> {
         };
         let id = tme.table_id();
         let raw = event.data();
-        if st.tables.get(&id).is_some_and(|c| c.raw() == raw) {
-            return Ok(());
+        match st.tables.get(&id) {
+            Some(c) if c.raw() == raw => return Ok(()),
+            Some(_) => {}
+            None => st.table_ids_this_session += 1,
         }
         let (db, table) = (
             tme.database_name().into_owned(),

@@ -20,6 +20,9 @@ pub struct Plan {
     pub create_slot: bool,
     /// The slot's confirmed position, when it exists.
     pub confirmed_flush: Option<u64>,
+    /// The changes after the checkpoint are gone from the server (the slot was dropped
+    /// or moved past it); under `when_needed` the run resyncs every table.
+    pub lost: bool,
 }
 
 /// The slot as the server reports it.
@@ -80,6 +83,12 @@ pub async fn check_server(
         cfg.address(),
         one("SHOW server_version").await?
     ));
+    if cfg.derived_names {
+        r.info.push(format!(
+            "slot `{}` and publication `{}`: named after the connector (set [source] slot and publication to choose others)",
+            cfg.slot, cfg.publication
+        ));
+    }
     let wal_level = one("SHOW wal_level").await?;
     if wal_level != "logical" {
         r.errors.push(format!(
@@ -288,12 +297,17 @@ pub async fn check_server(
             }
             if let (Some(cp), Some(cf)) = (checkpoint, s.confirmed_flush) {
                 if cf > cp {
-                    r.errors.push(format!(
-                        "replication slot `{}` is confirmed up to {} but tributary's checkpoint is {}: something else consumed or advanced the slot, and the changes in between are lost to tributary. Re-snapshot the tables and run `tributary offsets reset --connector <file>`",
+                    let what = format!(
+                        "replication slot `{}` is confirmed up to {} but tributary's checkpoint is {}: something else consumed or advanced the slot",
                         cfg.slot,
                         format_lsn(cf),
                         format_lsn(cp)
-                    ));
+                    );
+                    plan.lost = true;
+                    match crate::snapshot::position_lost(cfg.snapshot, &what) {
+                        Ok(warning) => r.warnings.push(warning),
+                        Err(error) => r.errors.push(error),
+                    }
                 }
             }
             if let Some(retained) = s.retained_bytes {
@@ -317,12 +331,23 @@ pub async fn check_server(
         }
         None => {
             if let Some(cp) = checkpoint {
-                r.errors.push(format!(
-                    "replication slot `{}` does not exist but tributary has a checkpoint ({}): the slot was dropped and the changes since are lost to the stream. Re-snapshot the tables and run `tributary offsets reset --connector <file>` (a new slot is then created)",
+                let what = format!(
+                    "replication slot `{}` does not exist but tributary has a checkpoint ({}): the slot was dropped",
                     cfg.slot,
                     format_lsn(cp)
-                ));
-            } else {
+                );
+                plan.lost = true;
+                match crate::snapshot::position_lost(cfg.snapshot, &what) {
+                    Ok(warning) => r.warnings.push(warning),
+                    Err(error) => r
+                        .errors
+                        .push(format!("{error} (a new slot is then created)")),
+                }
+            }
+            // A new slot: the first start, or a resync after the old one was dropped.
+            if checkpoint.is_none()
+                || (plan.lost && cfg.snapshot == crate::snapshot::SnapshotMode::WhenNeeded)
+            {
                 let free: i64 = client
                     .query_one(
                         "SELECT current_setting('max_replication_slots')::int8 - count(*) FROM pg_replication_slots",

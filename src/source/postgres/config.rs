@@ -40,12 +40,19 @@ pub struct PostgresSourceConfig {
     pub sslcert: Option<PathBuf>,
     #[serde(default)]
     pub sslkey: Option<PathBuf>,
-    /// The logical replication slot (pgoutput); created when missing.
+    /// The logical replication slot (pgoutput); created when missing. Default:
+    /// `tributary_<connector name>` (lower case, other characters as `_`).
+    #[serde(default)]
     pub slot: String,
     /// The publication listing the included tables; created when missing (never FOR
     /// ALL TABLES: that makes UPDATE/DELETE fail on the source's tables without a
-    /// primary key or replica identity).
+    /// primary key or replica identity). Default: like `slot`.
+    #[serde(default)]
     pub publication: String,
+    /// `slot` or `publication` was left out and named after the connector (`check`
+    /// says so).
+    #[serde(skip)]
+    pub derived_names: bool,
     /// `schema.table` globs.
     #[serde(default)]
     pub include: Vec<String>,
@@ -106,6 +113,22 @@ fn default_max_backoff() -> u64 {
 }
 fn default_wal_warn_mb() -> u64 {
     1024
+}
+
+/// `tributary_<name>` as a slot or publication name: lower case, any other character
+/// as `_`, at most 63 bytes.
+pub fn default_name(connector: &str) -> String {
+    let mut out = String::from("tributary_");
+    out.extend(connector.chars().map(|c| {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '_'
+        }
+    }));
+    out.truncate(63);
+    out
 }
 
 impl PostgresSourceConfig {

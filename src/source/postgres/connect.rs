@@ -247,7 +247,7 @@ pub fn classify_stream(cfg: &PostgresSourceConfig, e: &PgWireError) -> Failure {
         )),
         PgWireError::Server(m) if m.contains("does not exist") && m.contains("slot") => {
             Failure::Fatal(format!(
-                "PostgreSQL at {addr}: {m}. The slot `{}` was dropped while tributary was stopped: changes since are lost to the stream. Re-snapshot the tables and run `tributary offsets reset --connector <file>`",
+                "PostgreSQL at {addr}: {m}. The slot `{}` was dropped while tributary was stopped: changes since are lost to the stream. With [source] snapshot = \"when_needed\" a restart resyncs every table; else re-snapshot the tables and run `tributary offsets reset --connector <file>`",
                 cfg.slot
             ))
         }

@@ -26,11 +26,23 @@ impl KeyReader for Chunks {
     }
 }
 
-pub fn lookup(cfg: &PostgresSourceConfig, connector: &str) -> Arc<dyn Lookup> {
+/// The source's row reader: by key (lookups) and by chunk (verify).
+pub fn keyed(cfg: &PostgresSourceConfig, connector: &str) -> Arc<Keyed<Chunks>> {
     Arc::new(Keyed::new(Chunks {
         cfg: cfg.clone(),
         connector: Arc::from(connector),
         store: None,
         password: cfg.password().ok().flatten(),
     }))
+}
+
+pub fn lookup(cfg: &PostgresSourceConfig, connector: &str) -> Arc<dyn Lookup> {
+    keyed(cfg, connector)
+}
+
+pub fn scan(
+    cfg: &PostgresSourceConfig,
+    connector: &str,
+) -> Arc<dyn crate::source::scan::TableScan> {
+    keyed(cfg, connector)
 }

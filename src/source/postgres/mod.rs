@@ -38,6 +38,8 @@ pub struct PostgresSource {
     cfg: PostgresSourceConfig,
     connector: Arc<str>,
     store: Arc<OffsetStore>,
+    /// The server lost the changes after the checkpoint (found by preflight).
+    lost: bool,
 }
 
 impl PostgresSource {
@@ -46,6 +48,7 @@ impl PostgresSource {
             cfg,
             connector: Arc::from(connector),
             store,
+            lost: false,
         }
     }
 
@@ -101,6 +104,15 @@ impl SourceKind for PostgresSourceConfig {
         PostgresSourceConfig::address(self)
     }
 
+    fn fill_defaults(&mut self, connector: &str) {
+        for name in [&mut self.slot, &mut self.publication] {
+            if name.is_empty() {
+                *name = config::default_name(connector);
+                self.derived_names = true;
+            }
+        }
+    }
+
     fn user(&self) -> &str {
         &self.user
     }
@@ -125,6 +137,10 @@ impl SourceKind for PostgresSourceConfig {
 
     fn lookup(&self, connector: &str) -> Arc<dyn Lookup> {
         lookup::lookup(self, connector)
+    }
+
+    fn scan(&self, connector: &str) -> Arc<dyn crate::source::scan::TableScan> {
+        lookup::scan(self, connector)
     }
 }
 
@@ -172,6 +188,7 @@ impl Source for PostgresSource {
             .await
             .map_err(|f| SourceError::Fatal(f.to_string()))?;
         report.require_ready(&self.cfg.address())?;
+        self.lost = plan.lost;
         checks::set_up(&client, &self.cfg, &plan)
             .await
             .map_err(SourceError::Fatal)
@@ -186,6 +203,9 @@ impl Source for PostgresSource {
     ) -> Result<(), SourceError> {
         let password = self.cfg.password().map_err(SourceError::Fatal)?;
         let mut tx = tx;
+        // The server lost the changes after the checkpoint (`when_needed`, preflight):
+        // from where the slot stands, every table resynced.
+        let resume = if self.lost { None } else { resume };
         let (merger, snapshots) = crate::snapshot::reader::start(
             snapshot::Chunks {
                 cfg: self.cfg.clone(),
@@ -194,7 +214,7 @@ impl Source for PostgresSource {
                 password: password.clone(),
             },
             self.store.clone(),
-            self.cfg.snapshot_settings(resume.is_none()),
+            self.cfg.snapshot_settings(resume.is_none(), self.lost),
             included_names(&self.cfg, password.as_ref()),
             &mut tx,
             &shutdown,

@@ -30,7 +30,7 @@ use super::catalog::{index_columns, quote_ident, Index, TypeCache};
 use super::config::PostgresSourceConfig;
 use super::connect::{classify, query_client};
 use super::values::{decode_text, PgType};
-use crate::event::{now_ms, Column, Row, TableSchema, Value};
+use crate::event::{now_ms, Column, Position, Row, TableSchema, Value};
 use crate::failure::Failure;
 use crate::offsets::OffsetStore;
 use crate::settings::Secret;
@@ -151,6 +151,18 @@ impl ChunkSource for Chunks {
             // -1: never analyzed.
             estimate: estimate.max(0.0) as u64,
         }))
+    }
+
+    async fn position(&self, conns: &mut Conns) -> Result<(Position, u64), Failure> {
+        let text: String = conns
+            .reader
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| classify(&self.cfg, &e))?
+            .get(0);
+        let lsn = crate::event::parse_lsn(&text)
+            .ok_or_else(|| Failure::Fatal(format!("unexpected pg_current_wal_lsn() `{text}`")))?;
+        Ok((Position::Wal { lsn }, lsn))
     }
 
     async fn chunk(

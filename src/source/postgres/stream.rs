@@ -165,6 +165,7 @@ impl Streamer<'_> {
             confirmed = %format_lsn(confirmed),
             "streaming logical replication"
         );
+        crate::health::source(crate::health::Source::Streaming);
         *connected_once = true;
         // Relations are described again on every new session.
         st.relations.clear();
@@ -197,6 +198,14 @@ impl Streamer<'_> {
                 Next::Item(i) => i,
                 Next::Side(Some(request)) => {
                     st.merger.take(request);
+                    // A resync starts at once between transactions (else at the next
+                    // commit or keepalive).
+                    if !st.in_txn && st.boundary > 0 && st.merger.has_resyncs() {
+                        let at = Position::Wal { lsn: st.boundary };
+                        if st.merger.at_boundary(&at, tx).await.is_err() {
+                            return Stop::Closed;
+                        }
+                    }
                     continue;
                 }
                 Next::Side(None) => {
@@ -330,21 +339,28 @@ impl Streamer<'_> {
         st.in_txn = false;
         st.boundary = st.boundary.max(end);
         let at = Position::Wal { lsn: end };
+        let mut emitted = false;
         if let Some(marker) = st.marker.take() {
             // The chunk's rows, then its progress and this boundary.
             let version = st.commit_lsn;
-            if st
+            emitted = st
                 .merger
                 .emit_marked(&marker, &at, version, tx)
                 .await
-                .map_err(|_| Stop::Closed)?
-            {
-                return Ok(());
-            }
+                .map_err(|_| Stop::Closed)?;
         }
-        tx.send(SourceMessage::Commit(at))
-            .await
-            .map_err(|_| Stop::Closed)
+        if !emitted {
+            tx.send(SourceMessage::Commit(at.clone()))
+                .await
+                .map_err(|_| Stop::Closed)?;
+        }
+        if st.merger.has_resyncs() {
+            st.merger
+                .at_boundary(&at, tx)
+                .await
+                .map_err(|_| Stop::Closed)?;
+        }
+        Ok(())
     }
 
     /// Between transactions, the server's keepalive position is past every change the

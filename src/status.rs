@@ -1,0 +1,116 @@
+//! What `tributary status` prints and the daemon's `/status` serves: the checkpoint
+//! and its age, each sink's cursor, the schema guard's tables, snapshot and reindex
+//! progress, and (PostgreSQL) the slot as the server sees it.
+//!
+//! A running daemon holds the offsets store, so beside it the report comes from the
+//! `status.json` it writes with every checkpoint (the store stays the truth).
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::config::{ConnectorConfig, SourceConfig};
+use crate::event::{format_lsn, now_ms};
+use crate::offsets::OffsetStore;
+use crate::sink::elasticsearch::dual;
+
+/// The report as JSON; Err names what could not be read.
+pub async fn report(cfg: &ConnectorConfig) -> Result<Json, String> {
+    let (running, checkpoint, sinks, stages) = match cfg.state.open_store() {
+        Ok(store) => (
+            false,
+            store.checkpoint().map_err(|e| e.to_string())?,
+            store
+                .sink_cursors()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect::<Map<_, _>>(),
+            store
+                .stage_states()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect::<Map<_, _>>(),
+        ),
+        Err(_) => (
+            true,
+            OffsetStore::reported_checkpoint(&cfg.state.dir),
+            OffsetStore::reported(&cfg.state.dir, "cursors"),
+            OffsetStore::reported(&cfg.state.dir, "stages"),
+        ),
+    };
+    let guard_state = stages.get(crate::schema::guard::STATE_ID);
+    let snapshot_state = stages.get(crate::snapshot::STATE_ID);
+    let mut out = json!({
+        "connector": cfg.connector_name(),
+        "source": cfg.source.kind(),
+        "running": running,
+        "checkpoint": checkpoint.as_ref().map(|c| json!({
+            "position": c.position,
+            "age_s": now_ms().saturating_sub(c.at_ms) / 1000,
+        })),
+        "sinks": sinks,
+        "tables": guard_state.map(crate::schema::guard::summary),
+        "snapshot": snapshot_state.map(crate::snapshot::summary),
+        "reindex": reindexes(&cfg.state.dir),
+    });
+    if let SourceConfig::Postgres(p) = &cfg.source {
+        out["slot"] = slot(p).await?;
+    }
+    Ok(out)
+}
+
+/// Reindexes and resyncs running beside the daemon: per alias, the table, the index
+/// being filled, rows written of the estimate, and the phase.
+fn reindexes(state_dir: &Path) -> Json {
+    let running: Map<String, Json> = dual::requests(state_dir)
+        .into_iter()
+        .map(|(alias, r)| {
+            let answer =
+                dual::read_answer(state_dir, &alias).filter(|a| a.requested_ms == r.requested_ms);
+            let phase = match &answer {
+                None => "waiting for the daemon".to_string(),
+                Some(a) => match &a.stopped {
+                    Some(why) => format!("failing: {why}"),
+                    None if r.resync => "resync: the daemon's snapshot fills it (see snapshot), changes go to both indexes".to_string(),
+                    None => "filling (the daemon writes changes to both indexes)".to_string(),
+                },
+            };
+            let v = json!({
+                "table": r.table,
+                "sink": r.sink,
+                "index": r.index,
+                "rows": r.rows,
+                "estimate": r.estimate,
+                "phase": phase,
+                "resync": r.resync,
+            });
+            (alias, v)
+        })
+        .collect();
+    Json::Object(running)
+}
+
+/// The replication slot as the server reports it.
+async fn slot(p: &crate::source::postgres::PostgresSourceConfig) -> Result<Json, String> {
+    use crate::source::postgres::{checks, connect};
+    use crate::source::CommonSettings;
+    let password = p.password()?;
+    let client = connect::query_client(p, password.as_ref())
+        .await
+        .map_err(|e| e.message().to_string())?;
+    let slot = checks::slot_info(&client, &p.slot)
+        .await
+        .map_err(|e| checks::db_message(&e))?;
+    Ok(match slot {
+        None => json!({"name": p.slot, "exists": false}),
+        Some(s) => json!({
+            "name": p.slot,
+            "exists": true,
+            "active_pid": s.active_pid,
+            "confirmed_flush_lsn": s.confirmed_flush.map(format_lsn),
+            "retained_wal_bytes": s.retained_bytes,
+            "lag_bytes": s.lag_bytes,
+            "retained_wal_warning": s.retained_bytes.is_some_and(|b| (b >> 20) as u64 >= p.retained_wal_warn_mb),
+        }),
+    })
+}
