@@ -11,6 +11,9 @@
 # Users it creates (passwords are for local use only):
 #   tributary / tributary   SELECT, REPLICATION SLAVE, BINLOG MONITOR: all the daemon needs
 #   admin / admin           everything: tests and benchmarks use it to create tables and load rows
+#
+# $TRIBUTARY_MARIADB_REDO sets the InnoDB redo log's size (default 256M, what the
+# benchmarks load through); the test suite uses a smaller one, as it runs six servers.
 set -euo pipefail
 
 cmd=${1:-}
@@ -64,7 +67,7 @@ start() {
     --bind-address=127.0.0.1 --port="$port" --socket="$sock" --pid-file="$dir/mysqld.pid" \
     --log-error="$dir/error.log" --server-id=1 --log-bin="$dir/binlog/binlog" \
     --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL \
-    --innodb-buffer-pool-size=256M --innodb-log-file-size=256M --innodb-flush-log-at-trx-commit=2 \
+    --innodb-buffer-pool-size=256M --innodb-log-file-size=${TRIBUTARY_MARIADB_REDO:-256M} --innodb-flush-log-at-trx-commit=2 \
     --sync-binlog=0 --max-connections=200 --performance-schema=OFF --skip-name-resolve \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_general_ci \
     ${TRIBUTARY_MARIADB_EXTRA_ARGS:-} >/dev/null 2>&1 &
