@@ -43,8 +43,21 @@ pub fn read_log(dir: &Path, mut f: impl FnMut(Record) -> bool) -> Result<u64, Lo
     let mut count = 0;
     for s in segments {
         let path = dir.join(segment_name(s));
-        let mut reader =
-            BufReader::with_capacity(1 << 20, File::open(&path).map_err(|e| io(&path, e))?);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Retention deleted the oldest segments of a live log after they were
+            // listed: the log starts later, as it would have had we listed a moment
+            // later. Once records were read, a vanished segment is a gap: an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && count == 0 => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LogRecordError::Io {
+                    path,
+                    message: "retention deleted this segment while the log was being read (the reader fell behind the daemon's retention settings): read again".into(),
+                })
+            }
+            Err(e) => return Err(io(&path, e)),
+        };
+        let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut line = Vec::new();
         let mut n = 0u64;
         loop {

@@ -243,13 +243,23 @@ pub fn read_events(log_dir: &Path) -> Vec<Json> {
     if !log_dir.exists() {
         return Vec::new();
     }
-    let mut out = Vec::new();
-    tributary::journal::read_log(log_dir, |r| {
-        out.push(serde_json::from_str(&r.json).unwrap());
-        true
-    })
-    .unwrap_or_else(|e| panic!("log stream unreadable: {e}"));
-    out
+    // A live log with tight retention can lose a segment under a slow reader (the
+    // reader says so): read it again.
+    for _ in 0..10 {
+        let mut out = Vec::new();
+        match tributary::journal::read_log(log_dir, |r| {
+            out.push(serde_json::from_str(&r.json).unwrap());
+            true
+        }) {
+            Ok(_) => return out,
+            Err(e) if e.to_string().contains("retention deleted") => continue,
+            Err(e) => panic!("log stream unreadable: {e}"),
+        }
+    }
+    panic!(
+        "log stream {}: retention kept deleting segments under the reader",
+        log_dir.display()
+    )
 }
 
 /// Waits until the daemon checkpointed a position (it is streaming).
