@@ -4,6 +4,7 @@
 //! there is no intermediate JSON tree per row. The JSON form is in README.md and
 //! docs/DESIGN.md.
 
+pub mod consumer;
 mod json;
 mod schema_change;
 pub mod stored;
@@ -356,6 +357,31 @@ pub struct Column {
     pub name: String,
     /// The source's own type name (e.g. `bigint unsigned`, `varchar`), for mappings and docs.
     pub type_name: String,
+}
+
+impl Column {
+    /// The type name without its modifiers and signedness: `numeric(10,2)` ->
+    /// `numeric`, `timestamp(3) with time zone` -> `timestamp with time zone`,
+    /// `int unsigned` -> `int`.
+    pub fn base_type(&self) -> String {
+        let plain = plain_type(&self.type_name);
+        plain.trim_end_matches(" unsigned").to_string()
+    }
+}
+
+/// A type name without its modifiers (`numeric(10,2)` -> `numeric`); signedness stays.
+pub fn plain_type(type_name: &str) -> String {
+    let mut plain = String::with_capacity(type_name.len());
+    let mut depth = 0;
+    for ch in type_name.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
 }
 
 /// Something kept per table schema, looked up by the schema `Arc`'s address (every

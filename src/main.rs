@@ -204,12 +204,13 @@ enum Command {
         json: bool,
     },
     /// Rebuild a table's index into a new concrete index (`<alias>_v<N+1>`) with
-    /// today's mapping and enrichment, read from the source, then move the alias to it
-    /// in one atomic request (searches never see a partial index). Beside a running
-    /// daemon, which writes the table's changes to the new index too meanwhile; or with
-    /// it stopped, which then resumes into the new index.
+    /// today's mapping and enrichment, read from the source (or replayed from a log
+    /// stream holding the table's whole history), then move the alias to it in one
+    /// atomic request (searches never see a partial index). Beside a running daemon,
+    /// which writes the table's changes to the new index too meanwhile; or with it
+    /// stopped, which then resumes into the new index.
     #[command(
-        after_long_help = "Examples:\n  tributary reindex -c shop.toml --table shop.orders\n  tributary reindex -c shop.toml --table shop.orders --delete-previous\n\n`tributary status` shows the reindex while it runs; a reindex killed midway leaves the\nalias where it was."
+        after_long_help = "Examples:\n  tributary reindex -c shop.toml --table shop.orders\n  tributary reindex -c shop.toml --table shop.orders --delete-previous\n  tributary reindex -c shop.toml --table shop.orders --from log:events   no load on the source\n\n`tributary status` shows the reindex while it runs; a reindex killed midway leaves the\nalias where it was."
     )]
     Reindex {
         #[arg(long, short)]
@@ -223,6 +224,11 @@ enum Command {
         /// Delete the previous index after the swap (default: keep it).
         #[arg(long)]
         delete_previous: bool,
+        /// `source` (a consistent snapshot, default) or `log:NAME`: replay the log
+        /// sink NAME (its name or dir), refused unless it holds the table's whole
+        /// history since its snapshot or last truncate.
+        #[arg(long, default_value = "source")]
+        from: tributary::reindex::ReadFrom,
     },
     /// Print a shell completion script, e.g.
     /// `tributary completions bash > /etc/bash_completion.d/tributary`.
@@ -523,7 +529,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             table,
             sink,
             delete_previous,
-        } => reindex(&connector, table, sink, delete_previous).await,
+            from,
+        } => reindex(&connector, table, sink, delete_previous, from).await,
         Command::DeadLetters {
             action:
                 DeadLetterAction::List {
@@ -671,6 +678,7 @@ async fn reindex(
     table: String,
     sink: Option<String>,
     delete_previous: bool,
+    from: tributary::reindex::ReadFrom,
 ) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal;
     let cfg = load(path)?;
@@ -680,6 +688,7 @@ async fn reindex(
         delete_previous,
         progress: std::io::stderr().is_terminal(),
         if_indexed: false,
+        from,
     };
     let r = tributary::reindex::reindex(&cfg, &opts)
         .await

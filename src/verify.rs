@@ -320,7 +320,7 @@ impl Verifier<'_> {
 
         // A second look at what differed, once the daemon caught up with the reads.
         if let Some(w) = &last_window {
-            wait_for_daemon(self.cfg, &w.after).await?;
+            wait_for_daemon(self.cfg, passed(&w.after)).await?;
         }
         let suspects = std::mem::take(&mut self.suspects);
         self.suspected.clear();
@@ -421,7 +421,7 @@ impl Verifier<'_> {
         // Keys with a row, whether or not the row can be enriched.
         let present = row_keys(schema, &rows);
         let looked = self.expected(schema, rows, &window, ids).await?;
-        wait_for_daemon(self.cfg, &window.after).await?;
+        wait_for_daemon(self.cfg, passed(&window.after)).await?;
         let mut wanted: Vec<String> = suspects.iter().map(|s| s.id.clone()).collect();
         wanted.extend(looked.iter().map(|l| l.id.clone()));
         wanted.sort();
@@ -631,10 +631,18 @@ fn doc_key(source: &Json, names: &[String]) -> Option<Vec<Value>> {
         .collect()
 }
 
-/// Waits until the daemon's checkpoint is at or past `at`: at once when it is not
-/// running (nothing is on its way then), and when its checkpoint stood still for a
-/// while (an idle stream takes no checkpoints).
-async fn wait_for_daemon(cfg: &ConnectorConfig, at: &Position) -> Result<(), VerifyError> {
+/// Whether a checkpoint is at or past `at`.
+fn passed(at: &Position) -> impl Fn(&crate::offsets::Checkpoint) -> bool + '_ {
+    move |c| c.position.at_or_after(at) != Some(false)
+}
+
+/// Waits until the daemon reports a checkpoint `done` says is far enough: at once when
+/// it is not running (nothing is on its way then), and when its checkpoint stood still
+/// for a while (an idle stream takes no checkpoints).
+pub(crate) async fn wait_for_daemon(
+    cfg: &ConnectorConfig,
+    done: impl Fn(&crate::offsets::Checkpoint) -> bool,
+) -> Result<(), VerifyError> {
     let mut last = None;
     let mut since = Instant::now();
     loop {
@@ -645,14 +653,13 @@ async fn wait_for_daemon(cfg: &ConnectorConfig, at: &Position) -> Result<(), Ver
             Err(OffsetError::InUse { .. }) => {}
             _ => return Ok(()),
         }
-        let cp = OffsetStore::reported_checkpoint(&cfg.state.dir).map(|c| c.position);
-        if let Some(p) = &cp {
-            if p.at_or_after(at) != Some(false) {
-                return Ok(());
-            }
+        let cp = OffsetStore::reported_checkpoint(&cfg.state.dir);
+        if cp.as_ref().is_some_and(&done) {
+            return Ok(());
         }
-        if cp != last {
-            last = cp;
+        let at = cp.map(|c| c.at_ms);
+        if at != last {
+            last = at;
             since = Instant::now();
         } else if since.elapsed() > IDLE {
             return Ok(());

@@ -649,3 +649,99 @@ async fn mariadb_reindex_beside_the_running_daemon() {
     assert_eq!(behind(&url, &alias).await, before);
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
 }
+
+/// `--from log:NAME`: the new index is filled by replaying the connector's log stream
+/// (beside the running daemon, under writes, with a search loop through the alias) and
+/// equals the table; a log that does not hold the table's whole history is refused
+/// before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_reindex_from_a_log_stream() {
+    let url = elasticsearch();
+    let (db, dir, c, mut daemon) = items_in_elasticsearch("reindex_log", &url, ROWS).await;
+    let alias = format!("{db}_items");
+    let table_name = format!("{db}.items");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(
+        &mut conn,
+        &format!("DELETE FROM `{db}`.items WHERE id % 10 = 0; UPDATE `{db}`.items SET v = v + 1, note = CONCAT(note, ' changed') WHERE id % 7 = 0"),
+    )
+    .await;
+    let left = ROWS - ROWS / 10;
+    until_equal(&url, &alias, &c, || items_rows(&db)).await;
+
+    let (code, _, err) = reindex(&c, &table_name, &["--from", "log:nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no log sink of that name (log sinks: log:"),
+        "{err}"
+    );
+
+    let from = format!("log:{}", dir.path().join("log").display());
+    let halt = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let searches = search_loop(url.clone(), alias.clone(), halt.clone());
+    let w = writer(db.clone(), 100_000, halt.clone(), written.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, out, err) = reindex(&c, &table_name, &["--from", &from]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", daemon_log(&c));
+    assert!(out.contains(&format!("{alias}_v2")), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    halt.store(true, Ordering::SeqCst);
+    w.await.unwrap();
+    let (lowest, errors, reads) = searches.await.unwrap();
+    assert!(written.load(Ordering::SeqCst) > 10, "the writer ran");
+    assert_eq!(errors, 0, "searches through the alias failed");
+    assert!(
+        reads > 10 && lowest >= left,
+        "a search saw {lowest} documents ({reads} reads)"
+    );
+    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+    until_equal(&url, &alias, &c, || items_rows(&db)).await;
+
+    // A log sink added after the table's snapshot lacks the rows from before it.
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let late = dir.path().join("late");
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        "[state]",
+        &format!(
+            "[[sink]]\nkind = \"log\"\nname = \"late\"\ndir = \"{}\"\nsegment_bytes = 4096\n\n[state]",
+            late.display()
+        ),
+    );
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.items SET v = v + 1 WHERE id <= 100"),
+    )
+    .await;
+    until_equal(&url, &alias, &c, || items_rows(&db)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let (code, _, err) = reindex(&c, &table_name, &["--from", "log:late"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("does not hold the whole history")
+            && err.contains("after the table's snapshot started"),
+        "{err}"
+    );
+    // Retention took its oldest segment.
+    std::fs::remove_file(late.join("00000000000000000000.log")).unwrap();
+    let (code, _, err) = reindex(&c, &table_name, &["--from", "log:late"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("retention deleted its oldest segments"),
+        "{err}"
+    );
+    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+    assert!(
+        !exists(&url, &format!("{alias}_v3")).await,
+        "nothing created"
+    );
+
+    // Stopped, from the whole log again: equal.
+    let (code, out, err) = reindex(&c, &table_name, &["--from", &from, "--delete-previous"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v3")]);
+    assert_eq!(es_documents(&url, &alias).await, items_rows(&db).await);
+}

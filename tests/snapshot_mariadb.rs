@@ -302,3 +302,55 @@ async fn a_killed_reader_connection_is_retried_from_the_last_chunk() {
     unique.dedup();
     assert_eq!(unique.len(), snapshot_ids.len(), "no snapshot row twice");
 }
+
+/// A column added while the table's snapshot runs, then filled for every row: the
+/// chunks read after the ALTER carry it too (each chunk checks the columns in its own
+/// snapshot), so every document ends with the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_during_the_snapshot_reaches_every_document() {
+    mariadb(SHARED_PORT, "");
+    let url = elasticsearch();
+    let db = unique_db("snapalter");
+    let rows = 20_000u64;
+    let mut conn = admin(SHARED_PORT).await;
+    create_table(&mut conn, &db, rows).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "snapshot_chunk_rows = 100");
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon(&c);
+    let table = format!("{db}.t");
+    wait_snapshot(&c, &table, |s| s["rows"].as_u64().unwrap_or(0) >= 1_000).await;
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.t ADD COLUMN extra INT; UPDATE `{db}`.t SET extra = id"),
+    )
+    .await;
+    let first = snapshot_status(&c, &table);
+    assert_eq!(
+        first["status"], "running",
+        "the ALTER came mid-snapshot: {first}"
+    );
+    wait_snapshot(&c, &table, |s| s["status"] == "done").await;
+    let alias = format!("{db}_t");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let docs = es_documents_by_id(&url, &alias).await;
+        let lacking: Vec<i64> = docs
+            .iter()
+            .filter(|(id, d)| d["extra"] != **id)
+            .map(|(id, _)| *id)
+            .take(5)
+            .collect();
+        if docs.len() as u64 == rows && lacking.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} documents; without extra = id: {lacking:?}\n{}",
+            docs.len(),
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+}

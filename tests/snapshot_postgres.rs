@@ -437,3 +437,62 @@ async fn a_transaction_open_across_a_chunk_wins_in_elasticsearch() {
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }
+
+/// A column added while the table's snapshot runs, then filled for every row: the
+/// chunks read after the ALTER carry it too (each chunk is read with the columns its
+/// own snapshot sees), so every document ends with the value, none with a chunk's
+/// older image that lacks the column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_during_the_snapshot_reaches_every_document() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let rows = 20_000u64;
+    let schema = create_table(&client, "psnapalter", rows).await;
+    let table = format!("{schema}.t");
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        PG_PORT,
+        &schema,
+        &table,
+        "snapshot_chunk_rows = 500",
+    );
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon_env(&c, WIDE_WINDOW);
+    wait_snapshot(&c, &table, |s| s["rows"].as_u64().unwrap_or(0) >= 2_000).await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ADD COLUMN extra int; UPDATE {table} SET extra = id"
+        ))
+        .await
+        .unwrap();
+    let first = snapshot_status(&c, &table);
+    assert_eq!(
+        first["status"], "running",
+        "the ALTER came mid-snapshot: {first}"
+    );
+    wait_snapshot(&c, &table, |s| s["status"] == "done").await;
+    let alias = format!("{schema}_t");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let docs = es_documents_by_id(&url, &alias).await;
+        let lacking: Vec<i64> = docs
+            .iter()
+            .filter(|(id, d)| d["extra"] != **id)
+            .map(|(id, _)| *id)
+            .take(5)
+            .collect();
+        if docs.len() as u64 == rows && lacking.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} documents; without extra = id: {lacking:?}\n{}",
+            docs.len(),
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
+}

@@ -68,6 +68,23 @@ impl JournalError {
     }
 }
 
+/// The file a journal writes once, when it is created, with the time (`created_ms`):
+/// it has received every record since then (`reindex --from log:` tells by it
+/// whether a log began before a table's snapshot).
+const ORIGIN: &str = "origin.json";
+
+/// Records that the journal in `dir` begins now.
+pub(crate) fn write_origin(dir: &Path, mode: crate::files::FileMode) -> std::io::Result<()> {
+    let body = serde_json::json!({ "created_ms": crate::event::now_ms() });
+    mode.write_atomically(&dir.join(ORIGIN), body.to_string().as_bytes())
+}
+
+/// When the journal in `dir` was created (None for one an earlier release created).
+pub fn created_ms(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(ORIGIN)).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["created_ms"].as_u64()
+}
+
 /// `00000000000000000007.log` for segment 7.
 pub fn segment_name(index: u64) -> String {
     format!("{index:020}.log")

@@ -87,7 +87,12 @@ impl Journal {
                     dir.display()
                 )))
             }
-            None => Cursor { segment: 0, offset: 0 },
+            None => {
+                super::write_origin(&dir, cfg.file_mode).map_err(|e| {
+                    err(format!("cannot write {}: {e}", dir.join("origin.json").display()))
+                })?;
+                Cursor { segment: 0, offset: 0 }
+            }
             Some(c) => c,
         };
         // Cut everything past the checkpointed cursor.

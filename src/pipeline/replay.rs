@@ -15,11 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::ConnectorConfig;
-use crate::event::{ChangeEvent, SourceMessage, TableSchema};
+use crate::event::{ChangeEvent, SourceMessage};
 use crate::journal::LogRecordError;
-use crate::offsets::{OffsetError, OffsetStore, Saved, SchemaRecord};
+use crate::offsets::{OffsetError, OffsetStore, Saved};
 use crate::registry;
 use crate::schema::guard::{Guard, Pass};
+use crate::schema::history::Schemas;
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
 use crate::sink::Sink;
 
@@ -87,11 +88,11 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
         &journal,
         store.sink_cursor(quarantine::STREAM_ID)?,
     )?);
-    let mut schemas = Schemas {
-        history: store.schema_history()?,
-        built: HashMap::new(),
-        cfg,
-    };
+    let mut schemas = Schemas::new(
+        cfg.connector_name().into(),
+        cfg.source.kind(),
+        store.schema_history()?,
+    );
 
     // First pass, sending nothing: every schema the records carry must pass the policy
     // now, or no sink sees any of them.
@@ -107,7 +108,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
         let probe = ChangeEvent {
             before: None,
             after: None,
-            ..schemas.event(r)?
+            ..event(&mut schemas, cfg, r)?
         };
         decide(&mut dry, &probe)?;
     }
@@ -127,7 +128,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     let mut batch: Vec<SourceMessage> = Vec::with_capacity(BATCH + 1);
     let (mut rx, reader) = records(&dir, &chosen);
     while let Some(r) = rx.recv().await {
-        let e = schemas.event(r)?;
+        let e = event(&mut schemas, cfg, r)?;
         if decide(&mut guard, &e)? {
             *report
                 .replayed
@@ -258,46 +259,23 @@ fn decide(guard: &mut Guard, e: &ChangeEvent) -> Result<bool, PipelineError> {
     }
 }
 
-/// Table schemas rebuilt from the history, by table and version.
-struct Schemas<'a> {
-    history: BTreeMap<String, Vec<SchemaRecord>>,
-    built: HashMap<(String, u32), Arc<TableSchema>>,
-    cfg: &'a ConnectorConfig,
-}
-
-impl Schemas<'_> {
-    /// The record's event, with its table schema.
-    fn event(&mut self, r: QuarantineRecord) -> Result<ChangeEvent, PipelineError> {
-        let name = r.event.qualified_name();
-        let version = r.event.schema_version;
-        let schema = match self.built.get(&(name.clone(), version)) {
-            Some(s) => s.clone(),
-            None => {
-                let record = self
-                    .history
-                    .get(&name)
-                    .and_then(|h| h.iter().find(|s| s.version == version))
-                    .ok_or_else(|| {
-                        PipelineError::Replay(format!(
-                            "version {version} of {name} is not in the schema history of {}: its quarantined events cannot be rebuilt",
-                            self.cfg.state.dir.display()
-                        ))
-                    })?;
-                let schema = Arc::new(TableSchema::new(
-                    self.cfg.connector_name().into(),
-                    self.cfg.source.kind(),
-                    r.event.db.clone(),
-                    r.event.table.clone(),
-                    record.columns.clone(),
-                    record.primary_key.clone(),
-                    version,
-                ));
-                self.built.insert((name, version), schema.clone());
-                schema
-            }
-        };
-        r.event
-            .into_event(schema)
-            .map_err(|m| PipelineError::Replay(format!("quarantine stream: {m}")))
-    }
+/// The record's event, with its table schema from the history.
+fn event(
+    schemas: &mut Schemas,
+    cfg: &ConnectorConfig,
+    r: QuarantineRecord,
+) -> Result<ChangeEvent, PipelineError> {
+    let version = r.event.schema_version;
+    let schema = schemas
+        .get(&r.event.db, &r.event.table, version)
+        .ok_or_else(|| {
+            PipelineError::Replay(format!(
+                "version {version} of {} is not in the schema history of {}: its quarantined events cannot be rebuilt",
+                r.event.qualified_name(),
+                cfg.state.dir.display()
+            ))
+        })?;
+    r.event
+        .into_event(schema)
+        .map_err(|m| PipelineError::Replay(format!("quarantine stream: {m}")))
 }

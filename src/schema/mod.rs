@@ -3,6 +3,7 @@
 
 pub mod change;
 pub mod guard;
+pub mod history;
 pub mod policy;
 pub mod quarantine;
 

@@ -49,16 +49,7 @@ pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
         return field(element, decimal);
     }
     // Type modifiers go: `numeric(10,2)`, `timestamp(3) with time zone`.
-    let mut plain = String::with_capacity(type_name.len());
-    let mut depth = 0;
-    for ch in type_name.chars() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            c if depth == 0 => plain.push(c),
-            _ => {}
-        }
-    }
+    let plain = crate::event::plain_type(type_name);
     let base = plain.trim_end_matches(" unsigned");
     let unsigned = plain.ends_with(" unsigned");
     match base {

@@ -45,6 +45,9 @@ struct SnapColumn {
 /// A table as the snapshot reads it.
 pub(super) struct SnapTable {
     columns: Vec<SnapColumn>,
+    /// Each column's name and COLUMN_TYPE as described: a chunk whose snapshot sees
+    /// others (an ALTER during the table's snapshot) is not read with these.
+    signature: Vec<(String, String)>,
     /// The key to chunk by (empty: one full scan).
     chunk_key: Vec<usize>,
 }
@@ -148,6 +151,21 @@ impl ChunkSource for Chunks {
                 gtid: None,
             },
         };
+        // The chunk's rows must go out with the columns the stream has where they are
+        // due (past the cut), or a column added meanwhile would be missing from
+        // documents newer than the change that filled it. An ALTER after this look
+        // makes the read fail with 1412 (and the retry looks again); the error makes
+        // the reader describe the table again.
+        let now = signature(conn, &t.schema.db, &t.schema.table)
+            .await
+            .map_err(sql_err)?;
+        if now != t.table.signature {
+            let _ = conn.query_drop("COMMIT").await;
+            return Err(format!(
+                "the columns of {} changed during its snapshot: reading it again with the new ones",
+                t.schema.qualified_name()
+            ));
+        }
         let (mut rows, settled) = register(requests, t.schema.clone(), cut).await?;
         let key = &t.table.chunk_key;
         let (sql, params) = select(&t.schema, key, after, limit);
@@ -240,6 +258,10 @@ impl Chunks {
         } else {
             Default::default()
         };
+        let signature = cols
+            .iter()
+            .map(|(n, _, column_type, ..)| (n.clone(), column_type.clone()))
+            .collect();
         let mut columns = Vec::with_capacity(cols.len());
         let mut event_columns = Vec::with_capacity(cols.len());
         for (cname, data_type, column_type, precision, charset) in cols {
@@ -282,10 +304,28 @@ impl Chunks {
         Ok(Some(Described {
             schema: versioned(self.store.as_deref(), schema).map_err(Failure::Fatal)?,
             keyed: !chunk_key.is_empty(),
-            table: SnapTable { columns, chunk_key },
+            table: SnapTable {
+                columns,
+                signature,
+                chunk_key,
+            },
             estimate: estimate.flatten().unwrap_or(0),
         }))
     }
+}
+
+/// The table's columns as information_schema has them now: name, COLUMN_TYPE.
+async fn signature(
+    conn: &mut Conn,
+    db: &str,
+    name: &str,
+) -> Result<Vec<(String, String)>, mysql_async::Error> {
+    conn.exec(
+        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+        (db, name),
+    )
+    .await
 }
 
 /// `db.table` split at the dot that names an existing table (names may hold dots).

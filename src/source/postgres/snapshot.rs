@@ -49,6 +49,10 @@ pub struct Conns {
 
 /// A table as the snapshot reads it.
 pub struct PgTable {
+    oid: u32,
+    /// Each column's name and type as described: a chunk whose snapshot sees others
+    /// (an ALTER during the table's snapshot) is not read with these.
+    signature: Vec<(String, String)>,
     types: Vec<PgType>,
     /// Key columns to chunk by (empty: one pass), with the SQL type names to cast the
     /// resume key's text to.
@@ -93,14 +97,7 @@ impl ChunkSource for Chunks {
         let Some((oid, schema, name, identity)) = find(conn, table).await.map_err(fail)? else {
             return Ok(None);
         };
-        let rows = conn
-            .query(
-                "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
-                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                &[&oid],
-            )
-            .await
-            .map_err(fail)?;
+        let rows = conn.query(COLUMNS, &[&oid]).await.map_err(fail)?;
         let mut cache = TypeCache::default();
         let mut types = Vec::with_capacity(rows.len());
         let mut columns = Vec::with_capacity(rows.len());
@@ -131,6 +128,7 @@ impl ChunkSource for Chunks {
             .map_err(fail)?
             .get(0);
         let key_types = key.iter().map(|&i| columns[i].type_name.clone()).collect();
+        let signature = signature(&rows);
         let schema = TableSchema::new(
             self.connector.clone(),
             "postgres",
@@ -144,6 +142,8 @@ impl ChunkSource for Chunks {
             schema: versioned(self.store.as_deref(), schema).map_err(Failure::Fatal)?,
             keyed: !key.is_empty(),
             table: PgTable {
+                oid,
+                signature,
                 types,
                 chunk_key: key,
                 key_types,
@@ -236,6 +236,20 @@ impl Chunks {
         );
         let view = PgSnapshot::parse(&text, marker.clone())
             .ok_or_else(|| format!("unexpected pg_current_snapshot() `{text}`"))?;
+        // The catalog as of the chunk's snapshot: its rows must go out with the
+        // columns the stream has at the chunk's marker, or a column added meanwhile
+        // would be missing from documents newer than the change that filled it. The
+        // error makes the reader describe the table again.
+        let now = conn
+            .query(COLUMNS, &[&t.table.oid])
+            .await
+            .map_err(sql_err)?;
+        if signature(&now) != t.table.signature {
+            return Err(format!(
+                "the columns of {} changed during its snapshot: reading it again with the new ones",
+                t.schema.qualified_name()
+            ));
+        }
         let (mut rows, settled) =
             register(requests, t.schema.clone(), Cut::Snapshot(Box::new(view))).await?;
         // Committed after the chunk was handed over, so the stream finds it waiting. If
@@ -295,6 +309,16 @@ impl Chunks {
         }
         settled.wait().await
     }
+}
+
+/// A table's columns, in order: name, type oid, type with modifiers.
+const COLUMNS: &str =
+    "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute \
+     WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum";
+
+/// Names and types of `COLUMNS` rows.
+fn signature(rows: &[tokio_postgres::Row]) -> Vec<(String, String)> {
+    rows.iter().map(|r| (r.get(0), r.get(2))).collect()
 }
 
 /// `TRIBUTARY_TEST_MARKER_DELAY_MS`: a pause between taking a chunk's snapshot and

@@ -21,6 +21,8 @@
 //! index by the daemon. An interrupted reindex leaves the alias on the old index;
 //! running it again starts over (the unfinished new index is deleted first, once no
 //! daemon writes to it).
+//!
+//! `--from log:NAME` fills the new index from a log stream instead (from_log.rs).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,7 +33,10 @@ use crate::enrich::Stage;
 use crate::offsets::{OffsetError, OffsetStore};
 use crate::sink::elasticsearch::dual;
 use crate::sink::elasticsearch::verify::{IndexView, Repair};
-use crate::verify::{err, index_view, progress, render, VerifyError};
+use crate::verify::{err, index_view, progress, render, wait_for_daemon, VerifyError};
+
+mod from_log;
+pub use from_log::ReadFrom;
 
 /// Rows per chunk (one bulk request each).
 const CHUNK: u64 = 1000;
@@ -51,6 +56,8 @@ pub struct Options {
     /// A table without an index yet is nothing to do rather than an error (the daemon's
     /// rebuilds: the sink creates the index with the current mapping anyway).
     pub if_indexed: bool,
+    /// Where the documents come from.
+    pub from: ReadFrom,
 }
 
 #[derive(Debug, Default)]
@@ -99,7 +106,7 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
         .map_err(err)?;
     let layout = stage.layout(&schema).map_err(err)?;
     let stateful = stage.stateful_fields(&schema).map_err(err)?;
-    if online && !stateful.is_empty() {
+    if online && !stateful.is_empty() && opts.from == ReadFrom::Source {
         return Err(VerifyError(format!(
             "{name}: its [[enrich]] steps keep state ({} come from it), which the running daemon holds: stop the daemon, then reindex",
             stateful.join(", ")
@@ -134,6 +141,21 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
         }
         tracing::info!(table = %name, alias, fields = ?differing, "fields whose type changed: rebuilding the index");
     }
+    let history = match &opts.from {
+        ReadFrom::Source => None,
+        ReadFrom::Log(log) => {
+            let (db, table) = (&schema.db, &schema.table);
+            if view.written_with(db, table).await.map_err(VerifyError)?
+                != crate::sink::elasticsearch::verify::Written::Current
+            {
+                return Err(VerifyError(format!(
+                    "{alias} was written under another enrichment or mapping configuration than {} has now, and a log replays documents as they were written: reindex from the source (--from source) to apply the new one",
+                    cfg.path.display()
+                )));
+            }
+            Some(from_log::history(cfg, store.as_deref(), name, log)?)
+        }
+    };
     // Never a name used before: a running daemon may still send a write it queued for
     // an interrupted run's index after it saw that run's request go, and Elasticsearch
     // creates a missing index on a write. The interrupted run's index (never behind the
@@ -174,7 +196,7 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
         index: index.clone(),
         requested_ms: crate::event::now_ms(),
         rows: 0,
-        estimate: t.estimate,
+        estimate: history.as_ref().map_or(t.estimate, |h| h.records),
         resync: false,
         leftover: None,
     };
@@ -186,23 +208,51 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
             // next run to delete the index should this one be killed).
             write_request(state_dir, &alias, &request)?;
         }
-        let fill = Fill {
-            view: &view,
-            scan: scan.as_ref(),
-            name,
-            index: &index,
-            previous: &previous,
-            request: (state_dir.as_path(), alias.as_str(), &request),
-        };
-        fill.run(
-            &mut stage,
-            &schema,
-            &ids,
-            t.estimate,
-            opts.progress,
-            &mut report,
-        )
-        .await?;
+        let place = (state_dir.as_path(), alias.as_str(), &request);
+        match &history {
+            None => {
+                let fill = Fill {
+                    view: &view,
+                    scan: scan.as_ref(),
+                    name,
+                    index: &index,
+                    previous: &previous,
+                    request: place,
+                };
+                fill.run(
+                    &mut stage,
+                    &schema,
+                    &ids,
+                    t.estimate,
+                    opts.progress,
+                    &mut report,
+                )
+                .await?;
+            }
+            Some(history) => {
+                if online {
+                    // Every change the daemon did not write to the new index is in
+                    // the log once it checkpointed after it began to.
+                    let began = crate::event::now_ms();
+                    wait_for_daemon(cfg, |c| c.at_ms > began).await?;
+                }
+                let bar = progress(opts.progress, &format!("reindex {name} from {}", history.id), history.records);
+                let replay = from_log::Replay {
+                    cfg,
+                    view: &view,
+                    table: name,
+                    index: &index,
+                    history,
+                };
+                report.documents = replay
+                    .run(&mut stage, |done| {
+                        bar.set_position(done);
+                        record_progress(place, done);
+                    })
+                    .await?;
+                bar.finish_and_clear();
+            }
+        }
         view.refresh(&index).await.map_err(VerifyError)?;
         if online {
             // Still ours (a later run of the same table takes over), and the daemon
@@ -341,6 +391,20 @@ async fn ask_the_daemon(
     Ok(())
 }
 
+/// Records `rows` done in the run's request, for `tributary status`: not over a later
+/// run's request (that run took over; this one fails before the swap). Progress only:
+/// a failed write is not worth stopping for.
+fn record_progress((state_dir, alias, request): (&Path, &str, &dual::Request), rows: u64) {
+    if dual::read_request(state_dir, alias).is_some_and(|r| r.requested_ms == request.requested_ms)
+    {
+        let progress = dual::Request {
+            rows,
+            ..request.clone()
+        };
+        let _ = dual::write_request(state_dir, alias, &progress);
+    }
+}
+
 /// Fills the new index from the source, chunk by chunk.
 struct Fill<'a> {
     view: &'a IndexView,
@@ -403,18 +467,7 @@ impl Fill<'_> {
                 .map_err(VerifyError)?;
             bar.inc(n);
             rows += n;
-            let (state_dir, alias, request) = self.request;
-            // Not over a later run's request (that run took over; this one fails
-            // before the swap). Progress only: a failed write is not worth stopping for.
-            if dual::read_request(state_dir, alias)
-                .is_some_and(|r| r.requested_ms == request.requested_ms)
-            {
-                let progress = dual::Request {
-                    rows,
-                    ..(*request).clone()
-                };
-                let _ = dual::write_request(state_dir, alias, &progress);
-            }
+            record_progress(self.request, rows);
             match chunk.next {
                 Some(n) => after = Some(n),
                 None => break,
