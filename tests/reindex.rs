@@ -93,6 +93,35 @@ fn reindex(c: &std::path::Path, table: &str, extra: &[&str]) -> (i32, String, St
     tributary(&args)
 }
 
+/// `tributary reindex` of `<db>.items` with `args` while a writer inserts and updates
+/// and a search loop counts through the alias: the alias moves to `_v2`, no search
+/// fails and none sees fewer than `floor` documents.
+async fn reindex_under_writes(url: &str, c: &std::path::Path, db: &str, args: &[&str], floor: u64) {
+    let alias = format!("{db}_items");
+    let halt = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let searches = search_loop(url.to_string(), alias.clone(), halt.clone());
+    let w = writer(db.to_string(), 100_000, halt.clone(), written.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, out, err) = reindex(c, &format!("{db}.items"), args);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", daemon_log(c));
+    assert!(out.contains(&format!("{alias}_v2")), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    halt.store(true, Ordering::SeqCst);
+    w.await.unwrap();
+    let (lowest, errors, reads) = searches.await.unwrap();
+    assert!(written.load(Ordering::SeqCst) > 10, "the writer ran");
+    assert_eq!(
+        errors, 0,
+        "searches through the alias failed during the reindex"
+    );
+    assert!(
+        reads > 10 && lowest >= floor,
+        "a search saw {lowest} documents ({reads} reads)"
+    );
+    assert_eq!(behind(url, &alias).await, [format!("{alias}_v2")]);
+}
+
 /// A new enrichment step on `table`: old documents get its field only by a reindex.
 fn add_region_step(c: &std::path::Path, table: &str) {
     let mut text = std::fs::read_to_string(c).unwrap();
@@ -169,28 +198,7 @@ async fn mariadb_reindex_swaps_to_a_complete_index_under_writes_and_after_kill_9
     // A new enrichment step: old documents get it only through a reindex.
     add_region_step(&c, &format!("{db}.items"));
 
-    let halt = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let searches = search_loop(url.clone(), alias.clone(), halt.clone());
-    let w = writer(db.clone(), 100_000, halt.clone(), written.clone());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (code, out, err) = reindex(&c, &format!("{db}.items"), &[]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains(&format!("{alias}_v2")), "{out}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    halt.store(true, Ordering::SeqCst);
-    w.await.unwrap();
-    let (lowest, errors, reads) = searches.await.unwrap();
-    assert!(written.load(Ordering::SeqCst) > 10, "the writer ran");
-    assert_eq!(
-        errors, 0,
-        "searches through the alias failed during the reindex"
-    );
-    assert!(
-        reads > 10 && lowest >= ROWS,
-        "a search saw {lowest} documents ({reads} reads)"
-    );
-    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+    reindex_under_writes(&url, &c, &db, &[], ROWS).await;
     assert!(
         exists(&url, &format!("{alias}_v1")).await,
         "the previous index is kept"
@@ -510,25 +518,7 @@ async fn mariadb_reindex_beside_the_running_daemon() {
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
 
-    let halt = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let searches = search_loop(url.clone(), alias.clone(), halt.clone());
-    let w = writer(db.clone(), 100_000, halt.clone(), written.clone());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (code, out, err) = reindex(&c, &table_name, &[]);
-    assert_eq!(code, 0, "{out}\n{err}\n{}", daemon_log(&c));
-    assert!(out.contains(&format!("{alias}_v2")), "{out}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    halt.store(true, Ordering::SeqCst);
-    w.await.unwrap();
-    let (lowest, errors, reads) = searches.await.unwrap();
-    assert!(written.load(Ordering::SeqCst) > 10, "the writer ran");
-    assert_eq!(errors, 0, "searches through the alias failed");
-    assert!(
-        reads > 10 && lowest >= ROWS,
-        "a search saw {lowest} documents ({reads} reads)"
-    );
-    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+    reindex_under_writes(&url, &c, &db, &[], ROWS).await;
     assert!(exists(&url, &format!("{alias}_v1")).await, "kept");
     until_equal(&url, &alias, &c, || table(&db)).await;
     let log = daemon_log(&c);
@@ -677,25 +667,7 @@ async fn mariadb_reindex_from_a_log_stream() {
     );
 
     let from = format!("log:{}", dir.path().join("log").display());
-    let halt = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let searches = search_loop(url.clone(), alias.clone(), halt.clone());
-    let w = writer(db.clone(), 100_000, halt.clone(), written.clone());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (code, out, err) = reindex(&c, &table_name, &["--from", &from]);
-    assert_eq!(code, 0, "{out}\n{err}\n{}", daemon_log(&c));
-    assert!(out.contains(&format!("{alias}_v2")), "{out}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    halt.store(true, Ordering::SeqCst);
-    w.await.unwrap();
-    let (lowest, errors, reads) = searches.await.unwrap();
-    assert!(written.load(Ordering::SeqCst) > 10, "the writer ran");
-    assert_eq!(errors, 0, "searches through the alias failed");
-    assert!(
-        reads > 10 && lowest >= left,
-        "a search saw {lowest} documents ({reads} reads)"
-    );
-    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+    reindex_under_writes(&url, &c, &db, &["--from", &from], left).await;
     until_equal(&url, &alias, &c, || items_rows(&db)).await;
 
     // A log sink added after the table's snapshot lacks the rows from before it.

@@ -473,26 +473,7 @@ async fn a_column_added_during_the_snapshot_reaches_every_document() {
     );
     wait_snapshot(&c, &table, |s| s["status"] == "done").await;
     let alias = format!("{schema}_t");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let docs = es_documents_by_id(&url, &alias).await;
-        let lacking: Vec<i64> = docs
-            .iter()
-            .filter(|(id, d)| d["extra"] != **id)
-            .map(|(id, _)| *id)
-            .take(5)
-            .collect();
-        if docs.len() as u64 == rows && lacking.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} documents; without extra = id: {lacking:?}\n{}",
-            docs.len(),
-            daemon_log(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_every_document(&url, &alias, rows, |id, d| d["extra"] == id, &c).await;
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }

@@ -129,3 +129,34 @@ pub async fn resnapshot_while_running(connector: &std::path::Path, table: &str) 
     })
     .await;
 }
+
+/// Waits (up to 120 s) until the index behind `alias` holds `rows` documents and every
+/// one passes `ok(id, document)`; fails with the first ids that do not.
+pub async fn wait_every_document(
+    url: &str,
+    alias: &str,
+    rows: u64,
+    ok: impl Fn(i64, &Json) -> bool,
+    connector: &std::path::Path,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let docs = es_documents_by_id(url, alias).await;
+        let failing: Vec<i64> = docs
+            .iter()
+            .filter(|(id, d)| !ok(**id, d))
+            .map(|(id, _)| *id)
+            .take(5)
+            .collect();
+        if docs.len() as u64 == rows && failing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} documents of {rows}; failing: {failing:?}\n{}",
+            docs.len(),
+            daemon_log(connector)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
