@@ -657,7 +657,9 @@ pub(crate) async fn wait_for_daemon(
         if cp.as_ref().is_some_and(&done) {
             return Ok(());
         }
-        let at = cp.map(|c| c.at_ms);
+        // Standing still means no new position (a checkpoint at the same one again
+        // brings nothing new).
+        let at = cp.map(|c| c.position);
         if at != last {
             last = at;
             since = Instant::now();
