@@ -315,15 +315,20 @@ impl Replay<'_> {
         let (dir, after) = (self.history.dir.clone(), self.history.after);
         let (want_db, want_table) = (db.to_string(), t.to_string());
         let reader = tokio::task::spawn_blocking(move || {
+            // The record the history starts after must still be there: retention
+            // deleting its segment meanwhile would cut the start off unseen.
+            let mut saw_start = after.is_none();
             read_log(&dir, |r| {
                 if after.is_some_and(|a| (r.segment, r.line) <= a) {
+                    saw_start |= after == Some((r.segment, r.line));
                     return true;
                 }
                 if !Head::parse(&r.json).is_some_and(|h| h.is(&want_db, &want_table)) {
                     return true;
                 }
-                tx.blocking_send((r.segment, r.line, r.json)).is_ok()
+                saw_start && tx.blocking_send((r.segment, r.line, r.json)).is_ok()
             })
+            .map(|_| saw_start)
         });
         let mut pending: Vec<Repair> = Vec::with_capacity(BATCH);
         let (mut done, mut written, mut reads) = (0u64, 0u64, 0u64);
@@ -412,10 +417,16 @@ impl Replay<'_> {
         }
         written += self.send(&mut pending).await?;
         progress(done);
-        reader
+        let saw_start = reader
             .await
             .map_err(|e| VerifyError(format!("the log reader failed: {e}")))?
             .map_err(|e| log_error(&self.history.id, e))?;
+        if !saw_start {
+            return Err(VerifyError(format!(
+                "log {}: retention deleted the start of {}'s history while it was replayed; the alias still points at the previous index: reindex from the source",
+                self.history.id, self.table
+            )));
+        }
         // Retention may have deleted records since they were counted.
         if let Some((rows, _)) = self.history.reads {
             if reads != rows {
