@@ -39,27 +39,6 @@ fresh_es() {
   bash deploy/osmem.sh start "$ES_PORT" >/dev/null
 }
 
-# The load as SQL for $1 = mariadb | postgres.
-load_sql() {
-  python3 - "$1" "$inserts" "$updates" "$deletes" <<'PY'
-import sys
-kind = sys.argv[1]; ins, upd, dele = map(int, sys.argv[2:5])
-if kind == "mariadb":
-    rows = "SELECT seq, seq % 5000, 'new', seq * 1.25, CONCAT('order note ', seq), NOW(6), NULL FROM seq_{a}_to_{b}"
-    now3 = "NOW(3)"
-else:
-    print("SET synchronous_commit = on;")
-    rows = "SELECT i, i % 5000, 'new', i * 1.25, 'order note ' || i, now(), NULL FROM generate_series({a}, {b}) i"
-    now3 = "now()"
-for a in range(1, ins + 1, 1000):
-    print(f"INSERT INTO bench.orders {rows.format(a=a, b=min(a + 999, ins))};")
-for a in range(1, upd + 1, 1000):
-    print(f"UPDATE bench.orders SET status = 'paid', updated_at = {now3} WHERE id BETWEEN {a} AND {min(a + 999, upd)};")
-for a in range(ins - dele + 1, ins + 1, 1000):
-    print(f"DELETE FROM bench.orders WHERE id BETWEEN {a} AND {min(a + 999, ins)};")
-PY
-}
-
 # A steady writer for $1 = mariadb | postgres: 1000 transactions of 10 inserts, 20 ms apart.
 live_sql() {
   python3 - "$1" "$N" <<'PY'
@@ -112,7 +91,7 @@ print(round(q["0.5"], 1), round(q["0.99"], 1))' "$2"
 fresh_es
 echo "MariaDB: loading $N changes ($inserts inserts, $updates updates, $deletes deletes)..." >&2
 reset_bench_table
-load_sql mariadb | "${M[@]}" -D bench
+mixed_load_sql mariadb "$inserts" "$updates" "$deletes" | "${M[@]}" -D bench
 read -r end_file end_pos < <("${M[@]}" -N -e "SHOW MASTER STATUS" | awk '{print $1, $2}')
 expected=$N
 rows=$("${M[@]}" -N -e "SELECT COUNT(*) FROM bench.orders")
@@ -129,7 +108,7 @@ rm -rf "$work/elasticsearch"
 fresh_es
 echo "PostgreSQL: loading $N changes..." >&2
 reset_pg_bench_table bench_es bench_es
-load_sql postgres | "${P[@]}"
+mixed_load_sql postgres "$inserts" "$updates" "$deletes" | "${P[@]}"
 until=$("${P[@]}" -tA -c "SELECT pg_current_wal_insert_lsn()")
 rows=$("${P[@]}" -tA -c "SELECT count(*) FROM bench.orders")
 source_toml=$(pg_source_toml bench_es bench_es)

@@ -28,6 +28,29 @@ reset_bench_table() {
       created_at DATETIME(6) NOT NULL, updated_at TIMESTAMP(3) NULL) ENGINE=InnoDB"
 }
 
+# A mixed load of row changes into bench.orders as SQL, in transactions of 1000:
+# $2 inserts, then $3 updates (status, updated_at), then $4 deletes of the last
+# inserted rows; for $1 = mariadb | postgres.
+mixed_load_sql() {
+  python3 - "$@" <<'PY'
+import sys
+kind = sys.argv[1]; ins, upd, dele = map(int, sys.argv[2:5])
+if kind == "mariadb":
+    rows = "SELECT seq, seq % 5000, 'new', seq * 1.25, CONCAT('order note ', seq), NOW(6), NULL FROM seq_{a}_to_{b}"
+    now3 = "NOW(3)"
+else:
+    print("SET synchronous_commit = on;")
+    rows = "SELECT i, i % 5000, 'new', i * 1.25, 'order note ' || i, now(), NULL FROM generate_series({a}, {b}) i"
+    now3 = "now()"
+for a in range(1, ins + 1, 1000):
+    print(f"INSERT INTO bench.orders {rows.format(a=a, b=min(a + 999, ins))};")
+for a in range(1, upd + 1, 1000):
+    print(f"UPDATE bench.orders SET status = 'paid', updated_at = {now3} WHERE id BETWEEN {a} AND {min(a + 999, upd)};")
+for a in range(ins - dele + 1, ins + 1, 1000):
+    print(f"DELETE FROM bench.orders WHERE id BETWEEN {a} AND {min(a + 999, ins)};")
+PY
+}
+
 # A fresh bench.orders on the PostgreSQL bench server (psql command in $P), its
 # publication $1, and a pgoutput slot for each further argument, created before any
 # load so that each reader gets all of it.
@@ -67,7 +90,8 @@ snapshot = \"${3:-never}\""
 }
 
 # A connector file $2/c.toml: [source] $3, one sink of kind $1 (null, log or
-# elasticsearch at $ES), state in $2/state.
+# elasticsearch at $ES) with the settings in $sink_toml_extra (optional), state in
+# $2/state.
 write_connector() {
   local sink="kind = \"null\""
   [ "$1" = log ] && sink="kind = \"log\"
@@ -80,6 +104,7 @@ dead_letter_dir = \"$2/dead-letters\""
 $3
 [[sink]]
 $sink
+${sink_toml_extra:-}
 [state]
 dir = "$2/state"
 TOML

@@ -6,7 +6,8 @@
 #   bash bench/run_all.sh [--quick] [NAME...]
 #
 # NAME: run only these (binlog_throughput, pgoutput_throughput, snapshot,
-# huge_transaction, enrich_throughput, elasticsearch_sync, index_lifecycle, es_encode).
+# huge_transaction, enrich_throughput, elasticsearch_sync, es_ceiling, index_lifecycle,
+# es_encode).
 # --quick: a tenth of each workload, for a smoke run; its results go to
 # bench/results/quick/ and are compared with the previous quick run, never with the
 # full figures in bench/results/ (which it leaves as they are).
@@ -21,18 +22,18 @@ names=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) names+=("$a") ;;
   esac
 done
-all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync index_lifecycle es_encode)
+all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling index_lifecycle es_encode)
 [ ${#names[@]} -gt 0 ] || names=("${all[@]}")
 
 # Workload sizes: full (the scripts' defaults) and quick.
 args() { # $1 = name
   if [ "$quick" = 0 ]; then return; fi
   case "$1" in
-    binlog_throughput|pgoutput_throughput|enrich_throughput|huge_transaction) echo 100000 ;;
+    binlog_throughput|pgoutput_throughput|enrich_throughput|huge_transaction|es_ceiling) echo 100000 ;;
     snapshot) echo "100000 10000" ;;
     elasticsearch_sync|index_lifecycle) echo 10000 ;;
     es_encode) echo 100000 ;;

@@ -2,6 +2,8 @@
 //! failed request is retried or stops the sink (`classify`), and what became of each
 //! item of a bulk request (`outcomes`). Tested on canned responses.
 
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::failure::Failure;
@@ -38,11 +40,74 @@ pub enum Outcome {
     Reject { status: u16, error: Json },
 }
 
+/// A bulk response as the sink reads it: each item's action, status and error, in
+/// request order. Read straight from the body without building a JSON tree of the
+/// whole answer: a cluster's items carry `_index`, `_id`, `_shards`, `_seq_no` and
+/// more that the sink never looks at, and the tree cost a third of the daemon's CPU
+/// at its ceiling (bench/es_ceiling.sh).
+#[derive(Debug, Deserialize)]
+pub struct BulkAnswer {
+    items: Vec<AnswerItem>,
+}
+
+#[derive(Debug)]
+struct AnswerItem {
+    delete: bool,
+    status: u16,
+    error: Json,
+}
+
+/// The one key of an item: its action.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum ActionKey {
+    Delete,
+    #[serde(other)]
+    Other,
+}
+
+/// The fields of an item the sink reads (the rest are skipped unparsed).
+#[derive(Deserialize)]
+struct ItemBody {
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    error: Json,
+}
+
+impl<'de> Deserialize<'de> for AnswerItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Item;
+        impl<'de> Visitor<'de> for Item {
+            type Value = AnswerItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a bulk item: {\"<action>\": {\"status\": ...}}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnswerItem, A::Error> {
+                let mut item = AnswerItem {
+                    delete: false,
+                    status: 0,
+                    error: Json::Null,
+                };
+                if let Some(action) = map.next_key::<ActionKey>()? {
+                    let body: ItemBody = map.next_value()?;
+                    item = AnswerItem {
+                        delete: matches!(action, ActionKey::Delete),
+                        status: body.status,
+                        error: body.error,
+                    };
+                }
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(item)
+            }
+        }
+        d.deserialize_map(Item)
+    }
+}
+
 /// Reads a bulk response's items in request order.
-pub fn outcomes(response: &Json, expected: usize) -> Result<Vec<Outcome>, String> {
-    let items = response["items"]
-        .as_array()
-        .ok_or("bulk response has no `items` array")?;
+pub fn outcomes(response: BulkAnswer, expected: usize) -> Result<Vec<Outcome>, String> {
+    let items = response.items;
     if items.len() != expected {
         return Err(format!(
             "bulk response has {} items for {expected} actions",
@@ -50,23 +115,15 @@ pub fn outcomes(response: &Json, expected: usize) -> Result<Vec<Outcome>, String
         ));
     }
     Ok(items
-        .iter()
-        .map(|item| {
-            let (action, body) = item
-                .as_object()
-                .and_then(|o| o.iter().next())
-                .map(|(k, v)| (k.as_str(), v))
-                .unwrap_or(("", &Json::Null));
-            let status = body["status"].as_u64().unwrap_or(0) as u16;
-            match status {
-                200..=299 | 409 => Outcome::Done,
-                404 if action == "delete" => Outcome::Done,
-                429 | 500..=599 | 0 => Outcome::Retry,
-                _ => Outcome::Reject {
-                    status,
-                    error: body["error"].clone(),
-                },
-            }
+        .into_iter()
+        .map(|item| match item.status {
+            200..=299 | 409 => Outcome::Done,
+            404 if item.delete => Outcome::Done,
+            429 | 500..=599 | 0 => Outcome::Retry,
+            status => Outcome::Reject {
+                status,
+                error: item.error,
+            },
         })
         .collect())
 }
@@ -93,6 +150,28 @@ mod tests {
         assert!(classify(400, &"x".repeat(10_000)).message().len() < 600);
     }
 
+    fn answer(resp: &Json) -> BulkAnswer {
+        serde_json::from_value(resp.clone()).expect("a bulk answer")
+    }
+
+    #[test]
+    fn an_answer_with_every_field_a_cluster_sends_reads_as_its_statuses() {
+        let text = r#"{"took":3,"errors":true,"items":[
+            {"index":{"_index":"t_v1","_id":"1","_version":7,"result":"created","_shards":{"total":2,"successful":1,"failed":0},"_seq_no":0,"_primary_term":1,"status":201}},
+            {"delete":{"_index":"t_v1","_id":"2","_version":8,"result":"not_found","_shards":{"total":2,"successful":1,"failed":0},"status":404}},
+            {"index":{"_index":"t_v1","_id":"3","status":400,"error":{"type":"mapper_parsing_exception","reason":"x","caused_by":{"type":"y"}}}}
+        ]}"#;
+        let answer: BulkAnswer = serde_json::from_str(text).unwrap();
+        let o = outcomes(answer, 3).unwrap();
+        assert_eq!(&o[..2], &[Outcome::Done, Outcome::Done]);
+        assert!(
+            matches!(&o[2], Outcome::Reject { status: 400, error } if error["caused_by"]["type"] == "y"),
+            "{o:?}"
+        );
+        // An answer without items is an error, not an empty success.
+        assert!(serde_json::from_str::<BulkAnswer>(r#"{"took":1}"#).is_err());
+    }
+
     #[test]
     fn item_outcomes() {
         let resp = serde_json::json!({"items": [
@@ -102,7 +181,7 @@ mod tests {
             {"index": {"status": 429}},
             {"index": {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}},
         ]});
-        let o = outcomes(&resp, 5).unwrap();
+        let o = outcomes(answer(&resp), 5).unwrap();
         assert_eq!(
             &o[..4],
             &[Outcome::Done, Outcome::Done, Outcome::Done, Outcome::Retry]
@@ -110,7 +189,7 @@ mod tests {
         assert!(
             matches!(&o[4], Outcome::Reject { status: 400, error } if error["type"] == "mapper_parsing_exception")
         );
-        assert!(outcomes(&resp, 4).is_err());
+        assert!(outcomes(answer(&resp), 4).is_err());
     }
 
     #[test]
@@ -122,7 +201,7 @@ mod tests {
             {"index": {"status": 503}},
             {"index": {}},
         ]});
-        let o = outcomes(&resp, 5).unwrap();
+        let o = outcomes(answer(&resp), 5).unwrap();
         assert_eq!(&o[..2], &[Outcome::Done, Outcome::Done]);
         assert!(
             matches!(&o[2], Outcome::Reject { status: 404, .. }),

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::bulk::Batch;
 use super::config::ElasticsearchSinkConfig;
 use super::json_attempt;
-use super::response::{outcomes, Outcome};
+use super::response::{outcomes, BulkAnswer, Outcome};
 use crate::event::{now_ms, ChangeEvent};
 use crate::failure::Failure;
 use crate::metrics::AckLatency;
@@ -263,14 +263,14 @@ async fn send(
             let b = &batch;
             let response = retry
                 .run("bulk request", || async move {
+                    // Borrowed: the client copies it into its request buffer once.
                     let body = b.body();
-                    let body = body.strip_suffix(b"\n").unwrap_or(body).to_vec();
                     let started = Instant::now();
                     let sent = client.bulk(BulkParts::None).body(vec![body]).send().await;
                     crate::metrics::sink_request(&retry.sink, started.elapsed());
                     match sent {
                         Ok(r) if r.status_code().as_u16() == 413 => Ok(None),
-                        sent => json_attempt(sent, "bulk").await.map(Some),
+                        sent => json_attempt::<BulkAnswer>(sent, "bulk").await.map(Some),
                     }
                 })
                 .await?;
@@ -291,7 +291,7 @@ async fn send(
                 break;
             };
             let now = now_ms();
-            let results = outcomes(&response, batch.items.len())
+            let results = outcomes(response, batch.items.len())
                 .map_err(|m| SinkError::new(&retry.sink, m))?;
             let mut again = Vec::new();
             for (i, o) in results.into_iter().enumerate() {
