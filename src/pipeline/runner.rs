@@ -2,6 +2,7 @@
 //! arrives, a checkpoint is stored, the operator asks for a policy reload, the timer
 //! ticks.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::checkpoint::{Checkpointer, Participant, SnapshotProgress};
@@ -13,7 +14,7 @@ use crate::schema::guard::Guard;
 use crate::schema::quarantine::QuarantineStream;
 use crate::schema::Policy;
 use crate::settings::ConfigError;
-use crate::sink::Sink;
+use crate::sink::{SharedBatch, Sink};
 
 /// Whether the loop goes on after a batch.
 #[derive(Debug, PartialEq, Eq)]
@@ -157,12 +158,18 @@ impl Runner {
             Some(v) if enrich => Some(self.stages.enrich.apply(v).await?),
             other => other,
         };
-        let passed: &[SourceMessage] = match &owned {
+        // Shared with the sinks: one that keeps events until a server answered holds
+        // the batch rather than a copy of each event.
+        let passed: SharedBatch = Arc::new(match owned {
             Some(v) => v,
-            None => &batch.messages[..r.take],
-        };
+            None => {
+                let mut v = std::mem::take(&mut batch.messages);
+                v.truncate(r.take);
+                v
+            }
+        });
         for s in self.stages.sinks.iter_mut() {
-            s.accept(passed).await?;
+            s.accept_shared(&passed).await?;
         }
         drop(batch);
 

@@ -39,6 +39,9 @@ impl SinkError {
 /// What shapes `db`.`table`'s documents before they reach a sink (see `SinkContext`).
 pub type Upstream = Arc<dyn Fn(&str, &str) -> serde_json::Value + Send + Sync>;
 
+/// A batch of messages the pipeline shares with the sinks (`Sink::accept_shared`).
+pub type SharedBatch = Arc<Vec<SourceMessage>>;
+
 /// What the rest of the connector tells a sink as it opens.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -60,6 +63,13 @@ pub trait Sink: Send {
     /// Takes a batch in commit order. May buffer. `SourceMessage::Rewind` drops what
     /// arrived since the last `Commit`.
     async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError>;
+
+    /// `accept` for a batch the pipeline hands over shared: a sink that keeps events
+    /// after it returned (until a server answered them) holds the batch instead of
+    /// copying each event. The default borrows it.
+    async fn accept_shared(&mut self, batch: &SharedBatch) -> Result<(), SinkError> {
+        self.accept(batch).await
+    }
 
     /// Hands on everything up to the last `Commit`; the returned `Ack` resolves when it
     /// is durable, with the cursor to store with the checkpoint (None for sinks that

@@ -9,7 +9,45 @@ use sha2::Digest;
 
 use std::sync::Arc;
 
-use crate::event::{write_json_str, ChangeEvent, Op, Row, Value};
+use crate::event::{write_json_str, ChangeEvent, Op, Row, SourceMessage, Value};
+use crate::sink::SharedBatch;
+
+/// Where an event sits in a batch the pipeline shared with the sink: the batch and the
+/// message's place in it.
+pub type Origin = (SharedBatch, usize);
+
+/// An item's event, kept until the cluster answered (for a dead letter): its place in
+/// a batch the pipeline shared with the sink (a reference count, where a copy of the
+/// event cost a seventh of the sink's CPU at its ceiling: bench/es_ceiling.sh), or a
+/// copy of an event the sink was lent.
+#[derive(Debug, Clone)]
+enum Held {
+    Shared(SharedBatch, usize),
+    Copy(Box<ChangeEvent>),
+}
+
+impl Held {
+    /// `e` itself when `origin` names the message `e` is (compared by address), else a
+    /// copy.
+    fn of(e: &ChangeEvent, origin: Option<&Origin>) -> Held {
+        match origin {
+            Some((batch, at)) if matches!(batch.get(*at), Some(SourceMessage::Change(x)) if std::ptr::eq(x, e)) => {
+                Held::Shared(batch.clone(), *at)
+            }
+            _ => Held::Copy(Box::new(e.clone())),
+        }
+    }
+
+    fn event(&self) -> &ChangeEvent {
+        match self {
+            Held::Shared(batch, at) => match &batch[*at] {
+                SourceMessage::Change(e) => e,
+                _ => unreachable!("Held::of checked that the message is a change"),
+            },
+            Held::Copy(e) => e,
+        }
+    }
+}
 
 /// One action (and its document) in the body, and the event it came from.
 #[derive(Debug, Clone)]
@@ -27,9 +65,8 @@ pub struct Item {
 #[derive(Debug, Default)]
 pub struct Batch {
     body: Vec<u8>,
-    /// Each item's event, kept until the cluster answered, for a dead letter. A clone
-    /// costs less than rendering it (measured: `cargo bench --bench es_encode`).
-    events: Vec<ChangeEvent>,
+    /// Each item's event, kept until the cluster answered, for a dead letter.
+    events: Vec<Held>,
     pub items: Vec<Item>,
 }
 
@@ -46,26 +83,34 @@ impl Batch {
     /// Appends the action for `e` (index for inserts, updates and reads; delete for
     /// deletes) under document id `id`.
     pub fn push(&mut self, e: &ChangeEvent, alias: Arc<str>, id: &str) {
-        self.push_with(e, alias, id, None)
+        self.push_with(e, alias, id, None, None)
     }
 
     /// The same, with the document given (a partial row merged with what the index
-    /// holds) instead of written from the event's `after`.
+    /// holds) instead of written from the event's `after`, and where `e` sits in a
+    /// shared batch (it is kept as that place instead of a copy).
     pub fn push_with(
         &mut self,
         e: &ChangeEvent,
         alias: Arc<str>,
         id: &str,
         document: Option<&[u8]>,
+        origin: Option<&Origin>,
     ) {
         let delete = e.op == Op::Delete;
-        self.push_action(e, alias, id, delete, document)
+        self.push_action(e, alias, id, delete, document, origin)
     }
 
     /// A delete of document `id` with the event's version: the old document of an
     /// update that changed the row's id.
-    pub fn push_delete(&mut self, e: &ChangeEvent, alias: Arc<str>, id: &str) {
-        self.push_action(e, alias, id, true, None)
+    pub fn push_delete(
+        &mut self,
+        e: &ChangeEvent,
+        alias: Arc<str>,
+        id: &str,
+        origin: Option<&Origin>,
+    ) {
+        self.push_action(e, alias, id, true, None, origin)
     }
 
     fn push_action(
@@ -75,6 +120,7 @@ impl Batch {
         id: &str,
         delete: bool,
         document: Option<&[u8]>,
+        origin: Option<&Origin>,
     ) {
         let start = self.body.len();
         let (action, row) = if delete {
@@ -103,7 +149,7 @@ impl Batch {
             }
             (None, None) => {}
         }
-        self.events.push(e.clone());
+        self.events.push(Held::of(e, origin));
         self.items.push(Item {
             body: start..self.body.len(),
             alias,
@@ -121,7 +167,8 @@ impl Batch {
     pub fn pop(&mut self) -> Option<(Arc<str>, ChangeEvent)> {
         let it = self.items.pop()?;
         self.body.truncate(it.body.start);
-        Some((it.alias, self.events.pop().expect("one event per item")))
+        let held = self.events.pop().expect("one event per item");
+        Some((it.alias, held.event().clone()))
     }
 
     /// The NDJSON body (each line ends with a newline).
@@ -131,7 +178,7 @@ impl Batch {
 
     /// The event of an item, for a dead letter.
     pub fn event(&self, item: usize) -> &ChangeEvent {
-        &self.events[item]
+        self.events[item].event()
     }
 
     /// A new batch holding only the given items (to retry them).
@@ -297,10 +344,38 @@ mod tests {
     }
 
     #[test]
+    fn an_event_of_a_shared_batch_is_held_in_place_and_a_lent_one_is_copied() {
+        let e = event(Op::Create, vec![0], vec![Value::Int(1), Value::Null]);
+        let shared: SharedBatch = Arc::new(vec![
+            SourceMessage::Rewind,
+            SourceMessage::Change(e.clone()),
+        ]);
+        let SourceMessage::Change(inside) = &shared[1] else {
+            unreachable!()
+        };
+        let mut b = Batch::default();
+        b.push_with(inside, "t".into(), "1", None, Some(&(shared.clone(), 1)));
+        // The wrong place, or an event from elsewhere: a copy, never the wrong event.
+        b.push_with(inside, "t".into(), "1", None, Some(&(shared.clone(), 0)));
+        b.push_with(&e, "t".into(), "1", None, Some(&(shared.clone(), 1)));
+        assert!(std::ptr::eq(b.event(0), inside));
+        assert!(!std::ptr::eq(b.event(1), inside));
+        assert!(!std::ptr::eq(b.event(2), &e));
+        assert_eq!(b.event(1).after, inside.after);
+        assert_eq!(b.event(2).after, e.after);
+        // Held while the batch holds it; let go with it.
+        assert_eq!(Arc::strong_count(&shared), 2);
+        let retry = b.subset(&[0]);
+        assert!(std::ptr::eq(retry.event(0), inside));
+        drop((b, retry));
+        assert_eq!(Arc::strong_count(&shared), 1);
+    }
+
+    #[test]
     fn an_id_change_is_a_delete_then_an_index() {
         let mut b = Batch::default();
         let e = event(Op::Update, vec![0], vec![Value::Int(2), Value::Null]);
-        b.push_delete(&e, "t".into(), "1");
+        b.push_delete(&e, "t".into(), "1", None);
         b.push(&e, "t".into(), "2");
         let body = String::from_utf8(b.body().to_vec()).unwrap();
         let lines: Vec<&str> = body.lines().collect();

@@ -37,7 +37,7 @@ use tokio::sync::Mutex;
 use self::config::redact;
 use self::response::classify;
 use self::sender::{Rejected, Retry, Sender};
-use super::{Ack, Sink, SinkContext, SinkError};
+use super::{Ack, SharedBatch, Sink, SinkContext, SinkError};
 use crate::event::{ChangeEvent, Column, Op, PerSchema, SourceMessage, TableSchema, Value};
 use crate::failure::Failure;
 use crate::journal::{Journal, Settings as JournalSettings};
@@ -946,15 +946,12 @@ async fn status_attempt<T>(r: elasticsearch::http::response::Response) -> Result
     Err(classify(status, &text))
 }
 
-#[async_trait]
-impl Sink for ElasticsearchSink {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+impl ElasticsearchSink {
+    /// Writes a batch's changes (`accept`, `accept_shared`).
+    async fn accept_messages(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
         self.dual.refresh();
-        for m in batch {
+        for (at, m) in batch.iter().enumerate() {
+            self.sender.at(at);
             // Commits need nothing here; a rewound transaction's documents are resent
             // with the same versions, which is harmless.
             let e = match m {
@@ -994,6 +991,25 @@ impl Sink for ElasticsearchSink {
         self.sender
             .send_lingering(Duration::from_millis(self.cfg.linger_ms));
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for ElasticsearchSink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+        self.sender.hold(None);
+        self.accept_messages(batch).await
+    }
+
+    async fn accept_shared(&mut self, batch: &SharedBatch) -> Result<(), SinkError> {
+        self.sender.hold(Some(batch));
+        let done = self.accept_messages(batch).await;
+        self.sender.hold(None);
+        done
     }
 
     /// Sends everything queued; the ack waits for the cluster's answers, writes the

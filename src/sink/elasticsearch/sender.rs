@@ -16,7 +16,7 @@ use elasticsearch::{BulkParts, Elasticsearch};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::bulk::Batch;
+use super::bulk::{Batch, Origin};
 use super::config::ElasticsearchSinkConfig;
 use super::json_attempt;
 use super::response::{outcomes, BulkAnswer, Outcome};
@@ -95,6 +95,9 @@ pub(super) struct Sender {
     batch_docs: usize,
     batch_bytes: usize,
     max_document_bytes: usize,
+    /// Where the event being written sits in the batch the pipeline shared, if it
+    /// shared one (`hold`, `at`).
+    origin: Option<Origin>,
 }
 
 impl Sender {
@@ -114,6 +117,19 @@ impl Sender {
             batch_docs: cfg.batch_docs,
             batch_bytes: cfg.batch_bytes,
             max_document_bytes: cfg.max_document_bytes,
+            origin: None,
+        }
+    }
+
+    /// The shared batch the events written next come from (None: lent events, copied).
+    pub fn hold(&mut self, batch: Option<&crate::sink::SharedBatch>) {
+        self.origin = batch.map(|b| (b.clone(), 0));
+    }
+
+    /// The place in the held batch of the event written next.
+    pub fn at(&mut self, message: usize) {
+        if let Some(o) = &mut self.origin {
+            o.1 = message;
         }
     }
 
@@ -126,14 +142,23 @@ impl Sender {
         id: &str,
         document: Option<&[u8]>,
     ) {
-        self.queue(&index.clone(), id, |b| b.push_with(e, index, id, document))
-            .await
+        // Taken for the call (queue borrows the sender), without a reference count.
+        let origin = self.origin.take();
+        self.queue(&index.clone(), id, |b| {
+            b.push_with(e, index, id, document, origin.as_ref())
+        })
+        .await;
+        self.origin = origin;
     }
 
     /// Queues a delete of document `id` with `e`'s version.
     pub async fn push_delete(&mut self, e: &ChangeEvent, index: Arc<str>, id: &str) {
-        self.queue(&index.clone(), id, |b| b.push_delete(e, index, id))
-            .await
+        let origin = self.origin.take();
+        self.queue(&index.clone(), id, |b| {
+            b.push_delete(e, index, id, origin.as_ref())
+        })
+        .await;
+        self.origin = origin;
     }
 
     async fn queue(&mut self, index: &str, id: &str, add: impl FnOnce(&mut Batch)) {

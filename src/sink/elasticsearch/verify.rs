@@ -308,7 +308,7 @@ impl IndexView {
         for r in repairs {
             match r {
                 Repair::Index { event, id } => batch.push(event, alias.into(), id),
-                Repair::Delete { event, id } => batch.push_delete(event, alias.into(), id),
+                Repair::Delete { event, id } => batch.push_delete(event, alias.into(), id, None),
             }
         }
         let text = batch.body().to_vec();
