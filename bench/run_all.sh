@@ -35,7 +35,8 @@ args() { # $1 = name
   case "$1" in
     binlog_throughput|pgoutput_throughput|enrich_throughput|huge_transaction|es_ceiling) echo 100000 ;;
     snapshot) echo "100000 10000" ;;
-    elasticsearch_sync|index_lifecycle) echo 10000 ;;
+    elasticsearch_sync) echo 10000 ;;
+    index_lifecycle) echo "10000 100000" ;;
     es_encode) echo 100000 ;;
   esac
 }
