@@ -7,6 +7,7 @@
 # measures what tributary itself can send.
 #
 #   bench/es_ceiling.sh [N]     default N = 1000000 row changes per source
+#   SOURCES="mariadb" LEVELS="1" bench/es_ceiling.sh 500000   a part of it (an A/B)
 #
 # Loads N changes (half inserts, 40% updates, 10% deletes, transactions of 1000) into
 # bench.orders on each source, then streams them (snapshot = "never", up to the end of
@@ -34,7 +35,8 @@ export PGPASSWORD=admin
 P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
 inserts=$((N / 2)); updates=$((N * 4 / 10)); deletes=$((N - inserts - updates))
 expected=$N
-levels=(1 2 4)
+read -r -a levels <<< "${LEVELS:-1 2 4}"
+sources=" ${SOURCES:-mariadb postgres} "
 
 stats() { curl -fs "$ES/_instant/stats"; }
 
@@ -67,6 +69,7 @@ PY
 }
 
 # --- MariaDB ---------------------------------------------------------------------
+if [[ $sources == *" mariadb "* ]]; then
 echo "MariaDB: loading $N changes ($inserts inserts, $updates updates, $deletes deletes)..." >&2
 reset_bench_table
 mixed_load_sql mariadb "$inserts" "$updates" "$deletes" | "${M[@]}" -D bench
@@ -76,8 +79,10 @@ for c in "${levels[@]}"; do
   echo "MariaDB -> instant endpoint, concurrency $c..." >&2
   measure mariadb "$c" "$rows"
 done
+fi
 
 # --- PostgreSQL ------------------------------------------------------------------
+if [[ $sources == *" postgres "* ]]; then
 echo "PostgreSQL: loading $N changes..." >&2
 reset_pg_bench_table bench_ceiling "${levels[@]/#/bench_ceiling_}"
 mixed_load_sql postgres "$inserts" "$updates" "$deletes" | "${P[@]}"
@@ -89,6 +94,7 @@ for c in "${levels[@]}"; do
   measure postgres "$c" "$rows"
   "${P[@]}" -c "SELECT pg_drop_replication_slot('bench_ceiling_$c')" >/dev/null
 done
+fi
 source_toml=
 
 python3 - "$N" "$work/runs" <<'PY'

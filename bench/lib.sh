@@ -1,7 +1,8 @@
 # Shared by the bench scripts (sourced from the repository root): a work dir removed on
 # exit (and `bench_cleanup` called, when the script defines it), the release build, a
 # MariaDB on $PORT (unless BENCH_SOURCE=postgres), and a measured tributary run up to
-# $until (default $end_file:$end_pos).
+# $until (default $end_file:$end_pos); TRIBUTARY_BIN runs another build (an A/B of two
+# commits) in place of target/release/tributary.
 #   run_tributary needs: expected (row changes the run must stream); optional
 #   source_toml (the [source] section; default: the MariaDB bench source, streaming
 #   only) and at_least=1 (more changes allowed: snapshot reads); the run's change count
@@ -91,7 +92,8 @@ snapshot = \"${3:-never}\""
 
 # A connector file $2/c.toml: [source] $3, one sink of kind $1 (null, log or
 # elasticsearch at $ES) with the settings in $sink_toml_extra (optional), state in
-# $2/state.
+# $2/state, and the checkpoint interval pinned: $CHECKPOINT_MS, else 200 ms (what
+# every figure before the default's change was measured with).
 write_connector() {
   local sink="kind = \"null\""
   [ "$1" = log ] && sink="kind = \"log\"
@@ -107,6 +109,8 @@ $sink
 ${sink_toml_extra:-}
 [state]
 dir = "$2/state"
+[pipeline]
+checkpoint_interval_ms = ${CHECKPOINT_MS:-200}
 TOML
 }
 
@@ -122,7 +126,7 @@ start = \"earliest\"
 snapshot = \"never\""}
   source=${source//@SINK@/$1}
   write_connector "$1" "$dir" "$source"
-  /usr/bin/time -f "%e %M %U %S" -o "$dir/time" target/release/tributary --log-format json run \
+  /usr/bin/time -f "%e %M %U %S" -o "$dir/time" "${TRIBUTARY_BIN:-target/release/tributary}" --log-format json run \
     --connector "$dir/c.toml" --until "${until:-$end_file:$end_pos}" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
   local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
   if [ -n "${at_least:-}" ]; then # snapshot reads come on top of the streamed changes

@@ -6,8 +6,8 @@
 #   bash bench/run_all.sh [--quick] [NAME...]
 #
 # NAME: run only these (binlog_throughput, pgoutput_throughput, snapshot,
-# huge_transaction, enrich_throughput, elasticsearch_sync, es_ceiling, index_lifecycle,
-# es_encode).
+# huge_transaction, enrich_throughput, elasticsearch_sync, es_ceiling, latency,
+# index_lifecycle, es_encode).
 # --quick: a tenth of each workload, for a smoke run; its results go to
 # bench/results/quick/ and are compared with the previous quick run, never with the
 # full figures in bench/results/ (which it leaves as they are).
@@ -26,7 +26,7 @@ for a in "$@"; do
     *) names+=("$a") ;;
   esac
 done
-all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling index_lifecycle es_encode)
+all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling latency index_lifecycle es_encode)
 [ ${#names[@]} -gt 0 ] || names=("${all[@]}")
 
 # Workload sizes: full (the scripts' defaults) and quick.
@@ -36,6 +36,7 @@ args() { # $1 = name
     binlog_throughput|pgoutput_throughput|enrich_throughput|huge_transaction|es_ceiling) echo 100000 ;;
     snapshot) echo "100000 10000" ;;
     elasticsearch_sync) echo 10000 ;;
+    latency) echo 5 ;;
     index_lifecycle) echo "10000 100000" ;;
     es_encode) echo 100000 ;;
   esac

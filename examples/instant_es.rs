@@ -16,7 +16,10 @@
 //!   cargo run --release --example instant_es -- [ADDR]   (default 127.0.0.1:19283)
 //!
 //! `GET /_instant/stats` gives the counters and the server's own CPU seconds;
-//! `POST /_instant/reset` empties it.
+//! `POST /_instant/reset` empties it. With `--latency-field NAME` it also measures,
+//! for every document indexed, the time from the UTC date-time in its field NAME (a
+//! writer's clock, such as `NOW(6)` in the row) to the document's arrival, and gives
+//! its percentiles in the stats (`latency_ms`).
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -39,6 +42,8 @@ struct Store {
     indexes: BTreeMap<String, Index>,
     /// alias -> (index -> is the write index)
     aliases: BTreeMap<String, BTreeMap<String, bool>>,
+    /// Arrival minus the latency field's time, in ms, of each document indexed.
+    latency_ms: Vec<f64>,
     requests: u64,
     bulk_requests: u64,
     bulk_bytes: u64,
@@ -65,10 +70,21 @@ struct Doc {
 
 type Shared = Arc<Mutex<Store>>;
 
+/// The field whose date-time the arrival latency is measured from (`--latency-field`).
+static LATENCY_FIELD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn main() {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:19283".into());
+    let mut args = std::env::args().skip(1);
+    let mut addr = "127.0.0.1:19283".to_string();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--latency-field" => {
+                let f = args.next().expect("--latency-field NAME");
+                LATENCY_FIELD.set(format!("\"{f}\":\"")).expect("set once");
+            }
+            other => addr = other.to_string(),
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -304,6 +320,7 @@ impl Store {
             "bulk_bytes": self.bulk_bytes,
             "items": self.items,
             "cpu_seconds": cpu_seconds(),
+            "latency_ms": percentiles(&self.latency_ms),
             "indexes": indexes,
             "aliases": self.aliases,
         })
@@ -480,6 +497,11 @@ impl Store {
         ix.seq_no += 1;
         ix.sorted = None;
         let seq_no = ix.seq_no;
+        if let (Some(field), Some(s)) = (LATENCY_FIELD.get(), source) {
+            if let Some(t) = field_time_ms(s, field) {
+                self.latency_ms.push(now_ms() - t);
+            }
+        }
         let source = source.map(|s| match std::str::from_utf8(s) {
             Ok(t) => t.into(),
             Err(_) => String::from_utf8_lossy(s).into_owned().into_boxed_str(),
@@ -924,4 +946,51 @@ fn missing(target: &str) -> Response<Full<Bytes>> {
         "index_not_found_exception",
         &format!("no such index [{target}]"),
     )
+}
+
+fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// The UTC date-time (`YYYY-MM-DDTHH:MM:SS[.ffffff]`, a `Z` or none) that follows
+/// `"field":"` in a document, in ms since the epoch.
+fn field_time_ms(source: &[u8], field: &str) -> Option<f64> {
+    let at = memchr::memmem::find(source, field.as_bytes())? + field.len();
+    let text = std::str::from_utf8(source.get(at..at + 19)?).ok()?;
+    let n = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (h, mi, s) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (mo + if mo > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let mut ms = ((days * 24 + h) * 60 + mi) as f64 * 60_000.0 + s as f64 * 1000.0;
+    let rest = &source[at + 19..];
+    if rest.first() == Some(&b'.') {
+        let digits: Vec<u8> = rest[1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .copied()
+            .collect();
+        let frac: f64 = std::str::from_utf8(&digits).ok()?.parse().ok()?;
+        ms += frac / 10f64.powi(digits.len() as i32) * 1000.0;
+    }
+    Some(ms)
+}
+
+/// count, p50, p99 and max of `samples`.
+fn percentiles(samples: &[f64]) -> Json {
+    if samples.is_empty() {
+        return json!({"count": 0});
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal));
+    let q = |p: f64| (v[((v.len() - 1) as f64 * p).round() as usize] * 10.0).round() / 10.0;
+    json!({"count": v.len(), "p50": q(0.5), "p99": q(0.99), "max": q(1.0)})
 }

@@ -126,12 +126,17 @@ impl AckLatency {
     }
 
     pub fn record(&self, now_ms: u64, commit_ms: u64, read_ms: u64) {
+        self.record_many(now_ms, commit_ms, read_ms, 1)
+    }
+
+    /// `n` changes of the same commit and read times at once.
+    pub fn record_many(&self, now_ms: u64, commit_ms: u64, read_ms: u64, n: usize) {
         if commit_ms > 0 {
             self.commit
-                .record(now_ms.saturating_sub(commit_ms) as f64 / 1000.0);
+                .record_many(now_ms.saturating_sub(commit_ms) as f64 / 1000.0, n);
         }
         self.read
-            .record(now_ms.saturating_sub(read_ms) as f64 / 1000.0);
+            .record_many(now_ms.saturating_sub(read_ms) as f64 / 1000.0, n);
     }
 }
 

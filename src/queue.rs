@@ -28,6 +28,11 @@ impl QueueReceiver {
     pub async fn recv(&mut self) -> Option<Batch> {
         self.rx.recv().await
     }
+
+    /// No batch waits: the pipeline has caught up with the source.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
 }
 
 /// The sending end, owned by the source. Buffers up to one batch.

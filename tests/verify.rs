@@ -242,3 +242,61 @@ async fn postgres_verify_finds_exactly_what_differs_and_repairs_it() {
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }
+
+/// Text keys longer than the 256 characters other text fields keep as keywords: verify
+/// pages the index by them all the same (a key's `keyword` sub-field keeps any key
+/// the sources allow), so a missing or extra long-key document is found. (The
+/// stand-in sorts by `_source` and ignores `ignore_above`, so the mapping itself is
+/// checked by the unit test `mapping::a_text_key_keeps_keywords_...`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_verify_pages_text_keys_longer_than_256_characters() {
+    let url = elasticsearch();
+    let db = new_db(
+        "verifylong",
+        &["CREATE TABLE `{db}`.codes (code VARCHAR(600) PRIMARY KEY, v INT NOT NULL)"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    // 40 keys of 10 to 400 characters, in key order by their first three digits.
+    let key = |n: u64| format!("{n:03}{}", "k".repeat(n as usize * 10 - 3));
+    let mut conn = admin(SHARED_PORT).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.codes SELECT CONCAT(LPAD(seq, 3, '0'), REPEAT('k', seq * 10 - 3)), seq FROM `{db}`.seq_1_to_40"),
+    )
+    .await;
+    let alias = format!("{db}_codes");
+    wait_documents(&url, &alias, 40).await;
+
+    let (code, reports, err) = verify(&c, &[]);
+    let r = &reports[0];
+    assert_eq!(code, 0, "{reports:?}\n{err}\n{}", daemon_log(&c));
+    assert_eq!(
+        (r["rows"].as_u64(), r["documents"].as_u64()),
+        (Some(40), Some(40)),
+        "{r}"
+    );
+
+    // Behind tributary's back: a 300-character key's document gone, a 403-character
+    // extra one added.
+    es_delete(&url, &alias, &key(30)).await;
+    let extra = format!("999{}", "x".repeat(400));
+    es_put(&url, &alias, &extra, json!({"code": extra, "v": 0})).await;
+    let (code, reports, err) = verify(&c, &[]);
+    let r = &reports[0];
+    assert_eq!(code, 4, "{r}\n{err}");
+    assert_eq!(differences(r), (Some(1), Some(0), Some(1)), "{r}");
+    assert_eq!(r["documents"].as_u64(), Some(40), "{r}");
+    // (Keys are listed as JSON: a string key in quotes.)
+    assert_eq!(
+        r["first_missing"],
+        json!([json!(key(30)).to_string()]),
+        "{r}"
+    );
+    assert_eq!(r["first_extra"], json!([json!(extra).to_string()]), "{r}");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+}

@@ -188,7 +188,27 @@ pub struct Checkpointer {
     in_flight: Option<InFlight>,
     interval: Duration,
     last: Instant,
+    /// A caught-up checkpoint waits for the spacing floor until then.
+    wake: Option<Instant>,
 }
+
+/// How soon a checkpoint may begin after the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Under a backlog: once the checkpoint interval passed, so checkpoints (and with
+    /// them the sinks' requests and fsyncs) stay few and large.
+    Interval,
+    /// Caught up with the source: a change should not wait for the interval, but
+    /// checkpoints stay `CAUGHT_UP_SPACING` apart (a source that only looks caught up
+    /// between two reads of a backlog would otherwise checkpoint back to back).
+    CaughtUp,
+    /// The timer, `--until`, a halt, shutdown: at once.
+    Now,
+}
+
+/// The least time between caught-up checkpoints (at most the interval): 100
+/// checkpoints a second at most, a change waiting at most this long for one to begin.
+pub const CAUGHT_UP_SPACING: Duration = Duration::from_millis(10);
 
 impl Checkpointer {
     pub fn new(
@@ -205,6 +225,7 @@ impl Checkpointer {
             in_flight: None,
             interval,
             last: Instant::now(),
+            wake: None,
         }
     }
 
@@ -218,12 +239,31 @@ impl Checkpointer {
         self.in_flight.is_some()
     }
 
-    /// Whether a new checkpoint may begin: none in flight and a boundary pending;
-    /// `timed`: also the interval since the last one passed.
-    pub fn may_begin(&self, timed: bool) -> bool {
-        self.in_flight.is_none()
-            && self.pending.is_some()
-            && (!timed || self.last.elapsed() >= self.interval)
+    /// Whether a new checkpoint may begin: none in flight, a boundary pending and the
+    /// time `due` asks for passed. A caught-up checkpoint refused for its spacing sets
+    /// `wake` for when it may.
+    pub fn may_begin(&mut self, due: Due) -> bool {
+        if self.in_flight.is_some() || self.pending.is_none() {
+            self.wake = None; // what it waited for is in flight or taken
+            return false;
+        }
+        let since = self.last.elapsed();
+        match due {
+            Due::Now => true,
+            Due::Interval => since >= self.interval,
+            Due::CaughtUp => {
+                let spacing = CAUGHT_UP_SPACING.min(self.interval);
+                if since < spacing {
+                    self.wake = Some(self.last + spacing);
+                }
+                since >= spacing
+            }
+        }
+    }
+
+    /// When a caught-up checkpoint refused for its spacing may begin.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.wake
     }
 
     /// Flushes every participant up to the pending boundary and puts the checkpoint in
@@ -237,6 +277,7 @@ impl Checkpointer {
         let began = Instant::now();
         crate::health::checkpoint_began();
         self.last = began;
+        self.wake = None;
         let saved = flush_all(parts).await?;
         let store = self.store.clone();
         let source = self.source_desc.clone();
@@ -277,5 +318,51 @@ impl Checkpointer {
     /// its server.
     pub fn publish(&self, position: Position) {
         self.published.send_replace(Some(position));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::FileMode;
+
+    fn checkpointer(dir: &std::path::Path, interval: Duration) -> Checkpointer {
+        let store = Arc::new(OffsetStore::open(dir, FileMode::default()).unwrap());
+        let (published, _) = tokio::sync::watch::channel(None);
+        Checkpointer::new(store, "test".into(), published, interval)
+    }
+
+    #[tokio::test]
+    async fn caught_up_checkpoints_wait_for_the_spacing_and_backlogged_ones_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = checkpointer(dir.path(), Duration::from_secs(60));
+        assert!(!c.may_begin(Due::Now), "nothing pending");
+        c.boundary(Position::Wal { lsn: 1 });
+        // Just after the last one: a backlog waits for the interval, a caught-up
+        // pipeline for the spacing, and is told when.
+        assert!(!c.may_begin(Due::Interval));
+        assert_eq!(c.wake_at(), None);
+        assert!(!c.may_begin(Due::CaughtUp));
+        let wake = c.wake_at().expect("a wake-up for the spacing");
+        assert!(wake <= Instant::now() + CAUGHT_UP_SPACING);
+        tokio::time::sleep(CAUGHT_UP_SPACING).await;
+        assert!(!c.may_begin(Due::Interval), "the interval has not passed");
+        assert!(c.may_begin(Due::CaughtUp));
+        c.begin(Vec::new()).await.unwrap();
+        assert_eq!(c.wake_at(), None, "begun: nothing to wake for");
+        // One in flight at most, whatever is due.
+        c.boundary(Position::Wal { lsn: 2 });
+        assert!(!c.may_begin(Due::Now));
+        assert_eq!(c.settle().await.unwrap(), Position::Wal { lsn: 1 });
+        assert!(c.may_begin(Due::Now));
+    }
+
+    #[tokio::test]
+    async fn the_spacing_never_exceeds_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = checkpointer(dir.path(), Duration::from_millis(2));
+        c.boundary(Position::Wal { lsn: 1 });
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        assert!(c.may_begin(Due::CaughtUp));
     }
 }

@@ -173,17 +173,29 @@ pub async fn drive(
 
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (A disabled branch's future is still built: any instant does for it.)
+    let sleep_until = |at: Option<std::time::Instant>| {
+        tokio::time::sleep_until(at.map_or_else(tokio::time::Instant::now, Into::into))
+    };
     let result: Result<(), PipelineError> = async {
         loop {
+            let wake = runner.checkpoint_wake();
             tokio::select! {
                 batch = rx.recv() => {
                     let Some(batch) = batch else { break };
-                    if runner.on_batch(batch).await? == Flow::Stop {
+                    let caught_up = rx.is_empty();
+                    if runner.on_batch(batch, caught_up).await? == Flow::Stop {
                         break;
                     }
                     rebuilds.start(runner.guard().reindex_wanted());
                 }
-                stored = runner.checkpoint_stored() => runner.on_stored(stored?),
+                stored = runner.checkpoint_stored() => {
+                    runner.on_stored(stored?);
+                    if rx.is_empty() {
+                        runner.on_caught_up().await?;
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => runner.on_caught_up().await?,
                 Some(()) = cfg.hangups.recv() => runner.on_reload((cfg.reload)()),
                 (table, result) = rebuilds.ended() => {
                     if rebuilds.settle(&table, result) {

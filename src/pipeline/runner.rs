@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::checkpoint::{Checkpointer, Participant, SnapshotProgress};
+use super::checkpoint::{Checkpointer, Due, Participant, SnapshotProgress};
 use super::route::{route, Routed, Stop};
 use super::{PipelineError, RunStats};
 use crate::event::{Position, SourceMessage};
@@ -112,8 +112,14 @@ impl Runner {
     }
 
     /// Routes a batch, sends what passed to the enrichment stage and the sinks, and
-    /// begins a checkpoint when one is due.
-    pub async fn on_batch(&mut self, mut batch: Batch) -> Result<Flow, PipelineError> {
+    /// begins a checkpoint when one is due: at once when the pipeline has caught up
+    /// with the source (`caught_up`: no batch waits behind this one), else once the
+    /// checkpoint interval passed.
+    pub async fn on_batch(
+        &mut self,
+        mut batch: Batch,
+        caught_up: bool,
+    ) -> Result<Flow, PipelineError> {
         crate::health::batch();
         let stats = &mut self.stats;
         let counters = &mut self.counters;
@@ -189,7 +195,12 @@ impl Runner {
                 Ok(Flow::Stop)
             }
             None => {
-                if self.checkpoints.may_begin(true) {
+                let due = if caught_up {
+                    Due::CaughtUp
+                } else {
+                    Due::Interval
+                };
+                if self.checkpoints.may_begin(due) {
                     self.checkpoints.begin(self.stages.participants()).await?;
                 }
                 Ok(Flow::Go)
@@ -229,9 +240,23 @@ impl Runner {
         }
     }
 
+    /// A checkpoint was stored and no batch waits, or a caught-up checkpoint's spacing
+    /// passed: what arrived meanwhile is checkpointed now rather than at the next tick.
+    pub async fn on_caught_up(&mut self) -> Result<(), PipelineError> {
+        if self.checkpoints.may_begin(Due::CaughtUp) {
+            self.checkpoints.begin(self.stages.participants()).await?;
+        }
+        Ok(())
+    }
+
+    /// When a caught-up checkpoint waits for its spacing (see `Due::CaughtUp`).
+    pub fn checkpoint_wake(&self) -> Option<std::time::Instant> {
+        self.checkpoints.wake_at()
+    }
+
     /// The timer: a checkpoint when none is in flight, and a progress line every 30 s.
     pub async fn on_tick(&mut self) -> Result<(), PipelineError> {
-        if self.checkpoints.may_begin(false) {
+        if self.checkpoints.may_begin(Due::Now) {
             self.checkpoints.begin(self.stages.participants()).await?;
         }
         if self.last_report.elapsed() >= Duration::from_secs(30) {
@@ -255,7 +280,7 @@ impl Runner {
             let p = self.checkpoints.settle().await?;
             self.on_stored(p);
         }
-        if self.checkpoints.may_begin(false) {
+        if self.checkpoints.may_begin(Due::Now) {
             self.checkpoints.begin(self.stages.participants()).await?;
             let p = self.checkpoints.settle().await?;
             self.on_stored(p);

@@ -3,12 +3,14 @@
 //! holds each change once, in commit order.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::event::SourceMessage;
 use crate::journal::{Fsync, Journal, Retention, Settings};
+use crate::metrics::AckLatency;
 use crate::settings::ConfigError;
 use crate::sink::{Ack, Sink, SinkError, SinkKind};
 
@@ -119,6 +121,22 @@ pub struct LogSink {
     /// begins (one checkpoint is in flight at most), so segments before it are free
     /// to go.
     stored: Option<u64>,
+    latency: Arc<AckLatency>,
+    /// The changes written since the last flush, as runs of equal commit and read
+    /// times (`Run`), for the ack latency once the flush is durable.
+    runs: Vec<Run>,
+    /// How many of `runs` end at or before the last transaction boundary (what the
+    /// next flush covers; a rewind drops the rest).
+    runs_committed: usize,
+}
+
+/// Changes in a row that share commit and read times (ms): one entry per run keeps
+/// the latency bookkeeping a few bytes per transaction, not per change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Run {
+    commit_ms: u64,
+    read_ms: u64,
+    n: usize,
 }
 
 impl LogSink {
@@ -128,19 +146,36 @@ impl LogSink {
         cfg: &LogSinkConfig,
         cursor: Option<serde_json::Value>,
     ) -> Result<Self, SinkError> {
+        let latency = Arc::new(AckLatency::new(&id));
         Ok(LogSink {
             journal: Journal::open(id, &cfg.journal(), cursor)?,
             scratch: Vec::with_capacity(4096),
             dir: cfg.dir.clone(),
             retention: cfg.retention(),
             stored: None,
+            latency,
+            runs: Vec::new(),
+            runs_committed: 0,
         })
     }
 
     fn append(&mut self, event: &crate::event::ChangeEvent) -> Result<(), SinkError> {
         self.scratch.clear();
         event.write_json(&mut self.scratch);
-        Ok(self.journal.append_json(&self.scratch)?)
+        self.journal.append_json(&self.scratch)?;
+        // A run never reaches back over the last boundary (a rewind cuts there).
+        let open = self.runs.len() > self.runs_committed;
+        match self.runs.last_mut() {
+            Some(r) if open && r.commit_ms == event.source_ts_ms && r.read_ms == event.ts_ms => {
+                r.n += 1
+            }
+            _ => self.runs.push(Run {
+                commit_ms: event.source_ts_ms,
+                read_ms: event.ts_ms,
+                n: 1,
+            }),
+        }
+        Ok(())
     }
 }
 
@@ -154,8 +189,14 @@ impl Sink for LogSink {
         for m in batch {
             match m {
                 SourceMessage::Change(e) => self.append(e)?,
-                SourceMessage::Commit(_) => self.journal.mark_boundary(),
-                SourceMessage::Rewind => self.journal.rewind()?,
+                SourceMessage::Commit(_) => {
+                    self.journal.mark_boundary();
+                    self.runs_committed = self.runs.len();
+                }
+                SourceMessage::Rewind => {
+                    self.journal.rewind()?;
+                    self.runs.truncate(self.runs_committed);
+                }
                 SourceMessage::Schema(_) | SourceMessage::SnapshotProgress(_) => {}
             }
         }
@@ -176,6 +217,89 @@ impl Sink for LogSink {
             }
         }
         self.stored = Some(self.journal.boundary_segment());
-        Ok(crate::sink::ack_of(self.journal.flush().await?))
+        let flushed = self.journal.flush().await?;
+        // The changes up to the boundary are acknowledged once the flush is durable.
+        let runs: Vec<Run> = self.runs.drain(..self.runs_committed).collect();
+        self.runs_committed = 0;
+        let latency = self.latency.clone();
+        Ok(Box::pin(async move {
+            let cursor = flushed.await?;
+            let now = crate::event::now_ms();
+            for r in runs {
+                latency.record_many(now, r.commit_ms, r.read_ms, r.n);
+            }
+            Ok(Some(cursor))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{commit, insert, table};
+
+    fn timed(m: SourceMessage, commit_ms: u64, read_ms: u64) -> SourceMessage {
+        match m {
+            SourceMessage::Change(mut e) => {
+                e.source_ts_ms = commit_ms;
+                e.ts_ms = read_ms;
+                SourceMessage::Change(e)
+            }
+            other => other,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ack_latency_counts_each_flushed_change_once_and_none_a_rewind_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: LogSinkConfig =
+            toml::from_str(&format!("dir = {:?}", dir.path().join("log"))).unwrap();
+        let mut sink = LogSink::open("log:t".into(), &cfg, None).unwrap();
+        let t = table("db.t", &[("id", "int")], 1);
+        sink.accept(&[
+            timed(insert(&t, 1, 10), 1000, 1001),
+            timed(insert(&t, 2, 11), 1000, 1001),
+            commit(12),
+            // Rewound: its transaction comes again.
+            timed(insert(&t, 3, 13), 2000, 2001),
+            SourceMessage::Rewind,
+            timed(insert(&t, 3, 13), 2000, 2002),
+            commit(14),
+            // After the last boundary: the next flush's.
+            timed(insert(&t, 4, 15), 3000, 3001),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            sink.runs,
+            [
+                Run {
+                    commit_ms: 1000,
+                    read_ms: 1001,
+                    n: 2
+                },
+                Run {
+                    commit_ms: 2000,
+                    read_ms: 2002,
+                    n: 1
+                },
+                Run {
+                    commit_ms: 3000,
+                    read_ms: 3001,
+                    n: 1
+                },
+            ]
+        );
+        assert_eq!(sink.runs_committed, 2);
+        sink.flush().await.unwrap().await.unwrap();
+        assert_eq!(
+            sink.runs,
+            [Run {
+                commit_ms: 3000,
+                read_ms: 3001,
+                n: 1
+            }]
+        );
+        assert_eq!(sink.runs_committed, 0);
     }
 }

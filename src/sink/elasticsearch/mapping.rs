@@ -129,6 +129,12 @@ pub fn update_body(
     mappings(table, added, deprecated, options, fingerprint)
 }
 
+/// `ignore_above` of a text key column's `keyword` sub-field: past it a value is not
+/// indexed as a keyword, so `verify` could not page the document by its key. 8,191
+/// characters of up to 4 bytes stay under Lucene's term limit (32,766 bytes) and above
+/// any key the sources allow (InnoDB 3,072 bytes, a PostgreSQL btree about 2,700).
+pub const KEY_KEYWORD_IGNORE_ABOVE: u64 = 8191;
+
 fn mappings(
     table: &TableSchema,
     columns: &[Column],
@@ -138,7 +144,20 @@ fn mappings(
 ) -> Json {
     let mut props = Map::new();
     for c in columns {
-        props.insert(c.name.clone(), options.field(c));
+        let mut field = options.field(c);
+        let is_key = table
+            .primary_key
+            .iter()
+            .any(|&k| table.columns[k].name == c.name);
+        // (get_mut: indexing a missing key with `[]` would insert a null.)
+        if let Some(keyword) = field
+            .get_mut("fields")
+            .and_then(|f| f.get_mut("keyword"))
+            .filter(|_| is_key)
+        {
+            keyword["ignore_above"] = json!(KEY_KEYWORD_IGNORE_ABOVE);
+        }
+        props.insert(c.name.clone(), field);
     }
     json!({
         "_meta": {
@@ -174,6 +193,29 @@ mod tests {
         assert_eq!(field("es:geo_point", k)["type"], "geo_point");
         assert_eq!(field("es:long", k)["type"], "long");
         assert_eq!(field("es:date", k)["type"], "date");
+    }
+
+    #[test]
+    fn a_text_key_keeps_keywords_as_long_as_any_key_and_other_text_the_usual_256() {
+        let mut t =
+            crate::testkit::test_schema(1, &[("code", "varchar"), ("n", "int"), ("note", "text")]);
+        t.primary_key = vec![0, 1];
+        let opts = FieldOptions {
+            decimal: DecimalMapping::Keyword,
+            unindexed: &[],
+        };
+        let body = create_index_body(&t, opts, "60s", "f");
+        let props = &body["mappings"]["properties"];
+        assert_eq!(
+            props["code"]["fields"]["keyword"]["ignore_above"],
+            KEY_KEYWORD_IGNORE_ABOVE
+        );
+        assert_eq!(props["note"]["fields"]["keyword"]["ignore_above"], 256);
+        assert_eq!(
+            props["n"],
+            json!({"type": "long"}),
+            "no fields added to a non-text key"
+        );
     }
 
     #[test]
