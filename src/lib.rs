@@ -2,6 +2,7 @@
 //! replication into log streams and search indexes. See DESIGN.md.
 
 pub mod config;
+pub mod document;
 pub mod enrich;
 pub mod event;
 pub mod failure;

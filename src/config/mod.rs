@@ -38,6 +38,9 @@ pub struct ConnectorConfig {
     /// `[enrichment]`: settings of the enrichment stage.
     #[serde(default)]
     pub enrichment: EnrichmentConfig,
+    /// `[[document]]`: joined documents (see document::).
+    #[serde(default)]
+    pub document: Vec<crate::document::DocumentConfig>,
     /// The file this was read from (not a TOML key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -285,6 +288,17 @@ impl ConnectorConfig {
                     line_col: Some((e.line, 1)),
                     message: msg,
                 });
+            }
+        }
+        crate::document::check_definitions(p, text, &self.document)?;
+        if !self.document.is_empty() {
+            let filter = self.source.source().filter();
+            let captured = |t: &str| {
+                t.split_once('.')
+                    .is_some_and(|(db, table)| filter.matches(db, table))
+            };
+            for d in &self.document {
+                crate::document::check_captured(p, text, d, &captured)?;
             }
         }
         if self.pipeline.queue_events == 0 || self.pipeline.queue_bytes < 4096 {

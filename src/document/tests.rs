@@ -1,0 +1,317 @@
+use std::path::Path;
+
+use super::*;
+
+#[derive(Deserialize)]
+struct File {
+    document: Vec<DocumentConfig>,
+}
+
+/// The issue's example: customers with their region, orders and each order's items.
+const SHOP: &str = r#"
+[[document]]
+name = "customers"
+root = "shop.customers"
+
+[[document.embed]]
+field = "region"
+from = "shop.regions"
+on = { region_id = "id" }
+columns = ["name", "code"]
+
+[[document.nest]]
+field = "orders"
+from = "shop.orders"
+on = { id = "customer_id" }
+columns = ["id", "amount", "status", "created_at"]
+order_by = ["id"]
+
+[[document.nest.nest]]
+field = "items"
+from = "shop.order_items"
+on = { id = "order_id" }
+columns = ["sku", "qty", "price"]
+"#;
+
+fn parse(text: &str) -> Vec<DocumentConfig> {
+    toml::from_str::<File>(text).unwrap().document
+}
+
+/// The error of the file-only checks: (line, message).
+fn definition_error(text: &str) -> (usize, String) {
+    let e = check_definitions(Path::new("c.toml"), text, &parse(text)).unwrap_err();
+    assert_eq!(e.path, Path::new("c.toml"));
+    (e.line_col.expect("a line").0, e.message)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+}
+
+#[test]
+fn the_example_parses_and_passes_and_lists_its_tables_depth_first() {
+    let docs = parse(SHOP);
+    check_definitions(Path::new("c.toml"), SHOP, &docs).unwrap();
+    assert_eq!(
+        docs[0].tables(),
+        [
+            "shop.customers",
+            "shop.regions",
+            "shop.orders",
+            "shop.order_items"
+        ]
+    );
+    let (shape, orders) = docs[0].children().nth(1).unwrap();
+    assert_eq!(
+        (shape, orders.field.get_ref().as_str()),
+        (Shape::Nest, "orders")
+    );
+}
+
+#[test]
+fn a_table_joined_below_itself_is_a_cycle_named_at_its_line() {
+    let text = SHOP.replace("from = \"shop.order_items\"", "from = \"shop.customers\"");
+    let (line, msg) = definition_error(&text);
+    assert_eq!(line, line_of(&text, "from = \"shop.customers\""));
+    assert!(
+        msg.contains("shop.customers -> shop.orders -> shop.customers"),
+        "{msg}"
+    );
+    assert!(msg.contains("cycle"), "{msg}");
+}
+
+#[test]
+fn five_levels_are_refused_four_are_not() {
+    let level = |depth: usize, n: usize| {
+        format!(
+            "\n[[document{}]]\nfield = \"f{n}\"\nfrom = \"s.t{n}\"\non = {{ id = \"p\" }}\n",
+            ".nest".repeat(depth)
+        )
+    };
+    let head = "[[document]]\nname = \"deep\"\nroot = \"s.root\"\n".to_string();
+    let four: String = head.clone() + &(1..=4).map(|n| level(n, n)).collect::<String>();
+    check_definitions(Path::new("c.toml"), &four, &parse(&four)).unwrap();
+    let five = four + &level(5, 5);
+    let (line, msg) = definition_error(&five);
+    assert_eq!(line, line_of(&five, "from = \"s.t5\""));
+    assert!(msg.contains("5 levels below the root"), "{msg}");
+}
+
+#[test]
+fn file_only_mistakes_name_their_line() {
+    for (from, to, at, says) in [
+        (
+            "name = \"customers\"",
+            "name = \"Customers\"",
+            "name = ",
+            "not a valid alias",
+        ),
+        (
+            "root = \"shop.customers\"",
+            "root = \"customers\"",
+            "root = ",
+            "`db.table`",
+        ),
+        (
+            "field = \"region\"",
+            "field = \"_region\"",
+            "field = \"_region\"",
+            "does not start with `_`",
+        ),
+        (
+            "field = \"items\"",
+            "field = \"\"",
+            "field = \"\"",
+            "not empty",
+        ),
+        (
+            "on = { id = \"order_id\" }",
+            "on = {}",
+            "on = {}",
+            "names no columns",
+        ),
+        (
+            "columns = [\"name\", \"code\"]",
+            "order_by = [\"name\"]",
+            "order_by",
+            "an embed is one object",
+        ),
+        (
+            "field = \"orders\"",
+            "field = \"region\"",
+            "field = \"region\"\nfrom = \"shop.orders\"",
+            "two embeds or nests",
+        ),
+    ] {
+        let text = SHOP.replacen(from, to, 1);
+        assert_ne!(text, SHOP, "{from}");
+        let (line, msg) = definition_error(&text);
+        let want = line_of(&text, at.lines().next().unwrap());
+        let want = if at.contains('\n') {
+            // The second `field = "region"`: the nest's.
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains("field = \"region\""))
+                .nth(1)
+                .unwrap()
+                .0
+                + 1
+        } else {
+            want
+        };
+        assert_eq!(line, want, "{to}: {msg}");
+        assert!(msg.contains(says), "{to}: {msg}");
+    }
+    let twice = format!("{SHOP}\n[[document]]\nname = \"customers\"\nroot = \"shop.x\"\n");
+    let (line, msg) = definition_error(&twice);
+    assert_eq!(line, twice.lines().count() - 1);
+    assert!(
+        msg.contains("two [[document]] entries are named `customers`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let text = SHOP.replace("order_by = [\"id\"]", "orderby = [\"id\"]");
+    let e = toml::from_str::<File>(&text).err().expect("an error");
+    assert!(e.to_string().contains("orderby"), "{e}");
+}
+
+/// The shop's tables (`keys`: each table's key columns).
+fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
+    use crate::testkit::table;
+    let keyed = |name: &str, cols: &[(&str, &str)], key: &[usize]| {
+        let mut t = (*table(name, cols, 1)).clone();
+        t.primary_key = key.to_vec();
+        std::sync::Arc::new(t)
+    };
+    vec![
+        keyed(
+            "shop.customers",
+            &[("id", "int"), ("name", "varchar"), ("region_id", "int")],
+            &[0],
+        ),
+        keyed(
+            "shop.regions",
+            &[("id", "int"), ("name", "varchar"), ("code", "char")],
+            &[0],
+        ),
+        keyed(
+            "shop.orders",
+            &[
+                ("id", "int"),
+                ("customer_id", "int"),
+                ("amount", "decimal"),
+                ("status", "varchar"),
+                ("created_at", "datetime"),
+            ],
+            &[0],
+        ),
+        keyed(
+            "shop.order_items",
+            &[
+                ("order_id", "int"),
+                ("line", "int"),
+                ("sku", "varchar"),
+                ("qty", "int"),
+                ("price", "decimal"),
+            ],
+            &[0, 1],
+        ),
+    ]
+}
+
+/// The error of the schema checks on `text`, with `schemas`: (line, message).
+fn schema_error(text: &str, schemas: &[std::sync::Arc<TableSchema>]) -> Option<(usize, String)> {
+    let docs = parse(text);
+    let lookup = |name: &str| {
+        schemas
+            .iter()
+            .find(|t| t.qualified_name() == name)
+            .map(|t| &**t)
+    };
+    check_against_schemas(Path::new("c.toml"), text, &docs[0], &lookup)
+        .err()
+        .map(|e| (e.line_col.unwrap().0, e.message))
+}
+
+#[test]
+fn the_example_matches_its_tables() {
+    assert_eq!(schema_error(SHOP, &shop_schemas()), None);
+}
+
+#[test]
+fn schema_mistakes_name_their_line() {
+    let schemas = shop_schemas();
+    for (from, to, at, says) in [
+        (
+            "columns = [\"sku\", \"qty\", \"price\"]",
+            "columns = [\"sku\", \"qty\", \"cost\"]",
+            "columns = [\"sku\"",
+            "`shop.order_items` has no column `cost`",
+        ),
+        (
+            "order_by = [\"id\"]",
+            "order_by = [\"placed\"]",
+            "order_by",
+            "`shop.orders` has no column `placed`",
+        ),
+        (
+            "on = { id = \"customer_id\" }",
+            "on = { id = \"client_id\" }",
+            "client_id",
+            "`shop.orders` has no column `client_id`",
+        ),
+        (
+            "on = { region_id = \"id\" }",
+            "on = { region = \"id\" }",
+            "on = { region = ",
+            "`shop.customers` has no column `region`",
+        ),
+        (
+            "on = { region_id = \"id\" }",
+            "on = { region_id = \"code\" }",
+            "region_id = \"code\"",
+            "must join the key of `shop.regions` (id)",
+        ),
+        (
+            "from = \"shop.regions\"",
+            "from = \"shop.areas\"",
+            "shop.areas",
+            "`shop.areas`, which the server does not have",
+        ),
+    ] {
+        let text = SHOP.replacen(from, to, 1);
+        assert_ne!(text, SHOP, "{from}");
+        let (line, msg) = schema_error(&text, &schemas).unwrap_or_else(|| panic!("{to}: no error"));
+        assert_eq!(line, line_of(&text, at), "{to}: {msg}");
+        assert!(msg.contains(says), "{to}: {msg}");
+    }
+    // The root gone.
+    let (line, msg) = schema_error(SHOP, &schemas[1..]).unwrap();
+    assert_eq!(line, line_of(SHOP, "root = "));
+    assert!(
+        msg.contains("`shop.customers`, which the server does not have"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn every_table_must_be_captured() {
+    let docs = parse(SHOP);
+    let check = |captured: &dyn Fn(&str) -> bool| {
+        check_captured(Path::new("c.toml"), SHOP, &docs[0], captured).err()
+    };
+    assert!(check(&|_| true).is_none());
+    let e = check(&|t| t != "shop.order_items").unwrap();
+    assert_eq!(
+        e.line_col.unwrap().0,
+        line_of(SHOP, "from = \"shop.order_items\"")
+    );
+    assert!(
+        e.message.contains("add it to [source] include"),
+        "{}",
+        e.message
+    );
+}
