@@ -63,7 +63,7 @@ PY
 latency() { # $1 = source, $2 = from
   local dir="$work/elasticsearch"
   printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >> "$dir/c.toml"
-  target/release/tributary run --connector "$dir/c.toml" 2> "$dir/live.stderr" &
+  "$TRIBUTARY" run --connector "$dir/c.toml" 2> "$dir/live.stderr" &
   daemon=$!
   until grep -q "streaming" "$dir/live.stderr"; do sleep 0.2; done
   if [ "$1" = mariadb ]; then live_sql mariadb | "${M[@]}" -D bench >/dev/null

@@ -57,12 +57,12 @@ lifecycle() { # $1 = name
   run_tributary elasticsearch >/dev/null
   dir="$work/elasticsearch"
   echo "verifying..." >&2
-  read -r v_secs v_rss < <(timed verify target/release/tributary verify --connector "$dir/c.toml" --json)
+  read -r v_secs v_rss < <(timed verify "$TRIBUTARY" verify --connector "$dir/c.toml" --json)
   echo "reindexing..." >&2
-  read -r r_secs r_rss < <(timed reindex target/release/tributary reindex --connector "$dir/c.toml" --table bench.orders)
+  read -r r_secs r_rss < <(timed reindex "$TRIBUTARY" reindex --connector "$dir/c.toml" --table bench.orders)
   grep -q "bench_orders_v2" "$dir/reindex.out" || { cat "$dir/reindex.out" >&2; exit 1; }
   echo "verifying the new index..." >&2
-  read -r v2_secs v2_rss < <(timed verify2 target/release/tributary verify --connector "$dir/c.toml" --json)
+  read -r v2_secs v2_rss < <(timed verify2 "$TRIBUTARY" verify --connector "$dir/c.toml" --json)
   python3 - "$dir" "$expected" <<'PY'
 import json, sys
 d, n = sys.argv[1], int(sys.argv[2])

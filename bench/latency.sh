@@ -109,7 +109,7 @@ batch_docs = 1000"
   sink_toml_extra="$extra" write_connector "$2" "$dir" "$source"
   printf '\n[http]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >> "$dir/c.toml"
   curl -fs -XPOST "$ES/_instant/reset" >/dev/null
-  "${TRIBUTARY_BIN:-target/release/tributary}" run --connector "$dir/c.toml" 2> "$dir/stderr" &
+  "$TRIBUTARY" run --connector "$dir/c.toml" 2> "$dir/stderr" &
   daemon=$!
   until grep -q "streaming" "$dir/stderr"; do
     kill -0 "$daemon" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }

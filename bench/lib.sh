@@ -9,6 +9,7 @@
 #   is left in $work/<sink>/changes
 
 PORT=${TRIBUTARY_BENCH_PORT:-23081}
+TRIBUTARY=${TRIBUTARY_BIN:-target/release/tributary}
 export TRIBUTARY_MARIADB_DIR=${TRIBUTARY_BENCH_DIR:-/tmp/tributary-bench-$PORT}
 work=$(mktemp -d /tmp/tributary-bench-run.XXXXXX)
 trap 'rm -rf "$work"; if declare -F bench_cleanup >/dev/null; then bench_cleanup; fi' EXIT
@@ -126,7 +127,7 @@ start = \"earliest\"
 snapshot = \"never\""}
   source=${source//@SINK@/$1}
   write_connector "$1" "$dir" "$source"
-  /usr/bin/time -f "%e %M %U %S" -o "$dir/time" "${TRIBUTARY_BIN:-target/release/tributary}" --log-format json run \
+  /usr/bin/time -f "%e %M %U %S" -o "$dir/time" "$TRIBUTARY" --log-format json run \
     --connector "$dir/c.toml" --until "${until:-$end_file:$end_pos}" 2> "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
   local changes; changes=$(grep '"stopped"' "$dir/stderr" | python3 -c "import sys,json; print(json.loads(sys.stdin.readline())['fields']['changes'])")
   if [ -n "${at_least:-}" ]; then # snapshot reads come on top of the streamed changes

@@ -60,13 +60,13 @@ load_mariadb() { # $1 = rows
 snapshot_run() { # $1 = source, $2 = sink kind, $3 = expected rows
   local dir="$work/$1-$2"; mkdir -p "$dir"
   write_connector "$2" "$dir" "$("source_toml_$1" "$2")"
-  target/release/tributary --log-format json run --connector "$dir/c.toml" 2> "$dir/stderr" &
+  "$TRIBUTARY" --log-format json run --connector "$dir/c.toml" 2> "$dir/stderr" &
   daemon=$!
   local status
   for _ in $(seq 1 3600); do
     sleep 0.5
     kill -0 "$daemon" 2>/dev/null || { cat "$dir/stderr" >&2; exit 1; }
-    status=$(target/release/tributary status --connector "$dir/c.toml" 2>/dev/null || true)
+    status=$("$TRIBUTARY" status --connector "$dir/c.toml" 2>/dev/null || true)
     echo "$status" | grep -q '"status": "done"' && break
   done
   local rss; rss=$(awk '/VmHWM/ {print $2}' "/proc/$daemon/status")

@@ -16,6 +16,9 @@ use toml::Spanned;
 use crate::event::TableSchema;
 use crate::settings::{line_col, ConfigError};
 
+pub mod state;
+pub mod tree;
+
 /// How deep embeds and nests may go below the root.
 pub const MAX_LEVELS: usize = 4;
 

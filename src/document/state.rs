@@ -1,0 +1,476 @@
+//! The state a document is built from (docs/DESIGN.md, "Joined documents"), in a redb
+//! file of its own: per node of a document's tree the rows of its table, keyed by the
+//! table key, holding the columns the document needs and the version of their last
+//! change; and per relation two indexes, of the child rows by the child's `on`
+//! columns (the children of a parent row) and of the parent rows by the parent's `on`
+//! columns (the parents of a child row), so neither needs a scan.
+//!
+//! Replay-safe: a change is applied only when its version is newer than the row's (a
+//! delete leaves a versioned tombstone), so the state may run ahead of the checkpoint
+//! and a replay changes nothing it already holds.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::tree::{Node, Tree};
+use crate::event::{Row, Value};
+
+/// (node, key) -> `Stored`.
+const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("document_rows");
+/// (node, side, join value, key) -> (): `DOWN` indexes a node's rows by its own `on`
+/// columns, `UP` a node's parent rows by the parent's `on` columns.
+const LINKS: TableDefinition<&[u8], ()> = TableDefinition::new("document_links");
+const DOWN: u8 = 0;
+const UP: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[error("document state {path}: {message}")]
+pub struct StateError {
+    path: String,
+    message: String,
+}
+
+/// A row as the state holds it: the node's needed columns (`Node::stored`), or None
+/// once deleted.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    version: u64,
+    values: Option<Vec<Value>>,
+}
+
+/// The state of one document's tree.
+pub struct State {
+    db: Database,
+    path: String,
+    tree: Tree,
+}
+
+impl State {
+    /// Opens (or creates) the state file at `path` for `tree`.
+    pub fn open(path: &Path, tree: Tree) -> Result<Self, StateError> {
+        let err = |m: String| StateError {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let tx = db.begin_write().map_err(|e| err(e.to_string()))?;
+        tx.open_table(ROWS).map_err(|e| err(e.to_string()))?;
+        tx.open_table(LINKS).map_err(|e| err(e.to_string()))?;
+        tx.commit().map_err(|e| err(e.to_string()))?;
+        Ok(State {
+            db,
+            path: path.display().to_string(),
+            tree,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StateError {
+        StateError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// Applies one change of `table` (`db.table`): `before` and `after` are whole rows
+    /// in the table's column order (None: the row did not exist / no longer exists), at
+    /// `version`. Returns the keys of the root rows whose documents it affects (before
+    /// and after the change: an order moving between customers affects both), encoded
+    /// as `key_bytes`. A change not newer than what the state holds changes nothing
+    /// and affects no document.
+    pub fn apply(
+        &self,
+        table: &str,
+        before: Option<&Row>,
+        after: Option<&Row>,
+        version: u64,
+    ) -> Result<BTreeSet<Vec<u8>>, StateError> {
+        let mut roots = BTreeSet::new();
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            let mut links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+            for n in self.tree.nodes_of(table) {
+                let node = &self.tree.nodes[n];
+                let key_of = |r: &Row| key_bytes(node.key.iter().map(|&i| &r[i]));
+                // A key change is the old row's delete and the new row's insert.
+                let parts = match (before.map(key_of), after.map(key_of)) {
+                    (Some(b), Some(a)) if b != a => vec![(b, None), (a, after)],
+                    (_, Some(a)) => vec![(a, after)],
+                    (Some(b), None) => vec![(b, None)],
+                    (None, None) => Vec::new(),
+                };
+                for (key, row) in parts {
+                    self.put(&mut rows, &mut links, n, &key, row, version, &mut roots)?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(roots)
+    }
+
+    /// Row `key` of node `n` becomes `row` (None: deleted) at `version`, unless the
+    /// state holds that version or a newer one; the documents it left and joined go to
+    /// `roots`.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        rows: &mut Table<&'static [u8], &'static [u8]>,
+        links: &mut Table<&'static [u8], ()>,
+        n: usize,
+        key: &[u8],
+        row: Option<&Row>,
+        version: u64,
+        roots: &mut BTreeSet<Vec<u8>>,
+    ) -> Result<(), StateError> {
+        let node = &self.tree.nodes[n];
+        let at = row_key(n, key);
+        let old: Option<Stored> = match rows.get(at.as_slice()).map_err(|e| self.err(e))? {
+            Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| self.err(e))?),
+            None => None,
+        };
+        if old.as_ref().is_some_and(|o| o.version >= version) {
+            return Ok(()); // replayed: the state has this change or a newer one
+        }
+        let old = old.and_then(|o| o.values);
+        // A value the source did not send (an unchanged TOASTed column) keeps the
+        // stored one.
+        let new: Option<Vec<Value>> = row.map(|r| {
+            node.stored
+                .iter()
+                .enumerate()
+                .map(|(slot, &i)| match (&r[i], &old) {
+                    (Value::Absent, Some(o)) => o[slot].clone(),
+                    (v, _) => v.clone(),
+                })
+                .collect()
+        });
+        // The documents the row was in, before it changes, and those it is in after.
+        if let Some(v) = &old {
+            self.roots_of(&*rows, &*links, n, v, roots)?;
+        }
+        self.relink(links, n, key, old.as_deref(), new.as_deref())?;
+        let stored = Stored {
+            version,
+            values: new,
+        };
+        let bytes = serde_json::to_vec(&stored).map_err(|e| self.err(e))?;
+        rows.insert(at.as_slice(), bytes.as_slice())
+            .map_err(|e| self.err(e))?;
+        if let Some(v) = &stored.values {
+            self.roots_of(&*rows, &*links, n, v, roots)?;
+        }
+        Ok(())
+    }
+
+    /// Moves row `key` of node `n` in the indexes from its old values to its new ones.
+    fn relink(
+        &self,
+        links: &mut Table<&'static [u8], ()>,
+        n: usize,
+        key: &[u8],
+        old: Option<&[Value]>,
+        new: Option<&[Value]>,
+    ) -> Result<(), StateError> {
+        let node = &self.tree.nodes[n];
+        // As a child: by its own `on` columns. As a parent: by each child's parent side.
+        let mut sides: Vec<(usize, u8, Vec<usize>)> = Vec::new();
+        if node.parent.is_some() {
+            sides.push((n, DOWN, node.on.iter().map(|&(_, own)| own).collect()));
+        }
+        for &c in &node.children {
+            let child = &self.tree.nodes[c];
+            sides.push((c, UP, child.on.iter().map(|&(parent, _)| parent).collect()));
+        }
+        for (at, side, cols) in sides {
+            let value = |vals: &[Value]| join_bytes(cols.iter().map(|&i| &vals[node.slot(i)]));
+            let (was, is) = (old.and_then(value), new.and_then(value));
+            if was == is {
+                continue;
+            }
+            if let Some(v) = was {
+                links
+                    .remove(link_key(at, side, &v, key).as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            if let Some(v) = is {
+                links
+                    .insert(link_key(at, side, &v, key).as_slice(), ())
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to `roots` the root keys of the documents row `values` of node `n` is in.
+    fn roots_of(
+        &self,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
+        n: usize,
+        values: &[Value],
+        roots: &mut BTreeSet<Vec<u8>>,
+    ) -> Result<(), StateError> {
+        let node = &self.tree.nodes[n];
+        let Some(p) = node.parent else {
+            roots.insert(key_bytes(node.key.iter().map(|&i| &values[node.slot(i)])));
+            return Ok(());
+        };
+        let Some(value) = join_bytes(node.on.iter().map(|&(_, own)| &values[node.slot(own)]))
+        else {
+            return Ok(()); // a NULL join value joins no row
+        };
+        for parent_key in linked(links, n, UP, &value).map_err(|e| self.err(e))? {
+            let at = row_key(p, &parent_key);
+            let Some(v) = rows.get(at.as_slice()).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let stored: Stored = serde_json::from_slice(v.value()).map_err(|e| self.err(e))?;
+            if let Some(pv) = stored.values {
+                self.roots_of(rows, links, p, &pv, roots)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The document of root key `root` (from `key_bytes`) as JSON, built from the state;
+    /// None when the root row does not exist.
+    pub fn render(&self, root: &[u8]) -> Result<Option<String>, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+        let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+        let Some(values) = row_values(&rows, 0, root).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let mut out = String::new();
+        self.render_node(&rows, &links, 0, &values, &mut out)?;
+        Ok(Some(out))
+    }
+
+    /// Writes node `n`'s object for its row `values`: its columns, then each child.
+    fn render_node(
+        &self,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
+        n: usize,
+        values: &[Value],
+        out: &mut String,
+    ) -> Result<(), StateError> {
+        let node = &self.tree.nodes[n];
+        out.push('{');
+        let mut first = true;
+        let mut field = |name: &str, out: &mut String| {
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(name).expect("a string"));
+            out.push(':');
+        };
+        for (name, &i) in node.column_names.iter().zip(&node.columns) {
+            field(name, out);
+            out.push_str(&values[node.slot(i)].to_json());
+        }
+        for &c in &node.children {
+            let child = &self.tree.nodes[c];
+            field(&child.field, out);
+            let found = match join_bytes(
+                child
+                    .on
+                    .iter()
+                    .map(|&(parent, _)| &values[node.slot(parent)]),
+            ) {
+                Some(value) => {
+                    let mut found = Vec::new();
+                    for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
+                        if let Some(v) = row_values(rows, c, &key).map_err(|e| self.err(e))? {
+                            found.push(v);
+                        }
+                    }
+                    found
+                }
+                None => Vec::new(),
+            };
+            self.render_children(rows, links, c, found, out)?;
+        }
+        out.push('}');
+        Ok(())
+    }
+
+    /// An embed's object (or null), a nest's array in `order_by` order.
+    fn render_children(
+        &self,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
+        c: usize,
+        mut found: Vec<Vec<Value>>,
+        out: &mut String,
+    ) -> Result<(), StateError> {
+        let child: &Node = &self.tree.nodes[c];
+        if !child.nested {
+            match found.first() {
+                Some(v) => self.render_node(rows, links, c, v, out)?,
+                None => out.push_str("null"),
+            }
+            return Ok(());
+        }
+        found.sort_by(|a, b| {
+            child
+                .order_by
+                .iter()
+                .map(|&i| compare(&a[child.slot(i)], &b[child.slot(i)]))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        out.push('[');
+        for (i, v) in found.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            self.render_node(rows, links, c, v, out)?;
+        }
+        out.push(']');
+        Ok(())
+    }
+}
+
+/// The live values of row `key` of node `n`; None when absent or deleted.
+fn row_values(
+    rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    n: usize,
+    key: &[u8],
+) -> Result<Option<Vec<Value>>, String> {
+    let at = row_key(n, key);
+    let Some(v) = rows.get(at.as_slice()).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let stored: Stored = serde_json::from_slice(v.value()).map_err(|e| e.to_string())?;
+    Ok(stored.values)
+}
+
+/// The row keys linked to `value` on `side` of node `n`.
+fn linked(
+    links: &impl ReadableTable<&'static [u8], ()>,
+    n: usize,
+    side: u8,
+    value: &[u8],
+) -> Result<Vec<Vec<u8>>, String> {
+    let prefix = link_key(n, side, value, &[]);
+    let mut out = Vec::new();
+    for item in links
+        .range(prefix.as_slice()..)
+        .map_err(|e| e.to_string())?
+    {
+        let (k, _) = item.map_err(|e| e.to_string())?;
+        let Some(key) = k.value().strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        out.push(key.to_vec());
+    }
+    Ok(out)
+}
+
+fn row_key(n: usize, key: &[u8]) -> Vec<u8> {
+    let mut out = (n as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(key);
+    out
+}
+
+fn link_key(n: usize, side: u8, value: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut out = (n as u16).to_be_bytes().to_vec();
+    out.push(side);
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(key);
+    out
+}
+
+/// A table key as bytes (each value's exact stored form, length-prefixed).
+pub fn key_bytes<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values {
+        let b = serde_json::to_vec(v).expect("values serialize");
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+/// Join values as bytes that are equal exactly when SQL's `=` would join them across
+/// the two tables' types (an INT and a BIGINT UNSIGNED of the same number, a DECIMAL
+/// 1.50 and 1.5); None when one is NULL (NULL joins nothing).
+pub fn join_bytes<'a>(values: impl Iterator<Item = &'a Value>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for v in values {
+        let part: Vec<u8> = match v {
+            Value::Null | Value::Absent => return None,
+            Value::Int(i) => format!("n{i}").into_bytes(),
+            Value::UInt(u) => format!("n{u}").into_bytes(),
+            Value::Decimal(d) => format!("n{}", normalize_decimal(d)).into_bytes(),
+            Value::String(s) => [b"s".as_slice(), s.as_bytes()].concat(),
+            other => [b"j".as_slice(), other.to_json().as_bytes()].concat(),
+        };
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(&part);
+    }
+    Some(out)
+}
+
+/// `-001.500` -> `-1.5`, `0.0` -> `0`: one spelling per number.
+fn normalize_decimal(d: &str) -> String {
+    let (neg, digits) = match d.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, d.strip_prefix('+').unwrap_or(d)),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let body = if frac.is_empty() {
+        int.to_string()
+    } else {
+        format!("{int}.{frac}")
+    };
+    if neg && body != "0" {
+        format!("-{body}")
+    } else {
+        body
+    }
+}
+
+/// The order of `order_by`: numbers by value, text by its bytes (a binary collation),
+/// NULLs first, anything else by its JSON.
+fn compare(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let number = |v: &Value| -> Option<f64> {
+        match v {
+            Value::Int(i) => Some(*i as f64),
+            Value::UInt(u) => Some(*u as f64),
+            Value::Float(f) => Some(*f as f64),
+            Value::Double(d) => Some(*d),
+            Value::Decimal(d) => d.parse().ok(),
+            _ => None,
+        }
+    };
+    match (a, b) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Null, _) => Ordering::Less,
+        (_, Value::Null) => Ordering::Greater,
+        (Value::Int(x), Value::Int(y)) => x.cmp(y),
+        (Value::UInt(x), Value::UInt(y)) => x.cmp(y),
+        (Value::String(x), Value::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        _ => match (number(a), number(b)) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            _ => a.to_json().cmp(&b.to_json()),
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
