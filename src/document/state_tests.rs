@@ -1,87 +1,29 @@
-use std::sync::Arc;
-
 use super::*;
 use crate::document::tree::Tree;
-use crate::event::TableSchema;
 
-/// customers (id, name, region_id), regions (id, name, code), orders (id, customer_id,
-/// amount, status), order_items (order_id, line, sku, qty): the issue's document.
-fn schemas() -> Vec<Arc<TableSchema>> {
-    let keyed = |name: &str, cols: &[(&str, &str)], key: &[usize]| {
-        let mut t = (*crate::testkit::table(name, cols, 1)).clone();
-        t.primary_key = key.to_vec();
-        Arc::new(t)
-    };
-    vec![
-        keyed(
-            "shop.customers",
-            &[("id", "int"), ("name", "varchar"), ("region_id", "int")],
-            &[0],
-        ),
-        keyed(
-            "shop.regions",
-            &[
-                ("id", "bigint unsigned"),
-                ("name", "varchar"),
-                ("code", "char"),
-            ],
-            &[0],
-        ),
-        keyed(
-            "shop.orders",
-            &[
-                ("id", "int"),
-                ("customer_id", "int"),
-                ("amount", "decimal"),
-                ("status", "varchar"),
-            ],
-            &[0],
-        ),
-        keyed(
-            "shop.order_items",
-            &[
-                ("order_id", "int"),
-                ("line", "int"),
-                ("sku", "varchar"),
-                ("qty", "int"),
-            ],
-            &[0, 1],
-        ),
-    ]
+/// The issue's document, showing fewer columns and orders by amount.
+fn shop() -> String {
+    crate::document::tests::SHOP
+        .replace(r#"columns = ["name", "code"]"#, r#"columns = ["name"]"#)
+        .replace(
+            r#"columns = ["id", "amount", "status", "created_at"]
+order_by = ["id"]"#,
+            r#"columns = ["id", "amount"]
+order_by = ["amount"]"#,
+        )
+        .replace(
+            r#"columns = ["sku", "qty", "price"]"#,
+            r#"columns = ["sku", "qty"]"#,
+        )
 }
-
-const SHOP: &str = r#"
-[[document]]
-name = "customers"
-root = "shop.customers"
-
-[[document.embed]]
-field = "region"
-from = "shop.regions"
-on = { region_id = "id" }
-columns = ["name"]
-
-[[document.nest]]
-field = "orders"
-from = "shop.orders"
-on = { id = "customer_id" }
-columns = ["id", "amount"]
-order_by = ["amount"]
-
-[[document.nest.nest]]
-field = "items"
-from = "shop.order_items"
-on = { id = "order_id" }
-columns = ["sku", "qty"]
-"#;
 
 fn state(dir: &std::path::Path) -> State {
     #[derive(serde::Deserialize)]
     struct File {
         document: Vec<crate::document::DocumentConfig>,
     }
-    let def = &toml::from_str::<File>(SHOP).unwrap().document[0];
-    let schemas = schemas();
+    let def = &toml::from_str::<File>(&shop()).unwrap().document[0];
+    let schemas = crate::document::tests::shop_schemas();
     let lookup = |name: &str| {
         schemas
             .iter()
@@ -110,10 +52,16 @@ fn customer(id: i64, name: &str, region: Option<u64>) -> Row {
     ]
 }
 fn order(id: i64, customer: i64, amount: &str) -> Row {
-    vec![int(id), int(customer), dec(amount), text("new")]
+    vec![
+        int(id),
+        int(customer),
+        dec(amount),
+        text("new"),
+        Value::Null,
+    ]
 }
 fn item(order: i64, line: i64, sku: &str) -> Row {
-    vec![int(order), int(line), text(sku), int(1)]
+    vec![int(order), int(line), text(sku), int(1), dec("2.00")]
 }
 fn key(id: i64) -> Vec<u8> {
     key_bytes([int(id)].iter())

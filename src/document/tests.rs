@@ -8,7 +8,7 @@ struct File {
 }
 
 /// The issue's example: customers with their region, orders and each order's items.
-const SHOP: &str = r#"
+pub(super) const SHOP: &str = r#"
 [[document]]
 name = "customers"
 root = "shop.customers"
@@ -179,7 +179,9 @@ fn unknown_keys_are_errors() {
 }
 
 /// The shop's tables (`keys`: each table's key columns).
-fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
+/// (The state's tests use them too: regions keyed by an unsigned id, which joins the
+/// customers' int `region_id`.)
+pub(super) fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
     use crate::testkit::table;
     let keyed = |name: &str, cols: &[(&str, &str)], key: &[usize]| {
         let mut t = (*table(name, cols, 1)).clone();
@@ -194,7 +196,11 @@ fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
         ),
         keyed(
             "shop.regions",
-            &[("id", "int"), ("name", "varchar"), ("code", "char")],
+            &[
+                ("id", "bigint unsigned"),
+                ("name", "varchar"),
+                ("code", "char"),
+            ],
             &[0],
         ),
         keyed(
