@@ -9,7 +9,6 @@
 //! delete leaves a versioned tombstone), so the state may run ahead of the checkpoint
 //! and a replay changes nothing it already holds.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
@@ -25,6 +24,10 @@ const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("document_rows"
 const LINKS: TableDefinition<&[u8], ()> = TableDefinition::new("document_links");
 const DOWN: u8 = 0;
 const UP: u8 = 1;
+/// root key -> the newest version that changed its document and is not yet written.
+/// Committed with the change that marked it, so a crash between the two never loses
+/// a document to rebuild (the replay finds the state current and marks nothing).
+const DIRTY: TableDefinition<&[u8], u64> = TableDefinition::new("document_dirty");
 
 #[derive(Debug, thiserror::Error)]
 #[error("document state {path}: {message}")]
@@ -59,6 +62,7 @@ impl State {
         let tx = db.begin_write().map_err(|e| err(e.to_string()))?;
         tx.open_table(ROWS).map_err(|e| err(e.to_string()))?;
         tx.open_table(LINKS).map_err(|e| err(e.to_string()))?;
+        tx.open_table(DIRTY).map_err(|e| err(e.to_string()))?;
         tx.commit().map_err(|e| err(e.to_string()))?;
         Ok(State {
             db,
@@ -80,22 +84,37 @@ impl State {
 
     /// Applies one change of `table` (`db.table`): `before` and `after` are whole rows
     /// in the table's column order (None: the row did not exist / no longer exists), at
-    /// `version`. Returns the keys of the root rows whose documents it affects (before
-    /// and after the change: an order moving between customers affects both), encoded
-    /// as `key_bytes`. A change not newer than what the state holds changes nothing
-    /// and affects no document.
+    /// `version`. Marks dirty (see `dirty`) the root rows whose documents it affects,
+    /// before and after the change (an order moving between customers affects both),
+    /// and returns how many it marked; a fan-out to a million documents is marked on
+    /// disk, never held in memory. A change not newer than what the state holds
+    /// changes nothing and marks nothing.
     pub fn apply(
         &self,
         table: &str,
         before: Option<&Row>,
         after: Option<&Row>,
         version: u64,
-    ) -> Result<BTreeSet<Vec<u8>>, StateError> {
-        let mut roots = BTreeSet::new();
+    ) -> Result<u64, StateError> {
+        let mut marked = 0;
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
             let mut links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            let mut mark = |root: Vec<u8>| -> Result<(), StateError> {
+                let newer = match dirty.get(root.as_slice()).map_err(|e| self.err(e))? {
+                    Some(v) => v.value() < version,
+                    None => true,
+                };
+                if newer {
+                    dirty
+                        .insert(root.as_slice(), version)
+                        .map_err(|e| self.err(e))?;
+                    marked += 1;
+                }
+                Ok(())
+            };
             for n in self.tree.nodes_of(table) {
                 let node = &self.tree.nodes[n];
                 let key_of = |r: &Row| key_bytes(node.key.iter().map(|&i| &r[i]));
@@ -107,17 +126,60 @@ impl State {
                     (None, None) => Vec::new(),
                 };
                 for (key, row) in parts {
-                    self.put(&mut rows, &mut links, n, &key, row, version, &mut roots)?;
+                    self.put(&mut rows, &mut links, n, &key, row, version, &mut mark)?;
                 }
             }
         }
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(roots)
+        Ok(marked)
+    }
+
+    /// Up to `limit` dirty root keys after `after` (None: from the first), in key order,
+    /// each with the version that marked it: the documents to build and write.
+    pub fn dirty(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+        let range = match after {
+            Some(a) => {
+                dirty.range::<&[u8]>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => dirty.range::<&[u8]>(..),
+        }
+        .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in range.take(limit) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            out.push((k.value().to_vec(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// The documents of `written` (from `dirty`) were acknowledged: their marks go,
+    /// unless a newer change marked a root again meanwhile.
+    pub fn clean(&self, written: &[(Vec<u8>, u64)]) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            for (key, version) in written {
+                let stale = dirty
+                    .get(key.as_slice())
+                    .map_err(|e| self.err(e))?
+                    .is_some_and(|v| v.value() <= *version);
+                if stale {
+                    dirty.remove(key.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Row `key` of node `n` becomes `row` (None: deleted) at `version`, unless the
     /// state holds that version or a newer one; the documents it left and joined go to
-    /// `roots`.
+    /// `mark`.
     #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
@@ -127,7 +189,7 @@ impl State {
         key: &[u8],
         row: Option<&Row>,
         version: u64,
-        roots: &mut BTreeSet<Vec<u8>>,
+        mark: &mut dyn FnMut(Vec<u8>) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
         let at = row_key(n, key);
@@ -153,7 +215,7 @@ impl State {
         });
         // The documents the row was in, before it changes, and those it is in after.
         if let Some(v) = &old {
-            self.roots_of(&*rows, &*links, n, v, roots)?;
+            self.roots_of(&*rows, &*links, n, v, mark)?;
         }
         self.relink(links, n, key, old.as_deref(), new.as_deref())?;
         let stored = Stored {
@@ -164,7 +226,7 @@ impl State {
         rows.insert(at.as_slice(), bytes.as_slice())
             .map_err(|e| self.err(e))?;
         if let Some(v) = &stored.values {
-            self.roots_of(&*rows, &*links, n, v, roots)?;
+            self.roots_of(&*rows, &*links, n, v, mark)?;
         }
         Ok(())
     }
@@ -208,32 +270,32 @@ impl State {
         Ok(())
     }
 
-    /// Adds to `roots` the root keys of the documents row `values` of node `n` is in.
+    /// Marks the root keys of the documents row `values` of node `n` is in, walking the
+    /// parent indexes up one level at a time without collecting them.
     fn roots_of(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
         links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
-        roots: &mut BTreeSet<Vec<u8>>,
+        mark: &mut dyn FnMut(Vec<u8>) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
         let Some(p) = node.parent else {
-            roots.insert(key_bytes(node.key.iter().map(|&i| &values[node.slot(i)])));
-            return Ok(());
+            return mark(key_bytes(node.key.iter().map(|&i| &values[node.slot(i)])));
         };
         let Some(value) = join_bytes(node.on.iter().map(|&(_, own)| &values[node.slot(own)]))
         else {
             return Ok(()); // a NULL join value joins no row
         };
-        for parent_key in linked(links, n, UP, &value).map_err(|e| self.err(e))? {
-            let at = row_key(p, &parent_key);
-            let Some(v) = rows.get(at.as_slice()).map_err(|e| self.err(e))? else {
-                continue;
+        let prefix = link_key(n, UP, &value, &[]);
+        for item in links.range(prefix.as_slice()..).map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let Some(parent_key) = k.value().strip_prefix(prefix.as_slice()) else {
+                break;
             };
-            let stored: Stored = serde_json::from_slice(v.value()).map_err(|e| self.err(e))?;
-            if let Some(pv) = stored.values {
-                self.roots_of(rows, links, p, &pv, roots)?;
+            if let Some(pv) = row_values(rows, p, parent_key).map_err(|e| self.err(e))? {
+                self.roots_of(rows, links, p, &pv, mark)?;
             }
         }
         Ok(())

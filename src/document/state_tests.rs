@@ -68,11 +68,23 @@ fn key(id: i64) -> Vec<u8> {
 }
 
 /// Applies an insert (`after`) and returns the affected root ids.
+/// Applies a change and returns the roots it marked dirty, cleaned as if written.
+fn change(
+    s: &State,
+    table: &str,
+    before: Option<&Row>,
+    after: Option<&Row>,
+    version: u64,
+) -> Vec<Vec<u8>> {
+    s.apply(table, before, after, version).unwrap();
+    let dirty = s.dirty(None, 1000).unwrap();
+    s.clean(&dirty).unwrap();
+    dirty.into_iter().map(|(k, _)| k).collect()
+}
+
+/// An insert (`after` only).
 fn insert(s: &State, table: &str, row: Row, version: u64) -> Vec<Vec<u8>> {
-    s.apply(table, None, Some(&row), version)
-        .unwrap()
-        .into_iter()
-        .collect()
+    change(s, table, None, Some(&row), version)
 }
 
 #[test]
@@ -131,19 +143,18 @@ fn a_change_affects_exactly_the_documents_it_leaves_and_joins() {
 
     // A region rename: every customer of the region, no other.
     let renamed = vec![Value::UInt(7), text("Nord"), text("NO")];
-    let roots = s
-        .apply("shop.regions", Some(&region), Some(&renamed), 8)
-        .unwrap();
-    assert_eq!(
-        roots.into_iter().collect::<Vec<_>>(),
-        [key(1), key(2), key(3)]
-    );
+    let roots = change(&s, "shop.regions", Some(&region), Some(&renamed), 8);
+    assert_eq!(roots, [key(1), key(2), key(3)]);
     // An order moving from customer 1 to 2: both.
     let moved = order(10, 2, "5.00");
-    let roots = s
-        .apply("shop.orders", Some(&order(10, 1, "5.00")), Some(&moved), 9)
-        .unwrap();
-    assert_eq!(roots.into_iter().collect::<Vec<_>>(), [key(1), key(2)]);
+    let roots = change(
+        &s,
+        "shop.orders",
+        Some(&order(10, 1, "5.00")),
+        Some(&moved),
+        9,
+    );
+    assert_eq!(roots, [key(1), key(2)]);
     assert!(s
         .render(&key(1))
         .unwrap()
@@ -155,31 +166,32 @@ fn a_change_affects_exactly_the_documents_it_leaves_and_joins() {
         .unwrap()
         .contains(r#""items":[{"sku":"a","qty":1}]"#));
     // An item two levels down: its customer.
-    let roots = s
-        .apply("shop.order_items", Some(&item(10, 1, "a")), None, 10)
-        .unwrap();
-    assert_eq!(roots.into_iter().collect::<Vec<_>>(), [key(2)]);
+    let roots = change(&s, "shop.order_items", Some(&item(10, 1, "a")), None, 10);
+    assert_eq!(roots, [key(2)]);
     // A key change of an item: the old row goes, the new one comes.
     insert(&s, "shop.order_items", item(10, 1, "x"), 11);
-    let roots = s
-        .apply(
-            "shop.order_items",
-            Some(&item(10, 1, "x")),
-            Some(&item(10, 5, "x")),
-            12,
-        )
-        .unwrap();
-    assert_eq!(roots.into_iter().collect::<Vec<_>>(), [key(2)]);
+    let roots = change(
+        &s,
+        "shop.order_items",
+        Some(&item(10, 1, "x")),
+        Some(&item(10, 5, "x")),
+        12,
+    );
+    assert_eq!(roots, [key(2)]);
     assert!(s
         .render(&key(2))
         .unwrap()
         .unwrap()
         .contains(r#""items":[{"sku":"x","qty":1}]"#));
     // A deleted customer: its own document, which is gone.
-    let roots = s
-        .apply("shop.customers", Some(&customer(3, "c", Some(7))), None, 13)
-        .unwrap();
-    assert_eq!(roots.into_iter().collect::<Vec<_>>(), [key(3)]);
+    let roots = change(
+        &s,
+        "shop.customers",
+        Some(&customer(3, "c", Some(7))),
+        None,
+        13,
+    );
+    assert_eq!(roots, [key(3)]);
     assert_eq!(s.render(&key(3)).unwrap(), None);
 }
 
@@ -193,17 +205,14 @@ fn a_replayed_change_changes_nothing() {
     // After a crash the stream replays from the checkpoint: older versions again.
     assert!(insert(&s, "shop.customers", customer(1, "Old name", None), 4).is_empty());
     assert!(insert(&s, "shop.orders", order(10, 1, "5.00"), 6).is_empty());
-    let roots = s
-        .apply("shop.orders", Some(&order(10, 1, "5.00")), None, 6)
-        .unwrap();
+    let roots = change(&s, "shop.orders", Some(&order(10, 1, "5.00")), None, 6);
     assert!(
         roots.is_empty(),
         "a delete at the same version is the same change"
     );
     assert_eq!(s.render(&key(1)).unwrap(), doc);
     // A deleted row's tombstone keeps a late replay of its insert out.
-    s.apply("shop.orders", Some(&order(10, 1, "5.00")), None, 7)
-        .unwrap();
+    change(&s, "shop.orders", Some(&order(10, 1, "5.00")), None, 7);
     assert!(insert(&s, "shop.orders", order(10, 1, "5.00"), 6).is_empty());
     assert!(s
         .render(&key(1))
@@ -233,4 +242,57 @@ fn join_values_are_equal_exactly_when_sql_would_join_them() {
     // Composite values cannot run into each other.
     let two = |a: &str, b: &str| join_bytes([text(a), text(b)].iter());
     assert_ne!(two("ab", "c"), two("a", "bc"));
+}
+
+#[test]
+fn dirty_documents_survive_a_crash_and_a_newer_change_keeps_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    for c in 1..=5 {
+        s.apply(
+            "shop.customers",
+            None,
+            Some(&customer(c, "c", None)),
+            c as u64,
+        )
+        .unwrap();
+    }
+    // Paged in key order.
+    let first = s.dirty(None, 2).unwrap();
+    assert_eq!(
+        first.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        [key(1), key(2)]
+    );
+    let next = s.dirty(Some(&first[1].0), 10).unwrap();
+    assert_eq!(
+        next.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
+        [key(3), key(4), key(5)]
+    );
+    // Customer 1 changes again while its document is being written: the write of the
+    // older version does not clear the newer mark.
+    s.apply(
+        "shop.customers",
+        Some(&customer(1, "c", None)),
+        Some(&customer(1, "d", None)),
+        9,
+    )
+    .unwrap();
+    s.clean(&first).unwrap();
+    assert_eq!(s.dirty(None, 10).unwrap().first(), Some(&(key(1), 9)));
+    // A crash before the rest was written: the marks are still there, although a replay
+    // of the changes would mark nothing (the state has them).
+    drop(s);
+    let s = state(dir.path());
+    assert_eq!(
+        s.apply("shop.customers", None, Some(&customer(5, "c", None)), 5)
+            .unwrap(),
+        0
+    );
+    let left: Vec<_> = s
+        .dirty(None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, [key(1), key(3), key(4), key(5)]);
 }
