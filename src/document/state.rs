@@ -5,9 +5,10 @@
 //! columns (the children of a parent row) and of the parent rows by the parent's `on`
 //! columns (the parents of a child row), so neither needs a scan.
 //!
-//! Replay-safe: a change is applied only when its version is newer than the row's (a
-//! delete leaves a versioned tombstone), so the state may run ahead of the checkpoint
-//! and a replay changes nothing it already holds.
+//! Replay-safe: a change older than the row's version is skipped and one of the same
+//! version applied again (as `external_gte` does; a delete leaves a versioned
+//! tombstone), so the state may run ahead of the checkpoint and a replay ends where
+//! the state is.
 
 use std::path::Path;
 
@@ -87,8 +88,8 @@ impl State {
     /// `version`. Marks dirty (see `dirty`) the root rows whose documents it affects,
     /// before and after the change (an order moving between customers affects both),
     /// and returns how many it marked; a fan-out to a million documents is marked on
-    /// disk, never held in memory. A change not newer than what the state holds
-    /// changes nothing and marks nothing.
+    /// disk, never held in memory. A change older than what the state holds changes
+    /// nothing and marks nothing.
     pub fn apply(
         &self,
         table: &str,
@@ -197,8 +198,12 @@ impl State {
             Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| self.err(e))?),
             None => None,
         };
-        if old.as_ref().is_some_and(|o| o.version >= version) {
-            return Ok(()); // replayed: the state has this change or a newer one
+        // Like Elasticsearch's `external_gte`: an older version is a replay of what the
+        // state has passed; an equal one is applied (a PostgreSQL transaction's changes
+        // share its commit LSN, so a row changed twice in one transaction must take
+        // both, and a replay of the transaction ends where it ended).
+        if old.as_ref().is_some_and(|o| o.version > version) {
+            return Ok(());
         }
         let old = old.and_then(|o| o.values);
         // A value the source did not send (an unchanged TOASTed column) keeps the
