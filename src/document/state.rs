@@ -12,7 +12,9 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use super::tree::{Node, Tree};
@@ -83,13 +85,8 @@ impl State {
         &self.tree
     }
 
-    /// Applies one change of `table` (`db.table`): `before` and `after` are whole rows
-    /// in the table's column order (None: the row did not exist / no longer exists), at
-    /// `version`. Marks dirty (see `dirty`) the root rows whose documents it affects,
-    /// before and after the change (an order moving between customers affects both),
-    /// and returns how many it marked; a fan-out to a million documents is marked on
-    /// disk, never held in memory. A change older than what the state holds changes
-    /// nothing and marks nothing.
+    /// Applies one change (see `Changes::apply`) and commits it durably; returns how
+    /// many roots it marked.
     pub fn apply(
         &self,
         table: &str,
@@ -97,42 +94,32 @@ impl State {
         after: Option<&Row>,
         version: u64,
     ) -> Result<u64, StateError> {
-        let mut marked = 0;
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
-            let mut links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
-            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
-            let mut mark = |root: Vec<u8>| -> Result<(), StateError> {
-                let newer = match dirty.get(root.as_slice()).map_err(|e| self.err(e))? {
-                    Some(v) => v.value() < version,
-                    None => true,
-                };
-                if newer {
-                    dirty
-                        .insert(root.as_slice(), version)
-                        .map_err(|e| self.err(e))?;
-                    marked += 1;
-                }
-                Ok(())
-            };
-            for n in self.tree.nodes_of(table) {
-                let node = &self.tree.nodes[n];
-                let key_of = |r: &Row| key_bytes(node.key.iter().map(|&i| &r[i]));
-                // A key change is the old row's delete and the new row's insert.
-                let parts = match (before.map(key_of), after.map(key_of)) {
-                    (Some(b), Some(a)) if b != a => vec![(b, None), (a, after)],
-                    (_, Some(a)) => vec![(a, after)],
-                    (Some(b), None) => vec![(b, None)],
-                    (None, None) => Vec::new(),
-                };
-                for (key, row) in parts {
-                    self.put(&mut rows, &mut links, n, &key, row, version, &mut mark)?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))?;
+        let mut changes = self.changes()?;
+        changes.apply(table, before, after, version)?;
+        let marked = changes.commit()?;
+        self.persist()?;
         Ok(marked)
+    }
+
+    /// Starts a batch of changes: one write transaction, committed by
+    /// `Changes::commit` without an fsync; `persist` makes every committed batch
+    /// durable at once (a checkpoint's flush: the state must be on disk before a
+    /// checkpoint past its changes is).
+    pub fn changes(&self) -> Result<Changes<'_>, StateError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        Ok(Changes {
+            state: self,
+            tx,
+            marked: 0,
+        })
+    }
+
+    /// Makes every batch committed so far durable.
+    pub fn persist(&self) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Up to `limit` dirty root keys after `after` (None: from the first), in key order,
@@ -161,8 +148,11 @@ impl State {
 
     /// The documents of `written` (from `dirty`) were acknowledged: their marks go,
     /// unless a newer change marked a root again meanwhile.
+    /// (Not fsynced: a clean lost to a crash only builds those documents again.)
     pub fn clean(&self, written: &[(Vec<u8>, u64)]) -> Result<(), StateError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
         {
             let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
             for (key, version) in written {
@@ -403,6 +393,72 @@ impl State {
         }
         out.push(']');
         Ok(())
+    }
+}
+
+/// A batch of changes in one write transaction (see `State::changes`).
+pub struct Changes<'s> {
+    state: &'s State,
+    tx: WriteTransaction,
+    marked: u64,
+}
+
+impl Changes<'_> {
+    /// Applies one change of `table` (`db.table`): `before` and `after` are whole rows
+    /// in the table's column order (None: the row did not exist / no longer exists), at
+    /// `version`. Marks dirty (see `State::dirty`) the root rows whose documents it
+    /// affects, before and after the change (an order moving between customers affects
+    /// both): a fan-out to a million documents is marked on disk, never held in memory.
+    /// A change older than what the state holds changes nothing and marks nothing.
+    pub fn apply(
+        &mut self,
+        table: &str,
+        before: Option<&Row>,
+        after: Option<&Row>,
+        version: u64,
+    ) -> Result<(), StateError> {
+        let state = self.state;
+        let err = |e: &dyn std::fmt::Display| state.err(e);
+        let mut rows = self.tx.open_table(ROWS).map_err(|e| err(&e))?;
+        let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
+        let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
+        let marked = &mut self.marked;
+        let mut mark = |root: Vec<u8>| -> Result<(), StateError> {
+            let newer = match dirty.get(root.as_slice()).map_err(|e| err(&e))? {
+                Some(v) => v.value() < version,
+                None => true,
+            };
+            if newer {
+                dirty
+                    .insert(root.as_slice(), version)
+                    .map_err(|e| err(&e))?;
+                *marked += 1;
+            }
+            Ok(())
+        };
+        for n in state.tree.nodes_of(table) {
+            let node = &state.tree.nodes[n];
+            let key_of = |r: &Row| key_bytes(node.key.iter().map(|&i| &r[i]));
+            // A key change is the old row's delete and the new row's insert.
+            let parts = match (before.map(key_of), after.map(key_of)) {
+                (Some(b), Some(a)) if b != a => vec![(b, None), (a, after)],
+                (_, Some(a)) => vec![(a, after)],
+                (Some(b), None) => vec![(b, None)],
+                (None, None) => Vec::new(),
+            };
+            for (key, row) in parts {
+                state.put(&mut rows, &mut links, n, &key, row, version, &mut mark)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the batch (durable with the next `State::persist`); returns how many
+    /// roots it marked dirty.
+    pub fn commit(self) -> Result<u64, StateError> {
+        let state = self.state;
+        self.tx.commit().map_err(|e| state.err(e))?;
+        Ok(self.marked)
     }
 }
 

@@ -313,3 +313,41 @@ fn dirty_documents_survive_a_crash_and_a_newer_change_keeps_its_mark() {
         .collect();
     assert_eq!(left, [key(1), key(3), key(4), key(5)]);
 }
+
+#[test]
+fn a_batch_of_changes_commits_together_and_persists_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    let mut batch = s.changes().unwrap();
+    for c in 1..=3 {
+        batch
+            .apply(
+                "shop.customers",
+                None,
+                Some(&customer(c, "c", None)),
+                c as u64,
+            )
+            .unwrap();
+    }
+    batch
+        .apply("shop.orders", None, Some(&order(10, 1, "5.00")), 4)
+        .unwrap();
+    // Three documents marked, customer 1 twice (the order is newer).
+    assert_eq!(batch.commit().unwrap(), 4);
+    s.persist().unwrap();
+    drop(s);
+    let s = state(dir.path());
+    assert_eq!(s.dirty(None, 10).unwrap().len(), 3);
+    assert!(s
+        .render(&key(1))
+        .unwrap()
+        .unwrap()
+        .contains(r#""orders":[{"id":10"#));
+    // A batch dropped without a commit leaves nothing.
+    let mut batch = s.changes().unwrap();
+    batch
+        .apply("shop.customers", None, Some(&customer(9, "c", None)), 9)
+        .unwrap();
+    drop(batch);
+    assert_eq!(s.render(&key(9)).unwrap(), None);
+}
