@@ -1076,11 +1076,17 @@ async fn documents_match_their_tables(
         }
         let schema_of = |t: &str| schemas.get(t).and_then(|s| s.as_deref());
         match tributary::document::check_against_schemas(&cfg.path, &text, d, &schema_of) {
-            Ok(()) => println!(
-                "ok    document {}: {} tables, every column and join found",
-                d.name.get_ref(),
-                d.tables().len()
-            ),
+            Ok(()) => {
+                println!(
+                    "ok    document {}: {} tables, every column and join found",
+                    d.name.get_ref(),
+                    d.tables().len()
+                );
+                println!(
+                    "warn  document {}: joined documents are not built by this version yet; `tributary run` refuses the connector while it defines them",
+                    d.name.get_ref()
+                );
+            }
             Err(e) => {
                 println!("error {e}");
                 errors += 1;

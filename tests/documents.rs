@@ -69,6 +69,10 @@ async fn check_matches_a_document_with_its_tables_and_run_refuses_it_for_now() {
         out.contains("ok    document customers: 4 tables, every column and join found"),
         "{out}"
     );
+    assert!(
+        out.contains("`tributary run` refuses the connector"),
+        "{out}"
+    );
 
     // A column the server's table does not have, and an embed not joined on its key:
     // named at their lines by check.
