@@ -172,6 +172,50 @@ fn mappings(
     })
 }
 
+/// The properties of a joined document (`[[document]]`, see document::tree): each node's
+/// columns typed as for tables (the root's key text keeps long keywords, as a table's
+/// does), embeds as `object` and nests as `nested`, so a query can match two fields of
+/// the same order. `schema_of` finds each node's table.
+pub fn document_properties<'s>(
+    tree: &crate::document::tree::Tree,
+    schema_of: &dyn Fn(&str) -> Option<&'s TableSchema>,
+    decimal: DecimalMapping,
+) -> Result<Json, String> {
+    node_properties(tree, 0, schema_of, decimal)
+}
+
+fn node_properties<'s>(
+    tree: &crate::document::tree::Tree,
+    n: usize,
+    schema_of: &dyn Fn(&str) -> Option<&'s TableSchema>,
+    decimal: DecimalMapping,
+) -> Result<Json, String> {
+    let node = &tree.nodes[n];
+    let table = schema_of(&node.table).ok_or_else(|| format!("no table `{}`", node.table))?;
+    let mut props = Map::new();
+    for (name, &i) in node.column_names.iter().zip(&node.columns) {
+        let mut f = field(&table.columns[i].type_name, decimal);
+        if let Some(keyword) = f
+            .get_mut("fields")
+            .and_then(|f| f.get_mut("keyword"))
+            .filter(|_| n == 0 && node.key.contains(&i))
+        {
+            keyword["ignore_above"] = json!(KEY_KEYWORD_IGNORE_ABOVE);
+        }
+        props.insert(name.clone(), f);
+    }
+    for &c in &node.children {
+        let child = &tree.nodes[c];
+        let kind = if child.nested { "nested" } else { "object" };
+        let inner = node_properties(tree, c, schema_of, decimal)?;
+        props.insert(
+            child.field.clone(),
+            json!({"type": kind, "properties": inner}),
+        );
+    }
+    Ok(Json::Object(props))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +259,69 @@ mod tests {
             props["n"],
             json!({"type": "long"}),
             "no fields added to a non-text key"
+        );
+    }
+
+    #[test]
+    fn a_joined_document_maps_embeds_as_objects_and_nests_as_nested() {
+        let text = r#"
+[[document]]
+name = "customers"
+root = "shop.customers"
+[[document.embed]]
+field = "region"
+from = "shop.regions"
+on = { region_id = "id" }
+columns = ["name"]
+[[document.nest]]
+field = "orders"
+from = "shop.orders"
+on = { code = "customer_id" }
+columns = ["id", "amount"]
+"#;
+        #[derive(serde::Deserialize)]
+        struct File {
+            document: Vec<crate::document::DocumentConfig>,
+        }
+        let def = &toml::from_str::<File>(text).unwrap().document[0];
+        let keyed = |name: &str, cols: &[(&str, &str)]| {
+            let mut t = (*crate::testkit::table(name, cols, 1)).clone();
+            t.primary_key = vec![0];
+            t
+        };
+        let tables = [
+            keyed(
+                "shop.customers",
+                &[("code", "varchar"), ("region_id", "int")],
+            ),
+            keyed("shop.regions", &[("id", "int"), ("name", "varchar")]),
+            keyed(
+                "shop.orders",
+                &[
+                    ("id", "int"),
+                    ("customer_id", "varchar"),
+                    ("amount", "decimal"),
+                ],
+            ),
+        ];
+        let lookup = |n: &str| tables.iter().find(|t| t.qualified_name() == n);
+        let tree = crate::document::tree::Tree::resolve(def, &lookup).unwrap();
+        let props = document_properties(&tree, &lookup, DecimalMapping::Keyword).unwrap();
+        assert_eq!(
+            props["code"]["fields"]["keyword"]["ignore_above"],
+            KEY_KEYWORD_IGNORE_ABOVE
+        );
+        assert_eq!(props["region_id"], json!({"type": "long"}));
+        assert_eq!(props["region"]["type"], "object");
+        assert_eq!(
+            props["region"]["properties"]["name"]["fields"]["keyword"]["ignore_above"],
+            256
+        );
+        assert_eq!(props["orders"]["type"], "nested");
+        assert_eq!(
+            props["orders"]["properties"],
+            json!({"id": {"type": "long"}, "amount": {"type": "keyword"}}),
+            "only the columns the nest shows"
         );
     }
 
