@@ -35,6 +35,29 @@ pub fn test_schema(version: u32, cols: &[(&str, &str)]) -> crate::event::TableSc
 
 /// A table `db.table` of (name, type) columns, keyed by the first, at `version`.
 pub fn table(name: &str, columns: &[(&str, &str)], version: u32) -> Arc<TableSchema> {
+    keyed_table_at(name, columns, &[0], version)
+}
+
+/// A table `db.table` of (name, type) columns keyed by the columns at `key`.
+pub fn keyed_table(name: &str, columns: &[(&str, &str)], key: &[usize]) -> Arc<TableSchema> {
+    keyed_table_at(name, columns, key, 1)
+}
+
+/// The `[[document]]` entries of a connector file's text.
+pub fn documents(text: &str) -> Result<Vec<crate::document::DocumentConfig>, toml::de::Error> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        document: Vec<crate::document::DocumentConfig>,
+    }
+    toml::from_str::<File>(text).map(|f| f.document)
+}
+
+fn keyed_table_at(
+    name: &str,
+    columns: &[(&str, &str)],
+    key: &[usize],
+    version: u32,
+) -> Arc<TableSchema> {
     let (db, table) = name.split_once('.').expect("db.table");
     Arc::new(TableSchema::new(
         Arc::from("test"),
@@ -48,7 +71,7 @@ pub fn table(name: &str, columns: &[(&str, &str)], version: u32) -> Arc<TableSch
                 type_name: t.to_string(),
             })
             .collect(),
-        vec![0],
+        key.to_vec(),
         version,
     ))
 }

@@ -184,10 +184,7 @@ impl State {
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
         let at = row_key(n, key);
-        let old: Option<Stored> = match rows.get(at.as_slice()).map_err(|e| self.err(e))? {
-            Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| self.err(e))?),
-            None => None,
-        };
+        let old = stored_row(&*rows, &at).map_err(|e| self.err(e))?;
         // Like Elasticsearch's `external_gte`: an older version is a replay of what the
         // state has passed; an equal one is applied (a PostgreSQL transaction's changes
         // share its commit LSN, so a row changed twice in one transaction must take
@@ -468,12 +465,20 @@ fn row_values(
     n: usize,
     key: &[u8],
 ) -> Result<Option<Vec<Value>>, String> {
-    let at = row_key(n, key);
-    let Some(v) = rows.get(at.as_slice()).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let stored: Stored = serde_json::from_slice(v.value()).map_err(|e| e.to_string())?;
-    Ok(stored.values)
+    Ok(stored_row(rows, &row_key(n, key))?.and_then(|s| s.values))
+}
+
+/// The row stored at `at` (from `row_key`), tombstones included.
+fn stored_row(
+    rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    at: &[u8],
+) -> Result<Option<Stored>, String> {
+    match rows.get(at).map_err(|e| e.to_string())? {
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
 }
 
 /// The row keys linked to `value` on `side` of node `n`.

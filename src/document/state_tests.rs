@@ -18,11 +18,7 @@ order_by = ["amount"]"#,
 }
 
 fn state(dir: &std::path::Path) -> State {
-    #[derive(serde::Deserialize)]
-    struct File {
-        document: Vec<crate::document::DocumentConfig>,
-    }
-    let def = &toml::from_str::<File>(&shop()).unwrap().document[0];
+    let def = &crate::testkit::documents(&shop()).unwrap()[0];
     let schemas = crate::document::tests::shop_schemas();
     let lookup = |name: &str| {
         schemas

@@ -2,11 +2,6 @@ use std::path::Path;
 
 use super::*;
 
-#[derive(Deserialize)]
-struct File {
-    document: Vec<DocumentConfig>,
-}
-
 /// The issue's example: customers with their region, orders and each order's items.
 pub(super) const SHOP: &str = r#"
 [[document]]
@@ -34,7 +29,7 @@ columns = ["sku", "qty", "price"]
 "#;
 
 fn parse(text: &str) -> Vec<DocumentConfig> {
-    toml::from_str::<File>(text).unwrap().document
+    crate::testkit::documents(text).unwrap()
 }
 
 /// The error of the file-only checks: (line, message).
@@ -174,7 +169,7 @@ fn file_only_mistakes_name_their_line() {
 #[test]
 fn unknown_keys_are_errors() {
     let text = SHOP.replace("order_by = [\"id\"]", "orderby = [\"id\"]");
-    let e = toml::from_str::<File>(&text).err().expect("an error");
+    let e = crate::testkit::documents(&text).expect_err("an error");
     assert!(e.to_string().contains("orderby"), "{e}");
 }
 
@@ -182,12 +177,7 @@ fn unknown_keys_are_errors() {
 /// (The state's tests use them too: regions keyed by an unsigned id, which joins the
 /// customers' int `region_id`.)
 pub(super) fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
-    use crate::testkit::table;
-    let keyed = |name: &str, cols: &[(&str, &str)], key: &[usize]| {
-        let mut t = (*table(name, cols, 1)).clone();
-        t.primary_key = key.to_vec();
-        std::sync::Arc::new(t)
-    };
+    use crate::testkit::keyed_table as keyed;
     vec![
         keyed(
             "shop.customers",

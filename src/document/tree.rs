@@ -73,15 +73,9 @@ impl Tree {
         while let Some((p, shape, r)) = stack.pop() {
             let parent = table(&tree.nodes[p].table)?;
             let from = table(r.from.get_ref())?;
-            let col = |t: &TableSchema, c: &str| {
-                t.columns
-                    .iter()
-                    .position(|k| k.name == c)
-                    .ok_or_else(|| format!("`{}` has no column `{c}`", t.qualified_name()))
-            };
             let mut on = Vec::new();
             for (pc, fc) in r.on.get_ref() {
-                on.push((col(parent, pc)?, col(from, fc)?));
+                on.push((column(parent, pc)?, column(from, fc)?));
             }
             let n = tree.nodes.len();
             tree.nodes.push(node(
@@ -140,12 +134,7 @@ fn node(
     columns: Option<&[String]>,
     order_by: Option<&[String]>,
 ) -> Result<Node, String> {
-    let index = |c: &String| {
-        t.columns
-            .iter()
-            .position(|k| &k.name == c)
-            .ok_or_else(|| format!("`{}` has no column `{c}`", t.qualified_name()))
-    };
+    let index = |c: &String| column(t, c);
     let columns: Vec<usize> = match columns {
         Some(cs) => cs.iter().map(index).collect::<Result<_, _>>()?,
         None => (0..t.columns.len()).collect(),
@@ -174,4 +163,12 @@ fn node(
         order_by,
         stored: Vec::new(),
     })
+}
+
+/// Where column `name` sits in `t`.
+fn column(t: &TableSchema, name: &str) -> Result<usize, String> {
+    t.columns
+        .iter()
+        .position(|k| k.name == name)
+        .ok_or_else(|| format!("`{}` has no column `{name}`", t.qualified_name()))
 }

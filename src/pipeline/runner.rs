@@ -200,9 +200,7 @@ impl Runner {
                 } else {
                     Due::Interval
                 };
-                if self.checkpoints.may_begin(due) {
-                    self.checkpoints.begin(self.stages.participants()).await?;
-                }
+                self.begin_checkpoint(due).await?;
                 Ok(Flow::Go)
             }
         }
@@ -243,10 +241,16 @@ impl Runner {
     /// A checkpoint was stored and no batch waits, or a caught-up checkpoint's spacing
     /// passed: what arrived meanwhile is checkpointed now rather than at the next tick.
     pub async fn on_caught_up(&mut self) -> Result<(), PipelineError> {
-        if self.checkpoints.may_begin(Due::CaughtUp) {
-            self.checkpoints.begin(self.stages.participants()).await?;
+        self.begin_checkpoint(Due::CaughtUp).await.map(|_| ())
+    }
+
+    /// Begins a checkpoint when `due` allows one; whether it did.
+    async fn begin_checkpoint(&mut self, due: Due) -> Result<bool, PipelineError> {
+        if !self.checkpoints.may_begin(due) {
+            return Ok(false);
         }
-        Ok(())
+        self.checkpoints.begin(self.stages.participants()).await?;
+        Ok(true)
     }
 
     /// When a caught-up checkpoint waits for its spacing (see `Due::CaughtUp`).
@@ -256,9 +260,7 @@ impl Runner {
 
     /// The timer: a checkpoint when none is in flight, and a progress line every 30 s.
     pub async fn on_tick(&mut self) -> Result<(), PipelineError> {
-        if self.checkpoints.may_begin(Due::Now) {
-            self.checkpoints.begin(self.stages.participants()).await?;
-        }
+        self.begin_checkpoint(Due::Now).await?;
         if self.last_report.elapsed() >= Duration::from_secs(30) {
             let n = self.stats.changes - self.reported_changes;
             tracing::info!(
@@ -280,8 +282,7 @@ impl Runner {
             let p = self.checkpoints.settle().await?;
             self.on_stored(p);
         }
-        if self.checkpoints.may_begin(Due::Now) {
-            self.checkpoints.begin(self.stages.participants()).await?;
+        if self.begin_checkpoint(Due::Now).await? {
             let p = self.checkpoints.settle().await?;
             self.on_stored(p);
         }

@@ -135,6 +135,15 @@ pub fn update_body(
 /// any key the sources allow (InnoDB 3,072 bytes, a PostgreSQL btree about 2,700).
 pub const KEY_KEYWORD_IGNORE_ABOVE: u64 = 8191;
 
+/// A key column's text field: its `keyword` sub-field keeps any key (see
+/// `KEY_KEYWORD_IGNORE_ABOVE`); other fields are left as they are.
+fn keep_long_keywords(field: &mut Json) {
+    // (get_mut: indexing a missing key with `[]` would insert a null.)
+    if let Some(keyword) = field.get_mut("fields").and_then(|f| f.get_mut("keyword")) {
+        keyword["ignore_above"] = json!(KEY_KEYWORD_IGNORE_ABOVE);
+    }
+}
+
 fn mappings(
     table: &TableSchema,
     columns: &[Column],
@@ -145,17 +154,12 @@ fn mappings(
     let mut props = Map::new();
     for c in columns {
         let mut field = options.field(c);
-        let is_key = table
+        if table
             .primary_key
             .iter()
-            .any(|&k| table.columns[k].name == c.name);
-        // (get_mut: indexing a missing key with `[]` would insert a null.)
-        if let Some(keyword) = field
-            .get_mut("fields")
-            .and_then(|f| f.get_mut("keyword"))
-            .filter(|_| is_key)
+            .any(|&k| table.columns[k].name == c.name)
         {
-            keyword["ignore_above"] = json!(KEY_KEYWORD_IGNORE_ABOVE);
+            keep_long_keywords(&mut field);
         }
         props.insert(c.name.clone(), field);
     }
@@ -195,12 +199,8 @@ fn node_properties<'s>(
     let mut props = Map::new();
     for (name, &i) in node.column_names.iter().zip(&node.columns) {
         let mut f = field(&table.columns[i].type_name, decimal);
-        if let Some(keyword) = f
-            .get_mut("fields")
-            .and_then(|f| f.get_mut("keyword"))
-            .filter(|_| n == 0 && node.key.contains(&i))
-        {
-            keyword["ignore_above"] = json!(KEY_KEYWORD_IGNORE_ABOVE);
+        if n == 0 && node.key.contains(&i) {
+            keep_long_keywords(&mut f);
         }
         props.insert(name.clone(), f);
     }
@@ -241,9 +241,11 @@ mod tests {
 
     #[test]
     fn a_text_key_keeps_keywords_as_long_as_any_key_and_other_text_the_usual_256() {
-        let mut t =
-            crate::testkit::test_schema(1, &[("code", "varchar"), ("n", "int"), ("note", "text")]);
-        t.primary_key = vec![0, 1];
+        let t = crate::testkit::keyed_table(
+            "s.t",
+            &[("code", "varchar"), ("n", "int"), ("note", "text")],
+            &[0, 1],
+        );
         let opts = FieldOptions {
             decimal: DecimalMapping::Keyword,
             unindexed: &[],
@@ -279,16 +281,9 @@ from = "shop.orders"
 on = { code = "customer_id" }
 columns = ["id", "amount"]
 "#;
-        #[derive(serde::Deserialize)]
-        struct File {
-            document: Vec<crate::document::DocumentConfig>,
-        }
-        let def = &toml::from_str::<File>(text).unwrap().document[0];
-        let keyed = |name: &str, cols: &[(&str, &str)]| {
-            let mut t = (*crate::testkit::table(name, cols, 1)).clone();
-            t.primary_key = vec![0];
-            t
-        };
+        let def = &crate::testkit::documents(text).unwrap()[0];
+        let keyed =
+            |name: &str, cols: &[(&str, &str)]| crate::testkit::keyed_table(name, cols, &[0]);
         let tables = [
             keyed(
                 "shop.customers",
@@ -304,7 +299,12 @@ columns = ["id", "amount"]
                 ],
             ),
         ];
-        let lookup = |n: &str| tables.iter().find(|t| t.qualified_name() == n);
+        let lookup = |n: &str| {
+            tables
+                .iter()
+                .find(|t| t.qualified_name() == n)
+                .map(|t| &**t)
+        };
         let tree = crate::document::tree::Tree::resolve(def, &lookup).unwrap();
         let props = document_properties(&tree, &lookup, DecimalMapping::Keyword).unwrap();
         assert_eq!(
