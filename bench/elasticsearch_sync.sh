@@ -28,10 +28,8 @@ bench_cleanup() {
   bash deploy/osmem.sh stop "$ES_PORT" >/dev/null 2>&1 || true
 }
 . bench/lib.sh
-bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
+start_bench_postgres
 ES=http://127.0.0.1:$ES_PORT
-export PGPASSWORD=admin
-P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
 inserts=$((N / 2)); updates=$((N * 4 / 10)); deletes=$((N - inserts - updates))
 
 fresh_es() {
@@ -65,7 +63,7 @@ latency() { # $1 = source, $2 = from
   printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$METRICS_PORT" >> "$dir/c.toml"
   "$TRIBUTARY" run --connector "$dir/c.toml" 2> "$dir/live.stderr" &
   daemon=$!
-  until grep -q "streaming" "$dir/live.stderr"; do sleep 0.2; done
+  until grep -qs "streaming" "$dir/live.stderr"; do sleep 0.2; done  # (-s: not created yet)
   if [ "$1" = mariadb ]; then live_sql mariadb | "${M[@]}" -D bench >/dev/null
   else live_sql postgres | "${P[@]}" >/dev/null; fi
   local deadline=$((SECONDS + 120)) count=0

@@ -25,14 +25,8 @@ bench_cleanup() {
   [ -n "${instant:-}" ] && kill "$instant" 2>/dev/null || true
 }
 . bench/lib.sh
-cargo build --release --quiet --example instant_es
-target/release/examples/instant_es "127.0.0.1:$ES_PORT" 2> "$work/instant.log" &
-instant=$!
-ES=http://127.0.0.1:$ES_PORT
-until curl -fs "$ES/" >/dev/null; do sleep 0.1; done
-bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
-export PGPASSWORD=admin
-P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
+start_instant_es "$ES_PORT"
+start_bench_postgres
 inserts=$((N / 2)); updates=$((N * 4 / 10)); deletes=$((N - inserts - updates))
 expected=$N
 read -r -a levels <<< "${LEVELS:-1 2 4}"

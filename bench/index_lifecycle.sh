@@ -78,11 +78,7 @@ ES=http://127.0.0.1:$ES_PORT
 load "$N"
 lifecycle stand-in
 
-cargo build --release --quiet --example instant_es
-target/release/examples/instant_es "127.0.0.1:$INSTANT_PORT" 2> "$work/instant.log" &
-instant=$!
-ES=http://127.0.0.1:$INSTANT_PORT
-until curl -fs "$ES/" >/dev/null; do sleep 0.1; done
+start_instant_es "$INSTANT_PORT"
 load "$N_INSTANT"
 lifecycle instant
 

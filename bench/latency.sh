@@ -32,14 +32,8 @@ bench_cleanup() {
   [ -n "${instant:-}" ] && kill "$instant" 2>/dev/null || true
 }
 . bench/lib.sh
-cargo build --release --quiet --example instant_es
-target/release/examples/instant_es --latency-field created_at "127.0.0.1:$INSTANT_PORT" 2> "$work/instant.log" &
-instant=$!
-ES=http://127.0.0.1:$INSTANT_PORT
-until curl -fs "$ES/" >/dev/null; do sleep 0.1; done
-bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
-export PGPASSWORD=admin
-P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
+start_instant_es "$INSTANT_PORT" --latency-field created_at
+start_bench_postgres
 statements=$(python3 -c "print(int($SECONDS_WRITING / $PAUSE))")
 changes=$((statements * ROWS))
 

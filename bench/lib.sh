@@ -141,3 +141,20 @@ snapshot = \"never\""}
   echo "$secs $rss $(python3 -c "print(round($user + $sys, 2))")"
 }
 
+# The bench PostgreSQL on $PGPORT_BENCH, and P, the psql command line for it.
+start_bench_postgres() {
+  bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
+  export PGPASSWORD=admin
+  P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
+}
+
+# The instant-answer endpoint (examples/instant_es.rs) on port $1, with the endpoint's
+# further arguments after it; sets `instant` (its pid, for bench_cleanup) and ES.
+start_instant_es() { # $1 = port, then instant_es options
+  local port=$1; shift
+  cargo build --release --quiet --example instant_es
+  target/release/examples/instant_es "$@" "127.0.0.1:$port" 2> "$work/instant.log" &
+  instant=$!
+  ES=http://127.0.0.1:$port
+  until curl -fs "$ES/" >/dev/null; do sleep 0.1; done
+}

@@ -19,9 +19,7 @@ cd "$(dirname "$0")/.."
 PGPORT_BENCH=${TRIBUTARY_BENCH_PG_PORT:-25381}
 BENCH_SOURCE=postgres
 . bench/lib.sh
-bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
-export PGPASSWORD=admin
-P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
+start_bench_postgres
 
 echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
 reset_pg_bench_table bench bench_null bench_log bench_recv
@@ -57,7 +55,9 @@ source_toml=$(pg_source_toml "bench_@SINK@" bench)
 walsender_start() { # $1 = application_name of the reader
   ( while :; do
       pid=$("${P[@]}" -tA -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'" </dev/null)
-      [ -n "$pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$pid/stat" > "$work/ws.$1" 2>/dev/null
+      # (written aside, then renamed: a sampler killed mid-write leaves the last sample)
+      [ -n "$pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$pid/stat" > "$work/ws.$1.new" 2>/dev/null \
+        && mv "$work/ws.$1.new" "$work/ws.$1"
       sleep 0.2
     done ) &
   sampler=$!

@@ -21,9 +21,7 @@ bench_cleanup() {
 }
 . bench/lib.sh
 ES=http://127.0.0.1:$ES_PORT
-bash deploy/postgres.sh start "$PGPORT_BENCH" >/dev/null
-export PGPASSWORD=admin
-P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
+start_bench_postgres
 
 load_postgres() { # $1 = rows
   reset_pg_bench_table bench_snap
