@@ -139,18 +139,7 @@ async fn reindex_once_it_created(
     url: &str,
     index: &str,
 ) -> std::process::Child {
-    let mut r = std::process::Command::new(bin())
-        .args([
-            "reindex",
-            "--connector",
-            c.to_str().unwrap(),
-            "--table",
-            table,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut r = spawn_reindex(c, table);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !exists(url, index).await {
         assert!(
@@ -165,6 +154,48 @@ async fn reindex_once_it_created(
 /// `reindex_once_it_created`, killed with -9 there.
 async fn kill_reindex_once_it_created(c: &std::path::Path, table: &str, url: &str, index: &str) {
     kill9(&mut reindex_once_it_created(c, table, url, index).await);
+}
+
+fn spawn_reindex(c: &std::path::Path, table: &str) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args([
+            "reindex",
+            "--connector",
+            c.to_str().unwrap(),
+            "--table",
+            table,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts a reindex beside the running daemon and kills it with -9 once `status` shows
+/// it filling `index` while the daemon writes to both: killed mid-fill, never in the
+/// moment between creating the index and recording the run (which a kill as soon as
+/// the index exists could hit).
+async fn kill_reindex_once_filling(c: &std::path::Path, table: &str, alias: &str, index: &str) {
+    let mut r = spawn_reindex(c, table);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = tributary(&["status", "--connector", c.to_str().unwrap()]);
+        let status: Json = serde_json::from_str(&out).unwrap_or(Json::Null);
+        let shown = &status["reindex"][alias];
+        if shown["index"] == index
+            && shown["phase"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("filling"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && r.try_wait().unwrap().is_none(),
+            "the reindex into {index} did not start filling: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill9(&mut r);
 }
 
 /// The PostgreSQL items table as documents with the `region` step's field.
@@ -554,7 +585,7 @@ async fn mariadb_reindex_beside_the_running_daemon() {
     until_equal(&url, &alias, &c, || table(&db)).await;
 
     // Killed with -9 while filling: the alias stays; the next run takes over.
-    kill_reindex_once_it_created(&c, &table_name, &url, &format!("{alias}_v4")).await;
+    kill_reindex_once_filling(&c, &table_name, &alias, &format!("{alias}_v4")).await;
     let halt = Arc::new(AtomicBool::new(false));
     let w = writer(
         db.clone(),
