@@ -13,7 +13,8 @@
 use std::path::Path;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,11 @@ const UP: u8 = 1;
 /// Committed with the change that marked it, so a crash between the two never loses
 /// a document to rebuild (the replay finds the state current and marks nothing).
 const DIRTY: TableDefinition<&[u8], u64> = TableDefinition::new("document_dirty");
+/// (epoch, root key) -> version: documents handed to the sinks (`State::take`) whose
+/// checkpoint is not stored yet. A checkpoint stored after epoch E's documents were
+/// flushed removes every epoch up to E (`State::covered`); what a crash leaves here goes
+/// back to `DIRTY` on open, as the sinks may have lost it with their uncheckpointed tail.
+const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
 
 #[derive(Debug, thiserror::Error)]
 #[error("document state {path}: {message}")]
@@ -66,12 +72,43 @@ impl State {
         tx.open_table(ROWS).map_err(|e| err(e.to_string()))?;
         tx.open_table(LINKS).map_err(|e| err(e.to_string()))?;
         tx.open_table(DIRTY).map_err(|e| err(e.to_string()))?;
+        tx.open_table(SENT).map_err(|e| err(e.to_string()))?;
         tx.commit().map_err(|e| err(e.to_string()))?;
-        Ok(State {
+        let state = State {
             db,
             path: path.display().to_string(),
             tree,
-        })
+        };
+        state.resend()?;
+        Ok(state)
+    }
+
+    /// Marks dirty again every document handed on without a stored checkpoint after it
+    /// (a crash lost the checkpoint, and the sinks may have lost the documents).
+    fn resend(&self) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
+            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            loop {
+                let chunk = first_keys(&sent, &[], 10_000).map_err(|e| self.err(e))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                for at in chunk {
+                    let version = sent
+                        .remove(at.as_slice())
+                        .map_err(|e| self.err(e))?
+                        .map_or(0, |v| v.value());
+                    let root = &at[8..];
+                    let held = dirty.get(root).map_err(|e| self.err(e))?.map(|v| v.value());
+                    if held.is_none_or(|h| h < version) {
+                        dirty.insert(root, version).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
@@ -168,6 +205,99 @@ impl State {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Takes up to `limit` dirty documents (in root key order) to hand to the sinks in
+    /// `epoch`: each built from the state as it is now, with the version that marked it
+    /// last. Their marks move to the sent set until a checkpoint covers the epoch
+    /// (`covered`). Committed without an fsync, like a batch of changes.
+    pub fn take(&self, limit: usize, epoch: u64) -> Result<Vec<Built>, StateError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        {
+            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
+            let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+            for root in first_keys(&dirty, &[], limit).map_err(|e| self.err(e))? {
+                let version = dirty
+                    .remove(root.as_slice())
+                    .map_err(|e| self.err(e))?
+                    .map_or(0, |v| v.value());
+                let mut at = epoch.to_be_bytes().to_vec();
+                at.extend_from_slice(&root);
+                sent.insert(at.as_slice(), version)
+                    .map_err(|e| self.err(e))?;
+                let row = self.top_row(&rows, &links, &root)?;
+                out.push(Built {
+                    key: key_values(&root).map_err(|e| self.err(e))?,
+                    row,
+                    version,
+                });
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    /// A checkpoint covering every document taken in epochs up to `epoch` is stored:
+    /// they are delivered for good.
+    pub fn covered(&self, epoch: u64) -> Result<(), StateError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
+            let end = (epoch + 1).to_be_bytes();
+            loop {
+                let chunk = first_keys(&sent, &[], 10_000).map_err(|e| self.err(e))?;
+                let done = chunk.len() < 10_000;
+                let mut removed = 0;
+                for at in chunk.iter().take_while(|k| k.as_slice() < end.as_slice()) {
+                    sent.remove(at.as_slice()).map_err(|e| self.err(e))?;
+                    removed += 1;
+                }
+                if done || removed < chunk.len() {
+                    break;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// How many documents are marked dirty (for `status`; counts every mark).
+    pub fn dirty_count(&self) -> Result<u64, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+        ReadableTableMetadata::len(&dirty).map_err(|e| self.err(e))
+    }
+
+    /// The root row `root` as a document's top-level fields: the root's columns, then
+    /// each embed or nest as JSON (see `render`); None when the root row does not exist.
+    fn top_row(
+        &self,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
+        root: &[u8],
+    ) -> Result<Option<Row>, StateError> {
+        let Some(values) = row_values(rows, 0, root).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let node = &self.tree.nodes[0];
+        let mut row: Row = node
+            .columns
+            .iter()
+            .map(|&i| values[node.slot(i)].clone())
+            .collect();
+        for &c in &node.children {
+            let mut json = String::new();
+            self.render_child(rows, links, 0, &values, c, &mut json)?;
+            let raw = serde_json::value::RawValue::from_string(json).map_err(|e| self.err(e))?;
+            row.push(Value::Json(raw));
+        }
+        Ok(Some(row))
+    }
+
     /// Row `key` of node `n` becomes `row` (None: deleted) at `version`, unless the
     /// state holds that version or a newer one; the documents it left and joined go to
     /// `mark`.
@@ -178,11 +308,10 @@ impl State {
         links: &mut Table<&'static [u8], ()>,
         n: usize,
         key: &[u8],
-        row: Option<&Row>,
+        row: Option<(&Row, &Projection)>,
         version: u64,
         mark: &mut dyn FnMut(Vec<u8>) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
-        let node = &self.tree.nodes[n];
         let at = row_key(n, key);
         let old = stored_row(&*rows, &at).map_err(|e| self.err(e))?;
         // Like Elasticsearch's `external_gte`: an older version is a replay of what the
@@ -195,14 +324,15 @@ impl State {
         let old = old.and_then(|o| o.values);
         // A value the source did not send (an unchanged TOASTed column) keeps the
         // stored one.
-        let new: Option<Vec<Value>> = row.map(|r| {
-            node.stored
-                .iter()
+        let new: Option<Vec<Value>> = row.map(|(r, proj)| {
+            proj.iter()
                 .enumerate()
-                .map(|(slot, &i)| match (&r[i], &old) {
-                    (Value::Absent, Some(o)) => o[slot].clone(),
-                    (v, _) => v.clone(),
-                })
+                .map(
+                    |(slot, at)| match (at.map_or(&Value::Null, |i| &r[i]), &old) {
+                        (Value::Absent, Some(o)) => o[slot].clone(),
+                        (v, _) => v.clone(),
+                    },
+                )
                 .collect()
         });
         // The documents the row was in, before it changes, and those it is in after.
@@ -331,29 +461,44 @@ impl State {
             out.push_str(&values[node.slot(i)].to_json());
         }
         for &c in &node.children {
-            let child = &self.tree.nodes[c];
-            field(&child.field, out);
-            let found = match join_bytes(
-                child
-                    .on
-                    .iter()
-                    .map(|&(parent, _)| &values[node.slot(parent)]),
-            ) {
-                Some(value) => {
-                    let mut found = Vec::new();
-                    for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
-                        if let Some(v) = row_values(rows, c, &key).map_err(|e| self.err(e))? {
-                            found.push(v);
-                        }
-                    }
-                    found
-                }
-                None => Vec::new(),
-            };
-            self.render_children(rows, links, c, found, out)?;
+            field(&self.tree.nodes[c].field, out);
+            self.render_child(rows, links, n, values, c, out)?;
         }
         out.push('}');
         Ok(())
+    }
+
+    /// Child `c` of node `n`'s row `values`: its rows joined to it, as an object (or
+    /// null) or an array.
+    fn render_child(
+        &self,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
+        n: usize,
+        values: &[Value],
+        c: usize,
+        out: &mut String,
+    ) -> Result<(), StateError> {
+        let node = &self.tree.nodes[n];
+        let child = &self.tree.nodes[c];
+        let found = match join_bytes(
+            child
+                .on
+                .iter()
+                .map(|&(parent, _)| &values[node.slot(parent)]),
+        ) {
+            Some(value) => {
+                let mut found = Vec::new();
+                for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
+                    if let Some(v) = row_values(rows, c, &key).map_err(|e| self.err(e))? {
+                        found.push(v);
+                    }
+                }
+                found
+            }
+            None => Vec::new(),
+        };
+        self.render_children(rows, links, c, found, out)
     }
 
     /// An embed's object (or null), a nest's array in `order_by` order.
@@ -415,36 +560,83 @@ impl Changes<'_> {
         version: u64,
     ) -> Result<(), StateError> {
         let state = self.state;
+        for n in state.tree.nodes_of(table) {
+            let proj = state.tree.nodes[n].identity();
+            self.apply_node(n, &proj, before, after, version)?;
+        }
+        Ok(())
+    }
+
+    /// `apply` for node `n`, with rows in a layout of their own: `proj` says where
+    /// each of the node's stored columns sits in them (see `Node::project`).
+    pub fn apply_node(
+        &mut self,
+        n: usize,
+        proj: &Projection,
+        before: Option<&Row>,
+        after: Option<&Row>,
+        version: u64,
+    ) -> Result<(), StateError> {
+        let state = self.state;
         let err = |e: &dyn std::fmt::Display| state.err(e);
         let mut rows = self.tx.open_table(ROWS).map_err(|e| err(&e))?;
         let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
         let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
         let marked = &mut self.marked;
-        let mut mark = |root: Vec<u8>| -> Result<(), StateError> {
-            let newer = match dirty.get(root.as_slice()).map_err(|e| err(&e))? {
-                Some(v) => v.value() < version,
-                None => true,
-            };
-            if newer {
-                dirty
-                    .insert(root.as_slice(), version)
-                    .map_err(|e| err(&e))?;
-                *marked += 1;
-            }
-            Ok(())
+        let mut mark = marker(&mut dirty, version, marked, &err);
+        let node = &state.tree.nodes[n];
+        let key_of = |r: &Row| {
+            key_bytes(
+                node.key
+                    .iter()
+                    .map(|&k| proj[node.slot(k)].map_or(&Value::Null, |i| &r[i])),
+            )
         };
-        for n in state.tree.nodes_of(table) {
-            let node = &state.tree.nodes[n];
-            let key_of = |r: &Row| key_bytes(node.key.iter().map(|&i| &r[i]));
-            // A key change is the old row's delete and the new row's insert.
-            let parts = match (before.map(key_of), after.map(key_of)) {
-                (Some(b), Some(a)) if b != a => vec![(b, None), (a, after)],
-                (_, Some(a)) => vec![(a, after)],
-                (Some(b), None) => vec![(b, None)],
-                (None, None) => Vec::new(),
-            };
-            for (key, row) in parts {
-                state.put(&mut rows, &mut links, n, &key, row, version, &mut mark)?;
+        // A key change is the old row's delete and the new row's insert.
+        let parts = match (before.map(key_of), after.map(key_of)) {
+            (Some(b), Some(a)) if b != a => vec![(b, None), (a, after)],
+            (_, Some(a)) => vec![(a, after)],
+            (Some(b), None) => vec![(b, None)],
+            (None, None) => Vec::new(),
+        };
+        for (key, row) in parts {
+            let row = row.map(|r| (r, proj));
+            state.put(&mut rows, &mut links, n, &key, row, version, &mut mark)?;
+        }
+        Ok(())
+    }
+
+    /// Every row of node `n` is deleted at `version` (a TRUNCATE of its table), in
+    /// chunks of keys so that a large table is not held in memory.
+    pub fn truncate_node(&mut self, n: usize, version: u64) -> Result<(), StateError> {
+        let state = self.state;
+        let err = |e: &dyn std::fmt::Display| state.err(e);
+        let mut rows = self.tx.open_table(ROWS).map_err(|e| err(&e))?;
+        let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
+        let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
+        let marked = &mut self.marked;
+        let mut mark = marker(&mut dirty, version, marked, &err);
+        let prefix = row_key(n, &[]);
+        let mut after: Vec<u8> = prefix.clone();
+        loop {
+            let chunk = first_keys(&rows, &after, 1_000).map_err(|e| err(&e))?;
+            let chunk: Vec<Vec<u8>> = chunk
+                .into_iter()
+                .filter(|k| k.as_slice() != after.as_slice())
+                .take_while(|k| k.starts_with(&prefix))
+                .collect();
+            let Some(last) = chunk.last() else { break };
+            after = last.clone();
+            for at in &chunk {
+                state.put(
+                    &mut rows,
+                    &mut links,
+                    n,
+                    &at[prefix.len()..],
+                    None,
+                    version,
+                    &mut mark,
+                )?;
             }
         }
         Ok(())
@@ -457,6 +649,73 @@ impl Changes<'_> {
         self.tx.commit().map_err(|e| state.err(e))?;
         Ok(self.marked)
     }
+}
+
+/// Where each of a node's stored columns sits in a row of its table as events carry
+/// it (None: the layout has no such column, read as NULL).
+pub type Projection = [Option<usize>];
+
+/// A document built for the sinks (`State::take`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Built {
+    /// The root row's key values.
+    pub key: Vec<Value>,
+    /// The top-level fields (see `State::top_row`); None: no root row, the document is
+    /// deleted.
+    pub row: Option<Row>,
+    /// The newest change that affected it.
+    pub version: u64,
+}
+
+/// Marks a root dirty with `version` unless a newer change marked it already, counting
+/// the marks in `marked`.
+fn marker<'t, 'txn, E: Fn(&dyn std::fmt::Display) -> StateError>(
+    dirty: &'t mut Table<'txn, &'static [u8], u64>,
+    version: u64,
+    marked: &'t mut u64,
+    err: &'t E,
+) -> impl FnMut(Vec<u8>) -> Result<(), StateError> + use<'t, 'txn, E> {
+    move |root: Vec<u8>| {
+        let newer = match dirty.get(root.as_slice()).map_err(|e| err(&e))? {
+            Some(v) => v.value() < version,
+            None => true,
+        };
+        if newer {
+            dirty
+                .insert(root.as_slice(), version)
+                .map_err(|e| err(&e))?;
+            *marked += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Up to `limit` keys of `table` from `from` on (inclusive), in order.
+fn first_keys<V: redb::Value + 'static>(
+    table: &impl ReadableTable<&'static [u8], V>,
+    from: &[u8],
+    limit: usize,
+) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for item in table.range(from..).map_err(|e| e.to_string())?.take(limit) {
+        let (k, _) = item.map_err(|e| e.to_string())?;
+        out.push(k.value().to_vec());
+    }
+    Ok(out)
+}
+
+/// The values of a key written by `key_bytes`.
+pub fn key_values(bytes: &[u8]) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(4).ok_or("a truncated key")?;
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (value, tail) = tail.split_at_checked(len).ok_or("a truncated key")?;
+        out.push(serde_json::from_slice(value).map_err(|e| e.to_string())?);
+        rest = tail;
+    }
+    Ok(out)
 }
 
 /// The live values of row `key` of node `n`; None when absent or deleted.

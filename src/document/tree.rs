@@ -27,9 +27,25 @@ pub struct Node {
     /// The columns the state keeps of each row, in this order: every column above and
     /// each child's parent side of `on`.
     pub stored: Vec<usize>,
+    /// Their names (a row of another layout is read by them: `project`).
+    pub stored_names: Vec<String>,
 }
 
 impl Node {
+    /// The projection of a row in the layout the tree was resolved against.
+    pub fn identity(&self) -> Vec<Option<usize>> {
+        self.stored.iter().map(|&i| Some(i)).collect()
+    }
+
+    /// The projection of a row of `table` as it is now (a column added before a stored
+    /// one moves it; one that is gone reads as NULL).
+    pub fn project(&self, table: &TableSchema) -> Vec<Option<usize>> {
+        self.stored_names
+            .iter()
+            .map(|name| table.columns.iter().position(|c| &c.name == name))
+            .collect()
+    }
+
     /// Where column `col` of the table sits in the stored values.
     pub fn slot(&self, col: usize) -> usize {
         self.stored
@@ -114,6 +130,11 @@ impl Tree {
                     stored.push(c);
                 }
             }
+            let table = table(&tree.nodes[n].table)?;
+            tree.nodes[n].stored_names = stored
+                .iter()
+                .map(|&i| table.columns[i].name.clone())
+                .collect();
             tree.nodes[n].stored = stored;
         }
         Ok(tree)
@@ -162,6 +183,7 @@ fn node(
         columns,
         order_by,
         stored: Vec::new(),
+        stored_names: Vec::new(),
     })
 }
 
