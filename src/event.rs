@@ -460,6 +460,10 @@ impl<V> PerSchema<V> {
 /// Schemas a `PerSchema` keeps before it starts over.
 pub const MAX_SCHEMAS: usize = 1024;
 
+/// The `kind` of a joined document's schema (`document::stage`): its events are
+/// documents, not row changes.
+pub const DOCUMENT_KIND: &str = "document";
+
 /// A table as events reference it: identity, columns in order, primary key, schema version.
 /// Shared by every event of the table (one allocation per schema, not per row).
 #[derive(Debug, Clone, PartialEq, Eq)]

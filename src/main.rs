@@ -901,15 +901,6 @@ fn load(path: &Path) -> anyhow::Result<ConnectorConfig> {
 
 async fn run(path: &Path, until: Option<&str>) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
-    // Joined documents are defined and checked, but not maintained yet: running would
-    // leave their indexes silently empty.
-    if let Some(d) = cfg.document.first() {
-        anyhow::bail!(
-            "connector {}: [[document]] `{}`: joined documents are checked by `tributary check` but not built by this version yet; remove the [[document]] sections to run the connector",
-            path.display(),
-            d.name.get_ref()
-        );
-    }
     let until = until
         .map(tributary::event::Position::parse)
         .transpose()
@@ -1082,10 +1073,6 @@ async fn documents_match_their_tables(
                     d.name.get_ref(),
                     d.tables().len()
                 );
-                println!(
-                    "warn  document {}: joined documents are not built by this version yet; `tributary run` refuses the connector while it defines them",
-                    d.name.get_ref()
-                );
             }
             Err(e) => {
                 println!("error {e}");
@@ -1105,10 +1092,13 @@ async fn written_with(
     tables: &[(String, Vec<tributary::event::Column>)],
 ) {
     use tributary::sink::elasticsearch::verify::{IndexView, Written};
-    let view = cfg
-        .policy()
-        .map_err(|e| e.to_string())
-        .and_then(|p| IndexView::open(sink.into(), es, tributary::registry::sink_context(cfg, p)));
+    let view = cfg.policy().map_err(|e| e.to_string()).and_then(|p| {
+        IndexView::open(
+            sink.into(),
+            es,
+            tributary::registry::sink_context(cfg, p, Default::default()),
+        )
+    });
     let view = match view {
         Ok(v) => v,
         Err(e) => return println!("warn  sink {sink}: cannot read its indexes: {e}"),

@@ -42,6 +42,16 @@ pub fn changes(table: &str, op: Op) -> Counter {
     counter!("tributary_changes_total", "table" => table.to_string(), "op" => op.code())
 }
 
+/// Joined documents built and handed to the sinks, by document.
+pub fn documents_written(document: &str) -> Counter {
+    counter!("tributary_documents_written_total", "document" => document.to_string())
+}
+
+/// How many documents one change affected (its fan-out), by document.
+pub fn document_fanout(document: &str) -> metrics::Histogram {
+    metrics::histogram!("tributary_document_fanout", "document" => document.to_string())
+}
+
 /// Changes of a quarantined table written to the quarantine stream.
 pub fn quarantined(table: &str) -> Counter {
     counter!("tributary_quarantined_changes_total", "table" => table.to_string())

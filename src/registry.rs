@@ -18,9 +18,14 @@ pub fn source(cfg: &ConnectorConfig, store: Arc<OffsetStore>) -> (Box<dyn Source
 
 /// What the sinks are told as they open: `policy`, and the enrichment entries that
 /// shape each table's documents.
-pub fn sink_context(cfg: &ConnectorConfig, policy: crate::schema::Policy) -> SinkContext {
+pub fn sink_context(
+    cfg: &ConnectorConfig,
+    policy: crate::schema::Policy,
+    documents: crate::document::stage::Shapes,
+) -> SinkContext {
     let entries = Arc::new(cfg.enrich.clone());
     SinkContext {
+        documents,
         policy: Arc::new(policy),
         upstream: Arc::new(move |db, table| crate::enrich::written_for(&entries, db, table)),
         state_dir: Some(cfg.state.dir.clone()),

@@ -98,6 +98,31 @@ pub fn insert(schema: &Arc<TableSchema>, id: i64, lsn: u64) -> SourceMessage {
     })
 }
 
+/// A change of `schema` from `before` to `after` at `lsn` (its op from which is given).
+pub fn row_change(
+    schema: &Arc<TableSchema>,
+    before: Option<Vec<Value>>,
+    after: Option<Vec<Value>>,
+    lsn: u64,
+) -> SourceMessage {
+    let op = match (&before, &after) {
+        (None, _) => Op::Create,
+        (Some(_), Some(_)) => Op::Update,
+        (Some(_), None) => Op::Delete,
+    };
+    SourceMessage::Change(ChangeEvent {
+        op,
+        table: schema.clone(),
+        pos: at(lsn),
+        txid: None,
+        source_ts_ms: 0,
+        before,
+        after,
+        version: lsn,
+        ts_ms: 0,
+    })
+}
+
 pub fn commit(lsn: u64) -> SourceMessage {
     SourceMessage::Commit(at(lsn))
 }

@@ -193,7 +193,8 @@ pub(crate) fn index_view(
             )))
         }
     };
-    let context = crate::registry::sink_context(cfg, cfg.policy().map_err(err)?);
+    let context =
+        crate::registry::sink_context(cfg, cfg.policy().map_err(err)?, Default::default());
     IndexView::open(chosen.0.clone(), chosen.1, context).map_err(VerifyError)
 }
 

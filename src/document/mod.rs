@@ -16,6 +16,7 @@ use toml::Spanned;
 use crate::event::TableSchema;
 use crate::settings::{line_col, ConfigError};
 
+pub mod stage;
 pub mod state;
 pub mod tree;
 
@@ -338,4 +339,4 @@ pub fn check_against_schemas<'s>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

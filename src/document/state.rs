@@ -37,6 +37,8 @@ const DIRTY: TableDefinition<&[u8], u64> = TableDefinition::new("document_dirty"
 /// flushed removes every epoch up to E (`State::covered`); what a crash leaves here goes
 /// back to `DIRTY` on open, as the sinks may have lost it with their uncheckpointed tail.
 const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
+/// "definition" -> the tree the rows were stored for (`Tree::definition`).
+const META: TableDefinition<&str, &str> = TableDefinition::new("document_meta");
 
 #[derive(Debug, thiserror::Error)]
 #[error("document state {path}: {message}")]
@@ -81,6 +83,40 @@ impl State {
         };
         state.resend()?;
         Ok(state)
+    }
+
+    /// Makes sure the state holds rows for the tree it was opened with: a new state, or
+    /// one stored for another definition of the document (other tables, columns or
+    /// joins), is emptied and records the tree. Returns whether it was: then it needs
+    /// every row of the document's tables (a snapshot of each).
+    pub fn prepare(&self) -> Result<bool, StateError> {
+        let definition = self.tree.definition();
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let stale = {
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let held = meta
+                .get("definition")
+                .map_err(|e| self.err(e))?
+                .map(|v| v.value().to_string());
+            let stale = held.as_deref() != Some(definition.as_str());
+            if stale {
+                meta.insert("definition", definition.as_str())
+                    .map_err(|e| self.err(e))?;
+            }
+            stale
+        };
+        if stale {
+            tx.delete_table(ROWS).map_err(|e| self.err(e))?;
+            tx.delete_table(LINKS).map_err(|e| self.err(e))?;
+            tx.delete_table(DIRTY).map_err(|e| self.err(e))?;
+            tx.delete_table(SENT).map_err(|e| self.err(e))?;
+            tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            tx.open_table(LINKS).map_err(|e| self.err(e))?;
+            tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            tx.open_table(SENT).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(stale)
     }
 
     /// Marks dirty again every document handed on without a stored checkpoint after it
@@ -640,6 +676,11 @@ impl Changes<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Roots marked so far in this batch (a root marked by two changes counts twice).
+    pub fn marked(&self) -> u64 {
+        self.marked
     }
 
     /// Commits the batch (durable with the next `State::persist`); returns how many

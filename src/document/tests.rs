@@ -3,7 +3,7 @@ use std::path::Path;
 use super::*;
 
 /// The issue's example: customers with their region, orders and each order's items.
-pub(super) const SHOP: &str = r#"
+pub(crate) const SHOP: &str = r#"
 [[document]]
 name = "customers"
 root = "shop.customers"
@@ -176,7 +176,7 @@ fn unknown_keys_are_errors() {
 /// The shop's tables (`keys`: each table's key columns).
 /// (The state's tests use them too: regions keyed by an unsigned id, which joins the
 /// customers' int `region_id`.)
-pub(super) fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
+pub(crate) fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
     use crate::testkit::keyed_table as keyed;
     vec![
         keyed(

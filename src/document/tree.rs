@@ -140,6 +140,37 @@ impl Tree {
         Ok(tree)
     }
 
+    /// What the state's rows depend on, as text: each node's table, place, join and
+    /// stored columns (by name). A state stored for another definition is rebuilt.
+    pub fn definition(&self) -> String {
+        let nodes: Vec<serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "table": n.table,
+                    "field": n.field,
+                    "nested": n.nested,
+                    "parent": n.parent,
+                    "on": n.parent.map(|p| {
+                        let parent = &self.nodes[p];
+                        n.on.iter()
+                            .map(|&(pc, c)| {
+                                (
+                                    &parent.stored_names[parent.slot(pc)],
+                                    &n.stored_names[n.slot(c)],
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                    }),
+                    "stored": n.stored_names,
+                    "key": n.key.iter().map(|&k| n.slot(k)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(nodes).to_string()
+    }
+
     /// The nodes reading `table`.
     pub fn nodes_of<'a>(&'a self, table: &'a str) -> impl Iterator<Item = usize> + 'a {
         (0..self.nodes.len()).filter(move |&n| self.nodes[n].table == table)

@@ -52,6 +52,9 @@ impl TableFragments {
 }
 
 pub(super) fn write_event(out: &mut Vec<u8>, e: &ChangeEvent) {
+    if e.table.kind == super::DOCUMENT_KIND {
+        return write_document(out, e);
+    }
     let t = &e.table;
     let f = &t.fragments;
     out.extend_from_slice(b"{\"op\":\"");
@@ -67,20 +70,7 @@ pub(super) fn write_event(out: &mut Vec<u8>, e: &ChangeEvent) {
     out.extend_from_slice(b",\"ts_ms\":");
     write_u64(out, e.source_ts_ms);
     out.extend_from_slice(b"},\"key\":");
-    match e.key_row() {
-        Some(row) if !t.primary_key.is_empty() => {
-            out.push(b'{');
-            for (n, &i) in t.primary_key.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&f.keys[i]);
-                write_value(out, &row[i]);
-            }
-            out.push(b'}');
-        }
-        _ => out.extend_from_slice(b"null"),
-    }
+    write_key(out, e);
     out.extend_from_slice(b",\"before\":");
     write_row(out, &f.keys, e.before.as_ref());
     out.extend_from_slice(b",\"after\":");
@@ -104,6 +94,49 @@ pub(super) fn write_event(out: &mut Vec<u8>, e: &ChangeEvent) {
     }
     out.extend_from_slice(b",\"schema_version\":");
     write_u64(out, t.schema_version as u64);
+    out.extend_from_slice(b",\"version\":");
+    write_u64(out, e.version);
+    out.extend_from_slice(b",\"ts_ms\":");
+    write_u64(out, e.ts_ms);
+    out.push(b'}');
+}
+
+/// The event's key columns as an object (null without a key).
+fn write_key(out: &mut Vec<u8>, e: &ChangeEvent) {
+    let t = &e.table;
+    match e.key_row() {
+        Some(row) if !t.primary_key.is_empty() => {
+            out.push(b'{');
+            for (n, &i) in t.primary_key.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&t.fragments.keys[i]);
+                write_value(out, &row[i]);
+            }
+            out.push(b'}');
+        }
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A joined document's event: `{"op":"doc","document":..,"key":{..},"doc":{..},
+/// "version":..,"ts_ms":..}`, or `doc_delete` without `doc`.
+fn write_document(out: &mut Vec<u8>, e: &ChangeEvent) {
+    let t = &e.table;
+    out.extend_from_slice(match e.after {
+        Some(_) => b"{\"op\":\"doc\",\"document\":",
+        None => b"{\"op\":\"doc_delete\",\"document\":",
+    });
+    write_json_str(out, &t.table);
+    out.extend_from_slice(b",\"connector\":");
+    write_json_str(out, &t.connector);
+    out.extend_from_slice(b",\"key\":");
+    write_key(out, e);
+    if let Some(doc) = &e.after {
+        out.extend_from_slice(b",\"doc\":");
+        write_row(out, &t.fragments.keys, Some(doc));
+    }
     out.extend_from_slice(b",\"version\":");
     write_u64(out, e.version);
     out.extend_from_slice(b",\"ts_ms\":");

@@ -123,19 +123,29 @@ impl Participant for crate::enrich::Stage {
 pub struct SnapshotProgress {
     next: Option<Arc<serde_json::Value>>,
     committed: Option<Arc<serde_json::Value>>,
+    /// The tables whose snapshot the newest progress shows unfinished.
+    running: Vec<String>,
 }
 
 impl SnapshotProgress {
     pub fn new(stored: Option<serde_json::Value>) -> Self {
+        let running = crate::snapshot::State::from_stored(stored.clone()).unfinished();
         SnapshotProgress {
             next: None,
             committed: stored.map(Arc::new),
+            running,
         }
     }
 
     /// The newest progress, stored at the next boundary.
     pub fn update(&mut self, progress: Arc<serde_json::Value>) {
+        self.running = crate::snapshot::State::from_stored(Some((*progress).clone())).unfinished();
         self.next = Some(progress);
+    }
+
+    /// Whether `table`'s snapshot is under way (or waiting to start).
+    pub fn running(&self, table: &str) -> bool {
+        self.running.iter().any(|t| t == table)
     }
 }
 

@@ -355,7 +355,7 @@ async fn replay_stream(
     tables: &[String],
     report: &mut ReplayReport,
 ) -> Result<(), PipelineError> {
-    let context = registry::sink_context(cfg, cfg.policy()?);
+    let context = registry::sink_context(cfg, cfg.policy()?, Default::default());
     // Opening what the replay writes to cuts each stream (this one included) back to
     // its last checkpoint, before it is read.
     let mut sinks: Vec<Box<dyn Sink>> = registry::sinks(&cfg.sinks, store, &context)?

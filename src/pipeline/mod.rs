@@ -22,7 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use self::checkpoint::{Checkpointer, SnapshotProgress};
 use self::runner::{Flow, Runner, Stages};
+use std::collections::BTreeMap;
+
 use crate::config::ConnectorConfig;
+use crate::document::stage::{Documents, Shape, Shapes};
+use crate::document::tree::Tree;
 use crate::event::Position;
 use crate::offsets::OffsetStore;
 use crate::queue;
@@ -54,6 +58,8 @@ pub enum PipelineError {
     Enrich(#[from] crate::enrich::EnrichError),
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Document(#[from] crate::document::stage::DocumentError),
 }
 
 /// What a finished run did.
@@ -87,17 +93,20 @@ pub async fn run(
         return Err(PipelineError::Source(e.to_string()));
     }
     let policy = cfg.policy()?;
+    let mut enrich = registry::enrich(cfg, &store).await?;
+    let (documents, shapes) = open_documents(cfg, &store, &mut enrich).await?;
     let stages = Stages {
         sinks: registry::sinks(
             &cfg.sinks,
             &store,
-            &registry::sink_context(cfg, policy.clone()),
+            &registry::sink_context(cfg, policy.clone(), shapes),
         )?,
         quarantine: QuarantineStream::open(
             &cfg.quarantine_journal(),
             store.sink_cursor(quarantine::STREAM_ID)?,
         )?,
-        enrich: registry::enrich(cfg, &store).await?,
+        enrich,
+        documents,
         guard: Guard::restore(policy, &store)?,
         snapshot: SnapshotProgress::new(store.stage_state(crate::snapshot::STATE_ID)?),
     };
@@ -112,6 +121,75 @@ pub async fn run(
         reindexer,
     };
     drive(source, source_desc, store, stages, loop_cfg, shutdown).await
+}
+
+/// The connector's joined documents: each resolved against its tables as the server
+/// has them now (in the layout enrichment gives them), its state opened. A state that
+/// is new or was built for another definition needs every row of its tables: their
+/// snapshots are requested, unless this is the first start and the initial snapshot
+/// reads them anyway.
+async fn open_documents(
+    cfg: &ConnectorConfig,
+    store: &OffsetStore,
+    enrich: &mut crate::enrich::Stage,
+) -> Result<(Documents, Shapes), PipelineError> {
+    if cfg.document.is_empty() {
+        return Ok((Documents::none(), Shapes::default()));
+    }
+    let kind = cfg.source.source();
+    let scan = kind.scan(&cfg.connector_name());
+    let mut schemas = BTreeMap::new();
+    for t in cfg.document.iter().flat_map(|d| d.tables()) {
+        if schemas.contains_key(t) {
+            continue;
+        }
+        let found = scan
+            .table(t)
+            .await
+            .map_err(|e| PipelineError::Source(format!("[[document]]: reading table {t}: {e}")))?;
+        let Some(found) = found else {
+            return Err(PipelineError::Source(format!(
+                "[[document]] reads table {t}, which the server does not have (or tributary's user cannot see); `tributary check` names the entry"
+            )));
+        };
+        schemas.insert(t.to_string(), enrich.layout(&found.schema)?);
+    }
+    let mut shapes = BTreeMap::new();
+    for d in &cfg.document {
+        let lookup = |t: &str| schemas.get(t).map(|s| &**s);
+        let tree = Tree::resolve(d, &lookup).map_err(|m| {
+            PipelineError::Source(format!(
+                "[[document]] `{}`: {m}; `tributary check --connector {}` names the line",
+                d.name.get_ref(),
+                cfg.path.display()
+            ))
+        })?;
+        let own = d
+            .tables()
+            .into_iter()
+            .map(|t| (t.to_string(), schemas[t].clone()))
+            .collect();
+        shapes.insert(d.name.get_ref().clone(), Shape { tree, schemas: own });
+    }
+    let (documents, to_fill) = Documents::open(
+        &cfg.connector_name(),
+        &cfg.document,
+        &shapes,
+        &crate::document::stage::state_dir(&cfg.state.dir),
+    )?;
+    let (mode, _, _) = kind.snapshot_fields();
+    let first_start = store.checkpoint()?.is_none();
+    if !to_fill.is_empty() && (!first_start || mode == crate::snapshot::SnapshotMode::Never) {
+        for t in &to_fill {
+            crate::snapshot::requests::request(&cfg.state.dir, t).map_err(|e| {
+                PipelineError::Source(format!(
+                    "requesting a snapshot of {t} for a joined document: {e}"
+                ))
+            })?;
+        }
+        tracing::info!(tables = ?to_fill, "joined documents built anew: snapshots of their tables requested");
+    }
+    Ok((documents, Arc::new(shapes)))
 }
 
 /// Loads the schema policy again.
@@ -163,11 +241,13 @@ pub async fn drive(
     let source_stop = shutdown.child_token();
     let source_token = source_stop.clone();
     let (published, checkpoints) = tokio::sync::watch::channel(resume.clone());
+    let resumed_at = resume.clone();
     crate::health::source(crate::health::Source::Connecting);
     let source_task =
         tokio::spawn(async move { source.run(resume, tx, checkpoints, source_token).await });
     let checkpointer = Checkpointer::new(store, source_desc, published, cfg.checkpoint_interval);
     let mut runner = Runner::new(stages, checkpointer, cfg.until.take());
+    runner.resumed_at(resumed_at);
     let mut rebuilds = rebuild::Rebuilds::new(cfg.reindexer.take());
     rebuilds.start(runner.guard().reindex_wanted());
 
@@ -190,7 +270,7 @@ pub async fn drive(
                     rebuilds.start(runner.guard().reindex_wanted());
                 }
                 stored = runner.checkpoint_stored() => {
-                    runner.on_stored(stored?);
+                    runner.on_stored(stored?)?;
                     if rx.is_empty() {
                         runner.on_caught_up().await?;
                     }

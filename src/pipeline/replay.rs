@@ -116,7 +116,11 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
 
     // Second pass: send them on, in stream order.
     let mut guard = release(Guard::restore(policy.clone(), &store)?, &chosen);
-    let mut sinks = registry::sinks(&cfg.sinks, &store, &registry::sink_context(cfg, policy))?;
+    let mut sinks = registry::sinks(
+        &cfg.sinks,
+        &store,
+        &registry::sink_context(cfg, policy, Default::default()),
+    )?;
     // The same enrichment as the live stream (its state and dead letters stored with
     // the replay's commit).
     let mut enrich = registry::enrich(cfg, &store)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::checkpoint::{Checkpointer, Due, Participant, SnapshotProgress};
 use super::route::{route, Routed, Stop};
 use super::{PipelineError, RunStats};
+use crate::document::stage::{Documents, PAGE};
 use crate::event::{Position, SourceMessage};
 use crate::queue::Batch;
 use crate::schema::guard::Guard;
@@ -32,6 +33,8 @@ pub struct Stages {
     pub quarantine: QuarantineStream,
     /// Enrichment before the sinks, and its dead-letter stream.
     pub enrich: crate::enrich::Stage,
+    /// Joined documents, built from what enrichment passed, for the sinks.
+    pub documents: Documents,
     pub sinks: Vec<Box<dyn Sink>>,
 }
 
@@ -43,6 +46,7 @@ impl Stages {
         parts.push(&mut self.snapshot);
         parts.push(&mut self.quarantine);
         parts.push(&mut self.enrich);
+        parts.push(&mut self.documents);
         for s in self.sinks.iter_mut() {
             parts.push(s);
         }
@@ -88,6 +92,11 @@ pub struct Runner {
     counters: ChangeCounters,
     last_report: Instant,
     reported_changes: u64,
+    /// The last transaction boundary the sinks were handed (or resumed from), and
+    /// whether nothing of a later transaction was handed on since (see
+    /// `documents_when_idle`).
+    last_boundary: Option<Position>,
+    at_boundary: bool,
 }
 
 impl Runner {
@@ -100,7 +109,14 @@ impl Runner {
             counters: ChangeCounters::default(),
             last_report: Instant::now(),
             reported_changes: 0,
+            last_boundary: None,
+            at_boundary: true,
         }
+    }
+
+    /// Where the run resumed (the stored checkpoint's position).
+    pub fn resumed_at(&mut self, position: Option<Position>) {
+        self.last_boundary = position;
     }
 
     pub fn guard(&self) -> &crate::schema::guard::Guard {
@@ -164,20 +180,29 @@ impl Runner {
             Some(v) if enrich => Some(self.stages.enrich.apply(v).await?),
             other => other,
         };
-        // Shared with the sinks: one that keeps events until a server answered holds
-        // the batch rather than a copy of each event.
-        let passed: SharedBatch = Arc::new(match owned {
+        let passed = match owned {
             Some(v) => v,
             None => {
                 let mut v = std::mem::take(&mut batch.messages);
                 v.truncate(r.take);
                 v
             }
-        });
-        for s in self.stages.sinks.iter_mut() {
-            s.accept_shared(&passed).await?;
-        }
+        };
         drop(batch);
+        if let Some(p) = &r.last_commit {
+            self.last_boundary = Some(p.clone());
+        }
+        let mut after_last_commit = passed
+            .iter()
+            .rev()
+            .take_while(|m| !matches!(m, SourceMessage::Commit(_)));
+        let opened = after_last_commit.any(|m| matches!(m, SourceMessage::Change(_)));
+        self.at_boundary = !opened && (r.last_commit.is_some() || self.at_boundary);
+        if self.stages.documents.is_empty() {
+            self.send(passed).await?;
+        } else {
+            self.send_with_documents(passed).await?;
+        }
 
         match r.stop {
             Some(Stop::Halt(h)) => {
@@ -206,17 +231,74 @@ impl Runner {
         }
     }
 
+    /// Hands `messages` to every sink, shared: one that keeps events until a server
+    /// answered holds the batch rather than a copy of each event.
+    async fn send(&mut self, messages: Vec<SourceMessage>) -> Result<(), PipelineError> {
+        send_to(&mut self.stages.sinks, messages).await
+    }
+
+    /// `send` with the joined documents: the changes go into the documents' states, and
+    /// before the batch's last transaction boundary come the documents they affected,
+    /// each built once, so that the checkpoint at that boundary waits for them. Pages
+    /// of `PAGE` documents go to the sinks one after the other (a change affecting a
+    /// million documents is never held at once). What follows the boundary (a
+    /// transaction not complete yet) is applied after the documents are built, so none
+    /// shows half a transaction.
+    async fn send_with_documents(
+        &mut self,
+        mut messages: Vec<SourceMessage>,
+    ) -> Result<(), PipelineError> {
+        let Some(cut) = messages
+            .iter()
+            .rposition(|m| matches!(m, SourceMessage::Commit(_)))
+        else {
+            self.stages.documents.apply(&messages)?;
+            return self.send(messages).await;
+        };
+        let tail = messages.split_off(cut);
+        self.stages.documents.apply(&messages)?;
+        let SourceMessage::Commit(pos) = &tail[0] else {
+            unreachable!("the cut is at a commit")
+        };
+        // The commit time of the newest change before it (for the ack latency).
+        let ts = messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                SourceMessage::Change(e) => Some(e.source_ts_ms),
+                _ => None,
+            })
+            .unwrap_or_else(crate::event::now_ms);
+        let stages = &mut self.stages;
+        loop {
+            let snapshot = &stages.snapshot;
+            let held = |table: &str| snapshot.running(table);
+            let page = stages.documents.take(PAGE, pos, ts, &held)?;
+            let full = page.len() >= PAGE;
+            messages.extend(page);
+            if !full {
+                break;
+            }
+            send_to(&mut stages.sinks, std::mem::take(&mut messages)).await?;
+        }
+        self.stages.documents.apply(&tail)?;
+        messages.extend(tail);
+        self.send(messages).await
+    }
+
     /// Waits for the checkpoint in flight to be stored (pending while there is none).
     pub async fn checkpoint_stored(&mut self) -> Result<Position, PipelineError> {
         self.checkpoints.settle().await
     }
 
     /// A checkpoint the store holds: counted, and handed to the source.
-    pub fn on_stored(&mut self, position: Position) {
+    pub fn on_stored(&mut self, position: Position) -> Result<(), PipelineError> {
+        self.stages.documents.stored()?;
         crate::health::checkpoint_stored();
         self.stats.checkpoints += 1;
         self.stats.last_checkpoint = Some(position.clone());
         self.checkpoints.publish(position);
+        Ok(())
     }
 
     /// SIGHUP: the operator edited the policy file. A policy that does not load leaves
@@ -258,8 +340,43 @@ impl Runner {
         self.checkpoints.wake_at()
     }
 
-    /// The timer: a checkpoint when none is in flight, and a progress line every 30 s.
+    /// Documents that wait without a transaction boundary to come before (those a
+    /// crash left undelivered, those marked while their tables' snapshot ran): handed
+    /// on at the last boundary again, when nothing of a later transaction was handed
+    /// on since (the documents would show it, and the sinks would take its changes as
+    /// committed).
+    async fn documents_when_idle(&mut self) -> Result<(), PipelineError> {
+        if !self.stages.documents.waiting() || !self.at_boundary {
+            return Ok(());
+        }
+        let Some(pos) = self.last_boundary.clone() else {
+            return Ok(());
+        };
+        let mut messages = Vec::new();
+        let stages = &mut self.stages;
+        loop {
+            let snapshot = &stages.snapshot;
+            let held = |table: &str| snapshot.running(table);
+            let page = stages
+                .documents
+                .take(PAGE, &pos, crate::event::now_ms(), &held)?;
+            let full = page.len() >= PAGE;
+            messages.extend(page);
+            if !full {
+                break;
+            }
+            send_to(&mut stages.sinks, std::mem::take(&mut messages)).await?;
+        }
+        messages.push(SourceMessage::Commit(pos.clone()));
+        send_to(&mut stages.sinks, messages).await?;
+        self.checkpoints.boundary(pos);
+        Ok(())
+    }
+
+    /// The timer: documents waiting while idle, a checkpoint when none is in flight,
+    /// and a progress line every 30 s.
     pub async fn on_tick(&mut self) -> Result<(), PipelineError> {
+        self.documents_when_idle().await?;
         self.begin_checkpoint(Due::Now).await?;
         if self.last_report.elapsed() >= Duration::from_secs(30) {
             let n = self.stats.changes - self.reported_changes;
@@ -280,11 +397,11 @@ impl Runner {
     pub async fn checkpoint_now(&mut self) -> Result<(), PipelineError> {
         if self.checkpoints.in_flight() {
             let p = self.checkpoints.settle().await?;
-            self.on_stored(p);
+            self.on_stored(p)?;
         }
         if self.begin_checkpoint(Due::Now).await? {
             let p = self.checkpoints.settle().await?;
-            self.on_stored(p);
+            self.on_stored(p)?;
         }
         Ok(())
     }
@@ -295,6 +412,18 @@ impl Runner {
         self.stages.enrich.log_summary();
         Ok(self.stats)
     }
+}
+
+/// Hands `messages` to every sink (see `Runner::send`).
+async fn send_to(
+    sinks: &mut [Box<dyn Sink>],
+    messages: Vec<SourceMessage>,
+) -> Result<(), PipelineError> {
+    let shared: SharedBatch = Arc::new(messages);
+    for s in sinks.iter_mut() {
+        s.accept_shared(&shared).await?;
+    }
+    Ok(())
 }
 
 /// `tributary_changes_total` handles by table and op, looked up once per schema (the

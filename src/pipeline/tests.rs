@@ -59,6 +59,7 @@ impl Run {
             )
             .unwrap(),
             enrich: crate::enrich::Stage::none(),
+            documents: crate::document::stage::Documents::none(),
             sinks,
         }
     }
@@ -564,4 +565,215 @@ async fn state_and_streams_are_private_unless_widened() {
             assert_eq!(bits(&f), file, "{}", f.display());
         }
     }
+}
+
+/// The joined document over the shop tables, maintained in `run`'s dir.
+fn shop_documents(run: &Run) -> crate::document::stage::Documents {
+    use crate::document::stage::{Documents, Shape};
+    let defs = documents(crate::document::tests::SHOP).unwrap();
+    let schemas = crate::document::tests::shop_schemas();
+    let lookup = |t: &str| {
+        schemas
+            .iter()
+            .find(|s| s.qualified_name() == t)
+            .map(|s| &**s)
+    };
+    let shape = Shape {
+        tree: crate::document::tree::Tree::resolve(&defs[0], &lookup).unwrap(),
+        schemas: schemas
+            .iter()
+            .map(|s| (s.qualified_name(), s.clone()))
+            .collect(),
+    };
+    let shapes = [("customers".to_string(), shape)].into_iter().collect();
+    let (docs, fill) =
+        Documents::open("test", &defs, &shapes, &run.dir.path().join("documents")).unwrap();
+    assert!(!fill.is_empty() || docs.waiting());
+    docs
+}
+
+#[tokio::test]
+async fn joined_documents_reach_the_sinks_once_per_transaction_before_its_boundary() {
+    use crate::event::Value::{Int, Null, String as Text, UInt};
+    let run = Run::new();
+    let schemas = crate::document::tests::shop_schemas();
+    let (customers, regions, orders) = (&schemas[0], &schemas[1], &schemas[2]);
+    let customer = |id: i64, region: i64| vec![Int(id), Text(format!("c{id}")), Int(region)];
+    let region = |name: &str| vec![UInt(7), Text(name.into()), Text("NO".into())];
+    let order = |id: i64, c: i64| {
+        vec![
+            Int(id),
+            Int(c),
+            crate::event::Value::Decimal("1.00".into()),
+            Text("new".into()),
+            Null,
+        ]
+    };
+    let mut script = vec![
+        // One transaction touching customer 1 three times: one document.
+        row_change(regions, None, Some(region("North")), 1),
+        row_change(customers, None, Some(customer(1, 7)), 2),
+        row_change(orders, None, Some(order(10, 1)), 3),
+        commit(4),
+    ];
+    // 2,500 more customers of the region in one transaction, then a rename that
+    // fans out to all 2,501 documents (three pages).
+    script.extend(
+        (2..=2501).map(|c| row_change(customers, None, Some(customer(c, 7)), 10 + c as u64)),
+    );
+    script.push(commit(3000));
+    script.push(row_change(
+        regions,
+        Some(region("North")),
+        Some(region("Nord")),
+        3001,
+    ));
+    script.push(commit(3002));
+    // An order moving from customer 1 to 2, with a transaction still open at the end
+    // of its batch: the documents show the move, not the open transaction.
+    script.push(row_change(
+        orders,
+        Some(order(10, 1)),
+        Some(order(10, 2)),
+        3003,
+    ));
+    script.push(commit(3004));
+    script.push(row_change(customers, Some(customer(2, 7)), None, 3005));
+    // A batch per transaction (documents are built at a batch's last boundary).
+    let mut steps = Vec::new();
+    for m in script {
+        let boundary = matches!(m, crate::event::SourceMessage::Commit(_));
+        steps.push(Step::Send(m));
+        if boundary {
+            steps.push(Step::Flush);
+        }
+    }
+    steps.push(Step::Flush);
+    steps.push(Step::Send(commit(3006)));
+    let (sink, seen) = recording(Acks::Now);
+    let mut stages = run.stages(policy("column_added = \"halt\""), vec![sink]);
+    stages.documents = shop_documents(&run);
+    run.drive(
+        ScriptedSource::new(steps),
+        stages,
+        None,
+        no_reload(),
+        no_hangups(),
+    )
+    .await
+    .unwrap();
+
+    let accepted = seen.lock().unwrap().accepted.clone();
+    let docs_between = |from: &str, to: &str| -> Vec<String> {
+        let a = accepted.iter().position(|l| l == from).expect(from);
+        let b = accepted.iter().position(|l| l == to).expect(to);
+        accepted[a..b]
+            .iter()
+            .filter(|l| l.contains(".customers") && l.starts_with("c .") || l.starts_with("d ."))
+            .cloned()
+            .collect()
+    };
+    let first = accepted.iter().position(|l| l == "commit lsn 0/4").unwrap();
+    assert_eq!(
+        accepted[..first]
+            .iter()
+            .filter(|l| l.starts_with("c .customers"))
+            .collect::<Vec<_>>(),
+        ["c .customers 1"],
+        "{accepted:?}"
+    );
+    assert_eq!(
+        docs_between("commit lsn 0/4", "commit lsn 0/BB8").len(),
+        2500
+    );
+    assert_eq!(
+        docs_between("commit lsn 0/BB8", "commit lsn 0/BBA").len(),
+        2501
+    );
+    assert_eq!(
+        docs_between("commit lsn 0/BBA", "commit lsn 0/BBC"),
+        ["c .customers 1", "c .customers 2"]
+    );
+    // Customer 2's delete came in the next transaction, with its own boundary.
+    assert_eq!(
+        docs_between("commit lsn 0/BBC", "commit lsn 0/BBE"),
+        ["d .customers 2"]
+    );
+    assert_eq!(run.checkpoint(), Some(at(3006)));
+}
+
+#[tokio::test]
+async fn documents_a_crash_left_undelivered_are_built_again_at_the_next_start() {
+    use crate::event::Value::{Int, Null, String as Text};
+    let run = Run::new();
+    let customers = crate::document::tests::shop_schemas()[0].clone();
+    let customer = |id: i64| vec![Int(id), Text("c".into()), Null];
+    let docs_in = |seen: &Arc<Mutex<Recorded>>| -> Vec<String> {
+        let seen = seen.lock().unwrap();
+        let docs = seen
+            .accepted
+            .iter()
+            .filter(|l| l.starts_with("c .customers"));
+        docs.cloned().collect()
+    };
+    // The first transaction is checkpointed; the sink fails the ack of the second
+    // (flush 1 is the run's start, 2 the first checkpoint).
+    let source = ScriptedSource::new([
+        Step::Send(row_change(&customers, None, Some(customer(1)), 1)),
+        Step::Send(commit(2)),
+        Step::AwaitCheckpoint(at(2)),
+        Step::Send(row_change(&customers, None, Some(customer(2)), 3)),
+        Step::Send(commit(4)),
+    ]);
+    let (sink, seen) = recording(Acks::FailFrom(3));
+    let mut stages = run.stages(policy("column_added = \"halt\""), vec![sink]);
+    stages.documents = shop_documents(&run);
+    assert!(run
+        .drive(source, stages, None, no_reload(), no_hangups())
+        .await
+        .is_err());
+    assert_eq!(docs_in(&seen), ["c .customers 1", "c .customers 2"]);
+    assert_eq!(run.checkpoint(), Some(at(2)));
+
+    // The restart finds customer 2's document undelivered. No transaction comes (the
+    // source is idle): it is built again at the checkpoint's boundary.
+    let go_on = Arc::new(Notify::new());
+    let source = ScriptedSource::new([Step::Wait(go_on.clone())]);
+    let (sink, seen) = recording(Acks::Now);
+    let mut stages = run.stages(policy("column_added = \"halt\""), vec![sink]);
+    stages.documents = shop_documents(&run);
+    let watch = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            for _ in 0..500 {
+                if !docs_in(&seen).is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            go_on.notify_one();
+        })
+    };
+    run.drive(source, stages, None, no_reload(), no_hangups())
+        .await
+        .unwrap();
+    watch.await.unwrap();
+    assert_eq!(docs_in(&seen), ["c .customers 2"]);
+    assert_eq!(run.checkpoint(), Some(at(2)));
+
+    // Delivered now: the next start builds nothing.
+    let (sink, seen) = recording(Acks::Now);
+    let mut stages = run.stages(policy("column_added = \"halt\""), vec![sink]);
+    stages.documents = shop_documents(&run);
+    // (Idle for 100 ms: a hundred ticks of the test's 1 ms interval.)
+    let go_on = Arc::new(Notify::new());
+    let source = ScriptedSource::new([Step::Wait(go_on.clone())]);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        go_on.notify_one();
+    });
+    run.drive(source, stages, None, no_reload(), no_hangups())
+        .await
+        .unwrap();
+    assert!(docs_in(&seen).is_empty());
 }

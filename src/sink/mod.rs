@@ -53,6 +53,8 @@ pub struct SinkContext {
     /// The connector's state dir (None in unit tests): where sinks meet the commands
     /// that work beside a running daemon (`tributary reindex`).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The connector's joined documents by name, for sinks that map them.
+    pub documents: crate::document::stage::Shapes,
 }
 
 #[async_trait]

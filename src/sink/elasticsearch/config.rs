@@ -41,6 +41,11 @@ pub struct ElasticsearchSinkConfig {
     /// Per-table alias names: `"shop.orders" = "orders"`.
     #[serde(default)]
     pub indexes: BTreeMap<String, String>,
+    /// Which tables get an index of their own next to the joined documents (every
+    /// `[[document]]` gets its index): `"all"` (default), `"none"`, or a list of
+    /// `db.table` globs.
+    #[serde(default)]
+    pub tables: TableSelection,
     /// A bulk request is sent when it holds this many documents ...
     #[serde(default = "default_batch_docs")]
     pub batch_docs: usize,
@@ -86,6 +91,44 @@ pub struct ElasticsearchSinkConfig {
     /// search bits).
     #[serde(default)]
     pub file_mode: crate::files::FileMode,
+}
+
+/// The `tables` setting.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TableSelection {
+    /// `"all"` or `"none"`.
+    Word(String),
+    Globs(Vec<String>),
+}
+
+impl Default for TableSelection {
+    fn default() -> Self {
+        TableSelection::Word("all".into())
+    }
+}
+
+impl TableSelection {
+    /// The selection as a matcher of `db.table` names, or why it is not one.
+    pub fn matcher(&self) -> Result<Option<globset::GlobSet>, String> {
+        match self {
+            TableSelection::Word(w) if w == "all" => Ok(None),
+            TableSelection::Word(w) if w == "none" => Ok(Some(globset::GlobSet::empty())),
+            TableSelection::Word(w) => Err(format!(
+                "[[sink]] tables = \"{w}\": write \"all\", \"none\" or a list of db.table globs"
+            )),
+            TableSelection::Globs(globs) => {
+                let mut b = globset::GlobSetBuilder::new();
+                for g in globs {
+                    b.add(
+                        globset::Glob::new(g)
+                            .map_err(|e| format!("[[sink]] tables: pattern `{g}`: {e}"))?,
+                    );
+                }
+                b.build().map(Some).map_err(|e| e.to_string())
+            }
+        }
+    }
 }
 
 /// One table's document id setting (see `ids`).
@@ -187,6 +230,9 @@ impl ElasticsearchSinkConfig {
                     self.index
                 ),
             ));
+        }
+        if let Err(m) = self.tables.matcher() {
+            return Err(ConfigError::at_key(path, text, "tables", m));
         }
         for (table, alias) in &self.indexes {
             if let Some(why) = super::names::invalid_index_name(&alias.to_lowercase()) {

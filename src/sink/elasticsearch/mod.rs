@@ -6,6 +6,7 @@
 
 pub mod bulk;
 mod config;
+mod documents;
 pub mod dual;
 pub mod mapping;
 mod names;
@@ -93,6 +94,8 @@ pub struct ElasticsearchSink {
     context: SinkContext,
     /// New indexes an online reindex fills, written to as well (dual.rs).
     dual: dual::DualWrites,
+    /// The tables that get an index of their own (`tables`; None: all).
+    tables: Option<globset::GlobSet>,
 }
 
 impl crate::sink::SinkKind for ElasticsearchSinkConfig {
@@ -173,6 +176,7 @@ impl ElasticsearchSink {
                 fingerprint(&cfg, &context, db, table)
             }
         });
+        let tables = cfg.tables.matcher().map_err(|m| SinkError::new(&id, m))?;
         Ok(ElasticsearchSink {
             id,
             cfg: cfg.clone(),
@@ -185,6 +189,7 @@ impl ElasticsearchSink {
             dead_letters: Arc::new(Mutex::new(dead_letters)),
             context,
             dual,
+            tables,
         })
     }
 
@@ -197,7 +202,17 @@ impl ElasticsearchSink {
         if let Some(t) = self.targets.get(table) {
             return Ok(t.clone());
         }
+        if table.kind == crate::event::DOCUMENT_KIND {
+            let target = self.document_target(table).await?;
+            self.targets.insert(table, target.clone());
+            return Ok(target);
+        }
         let name = table.qualified_name();
+        if self.tables.as_ref().is_some_and(|t| !t.is_match(&name)) {
+            // Left out by `tables`: the documents read it, its own index is not wanted.
+            self.targets.insert(table, Target::Skip);
+            return Ok(Target::Skip);
+        }
         let id = doc_id(&self.cfg, table).map_err(|m| self.err(m))?;
         let target = match id {
             None => {
@@ -333,23 +348,7 @@ impl ElasticsearchSink {
         table: &TableSchema,
     ) -> Result<Result<(Vec<String>, u32, Option<String>), String>, SinkError> {
         let client = &self.client;
-        let exists = self
-            .retry
-            .run("checking the alias", || async move {
-                match client
-                    .indices()
-                    .exists_alias(IndicesExistsAliasParts::Name(&[alias]))
-                    .send()
-                    .await
-                {
-                    Err(e) => Err(Failure::Transient(e.to_string())),
-                    Ok(r) if r.status_code().as_u16() == 200 => Ok(true),
-                    Ok(r) if r.status_code().as_u16() == 404 => Ok(false),
-                    Ok(r) => status_attempt(r).await,
-                }
-            })
-            .await?;
-        if exists {
+        if self.alias_exists(alias).await? {
             tracing::info!(sink = %self.id, alias, table = %table.qualified_name(), "adopting existing index alias");
             let current = self
                 .read_json("reading the mapping", || async move {
@@ -394,11 +393,30 @@ impl ElasticsearchSink {
         )))
     }
 
+    /// Whether `alias` exists.
+    async fn alias_exists(&self, alias: &str) -> Result<bool, SinkError> {
+        let client = &self.client;
+        self.retry
+            .run("checking the alias", || async move {
+                match client
+                    .indices()
+                    .exists_alias(IndicesExistsAliasParts::Name(&[alias]))
+                    .send()
+                    .await
+                {
+                    Err(e) => Err(Failure::Transient(e.to_string())),
+                    Ok(r) if r.status_code().as_u16() == 200 => Ok(true),
+                    Ok(r) if r.status_code().as_u16() == 404 => Ok(false),
+                    Ok(r) => status_attempt(r).await,
+                }
+            })
+            .await
+    }
+
     /// Creates a concrete index with the mapping derived from the schema (an index that
     /// already exists is fine: an earlier attempt made it).
     /// Returns the configuration's fingerprint the index's `_meta` records.
     async fn create_index(&self, concrete: &str, table: &TableSchema) -> Result<String, SinkError> {
-        let client = &self.client;
         let unindexed = self.context.policy.unindexed(&table.qualified_name());
         let options = mapping::FieldOptions {
             decimal: self.cfg.decimal,
@@ -406,7 +424,19 @@ impl ElasticsearchSink {
         };
         let fingerprint = fingerprint(&self.cfg, &self.context, &table.db, &table.table);
         let body = mapping::create_index_body(table, options, &self.cfg.gc_deletes, &fingerprint);
-        let b = &body;
+        self.create_index_with(concrete, &body).await?;
+        Ok(fingerprint)
+    }
+
+    /// Creates a concrete index with `body` (settings and mappings); one that already
+    /// exists is fine (an earlier attempt made it).
+    async fn create_index_with(
+        &self,
+        concrete: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        let client = &self.client;
+        let b = body;
         self.retry
             .run("creating the index", || async move {
                 match client
@@ -435,7 +465,7 @@ impl ElasticsearchSink {
                 }
             })
             .await?;
-        Ok(fingerprint)
+        Ok(())
     }
 
     /// Applies alias actions atomically (`_aliases`).
