@@ -129,91 +129,134 @@ impl Rand {
     }
 }
 
-/// Seeds the tables, then runs `transactions` random transactions of one to three
-/// statements over all four tables: inserts, updates, deletes, orders moving between
-/// customers, items moving between orders (a key change), customers changing region,
-/// region renames, customers deleted with their orders still there.
-async fn random_writes(db: String, transactions: u64, seed: u64) {
-    let mut conn = admin(SHARED_PORT).await;
+/// A session on either source, for the writer.
+enum Session {
+    MariaDb(mysql_async::Conn),
+    Postgres(tokio_postgres::Client),
+}
+
+impl Session {
+    async fn exec(&mut self, sql: &str) {
+        match self {
+            Session::MariaDb(c) => c
+                .query_drop(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Session::Postgres(c) => c
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+
+    /// The current time with microseconds, in SQL.
+    fn now(&self) -> &'static str {
+        match self {
+            Session::MariaDb(_) => "NOW(6)",
+            Session::Postgres(_) => "now()",
+        }
+    }
+}
+
+/// Seeds the tables of schema `db`, then runs `transactions` random transactions of one
+/// to three statements over all four tables: inserts, updates, deletes, orders moving
+/// between customers, items moving between orders (a key change), customers changing
+/// region, region renames, customers deleted with their orders still there.
+async fn random_writes(mut s: Session, db: String, transactions: u64, seed: u64) {
     let mut r = Rand(seed);
     let (mut customers, mut orders, mut lines) = (40u64, 120u64, 0u64);
-    let mut seed_sql = vec![format!(
-        "INSERT INTO `{db}`.regions VALUES (1,'North','NO'),(2,'South','SO'),(3,'East','EA'),(4,'West','WE')"
-    )];
+    s.exec(&format!(
+        "INSERT INTO {db}.regions VALUES (1,'North','NO'),(2,'South','SO'),(3,'East','EA'),(4,'West','WE')"
+    ))
+    .await;
     for c in 1..=customers {
-        seed_sql.push(format!(
-            "INSERT INTO `{db}`.customers VALUES ({c}, 'c{c}', {})",
-            if c % 7 == 0 {
-                "NULL".to_string()
-            } else {
-                (c % 5).to_string()
-            }
-        ));
+        let region = if c % 7 == 0 {
+            "NULL".to_string()
+        } else {
+            (c % 5).to_string()
+        };
+        s.exec(&format!(
+            "INSERT INTO {db}.customers VALUES ({c}, 'c{c}', {region})"
+        ))
+        .await;
     }
     for o in 1..=orders {
-        seed_sql.push(format!(
-            "INSERT INTO `{db}`.orders VALUES ({o}, {}, {}.{:02}, 'new', '2026-01-02 03:04:05.{:06}')",
+        s.exec(&format!(
+            "INSERT INTO {db}.orders VALUES ({o}, {}, {}.{:02}, 'new', '2026-01-02 03:04:05.{:06}')",
             1 + o % customers,
             o * 3,
             o % 100,
             o * 7
-        ));
+        ))
+        .await;
         for _ in 0..2 {
             lines += 1;
-            seed_sql.push(format!(
-                "INSERT INTO `{db}`.order_items VALUES ({o}, {lines}, 'sku{lines}', {}, 9.99)",
+            s.exec(&format!(
+                "INSERT INTO {db}.order_items VALUES ({o}, {lines}, 'sku{lines}', {}, 9.99)",
                 lines % 4
-            ));
+            ))
+            .await;
         }
     }
-    for q in seed_sql {
-        exec(&mut conn, &q).await;
-    }
     for t in 0..transactions {
-        let mut tx = conn.start_transaction(Default::default()).await.unwrap();
+        s.exec("BEGIN").await;
         for _ in 0..=r.below(3) {
             let c = 1 + r.below(customers + 5);
             let o = 1 + r.below(orders + 5);
             let q = match r.below(12) {
                 0 => {
                     customers += 1;
-                    format!("INSERT INTO `{db}`.customers VALUES ({customers}, 'n{customers}', {})", r.below(6))
+                    format!(
+                        "INSERT INTO {db}.customers VALUES ({customers}, 'n{customers}', {})",
+                        r.below(6)
+                    )
                 }
-                1 => format!("UPDATE `{db}`.customers SET name = 'r{t}' WHERE id = {c}"),
-                2 => format!("UPDATE `{db}`.customers SET region_id = {} WHERE id = {c}", r.below(6)),
-                3 => format!("DELETE FROM `{db}`.customers WHERE id = {c}"),
+                1 => format!("UPDATE {db}.customers SET name = 'r{t}' WHERE id = {c}"),
+                2 => format!(
+                    "UPDATE {db}.customers SET region_id = {} WHERE id = {c}",
+                    r.below(6)
+                ),
+                3 => format!("DELETE FROM {db}.customers WHERE id = {c}"),
                 4 => {
+                    // An order and its first item, in one transaction.
                     orders += 1;
                     lines += 1;
-                    // An order and its first item in one statement each, one transaction.
-                    tx.query_drop(format!(
-                        "INSERT INTO `{db}`.orders VALUES ({orders}, {c}, {}.50, 'new', NOW(6))",
+                    let now = s.now();
+                    s.exec(&format!(
+                        "INSERT INTO {db}.orders VALUES ({orders}, {c}, {}.50, 'new', {now})",
                         r.below(1000)
                     ))
-                    .await
-                    .unwrap();
-                    format!("INSERT INTO `{db}`.order_items VALUES ({orders}, {lines}, 'n{lines}', 1, 0.10)")
+                    .await;
+                    format!("INSERT INTO {db}.order_items VALUES ({orders}, {lines}, 'n{lines}', 1, 0.10)")
                 }
-                5 => format!("UPDATE `{db}`.orders SET amount = amount + 1.25, status = 's{t}' WHERE id = {o}"),
-                6 => format!("UPDATE `{db}`.orders SET customer_id = {c} WHERE id = {o}"),
-                7 => format!("DELETE FROM `{db}`.orders WHERE id = {o}"),
+                5 => format!(
+                    "UPDATE {db}.orders SET amount = amount + 1.25, status = 's{t}' WHERE id = {o}"
+                ),
+                6 => format!("UPDATE {db}.orders SET customer_id = {c} WHERE id = {o}"),
+                7 => format!("DELETE FROM {db}.orders WHERE id = {o}"),
                 8 => {
                     lines += 1;
-                    format!("INSERT INTO `{db}`.order_items VALUES ({o}, {lines}, 'i{lines}', {}, 1.00)", r.below(9))
+                    format!(
+                        "INSERT INTO {db}.order_items VALUES ({o}, {lines}, 'i{lines}', {}, 1.00)",
+                        r.below(9)
+                    )
                 }
                 9 => format!(
-                    "UPDATE `{db}`.order_items SET order_id = {o}, qty = qty + 1 WHERE line = {}",
+                    "UPDATE {db}.order_items SET order_id = {o}, qty = qty + 1 WHERE line = {}",
                     1 + r.below(lines)
                 ),
-                10 => format!("DELETE FROM `{db}`.order_items WHERE line = {}", 1 + r.below(lines)),
+                10 => format!(
+                    "DELETE FROM {db}.order_items WHERE line = {}",
+                    1 + r.below(lines)
+                ),
                 _ => format!(
-                    "UPDATE `{db}`.regions SET name = 'region{t}' WHERE id = {}",
+                    "UPDATE {db}.regions SET name = 'region{t}' WHERE id = {}",
                     1 + r.below(4)
                 ),
             };
-            tx.query_drop(q).await.unwrap();
+            s.exec(&q).await;
         }
-        tx.commit().await.unwrap();
+        s.exec("COMMIT").await;
         if t % 20 == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(15)).await;
         }
@@ -276,36 +319,41 @@ fn documents_by_log(log: &std::path::Path, document: &str) -> BTreeMap<String, J
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_writes_and_two_kill_9s_leave_every_document_equal_to_sql() {
+/// Gives the connector `c` an Elasticsearch sink and the document the alias `alias`,
+/// runs the daemon while `writer` writes, killing it with -9 twice, then waits until
+/// the index holds exactly the documents `expected()` builds by SQL, and checks that
+/// the log's document events replay to the same, and the mapping.
+async fn documents_survive_two_kill_9s<F, Fut>(
+    c: &std::path::Path,
+    alias: &str,
+    writer: tokio::task::JoinHandle<()>,
+    expected: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = BTreeMap<String, Json>>,
+{
     let url = elasticsearch();
-    let db = new_db("docrand", TABLES).await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = with_document(dir.path(), &db, &document(&db));
-    add_es_sink(&c, &url, "");
-    // The alias is the document's name: one per test database.
-    let alias = format!("customers_{}", db.to_lowercase());
-    let text = std::fs::read_to_string(&c)
+    add_es_sink(c, &url, "");
+    let text = std::fs::read_to_string(c)
         .unwrap()
         .replace("name = \"customers\"", &format!("name = \"{alias}\""));
-    std::fs::write(&c, text).unwrap();
+    std::fs::write(c, text).unwrap();
 
-    let writer = tokio::spawn(random_writes(db.clone(), 1500, 0x5eed_1234_abcd));
-    let mut daemon = spawn_daemon(&c);
+    let mut daemon = spawn_daemon(c);
     for _ in 0..2 {
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
         kill9(&mut daemon);
-        daemon = spawn_daemon(&c);
+        daemon = spawn_daemon(c);
     }
     writer.await.unwrap();
 
-    let expected = documents_by_sql(&db).await;
+    let expected = expected().await;
     assert!(expected.len() > 40, "{}", expected.len());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let mut indexed = es_documents(&url, &alias).await;
+    let mut indexed = es_documents(&url, alias).await;
     while indexed != expected && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        indexed = es_documents(&url, &alias).await;
+        indexed = es_documents(&url, alias).await;
     }
     let differing: Vec<_> = expected
         .iter()
@@ -320,17 +368,18 @@ async fn random_writes_and_two_kill_9s_leave_every_document_equal_to_sql() {
     assert!(
         differing.is_empty() && extra.is_empty(),
         "differing: {differing:#?}\nextra: {extra:?}\n{}",
-        daemon_log(&c)
+        daemon_log(c)
     );
     stop(&mut daemon);
-    assert_eq!(documents_by_log(&dir.path().join("log"), &alias), expected);
+    let log = c.parent().unwrap().join("log");
+    assert_eq!(documents_by_log(&log, alias), expected);
 
     // Nests are `nested` (a query can match two fields of the same order), embeds
     // `object`.
     let mapping: Json = es(&url)
         .indices()
         .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
-            &alias,
+            alias,
         ]))
         .send()
         .await
@@ -350,4 +399,76 @@ async fn random_writes_and_two_kill_9s_leave_every_document_equal_to_sql() {
         props["region"]["properties"]["code"]["type"], "text",
         "{mapping}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_random_writes_and_two_kill_9s_leave_every_document_equal_to_sql() {
+    let db = new_db("docrand", TABLES).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_document(dir.path(), &db, &document(&db));
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    let writer = tokio::spawn(random_writes(session, db.clone(), 1500, 0x5eed_1234_abcd));
+    let alias = format!("customers_{db}");
+    documents_survive_two_kill_9s(&c, &alias, writer, || documents_by_sql(&db)).await;
+}
+
+/// Every customer's document as PostgreSQL builds it (json_agg), by id; values
+/// rendered as tributary renders them (numeric as its text, timestamptz in UTC).
+async fn documents_by_pg_sql(schema: &str) -> BTreeMap<String, Json> {
+    let client = pg_admin(PG_PORT).await;
+    let q = format!(
+        r#"SELECT c.id, json_build_object(
+            'id', c.id, 'name', c.name, 'region_id', c.region_id,
+            'region', (SELECT json_build_object('name', r.name, 'code', r.code) FROM {schema}.regions r WHERE r.id = c.region_id),
+            'orders', COALESCE((SELECT json_agg(json_build_object(
+                    'id', o.id, 'amount', o.amount::text, 'status', o.status,
+                    'created_at', (to_json(o.created_at AT TIME ZONE 'UTC') #>> '{{}}') || 'Z',
+                    'items', COALESCE((SELECT json_agg(json_build_object('sku', i.sku, 'qty', i.qty, 'price', i.price::text) ORDER BY i.order_id, i.line)
+                              FROM {schema}.order_items i WHERE i.order_id = o.id), '[]'::json)
+                ) ORDER BY o.id) FROM {schema}.orders o WHERE o.customer_id = c.id), '[]'::json)
+        )::text FROM {schema}.customers c"#
+    );
+    client
+        .query(&q, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| {
+            let id: i32 = row.get(0);
+            let doc: String = row.get(1);
+            (id.to_string(), serde_json::from_str(&doc).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_random_writes_and_two_kill_9s_leave_every_document_equal_to_sql() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "docrand").await;
+    let tables = [
+        "CREATE TABLE {db}.regions (id int PRIMARY KEY, name varchar(50) NOT NULL, code char(2) NOT NULL)",
+        "CREATE TABLE {db}.customers (id int PRIMARY KEY, name varchar(50) NOT NULL, region_id int)",
+        "CREATE TABLE {db}.orders (id int PRIMARY KEY, customer_id int NOT NULL, amount numeric(10,2) NOT NULL, status varchar(20) NOT NULL, created_at timestamptz NOT NULL)",
+        "CREATE TABLE {db}.order_items (order_id int NOT NULL, line int NOT NULL, sku varchar(20) NOT NULL, qty int NOT NULL, price numeric(10,2) NOT NULL, PRIMARY KEY (order_id, line))",
+        "CREATE PUBLICATION {db} FOR TABLES IN SCHEMA {db}",
+    ];
+    for t in tables {
+        client
+            .batch_execute(&t.replace("{db}", &schema))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.*"), "");
+    let text = std::fs::read_to_string(&c).unwrap() + &document(&schema);
+    std::fs::write(&c, text).unwrap();
+    let writer = tokio::spawn(random_writes(
+        Session::Postgres(pg_admin(PG_PORT).await),
+        schema.clone(),
+        1500,
+        0x5eed_1234_abcd,
+    ));
+    let alias = format!("customers_{schema}");
+    documents_survive_two_kill_9s(&c, &alias, writer, || documents_by_pg_sql(&schema)).await;
+    pg_drop_slot(&client, &schema).await;
 }
