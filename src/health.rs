@@ -37,6 +37,8 @@ struct State {
     /// A checkpoint in flight, begun at, and whether changes arrived since.
     began: Option<Instant>,
     arrived_since_begin: bool,
+    /// Per joined document: documents built since the start, and how many wait.
+    documents: BTreeMap<String, (u64, u64)>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -47,6 +49,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     pending_since: None,
     began: None,
     arrived_since_begin: false,
+    documents: BTreeMap::new(),
 });
 
 fn state() -> std::sync::MutexGuard<'static, State> {
@@ -104,6 +107,26 @@ pub fn checkpoint_began() {
 pub fn checkpoint_stored() {
     let mut s = state();
     s.pending_since = if s.arrived_since_begin { s.began } else { None };
+}
+
+/// `built` more documents of `document` were handed to the sinks; `waiting` are
+/// marked and not yet built (a large fan-out counts down here).
+pub fn documents_built(document: &str, built: u64, waiting: u64) {
+    let mut s = state();
+    let entry = s.documents.entry(document.to_string()).or_default();
+    entry.0 += built;
+    entry.1 = waiting;
+}
+
+/// Per joined document: `{"built": .., "waiting": ..}` (empty outside a daemon).
+pub fn documents() -> Json {
+    let s = state();
+    let docs: serde_json::Map<String, Json> = s
+        .documents
+        .iter()
+        .map(|(name, (built, waiting))| (name.clone(), json!({"built": built, "waiting": waiting})))
+        .collect();
+    Json::Object(docs)
 }
 
 /// The lag of the sinks: how long the oldest change not in a stored checkpoint has

@@ -53,6 +53,19 @@ pub async fn report(cfg: &ConnectorConfig) -> Result<Json, String> {
         "snapshot": snapshot_state.map(crate::snapshot::summary),
         "reindex": reindexes(&cfg.state.dir),
     });
+    if !cfg.document.is_empty() {
+        // Inside the daemon (`/status`) its own count, current while a fan-out runs;
+        // beside it, the count saved with the last checkpoint.
+        let live = crate::health::documents();
+        out["documents"] = if live.as_object().is_some_and(|m| !m.is_empty()) {
+            live
+        } else {
+            stages
+                .get(crate::document::stage::STATE_ID)
+                .cloned()
+                .unwrap_or(Json::Null)
+        };
+    }
     if let SourceConfig::Postgres(p) = &cfg.source {
         out["slot"] = slot(p).await?;
     }

@@ -472,3 +472,134 @@ async fn postgres_random_writes_and_two_kill_9s_leave_every_document_equal_to_sq
     documents_survive_two_kill_9s(&c, &alias, writer, || documents_by_pg_sql(&schema)).await;
     pg_drop_slot(&client, &schema).await;
 }
+
+/// `_count` of the documents behind `alias` matching `query` (all: None).
+async fn count(url: &str, alias: &str, query: Option<Json>) -> u64 {
+    let client = es(url);
+    let parts = elasticsearch::CountParts::Index(&[alias]);
+    let sent = match query {
+        Some(q) => {
+            client
+                .count(parts)
+                .body(serde_json::json!({ "query": q }))
+                .send()
+                .await
+        }
+        None => client.count(parts).send().await,
+    };
+    match sent {
+        Ok(r) if r.status_code().is_success() => {
+            r.json::<Json>().await.unwrap()["count"].as_u64().unwrap()
+        }
+        _ => 0,
+    }
+}
+
+/// The daemon's resident memory in KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_rename_rewrites_all_20000_documents_of_its_customers_in_bounded_memory() {
+    const CUSTOMERS: u64 = 20_000;
+    let url = elasticsearch();
+    let db = new_db("docfan", TABLES).await;
+    let mut conn = admin(SHARED_PORT).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.regions VALUES (1, 'North', 'NO'), (2, 'South', 'SO')"),
+    )
+    .await;
+    for chunk in (1..=CUSTOMERS).collect::<Vec<_>>().chunks(2000) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|c| format!("({c}, 'c{c}', {})", if *c == CUSTOMERS { 2 } else { 1 }))
+            .collect();
+        exec(
+            &mut conn,
+            &format!("INSERT INTO `{db}`.customers VALUES {}", rows.join(",")),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_document(dir.path(), &db, &document(&db));
+    // Documents only: the tables get no index of their own.
+    add_es_sink(&c, &url, "tables = \"none\"");
+    let alias = format!("fan_{db}");
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    std::fs::write(&c, text).unwrap();
+    let http = add_listener(&c, "http", "");
+    let mut daemon = spawn_daemon(&c);
+
+    // The initial build: every customer once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while count(&url, &alias, None).await < CUSTOMERS && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        count(&url, &alias, None).await,
+        CUSTOMERS,
+        "{}",
+        daemon_log(&c)
+    );
+    assert!(
+        count(&url, &format!("{db}_customers"), None).await == 0,
+        "tables = \"none\" leaves the tables without an index"
+    );
+    let before = rss_kib(daemon.id());
+
+    // The rename: one change, 19,999 documents.
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.regions SET name = 'Nord' WHERE id = 1"),
+    )
+    .await;
+    let renamed = serde_json::json!({"match": {"region.name": "Nord"}});
+    let (mut peak, mut waiting_seen) = (before, 0u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        peak = peak.max(rss_kib(daemon.id()));
+        if let Some((200, body)) = http_get(http, "/status") {
+            let status: Json = serde_json::from_str(&body).unwrap();
+            let waiting = status["documents"][&alias]["waiting"].as_u64().unwrap_or(0);
+            waiting_seen = waiting_seen.max(waiting);
+        }
+        if count(&url, &alias, Some(renamed.clone())).await >= CUSTOMERS - 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&url, &alias, Some(renamed)).await, CUSTOMERS - 1);
+    let south = serde_json::json!({"match": {"region.name": "South"}});
+    assert_eq!(count(&url, &alias, Some(south)).await, 1);
+    assert_eq!(count(&url, &alias, None).await, CUSTOMERS);
+    // The fan-out is a metric, and the documents built count up in /status.
+    let fanout = metric(http, "tributary_document_fanout_sum").unwrap_or(0.0);
+    assert!(fanout >= (2 * CUSTOMERS - 1) as f64, "fan-out sum {fanout}");
+    let (_, body) = http_get(http, "/status").unwrap();
+    let status: Json = serde_json::from_str(&body).unwrap();
+    assert!(
+        status["documents"][&alias]["built"].as_u64().unwrap() >= 2 * CUSTOMERS - 1,
+        "{status}"
+    );
+    eprintln!(
+        "rss before the rename {} MiB, peak during it {} MiB; most waiting seen {waiting_seen}",
+        before / 1024,
+        peak / 1024
+    );
+    // Bounded: the 20,000 documents are built and sent a page at a time.
+    assert!(
+        peak < before + 48 * 1024,
+        "RSS grew from {before} to {peak} KiB during the fan-out"
+    );
+    stop(&mut daemon);
+}

@@ -27,8 +27,12 @@ use crate::event::{
     now_ms, ChangeEvent, Column, Op, PerSchema, Position, Row, SourceMessage, TableSchema, Value,
     DOCUMENT_KIND,
 };
+use crate::offsets::Saved;
 use crate::pipeline::checkpoint::{Participant, Stored};
 use crate::sink::SinkError;
+
+/// The id the documents' progress is saved under with each checkpoint (for `status`).
+pub const STATE_ID: &str = "documents";
 
 /// How many documents are built and handed on at a time: a change that affects a
 /// million documents goes out in pages of this many, each through the sinks (which
@@ -128,6 +132,7 @@ impl Documents {
             if state.prepare()? {
                 to_fill.extend(def.tables().into_iter().map(str::to_string));
             }
+            crate::health::documents_built(name, 0, state.dirty_count()?);
             docs.push(Maintained {
                 schema: Arc::new(document_schema(connector, shape)?),
                 tables: def.tables().into_iter().map(str::to_string).collect(),
@@ -135,6 +140,7 @@ impl Documents {
                 projections: PerSchema::default(),
             });
             written.push(crate::metrics::documents_written(name));
+
             fanout.push(crate::metrics::document_fanout(name));
         }
         to_fill.sort();
@@ -220,8 +226,9 @@ impl Documents {
                 any_held = true;
                 continue;
             }
-            let built = d.state.take(limit - out.len(), self.epoch)?;
+            let (built, left) = d.state.take(limit - out.len(), self.epoch)?;
             self.written[i].increment(built.len() as u64);
+            crate::health::documents_built(&d.schema.table, built.len() as u64, left);
             out.extend(
                 built
                     .into_iter()
@@ -250,17 +257,6 @@ impl Documents {
         }
         Ok(())
     }
-
-    /// Documents marked and not yet handed on, per document (for `status`).
-    pub fn pending(&self) -> Vec<(String, u64)> {
-        self.docs
-            .iter()
-            .map(|d| {
-                let n = d.state.dirty_count().unwrap_or(0);
-                (d.schema.table.clone(), n)
-            })
-            .collect()
-    }
 }
 
 #[async_trait]
@@ -273,11 +269,14 @@ impl Participant for Documents {
                 .persist()
                 .map_err(|e| SinkError::new("documents", e.to_string()))?;
         }
-        if !self.docs.is_empty() {
-            self.closed = Some(self.epoch);
-            self.epoch += 1;
+        if self.docs.is_empty() {
+            return Ok(Box::pin(std::future::ready(Ok(Vec::new()))));
         }
-        Ok(Box::pin(std::future::ready(Ok(Vec::new()))))
+        self.closed = Some(self.epoch);
+        self.epoch += 1;
+        // What `tributary status` shows beside a running daemon.
+        let saved = Saved::Stage(STATE_ID.to_string(), crate::health::documents());
+        Ok(Box::pin(std::future::ready(Ok(vec![saved]))))
     }
 }
 

@@ -244,12 +244,14 @@ impl State {
     /// Takes up to `limit` dirty documents (in root key order) to hand to the sinks in
     /// `epoch`: each built from the state as it is now, with the version that marked it
     /// last. Their marks move to the sent set until a checkpoint covers the epoch
-    /// (`covered`). Committed without an fsync, like a batch of changes.
-    pub fn take(&self, limit: usize, epoch: u64) -> Result<Vec<Built>, StateError> {
+    /// (`covered`). Committed without an fsync, like a batch of changes. Returns them
+    /// and how many stay marked.
+    pub fn take(&self, limit: usize, epoch: u64) -> Result<(Vec<Built>, u64), StateError> {
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
         tx.set_durability(Durability::None)
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
+        let left;
         {
             let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
             let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
@@ -271,9 +273,10 @@ impl State {
                     version,
                 });
             }
+            left = ReadableTableMetadata::len(&dirty).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
-        Ok(out)
+        Ok((out, left))
     }
 
     /// A checkpoint covering every document taken in epochs up to `epoch` is stored:

@@ -364,7 +364,7 @@ fn taken_documents_come_back_after_a_crash_until_a_checkpoint_covers_them() {
     s.apply("shop.orders", None, Some(&order(10, 1, "5.00")), 4)
         .unwrap();
     // Epoch 0 takes two documents, built with their top-level fields.
-    let taken = s.take(2, 0).unwrap();
+    let taken = s.take(2, 0).unwrap().0;
     assert_eq!(taken.len(), 2);
     assert_eq!(taken[0].key, [int(1)]);
     assert_eq!(taken[0].version, 4);
@@ -378,20 +378,20 @@ fn taken_documents_come_back_after_a_crash_until_a_checkpoint_covers_them() {
     // Epoch 1 takes the rest; a deleted root is a document to delete.
     s.apply("shop.customers", Some(&customer(2, "c", None)), None, 5)
         .unwrap();
-    let rest = s.take(10, 1).unwrap();
+    let rest = s.take(10, 1).unwrap().0;
     assert_eq!(
         rest.iter()
             .map(|b| (b.key.clone(), b.row.is_some()))
             .collect::<Vec<_>>(),
         [(vec![int(2)], false), (vec![int(3)], true)]
     );
-    assert!(s.take(10, 2).unwrap().is_empty(), "nothing is dirty now");
+    assert!(s.take(10, 2).unwrap().0.is_empty(), "nothing is dirty now");
     // A checkpoint covered epoch 0, then a crash: epoch 1's documents are built again.
     s.covered(0).unwrap();
     s.persist().unwrap();
     drop(s);
     let s = state(dir.path());
-    let again = s.take(10, 0).unwrap();
+    let again = s.take(10, 0).unwrap().0;
     assert_eq!(
         again.iter().map(|b| b.key.clone()).collect::<Vec<_>>(),
         [vec![int(2)], vec![int(3)]]
@@ -399,7 +399,7 @@ fn taken_documents_come_back_after_a_crash_until_a_checkpoint_covers_them() {
     s.covered(0).unwrap();
     drop(s);
     let s = state(dir.path());
-    assert!(s.take(10, 0).unwrap().is_empty());
+    assert!(s.take(10, 0).unwrap().0.is_empty());
 }
 
 #[test]
@@ -412,7 +412,7 @@ fn a_truncated_child_table_empties_the_arrays_and_rows_of_another_layout_project
         s.apply("shop.orders", None, Some(&order(o, 1, "1.00")), o as u64)
             .unwrap();
     }
-    s.take(10, 0).unwrap();
+    s.take(10, 0).unwrap().0;
     let mut batch = s.changes().unwrap();
     let orders = s.tree().nodes_of("shop.orders").next().unwrap();
     batch.truncate_node(orders, 20).unwrap();
