@@ -412,7 +412,7 @@ fn a_truncated_child_table_empties_the_arrays_and_rows_of_another_layout_project
         s.apply("shop.orders", None, Some(&order(o, 1, "1.00")), o as u64)
             .unwrap();
     }
-    s.take(10, 0).unwrap().0;
+    s.take(10, 0).unwrap();
     let mut batch = s.changes().unwrap();
     let orders = s.tree().nodes_of("shop.orders").next().unwrap();
     batch.truncate_node(orders, 20).unwrap();
