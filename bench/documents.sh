@@ -43,11 +43,11 @@ echo "loading $C customers, $O orders, $I items..." >&2
     qty INT NOT NULL, price DECIMAL(10,2) NOT NULL, PRIMARY KEY (order_id, line));
   SET SESSION sql_log_bin = 0;
   INSERT INTO bench.regions VALUES (1, 'North', 'NO'), (2, 'South', 'SO');
-  INSERT INTO bench.customers SELECT seq, CONCAT('customer ', seq), 1 FROM seq_1_to_$C;
+  INSERT INTO bench.customers SELECT seq, CONCAT('customer ', seq), 1 FROM bench.seq_1_to_$C;
   INSERT INTO bench.orders SELECT seq, 1 + (seq - 1) % $C, (seq % 10000) / 100, 'new',
-    TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq SECOND FROM seq_1_to_$O;
+    TIMESTAMP'2024-01-01 00:00:00' + INTERVAL seq SECOND FROM bench.seq_1_to_$O;
   INSERT INTO bench.order_items SELECT 1 + (seq - 1) % $O, seq, CONCAT('sku', seq % 5000), 1 + seq % 5, 9.99
-    FROM seq_1_to_$I;
+    FROM bench.seq_1_to_$I;
   ANALYZE TABLE bench.regions, bench.customers, bench.orders, bench.order_items" >/dev/null
 
 document_toml='
