@@ -17,7 +17,8 @@
 #       defaults 100000 customers (1,000,000 orders, 3,000,000 items), 300000 child
 #       changes into the null sink, 10000 into the stand-in
 #
-# Pinned: snapshot_chunk_rows 10000, checkpoint_interval_ms 200, the document page
+# DOCUMENTS_BENCH_KEEP=dir keeps the connector (file, state) there afterwards, to
+# profile a further run. Pinned: snapshot_chunk_rows 10000, checkpoint_interval_ms 200, the document page
 # (1,000, in the code). Writes bench/results/documents.json.
 set -euo pipefail
 C=${1:-100000}
@@ -192,3 +193,4 @@ print(json.dumps({
 }, indent=2, sort_keys=True))
 PY
 cat bench/results/documents.json
+if [ -n "${DOCUMENTS_BENCH_KEEP:-}" ]; then rm -rf "$DOCUMENTS_BENCH_KEEP"; cp -r "$dir" "$DOCUMENTS_BENCH_KEEP"; fi

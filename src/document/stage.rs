@@ -112,6 +112,7 @@ impl Documents {
         defs: &[DocumentConfig],
         shapes: &BTreeMap<String, Shape>,
         dir: &Path,
+        mode: crate::files::FileMode,
     ) -> Result<(Self, Vec<String>), DocumentError> {
         let mut docs = Vec::new();
         let mut to_fill = Vec::new();
@@ -123,12 +124,13 @@ impl Documents {
                 document: name.clone(),
                 message: "its tables were not read".into(),
             })?;
-            std::fs::create_dir_all(dir).map_err(|e| DocumentError::Definition {
-                document: name.clone(),
-                message: format!("creating {}: {e}", dir.display()),
-            })?;
+            mode.create_dir_all(dir)
+                .map_err(|e| DocumentError::Definition {
+                    document: name.clone(),
+                    message: format!("creating {}: {e}", dir.display()),
+                })?;
             let path = dir.join(format!("{name}.redb"));
-            let state = State::open(&path, shape.tree.clone())?;
+            let state = State::open_with(&path, shape.tree.clone(), mode)?;
             if state.prepare()? {
                 to_fill.extend(def.tables().into_iter().map(str::to_string));
             }

@@ -40,6 +40,10 @@ const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
 /// "definition" -> the tree the rows were stored for (`Tree::definition`).
 const META: TableDefinition<&str, &str> = TableDefinition::new("document_meta");
 
+/// redb's page cache per document state (its default, 1 GiB, would grow with the
+/// file and count against the daemon's memory; the operating system caches the rest).
+const CACHE_BYTES: usize = 32 << 20;
+
 #[derive(Debug, thiserror::Error)]
 #[error("document state {path}: {message}")]
 pub struct StateError {
@@ -63,13 +67,27 @@ pub struct State {
 }
 
 impl State {
-    /// Opens (or creates) the state file at `path` for `tree`.
+    /// Opens (or creates) the state file at `path` for `tree`, private to its owner.
     pub fn open(path: &Path, tree: Tree) -> Result<Self, StateError> {
+        Self::open_with(path, tree, crate::files::FileMode::default())
+    }
+
+    /// `open` with the file mode of `[state] file_mode` (the file holds row data).
+    pub fn open_with(
+        path: &Path,
+        tree: Tree,
+        mode: crate::files::FileMode,
+    ) -> Result<Self, StateError> {
         let err = |m: String| StateError {
             path: path.display().to_string(),
             message: m,
         };
-        let db = Database::create(path).map_err(|e| err(e.to_string()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| err(e.to_string()))?;
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        mode.apply(&file).map_err(|e| err(e.to_string()))?;
         let tx = db.begin_write().map_err(|e| err(e.to_string()))?;
         tx.open_table(ROWS).map_err(|e| err(e.to_string()))?;
         tx.open_table(LINKS).map_err(|e| err(e.to_string()))?;

@@ -176,6 +176,7 @@ async fn open_documents(
         &cfg.document,
         &shapes,
         &crate::document::stage::state_dir(&cfg.state.dir),
+        cfg.state.file_mode,
     )?;
     let (mode, _, _) = kind.snapshot_fields();
     let first_start = store.checkpoint()?.is_none();

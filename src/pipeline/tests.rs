@@ -586,8 +586,14 @@ fn shop_documents(run: &Run) -> crate::document::stage::Documents {
             .collect(),
     };
     let shapes = [("customers".to_string(), shape)].into_iter().collect();
-    let (docs, fill) =
-        Documents::open("test", &defs, &shapes, &run.dir.path().join("documents")).unwrap();
+    let (docs, fill) = Documents::open(
+        "test",
+        &defs,
+        &shapes,
+        &run.dir.path().join("documents"),
+        crate::files::FileMode::default(),
+    )
+    .unwrap();
     assert!(!fill.is_empty() || docs.waiting());
     docs
 }
