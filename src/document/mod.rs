@@ -16,6 +16,7 @@ use toml::Spanned;
 use crate::event::TableSchema;
 use crate::settings::{line_col, ConfigError};
 
+mod codec;
 pub mod stage;
 pub mod state;
 pub mod tree;

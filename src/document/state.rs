@@ -16,8 +16,8 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
 };
-use serde::{Deserialize, Serialize};
 
+use super::codec;
 use super::tree::{Node, Tree};
 use crate::event::{Row, Value};
 
@@ -40,6 +40,9 @@ const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
 /// "definition" -> the tree the rows were stored for (`Tree::definition`).
 const META: TableDefinition<&str, &str> = TableDefinition::new("document_meta");
 
+/// The layout of the rows (`codec`); a state of another format is rebuilt.
+const FORMAT: u32 = 2;
+
 /// redb's page cache per document state (its default, 1 GiB, would grow with the
 /// file and count against the daemon's memory; the operating system caches the rest).
 const CACHE_BYTES: usize = 32 << 20;
@@ -49,14 +52,6 @@ const CACHE_BYTES: usize = 32 << 20;
 pub struct StateError {
     path: String,
     message: String,
-}
-
-/// A row as the state holds it: the node's needed columns (`Node::stored`), or None
-/// once deleted.
-#[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    version: u64,
-    values: Option<Vec<Value>>,
 }
 
 /// The state of one document's tree.
@@ -108,7 +103,7 @@ impl State {
     /// joins), is emptied and records the tree. Returns whether it was: then it needs
     /// every row of the document's tables (a snapshot of each).
     pub fn prepare(&self) -> Result<bool, StateError> {
-        let definition = self.tree.definition();
+        let definition = format!("format {FORMAT}: {}", self.tree.definition());
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         let stale = {
             let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
@@ -273,8 +268,9 @@ impl State {
         {
             let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
             let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
-            let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            let mut rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
             let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+            let mut fill = Fill::new();
             for root in first_keys(&dirty, &[], limit).map_err(|e| self.err(e))? {
                 let version = dirty
                     .remove(root.as_slice())
@@ -284,12 +280,22 @@ impl State {
                 at.extend_from_slice(&root);
                 sent.insert(at.as_slice(), version)
                     .map_err(|e| self.err(e))?;
-                let row = self.top_row(&rows, &links, &root)?;
+                let row = self.top_row(&rows, &links, &root, &mut fill)?;
                 out.push(Built {
                     key: key_values(&root).map_err(|e| self.err(e))?,
                     row,
                     version,
                 });
+                // What was rendered below the root is cached in its rows, so the next
+                // document that holds them (or this one, changed elsewhere) reuses it.
+                for (at, render) in fill.drain(..) {
+                    let Some(mut row) = stored_row(&rows, &at).map_err(|e| self.err(e))? else {
+                        continue;
+                    };
+                    row.render = Some(render);
+                    rows.insert(at.as_slice(), codec::encode(&row).as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
             }
             left = ReadableTableMetadata::len(&dirty).map_err(|e| self.err(e))?;
         }
@@ -336,6 +342,7 @@ impl State {
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
         links: &impl ReadableTable<&'static [u8], ()>,
         root: &[u8],
+        fill: &mut Fill,
     ) -> Result<Option<Row>, StateError> {
         let Some(values) = row_values(rows, 0, root).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -348,7 +355,7 @@ impl State {
             .collect();
         for &c in &node.children {
             let mut json = String::new();
-            self.render_child(rows, links, 0, &values, c, &mut json)?;
+            self.render_child(rows, links, 0, &values, c, &mut json, &mut Some(&mut *fill))?;
             let raw = serde_json::value::RawValue::from_string(json).map_err(|e| self.err(e))?;
             row.push(Value::Json(raw));
         }
@@ -394,18 +401,18 @@ impl State {
         });
         // The documents the row was in, before it changes, and those it is in after.
         if let Some(v) = &old {
-            self.roots_of(&*rows, &*links, n, v, mark)?;
+            self.roots_of(rows, &*links, n, v, mark)?;
         }
         self.relink(links, n, key, old.as_deref(), new.as_deref())?;
-        let stored = Stored {
+        let stored = codec::Row {
             version,
             values: new,
+            render: None,
         };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| self.err(e))?;
-        rows.insert(at.as_slice(), bytes.as_slice())
+        rows.insert(at.as_slice(), codec::encode(&stored).as_slice())
             .map_err(|e| self.err(e))?;
         if let Some(v) = &stored.values {
-            self.roots_of(&*rows, &*links, n, v, mark)?;
+            self.roots_of(rows, &*links, n, v, mark)?;
         }
         Ok(())
     }
@@ -450,10 +457,11 @@ impl State {
     }
 
     /// Marks the root keys of the documents row `values` of node `n` is in, walking the
-    /// parent indexes up one level at a time without collecting them.
+    /// parent indexes up one level at a time without collecting them. The rows passed
+    /// on the way lose their cached render (it shows the row as it was).
     fn roots_of(
         &self,
-        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        rows: &mut Table<&'static [u8], &'static [u8]>,
         links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
@@ -473,7 +481,23 @@ impl State {
             let Some(parent_key) = k.value().strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            if let Some(pv) = row_values(rows, p, parent_key).map_err(|e| self.err(e))? {
+            let at = row_key(p, parent_key);
+            let Some(mut parent) = stored_row(&*rows, &at).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let Some(pv) = parent.values.take() else {
+                continue;
+            };
+            if parent.render.take().is_some() {
+                let stale = codec::Row {
+                    values: Some(pv),
+                    ..parent
+                };
+                rows.insert(at.as_slice(), codec::encode(&stale).as_slice())
+                    .map_err(|e| self.err(e))?;
+                let pv = stale.values.expect("set above");
+                self.roots_of(rows, links, p, &pv, mark)?;
+            } else {
                 self.roots_of(rows, links, p, &pv, mark)?;
             }
         }
@@ -490,11 +514,13 @@ impl State {
             return Ok(None);
         };
         let mut out = String::new();
-        self.render_node(&rows, &links, 0, &values, &mut out)?;
+        self.render_node(&rows, &links, 0, &values, &mut out, &mut None)?;
         Ok(Some(out))
     }
 
     /// Writes node `n`'s object for its row `values`: its columns, then each child.
+    /// Rows below it render from their cached render where they have one; those
+    /// rendered here go to `fill` (when given) to be cached.
     fn render_node(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -502,6 +528,7 @@ impl State {
         n: usize,
         values: &[Value],
         out: &mut String,
+        fill: &mut Option<&mut Fill>,
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
         out.push('{');
@@ -519,14 +546,15 @@ impl State {
         }
         for &c in &node.children {
             field(&self.tree.nodes[c].field, out);
-            self.render_child(rows, links, n, values, c, out)?;
+            self.render_child(rows, links, n, values, c, out, fill)?;
         }
         out.push('}');
         Ok(())
     }
 
     /// Child `c` of node `n`'s row `values`: its rows joined to it, as an object (or
-    /// null) or an array.
+    /// null) or an array in `order_by` order.
+    #[allow(clippy::too_many_arguments)]
     fn render_child(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -535,65 +563,69 @@ impl State {
         values: &[Value],
         c: usize,
         out: &mut String,
+        fill: &mut Option<&mut Fill>,
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
-        let child = &self.tree.nodes[c];
-        let found = match join_bytes(
+        let child: &Node = &self.tree.nodes[c];
+        let mut found: Vec<(Vec<u8>, Vec<Value>, Option<String>)> = Vec::new();
+        if let Some(value) = join_bytes(
             child
                 .on
                 .iter()
                 .map(|&(parent, _)| &values[node.slot(parent)]),
         ) {
-            Some(value) => {
-                let mut found = Vec::new();
-                for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
-                    if let Some(v) = row_values(rows, c, &key).map_err(|e| self.err(e))? {
-                        found.push(v);
-                    }
+            for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
+                let Some(row) = stored_row(rows, &row_key(c, &key)).map_err(|e| self.err(e))?
+                else {
+                    continue;
+                };
+                if let Some(v) = row.values {
+                    found.push((key, v, row.render));
                 }
-                found
+                if !child.nested {
+                    break; // an embed joins the key of its table: one row at most
+                }
             }
-            None => Vec::new(),
-        };
-        self.render_children(rows, links, c, found, out)
-    }
-
-    /// An embed's object (or null), a nest's array in `order_by` order.
-    fn render_children(
-        &self,
-        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        links: &impl ReadableTable<&'static [u8], ()>,
-        c: usize,
-        mut found: Vec<Vec<Value>>,
-        out: &mut String,
-    ) -> Result<(), StateError> {
-        let child: &Node = &self.tree.nodes[c];
-        if !child.nested {
-            match found.first() {
-                Some(v) => self.render_node(rows, links, c, v, out)?,
-                None => out.push_str("null"),
-            }
+        }
+        if !child.nested && found.is_empty() {
+            out.push_str("null");
             return Ok(());
         }
         found.sort_by(|a, b| {
             child
                 .order_by
                 .iter()
-                .map(|&i| compare(&a[child.slot(i)], &b[child.slot(i)]))
+                .map(|&i| compare(&a.1[child.slot(i)], &b.1[child.slot(i)]))
                 .find(|o| o.is_ne())
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        out.push('[');
-        for (i, v) in found.iter().enumerate() {
+        if child.nested {
+            out.push('[');
+        }
+        for (i, (key, v, cached)) in found.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            self.render_node(rows, links, c, v, out)?;
+            match cached {
+                Some(r) => out.push_str(r),
+                None => {
+                    let start = out.len();
+                    self.render_node(rows, links, c, v, out, fill)?;
+                    if let Some(f) = fill.as_deref_mut() {
+                        f.push((row_key(c, key), out[start..].to_string()));
+                    }
+                }
+            }
         }
-        out.push(']');
+        if child.nested {
+            out.push(']');
+        }
         Ok(())
     }
 }
+
+/// Renders made while building documents, to cache in their rows: (row key, JSON).
+type Fill = Vec<(Vec<u8>, String)>;
 
 /// A batch of changes in one write transaction (see `State::changes`).
 pub struct Changes<'s> {
@@ -793,11 +825,9 @@ fn row_values(
 fn stored_row(
     rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
     at: &[u8],
-) -> Result<Option<Stored>, String> {
+) -> Result<Option<codec::Row>, String> {
     match rows.get(at).map_err(|e| e.to_string())? {
-        Some(v) => serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Some(v) => codec::decode(v.value()).map(Some),
         None => Ok(None),
     }
 }

@@ -458,3 +458,64 @@ fn a_truncated_child_table_empties_the_arrays_and_rows_of_another_layout_project
         .unwrap()
         .ends_with(r#""orders":[{"id":30,"amount":"9.00","items":[]}]}"#));
 }
+
+#[test]
+fn cached_renders_below_the_root_follow_every_change_under_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    let region = vec![Value::UInt(7), text("North"), text("NO")];
+    s.apply("shop.regions", None, Some(&region), 1).unwrap();
+    s.apply("shop.customers", None, Some(&customer(1, "a", Some(7))), 2)
+        .unwrap();
+    s.apply("shop.customers", None, Some(&customer(2, "b", Some(7))), 3)
+        .unwrap();
+    s.apply("shop.orders", None, Some(&order(10, 1, "1.00")), 4)
+        .unwrap();
+    s.apply("shop.orders", None, Some(&order(11, 2, "2.00")), 5)
+        .unwrap();
+    s.apply("shop.order_items", None, Some(&item(10, 1, "a")), 6)
+        .unwrap();
+    // Building the documents caches the orders' and the region's renders.
+    let doc = |s: &State, c: i64| {
+        let taken = s.take(10, 0).unwrap().0;
+        let b = taken.into_iter().find(|b| b.key == [int(c)]).unwrap();
+        let row = b.row.unwrap();
+        format!("{} {}", row[3].to_json(), row[4].to_json())
+    };
+    assert_eq!(
+        doc(&s, 1),
+        r#"{"name":"North"} [{"id":10,"amount":"1.00","items":[{"sku":"a","qty":1}]}]"#
+    );
+    // An item moves to the other customer's order: both cached orders are stale.
+    s.apply(
+        "shop.order_items",
+        Some(&item(10, 1, "a")),
+        Some(&item(11, 1, "a")),
+        7,
+    )
+    .unwrap();
+    let taken = s.take(10, 1).unwrap().0;
+    let orders: Vec<String> = taken
+        .iter()
+        .map(|b| b.row.as_ref().unwrap()[4].to_json())
+        .collect();
+    assert_eq!(
+        orders,
+        [
+            r#"[{"id":10,"amount":"1.00","items":[]}]"#,
+            r#"[{"id":11,"amount":"2.00","items":[{"sku":"a","qty":1}]}]"#
+        ]
+    );
+    // The region's rename reaches the cached embed, and equals a render from scratch.
+    let renamed = vec![Value::UInt(7), text("Nord"), text("NO")];
+    s.apply("shop.regions", Some(&region), Some(&renamed), 8)
+        .unwrap();
+    let taken = s.take(10, 2).unwrap().0;
+    assert_eq!(taken.len(), 2);
+    for b in taken {
+        let row = b.row.unwrap();
+        assert_eq!(row[3].to_json(), r#"{"name":"Nord"}"#);
+        let fresh = s.render(&key_bytes(b.key.iter())).unwrap().unwrap();
+        assert!(fresh.contains(&row[4].to_json()), "{fresh}");
+    }
+}
