@@ -1,11 +1,9 @@
 //! The state a document is built from (docs/DESIGN.md, "Joined documents"), in a redb
-//! file of its own: per node of a document's tree the rows of its table, holding the
-//! columns the document needs and the version of their last change. A root row is
-//! stored under its key. A row below the root is stored clustered under its parent's
-//! join value (`CHILDREN`: the children of a parent row are one range read), with a
-//! locator under its key; and an index of the parent rows by the parent's `on` columns
-//! (`LINKS`: the parents of a child row) lets a change find its documents without a
-//! scan.
+//! file of its own: per node of a document's tree the rows of its table, keyed by the
+//! table key, holding the columns the document needs and the version of their last
+//! change; and per relation two indexes, of the child rows by the child's `on`
+//! columns (the children of a parent row) and of the parent rows by the parent's `on`
+//! columns (the parents of a child row), so neither needs a scan.
 //!
 //! Replay-safe: a change older than the row's version is skipped and one of the same
 //! version applied again (as `external_gte` does; a delete leaves a versioned
@@ -23,16 +21,10 @@ use super::codec;
 use super::tree::{Node, Tree};
 use crate::event::{Row, Value};
 
-/// (node, key) -> a root row (`codec`), or a locator of a row below the root: its
-/// version and, while it lives, the join value it is stored under in `CHILDREN`
-/// (`locator`).
+/// (node, key) -> `Stored`.
 const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("document_rows");
-/// (node, DOWN, join value of its own `on` columns, key) -> the row (`codec`): a
-/// parent's children are one range. A NULL join value is stored under the empty value,
-/// which no parent looks up.
-const CHILDREN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("document_children");
-/// (node, UP, join value of the parent's side of node's `on`, parent key) -> (): the
-/// parents of a child row.
+/// (node, side, join value, key) -> (): `DOWN` indexes a node's rows by its own `on`
+/// columns, `UP` a node's parent rows by the parent's `on` columns.
 const LINKS: TableDefinition<&[u8], ()> = TableDefinition::new("document_links");
 const DOWN: u8 = 0;
 const UP: u8 = 1;
@@ -49,7 +41,7 @@ const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
 const META: TableDefinition<&str, &str> = TableDefinition::new("document_meta");
 
 /// The layout of the rows (`codec`); a state of another format is rebuilt.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 2;
 
 /// redb's page cache per document state (its default, 1 GiB, would grow with the
 /// file and count against the daemon's memory; the operating system caches the rest).
@@ -93,7 +85,6 @@ impl State {
         mode.apply(&file).map_err(|e| err(e.to_string()))?;
         let tx = db.begin_write().map_err(|e| err(e.to_string()))?;
         tx.open_table(ROWS).map_err(|e| err(e.to_string()))?;
-        tx.open_table(CHILDREN).map_err(|e| err(e.to_string()))?;
         tx.open_table(LINKS).map_err(|e| err(e.to_string()))?;
         tx.open_table(DIRTY).map_err(|e| err(e.to_string()))?;
         tx.open_table(SENT).map_err(|e| err(e.to_string()))?;
@@ -129,12 +120,10 @@ impl State {
         };
         if stale {
             tx.delete_table(ROWS).map_err(|e| self.err(e))?;
-            tx.delete_table(CHILDREN).map_err(|e| self.err(e))?;
             tx.delete_table(LINKS).map_err(|e| self.err(e))?;
             tx.delete_table(DIRTY).map_err(|e| self.err(e))?;
             tx.delete_table(SENT).map_err(|e| self.err(e))?;
             tx.open_table(ROWS).map_err(|e| self.err(e))?;
-            tx.open_table(CHILDREN).map_err(|e| self.err(e))?;
             tx.open_table(LINKS).map_err(|e| self.err(e))?;
             tx.open_table(DIRTY).map_err(|e| self.err(e))?;
             tx.open_table(SENT).map_err(|e| self.err(e))?;
@@ -243,6 +232,28 @@ impl State {
         Ok(out)
     }
 
+    /// The documents of `written` (from `dirty`) were acknowledged: their marks go,
+    /// unless a newer change marked a root again meanwhile.
+    /// (Not fsynced: a clean lost to a crash only builds those documents again.)
+    pub fn clean(&self, written: &[(Vec<u8>, u64)]) -> Result<(), StateError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            for (key, version) in written {
+                let stale = dirty
+                    .get(key.as_slice())
+                    .map_err(|e| self.err(e))?
+                    .is_some_and(|v| v.value() <= *version);
+                if stale {
+                    dirty.remove(key.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Takes up to `limit` dirty documents (in root key order) to hand to the sinks in
     /// `epoch`: each built from the state as it is now, with the version that marked it
     /// last. Their marks move to the sent set until a checkpoint covers the epoch
@@ -257,8 +268,8 @@ impl State {
         {
             let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
             let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
-            let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
-            let mut children = tx.open_table(CHILDREN).map_err(|e| self.err(e))?;
+            let mut rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
             let mut fill = Fill::new();
             for root in first_keys(&dirty, &[], limit).map_err(|e| self.err(e))? {
                 let version = dirty
@@ -269,7 +280,7 @@ impl State {
                 at.extend_from_slice(&root);
                 sent.insert(at.as_slice(), version)
                     .map_err(|e| self.err(e))?;
-                let row = self.top_row(&rows, &children, &root, &mut fill)?;
+                let row = self.top_row(&rows, &links, &root, &mut fill)?;
                 out.push(Built {
                     key: key_values(&root).map_err(|e| self.err(e))?,
                     row,
@@ -278,12 +289,11 @@ impl State {
                 // What was rendered below the root is cached in its rows, so the next
                 // document that holds them (or this one, changed elsewhere) reuses it.
                 for (at, render) in fill.drain(..) {
-                    let Some(mut row) = stored_row(&children, &at).map_err(|e| self.err(e))? else {
+                    let Some(mut row) = stored_row(&rows, &at).map_err(|e| self.err(e))? else {
                         continue;
                     };
                     row.render = Some(render);
-                    children
-                        .insert(at.as_slice(), codec::encode(&row).as_slice())
+                    rows.insert(at.as_slice(), codec::encode(&row).as_slice())
                         .map_err(|e| self.err(e))?;
                 }
             }
@@ -330,7 +340,7 @@ impl State {
     fn top_row(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        children: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         root: &[u8],
         fill: &mut Fill,
     ) -> Result<Option<Row>, StateError> {
@@ -345,7 +355,7 @@ impl State {
             .collect();
         for &c in &node.children {
             let mut json = String::new();
-            self.render_child(children, 0, &values, c, &mut json, &mut Some(&mut *fill))?;
+            self.render_child(rows, links, 0, &values, c, &mut json, &mut Some(&mut *fill))?;
             let raw = serde_json::value::RawValue::from_string(json).map_err(|e| self.err(e))?;
             row.push(Value::Json(raw));
         }
@@ -359,7 +369,6 @@ impl State {
     fn put(
         &self,
         rows: &mut Table<&'static [u8], &'static [u8]>,
-        children: &mut Table<&'static [u8], &'static [u8]>,
         links: &mut Table<&'static [u8], ()>,
         n: usize,
         key: &[u8],
@@ -367,7 +376,8 @@ impl State {
         version: u64,
         mark: &mut dyn FnMut(Vec<u8>) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
-        let old = self.load(&*rows, &*children, n, key)?;
+        let at = row_key(n, key);
+        let old = stored_row(&*rows, &at).map_err(|e| self.err(e))?;
         // Like Elasticsearch's `external_gte`: an older version is a replay of what the
         // state has passed; an equal one is applied (a PostgreSQL transaction's changes
         // share its commit LSN, so a row changed twice in one transaction must take
@@ -391,84 +401,23 @@ impl State {
         });
         // The documents the row was in, before it changes, and those it is in after.
         if let Some(v) = &old {
-            self.roots_of(&*rows, children, &*links, n, v, mark)?;
+            self.roots_of(rows, &*links, n, v, mark)?;
         }
         self.relink(links, n, key, old.as_deref(), new.as_deref())?;
-        let node = &self.tree.nodes[n];
-        let at = row_key(n, key);
         let stored = codec::Row {
             version,
             values: new,
             render: None,
         };
-        if node.parent.is_none() {
-            rows.insert(at.as_slice(), codec::encode(&stored).as_slice())
-                .map_err(|e| self.err(e))?;
-        } else {
-            let was = old.as_deref().map(|v| down_join(node, v));
-            let is = stored.values.as_deref().map(|v| down_join(node, v));
-            rows.insert(at.as_slice(), locator(version, is.as_deref()).as_slice())
-                .map_err(|e| self.err(e))?;
-            if let Some(w) = was.filter(|w| Some(w) != is.as_ref()) {
-                children
-                    .remove(child_key(n, &w, key).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            if let Some(j) = &is {
-                children
-                    .insert(
-                        child_key(n, j, key).as_slice(),
-                        codec::encode(&stored).as_slice(),
-                    )
-                    .map_err(|e| self.err(e))?;
-            }
-        }
+        rows.insert(at.as_slice(), codec::encode(&stored).as_slice())
+            .map_err(|e| self.err(e))?;
         if let Some(v) = &stored.values {
-            self.roots_of(&*rows, children, &*links, n, v, mark)?;
+            self.roots_of(rows, &*links, n, v, mark)?;
         }
         Ok(())
     }
 
-    /// Row `key` of node `n` as stored (a tombstone too); None when the state never
-    /// had it.
-    fn load(
-        &self,
-        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        children: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        n: usize,
-        key: &[u8],
-    ) -> Result<Option<codec::Row>, StateError> {
-        let Some(found) = rows
-            .get(row_key(n, key).as_slice())
-            .map_err(|e| self.err(e))?
-        else {
-            return Ok(None);
-        };
-        if self.tree.nodes[n].parent.is_none() {
-            return codec::decode(found.value())
-                .map(Some)
-                .map_err(|e| self.err(e));
-        }
-        let (version, join) = read_locator(found.value()).map_err(|e| self.err(e))?;
-        drop(found);
-        let Some(join) = join else {
-            return Ok(Some(codec::Row {
-                version,
-                values: None,
-                render: None,
-            }));
-        };
-        match stored_row(children, &child_key(n, &join, key)).map_err(|e| self.err(e))? {
-            Some(row) => Ok(Some(row)),
-            None => Err(self.err(format!(
-                "a row of `{}` is missing where its locator points: delete the state file to rebuild it",
-                self.tree.nodes[n].table
-            ))),
-        }
-    }
-
-    /// Moves row `key` of node `n` in the parent indexes of its children from its old
-    /// values to its new ones.
+    /// Moves row `key` of node `n` in the indexes from its old values to its new ones.
     fn relink(
         &self,
         links: &mut Table<&'static [u8], ()>,
@@ -478,24 +427,29 @@ impl State {
         new: Option<&[Value]>,
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
-        // As a parent: by each child's parent side. (As a child the row is stored
-        // under its own join value: `put`.)
+        // As a child: by its own `on` columns. As a parent: by each child's parent side.
+        let mut sides: Vec<(usize, u8, Vec<usize>)> = Vec::new();
+        if node.parent.is_some() {
+            sides.push((n, DOWN, node.on.iter().map(|&(_, own)| own).collect()));
+        }
         for &c in &node.children {
-            let on = &self.tree.nodes[c].on;
-            let value =
-                |vals: &[Value]| join_bytes(on.iter().map(|&(parent, _)| &vals[node.slot(parent)]));
+            let child = &self.tree.nodes[c];
+            sides.push((c, UP, child.on.iter().map(|&(parent, _)| parent).collect()));
+        }
+        for (at, side, cols) in sides {
+            let value = |vals: &[Value]| join_bytes(cols.iter().map(|&i| &vals[node.slot(i)]));
             let (was, is) = (old.and_then(value), new.and_then(value));
             if was == is {
                 continue;
             }
             if let Some(v) = was {
                 links
-                    .remove(link_key(c, UP, &v, key).as_slice())
+                    .remove(link_key(at, side, &v, key).as_slice())
                     .map_err(|e| self.err(e))?;
             }
             if let Some(v) = is {
                 links
-                    .insert(link_key(c, UP, &v, key).as_slice(), ())
+                    .insert(link_key(at, side, &v, key).as_slice(), ())
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -507,8 +461,7 @@ impl State {
     /// on the way lose their cached render (it shows the row as it was).
     fn roots_of(
         &self,
-        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        children: &mut Table<&'static [u8], &'static [u8]>,
+        rows: &mut Table<&'static [u8], &'static [u8]>,
         links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
@@ -528,23 +481,24 @@ impl State {
             let Some(parent_key) = k.value().strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            let Some(mut parent) = self.load(rows, &*children, p, parent_key)? else {
+            let at = row_key(p, parent_key);
+            let Some(mut parent) = stored_row(&*rows, &at).map_err(|e| self.err(e))? else {
                 continue;
             };
             let Some(pv) = parent.values.take() else {
                 continue;
             };
-            // (Only rows below the root cache a render.)
             if parent.render.take().is_some() {
-                let at = child_key(p, &down_join(&self.tree.nodes[p], &pv), parent_key);
-                parent.values = Some(pv);
-                children
-                    .insert(at.as_slice(), codec::encode(&parent).as_slice())
+                let stale = codec::Row {
+                    values: Some(pv),
+                    ..parent
+                };
+                rows.insert(at.as_slice(), codec::encode(&stale).as_slice())
                     .map_err(|e| self.err(e))?;
-                let pv = parent.values.expect("set above");
-                self.roots_of(rows, children, links, p, &pv, mark)?;
+                let pv = stale.values.expect("set above");
+                self.roots_of(rows, links, p, &pv, mark)?;
             } else {
-                self.roots_of(rows, children, links, p, &pv, mark)?;
+                self.roots_of(rows, links, p, &pv, mark)?;
             }
         }
         Ok(())
@@ -555,12 +509,12 @@ impl State {
     pub fn render(&self, root: &[u8]) -> Result<Option<String>, StateError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
-        let children = tx.open_table(CHILDREN).map_err(|e| self.err(e))?;
+        let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
         let Some(values) = row_values(&rows, 0, root).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
         let mut out = String::new();
-        self.render_node(&children, 0, &values, &mut out, &mut None)?;
+        self.render_node(&rows, &links, 0, &values, &mut out, &mut None)?;
         Ok(Some(out))
     }
 
@@ -569,7 +523,8 @@ impl State {
     /// rendered here go to `fill` (when given) to be cached.
     fn render_node(
         &self,
-        children: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
         out: &mut String,
@@ -591,7 +546,7 @@ impl State {
         }
         for &c in &node.children {
             field(&self.tree.nodes[c].field, out);
-            self.render_child(children, n, values, c, out, fill)?;
+            self.render_child(rows, links, n, values, c, out, fill)?;
         }
         out.push('}');
         Ok(())
@@ -599,9 +554,11 @@ impl State {
 
     /// Child `c` of node `n`'s row `values`: its rows joined to it, as an object (or
     /// null) or an array in `order_by` order.
+    #[allow(clippy::too_many_arguments)]
     fn render_child(
         &self,
-        children: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
         c: usize,
@@ -610,7 +567,6 @@ impl State {
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
         let child: &Node = &self.tree.nodes[c];
-        // (child key in `CHILDREN`, values, cached render)
         let mut found: Vec<(Vec<u8>, Vec<Value>, Option<String>)> = Vec::new();
         if let Some(value) = join_bytes(
             child
@@ -618,18 +574,13 @@ impl State {
                 .iter()
                 .map(|&(parent, _)| &values[node.slot(parent)]),
         ) {
-            let prefix = child_key(c, &value, &[]);
-            for item in children
-                .range(prefix.as_slice()..)
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                if !k.value().starts_with(&prefix) {
-                    break;
-                }
-                let row = codec::decode(v.value()).map_err(|e| self.err(e))?;
-                if let Some(vals) = row.values {
-                    found.push((k.value().to_vec(), vals, row.render));
+            for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
+                let Some(row) = stored_row(rows, &row_key(c, &key)).map_err(|e| self.err(e))?
+                else {
+                    continue;
+                };
+                if let Some(v) = row.values {
+                    found.push((key, v, row.render));
                 }
                 if !child.nested {
                     break; // an embed joins the key of its table: one row at most
@@ -659,9 +610,9 @@ impl State {
                 Some(r) => out.push_str(r),
                 None => {
                     let start = out.len();
-                    self.render_node(children, c, v, out, fill)?;
+                    self.render_node(rows, links, c, v, out, fill)?;
                     if let Some(f) = fill.as_deref_mut() {
-                        f.push((key.clone(), out[start..].to_string()));
+                        f.push((row_key(c, key), out[start..].to_string()));
                     }
                 }
             }
@@ -673,7 +624,7 @@ impl State {
     }
 }
 
-/// Renders made while building documents, to cache in their rows: (child key, JSON).
+/// Renders made while building documents, to cache in their rows: (row key, JSON).
 type Fill = Vec<(Vec<u8>, String)>;
 
 /// A batch of changes in one write transaction (see `State::changes`).
@@ -718,7 +669,6 @@ impl Changes<'_> {
         let state = self.state;
         let err = |e: &dyn std::fmt::Display| state.err(e);
         let mut rows = self.tx.open_table(ROWS).map_err(|e| err(&e))?;
-        let mut children = self.tx.open_table(CHILDREN).map_err(|e| err(&e))?;
         let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
         let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
         let marked = &mut self.marked;
@@ -740,16 +690,7 @@ impl Changes<'_> {
         };
         for (key, row) in parts {
             let row = row.map(|r| (r, proj));
-            state.put(
-                &mut rows,
-                &mut children,
-                &mut links,
-                n,
-                &key,
-                row,
-                version,
-                &mut mark,
-            )?;
+            state.put(&mut rows, &mut links, n, &key, row, version, &mut mark)?;
         }
         Ok(())
     }
@@ -760,7 +701,6 @@ impl Changes<'_> {
         let state = self.state;
         let err = |e: &dyn std::fmt::Display| state.err(e);
         let mut rows = self.tx.open_table(ROWS).map_err(|e| err(&e))?;
-        let mut children = self.tx.open_table(CHILDREN).map_err(|e| err(&e))?;
         let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
         let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
         let marked = &mut self.marked;
@@ -779,7 +719,6 @@ impl Changes<'_> {
             for at in &chunk {
                 state.put(
                     &mut rows,
-                    &mut children,
                     &mut links,
                     n,
                     &at[prefix.len()..],
@@ -893,37 +832,26 @@ fn stored_row(
     }
 }
 
-/// A row below the root, under its key: its version and, while it lives, the join
-/// value it is stored under in `CHILDREN`.
-fn locator(version: u64, join: Option<&[u8]>) -> Vec<u8> {
-    let mut out = version.to_le_bytes().to_vec();
-    match join {
-        Some(j) => {
-            out.push(1);
-            out.extend_from_slice(j);
-        }
-        None => out.push(0),
+/// The row keys linked to `value` on `side` of node `n`.
+fn linked(
+    links: &impl ReadableTable<&'static [u8], ()>,
+    n: usize,
+    side: u8,
+    value: &[u8],
+) -> Result<Vec<Vec<u8>>, String> {
+    let prefix = link_key(n, side, value, &[]);
+    let mut out = Vec::new();
+    for item in links
+        .range(prefix.as_slice()..)
+        .map_err(|e| e.to_string())?
+    {
+        let (k, _) = item.map_err(|e| e.to_string())?;
+        let Some(key) = k.value().strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        out.push(key.to_vec());
     }
-    out
-}
-
-fn read_locator(b: &[u8]) -> Result<(u64, Option<Vec<u8>>), String> {
-    if b.len() < 9 {
-        return Err("a row locator ends early".into());
-    }
-    let version = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-    Ok((version, (b[8] == 1).then(|| b[9..].to_vec())))
-}
-
-/// Where row `key` of node `n` is stored below its parent (`CHILDREN`).
-fn child_key(n: usize, join: &[u8], key: &[u8]) -> Vec<u8> {
-    link_key(n, DOWN, join, key)
-}
-
-/// The join value a row of `node` is stored under: its own `on` columns (empty when
-/// one is NULL: no parent looks that up).
-fn down_join(node: &Node, values: &[Value]) -> Vec<u8> {
-    join_bytes(node.on.iter().map(|&(_, own)| &values[node.slot(own)])).unwrap_or_default()
+    Ok(out)
 }
 
 fn row_key(n: usize, key: &[u8]) -> Vec<u8> {
