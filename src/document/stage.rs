@@ -28,7 +28,7 @@ use crate::event::{
     DOCUMENT_KIND,
 };
 use crate::offsets::Saved;
-use crate::pipeline::checkpoint::{Participant, Stored};
+use crate::pipeline::checkpoint::{Participant, SnapshotProgress, Stored};
 use crate::sink::SinkError;
 
 /// The id the documents' progress is saved under with each checkpoint (for `status`).
@@ -160,6 +160,17 @@ impl Documents {
         ))
     }
 
+    /// Every state built already (tests drive the stage without snapshots).
+    #[cfg(test)]
+    pub fn built(self) -> Self {
+        for d in &self.docs {
+            if d.state.building_since().is_some() {
+                d.state.finish_build().expect("the build ends");
+            }
+        }
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.docs.is_empty()
     }
@@ -208,15 +219,16 @@ impl Documents {
     }
 
     /// Up to `limit` documents the changes so far affected, built now, as events at
-    /// `pos` (the boundary they precede). A document that reads a table in `held`
-    /// (its snapshot is running) waits: it is built once, after the snapshot, instead
-    /// of once per chunk.
+    /// `pos` (the boundary they precede). A document that reads a table whose snapshot
+    /// runs waits: it is built once, after the snapshot, instead of once per chunk. A
+    /// state being built waits until the snapshot of each of its tables finished after
+    /// the build began; then every root is built.
     pub fn take(
         &mut self,
         limit: usize,
         pos: &Position,
         source_ts_ms: u64,
-        held: &dyn Fn(&str) -> bool,
+        snapshot: &SnapshotProgress,
     ) -> Result<Vec<SourceMessage>, DocumentError> {
         let mut out = Vec::new();
         let mut any_held = false;
@@ -224,7 +236,16 @@ impl Documents {
             if out.len() >= limit {
                 break;
             }
-            if d.tables.iter().any(|t| held(t)) {
+            if let Some(since) = d.state.building_since() {
+                if d.tables.iter().all(|t| snapshot.done_since(t, since)) {
+                    let n = d.state.finish_build()?;
+                    tracing::info!(document = %d.schema.table, documents = n, "document state built from the snapshots: building every document");
+                } else {
+                    any_held = true;
+                    continue;
+                }
+            }
+            if d.tables.iter().any(|t| snapshot.running(t)) {
                 any_held = true;
                 continue;
             }

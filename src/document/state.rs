@@ -11,6 +11,7 @@
 //! the state is.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
@@ -59,6 +60,12 @@ pub struct State {
     db: Database,
     path: String,
     tree: Tree,
+    /// While the state is built (`prepare` found it new): since when (ms since the
+    /// epoch), else 0. Changes then mark nothing: every root is marked once the
+    /// snapshots are done (`finish_build`).
+    building: AtomicU64,
+    /// The newest version any change applied had.
+    newest: AtomicU64,
 }
 
 impl State {
@@ -93,9 +100,70 @@ impl State {
             db,
             path: path.display().to_string(),
             tree,
+            building: AtomicU64::new(0),
+            newest: AtomicU64::new(0),
         };
         state.resend()?;
+        state.read_meta()?;
         Ok(state)
+    }
+
+    /// The build in progress and the newest version, as the file recorded them.
+    fn read_meta(&self) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            let number = |k: &str| -> Result<u64, StateError> {
+                Ok(meta
+                    .get(k)
+                    .map_err(|e| self.err(e))?
+                    .and_then(|v| v.value().parse().ok())
+                    .unwrap_or(0))
+            };
+            self.building.store(number("building")?, Ordering::Relaxed);
+            self.newest.store(number("newest")?, Ordering::Relaxed);
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Since when the state is being built (see `building`), if it is.
+    pub fn building_since(&self) -> Option<u64> {
+        Some(self.building.load(Ordering::Relaxed)).filter(|&b| b > 0)
+    }
+
+    /// Ends the build: marks every root dirty with the newest version applied (each
+    /// document is then built once), in the write transaction that ends it. Returns how
+    /// many roots it marked.
+    pub fn finish_build(&self) -> Result<u64, StateError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| self.err(e))?;
+        let version = self.newest.load(Ordering::Relaxed);
+        let mut marked = 0;
+        {
+            let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
+            let prefix = row_key(0, &[]);
+            for item in rows.range(prefix.as_slice()..).map_err(|e| self.err(e))? {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                let Some(root) = k.value().strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                if codec::decode(v.value())
+                    .map_err(|e| self.err(e))?
+                    .values
+                    .is_some()
+                {
+                    dirty.insert(root, version).map_err(|e| self.err(e))?;
+                    marked += 1;
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.remove("building").map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        self.building.store(0, Ordering::Relaxed);
+        Ok(marked)
     }
 
     /// Makes sure the state holds rows for the tree it was opened with: a new state, or
@@ -113,8 +181,12 @@ impl State {
                 .map(|v| v.value().to_string());
             let stale = held.as_deref() != Some(definition.as_str());
             if stale {
+                let since = crate::event::now_ms().max(1);
                 meta.insert("definition", definition.as_str())
                     .map_err(|e| self.err(e))?;
+                meta.insert("building", since.to_string().as_str())
+                    .map_err(|e| self.err(e))?;
+                self.building.store(since, Ordering::Relaxed);
             }
             stale
         };
@@ -230,28 +302,6 @@ impl State {
             out.push((k.value().to_vec(), v.value()));
         }
         Ok(out)
-    }
-
-    /// The documents of `written` (from `dirty`) were acknowledged: their marks go,
-    /// unless a newer change marked a root again meanwhile.
-    /// (Not fsynced: a clean lost to a crash only builds those documents again.)
-    pub fn clean(&self, written: &[(Vec<u8>, u64)]) -> Result<(), StateError> {
-        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.set_durability(Durability::None)
-            .map_err(|e| self.err(e))?;
-        {
-            let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
-            for (key, version) in written {
-                let stale = dirty
-                    .get(key.as_slice())
-                    .map_err(|e| self.err(e))?
-                    .is_some_and(|v| v.value() <= *version);
-                if stale {
-                    dirty.remove(key.as_slice()).map_err(|e| self.err(e))?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Takes up to `limit` dirty documents (in root key order) to hand to the sinks in
@@ -399,8 +449,11 @@ impl State {
                 )
                 .collect()
         });
-        // The documents the row was in, before it changes, and those it is in after.
-        if let Some(v) = &old {
+        // The documents the row was in, before it changes, and those it is in after
+        // (none while the state is built: every root is marked at its end).
+        self.newest.fetch_max(version, Ordering::Relaxed);
+        let walk = self.building_since().is_none();
+        if let Some(v) = old.as_ref().filter(|_| walk) {
             self.roots_of(rows, &*links, n, v, mark)?;
         }
         self.relink(links, n, key, old.as_deref(), new.as_deref())?;
@@ -411,7 +464,7 @@ impl State {
         };
         rows.insert(at.as_slice(), codec::encode(&stored).as_slice())
             .map_err(|e| self.err(e))?;
-        if let Some(v) = &stored.values {
+        if let Some(v) = stored.values.as_ref().filter(|_| walk) {
             self.roots_of(rows, &*links, n, v, mark)?;
         }
         Ok(())
@@ -740,6 +793,13 @@ impl Changes<'_> {
     /// roots it marked dirty.
     pub fn commit(self) -> Result<u64, StateError> {
         let state = self.state;
+        if state.building_since().is_some() {
+            // The version the build's end marks every root with, kept over a restart.
+            let newest = state.newest.load(Ordering::Relaxed).to_string();
+            let mut meta = self.tx.open_table(META).map_err(|e| state.err(e))?;
+            meta.insert("newest", newest.as_str())
+                .map_err(|e| state.err(e))?;
+        }
         self.tx.commit().map_err(|e| state.err(e))?;
         Ok(self.marked)
     }

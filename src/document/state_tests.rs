@@ -73,9 +73,9 @@ fn change(
     version: u64,
 ) -> Vec<Vec<u8>> {
     s.apply(table, before, after, version).unwrap();
-    let dirty = s.dirty(None, 1000).unwrap();
-    s.clean(&dirty).unwrap();
-    dirty.into_iter().map(|(k, _)| k).collect()
+    let (taken, _) = s.take(1000, 0).unwrap();
+    s.covered(0).unwrap();
+    taken.iter().map(|b| key_bytes(b.key.iter())).collect()
 }
 
 /// An insert (`after` only).
@@ -281,8 +281,9 @@ fn dirty_documents_survive_a_crash_and_a_newer_change_keeps_its_mark() {
         next.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(),
         [key(3), key(4), key(5)]
     );
-    // Customer 1 changes again while its document is being written: the write of the
-    // older version does not clear the newer mark.
+    // The first two are built; customer 1 changes again before their checkpoint is
+    // stored: the checkpoint does not clear the newer mark.
+    assert_eq!(s.take(2, 0).unwrap().0.len(), 2);
     s.apply(
         "shop.customers",
         Some(&customer(1, "c", None)),
@@ -290,7 +291,7 @@ fn dirty_documents_survive_a_crash_and_a_newer_change_keeps_its_mark() {
         9,
     )
     .unwrap();
-    s.clean(&first).unwrap();
+    s.covered(0).unwrap();
     assert_eq!(s.dirty(None, 10).unwrap().first(), Some(&(key(1), 9)));
     // A crash before the rest was written: the marks are still there, although a replay
     // of the changes would mark nothing (the state has them).
@@ -518,4 +519,41 @@ fn cached_renders_below_the_root_follow_every_change_under_them() {
         let fresh = s.render(&key_bytes(b.key.iter())).unwrap().unwrap();
         assert!(fresh.contains(&row[4].to_json()), "{fresh}");
     }
+}
+
+#[test]
+fn a_new_state_is_built_without_marks_then_marks_every_root_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    assert!(s.prepare().unwrap(), "a new state needs every row");
+    assert!(s.building_since().is_some());
+    for c in 1..=3 {
+        s.apply(
+            "shop.customers",
+            None,
+            Some(&customer(c, "c", None)),
+            c as u64,
+        )
+        .unwrap();
+    }
+    s.apply("shop.orders", None, Some(&order(10, 1, "5.00")), 7)
+        .unwrap();
+    s.apply("shop.customers", Some(&customer(3, "c", None)), None, 8)
+        .unwrap();
+    assert!(
+        s.dirty(None, 10).unwrap().is_empty(),
+        "nothing marked while built"
+    );
+    // A restart keeps the build going.
+    drop(s);
+    let s = state(dir.path());
+    assert!(!s.prepare().unwrap());
+    assert!(s.building_since().is_some());
+    assert_eq!(s.finish_build().unwrap(), 2, "the live roots");
+    assert_eq!(s.dirty(None, 10).unwrap(), [(key(1), 8), (key(2), 8)]);
+    assert!(s.building_since().is_none());
+    // Built: changes mark again.
+    s.apply("shop.orders", None, Some(&order(11, 2, "1.00")), 9)
+        .unwrap();
+    assert_eq!(s.dirty(None, 10).unwrap()[1], (key(2), 9));
 }

@@ -125,22 +125,44 @@ pub struct SnapshotProgress {
     committed: Option<Arc<serde_json::Value>>,
     /// The tables whose snapshot the newest progress shows unfinished.
     running: Vec<String>,
+    /// The tables whose snapshot the newest progress shows done, with when it ended.
+    finished: Vec<(String, u64)>,
 }
 
 impl SnapshotProgress {
     pub fn new(stored: Option<serde_json::Value>) -> Self {
-        let running = crate::snapshot::State::from_stored(stored.clone()).unfinished();
-        SnapshotProgress {
+        let mut p = SnapshotProgress {
             next: None,
-            committed: stored.map(Arc::new),
-            running,
-        }
+            committed: stored.clone().map(Arc::new),
+            running: Vec::new(),
+            finished: Vec::new(),
+        };
+        p.read(stored);
+        p
     }
 
     /// The newest progress, stored at the next boundary.
     pub fn update(&mut self, progress: Arc<serde_json::Value>) {
-        self.running = crate::snapshot::State::from_stored(Some((*progress).clone())).unfinished();
+        self.read(Some((*progress).clone()));
         self.next = Some(progress);
+    }
+
+    fn read(&mut self, progress: Option<serde_json::Value>) {
+        let state = crate::snapshot::State::from_stored(progress);
+        self.running = state.unfinished();
+        self.finished = state
+            .tables
+            .iter()
+            .filter(|(_, t)| t.status == crate::snapshot::Status::Done)
+            .map(|(name, t)| (name.clone(), t.finished_ms.unwrap_or(0)))
+            .collect();
+    }
+
+    /// Whether `table`'s snapshot is done, finished at or after `since_ms`.
+    pub fn done_since(&self, table: &str, since_ms: u64) -> bool {
+        self.finished
+            .iter()
+            .any(|(t, at)| t == table && *at >= since_ms)
     }
 
     /// Whether `table`'s snapshot is under way (or waiting to start).

@@ -271,9 +271,7 @@ impl Runner {
             .unwrap_or_else(crate::event::now_ms);
         let stages = &mut self.stages;
         loop {
-            let snapshot = &stages.snapshot;
-            let held = |table: &str| snapshot.running(table);
-            let page = stages.documents.take(PAGE, pos, ts, &held)?;
+            let page = stages.documents.take(PAGE, pos, ts, &stages.snapshot)?;
             let full = page.len() >= PAGE;
             messages.extend(page);
             if !full {
@@ -355,11 +353,10 @@ impl Runner {
         let mut messages = Vec::new();
         let stages = &mut self.stages;
         loop {
-            let snapshot = &stages.snapshot;
-            let held = |table: &str| snapshot.running(table);
-            let page = stages
-                .documents
-                .take(PAGE, &pos, crate::event::now_ms(), &held)?;
+            let page =
+                stages
+                    .documents
+                    .take(PAGE, &pos, crate::event::now_ms(), &stages.snapshot)?;
             let full = page.len() >= PAGE;
             messages.extend(page);
             if !full {

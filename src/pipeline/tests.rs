@@ -595,7 +595,7 @@ fn shop_documents(run: &Run) -> crate::document::stage::Documents {
     )
     .unwrap();
     assert!(!fill.is_empty() || docs.waiting());
-    docs
+    docs.built()
 }
 
 #[tokio::test]
