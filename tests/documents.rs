@@ -603,3 +603,40 @@ async fn a_region_rename_rewrites_all_20000_documents_of_its_customers_in_bounde
     );
     stop(&mut daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_added_to_a_running_connector_is_built_from_requested_snapshots() {
+    let url = elasticsearch();
+    let db = new_db("docadd", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    // Seeded (40 customers, 120 orders, 240 items) with no transactions after.
+    random_writes(session, db.clone(), 0, 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_es_sink(&c, &url, "");
+    // The connector runs without the document first: its tables' snapshot is done.
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    wait_documents(&url, &format!("{db}_customers"), 40).await;
+    stop(&mut daemon);
+
+    let alias = format!("added_{db}");
+    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let text = std::fs::read_to_string(&c).unwrap() + &doc;
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    // Changes while the state is built count too.
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("UPDATE `{db}`.regions SET name = 'Renamed' WHERE id = 1")).await;
+    let expected = documents_by_sql(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut indexed = es_documents(&url, &alias).await;
+    while indexed != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        indexed = es_documents(&url, &alias).await;
+    }
+    assert_eq!(indexed, expected, "{}", daemon_log(&c));
+    let log = daemon_log(&c);
+    assert!(log.contains("snapshots of their tables requested"), "{log}");
+    stop(&mut daemon);
+}

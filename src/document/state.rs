@@ -456,6 +456,14 @@ impl State {
         if let Some(v) = old.as_ref().filter(|_| walk) {
             self.roots_of(rows, &*links, n, v, mark)?;
         }
+        // An update that keeps the row's own join values keeps its parents: one walk
+        // marks its documents (and drops their cached renders) for both.
+        let node = &self.tree.nodes[n];
+        let own = |v: &Vec<Value>| join_bytes(node.on.iter().map(|&(_, o)| &v[node.slot(o)]));
+        let same_parents = match (&old, &new) {
+            (Some(o), Some(v)) => node.parent.is_none() || own(o) == own(v),
+            _ => false,
+        };
         self.relink(links, n, key, old.as_deref(), new.as_deref())?;
         let stored = codec::Row {
             version,
@@ -464,7 +472,7 @@ impl State {
         };
         rows.insert(at.as_slice(), codec::encode(&stored).as_slice())
             .map_err(|e| self.err(e))?;
-        if let Some(v) = stored.values.as_ref().filter(|_| walk) {
+        if let Some(v) = stored.values.as_ref().filter(|_| walk && !same_parents) {
             self.roots_of(rows, &*links, n, v, mark)?;
         }
         Ok(())
