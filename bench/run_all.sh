@@ -7,14 +7,14 @@
 #
 # NAME: run only these (binlog_throughput, pgoutput_throughput, snapshot,
 # huge_transaction, enrich_throughput, elasticsearch_sync, es_ceiling, latency,
-# index_lifecycle, es_encode).
+# index_lifecycle, documents, es_encode).
 # --quick: a tenth of each workload, for a smoke run; its results go to
 # bench/results/quick/ and are compared with the previous quick run, never with the
 # full figures in bench/results/ (which it leaves as they are).
 # The summary (markdown) is printed and written to bench/results/SUMMARY.md (full runs)
 # or bench/results/quick/SUMMARY.md. Each benchmark pins the settings it measures
 # (snapshot = "never" for streaming runs, and so on), so a new default does not change
-# what it measures unnoticed. Takes about 25 minutes in full on 2 cores.
+# what it measures unnoticed. Takes about 35 minutes in full on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -26,7 +26,7 @@ for a in "$@"; do
     *) names+=("$a") ;;
   esac
 done
-all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling latency index_lifecycle es_encode)
+all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling latency index_lifecycle documents es_encode)
 [ ${#names[@]} -gt 0 ] || names=("${all[@]}")
 
 # Workload sizes: full (the scripts' defaults) and quick.
@@ -38,6 +38,7 @@ args() { # $1 = name
     elasticsearch_sync) echo 10000 ;;
     latency) echo 5 ;;
     index_lifecycle) echo "10000 100000" ;;
+    documents) echo "10000 30000 1000" ;;
     es_encode) echo 100000 ;;
   esac
 }
