@@ -627,7 +627,11 @@ async fn a_document_added_to_a_running_connector_is_built_from_requested_snapsho
     let mut daemon = spawn_daemon(&c);
     // Changes while the state is built count too.
     let mut conn = admin(SHARED_PORT).await;
-    exec(&mut conn, &format!("UPDATE `{db}`.regions SET name = 'Renamed' WHERE id = 1")).await;
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.regions SET name = 'Renamed' WHERE id = 1"),
+    )
+    .await;
     let expected = documents_by_sql(&db).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut indexed = es_documents(&url, &alias).await;
