@@ -142,7 +142,6 @@ impl Documents {
                 projections: PerSchema::default(),
             });
             written.push(crate::metrics::documents_written(name));
-
             fanout.push(crate::metrics::document_fanout(name));
         }
         to_fill.sort();
@@ -185,15 +184,16 @@ impl Documents {
                 let SourceMessage::Change(e) = m else {
                     continue;
                 };
-                if !d.tables.contains(&e.table.qualified_name()) {
-                    continue;
-                }
+                // (Per schema, once: empty for a table the document does not read.)
                 let tree = d.state.tree();
                 let nodes = d.projections.get_or_insert_with(&e.table, || {
                     tree.nodes_of(&e.table.qualified_name())
                         .map(|n| (n, tree.nodes[n].project(&e.table)))
                         .collect()
                 });
+                if nodes.is_empty() {
+                    continue;
+                }
                 let c = match &mut changes {
                     Some(c) => c,
                     None => changes.insert(d.state.changes()?),
