@@ -18,7 +18,8 @@
 #       changes into the null sink, 10000 into the stand-in
 #
 # DOCUMENTS_BENCH_KEEP=dir keeps the connector (file, state) there afterwards, to
-# profile a further run. Pinned: snapshot_chunk_rows 10000, checkpoint_interval_ms 200, the document page
+# profile a further run. Pinned: snapshot_chunk_rows 10000, checkpoint_interval_ms 200
+# (which the daemon raises to its floor for documents, 1,000 ms), the document page
 # (1,000, in the code). Writes bench/results/documents.json.
 set -euo pipefail
 C=${1:-100000}

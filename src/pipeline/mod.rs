@@ -114,13 +114,29 @@ pub async fn run(
     let loop_cfg = Loop {
         queue_events: cfg.pipeline.queue_events,
         queue_bytes: cfg.pipeline.queue_bytes,
-        checkpoint_interval: Duration::from_millis(cfg.pipeline.checkpoint_interval_ms.max(1)),
+        checkpoint_interval: checkpoint_interval(cfg),
         until,
         reload: Box::new(move || cfg_for_reload.policy()),
         hangups: hangups(),
         reindexer,
     };
     drive(source, source_desc, store, stages, loop_cfg, shutdown).await
+}
+
+/// `[pipeline] checkpoint_interval_ms`, at least `CHECKPOINT_FLOOR_MS` when the
+/// connector maintains joined documents (said once at start).
+fn checkpoint_interval(cfg: &ConnectorConfig) -> Duration {
+    let ms = cfg.pipeline.checkpoint_interval_ms.max(1);
+    let floor = crate::document::stage::CHECKPOINT_FLOOR_MS;
+    if !cfg.document.is_empty() && ms < floor {
+        tracing::info!(
+            checkpoint_interval_ms = ms,
+            under_backlog_ms = floor,
+            "joined documents: under a backlog, checkpoints come every {floor} ms (each makes the document state durable, rewriting every page changed since the last)"
+        );
+        return Duration::from_millis(floor);
+    }
+    Duration::from_millis(ms)
 }
 
 /// The connector's joined documents: each resolved against its tables as the server
