@@ -82,6 +82,9 @@ struct Maintained {
     /// Per event schema of one of those tables: its nodes and how its rows project
     /// onto them.
     projections: PerSchema<Vec<(usize, Vec<Option<usize>>)>>,
+    /// Documents handed on, and the fan-out of each change (metric handles).
+    written: metrics::Counter,
+    fanout: metrics::Histogram,
 }
 
 /// Every `[[document]]` of a connector.
@@ -93,10 +96,6 @@ pub struct Documents {
     closed: Option<u64>,
     /// Whether some document may wait to be built (false once a `take` found none).
     waiting: bool,
-    /// Per document: documents handed on, and the fan-out of each change (metric
-    /// handles).
-    written: Vec<metrics::Counter>,
-    fanout: Vec<metrics::Histogram>,
 }
 
 impl Documents {
@@ -107,8 +106,6 @@ impl Documents {
             epoch: 0,
             closed: None,
             waiting: false,
-            written: Vec::new(),
-            fanout: Vec::new(),
         }
     }
 
@@ -125,8 +122,6 @@ impl Documents {
     ) -> Result<(Self, Vec<String>), DocumentError> {
         let mut docs = Vec::new();
         let mut to_fill = Vec::new();
-        let mut written = Vec::new();
-        let mut fanout = Vec::new();
         for def in defs {
             let name = def.name.get_ref();
             let shape = shapes.get(name).ok_or_else(|| DocumentError::Definition {
@@ -149,9 +144,9 @@ impl Documents {
                 tables: def.tables().into_iter().map(str::to_string).collect(),
                 state,
                 projections: PerSchema::default(),
+                written: crate::metrics::documents_written(name),
+                fanout: crate::metrics::document_fanout(name),
             });
-            written.push(crate::metrics::documents_written(name));
-            fanout.push(crate::metrics::document_fanout(name));
         }
         to_fill.sort();
         to_fill.dedup();
@@ -161,8 +156,6 @@ impl Documents {
                 epoch: 0,
                 closed: None,
                 waiting: true,
-                written,
-                fanout,
             },
             to_fill,
         ))
@@ -187,7 +180,7 @@ impl Documents {
     /// their tables (one write transaction per document, without an fsync: see
     /// `Participant::flush`).
     pub fn apply(&mut self, messages: &[SourceMessage]) -> Result<(), DocumentError> {
-        for (d, fanout) in self.docs.iter_mut().zip(&self.fanout) {
+        for d in self.docs.iter_mut() {
             let mut changes = None;
             for m in messages {
                 let SourceMessage::Change(e) = m else {
@@ -217,7 +210,7 @@ impl Documents {
                     }
                 }
                 let marked = c.marked() - before;
-                fanout.record(marked as f64);
+                d.fanout.record(marked as f64);
                 self.waiting |= marked > 0;
             }
             if let Some(c) = changes {
@@ -241,7 +234,7 @@ impl Documents {
     ) -> Result<Vec<SourceMessage>, DocumentError> {
         let mut out = Vec::new();
         let mut any_held = false;
-        for (i, d) in self.docs.iter().enumerate() {
+        for d in &self.docs {
             if out.len() >= limit {
                 break;
             }
@@ -259,7 +252,7 @@ impl Documents {
                 continue;
             }
             let (built, left) = d.state.take(limit - out.len(), self.epoch)?;
-            self.written[i].increment(built.len() as u64);
+            d.written.increment(built.len() as u64);
             crate::health::documents_built(&d.schema.table, built.len() as u64, left);
             out.extend(
                 built

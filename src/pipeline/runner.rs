@@ -269,16 +269,7 @@ impl Runner {
                 _ => None,
             })
             .unwrap_or_else(crate::event::now_ms);
-        let stages = &mut self.stages;
-        loop {
-            let page = stages.documents.take(PAGE, pos, ts, &stages.snapshot)?;
-            let full = page.len() >= PAGE;
-            messages.extend(page);
-            if !full {
-                break;
-            }
-            send_to(&mut stages.sinks, std::mem::take(&mut messages)).await?;
-        }
+        append_documents(&mut self.stages, pos, ts, &mut messages).await?;
         self.stages.documents.apply(&tail)?;
         messages.extend(tail);
         self.send(messages).await
@@ -351,21 +342,12 @@ impl Runner {
             return Ok(());
         };
         let mut messages = Vec::new();
-        let stages = &mut self.stages;
-        loop {
-            let page =
-                stages
-                    .documents
-                    .take(PAGE, &pos, crate::event::now_ms(), &stages.snapshot)?;
-            let full = page.len() >= PAGE;
-            messages.extend(page);
-            if !full {
-                break;
-            }
-            send_to(&mut stages.sinks, std::mem::take(&mut messages)).await?;
+        let ts = crate::event::now_ms();
+        if !append_documents(&mut self.stages, &pos, ts, &mut messages).await? {
+            return Ok(()); // none was ready (a snapshot holds them): no boundary to repeat
         }
         messages.push(SourceMessage::Commit(pos.clone()));
-        send_to(&mut stages.sinks, messages).await?;
+        send_to(&mut self.stages.sinks, messages).await?;
         self.checkpoints.boundary(pos);
         Ok(())
     }
@@ -408,6 +390,28 @@ impl Runner {
         self.checkpoint_now().await?;
         self.stages.enrich.log_summary();
         Ok(self.stats)
+    }
+}
+
+/// Appends to `messages` the documents waiting to be built, as events at `pos`; each
+/// full page goes to the sinks before the next is built, the last stays in `messages`.
+/// Whether any document was built.
+async fn append_documents(
+    stages: &mut Stages,
+    pos: &Position,
+    ts: u64,
+    messages: &mut Vec<SourceMessage>,
+) -> Result<bool, PipelineError> {
+    let mut any = false;
+    loop {
+        let page = stages.documents.take(PAGE, pos, ts, &stages.snapshot)?;
+        let full = page.len() >= PAGE;
+        any |= !page.is_empty();
+        messages.extend(page);
+        if !full {
+            return Ok(any);
+        }
+        send_to(&mut stages.sinks, std::mem::take(messages)).await?;
     }
 }
 
