@@ -549,11 +549,51 @@ fn a_new_state_is_built_without_marks_then_marks_every_root_once() {
     let s = state(dir.path());
     assert!(!s.prepare().unwrap());
     assert!(s.building_since().is_some());
-    assert_eq!(s.finish_build().unwrap(), 2, "the live roots");
-    assert_eq!(s.dirty(None, 10).unwrap(), [(key(1), 8), (key(2), 8)]);
+    assert_eq!(
+        s.finish_build().unwrap(),
+        3,
+        "every root, the deleted one too"
+    );
+    assert_eq!(
+        s.dirty(None, 10).unwrap(),
+        [(key(1), 8), (key(2), 8), (key(3), 8)]
+    );
     assert!(s.building_since().is_none());
     // Built: changes mark again.
     s.apply("shop.orders", None, Some(&order(11, 2, "1.00")), 9)
         .unwrap();
     assert_eq!(s.dirty(None, 10).unwrap()[1], (key(2), 9));
+}
+
+#[test]
+fn the_end_of_a_build_marks_the_roots_deleted_while_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    assert!(s.prepare().unwrap());
+    for c in 1..=3 {
+        s.apply(
+            "shop.customers",
+            None,
+            Some(&customer(c, "c", None)),
+            c as u64,
+        )
+        .unwrap();
+    }
+    // Seen by the build, then deleted before its end: its document may be in the index
+    // (an earlier build of the same alias), so it is deleted.
+    s.apply("shop.customers", Some(&customer(3, "c", None)), None, 4)
+        .unwrap();
+    assert_eq!(s.finish_build().unwrap(), 3);
+    let built = s.take(10, 0).unwrap().0;
+    assert_eq!(
+        built
+            .iter()
+            .map(|b| (b.key.clone(), b.row.is_some(), b.version))
+            .collect::<Vec<_>>(),
+        [
+            (vec![int(1)], true, 4),
+            (vec![int(2)], true, 4),
+            (vec![int(3)], false, 4)
+        ]
+    );
 }
