@@ -474,6 +474,11 @@ impl State {
         if let Some(v) = stored.values.as_ref().filter(|_| walk && !same_parents) {
             self.roots_of(rows, &*links, n, v, mark)?;
         }
+        // A root the state never held, deleted: its document may be in the index all
+        // the same (written before the state was rebuilt), and goes.
+        if walk && node.parent.is_none() && old.is_none() && stored.values.is_none() {
+            mark(key.to_vec())?;
+        }
         Ok(())
     }
 

@@ -597,3 +597,14 @@ fn the_end_of_a_build_marks_the_roots_deleted_while_it_ran() {
         ]
     );
 }
+
+#[test]
+fn a_root_deleted_that_the_state_never_held_deletes_its_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(dir.path());
+    // Customer 9's document may be in the index from before the state was rebuilt.
+    let marked = change(&s, "shop.customers", Some(&customer(9, "c", None)), None, 3);
+    assert_eq!(marked, [key(9)]);
+    // A child row the state never held marks nothing (no parent to find).
+    assert!(change(&s, "shop.orders", Some(&order(1, 9, "1.00")), None, 4).is_empty());
+}

@@ -97,6 +97,9 @@ pub struct Runner {
     /// `documents_when_idle`).
     last_boundary: Option<Position>,
     at_boundary: bool,
+    /// A checkpoint is stored (or the run resumed from one). Until then the first
+    /// boundary is checkpointed before anything after it is taken (see `on_batch`).
+    anchored: bool,
 }
 
 impl Runner {
@@ -111,11 +114,13 @@ impl Runner {
             reported_changes: 0,
             last_boundary: None,
             at_boundary: true,
+            anchored: false,
         }
     }
 
     /// Where the run resumed (the stored checkpoint's position).
     pub fn resumed_at(&mut self, position: Option<Position>) {
+        self.anchored = position.is_some();
         self.last_boundary = position;
     }
 
@@ -219,6 +224,15 @@ impl Runner {
                 tracing::info!(until = %self.until.as_ref().expect("set"), "reached --until position");
                 Ok(Flow::Stop)
             }
+            // Nothing is checkpointed yet: the first boundary (a source announces where
+            // it starts) is stored before anything after it is taken. A crash before the
+            // run's first regular checkpoint then resumes there and replays what came
+            // between, instead of starting again from wherever the source stands by then
+            // and missing the deletes of rows the sinks got from the first attempt.
+            None if !self.anchored && r.last_commit.is_some() => {
+                self.checkpoint_now().await?;
+                Ok(Flow::Go)
+            }
             None => {
                 let due = if caught_up {
                     Due::CaughtUp
@@ -282,6 +296,7 @@ impl Runner {
 
     /// A checkpoint the store holds: counted, and handed to the source.
     pub fn on_stored(&mut self, position: Position) -> Result<(), PipelineError> {
+        self.anchored = true;
         self.stages.documents.stored()?;
         crate::health::checkpoint_stored();
         self.stats.checkpoints += 1;

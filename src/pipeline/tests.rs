@@ -334,12 +334,14 @@ async fn a_quarantined_tables_records_are_rewound_on_a_reconnect() {
 async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
     let run = Run::new();
     let t = table("db.t", &[("id", "int")], 1);
-    // The start record's flush is acknowledged; the first checkpoint's waits.
-    let gate = Arc::new(Semaphore::new(1));
+    // The start record's flush and the first boundary's (where the source starts) are
+    // acknowledged; the next checkpoint's waits.
+    let gate = Arc::new(Semaphore::new(2));
     let (sink, seen) = recording(Acks::Gated(gate.clone()));
-    let source = ScriptedSource::batches(
-        (1..=20).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]),
-    );
+    let source =
+        ScriptedSource::batches(std::iter::once(commit(1)).chain(
+            (1..=20).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]),
+        ));
     let handle = {
         let stages = run.stages(Policy::add_only(), vec![sink]);
         let store = run.store.clone();
@@ -361,9 +363,9 @@ async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
             CancellationToken::new(),
         ))
     };
-    // Every batch reaches the sink while the first checkpoint waits for its ack.
+    // Every batch reaches the sink while a checkpoint waits for its ack.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while seen.lock().unwrap().accepted.len() < 40 {
+    while seen.lock().unwrap().accepted.len() < 41 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "batches stopped flowing"
@@ -375,15 +377,15 @@ async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
         let s = seen.lock().unwrap();
         assert_eq!(
             s.flushed_at.len(),
-            2,
-            "the start record and one checkpoint: {s:?}"
+            3,
+            "the start record, the first boundary and one checkpoint: {s:?}"
         );
         assert_eq!(s.overlapping_flushes, 0);
     }
     assert_eq!(
-        run.store.checkpoint().unwrap(),
-        None,
-        "nothing stored before the ack"
+        run.store.checkpoint().unwrap().map(|c| c.position),
+        Some(at(1)),
+        "nothing stored past the first boundary before the ack"
     );
     gate.add_permits(1000);
     let stats = tokio::time::timeout(Duration::from_secs(10), handle)
@@ -782,4 +784,56 @@ async fn documents_a_crash_left_undelivered_are_built_again_at_the_next_start() 
         .await
         .unwrap();
     assert!(docs_in(&seen).is_empty());
+}
+
+#[tokio::test]
+async fn without_a_checkpoint_the_first_boundary_is_stored_before_anything_after_it_is_taken() {
+    let run = Run::new();
+    let t = table("db.t", &[("id", "int")], 1);
+    // The start record's flush is acknowledged; the first boundary's waits.
+    let gate = Arc::new(Semaphore::new(1));
+    let (sink, seen) = recording(Acks::Gated(gate.clone()));
+    // A source announces where it starts, then streams.
+    let source = ScriptedSource::batches([commit(1), insert(&t, 2, 2), commit(3)]);
+    let cfg = Loop {
+        queue_events: 1024,
+        queue_bytes: 1 << 20,
+        checkpoint_interval: Duration::from_millis(1),
+        until: None,
+        reload: no_reload(),
+        hangups: no_hangups(),
+        reindexer: None,
+    };
+    let handle = tokio::spawn(drive(
+        Box::new(source),
+        "test".into(),
+        run.store.clone(),
+        run.stages(Policy::add_only(), vec![sink]),
+        cfg,
+        CancellationToken::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen.lock().unwrap().accepted,
+        ["commit lsn 0/1"],
+        "nothing after the start before it is stored: a crash now must resume there"
+    );
+    assert_eq!(run.checkpoint(), None);
+    gate.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().accepted.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rest never came"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(run.checkpoint(), Some(at(1)));
+    gate.add_permits(1000);
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.checkpoint(), Some(at(3)));
 }

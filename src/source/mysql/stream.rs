@@ -252,7 +252,9 @@ impl Streamer<'_> {
         st.file = Arc::from(file.as_str());
         if std::mem::take(&mut st.announce_start) {
             let start = st.boundary.clone().expect("start point sets the boundary");
-            if tx.send(SourceMessage::Commit(start)).await.is_err() {
+            // A batch of its own: without a checkpoint the pipeline stores this one
+            // before it takes anything after it (Runner::on_batch).
+            if tx.send(SourceMessage::Commit(start)).await.is_err() || tx.flush().await.is_err() {
                 return Stop::Closed;
             }
         }
