@@ -184,19 +184,24 @@ enum Command {
     /// meanwhile are not judged). Exit 0: equal; 4: a difference was found (or is left
     /// after --repair).
     #[command(
-        after_long_help = "Examples:\n  tributary verify -c shop.toml                        every included table\n  tributary verify -c shop.toml --table shop.orders --json\n  tributary verify -c shop.toml --table shop.orders --repair"
+        after_long_help = "Examples:\n  tributary verify -c shop.toml                        every included table\n  tributary verify -c shop.toml --table shop.orders --json\n  tributary verify -c shop.toml --table shop.orders --repair\n  tributary verify -c shop.toml --document customers"
     )]
     Verify {
         #[arg(long, short)]
         connector: PathBuf,
-        /// `db.table` (repeatable). Default: every included table.
+        /// `db.table` (repeatable). Default: every included table the sink indexes,
+        /// and every [[document]].
         #[arg(long)]
         table: Vec<String>,
+        /// A [[document]] by name (repeatable): its index against the documents its
+        /// tables build.
+        #[arg(long)]
+        document: Vec<String>,
         /// The Elasticsearch sink's name (when there are several).
         #[arg(long)]
         sink: Option<String>,
-        /// Write the source's row for missing and stale documents and delete extra
-        /// ones, versioned so that a newer change always wins.
+        /// Write the source's row (or document) for missing and stale documents and
+        /// delete extra ones, versioned so that a newer change always wins.
         #[arg(long)]
         repair: bool,
         /// One JSON object per table on stdout.
@@ -520,10 +525,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Verify {
             connector,
             table,
+            document,
             sink,
             repair,
             json,
-        } => verify(&connector, table, sink, repair, json).await,
+        } => verify(&connector, table, document, sink, repair, json).await,
         Command::Reindex {
             connector,
             table,
@@ -605,6 +611,7 @@ const EXIT_DIFFERENT: u8 = 4;
 async fn verify(
     path: &Path,
     tables: Vec<String>,
+    documents: Vec<String>,
     sink: Option<String>,
     repair: bool,
     json: bool,
@@ -613,6 +620,7 @@ async fn verify(
     let cfg = load(path)?;
     let opts = tributary::verify::Options {
         tables,
+        documents,
         sink,
         repair,
         progress: !json && std::io::stderr().is_terminal(),

@@ -381,6 +381,10 @@ async fn documents_survive_two_kill_9s<F, Fut>(
         "differing: {differing:#?}\nextra: {extra:?}\n{}",
         daemon_log(c)
     );
+    // verify agrees: the index holds what the tables build.
+    let (code, r) = verify_document(c, alias, &[]);
+    assert_eq!(code, 0, "{r}\n{}", daemon_log(c));
+    assert_eq!(r["rows"], expected.len(), "{r}");
     stop(&mut daemon);
     let replayed = documents_by_log(&log, alias);
     let wrong: Vec<_> = expected
@@ -675,5 +679,153 @@ async fn a_document_added_to_a_running_connector_is_built_from_requested_snapsho
     assert_eq!(indexed, expected, "{}", daemon_log(&c));
     let log = daemon_log(&c);
     assert!(log.contains("snapshots of their tables requested"), "{log}");
+    stop(&mut daemon);
+}
+
+/// `tributary verify --document` (JSON reports): exit code, the document's report.
+fn verify_document(c: &std::path::Path, alias: &str, extra: &[&str]) -> (i32, Json) {
+    let mut args = vec![
+        "verify",
+        "--connector",
+        c.to_str().unwrap(),
+        "--document",
+        alias,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = tributary(&args);
+    let report = out
+        .lines()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap_or_else(|e| panic!("{e}: {l}\n{err}")))
+        .find(|r| r["table"] == format!("document {alias}"))
+        .unwrap_or_else(|| panic!("no report of {alias}: {out}\n{err}"));
+    (code, report)
+}
+
+/// Order and item updates, new orders and deleted items on `db`'s tables until `stop`.
+async fn order_writer(db: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut conn = admin(SHARED_PORT).await;
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        n += 1;
+        let o = 1 + n % 120;
+        for q in [
+            format!("UPDATE `{db}`.orders SET amount = amount + 1.25 WHERE id = {o}"),
+            format!("UPDATE `{db}`.order_items SET qty = qty + 1 WHERE order_id = {o}"),
+            format!(
+                "INSERT INTO `{db}`.orders VALUES ({}, {}, 1.00, 'w', NOW(6))",
+                10_000 + n,
+                1 + n % 40
+            ),
+            format!(
+                "DELETE FROM `{db}`.order_items WHERE line = {}",
+                1 + n % 240
+            ),
+        ] {
+            conn.query_drop(q).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_tampered_documents_beside_a_writer_and_repair_fixes_them() {
+    let url = elasticsearch();
+    let db = new_db("docverify", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, 1).await; // the seed rows only
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_document(dir.path(), &db, &document(&db));
+    add_es_sink(&c, &url, "tables = \"none\"");
+    let alias = format!("verify_{db}");
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    let expected = documents_by_sql(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while es_documents(&url, &alias).await != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        es_documents(&url, &alias).await,
+        expected,
+        "{}",
+        daemon_log(&c)
+    );
+
+    // Exact: clean, also while a writer changes orders and items beside verify (and
+    // the daemon writes the documents they change).
+    let (code, r) = verify_document(&c, &alias, &[]);
+    assert_eq!(
+        (code, &r["missing"], &r["stale"], &r["extra"]),
+        (0, &0.into(), &0.into(), &0.into()),
+        "{r}"
+    );
+    assert_eq!(r["rows"], 40, "{r}");
+    let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(order_writer(db.clone(), halt.clone()));
+    for _ in 0..2 {
+        let (code, r) = verify_document(&c, &alias, &[]);
+        assert_eq!(
+            code,
+            0,
+            "a false difference under writes: {r}\n{}",
+            daemon_log(&c)
+        );
+    }
+    halt.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+    // The daemon caught up (else it could write over the tampering below).
+    let expected = documents_by_sql(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while es_documents(&url, &alias).await != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+
+    // Behind tributary's back: customer 3's document deleted, 4's changed, an extra.
+    es_delete(&url, &alias, "3").await;
+    es_put(
+        &url,
+        &alias,
+        "4",
+        serde_json::json!({"id": 4, "name": "tampered"}),
+    )
+    .await;
+    es_put(
+        &url,
+        &alias,
+        "999",
+        serde_json::json!({"id": 999, "name": "extra"}),
+    )
+    .await;
+    let (code, r) = verify_document(&c, &alias, &[]);
+    assert_eq!(code, 4, "{r}");
+    assert_eq!(
+        (&r["missing"], &r["stale"], &r["extra"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{r}"
+    );
+    assert_eq!(
+        (&r["first_missing"], &r["first_stale"], &r["first_extra"]),
+        (
+            &serde_json::json!(["3"]),
+            &serde_json::json!(["4"]),
+            &serde_json::json!(["999"])
+        ),
+        "{r}"
+    );
+
+    // --repair writes what the tables build, deletes the extra, and verify is clean.
+    let (code, r) = verify_document(&c, &alias, &["--repair"]);
+    assert_eq!(r["repaired"], 3, "{r}");
+    assert_eq!(code, 0, "{r}");
+    let (code, r) = verify_document(&c, &alias, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        es_documents(&url, &alias).await,
+        documents_by_sql(&db).await
+    );
     stop(&mut daemon);
 }

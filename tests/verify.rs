@@ -24,31 +24,6 @@ fn verify(c: &std::path::Path, extra: &[&str]) -> (i32, Vec<Json>, String) {
     (code, reports, err)
 }
 
-async fn es_put(url: &str, alias: &str, id: &str, doc: Json) {
-    let client = elasticsearch::Elasticsearch::new(
-        elasticsearch::http::transport::Transport::single_node(url).unwrap(),
-    );
-    let r = client
-        .index(elasticsearch::IndexParts::IndexId(alias, id))
-        .body(doc)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status_code().is_success(), "{:?}", r.text().await);
-}
-
-async fn es_delete(url: &str, alias: &str, id: &str) {
-    let client = elasticsearch::Elasticsearch::new(
-        elasticsearch::http::transport::Transport::single_node(url).unwrap(),
-    );
-    let r = client
-        .delete(elasticsearch::DeleteParts::IndexId(alias, id))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status_code().is_success(), "{:?}", r.text().await);
-}
-
 /// Behind tributary's back: documents deleted, changed and added.
 async fn tamper(
     url: &str,

@@ -307,7 +307,10 @@ impl Participant for Documents {
 
 /// The document's own schema: the root's columns, then one column per embed or nest
 /// (type `document object` / `document nested`, values as JSON); its key the root's.
-fn document_schema(connector: &str, shape: &Shape) -> Result<TableSchema, DocumentError> {
+pub(crate) fn document_schema(
+    connector: &str,
+    shape: &Shape,
+) -> Result<TableSchema, DocumentError> {
     let root = &shape.tree.nodes[0];
     let table = shape
         .schema_of(&root.table)
@@ -359,7 +362,12 @@ fn document_schema(connector: &str, shape: &Shape) -> Result<TableSchema, Docume
 }
 
 /// A built document as an event of the document's schema.
-fn event(schema: &Arc<TableSchema>, b: Built, pos: &Position, source_ts_ms: u64) -> ChangeEvent {
+pub(crate) fn event(
+    schema: &Arc<TableSchema>,
+    b: Built,
+    pos: &Position,
+    source_ts_ms: u64,
+) -> ChangeEvent {
     let (op, before, after) = match b.row {
         Some(row) => (Op::Create, None, Some(row)),
         None => {

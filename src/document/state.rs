@@ -377,6 +377,78 @@ impl State {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Up to `limit` documents of live roots after root key `after` (None: from the
+    /// first), in root key order, built from the state as it is, without marks or
+    /// cached renders (for `tributary verify`); each with the version of its root row.
+    pub fn page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Built)>, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+        let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+        let prefix = row_key(0, &[]);
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(row_key(0, a)),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut roots = Vec::new();
+        for item in rows
+            .range::<&[u8]>((
+                from.as_ref().map(|k| k.as_slice()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let Some(root) = k.value().strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if codec::decode(v.value())
+                .map_err(|e| self.err(e))?
+                .values
+                .is_some()
+            {
+                roots.push(root.to_vec());
+                if roots.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(roots.len());
+        for root in roots {
+            let version = stored_row(&rows, &row_key(0, &root))
+                .map_err(|e| self.err(e))?
+                .map_or(0, |r| r.version);
+            let row = self.top_row(&rows, &links, &root, &mut Fill::new())?;
+            let key = key_values(&root).map_err(|e| self.err(e))?;
+            out.push((root, Built { key, row, version }));
+        }
+        Ok(out)
+    }
+
+    /// The document of root key `root` as `page` builds it; None when its root row
+    /// does not exist.
+    pub fn built(&self, root: &[u8]) -> Result<Option<Built>, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+        let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+        let Some(stored) = stored_row(&rows, &row_key(0, root)).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        if stored.values.is_none() {
+            return Ok(None);
+        }
+        let row = self.top_row(&rows, &links, root, &mut Fill::new())?;
+        let key = key_values(root).map_err(|e| self.err(e))?;
+        Ok(Some(Built {
+            key,
+            row,
+            version: stored.version,
+        }))
+    }
+
     /// How many documents are marked dirty (for `status`; counts every mark).
     pub fn dirty_count(&self) -> Result<u64, StateError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;

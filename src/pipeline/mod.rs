@@ -152,6 +152,35 @@ async fn open_documents(
     if cfg.document.is_empty() {
         return Ok((Documents::none(), Shapes::default()));
     }
+    let shapes = document_shapes(cfg, enrich).await?;
+    let (documents, to_fill) = Documents::open(
+        &cfg.connector_name(),
+        &cfg.document,
+        &shapes,
+        &crate::document::stage::state_dir(&cfg.state.dir),
+        cfg.state.file_mode,
+    )?;
+    let (mode, _, _) = cfg.source.source().snapshot_fields();
+    let first_start = store.checkpoint()?.is_none();
+    if !to_fill.is_empty() && (!first_start || mode == crate::snapshot::SnapshotMode::Never) {
+        for t in &to_fill {
+            crate::snapshot::requests::request(&cfg.state.dir, t).map_err(|e| {
+                PipelineError::Source(format!(
+                    "requesting a snapshot of {t} for a joined document: {e}"
+                ))
+            })?;
+        }
+        tracing::info!(tables = ?to_fill, "joined documents built anew: snapshots of their tables requested");
+    }
+    Ok((documents, Arc::new(shapes)))
+}
+
+/// Each `[[document]]` of the connector resolved against its tables as the server has
+/// them now, in the layout enrichment gives them (the daemon's stage, and verify).
+pub async fn document_shapes(
+    cfg: &ConnectorConfig,
+    enrich: &mut crate::enrich::Stage,
+) -> Result<BTreeMap<String, Shape>, PipelineError> {
     let kind = cfg.source.source();
     let scan = kind.scan(&cfg.connector_name());
     let mut schemas = BTreeMap::new();
@@ -187,26 +216,7 @@ async fn open_documents(
             .collect();
         shapes.insert(d.name.get_ref().clone(), Shape { tree, schemas: own });
     }
-    let (documents, to_fill) = Documents::open(
-        &cfg.connector_name(),
-        &cfg.document,
-        &shapes,
-        &crate::document::stage::state_dir(&cfg.state.dir),
-        cfg.state.file_mode,
-    )?;
-    let (mode, _, _) = kind.snapshot_fields();
-    let first_start = store.checkpoint()?.is_none();
-    if !to_fill.is_empty() && (!first_start || mode == crate::snapshot::SnapshotMode::Never) {
-        for t in &to_fill {
-            crate::snapshot::requests::request(&cfg.state.dir, t).map_err(|e| {
-                PipelineError::Source(format!(
-                    "requesting a snapshot of {t} for a joined document: {e}"
-                ))
-            })?;
-        }
-        tracing::info!(tables = ?to_fill, "joined documents built anew: snapshots of their tables requested");
-    }
-    Ok((documents, Arc::new(shapes)))
+    Ok(shapes)
 }
 
 /// Loads the schema policy again.

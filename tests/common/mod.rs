@@ -854,3 +854,24 @@ where
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Indexes `doc` as `id` behind tributary's back (no version: a tampered document).
+pub async fn es_put(url: &str, alias: &str, id: &str, doc: Json) {
+    let r = es(url)
+        .index(elasticsearch::IndexParts::IndexId(alias, id))
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status_code().is_success(), "{:?}", r.text().await);
+}
+
+/// Deletes document `id` behind tributary's back.
+pub async fn es_delete(url: &str, alias: &str, id: &str) {
+    let r = es(url)
+        .delete(elasticsearch::DeleteParts::IndexId(alias, id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status_code().is_success(), "{:?}", r.text().await);
+}

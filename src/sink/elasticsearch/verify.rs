@@ -169,6 +169,15 @@ impl IndexView {
         self.cfg.alias(&table.db, &table.table)
     }
 
+    /// Whether the sink gives table `name` (`db.table`) an index of its own (its
+    /// `tables` setting).
+    pub fn indexes_table(&self, name: &str) -> bool {
+        match self.cfg.tables.matcher() {
+            Ok(Some(set)) => set.is_match(name),
+            _ => true,
+        }
+    }
+
     /// How the sink identifies the table's documents (None: it skips the table).
     pub fn doc_id(&self, table: &TableSchema) -> Result<Option<DocId>, String> {
         doc_id(&self.cfg, table)

@@ -32,6 +32,8 @@ use crate::sink::elasticsearch::verify::{IndexView, Repair, Stored};
 use crate::sink::elasticsearch::DocId;
 use crate::source::scan::{key_text, TableScan, Window};
 
+mod documents;
+
 /// Rows per chunk (and per `_mget`).
 const CHUNK: u64 = 1000;
 /// Documents per page of the index (at most `max_result_window`, 10,000 by default):
@@ -57,8 +59,11 @@ pub(crate) fn err(e: impl std::fmt::Display) -> VerifyError {
 /// What to verify.
 #[derive(Debug, Default)]
 pub struct Options {
-    /// `db.table`s (empty: every included table).
+    /// `db.table`s (with `documents` empty as well: every included table and every
+    /// document).
     pub tables: Vec<String>,
+    /// `[[document]]` names.
+    pub documents: Vec<String>,
     /// The Elasticsearch sink (by name; needed when there are several).
     pub sink: Option<String>,
     pub repair: bool,
@@ -111,7 +116,18 @@ pub async fn verify(
     let view = index_view(cfg, opts.sink.as_deref())?;
     let source = cfg.source.source();
     let scan = source.scan(&cfg.connector_name());
-    let tables = if opts.tables.is_empty() {
+    let everything = opts.tables.is_empty() && opts.documents.is_empty();
+    for d in &opts.documents {
+        if !cfg.document.iter().any(|def| def.name.get_ref() == d) {
+            return Err(VerifyError(format!(
+                "--document {d}: {} defines no such [[document]]",
+                cfg.path.display()
+            )));
+        }
+    }
+    let tables = if !everything {
+        opts.tables.clone()
+    } else {
         let mut t: Vec<String> = source
             .live_schemas()
             .await
@@ -120,9 +136,9 @@ pub async fn verify(
             .map(|(t, _)| t)
             .collect();
         t.sort();
+        // Those the sink gives an index of their own (`tables`).
+        t.retain(|name| view.indexes_table(name));
         t
-    } else {
-        opts.tables.clone()
     };
     let lookups = source.lookup(&cfg.connector_name());
     let mut stage = Stage::detached(&cfg.enrich, &cfg.path, || lookups, None)
@@ -146,6 +162,22 @@ pub async fn verify(
         };
         v.table(t, opts).await?;
         out.push(v.report);
+    }
+    let documents: Vec<&crate::document::DocumentConfig> = cfg
+        .document
+        .iter()
+        .filter(|d| everything || opts.documents.contains(d.name.get_ref()))
+        .collect();
+    if !documents.is_empty() {
+        let shapes = crate::pipeline::document_shapes(cfg, &mut stage)
+            .await
+            .map_err(err)?;
+        for def in documents {
+            let shape = &shapes[def.name.get_ref()];
+            out.push(
+                documents::verify(cfg, &view, scan.as_ref(), &mut stage, def, shape, opts).await?,
+            );
+        }
     }
     Ok(out)
 }
