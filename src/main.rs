@@ -215,14 +215,22 @@ enum Command {
     /// which writes the table's changes to the new index too meanwhile; or with it
     /// stopped, which then resumes into the new index.
     #[command(
-        after_long_help = "Examples:\n  tributary reindex -c shop.toml --table shop.orders\n  tributary reindex -c shop.toml --table shop.orders --delete-previous\n  tributary reindex -c shop.toml --table shop.orders --from log:events   no load on the source\n\n`tributary status` shows the reindex while it runs; a reindex killed midway leaves the\nalias where it was."
+        after_long_help = "Examples:\n  tributary reindex -c shop.toml --table shop.orders\n  tributary reindex -c shop.toml --table shop.orders --delete-previous\n  tributary reindex -c shop.toml --table shop.orders --from log:events   no load on the source\n  tributary reindex -c shop.toml --document customers\n\n`tributary status` shows the reindex while it runs; a reindex killed midway leaves the\nalias where it was."
     )]
     Reindex {
         #[arg(long, short)]
         connector: PathBuf,
         /// `db.table`.
+        #[arg(
+            long,
+            required_unless_present = "document",
+            conflicts_with = "document"
+        )]
+        table: Option<String>,
+        /// A [[document]] by name: its index rebuilt from the documents its tables
+        /// build now.
         #[arg(long)]
-        table: String,
+        document: Option<String>,
         /// The Elasticsearch sink's name (when there are several).
         #[arg(long)]
         sink: Option<String>,
@@ -533,10 +541,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Reindex {
             connector,
             table,
+            document,
             sink,
             delete_previous,
             from,
-        } => reindex(&connector, table, sink, delete_previous, from).await,
+        } => reindex(&connector, table, document, sink, delete_previous, from).await,
         Command::DeadLetters {
             action:
                 DeadLetterAction::List {
@@ -683,7 +692,8 @@ async fn verify(
 
 async fn reindex(
     path: &Path,
-    table: String,
+    table: Option<String>,
+    document: Option<String>,
     sink: Option<String>,
     delete_previous: bool,
     from: tributary::reindex::ReadFrom,
@@ -691,7 +701,8 @@ async fn reindex(
     use std::io::IsTerminal;
     let cfg = load(path)?;
     let opts = tributary::reindex::Options {
-        table,
+        table: table.unwrap_or_default(),
+        document,
         sink,
         delete_previous,
         progress: std::io::stderr().is_terminal(),

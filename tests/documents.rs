@@ -702,8 +702,13 @@ fn verify_document(c: &std::path::Path, alias: &str, extra: &[&str]) -> (i32, Js
     (code, report)
 }
 
-/// Order and item updates, new orders and deleted items on `db`'s tables until `stop`.
-async fn order_writer(db: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// Order and item updates, new orders (from id `first_order` on) and deleted items on
+/// `db`'s tables until `stop`.
+async fn order_writer(
+    db: String,
+    first_order: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut conn = admin(SHARED_PORT).await;
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -714,7 +719,7 @@ async fn order_writer(db: String, stop: std::sync::Arc<std::sync::atomic::Atomic
             format!("UPDATE `{db}`.order_items SET qty = qty + 1 WHERE order_id = {o}"),
             format!(
                 "INSERT INTO `{db}`.orders VALUES ({}, {}, 1.00, 'w', NOW(6))",
-                10_000 + n,
+                first_order + n,
                 1 + n % 40
             ),
             format!(
@@ -729,7 +734,7 @@ async fn order_writer(db: String, stop: std::sync::Arc<std::sync::atomic::Atomic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_finds_tampered_documents_beside_a_writer_and_repair_fixes_them() {
+async fn verify_and_reindex_of_a_document_beside_a_writer() {
     let url = elasticsearch();
     let db = new_db("docverify", TABLES).await;
     let session = Session::MariaDb(admin(SHARED_PORT).await);
@@ -765,7 +770,7 @@ async fn verify_finds_tampered_documents_beside_a_writer_and_repair_fixes_them()
     );
     assert_eq!(r["rows"], 40, "{r}");
     let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn(order_writer(db.clone(), halt.clone()));
+    let writer = tokio::spawn(order_writer(db.clone(), 10_000, halt.clone()));
     for _ in 0..2 {
         let (code, r) = verify_document(&c, &alias, &[]);
         assert_eq!(
@@ -827,5 +832,47 @@ async fn verify_finds_tampered_documents_beside_a_writer_and_repair_fixes_them()
         es_documents(&url, &alias).await,
         documents_by_sql(&db).await
     );
+
+    // reindex --document beside the daemon while the writer runs: a new index behind
+    // the alias, the tampered document gone, every document equal to SQL's.
+    es_put(
+        &url,
+        &alias,
+        "5",
+        serde_json::json!({"id": 5, "name": "tampered"}),
+    )
+    .await;
+    halt.store(false, std::sync::atomic::Ordering::SeqCst);
+    let writer = tokio::spawn(order_writer(db.clone(), 20_000, halt.clone()));
+    let (code, out, err) = tributary(&[
+        "reindex",
+        "--connector",
+        c.to_str().unwrap(),
+        "--document",
+        &alias,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", daemon_log(&c));
+    halt.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+    // The daemon wrote the documents it built meanwhile to the new index as well.
+    assert!(
+        daemon_log(&c).contains(&format!("index={alias}_v2 table=document {alias}")),
+        "{}",
+        daemon_log(&c)
+    );
+    let expected = documents_by_sql(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while es_documents(&url, &alias).await != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        es_documents(&url, &alias).await,
+        expected,
+        "{}",
+        daemon_log(&c)
+    );
+    let (code, r) = verify_document(&c, &alias, &[]);
+    assert_eq!(code, 0, "{r}");
     stop(&mut daemon);
 }

@@ -35,6 +35,7 @@ use crate::sink::elasticsearch::dual;
 use crate::sink::elasticsearch::verify::{IndexView, Repair};
 use crate::verify::{err, index_view, progress, render, wait_for_daemon, VerifyError};
 
+mod documents;
 mod from_log;
 pub use from_log::ReadFrom;
 
@@ -48,7 +49,10 @@ const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct Options {
+    /// `db.table`, or empty with `document`.
     pub table: String,
+    /// A `[[document]]` by name instead of a table.
+    pub document: Option<String>,
     pub sink: Option<String>,
     /// Delete the previous index after the swap (default: keep it).
     pub delete_previous: bool,
@@ -82,6 +86,14 @@ fn store(cfg: &ConnectorConfig) -> Result<Option<Arc<OffsetStore>>, VerifyError>
 }
 
 pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, VerifyError> {
+    if let Some(name) = &opts.document {
+        if opts.from != ReadFrom::Source {
+            return Err(VerifyError(format!(
+                "--document {name}: a document is rebuilt from the source (--from source)"
+            )));
+        }
+        return documents::reindex(cfg, opts, name).await;
+    }
     let store = store(cfg)?;
     // A running daemon holds the store: the fill runs beside it.
     let online = store.is_none();
@@ -156,31 +168,7 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
             Some(from_log::history(cfg, store.as_deref(), name, log)?)
         }
     };
-    // Never a name used before: a running daemon may still send a write it queued for
-    // an interrupted run's index after it saw that run's request go, and Elasticsearch
-    // creates a missing index on a write. The interrupted run's index (never behind the
-    // alias, so never searched) is deleted once the alias moved.
-    let versions = view.versions(&alias).await.map_err(VerifyError)?;
-    let index = view.next_index(&alias, &versions);
-    let state_dir = &cfg.state.dir;
-    let leftover = dual::read_request(state_dir, &alias)
-        .map(|r| r.index)
-        .filter(|i| !previous.contains(i) && versions.contains(i));
-    dual::remove_request(state_dir, &alias);
-    if !online {
-        dual::remove_answer(state_dir, &alias);
-    } else if wait_for(ANSWER_WAIT, || {
-        dual::read_answer(state_dir, &alias).is_none().then_some(())
-    })
-    .await
-    .is_none()
-    {
-        return Err(VerifyError(format!(
-            "the running daemon of {} still writes to the index an earlier reindex of {name} left ({}/{alias}.dual stays): is it stuck?",
-            cfg.path.display(),
-            dual::dir(state_dir).display()
-        )));
-    }
+    let (index, leftover) = new_index(cfg, &view, &alias, &previous, online, name).await?;
     view.create(&index, &layout).await.map_err(VerifyError)?;
     tracing::info!(table = %name, alias, index, online, "reindexing");
 
@@ -200,14 +188,9 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
         resync: false,
         leftover: None,
     };
+    let state_dir = &cfg.state.dir;
     let filled = async {
-        if online {
-            ask_the_daemon(cfg, &view, &alias, &request).await?;
-        } else {
-            // Stopped, the request only records the run (for `status`, and for the
-            // next run to delete the index should this one be killed).
-            write_request(state_dir, &alias, &request)?;
-        }
+        begin(cfg, &view, &alias, &request, online).await?;
         let place = (state_dir.as_path(), alias.as_str(), &request);
         match &history {
             None => {
@@ -236,7 +219,11 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
                     let began = crate::event::now_ms();
                     wait_for_daemon(cfg, |c| c.at_ms > began).await?;
                 }
-                let bar = progress(opts.progress, &format!("reindex {name} from {}", history.id), history.records);
+                let bar = progress(
+                    opts.progress,
+                    &format!("reindex {name} from {}", history.id),
+                    history.records,
+                );
                 let replay = from_log::Replay {
                     cfg,
                     view: &view,
@@ -253,49 +240,149 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
                 bar.finish_and_clear();
             }
         }
-        view.refresh(&index).await.map_err(VerifyError)?;
-        if online {
-            // Still ours (a later run of the same table takes over), and the daemon
-            // still writes here (a TRUNCATE while filling makes it stop).
-            let ours = |at: Option<u64>| at == Some(request.requested_ms);
-            let answer = dual::read_answer(state_dir, &alias);
-            if !ours(dual::read_request(state_dir, &alias).map(|r| r.requested_ms))
-                || !ours(answer.as_ref().map(|a| a.requested_ms))
-            {
-                return Err(VerifyError(format!(
-                    "{name}: another reindex of the table took over while this one filled {index}; the alias still points at {}",
-                    previous.join(", ")
-                )));
-            }
-            if let Some(why) = answer.and_then(|a| a.stopped) {
-                return Err(VerifyError(format!("{name}: {why}")));
-            }
-        }
-        view.swap(&alias, &previous, &index)
-            .await
-            .map_err(VerifyError)
+        swap(cfg, &view, &alias, &request, &previous, online, name).await
     }
     .await;
-    // Either way the daemon goes back to writing the alias alone (after the swap its
-    // writes to the alias reach the new index); a request another run took over stays.
-    if dual::read_request(state_dir, &alias).is_some_and(|r| r.requested_ms == request.requested_ms)
+    end(
+        cfg,
+        &view,
+        &alias,
+        &request,
+        filled,
+        leftover,
+        opts.delete_previous,
+        &mut report,
+    )
+    .await?;
+    tracing::info!(table = %name, alias, index, documents = report.documents, "reindexed: the alias points at the new index");
+    drop(store);
+    Ok(report)
+}
+
+/// The name of the new index behind `alias` (and the index an interrupted run left,
+/// to delete after the swap), once no daemon writes to an earlier run's any more.
+pub(crate) async fn new_index(
+    cfg: &ConnectorConfig,
+    view: &IndexView,
+    alias: &str,
+    previous: &[String],
+    online: bool,
+    name: &str,
+) -> Result<(String, Option<String>), VerifyError> {
+    // Never a name used before: a running daemon may still send a write it queued for
+    // an interrupted run's index after it saw that run's request go, and Elasticsearch
+    // creates a missing index on a write. The interrupted run's index (never behind the
+    // alias, so never searched) is deleted once the alias moved.
+    let versions = view.versions(alias).await.map_err(VerifyError)?;
+    let index = view.next_index(alias, &versions);
+    let state_dir = &cfg.state.dir;
+    let leftover = dual::read_request(state_dir, alias)
+        .map(|r| r.index)
+        .filter(|i| !previous.contains(i) && versions.contains(i));
+    dual::remove_request(state_dir, alias);
+    if !online {
+        dual::remove_answer(state_dir, alias);
+    } else if wait_for(ANSWER_WAIT, || {
+        dual::read_answer(state_dir, alias).is_none().then_some(())
+    })
+    .await
+    .is_none()
     {
-        dual::remove_request(state_dir, &alias);
+        return Err(VerifyError(format!(
+            "the running daemon of {} still writes to the index an earlier reindex of {name} left ({}/{alias}.dual stays): is it stuck?",
+            cfg.path.display(),
+            dual::dir(state_dir).display()
+        )));
+    }
+    Ok((index, leftover))
+}
+
+/// Starts a run: a running daemon is asked to write to the new index as well (and
+/// answered), a stopped one finds the request as the record of the run (for `status`,
+/// and for the next run to delete the index should this one be killed).
+pub(crate) async fn begin(
+    cfg: &ConnectorConfig,
+    view: &IndexView,
+    alias: &str,
+    request: &dual::Request,
+    online: bool,
+) -> Result<(), VerifyError> {
+    if online {
+        ask_the_daemon(cfg, view, alias, request).await
+    } else {
+        write_request(&cfg.state.dir, alias, request)
+    }
+}
+
+/// The new index filled: the alias moves to it, if the run is still the alias's (a
+/// later run took over otherwise) and the daemon still writes there (a TRUNCATE while
+/// filling makes it stop).
+pub(crate) async fn swap(
+    cfg: &ConnectorConfig,
+    view: &IndexView,
+    alias: &str,
+    request: &dual::Request,
+    previous: &[String],
+    online: bool,
+    name: &str,
+) -> Result<(), VerifyError> {
+    let index = &request.index;
+    view.refresh(index).await.map_err(VerifyError)?;
+    let state_dir = &cfg.state.dir;
+    if online {
+        let ours = |at: Option<u64>| at == Some(request.requested_ms);
+        let answer = dual::read_answer(state_dir, alias);
+        if !ours(dual::read_request(state_dir, alias).map(|r| r.requested_ms))
+            || !ours(answer.as_ref().map(|a| a.requested_ms))
+        {
+            return Err(VerifyError(format!(
+                "{name}: another reindex took over while this one filled {index}; the alias still points at {}",
+                previous.join(", ")
+            )));
+        }
+        if let Some(why) = answer.and_then(|a| a.stopped) {
+            return Err(VerifyError(format!("{name}: {why}")));
+        }
+    }
+    view.swap(alias, previous, index).await.map_err(VerifyError)
+}
+
+/// Ends a run either way: the daemon goes back to writing the alias alone (after the
+/// swap its writes to the alias reach the new index; a request another run took over
+/// stays); after a swap, the index an interrupted run left and, when asked, the
+/// previous ones are deleted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn end(
+    cfg: &ConnectorConfig,
+    view: &IndexView,
+    alias: &str,
+    request: &dual::Request,
+    filled: Result<(), VerifyError>,
+    leftover: Option<String>,
+    delete_previous: bool,
+    report: &mut Report,
+) -> Result<(), VerifyError> {
+    let state_dir = &cfg.state.dir;
+    if dual::read_request(state_dir, alias).is_some_and(|r| r.requested_ms == request.requested_ms)
+    {
+        dual::remove_request(state_dir, alias);
     }
     filled?;
-    tracing::info!(table = %name, alias, index, documents = report.documents, "reindexed: the alias points at the new index");
     if let Some(l) = leftover {
         view.delete(&l).await.map_err(VerifyError)?;
-        tracing::info!(table = %name, index = l, "deleted the index an interrupted reindex left");
+        tracing::info!(
+            alias,
+            index = l,
+            "deleted the index an interrupted reindex left"
+        );
     }
-    if opts.delete_previous {
-        for p in &previous {
+    if delete_previous {
+        for p in &report.previous {
             view.delete(p).await.map_err(VerifyError)?;
         }
         report.deleted_previous = true;
     }
-    drop(store);
-    Ok(report)
+    Ok(())
 }
 
 /// What the daemon runs for a schema-guard `reindex` verdict: the table's index in

@@ -54,62 +54,11 @@ pub(super) async fn verify(
         index: name.to_lowercase(),
         ..TableReport::default()
     };
-    // verify's own state, in the state dir (it holds every row the document reads),
-    // removed when done.
-    let dir = crate::document::stage::state_dir(&cfg.state.dir);
-    cfg.state.file_mode.create_dir_all(&dir).map_err(err)?;
-    let path = dir.join(format!(".verify-{name}-{}.redb", std::process::id()));
-    let _remove = Remove(path.clone());
-    let state = State::open_with(&path, shape.tree.clone(), cfg.state.file_mode).map_err(err)?;
-    state.prepare().map_err(err)?; // (building: nothing is marked)
-
-    // Every table of the document into the state.
-    let mut first: Option<u64> = None;
-    let mut last: Option<Window> = None;
-    for table in def.tables() {
-        let Some(scanned) = scan.table(table).await.map_err(err)? else {
-            return Err(VerifyError(format!(
-                "table {table} does not exist in the source database"
-            )));
-        };
-        let estimate = scanned.estimate;
-        let bar = progress(opts.progress, &format!("verify {name}: {table}"), estimate);
-        let mut projections: PerSchema<Vec<(usize, Vec<Option<usize>>)>> = PerSchema::default();
-        let mut after: Option<Vec<Value>> = None;
-        loop {
-            let chunk = scan
-                .chunk(table, after.as_deref(), CHUNK)
-                .await
-                .map_err(err)?;
-            bar.inc(chunk.rows.len() as u64);
-            first.get_or_insert(chunk.window.before);
-            let events = enriched(stage, &scanned.schema, chunk.rows, &chunk.window).await?;
-            let mut changes = state.changes().map_err(err)?;
-            for e in &events {
-                let nodes = projections.get_or_insert_with(&e.table, || {
-                    let tree = &shape.tree;
-                    tree.nodes_of(table)
-                        .map(|n| (n, tree.nodes[n].project(&e.table)))
-                        .collect()
-                });
-                for (n, proj) in nodes.iter() {
-                    changes
-                        .apply_node(*n, proj, None, e.after.as_ref(), e.version)
-                        .map_err(err)?;
-                }
-            }
-            changes.commit().map_err(err)?;
-            last = Some(chunk.window);
-            match chunk.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-        bar.finish_and_clear();
-    }
-    let (Some(first), Some(last)) = (first, last) else {
+    let Some(read) = read_tables(cfg, scan, stage, def, shape, opts.progress, "verify").await?
+    else {
         return Ok(report);
     };
+    let (state, first, last) = (&read.state, read.first, &read.last);
     let ids = DocId::Columns(schema.primary_key.clone());
     let render = |b: Built| -> Option<(String, Json, ChangeEvent)> {
         let e = event(&schema, b, &last.after, 0);
@@ -194,7 +143,7 @@ pub(super) async fn verify(
             look(
                 view,
                 scan,
-                &state,
+                state,
                 &render,
                 root_table,
                 &mut report,
@@ -248,7 +197,7 @@ pub(super) async fn verify(
                 look(
                     view,
                     scan,
-                    &state,
+                    state,
                     &render,
                     root_table,
                     &mut report,
@@ -274,7 +223,91 @@ pub(super) async fn verify(
     Ok(report)
 }
 
-/// Removes verify's state file when dropped.
+/// A document's tables as read from the source into a state of its own (in the state
+/// dir, as large as the daemon's; removed when dropped), from which every document is
+/// built as the daemon builds it.
+pub(crate) struct Read {
+    pub state: State,
+    /// The version of the first read: every change after it is not in some rows.
+    pub first: u64,
+    /// The last read's window.
+    pub last: Window,
+    _remove: Remove,
+}
+
+/// Reads every table of document `def` chunk by chunk through the snapshot read,
+/// enriched as the daemon enriches them, into a new state (building: nothing is
+/// marked). None when the tables hold no row at all.
+pub(crate) async fn read_tables(
+    cfg: &ConnectorConfig,
+    scan: &dyn TableScan,
+    stage: &mut Stage,
+    def: &DocumentConfig,
+    shape: &Shape,
+    show: bool,
+    what: &str,
+) -> Result<Option<Read>, VerifyError> {
+    let name = def.name.get_ref();
+    let dir = crate::document::stage::state_dir(&cfg.state.dir);
+    cfg.state.file_mode.create_dir_all(&dir).map_err(err)?;
+    let path = dir.join(format!(".{what}-{name}-{}.redb", std::process::id()));
+    let remove = Remove(path.clone());
+    let state = State::open_with(&path, shape.tree.clone(), cfg.state.file_mode).map_err(err)?;
+    state.prepare().map_err(err)?;
+    let mut first: Option<u64> = None;
+    let mut last: Option<Window> = None;
+    for table in def.tables() {
+        let Some(scanned) = scan.table(table).await.map_err(err)? else {
+            return Err(VerifyError(format!(
+                "table {table} does not exist in the source database"
+            )));
+        };
+        let bar = progress(show, &format!("{what} {name}: {table}"), scanned.estimate);
+        let mut projections: PerSchema<Vec<(usize, Vec<Option<usize>>)>> = PerSchema::default();
+        let mut after: Option<Vec<Value>> = None;
+        loop {
+            let chunk = scan
+                .chunk(table, after.as_deref(), CHUNK)
+                .await
+                .map_err(err)?;
+            bar.inc(chunk.rows.len() as u64);
+            first.get_or_insert(chunk.window.before);
+            let events = enriched(stage, &scanned.schema, chunk.rows, &chunk.window).await?;
+            let mut changes = state.changes().map_err(err)?;
+            for e in &events {
+                let nodes = projections.get_or_insert_with(&e.table, || {
+                    let tree = &shape.tree;
+                    tree.nodes_of(table)
+                        .map(|n| (n, tree.nodes[n].project(&e.table)))
+                        .collect()
+                });
+                for (n, proj) in nodes.iter() {
+                    changes
+                        .apply_node(*n, proj, None, e.after.as_ref(), e.version)
+                        .map_err(err)?;
+                }
+            }
+            changes.commit().map_err(err)?;
+            last = Some(chunk.window);
+            match chunk.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        bar.finish_and_clear();
+    }
+    Ok(match (first, last) {
+        (Some(first), Some(last)) => Some(Read {
+            state,
+            first,
+            last,
+            _remove: remove,
+        }),
+        _ => None,
+    })
+}
+
+/// Removes a state file when dropped.
 struct Remove(std::path::PathBuf);
 
 impl Drop for Remove {
@@ -332,7 +365,7 @@ struct Suspect {
 fn suspect(suspects: &mut Vec<Suspect>, root: Vec<u8>, id: String) -> Result<(), VerifyError> {
     if suspects.len() >= MAX_SUSPECTS {
         return Err(VerifyError(format!(
-            "more than {MAX_SUSPECTS} documents differ from the index: it is far from the tables; rebuild the document (delete its alias and index, and its state in the state dir's documents/, then start the daemon)"
+            "more than {MAX_SUSPECTS} documents differ from the index: it is far from the tables; `tributary reindex --document` rebuilds it"
         )));
     }
     suspects.push(Suspect { root, id });

@@ -32,7 +32,7 @@ use crate::sink::elasticsearch::verify::{IndexView, Repair, Stored};
 use crate::sink::elasticsearch::DocId;
 use crate::source::scan::{key_text, TableScan, Window};
 
-mod documents;
+pub(crate) mod documents;
 
 /// Rows per chunk (and per `_mget`).
 const CHUNK: u64 = 1000;

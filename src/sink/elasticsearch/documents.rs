@@ -28,23 +28,8 @@ impl ElasticsearchSink {
         };
         let alias = name.to_lowercase();
         if !self.alias_exists(&alias).await? {
-            let properties = mapping::document_properties(
-                &shape.tree,
-                &|t| shape.schema_of(t),
-                self.cfg.decimal,
-            )
-            .map_err(|m| self.err(format!("document `{name}`: {m}")))?;
-            let body = json!({
-                "settings": {"index": {"gc_deletes": self.cfg.gc_deletes}},
-                "mappings": {
-                    "_meta": {
-                        "document": name,
-                        "document_definition": shape.tree.definition(),
-                        "managed_by": "tributary",
-                    },
-                    "properties": properties,
-                },
-            });
+            let body = document_index_body(&self.cfg, name, shape)
+                .map_err(|m| self.err(format!("document `{name}`: {m}")))?;
             let concrete = format!("{alias}_v1");
             self.create_index_with(&concrete, &body).await?;
             self.swap_aliases(json!({"actions": [{"add": {"index": concrete, "alias": alias, "is_write_index": true}}]}))
@@ -56,4 +41,26 @@ impl ElasticsearchSink {
             id: DocId::Columns(schema.primary_key.clone()),
         })
     }
+}
+
+/// The settings and mapping of a document's index (`_meta` names the document and its
+/// definition).
+pub(super) fn document_index_body(
+    cfg: &super::ElasticsearchSinkConfig,
+    name: &str,
+    shape: &crate::document::stage::Shape,
+) -> Result<serde_json::Value, String> {
+    let properties =
+        mapping::document_properties(&shape.tree, &|t| shape.schema_of(t), cfg.decimal)?;
+    Ok(json!({
+        "settings": {"index": {"gc_deletes": cfg.gc_deletes}},
+        "mappings": {
+            "_meta": {
+                "document": name,
+                "document_definition": shape.tree.definition(),
+                "managed_by": "tributary",
+            },
+            "properties": properties,
+        },
+    }))
 }

@@ -412,6 +412,27 @@ impl IndexView {
             .map(|_| ())
     }
 
+    /// Creates index `name` for joined document `document` (its mapping as the sink
+    /// creates it).
+    pub async fn create_document(
+        &self,
+        name: &str,
+        document: &str,
+        shape: &crate::document::stage::Shape,
+    ) -> Result<(), String> {
+        let b = super::documents::document_index_body(&self.cfg, document, shape)?;
+        let sent = self
+            .client
+            .indices()
+            .create(IndicesCreateParts::Index(name))
+            .body(b)
+            .send()
+            .await;
+        body(sent, &format!("creating index {name}"))
+            .await
+            .map(|_| ())
+    }
+
     /// Deletes concrete index `name` (gone already is fine).
     pub async fn delete(&self, name: &str) -> Result<(), String> {
         let sent = self
