@@ -682,6 +682,26 @@ async fn a_document_added_to_a_running_connector_is_built_from_requested_snapsho
     stop(&mut daemon);
 }
 
+/// Waits (up to a minute) until the index behind `alias` holds `expected`, which it
+/// must then (connector `c`'s daemon log shown otherwise).
+async fn wait_for_documents(
+    url: &str,
+    alias: &str,
+    expected: &BTreeMap<String, Json>,
+    c: &std::path::Path,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while es_documents(url, alias).await != *expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        es_documents(url, alias).await,
+        *expected,
+        "{}",
+        daemon_log(c)
+    );
+}
+
 /// `tributary verify --document` (JSON reports): exit code, the document's report.
 fn verify_document(c: &std::path::Path, alias: &str, extra: &[&str]) -> (i32, Json) {
     let mut args = vec![
@@ -749,16 +769,7 @@ async fn verify_and_reindex_of_a_document_beside_a_writer() {
     std::fs::write(&c, text).unwrap();
     let mut daemon = spawn_daemon(&c);
     let expected = documents_by_sql(&db).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while es_documents(&url, &alias).await != expected && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
-    assert_eq!(
-        es_documents(&url, &alias).await,
-        expected,
-        "{}",
-        daemon_log(&c)
-    );
+    wait_for_documents(&url, &alias, &expected, &c).await;
 
     // Exact: clean, also while a writer changes orders and items beside verify (and
     // the daemon writes the documents they change).
@@ -784,10 +795,7 @@ async fn verify_and_reindex_of_a_document_beside_a_writer() {
     writer.await.unwrap();
     // The daemon caught up (else it could write over the tampering below).
     let expected = documents_by_sql(&db).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while es_documents(&url, &alias).await != expected && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    wait_for_documents(&url, &alias, &expected, &c).await;
 
     // Behind tributary's back: customer 3's document deleted, 4's changed, an extra.
     es_delete(&url, &alias, "3").await;
@@ -862,16 +870,7 @@ async fn verify_and_reindex_of_a_document_beside_a_writer() {
         daemon_log(&c)
     );
     let expected = documents_by_sql(&db).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while es_documents(&url, &alias).await != expected && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
-    assert_eq!(
-        es_documents(&url, &alias).await,
-        expected,
-        "{}",
-        daemon_log(&c)
-    );
+    wait_for_documents(&url, &alias, &expected, &c).await;
     let (code, r) = verify_document(&c, &alias, &[]);
     assert_eq!(code, 0, "{r}");
     stop(&mut daemon);

@@ -27,6 +27,23 @@ fn policy(rules: &str) -> Policy {
     .expect("a valid policy")
 }
 
+/// The loop settings of a test run: 1 ms checkpoints, a small queue.
+fn test_loop(
+    until: Option<Position>,
+    reload: Reload,
+    hangups: tokio::sync::mpsc::Receiver<()>,
+) -> Loop {
+    Loop {
+        queue_events: 1024,
+        queue_bytes: 1 << 20,
+        checkpoint_interval: Duration::from_millis(1),
+        until,
+        reload,
+        hangups,
+        reindexer: None,
+    }
+}
+
 struct Run {
     dir: tempfile::TempDir,
     store: Arc<OffsetStore>,
@@ -43,6 +60,22 @@ impl Run {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(OffsetStore::open(&dir.path().join("state"), mode).unwrap());
         Run { dir, store, mode }
+    }
+
+    /// Runs the pipeline in a task of its own (the test looks at it meanwhile).
+    fn spawn(
+        &self,
+        source: ScriptedSource,
+        stages: Stages,
+    ) -> tokio::task::JoinHandle<Result<RunStats, PipelineError>> {
+        tokio::spawn(drive(
+            Box::new(source),
+            "test".into(),
+            self.store.clone(),
+            stages,
+            test_loop(None, no_reload(), no_hangups()),
+            CancellationToken::new(),
+        ))
     }
 
     fn quarantine_dir(&self) -> std::path::PathBuf {
@@ -72,15 +105,7 @@ impl Run {
         reload: Reload,
         hangups: tokio::sync::mpsc::Receiver<()>,
     ) -> Result<RunStats, PipelineError> {
-        let cfg = Loop {
-            queue_events: 1024,
-            queue_bytes: 1 << 20,
-            checkpoint_interval: Duration::from_millis(1),
-            until,
-            reload,
-            hangups,
-            reindexer: None,
-        };
+        let cfg = test_loop(until, reload, hangups);
         let run = drive(
             Box::new(source),
             "test".into(),
@@ -342,27 +367,7 @@ async fn one_checkpoint_in_flight_while_batches_keep_flowing() {
         ScriptedSource::batches(std::iter::once(commit(1)).chain(
             (1..=20).flat_map(|i| [insert(&t, i, i as u64 * 10), commit(i as u64 * 10 + 1)]),
         ));
-    let handle = {
-        let stages = run.stages(Policy::add_only(), vec![sink]);
-        let store = run.store.clone();
-        let cfg = Loop {
-            queue_events: 1024,
-            queue_bytes: 1 << 20,
-            checkpoint_interval: Duration::from_millis(1),
-            until: None,
-            reload: no_reload(),
-            hangups: no_hangups(),
-            reindexer: None,
-        };
-        tokio::spawn(drive(
-            Box::new(source),
-            "test".into(),
-            store,
-            stages,
-            cfg,
-            CancellationToken::new(),
-        ))
-    };
+    let handle = run.spawn(source, run.stages(Policy::add_only(), vec![sink]));
     // Every batch reaches the sink while a checkpoint waits for its ack.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.lock().unwrap().accepted.len() < 41 {
@@ -795,23 +800,7 @@ async fn without_a_checkpoint_the_first_boundary_is_stored_before_anything_after
     let (sink, seen) = recording(Acks::Gated(gate.clone()));
     // A source announces where it starts, then streams.
     let source = ScriptedSource::batches([commit(1), insert(&t, 2, 2), commit(3)]);
-    let cfg = Loop {
-        queue_events: 1024,
-        queue_bytes: 1 << 20,
-        checkpoint_interval: Duration::from_millis(1),
-        until: None,
-        reload: no_reload(),
-        hangups: no_hangups(),
-        reindexer: None,
-    };
-    let handle = tokio::spawn(drive(
-        Box::new(source),
-        "test".into(),
-        run.store.clone(),
-        run.stages(Policy::add_only(), vec![sink]),
-        cfg,
-        CancellationToken::new(),
-    ));
+    let handle = run.spawn(source, run.stages(Policy::add_only(), vec![sink]));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         seen.lock().unwrap().accepted,

@@ -129,7 +129,6 @@ pub(super) async fn reindex(
     end(
         cfg,
         &view,
-        &alias,
         &request,
         filled,
         leftover,
@@ -137,7 +136,6 @@ pub(super) async fn reindex(
         &mut report,
     )
     .await?;
-    tracing::info!(document = %name, alias, index, documents = report.documents, "reindexed: the alias points at the new index");
     drop(store);
     Ok(report)
 }

@@ -246,7 +246,6 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
     end(
         cfg,
         &view,
-        &alias,
         &request,
         filled,
         leftover,
@@ -254,7 +253,6 @@ pub async fn reindex(cfg: &ConnectorConfig, opts: &Options) -> Result<Report, Ve
         &mut report,
     )
     .await?;
-    tracing::info!(table = %name, alias, index, documents = report.documents, "reindexed: the alias points at the new index");
     drop(store);
     Ok(report)
 }
@@ -351,11 +349,9 @@ pub(crate) async fn swap(
 /// swap its writes to the alias reach the new index; a request another run took over
 /// stays); after a swap, the index an interrupted run left and, when asked, the
 /// previous ones are deleted.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn end(
     cfg: &ConnectorConfig,
     view: &IndexView,
-    alias: &str,
     request: &dual::Request,
     filled: Result<(), VerifyError>,
     leftover: Option<String>,
@@ -363,11 +359,13 @@ pub(crate) async fn end(
     report: &mut Report,
 ) -> Result<(), VerifyError> {
     let state_dir = &cfg.state.dir;
+    let alias = report.alias.as_str();
     if dual::read_request(state_dir, alias).is_some_and(|r| r.requested_ms == request.requested_ms)
     {
         dual::remove_request(state_dir, alias);
     }
     filled?;
+    tracing::info!(of = %request.table, alias, index = %request.index, documents = report.documents, "reindexed: the alias points at the new index");
     if let Some(l) = leftover {
         view.delete(&l).await.map_err(VerifyError)?;
         tracing::info!(

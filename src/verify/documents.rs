@@ -137,22 +137,15 @@ pub(super) async fn verify(
         })?
         .schema;
     let root_table = &*root_table;
-    let mut confirmed = Vec::new();
-    for batch in suspects.chunks(500) {
-        confirmed.extend(
-            look(
-                view,
-                scan,
-                state,
-                &render,
-                root_table,
-                &mut report,
-                first,
-                batch,
-            )
-            .await?,
-        );
-    }
+    let second = Second {
+        view,
+        scan,
+        state,
+        render: &render,
+        root_table,
+        first,
+    };
+    let mut confirmed = second.look(&mut report, &suspects).await?;
     if opts.repair && !confirmed.is_empty() {
         for batch in confirmed.chunks(500) {
             let repairs: Vec<Repair> = batch
@@ -191,22 +184,7 @@ pub(super) async fn verify(
                 id: c.id,
             })
             .collect();
-        confirmed = Vec::new();
-        for batch in again.chunks(500) {
-            confirmed.extend(
-                look(
-                    view,
-                    scan,
-                    state,
-                    &render,
-                    root_table,
-                    &mut report,
-                    first,
-                    batch,
-                )
-                .await?,
-            );
-        }
+        confirmed = second.look(&mut report, &again).await?;
     }
     for c in confirmed {
         let (count, list) = match c.kind {
@@ -389,65 +367,92 @@ struct Confirmed {
     version: u64,
 }
 
-/// Looks at suspects again (the daemon passed every read): their documents in the
-/// index, and the root rows read once more. Returns what still differs.
-#[allow(clippy::too_many_arguments)]
-async fn look(
-    view: &IndexView,
-    scan: &dyn TableScan,
-    state: &State,
-    render: &dyn Fn(Built) -> Option<(String, Json, ChangeEvent)>,
-    root_table: &TableSchema,
-    report: &mut TableReport,
+/// What the second look needs: the daemon passed every read.
+struct Second<'a> {
+    view: &'a IndexView,
+    scan: &'a dyn TableScan,
+    state: &'a State,
+    render: &'a dyn Fn(Built) -> Option<(String, Json, ChangeEvent)>,
+    root_table: &'a TableSchema,
+    /// The version of the first read.
     first: u64,
-    suspects: &[Suspect],
-) -> Result<Vec<Confirmed>, VerifyError> {
-    let keys: Vec<Vec<Value>> = suspects
-        .iter()
-        .map(|s| crate::document::state::key_values(&s.root).map_err(VerifyError))
-        .collect::<Result<_, _>>()?;
-    // Roots there now; read after every change that touched an unchanged document, so
-    // its version orders a repair after them.
-    let (rows, window) = scan
-        .rows(&root_table.qualified_name(), &keys)
-        .await
-        .map_err(err)?;
-    let now = super::row_keys(root_table, &rows);
-    let wanted: Vec<String> = suspects.iter().map(|s| s.id.clone()).collect();
-    let stored = view
-        .get(&report.index, &wanted)
-        .await
-        .map_err(VerifyError)?;
-    let mut out = Vec::new();
-    for (s, key) in suspects.iter().zip(&keys) {
-        let index = stored.get(&s.id);
-        // Rewritten since the first read: a change reached it, not judged.
-        if index.is_some_and(|d| d.version > first) {
-            report.changing += 1;
-            continue;
+}
+
+impl Second<'_> {
+    /// Looks at suspects again, 500 at a time: their documents in the index, and the
+    /// root rows read once more. Returns what still differs.
+    async fn look(
+        &self,
+        report: &mut TableReport,
+        suspects: &[Suspect],
+    ) -> Result<Vec<Confirmed>, VerifyError> {
+        let mut out = Vec::new();
+        for batch in suspects.chunks(500) {
+            out.extend(self.look_batch(report, batch).await?);
         }
-        let built = state.built(&s.root).map_err(err)?.and_then(|b| {
-            render(Built {
-                version: window.before,
-                ..b
-            })
-        });
-        let kind = match (&built, index) {
-            (Some((_, doc, _)), Some(d)) if equal(&d.source, doc, &[]) => continue,
-            (Some(_), Some(_)) => Kind::Stale,
-            // Deleted since it was read: its delete reached the index.
-            (Some(_), None) if !now.contains(&key_text(key)) => continue,
-            (Some(_), None) => Kind::Missing,
-            (None, Some(_)) => Kind::Extra,
-            (None, None) => continue,
-        };
-        out.push(Confirmed {
-            kind,
-            root: s.root.clone(),
-            id: s.id.clone(),
-            doc: built.map(|(_, _, e)| e),
-            version: window.before,
-        });
+        Ok(out)
     }
-    Ok(out)
+
+    async fn look_batch(
+        &self,
+        report: &mut TableReport,
+        suspects: &[Suspect],
+    ) -> Result<Vec<Confirmed>, VerifyError> {
+        let (view, scan, state, render, root_table, first) = (
+            self.view,
+            self.scan,
+            self.state,
+            self.render,
+            self.root_table,
+            self.first,
+        );
+        let keys: Vec<Vec<Value>> = suspects
+            .iter()
+            .map(|s| crate::document::state::key_values(&s.root).map_err(VerifyError))
+            .collect::<Result<_, _>>()?;
+        // Roots there now; read after every change that touched an unchanged document, so
+        // its version orders a repair after them.
+        let (rows, window) = scan
+            .rows(&root_table.qualified_name(), &keys)
+            .await
+            .map_err(err)?;
+        let now = super::row_keys(root_table, &rows);
+        let wanted: Vec<String> = suspects.iter().map(|s| s.id.clone()).collect();
+        let stored = view
+            .get(&report.index, &wanted)
+            .await
+            .map_err(VerifyError)?;
+        let mut out = Vec::new();
+        for (s, key) in suspects.iter().zip(&keys) {
+            let index = stored.get(&s.id);
+            // Rewritten since the first read: a change reached it, not judged.
+            if index.is_some_and(|d| d.version > first) {
+                report.changing += 1;
+                continue;
+            }
+            let built = state.built(&s.root).map_err(err)?.and_then(|b| {
+                render(Built {
+                    version: window.before,
+                    ..b
+                })
+            });
+            let kind = match (&built, index) {
+                (Some((_, doc, _)), Some(d)) if equal(&d.source, doc, &[]) => continue,
+                (Some(_), Some(_)) => Kind::Stale,
+                // Deleted since it was read: its delete reached the index.
+                (Some(_), None) if !now.contains(&key_text(key)) => continue,
+                (Some(_), None) => Kind::Missing,
+                (None, Some(_)) => Kind::Extra,
+                (None, None) => continue,
+            };
+            out.push(Confirmed {
+                kind,
+                root: s.root.clone(),
+                id: s.id.clone(),
+                doc: built.map(|(_, _, e)| e),
+                version: window.before,
+            });
+        }
+        Ok(out)
+    }
 }
