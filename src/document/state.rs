@@ -393,7 +393,7 @@ impl State {
             Some(a) => std::ops::Bound::Excluded(row_key(0, a)),
             None => std::ops::Bound::Included(prefix.clone()),
         };
-        let mut roots = Vec::new();
+        let mut out = Vec::new();
         for item in rows
             .range::<&[u8]>((
                 from.as_ref().map(|k| k.as_slice()),
@@ -401,29 +401,16 @@ impl State {
             ))
             .map_err(|e| self.err(e))?
         {
-            let (k, v) = item.map_err(|e| self.err(e))?;
+            let (k, _) = item.map_err(|e| self.err(e))?;
             let Some(root) = k.value().strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            if codec::decode(v.value())
-                .map_err(|e| self.err(e))?
-                .values
-                .is_some()
-            {
-                roots.push(root.to_vec());
-                if roots.len() >= limit {
+            if let Some(b) = self.root_document(&rows, &links, root)? {
+                out.push((root.to_vec(), b));
+                if out.len() >= limit {
                     break;
                 }
             }
-        }
-        let mut out = Vec::with_capacity(roots.len());
-        for root in roots {
-            let version = stored_row(&rows, &row_key(0, &root))
-                .map_err(|e| self.err(e))?
-                .map_or(0, |r| r.version);
-            let row = self.top_row(&rows, &links, &root, &mut Fill::new())?;
-            let key = key_values(&root).map_err(|e| self.err(e))?;
-            out.push((root, Built { key, row, version }));
         }
         Ok(out)
     }
@@ -434,13 +421,32 @@ impl State {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
         let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
-        let Some(stored) = stored_row(&rows, &row_key(0, root)).map_err(|e| self.err(e))? else {
+        self.root_document(&rows, &links, root)
+    }
+
+    /// Whether root key `root` has a live row (without building its document).
+    pub fn has_root(&self, root: &[u8]) -> Result<bool, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+        Ok(row_values(&rows, 0, root)
+            .map_err(|e| self.err(e))?
+            .is_some())
+    }
+
+    /// `built` within a read transaction's tables.
+    fn root_document(
+        &self,
+        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
+        root: &[u8],
+    ) -> Result<Option<Built>, StateError> {
+        let Some(stored) = stored_row(rows, &row_key(0, root)).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
         if stored.values.is_none() {
             return Ok(None);
         }
-        let row = self.top_row(&rows, &links, root, &mut Fill::new())?;
+        let row = self.top_row(rows, links, root, &mut Fill::new())?;
         let key = key_values(root).map_err(|e| self.err(e))?;
         Ok(Some(Built {
             key,

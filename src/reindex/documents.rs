@@ -111,7 +111,8 @@ pub(super) async fn reindex(
                             ..b
                         };
                         let e = event(&schema, b, &read.last.after, 0);
-                        let (id, _) = view.expected(&e, &ids)?;
+                        // (The id only: the bulk body renders the document.)
+                        let id = ids.of(&e, e.after.as_ref()?)?;
                         Some(Repair::Index { event: e, id })
                     })
                     .collect();

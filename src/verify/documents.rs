@@ -24,14 +24,14 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+use super::{enriched, Kind, CHUNK, MAX_SUSPECTS, PAGE};
 use super::{equal, err, key_text, passed, progress, wait_for_daemon, TableReport, VerifyError};
-use super::{CHUNK, LISTED, MAX_SUSPECTS, PAGE};
 use crate::config::ConnectorConfig;
 use crate::document::stage::{document_schema, event, Shape};
 use crate::document::state::{key_bytes, Built, State};
 use crate::document::DocumentConfig;
 use crate::enrich::Stage;
-use crate::event::{ChangeEvent, Op, PerSchema, SourceMessage, TableSchema, Value};
+use crate::event::{ChangeEvent, PerSchema, TableSchema, Value};
 use crate::sink::elasticsearch::verify::{IndexView, Repair};
 use crate::sink::elasticsearch::DocId;
 use crate::source::scan::{TableScan, Window};
@@ -117,7 +117,7 @@ pub(super) async fn verify(
                 continue;
             };
             let root = key_bytes(key.iter());
-            if state.built(&root).map_err(err)?.is_none() {
+            if !state.has_root(&root).map_err(err)? {
                 suspect(&mut suspects, root, d.id.clone())?;
             }
         }
@@ -187,16 +187,8 @@ pub(super) async fn verify(
         confirmed = second.look(&mut report, &again).await?;
     }
     for c in confirmed {
-        let (count, list) = match c.kind {
-            Kind::Missing => (&mut report.missing, &mut report.first_missing),
-            Kind::Stale => (&mut report.stale, &mut report.first_stale),
-            Kind::Extra => (&mut report.extra, &mut report.first_extra),
-        };
-        *count += 1;
-        if list.len() < LISTED {
-            let key = crate::document::state::key_values(&c.root).unwrap_or_default();
-            list.push(key_text(&key).replace('\u{1f}', ","));
-        }
+        let key = crate::document::state::key_values(&c.root).unwrap_or_default();
+        report.record(c.kind, &key);
     }
     Ok(report)
 }
@@ -294,46 +286,6 @@ impl Drop for Remove {
     }
 }
 
-/// Rows of `table` read in `window`, enriched as the daemon enriches them (rows a step
-/// fails on are left out, as their changes are dead letters).
-async fn enriched(
-    stage: &mut Stage,
-    schema: &Arc<TableSchema>,
-    rows: Vec<crate::event::Row>,
-    window: &Window,
-) -> Result<Vec<ChangeEvent>, VerifyError> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut batch: Vec<SourceMessage> = rows
-        .into_iter()
-        .map(|r| {
-            SourceMessage::Change(ChangeEvent {
-                op: Op::Read,
-                table: schema.clone(),
-                pos: window.after.clone(),
-                txid: None,
-                source_ts_ms: 0,
-                before: None,
-                after: Some(r),
-                version: window.before,
-                ts_ms: 0,
-            })
-        })
-        .collect();
-    batch.push(SourceMessage::Commit(window.after.clone()));
-    Ok(stage
-        .apply(batch)
-        .await
-        .map_err(err)?
-        .into_iter()
-        .filter_map(|m| match m {
-            SourceMessage::Change(e) => Some(e),
-            _ => None,
-        })
-        .collect())
-}
-
 /// A document that differed in the first pass.
 struct Suspect {
     root: Vec<u8>,
@@ -348,13 +300,6 @@ fn suspect(suspects: &mut Vec<Suspect>, root: Vec<u8>, id: String) -> Result<(),
     }
     suspects.push(Suspect { root, id });
     Ok(())
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Missing,
-    Stale,
-    Extra,
 }
 
 struct Confirmed {
@@ -398,14 +343,14 @@ impl Second<'_> {
         report: &mut TableReport,
         suspects: &[Suspect],
     ) -> Result<Vec<Confirmed>, VerifyError> {
-        let (view, scan, state, render, root_table, first) = (
-            self.view,
-            self.scan,
-            self.state,
-            self.render,
-            self.root_table,
-            self.first,
-        );
+        let Second {
+            view,
+            scan,
+            state,
+            render,
+            root_table,
+            first,
+        } = *self;
         let keys: Vec<Vec<Value>> = suspects
             .iter()
             .map(|s| crate::document::state::key_values(&s.root).map_err(VerifyError))

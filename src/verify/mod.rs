@@ -99,6 +99,19 @@ impl TableReport {
     pub fn differences(&self) -> u64 {
         self.missing + self.stale + self.extra
     }
+
+    /// Counts a confirmed difference of key `key`, listed among the first few.
+    fn record(&mut self, kind: Kind, key: &[Value]) {
+        let (count, list) = match kind {
+            Kind::Missing => (&mut self.missing, &mut self.first_missing),
+            Kind::Stale => (&mut self.stale, &mut self.first_stale),
+            Kind::Extra => (&mut self.extra, &mut self.first_extra),
+        };
+        *count += 1;
+        if list.len() < LISTED {
+            list.push(key_text(key).replace('\u{1f}', ","));
+        }
+    }
 }
 
 /// A key that differed in the first pass.
@@ -396,15 +409,7 @@ impl Verifier<'_> {
             }
         }
         for c in confirmed {
-            let (count, list) = match c.kind {
-                Kind::Missing => (&mut self.report.missing, &mut self.report.first_missing),
-                Kind::Stale => (&mut self.report.stale, &mut self.report.first_stale),
-                Kind::Extra => (&mut self.report.extra, &mut self.report.first_extra),
-            };
-            *count += 1;
-            if list.len() < LISTED {
-                list.push(key_text(&c.key).replace('\u{1f}', ","));
-            }
+            self.report.record(c.kind, &c.key);
         }
         if self.too_many {
             return Err(VerifyError(format!(
@@ -536,17 +541,9 @@ pub(crate) async fn render(
     window: &Window,
     ids: &DocId,
 ) -> Result<Vec<Looked>, VerifyError> {
-    let mut batch = Vec::with_capacity(rows.len() + 1);
-    for row in rows {
-        batch.push(SourceMessage::Change(read_event(schema, row, window)));
-    }
-    batch.push(SourceMessage::Commit(window.after.clone()));
-    let enriched = stage.apply(batch).await.map_err(err)?;
+    let enriched = enriched(stage, schema, rows, window).await?;
     let mut out = Vec::with_capacity(enriched.len());
-    for m in enriched {
-        let SourceMessage::Change(e) = m else {
-            continue;
-        };
+    for e in enriched {
         let Some((id, doc)) = view.expected(&e, ids) else {
             continue;
         };
@@ -565,6 +562,34 @@ pub(crate) async fn render(
         });
     }
     Ok(out)
+}
+
+/// Rows read in `window` as read events, enriched as the daemon enriches them (rows a
+/// step fails on are left out: their changes are dead letters).
+pub(crate) async fn enriched(
+    stage: &mut Stage,
+    schema: &Arc<TableSchema>,
+    rows: Vec<Row>,
+    window: &Window,
+) -> Result<Vec<ChangeEvent>, VerifyError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut batch = Vec::with_capacity(rows.len() + 1);
+    for row in rows {
+        batch.push(SourceMessage::Change(read_event(schema, row, window)));
+    }
+    batch.push(SourceMessage::Commit(window.after.clone()));
+    Ok(stage
+        .apply(batch)
+        .await
+        .map_err(err)?
+        .into_iter()
+        .filter_map(|m| match m {
+            SourceMessage::Change(e) => Some(e),
+            _ => None,
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy)]
