@@ -78,9 +78,9 @@ fn change(
     taken.iter().map(|b| key_bytes(b.key.iter())).collect()
 }
 
-/// Customers 1, 2 and 3 inserted at versions 1, 2 and 3 (durably, marks kept).
-fn customers_1_to_3(s: &State) {
-    for c in 1..=3 {
+/// Customers 1 to `n` inserted at versions 1 to `n` (durably, marks kept).
+fn customers_up_to(s: &State, n: i64) {
+    for c in 1..=n {
         s.apply(
             "shop.customers",
             None,
@@ -274,15 +274,7 @@ fn join_values_are_equal_exactly_when_sql_would_join_them() {
 fn dirty_documents_survive_a_crash_and_a_newer_change_keeps_its_mark() {
     let dir = tempfile::tempdir().unwrap();
     let s = state(dir.path());
-    for c in 1..=5 {
-        s.apply(
-            "shop.customers",
-            None,
-            Some(&customer(c, "c", None)),
-            c as u64,
-        )
-        .unwrap();
-    }
+    customers_up_to(&s, 5);
     // Paged in key order.
     let first = s.dirty(None, 2).unwrap();
     assert_eq!(
@@ -366,7 +358,7 @@ fn a_batch_of_changes_commits_together_and_persists_at_once() {
 fn taken_documents_come_back_after_a_crash_until_a_checkpoint_covers_them() {
     let dir = tempfile::tempdir().unwrap();
     let s = state(dir.path());
-    customers_1_to_3(&s);
+    customers_up_to(&s, 3);
     s.apply("shop.orders", None, Some(&order(10, 1, "5.00")), 4)
         .unwrap();
     // Epoch 0 takes two documents, built with their top-level fields.
@@ -532,7 +524,7 @@ fn a_new_state_is_built_without_marks_then_marks_every_root_once() {
     let s = state(dir.path());
     assert!(s.prepare().unwrap(), "a new state needs every row");
     assert!(s.building_since().is_some());
-    customers_1_to_3(&s);
+    customers_up_to(&s, 3);
     s.apply("shop.orders", None, Some(&order(10, 1, "5.00")), 7)
         .unwrap();
     s.apply("shop.customers", Some(&customer(3, "c", None)), None, 8)
@@ -567,7 +559,7 @@ fn the_end_of_a_build_marks_the_roots_deleted_while_it_ran() {
     let dir = tempfile::tempdir().unwrap();
     let s = state(dir.path());
     assert!(s.prepare().unwrap());
-    customers_1_to_3(&s);
+    customers_up_to(&s, 3);
     // Seen by the build, then deleted before its end: its document may be in the index
     // (an earlier build of the same alias), so it is deleted.
     s.apply("shop.customers", Some(&customer(3, "c", None)), None, 4)
