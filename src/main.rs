@@ -1073,7 +1073,7 @@ async fn documents_match_their_tables(
             }
             match scan.table(t).await {
                 Ok(found) => {
-                    schemas.insert(t.to_string(), found.map(|f| f.schema));
+                    schemas.insert(t.to_string(), found);
                 }
                 Err(e) => {
                     println!(
@@ -1084,7 +1084,12 @@ async fn documents_match_their_tables(
                 }
             }
         }
-        let schema_of = |t: &str| schemas.get(t).and_then(|s| s.as_deref());
+        let schema_of = |t: &str| {
+            schemas
+                .get(t)
+                .and_then(Option::as_ref)
+                .map(|f| (&*f.schema, f.unique.as_slice()))
+        };
         match tributary::document::check_against_schemas(&cfg.path, &text, d, &schema_of) {
             Ok(()) => {
                 println!(

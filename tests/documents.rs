@@ -89,7 +89,7 @@ async fn check_matches_a_document_with_its_tables() {
             "region_id = \"id\"",
             "region_id = \"code\"",
             "region_id = \"code\"",
-            "must join the key of",
+            "must join the key or a unique index of",
         ),
     ] {
         let c = with_document(dir.path(), &db, &document(&db).replacen(from, to, 1));
@@ -874,4 +874,204 @@ async fn verify_and_reindex_of_a_document_beside_a_writer() {
     let (code, r) = verify_document(&c, &alias, &[]);
     assert_eq!(code, 0, "{r}");
     stop(&mut daemon);
+}
+
+/// A city with its country, joined on the country's unique ISO code (not its key).
+fn cities_document(db: &str, alias: &str) -> String {
+    format!(
+        r#"
+[[document]]
+name = "{alias}"
+root = "{db}.cities"
+
+[[document.embed]]
+field = "country"
+from = "{db}.countries"
+on = {{ country_iso = "iso" }}
+columns = ["iso", "name"]
+"#
+    )
+}
+
+/// The seed, then changes that move cities between countries by the unique column:
+/// a rename, a country that arrives after its city, an ISO code changed (its city
+/// loses the country), a NULL made a code, and two codes swapped in one transaction.
+const CITY_WRITES: &[&str] = &[
+    "INSERT INTO {db}.countries VALUES (1, 'FR', 'France'), (2, 'DE', 'Germany')",
+    "INSERT INTO {db}.cities VALUES (1, 'Paris', 'FR'), (2, 'Berlin', 'DE'), (3, 'Nowhere', NULL), (4, 'Vaduz', 'LI')",
+];
+const CITY_CHANGES: &[&str] = &[
+    "UPDATE {db}.countries SET name = 'French Republic' WHERE id = 1",
+    "INSERT INTO {db}.countries VALUES (3, 'LI', 'Liechtenstein')",
+    "UPDATE {db}.countries SET iso = 'DD' WHERE id = 2",
+    "UPDATE {db}.cities SET country_iso = 'FR' WHERE id = 3",
+    "BEGIN; UPDATE {db}.countries SET iso = 'XX' WHERE id = 1; UPDATE {db}.countries SET iso = 'FR' WHERE id = 3; UPDATE {db}.countries SET iso = 'LI' WHERE id = 1; COMMIT",
+];
+
+/// A row of `CITY_SQL`: id, name, country_iso, the country's iso and name.
+type CityRow = (i64, String, Option<String>, Option<String>, Option<String>);
+
+/// The cities' documents from the rows of `CITY_SQL` on the source.
+fn city_documents(rows: Vec<CityRow>) -> BTreeMap<String, Json> {
+    rows.into_iter()
+        .map(|(id, name, country_iso, iso, country)| {
+            let country = match (iso, country) {
+                (Some(iso), Some(name)) => serde_json::json!({"iso": iso, "name": name}),
+                _ => Json::Null,
+            };
+            let doc = serde_json::json!({"id": id, "name": name, "country_iso": country_iso, "country": country});
+            (id.to_string(), doc)
+        })
+        .collect()
+}
+
+const CITY_SQL: &str = "SELECT c.id, c.name, c.country_iso, k.iso, k.name FROM {db}.cities c LEFT JOIN {db}.countries k ON k.iso = c.country_iso ORDER BY c.id";
+
+/// Runs the cities document of connector `c` through the seed and the changes
+/// (`exec` runs one statement list, `expected` reads the documents by SQL): the index
+/// equals the SQL join after each step.
+async fn embed_on_a_unique_index<E, EF, X, XF>(
+    c: &std::path::Path,
+    alias: &str,
+    exec: E,
+    expected: X,
+) where
+    E: Fn(String) -> EF,
+    EF: std::future::Future<Output = ()>,
+    X: Fn() -> XF,
+    XF: std::future::Future<Output = BTreeMap<String, Json>>,
+{
+    let url = elasticsearch();
+    add_es_sink(c, &url, "tables = \"none\"");
+    let mut daemon = spawn_daemon(c);
+    wait_streaming(c, &mut daemon).await;
+    let first = expected().await;
+    assert_eq!(first["4"]["country"], Json::Null, "{first:?}");
+    wait_for_documents(&url, alias, &first, c).await;
+    for change in CITY_CHANGES {
+        exec(change.to_string()).await;
+        wait_for_documents(&url, alias, &expected().await, c).await;
+    }
+    let end = expected().await;
+    assert_eq!(end["1"]["country"]["name"], "Liechtenstein", "{end:?}");
+    assert_eq!(end["2"]["country"], Json::Null, "{end:?}");
+    stop(&mut daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_an_embed_joined_on_a_unique_index_follows_its_changes() {
+    let db = new_db(
+        "docunique",
+        &[
+            "CREATE TABLE `{db}`.countries (id INT PRIMARY KEY, iso CHAR(2) NOT NULL, name VARCHAR(50) NOT NULL, UNIQUE KEY (iso))",
+            "CREATE TABLE `{db}`.cities (id INT PRIMARY KEY, name VARCHAR(50) NOT NULL, country_iso CHAR(2))",
+        ],
+    )
+    .await;
+    let mut conn = admin(SHARED_PORT).await;
+    for w in CITY_WRITES {
+        exec(&mut conn, &w.replace("{db}", &db)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("cities_{db}");
+    let c = with_document(dir.path(), &db, &cities_document(&db, &alias));
+    let (code, out, err) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let run = |sql: String| {
+        let db = db.clone();
+        async move {
+            let mut conn = admin(SHARED_PORT).await;
+            conn.query_drop(sql.replace("{db}", &db)).await.unwrap();
+        }
+    };
+    let by_sql = || {
+        let db = db.clone();
+        async move {
+            let mut conn = admin(SHARED_PORT).await;
+            city_documents(conn.query(CITY_SQL.replace("{db}", &db)).await.unwrap())
+        }
+    };
+    embed_on_a_unique_index(&c, &alias, run, by_sql).await;
+
+    // Without the unique index the embed could match two rows: the daemon refuses to
+    // start, naming the line, as check does.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.countries DROP INDEX iso"),
+    )
+    .await;
+    let (code, out, err) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let line = line_of(&c, "country_iso = \"iso\"");
+    assert!(
+        out.contains(&format!("{}:{line}:", c.display()))
+            && out.contains("at most one row matches: (id)"),
+        "line {line}\n{out}"
+    );
+    let (code, out, err) = tributary(&["run", "--connector", c.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", c.display())) && err.contains("a unique index"),
+        "line {line}\n{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_embed_joined_on_a_unique_index_follows_its_changes() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "docunique").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.countries (id int PRIMARY KEY, iso char(2) NOT NULL UNIQUE, name varchar(50) NOT NULL);
+             CREATE TABLE {schema}.cities (id int PRIMARY KEY, name varchar(50) NOT NULL, country_iso char(2));
+             CREATE PUBLICATION {schema} FOR TABLES IN SCHEMA {schema};"
+        ))
+        .await
+        .unwrap();
+    for w in CITY_WRITES {
+        client
+            .batch_execute(&w.replace("{db}", &schema))
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("cities_{schema}");
+    let c = pg_connector(dir.path(), PG_PORT, &schema, &format!("{schema}.*"), "");
+    let text = std::fs::read_to_string(&c).unwrap() + &cities_document(&schema, &alias);
+    std::fs::write(&c, text).unwrap();
+    let run = |sql: String| {
+        let schema = schema.clone();
+        async move {
+            let client = pg_admin(PG_PORT).await;
+            client
+                .batch_execute(&sql.replace("{db}", &schema))
+                .await
+                .unwrap();
+        }
+    };
+    let by_sql = || {
+        let schema = schema.clone();
+        async move {
+            let client = pg_admin(PG_PORT).await;
+            let rows = client
+                .query(&CITY_SQL.replace("{db}", &schema), &[])
+                .await
+                .unwrap();
+            city_documents(
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r.get::<_, i32>(0) as i64,
+                            r.get(1),
+                            r.get(2),
+                            r.get(3),
+                            r.get(4),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    };
+    embed_on_a_unique_index(&c, &alias, run, by_sql).await;
+    pg_drop_slot(&client, &schema).await;
 }

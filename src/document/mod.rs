@@ -270,15 +270,19 @@ pub fn check_captured(
     }
 }
 
+/// A table as the checks against the server see it: its schema and the columns of each
+/// of its unique indexes besides the primary key.
+pub type Catalogued<'s> = (&'s TableSchema, &'s [Vec<String>]);
+
 /// The checks against the tables' current schemas (`schema_of` looks a `db.table` up;
 /// None: the server has no such table): every column named in `on`, `columns` and
-/// `order_by` exists on its side, and an embed's `from` side of `on` is the key of its
-/// table (so at most one row matches).
+/// `order_by` exists on its side, and an embed's `from` side of `on` holds the key or a
+/// unique index of its table (so at most one row matches).
 pub fn check_against_schemas<'s>(
     path: &Path,
     text: &str,
     document: &DocumentConfig,
-    schema_of: &dyn Fn(&str) -> Option<&'s TableSchema>,
+    schema_of: &dyn Fn(&str) -> Option<Catalogued<'s>>,
 ) -> Result<(), ConfigError> {
     let at = At { path, text };
     let name = document.name.get_ref();
@@ -290,11 +294,11 @@ pub fn check_against_schemas<'s>(
             )
         })
     };
-    let root = table(&document.root)?;
+    let (root, _) = table(&document.root)?;
     let mut stack: Vec<(&TableSchema, Shape, &RelationConfig)> =
         document.children().map(|(s, r)| (root, s, r)).collect();
     while let Some((enclosing, shape, r)) = stack.pop() {
-        let from = table(&r.from)?;
+        let (from, unique) = table(&r.from)?;
         let field = r.field.get_ref();
         let missing = |t: &TableSchema, cols: &mut dyn Iterator<Item = &String>| {
             for c in cols {
@@ -319,18 +323,38 @@ pub fn check_against_schemas<'s>(
             }
         }
         if shape == Shape::Embed {
-            let key: HashSet<&str> = from
+            // At most one row matches when the joined columns hold every column of the
+            // key or of a unique index (a NULL joins nothing, so nullable ones do too).
+            let key: Vec<&str> = from
                 .primary_key
                 .iter()
                 .map(|&i| from.columns[i].name.as_str())
                 .collect();
             let joined: HashSet<&str> = on.values().map(String::as_str).collect();
-            if key.is_empty() || joined != key {
-                let mut key: Vec<&str> = key.into_iter().collect();
-                key.sort();
+            let keys = std::iter::once(key.clone())
+                .filter(|k| !k.is_empty())
+                .chain(
+                    unique
+                        .iter()
+                        .map(|u| u.iter().map(String::as_str).collect()),
+                );
+            let candidates: Vec<Vec<&str>> = keys.collect();
+            if !candidates
+                .iter()
+                .any(|k| k.iter().all(|c| joined.contains(c)))
+            {
+                let named = if candidates.is_empty() {
+                    "it has neither a key nor a unique index".to_string()
+                } else {
+                    candidates
+                        .iter()
+                        .map(|k| format!("({})", k.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                };
                 return Err(at.error(
                     &r.on,
-                    format!("document `{name}`, embed `{field}`: `on` must join the key of `{}` ({}) so that at most one row matches; for many rows use [[document.nest]]", from.qualified_name(), if key.is_empty() { "it has none".to_string() } else { key.join(", ") }),
+                    format!("document `{name}`, embed `{field}`: `on` must join the key or a unique index of `{}` so that at most one row matches: {named}; for many rows use [[document.nest]]", from.qualified_name()),
                 ));
             }
         }

@@ -220,12 +220,25 @@ pub(crate) fn shop_schemas() -> Vec<std::sync::Arc<TableSchema>> {
 
 /// The error of the schema checks on `text`, with `schemas`: (line, message).
 fn schema_error(text: &str, schemas: &[std::sync::Arc<TableSchema>]) -> Option<(usize, String)> {
+    schema_error_unique(text, schemas, &[])
+}
+
+/// `schema_error` with unique indexes besides the keys: (table, its columns).
+fn schema_error_unique(
+    text: &str,
+    schemas: &[std::sync::Arc<TableSchema>],
+    unique: &[(&str, Vec<Vec<String>>)],
+) -> Option<(usize, String)> {
     let docs = parse(text);
     let lookup = |name: &str| {
+        let indexes = unique
+            .iter()
+            .find(|(t, _)| *t == name)
+            .map_or(&[][..], |(_, u)| u.as_slice());
         schemas
             .iter()
             .find(|t| t.qualified_name() == name)
-            .map(|t| &**t)
+            .map(|t| (&**t, indexes))
     };
     check_against_schemas(Path::new("c.toml"), text, &docs[0], &lookup)
         .err()
@@ -269,7 +282,7 @@ fn schema_mistakes_name_their_line() {
             "on = { region_id = \"id\" }",
             "on = { region_id = \"code\" }",
             "region_id = \"code\"",
-            "must join the key of `shop.regions` (id)",
+            "must join the key or a unique index of `shop.regions` so that at most one row matches: (id)",
         ),
         (
             "from = \"shop.regions\"",
@@ -291,6 +304,35 @@ fn schema_mistakes_name_their_line() {
         msg.contains("`shop.customers`, which the server does not have"),
         "{msg}"
     );
+}
+
+#[test]
+fn an_embed_may_join_a_unique_index_instead_of_the_key() {
+    let schemas = shop_schemas();
+    let text = SHOP.replacen("on = { region_id = \"id\" }", "on = { name = \"name\" }", 1);
+    let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // No unique index on the regions' name: the key is what it must join.
+    let (line, msg) = schema_error(&text, &schemas).expect("an error");
+    assert_eq!(line, line_of(&text, "on = { name = "));
+    assert!(
+        msg.contains("so that at most one row matches: (id);"),
+        "{msg}"
+    );
+    // UNIQUE (name): one row at most.
+    let by_name = [("shop.regions", vec![cols(&["name"])])];
+    assert_eq!(schema_error_unique(&text, &schemas, &by_name), None);
+    // UNIQUE (name, code) does not make `name` alone unique; every candidate is named.
+    let pair = [("shop.regions", vec![cols(&["name", "code"])])];
+    let (_, msg) = schema_error_unique(&text, &schemas, &pair).expect("an error");
+    assert!(msg.contains(": (id) or (name, code);"), "{msg}");
+    // Joining more columns than a unique index holds still finds one row at most.
+    let both = SHOP.replacen(
+        "on = { region_id = \"id\" }",
+        "on = { name = \"name\", region_id = \"code\" }",
+        1,
+    );
+    let code = [("shop.regions", vec![cols(&["code"])])];
+    assert_eq!(schema_error_unique(&both, &schemas, &code), None);
 }
 
 #[test]

@@ -184,6 +184,7 @@ pub async fn document_shapes(
     let kind = cfg.source.source();
     let scan = kind.scan(&cfg.connector_name());
     let mut schemas = BTreeMap::new();
+    let mut unique = BTreeMap::new();
     for t in cfg.document.iter().flat_map(|d| d.tables()) {
         if schemas.contains_key(t) {
             continue;
@@ -198,9 +199,20 @@ pub async fn document_shapes(
             )));
         };
         schemas.insert(t.to_string(), enrich.layout(&found.schema)?);
+        unique.insert(t.to_string(), found.unique);
     }
+    // What `tributary check` says, at start too: a definition the tables do not fit
+    // (a column gone, an embed that could match two rows) is named with its line.
+    let text = std::fs::read_to_string(&cfg.path).unwrap_or_default();
     let mut shapes = BTreeMap::new();
     for d in &cfg.document {
+        let catalogued = |t: &str| {
+            schemas
+                .get(t)
+                .map(|s| (&**s, unique.get(t).map_or(&[][..], Vec::as_slice)))
+        };
+        crate::document::check_against_schemas(&cfg.path, &text, d, &catalogued)
+            .map_err(|e| PipelineError::Source(e.to_string()))?;
         let lookup = |t: &str| schemas.get(t).map(|s| &**s);
         let tree = Tree::resolve(d, &lookup).map_err(|m| {
             PipelineError::Source(format!(

@@ -36,6 +36,10 @@ pub struct Described<T> {
     pub keyed: bool,
     /// The server's row estimate.
     pub estimate: u64,
+    /// The columns of each unique index other than the primary key (by name, in index
+    /// order; partial and expression indexes left out): what a joined document's embed
+    /// may join besides the key.
+    pub unique: Vec<Vec<String>>,
 }
 
 /// How one chunk ended, as the stream settled it.

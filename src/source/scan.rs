@@ -46,6 +46,8 @@ pub struct ScannedTable {
     pub schema: Arc<TableSchema>,
     /// The server's row estimate.
     pub estimate: u64,
+    /// Its unique indexes besides the primary key (`Described::unique`).
+    pub unique: Vec<Vec<String>>,
 }
 
 #[async_trait]
@@ -73,6 +75,7 @@ impl<R: KeyReader> TableScan for Keyed<R> {
         Ok(self.described(conn, table).await?.map(|t| ScannedTable {
             schema: t.schema.clone(),
             estimate: t.estimate,
+            unique: t.unique.clone(),
         }))
     }
 

@@ -246,6 +246,29 @@ impl Chunks {
             )
             .await
             .map_err(sql_err)?;
+        // Unique indexes but the primary key, one row per column in index order (a
+        // functional key part of MySQL 8 has no column name: such an index is left out).
+        let unique_rows: Vec<(String, Option<String>)> = conn
+            .exec(
+                "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY' \
+                 ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (&db, &name),
+            )
+            .await
+            .map_err(sql_err)?;
+        let mut unique: Vec<(String, Option<Vec<String>>)> = Vec::new();
+        for (index, column) in unique_rows {
+            match unique.last_mut() {
+                Some((at, cols)) if *at == index => {
+                    *cols = cols.take().zip(column).map(|(mut c, n)| {
+                        c.push(n);
+                        c
+                    })
+                }
+                _ => unique.push((index, column.map(|n| vec![n]))),
+            }
+        }
         let estimate: Option<Option<u64>> = conn
             .exec_first(
                 "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
@@ -310,6 +333,7 @@ impl Chunks {
                 chunk_key,
             },
             estimate: estimate.flatten().unwrap_or(0),
+            unique: unique.into_iter().filter_map(|(_, cols)| cols).collect(),
         }))
     }
 }

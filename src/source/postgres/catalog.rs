@@ -102,6 +102,35 @@ pub async fn index_columns(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// The column names of each unique index but the primary key, in index order. Partial
+/// indexes (unique only where their predicate holds) and those over an expression are
+/// left out: neither says that one value of its columns is in one row at most.
+pub async fn unique_indexes(
+    client: &Client,
+    oid: u32,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT i.indexrelid, a.attname FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisunique AND NOT i.indisprimary AND i.indisvalid \
+               AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts \
+             ORDER BY i.indexrelid, k.ord",
+            &[&oid],
+        )
+        .await?;
+    let mut out: Vec<(u32, Vec<String>)> = Vec::new();
+    for r in &rows {
+        let (index, column): (u32, String) = (r.get(0), r.get(1));
+        match out.last_mut() {
+            Some((at, cols)) if *at == index => cols.push(column),
+            _ => out.push((index, vec![column])),
+        }
+    }
+    Ok(out.into_iter().map(|(_, cols)| cols).collect())
+}
+
 /// A table's columns as the catalog has them now, in order, with the type names a
 /// Relation message would give (`format_type` of type and modifier), and the key.
 pub async fn live_columns(

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use super::catalog::{index_columns, quote_ident, Index, TypeCache};
+use super::catalog::{index_columns, quote_ident, unique_indexes, Index, TypeCache};
 use super::config::PostgresSourceConfig;
 use super::connect::{classify, query_client};
 use super::values::{decode_text, PgType};
@@ -122,6 +122,7 @@ impl ChunkSource for Chunks {
             .iter()
             .filter_map(|k| columns.iter().position(|c| &c.name == k))
             .collect();
+        let unique = unique_indexes(conn, oid).await.map_err(fail)?;
         let estimate: f32 = conn
             .query_one("SELECT reltuples FROM pg_class WHERE oid = $1", &[&oid])
             .await
@@ -150,6 +151,7 @@ impl ChunkSource for Chunks {
             },
             // -1: never analyzed.
             estimate: estimate.max(0.0) as u64,
+            unique,
         }))
     }
 
