@@ -194,4 +194,9 @@ print(json.dumps({
 }, indent=2, sort_keys=True))
 PY
 cat bench/results/documents.json
-if [ -n "${DOCUMENTS_BENCH_KEEP:-}" ]; then rm -rf "$DOCUMENTS_BENCH_KEEP"; cp -r "$dir" "$DOCUMENTS_BENCH_KEEP"; fi
+if [ -n "${DOCUMENTS_BENCH_KEEP:-}" ]; then
+  rm -rf "$DOCUMENTS_BENCH_KEEP"; cp -r "$dir" "$DOCUMENTS_BENCH_KEEP"
+  # The kept connector's paths point into the copy, not at the run's directory (which
+  # goes with the run): a further run resumes from the kept state.
+  for f in "$DOCUMENTS_BENCH_KEEP"/c*.toml; do sed -i "s#$dir#$DOCUMENTS_BENCH_KEEP#g" "$f"; done
+fi
