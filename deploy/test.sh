@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with the Rust toolchain:
-# installs what it needs (MariaDB 10.11 from Debian packages), checks formatting and
+# installs what it needs (MariaDB 10.11 and PostgreSQL 15 from Debian packages, the
+# Kafka stand-in from the Python registry), checks formatting and
 # lints, then runs unit and integration tests against real MariaDB servers that the
 # tests start on loopback ports through deploy/mariadb.sh. Stops them afterwards.
 set -euo pipefail
@@ -10,6 +11,12 @@ cd "$repo"
 command -v cargo >/dev/null || { echo "cargo is not installed: install the Rust toolchain first" >&2; exit 1; }
 bash deploy/mariadb.sh install
 bash deploy/postgres.sh install
+# The Kafka client (librdkafka, built by the rdkafka crate) links the system's OpenSSL.
+if ! dpkg -s libssl-dev >/dev/null 2>&1; then
+  echo "installing libssl-dev (the Kafka client's TLS)..." >&2
+  apt-get update -qq >&2 && apt-get install -y -qq libssl-dev >&2
+fi
+bash deploy/kafka.sh install
 
 # Every server port here, in bench/ and in the demo is below 32768, outside Linux's
 # ephemeral range (32768-60999): a port in that range can be taken at random by an
@@ -18,6 +25,9 @@ bash deploy/postgres.sh install
 # 23074 has its binlogs purged by a test, 23075 restarted under a lookup, 23076 TLS.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
+  # The Kafka stand-in (19371), its data with it.
+  bash deploy/kafka.sh stop 19371 >/dev/null 2>&1 || true
+  rm -rf /tmp/tributary-kafka-19371
   # PostgreSQL: 25371 shared, 25372 restarted by a test, 25373 wal_level=replica,
   # 25374 TLS (its test CA next to it).
   for port in 25371 25372 25373 25374; do

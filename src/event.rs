@@ -602,6 +602,12 @@ impl ChangeEvent {
         json::write_event(out, self);
     }
 
+    /// Appends the event's key as the `key` field of its JSON has it: an object of the
+    /// key columns, `null` for a table without a key.
+    pub fn write_key_json(&self, out: &mut Vec<u8>) {
+        json::write_key(out, self);
+    }
+
     /// Appends one row image of this event's table as a JSON object (column -> value).
     pub fn write_row_json(&self, row: &Row, out: &mut Vec<u8>) {
         json::write_row(out, &self.table.fragments.keys, Some(row));

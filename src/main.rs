@@ -938,8 +938,27 @@ async fn run(path: &Path, until: Option<&str>) -> anyhow::Result<ExitCode> {
     tributary::http::serve(&cfg)
         .await
         .map_err(|e| anyhow::anyhow!("connector {}: {e}", path.display()))?;
-    let reindexer = tributary::reindex::for_the_daemon(&cfg);
-    let result = tributary::pipeline::run(&cfg, shutdown.clone(), until, Some(reindexer)).await;
+    let mut pause = std::time::Duration::from_secs(1);
+    let result = loop {
+        let reindexer = tributary::reindex::for_the_daemon(&cfg);
+        let result =
+            tributary::pipeline::run(&cfg, shutdown.clone(), until.clone(), Some(reindexer)).await;
+        // A sink that lost what it took since the checkpoint (an aborted Kafka
+        // transaction) gets it again: the connector starts over from the checkpoint.
+        match &result {
+            Err(tributary::pipeline::PipelineError::Sink(
+                e @ tributary::sink::SinkError::FromCheckpoint { .. },
+            )) if !shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, pause_s = pause.as_secs(), "starting again from the checkpoint");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => break result,
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+            _ => break result,
+        }
+    };
     if let (Err(tributary::pipeline::PipelineError::Halt(h)), true) = (&result, serving) {
         // A service manager would restart a daemon that exits into the same halt, over
         // and over; so it stays up, answering /ready with the reason, until stopped.

@@ -47,6 +47,16 @@ pub fn documents_written(document: &str) -> Counter {
     counter!("tributary_documents_written_total", "document" => document.to_string())
 }
 
+/// Records a Kafka sink produced (committed or not), by sink.
+pub fn kafka_produced(sink: &str) -> Counter {
+    counter!("tributary_kafka_produced_total", "sink" => sink.to_string())
+}
+
+/// Kafka transactions a sink committed, by sink.
+pub fn kafka_transactions(sink: &str) -> Counter {
+    counter!("tributary_kafka_transactions_total", "sink" => sink.to_string())
+}
+
 /// How many documents one change affected (its fan-out), by document.
 pub fn document_fanout(document: &str) -> metrics::Histogram {
     metrics::histogram!("tributary_document_fanout", "document" => document.to_string())

@@ -29,6 +29,7 @@ pub fn sink_context(
         policy: Arc::new(policy),
         upstream: Arc::new(move |db, table| crate::enrich::written_for(&entries, db, table)),
         state_dir: Some(cfg.state.dir.clone()),
+        connector: cfg.connector_name(),
     }
 }
 

@@ -116,6 +116,7 @@ kind_list! {
     SinkConfig, SINK_KINDS, sink, sink_mut -> crate::sink::SinkKind;
     "log" => Log(crate::sink::log::LogSinkConfig),
     "elasticsearch" => Elasticsearch(Box<crate::sink::elasticsearch::ElasticsearchSinkConfig>),
+    "kafka" => Kafka(Box<crate::sink::kafka::KafkaSinkConfig>),
     "stdout" => Stdout(crate::sink::stdout::StdoutSinkConfig),
     // Discards events after counting them: for benchmarks and dry runs.
     "null" => Null(crate::sink::null::NullSinkConfig),

@@ -102,7 +102,7 @@ pub(super) fn write_event(out: &mut Vec<u8>, e: &ChangeEvent) {
 }
 
 /// The event's key columns as an object (null without a key).
-fn write_key(out: &mut Vec<u8>, e: &ChangeEvent) {
+pub(super) fn write_key(out: &mut Vec<u8>, e: &ChangeEvent) {
     let t = &e.table;
     match e.key_row() {
         Some(row) if !t.primary_key.is_empty() => {

@@ -7,6 +7,7 @@
 //! and the source position together when every ack resolved.
 
 pub mod elasticsearch;
+pub mod kafka;
 pub mod log;
 pub mod null;
 pub mod stdout;
@@ -25,6 +26,11 @@ use crate::settings::ConfigError;
 pub enum SinkError {
     #[error("sink {sink}: {message}")]
     Failed { sink: String, message: String },
+    /// The sink lost what it took since the last checkpoint and cannot take it again
+    /// from where it stands (a Kafka transaction aborted): the connector starts over
+    /// from its checkpoint, which resends it.
+    #[error("sink {sink}: {message}; starting again from the checkpoint")]
+    FromCheckpoint { sink: String, message: String },
 }
 
 impl SinkError {
@@ -55,6 +61,8 @@ pub struct SinkContext {
     pub state_dir: Option<std::path::PathBuf>,
     /// The connector's joined documents by name, for sinks that map them.
     pub documents: crate::document::stage::Shapes,
+    /// The connector's name (what names its Kafka topics and transactions).
+    pub connector: String,
 }
 
 #[async_trait]

@@ -336,6 +336,29 @@ pub fn elasticsearch_on(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
+/// The Kafka stand-in's test port.
+pub const KAFKA_PORT: u16 = 19371;
+
+/// Starts (once per test process) the Kafka stand-in on `port`; its address.
+pub fn kafka_on(port: u16) -> String {
+    static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut started = STARTED.lock().unwrap();
+    if !started.contains(&port) {
+        let out = Command::new("bash")
+            .arg(repo().join("deploy/kafka.sh"))
+            .args(["start", &port.to_string()])
+            .output()
+            .expect("run deploy/kafka.sh");
+        assert!(
+            out.status.success(),
+            "deploy/kafka.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started.push(port);
+    }
+    format!("127.0.0.1:{port}")
+}
+
 /// The stand-in's process id (deploy/osmem.sh keeps it).
 pub fn elasticsearch_pid(port: u16) -> u32 {
     std::fs::read_to_string(format!("/tmp/tributary-osmem-{port}/pid"))

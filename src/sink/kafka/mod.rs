@@ -1,0 +1,189 @@
+//! Kafka sink: every change (and joined document event) as a record of its table's
+//! topic, keyed by the row's key, in transactions that commit at the connector's
+//! checkpoints, so `read_committed` consumers see each change once, in commit order
+//! per key (docs/DESIGN.md, "Kafka").
+//!
+//! `config` holds the section; `producer` the writer thread and its transactions;
+//! `progress` what Kafka already holds after a crash.
+
+pub mod config;
+mod producer;
+pub mod progress;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::event::{ChangeEvent, Op, Position, SourceMessage, DOCUMENT_KIND};
+use crate::settings::ConfigError;
+use crate::sink::{Ack, Sink, SinkContext, SinkError, SinkKind};
+pub use config::KafkaSinkConfig;
+use producer::{Record, Work, Writer};
+
+/// Batches of records waiting for the writer (each batch is one `accept`).
+const QUEUE: usize = 64;
+
+impl SinkKind for KafkaSinkConfig {
+    fn id(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            format!(
+                "kafka:{}",
+                self.brokers.first().map(String::as_str).unwrap_or("")
+            )
+        })
+    }
+
+    fn validate(&self, path: &std::path::Path, text: &str) -> Result<(), ConfigError> {
+        self.validate_section(path, text)
+    }
+
+    fn open(
+        &self,
+        id: String,
+        cursor: Option<serde_json::Value>,
+        context: &SinkContext,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        // The cursor is the boundary of the checkpoint the sink acknowledged last:
+        // where the connector resumes.
+        let resume: Option<Position> = cursor
+            .and_then(|c| c.get("checkpoint").cloned())
+            .and_then(|p| serde_json::from_value(p).ok());
+        let writer = Writer::new(id.clone(), self.clone(), &context.connector, resume)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name(format!("kafka-{id}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| SinkError::new(&id, format!("starting the writer: {e}")))?;
+        Ok(Box::new(KafkaSink {
+            id,
+            cfg: self.clone(),
+            connector: context.connector.clone(),
+            work: tx,
+            last_boundary: None,
+        }))
+    }
+}
+
+pub struct KafkaSink {
+    id: String,
+    cfg: KafkaSinkConfig,
+    connector: String,
+    work: mpsc::Sender<Work>,
+    last_boundary: Option<Position>,
+}
+
+impl KafkaSink {
+    async fn send(&self, w: Work) -> Result<(), SinkError> {
+        self.work
+            .send(w)
+            .await
+            .map_err(|_| SinkError::new(&self.id, "the Kafka writer stopped"))
+    }
+
+    /// The records of one change: the event, and a tombstone after a delete when
+    /// `tombstones` is set.
+    fn records(&self, e: &ChangeEvent, out: &mut Vec<Record>) {
+        let t = &e.table;
+        let topic = if t.kind == DOCUMENT_KIND {
+            config::topic_name(
+                &self.cfg.document_topic,
+                &[("connector", &self.connector), ("document", &t.table)],
+            )
+        } else {
+            config::topic_name(
+                &self.cfg.topic,
+                &[
+                    ("connector", &self.connector),
+                    ("db", &t.db),
+                    ("table", &t.table),
+                ],
+            )
+        };
+        let mut key = Vec::new();
+        e.write_key_json(&mut key);
+        let key = (key.as_slice() != b"null").then_some(key);
+        let mut value = Vec::with_capacity(256);
+        e.write_json(&mut value);
+        let op = if t.kind == DOCUMENT_KIND {
+            if e.op == Op::Delete {
+                "doc_delete"
+            } else {
+                "doc"
+            }
+        } else {
+            e.op.code()
+        };
+        let tombstone = self.cfg.tombstones && e.op == Op::Delete && key.is_some();
+        out.push(Record {
+            topic: topic.clone(),
+            key: key.clone(),
+            value: Some(value),
+            op,
+            version: e.version,
+            schema_version: t.schema_version,
+        });
+        if tombstone {
+            out.push(Record {
+                topic,
+                key,
+                value: None,
+                op,
+                version: e.version,
+                schema_version: t.schema_version,
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn accept(&mut self, batch: &[SourceMessage]) -> Result<(), SinkError> {
+        let mut records = Vec::new();
+        for m in batch {
+            match m {
+                SourceMessage::Change(e) => self.records(e, &mut records),
+                SourceMessage::Commit(pos) => {
+                    if !records.is_empty() {
+                        self.send(Work::Records(std::mem::take(&mut records)))
+                            .await?;
+                    }
+                    self.send(Work::Boundary(pos.clone())).await?;
+                    self.last_boundary = Some(pos.clone());
+                }
+                SourceMessage::Rewind => {
+                    if !records.is_empty() {
+                        self.send(Work::Records(std::mem::take(&mut records)))
+                            .await?;
+                    }
+                    self.send(Work::Rewind).await?;
+                }
+                SourceMessage::Schema(_) | SourceMessage::SnapshotProgress(_) => {}
+            }
+        }
+        if !records.is_empty() {
+            self.send(Work::Records(records)).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Ack, SinkError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Work::Flush(ack)).await?;
+        let id = self.id.clone();
+        let cursor = self
+            .last_boundary
+            .as_ref()
+            .map(|p| serde_json::json!({ "checkpoint": p }));
+        Ok(Box::pin(async move {
+            done.await
+                .map_err(|_| SinkError::new(&id, "the Kafka writer stopped"))??;
+            Ok(cursor)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

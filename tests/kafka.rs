@@ -1,0 +1,415 @@
+//! The Kafka sink against a real MariaDB and the Kafka stand-in: under a stream of
+//! writes, with the daemon killed -9 three times, a `read_committed` consumer sees
+//! every change exactly once, per key in commit order; a `read_uncommitted` one also
+//! sees the records of the transactions the kills left open (the producer really uses
+//! transactions). Bad settings stop the sink with one clear message each.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mysql_async::prelude::Queryable;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
+use serde_json::Value as Json;
+
+/// Appends a Kafka sink (topics `test.{db}.{table}`) to connector `c`.
+fn add_kafka_sink(c: &std::path::Path, brokers: &str, extra: &str) {
+    let text = std::fs::read_to_string(c).unwrap().replace(
+        "[state]",
+        &format!(
+            "[[sink]]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"test.{{db}}.{{table}}\"\npartitions = 3\nrequest_timeout_secs = 5\n{extra}\n\n[state]"
+        ),
+    );
+    std::fs::write(c, text).unwrap();
+}
+
+/// Every record of `topic` from the start, at `isolation`, until none came for `quiet`:
+/// (key, value, headers op).
+fn consume(
+    brokers: &str,
+    topic: &str,
+    isolation: &str,
+    quiet: Duration,
+) -> Vec<(String, Json, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("test-{topic}-{isolation}-{}", std::process::id()),
+        )
+        .set("isolation.level", isolation)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while last.elapsed() < quiet && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            last = Instant::now();
+            use rdkafka::message::Headers;
+            let op = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "op"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_default();
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+                m.payload()
+                    .map_or(Json::Null, |p| serde_json::from_slice(p).unwrap()),
+                op,
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let db = new_db(
+        "kafka",
+        &["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, n BIGINT NOT NULL, note VARCHAR(20))"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_kafka_sink(
+        &c,
+        &brokers,
+        &format!("transactional_id = \"test-{db}\"\nprogress_topic = \"test.progress.{db}\""),
+    );
+
+    // The daemon streams before the first write (so no change is a snapshot read).
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    // The writer: transactions of one to three statements on 30 keys; every change
+    // sets `n` to a sequence number of its own, so each is told apart. What it did,
+    // per key: (op, n) in commit order.
+    let writer_db = db.clone();
+    let writer = tokio::spawn(async move {
+        let mut conn = admin(SHARED_PORT).await;
+        let mut expected: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
+        let mut alive = std::collections::BTreeSet::new();
+        let mut seq = 0i64;
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..900 {
+            conn.query_drop("BEGIN").await.unwrap();
+            let mut done = Vec::new();
+            for _ in 0..1 + next(3) {
+                let id = 1 + next(30) as i64;
+                seq += 1;
+                let (sql, op) = if !alive.contains(&id) {
+                    (
+                        format!("INSERT INTO `{writer_db}`.items VALUES ({id}, {seq}, 'x')"),
+                        "c",
+                    )
+                } else if next(4) == 0 {
+                    (
+                        format!("DELETE FROM `{writer_db}`.items WHERE id = {id}"),
+                        "d",
+                    )
+                } else {
+                    (
+                        format!("UPDATE `{writer_db}`.items SET n = {seq} WHERE id = {id}"),
+                        "u",
+                    )
+                };
+                conn.query_drop(&sql).await.unwrap();
+                match op {
+                    "c" => {
+                        alive.insert(id);
+                    }
+                    "d" => {
+                        alive.remove(&id);
+                    }
+                    _ => {}
+                }
+                done.push((id, op, seq));
+            }
+            conn.query_drop("COMMIT").await.unwrap();
+            for (id, op, seq) in done {
+                expected.entry(id).or_default().push((op.to_string(), seq));
+            }
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+        expected
+    });
+
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        kill9(&mut daemon);
+        daemon = spawn_daemon(&c);
+    }
+    let expected = writer.await.unwrap();
+    let wanted: usize = expected.values().map(Vec::len).sum();
+    let topic = format!("test.{db}.items");
+
+    // Read committed: each change once, per key in commit order. A delete carries the
+    // row before it (its n is the one the key had: the previous change's).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut committed = consume(&brokers, &topic, "read_committed", Duration::from_secs(3));
+    while committed.len() < wanted && Instant::now() < deadline {
+        committed = consume(&brokers, &topic, "read_committed", Duration::from_secs(3));
+    }
+    let mut seen: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
+    for (key, value, op) in &committed {
+        let key: Json = serde_json::from_str(key).unwrap_or_else(|e| panic!("{e}: {key}"));
+        let id = key["id"].as_i64().unwrap();
+        let n = if op == "d" {
+            -1
+        } else {
+            value["after"]["n"].as_i64().unwrap()
+        };
+        assert_eq!(value["op"], op.as_str(), "{value}");
+        seen.entry(id).or_default().push((op.clone(), n));
+    }
+    let expected_seen: BTreeMap<i64, Vec<(String, i64)>> = expected
+        .iter()
+        .map(|(id, changes)| {
+            let changes = changes
+                .iter()
+                .map(|(op, n)| (op.clone(), if op == "d" { -1 } else { *n }))
+                .collect();
+            (*id, changes)
+        })
+        .collect();
+    assert_eq!(seen, expected_seen, "{}", daemon_log(&c));
+    assert_eq!(committed.len(), wanted);
+
+    // Read uncommitted: the aborted transactions' records too.
+    let everything = consume(&brokers, &topic, "read_uncommitted", Duration::from_secs(3));
+    assert!(
+        everything.len() > committed.len(),
+        "read_uncommitted {} records, read_committed {}: no transaction was aborted by the kills",
+        everything.len(),
+        committed.len()
+    );
+    stop(&mut daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kafka_settings_are_named() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let db = new_db("kafkabad", &["CREATE TABLE `{db}`.t (id INT PRIMARY KEY)"]).await;
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("INSERT INTO `{db}`.t VALUES (1)")).await;
+
+    // A topic that does not exist with create_topics = false.
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_kafka_sink(&c, &brokers, &format!("create_topics = false\ntransactional_id = \"bad-{db}\"\nprogress_topic = \"test.progress.{db}\""));
+    let mut daemon = spawn_daemon(&c);
+    let status = wait_exit(&mut daemon, Duration::from_secs(60));
+    let log = daemon_log(&c);
+    assert_ne!(status, Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "topic test.progress.{db} does not exist and create_topics = false"
+        )),
+        "{log}"
+    );
+
+    // A placeholder the topic template does not know, at its line.
+    let c2 = connector(dir.path(), SHARED_PORT, &db, "");
+    add_kafka_sink(&c2, &brokers, "");
+    let text = std::fs::read_to_string(&c2)
+        .unwrap()
+        .replace("test.{db}.{table}", "{schema}.{table}");
+    std::fs::write(&c2, text).unwrap();
+    let (code, out, err) = tributary(&["check", "--connector", c2.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("`{schema}` is not one of {connector}, {db}, {table}"),
+        "{out}\n{err}"
+    );
+}
+
+/// The daemon's exit code once it exited (None: still running after `limit`, killed).
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill9(child);
+    None
+}
+
+/// Table `db.table` with one INT key column `id`.
+fn table(name: &str) -> std::sync::Arc<tributary::event::TableSchema> {
+    let (db, table) = name.split_once('.').unwrap();
+    std::sync::Arc::new(tributary::event::TableSchema::new(
+        std::sync::Arc::from("c"),
+        "postgres",
+        db.into(),
+        table.into(),
+        vec![tributary::event::Column {
+            name: "id".into(),
+            type_name: "integer".into(),
+        }],
+        vec![0],
+        1,
+    ))
+}
+
+/// An insert of row `id` at WAL location `lsn`.
+fn insert(
+    t: &std::sync::Arc<tributary::event::TableSchema>,
+    id: i64,
+    lsn: u64,
+) -> tributary::event::SourceMessage {
+    tributary::event::SourceMessage::Change(tributary::event::ChangeEvent {
+        op: tributary::event::Op::Create,
+        table: t.clone(),
+        pos: tributary::event::Position::Wal { lsn },
+        txid: None,
+        source_ts_ms: 0,
+        before: None,
+        after: Some(vec![tributary::event::Value::Int(id)]),
+        version: lsn,
+        ts_ms: 0,
+    })
+}
+
+fn commit(lsn: u64) -> tributary::event::SourceMessage {
+    tributary::event::SourceMessage::Commit(tributary::event::Position::Wal { lsn })
+}
+
+/// A Kafka sink opened directly (as the pipeline opens it), with `cursor`.
+fn open_sink(brokers: &str, name: &str, cursor: Option<Json>) -> Box<dyn tributary::sink::Sink> {
+    use tributary::sink::SinkKind;
+    let cfg: tributary::sink::kafka::KafkaSinkConfig = toml::from_str(&format!(
+        "kind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"test.{{db}}.{{table}}\"\ntransactional_id = \"{name}\"\nprogress_topic = \"test.progress.{name}\"\npartitions = 1\nrequest_timeout_secs = 5"
+    ))
+    .unwrap();
+    let context = tributary::sink::SinkContext {
+        policy: std::sync::Arc::new(tributary::schema::Policy::add_only()),
+        upstream: std::sync::Arc::new(|_, _| Json::Null),
+        state_dir: None,
+        documents: Default::default(),
+        connector: "c".into(),
+    };
+    cfg.open(cfg.id(), cursor, &context).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let name = unique_db("kskip");
+    let t = table(&format!("{name}.t"));
+    let topic = format!("test.{name}.t");
+    let ids = |records: &[(String, Json, String)]| -> Vec<i64> {
+        records
+            .iter()
+            .map(|(_, v, _)| v["after"]["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    // Transaction 1 (ids 1, 2) ends at 100; 3 of transaction 2 is taken when the flush
+    // comes: the flush waits for 2's boundary, so Kafka never shows half of it.
+    let mut sink = open_sink(&brokers, &name, None);
+    sink.accept(&[
+        insert(&t, 1, 10),
+        insert(&t, 2, 20),
+        commit(100),
+        insert(&t, 3, 110),
+    ])
+    .await
+    .unwrap();
+    let mut ack = sink.flush().await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(1500), &mut ack).await;
+    assert!(
+        early.is_err(),
+        "the flush answered inside a source transaction"
+    );
+    assert_eq!(
+        ids(&consume(
+            &brokers,
+            &topic,
+            "read_committed",
+            Duration::from_secs(2)
+        )),
+        Vec::<i64>::new()
+    );
+    sink.accept(&[insert(&t, 4, 120), commit(200)])
+        .await
+        .unwrap();
+    let cursor = ack.await.unwrap();
+    // The cursor names the checkpoint's boundary: the one before the flush.
+    assert_eq!(
+        cursor.as_ref().unwrap()["checkpoint"]["lsn"],
+        "0/64",
+        "{cursor:?}"
+    );
+    assert_eq!(
+        ids(&consume(
+            &brokers,
+            &topic,
+            "read_committed",
+            Duration::from_secs(2)
+        )),
+        vec![1, 2, 3, 4]
+    );
+    drop(sink);
+
+    // A restart from the checkpoint at 100 (the process died before storing the one
+    // at 200): transaction 2 comes again, and Kafka, which holds it, does not take it
+    // twice; transaction 3 goes on.
+    let mut sink = open_sink(&brokers, &name, cursor);
+    sink.accept(&[insert(&t, 3, 110), insert(&t, 4, 120), commit(200)])
+        .await
+        .unwrap();
+    sink.accept(&[insert(&t, 5, 210), commit(300)])
+        .await
+        .unwrap();
+    sink.flush().await.unwrap().await.unwrap();
+    assert_eq!(
+        ids(&consume(
+            &brokers,
+            &topic,
+            "read_committed",
+            Duration::from_secs(2)
+        )),
+        vec![1, 2, 3, 4, 5]
+    );
+
+    // A rewind of records already in the open transaction: the transaction is aborted
+    // and the connector must start again from its checkpoint.
+    sink.accept(&[insert(&t, 6, 310), tributary::event::SourceMessage::Rewind])
+        .await
+        .unwrap();
+    let e = match sink.flush().await {
+        Ok(ack) => ack.await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(e, tributary::sink::SinkError::FromCheckpoint { .. }),
+        "{e}"
+    );
+    assert_eq!(
+        ids(&consume(
+            &brokers,
+            &topic,
+            "read_committed",
+            Duration::from_secs(2)
+        )),
+        vec![1, 2, 3, 4, 5]
+    );
+}
