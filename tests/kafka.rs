@@ -315,8 +315,9 @@ async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
     let name = unique_db("kskip");
     let t = table(&format!("{name}.t"));
     let topic = format!("test.{name}.t");
-    let ids = |records: &[(String, Json, String)]| -> Vec<i64> {
-        records
+    // The ids a read_committed consumer sees, in order.
+    let committed_ids = || -> Vec<i64> {
+        consume(&brokers, &topic, "read_committed", Duration::from_secs(2))
             .iter()
             .map(|(_, v, _)| v["after"]["id"].as_i64().unwrap())
             .collect()
@@ -339,15 +340,7 @@ async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
         early.is_err(),
         "the flush answered inside a source transaction"
     );
-    assert_eq!(
-        ids(&consume(
-            &brokers,
-            &topic,
-            "read_committed",
-            Duration::from_secs(2)
-        )),
-        Vec::<i64>::new()
-    );
+    assert_eq!(committed_ids(), Vec::<i64>::new());
     sink.accept(&[insert(&t, 4, 120), commit(200)])
         .await
         .unwrap();
@@ -358,15 +351,7 @@ async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
         "0/64",
         "{cursor:?}"
     );
-    assert_eq!(
-        ids(&consume(
-            &brokers,
-            &topic,
-            "read_committed",
-            Duration::from_secs(2)
-        )),
-        vec![1, 2, 3, 4]
-    );
+    assert_eq!(committed_ids(), vec![1, 2, 3, 4]);
     drop(sink);
 
     // A restart from the checkpoint at 100 (the process died before storing the one
@@ -380,15 +365,7 @@ async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
         .await
         .unwrap();
     sink.flush().await.unwrap().await.unwrap();
-    assert_eq!(
-        ids(&consume(
-            &brokers,
-            &topic,
-            "read_committed",
-            Duration::from_secs(2)
-        )),
-        vec![1, 2, 3, 4, 5]
-    );
+    assert_eq!(committed_ids(), vec![1, 2, 3, 4, 5]);
 
     // A rewind of records already in the open transaction: the transaction is aborted
     // and the connector must start again from its checkpoint.
@@ -403,13 +380,5 @@ async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
         matches!(e, tributary::sink::SinkError::FromCheckpoint { .. }),
         "{e}"
     );
-    assert_eq!(
-        ids(&consume(
-            &brokers,
-            &topic,
-            "read_committed",
-            Duration::from_secs(2)
-        )),
-        vec![1, 2, 3, 4, 5]
-    );
+    assert_eq!(committed_ids(), vec![1, 2, 3, 4, 5]);
 }
