@@ -1027,8 +1027,14 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let mut sink_errors = documents_match_their_tables(&cfg, source).await;
     // Sinks that talk to a server: can we reach it?
     for sink in &cfg.sinks {
-        if let tributary::config::SinkConfig::Elasticsearch(es) = sink {
-            let ping = tributary::sink::elasticsearch::ping(es).await;
+        let ping = match sink {
+            tributary::config::SinkConfig::Elasticsearch(es) => {
+                Some(tributary::sink::elasticsearch::ping(es).await)
+            }
+            tributary::config::SinkConfig::Kafka(k) => Some(tributary::sink::kafka::ping(k).await),
+            _ => None,
+        };
+        if let Some(ping) = ping {
             match ping {
                 Ok(m) => println!("ok    sink {}: {m}", sink.id()),
                 Err(m) => {

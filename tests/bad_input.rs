@@ -141,7 +141,7 @@ fn malformed_connector_files_name_file_line_and_column() {
         ),
         (
             good.replace("kind = \"log\"", "kind = \"logg\""),
-            "unknown sink kind `logg`, expected one of: log, elasticsearch, stdout, null",
+            "unknown sink kind `logg`, expected one of: log, elasticsearch, kafka, stdout, null",
         ),
         (
             good.replace("kind = \"mariadb\"", "kind = \"oracle\""),

@@ -224,6 +224,26 @@ async fn bad_kafka_settings_are_named() {
         "{log}"
     );
 
+    // check says the same before a start, and names brokers nobody answers on.
+    let (code, out, err) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "topic test.progress.{db} does not exist and create_topics = false"
+        )),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace(&brokers, "127.0.0.1:1");
+    std::fs::write(&c, text).unwrap();
+    let (code, out, err) = tributary(&["check", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("error sink kafka:127.0.0.1:1: cannot reach the Kafka brokers 127.0.0.1:1"),
+        "{out}"
+    );
+
     // A placeholder the topic template does not know, at its line.
     let c2 = connector(dir.path(), SHARED_PORT, &db, "");
     add_kafka_sink(&c2, &brokers, "");

@@ -185,5 +185,41 @@ impl Sink for KafkaSink {
     }
 }
 
+/// For `tributary check`: whether the brokers answer (their number), and with
+/// `create_topics = false` whether the progress topic exists.
+pub async fn ping(cfg: &KafkaSinkConfig) -> Result<String, String> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let brokers = cfg.brokers.join(", ");
+        let consumer: BaseConsumer = cfg
+            .client()?
+            .set("allow.auto.create.topics", "false")
+            .create()
+            .map_err(|e| format!("{brokers}: {e}"))?;
+        let timeout = std::time::Duration::from_secs(cfg.request_timeout_secs.clamp(1, 10));
+        let md = consumer
+            .fetch_metadata(None, timeout)
+            .map_err(|e| format!("cannot reach the Kafka brokers {brokers}: {e}"))?;
+        let progress = md
+            .topics()
+            .iter()
+            .any(|t| t.name() == cfg.progress_topic && t.error().is_none());
+        if !cfg.create_topics && !progress {
+            return Err(format!(
+                "{brokers} answer, but topic {} does not exist and create_topics = false: create it (one partition, cleanup.policy=compact)",
+                cfg.progress_topic
+            ));
+        }
+        Ok(format!(
+            "Kafka brokers {brokers} answer: {} broker(s), {} topic(s)",
+            md.brokers().len(),
+            md.topics().len()
+        ))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 #[cfg(test)]
 mod tests;
