@@ -25,9 +25,11 @@ bash deploy/kafka.sh install
 # 23074 has its binlogs purged by a test, 23075 restarted under a lookup, 23076 TLS.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
-  # The Kafka stand-in (19371), its data with it.
-  bash deploy/kafka.sh stop 19371 >/dev/null 2>&1 || true
-  rm -rf /tmp/tributary-kafka-19371
+  # The Kafka stand-ins (19371; 19372 for the worker group test), their data with them.
+  for port in 19371 19372; do
+    bash deploy/kafka.sh stop $port >/dev/null 2>&1 || true
+    rm -rf /tmp/tributary-kafka-$port
+  done
   # PostgreSQL: 25371 shared, 25372 restarted by a test, 25373 wal_level=replica,
   # 25374 TLS (its test CA next to it).
   for port in 25371 25372 25373 25374; do

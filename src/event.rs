@@ -83,6 +83,11 @@ pub enum Position {
         #[serde(with = "lsn_text")]
         lsn: u64,
     },
+    /// A Kafka source: the next offset to read of each partition the worker took
+    /// records from, by `topic/partition` (what it commits to its consumer group).
+    Kafka {
+        offsets: Arc<std::collections::BTreeMap<String, i64>>,
+    },
 }
 
 impl Position {
@@ -114,6 +119,10 @@ impl Position {
                 }
             }
             (Position::Wal { lsn: a }, Position::Wal { lsn: b }) => Some(a >= b),
+            (Position::Kafka { offsets: a }, Position::Kafka { offsets: b }) => Some(
+                b.iter()
+                    .all(|(p, o)| a.get(p).is_some_and(|mine| mine >= o)),
+            ),
             _ => None,
         }
     }
@@ -177,6 +186,13 @@ impl fmt::Display for Position {
                 Ok(())
             }
             Position::Wal { lsn } => write!(f, "lsn {}", format_lsn(*lsn)),
+            Position::Kafka { offsets } => {
+                write!(f, "kafka offsets")?;
+                for (i, (p, o)) in offsets.iter().enumerate() {
+                    write!(f, "{} {p}@{o}", if i == 0 { "" } else { "," })?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod http;
 pub mod init;
 pub mod journal;
+pub mod kafka;
 pub mod metrics;
 pub mod notify;
 pub mod offsets;

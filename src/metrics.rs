@@ -57,6 +57,22 @@ pub fn kafka_transactions(sink: &str) -> Counter {
     counter!("tributary_kafka_transactions_total", "sink" => sink.to_string())
 }
 
+/// Records a Kafka source took from its topics, by group.
+pub fn kafka_consumed(group: &str) -> Counter {
+    counter!("tributary_kafka_consumed_total", "group" => group.to_string())
+}
+
+/// Offset commits a Kafka source made to its group, by group.
+pub fn kafka_group_commits(group: &str) -> Counter {
+    counter!("tributary_kafka_group_commits_total", "group" => group.to_string())
+}
+
+/// Records of a partition after a Kafka source's position, by group and partition
+/// (`topic/partition`).
+pub fn kafka_lag(group: &str, partition: &str) -> metrics::Gauge {
+    metrics::gauge!("tributary_kafka_consumer_lag", "group" => group.to_string(), "partition" => partition.to_string())
+}
+
 /// How many documents one change affected (its fan-out), by document.
 pub fn document_fanout(document: &str) -> metrics::Histogram {
     metrics::histogram!("tributary_document_fanout", "document" => document.to_string())

@@ -101,6 +101,7 @@ kind_list! {
     "mariadb" => Mariadb(crate::source::mysql::MysqlSourceConfig),
     "mysql" => Mysql(crate::source::mysql::MysqlSourceConfig),
     "postgres" => Postgres(crate::source::postgres::PostgresSourceConfig),
+    "kafka" => Kafka(crate::source::kafka::KafkaSourceConfig),
 }
 
 impl SourceConfig {

@@ -4,6 +4,7 @@
 //! and resumes from whatever checkpoint the pipeline hands it.
 
 pub mod filter;
+pub mod kafka;
 pub mod lookup;
 pub mod mysql;
 pub mod postgres;

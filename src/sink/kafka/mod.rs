@@ -13,7 +13,10 @@ pub mod progress;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::event::{ChangeEvent, Op, Position, SourceMessage, DOCUMENT_KIND};
+use std::sync::Arc;
+
+use crate::event::{ChangeEvent, Op, PerSchema, Position, SourceMessage, DOCUMENT_KIND};
+use crate::kafka::record;
 use crate::settings::ConfigError;
 use crate::sink::{Ack, Sink, SinkContext, SinkError, SinkKind};
 pub use config::KafkaSinkConfig;
@@ -27,7 +30,11 @@ impl SinkKind for KafkaSinkConfig {
         self.name.clone().unwrap_or_else(|| {
             format!(
                 "kafka:{}",
-                self.brokers.first().map(String::as_str).unwrap_or("")
+                self.connection
+                    .brokers
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("")
             )
         })
     }
@@ -59,6 +66,7 @@ impl SinkKind for KafkaSinkConfig {
             connector: context.connector.clone(),
             work: tx,
             last_boundary: None,
+            layouts: PerSchema::default(),
         }))
     }
 }
@@ -69,6 +77,8 @@ pub struct KafkaSink {
     connector: String,
     work: mpsc::Sender<Work>,
     last_boundary: Option<Position>,
+    /// The `schema` header of each layout, rendered once.
+    layouts: PerSchema<Arc<[u8]>>,
 }
 
 impl KafkaSink {
@@ -81,8 +91,12 @@ impl KafkaSink {
 
     /// The records of one change: the event, and a tombstone after a delete when
     /// `tombstones` is set.
-    fn records(&self, e: &ChangeEvent, out: &mut Vec<Record>) {
+    fn records(&mut self, e: &ChangeEvent, out: &mut Vec<Record>) {
         let t = &e.table;
+        let schema = self
+            .layouts
+            .get_or_insert_with(t, || record::schema_header(t).into())
+            .clone();
         let topic = if t.kind == DOCUMENT_KIND {
             config::topic_name(
                 &self.cfg.document_topic,
@@ -120,6 +134,7 @@ impl KafkaSink {
             op,
             version: e.version,
             schema_version: t.schema_version,
+            schema: schema.clone(),
         });
         if tombstone {
             out.push(Record {
@@ -129,6 +144,7 @@ impl KafkaSink {
                 op,
                 version: e.version,
                 schema_version: t.schema_version,
+                schema,
             });
         }
     }
@@ -190,17 +206,8 @@ impl Sink for KafkaSink {
 pub async fn ping(cfg: &KafkaSinkConfig) -> Result<String, String> {
     let cfg = cfg.clone();
     tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let brokers = cfg.brokers.join(", ");
-        let consumer: BaseConsumer = cfg
-            .client()?
-            .set("allow.auto.create.topics", "false")
-            .create()
-            .map_err(|e| format!("{brokers}: {e}"))?;
-        let timeout = std::time::Duration::from_secs(cfg.request_timeout_secs.clamp(1, 10));
-        let md = consumer
-            .fetch_metadata(None, timeout)
-            .map_err(|e| format!("cannot reach the Kafka brokers {brokers}: {e}"))?;
+        let md = crate::kafka::connection::reach(&cfg.connection, "[[sink]]")?;
+        let brokers = cfg.connection.brokers();
         let progress = md
             .topics()
             .iter()

@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::config::KafkaSinkConfig;
 use super::progress;
 use crate::event::Position;
+use crate::kafka::errors::{explain, is_retriable};
+use crate::kafka::record;
 use crate::sink::SinkError;
 
 /// A record for a topic, as the sink built it from an event.
@@ -34,6 +36,8 @@ pub struct Record {
     pub op: &'static str,
     pub version: u64,
     pub schema_version: u32,
+    /// The `schema` header (`kafka::record`), shared by the records of one layout.
+    pub schema: std::sync::Arc<[u8]>,
 }
 
 /// What the sink hands the writer, in commit order.
@@ -79,7 +83,7 @@ impl Writer {
     ) -> Result<Self, SinkError> {
         let err = |m: String| SinkError::new(&id, m);
         let transactional_id = cfg.transactional_id(connector);
-        let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
+        let timeout = Duration::from_secs(cfg.connection.request_timeout_secs.max(1));
         let mut client = cfg.client().map_err(err)?;
         client.set("allow.auto.create.topics", "false");
         let admin: AdminClient<DefaultClientContext> = client
@@ -159,7 +163,7 @@ impl Writer {
             match self.producer.init_transactions(self.timeout) {
                 Ok(()) => break,
                 Err(e) if is_retriable(&e) => {
-                    tracing::warn!(sink = %self.id, brokers = %self.cfg.brokers.join(","), error = %e, "cannot reach the Kafka brokers to take over transactional id {}; trying again", self.transactional_id);
+                    tracing::warn!(sink = %self.id, brokers = %self.cfg.connection.brokers.join(","), error = %e, "cannot reach the Kafka brokers to take over transactional id {}; trying again", self.transactional_id);
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(30));
                 }
@@ -167,7 +171,7 @@ impl Writer {
                     return Err(self.fail(format!(
                         "taking over transactional id {} at {}: {}",
                         self.transactional_id,
-                        self.cfg.brokers.join(","),
+                        self.cfg.connection.brokers.join(","),
                         explain(&e)
                     )))
                 }
@@ -251,18 +255,22 @@ impl Writer {
         }
         let version = r.version.to_string();
         let schema_version = r.schema_version.to_string();
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
-                key: "op",
+                key: record::OP,
                 value: Some(r.op),
             })
             .insert(Header {
-                key: "version",
+                key: record::VERSION,
                 value: Some(&version),
             })
             .insert(Header {
-                key: "schema_version",
+                key: record::SCHEMA_VERSION,
                 value: Some(&schema_version),
+            })
+            .insert(Header {
+                key: record::SCHEMA,
+                value: Some(&*r.schema),
             });
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&r.topic).headers(headers);
         if let Some(k) = &r.key {
@@ -418,48 +426,6 @@ fn clone_error(e: &SinkError) -> SinkError {
     }
 }
 
-fn code(e: &KafkaError) -> Option<RDKafkaErrorCode> {
-    e.rdkafka_error_code()
-}
-
-fn is_retriable(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => t.is_retriable(),
-        _ => matches!(
-            code(e),
-            Some(
-                RDKafkaErrorCode::OperationTimedOut
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::RequestTimedOut
-                    | RDKafkaErrorCode::NetworkException
-                    | RDKafkaErrorCode::CoordinatorNotAvailable
-                    | RDKafkaErrorCode::NotCoordinator
-                    | RDKafkaErrorCode::CoordinatorLoadInProgress
-                    | RDKafkaErrorCode::LeaderNotAvailable
-                    | RDKafkaErrorCode::Resolve
-            )
-        ),
-    }
-}
-
 fn requires_abort(e: &KafkaError) -> bool {
     matches!(e, KafkaError::Transaction(t) if t.txn_requires_abort())
-}
-
-/// The error as a user can act on it.
-fn explain(e: &KafkaError) -> String {
-    let hint = match code(e) {
-        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
-            "; check username and the password (sasl_mechanism, password_env/password_file)"
-        }
-        Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::TransactionalIdAuthorizationFailed | RDKafkaErrorCode::ClusterAuthorizationFailed) => {
-            "; the user lacks an ACL for the topics or the transactional id"
-        }
-        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) => {
-            "; another writer took over the same transactional_id (two connectors or sinks with one id?)"
-        }
-        _ => "",
-    };
-    format!("{e}{hint}")
 }

@@ -71,6 +71,10 @@ fn mistakes_name_their_setting_and_line() {
             "properties = { \"transactional.id\" = \"x\" }",
             "`transactional.id` is set by tributary itself",
         ),
+        (
+            "tombstone = true",
+            "c.toml:3:1: [[sink]] kind = \"kafka\": unknown setting `tombstone`",
+        ),
     ] {
         let (_, checked) = section(extra);
         let e = checked.expect_err(extra);

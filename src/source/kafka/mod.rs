@@ -1,0 +1,187 @@
+//! `[source] kind = "kafka"`: a worker of a consumer group. It reads the records a
+//! Kafka sink wrote (`kafka::record`), turns them back into change events, and hands
+//! them to the pipeline like a database source: enrichment and the sinks run as they
+//! do for the connector that read the database. The group's offsets are committed only
+//! after every sink acknowledged the records before them (at-least-once; versioned
+//! Elasticsearch writes make the index exact), and a partition taken away in a
+//! rebalance is checkpointed and committed before it is released (`consumer`).
+//!
+//! A worker has no state of its own worth keeping: it resumes from its group's
+//! offsets, not from its local checkpoint, so adding a worker is starting one.
+
+pub mod config;
+mod consumer;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+pub use config::KafkaSourceConfig;
+
+use crate::event::{Column, Position, Row, Value};
+use crate::failure::Failure;
+use crate::offsets::OffsetStore;
+use crate::queue::QueueSender;
+use crate::settings::ConfigError;
+use crate::source::scan::{Scanned, ScannedTable, TableScan, Window};
+use crate::source::{CheckReport, Checkpoints, Lookup, Source, SourceError, SourceKind};
+
+const SECTION: &str = "[source]";
+
+#[async_trait]
+impl SourceKind for KafkaSourceConfig {
+    fn address(&self) -> String {
+        KafkaSourceConfig::address(self)
+    }
+
+    fn user(&self) -> &str {
+        self.connection.username.as_deref().unwrap_or("")
+    }
+
+    fn validate(&self, path: &std::path::Path, text: &str) -> Result<(), ConfigError> {
+        self.validate_section(path, text)
+    }
+
+    fn open(&self, _connector: &str, _store: Arc<OffsetStore>) -> (Box<dyn Source>, String) {
+        let desc = format!("kafka {} group {}", self.address(), self.group);
+        (Box::new(KafkaSource { cfg: self.clone() }), desc)
+    }
+
+    async fn check(&self, _checkpoint: Option<&Position>) -> Result<CheckReport, Failure> {
+        let cfg = self.clone();
+        tokio::task::spawn_blocking(move || check(&cfg))
+            .await
+            .map_err(|e| Failure::Fatal(e.to_string()))?
+    }
+
+    async fn live_schemas(&self) -> Result<Vec<(String, Vec<Column>)>, Failure> {
+        refuse("policy diff")
+    }
+
+    fn lookup(&self, _connector: &str) -> Arc<dyn Lookup> {
+        Arc::new(NoDatabase)
+    }
+
+    fn scan(&self, _connector: &str) -> Arc<dyn TableScan> {
+        Arc::new(NoDatabase)
+    }
+}
+
+/// What a command or enricher that reads the source database is told by a worker.
+const NO_DATABASE: &str = "a kafka source has no database to read for {what}: run it with the connector file of the tributary that reads the database (the one whose Kafka sink fills these topics)";
+
+/// The brokers answer, and which topics the section names they have.
+fn check(cfg: &KafkaSourceConfig) -> Result<CheckReport, Failure> {
+    let md = crate::kafka::connection::reach(&cfg.connection, SECTION).map_err(Failure::Fatal)?;
+    let mut report = CheckReport::default();
+    report.info.push(format!(
+        "Kafka brokers {} answer: {} broker(s)",
+        cfg.connection.brokers(),
+        md.brokers().len()
+    ));
+    let have: Vec<&str> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name())
+        .collect();
+    match cfg.topics.first() {
+        Some(p) if p.starts_with('^') => {
+            let re = regex::Regex::new(p).map_err(|e| Failure::Fatal(e.to_string()))?;
+            let n = have.iter().filter(|t| re.is_match(t)).count();
+            if n == 0 {
+                report.warnings.push(format!(
+                    "no topic matches `{p}` yet: the worker waits for one"
+                ));
+            } else {
+                report.info.push(format!("{n} topic(s) match `{p}`"));
+            }
+        }
+        _ => {
+            for t in &cfg.topics {
+                if have.contains(&t.as_str()) {
+                    report.info.push(format!("topic {t} exists"));
+                } else {
+                    // A worker may start before the sink that creates its topics.
+                    report.warnings.push(format!(
+                        "topic {t} does not exist (yet): the worker waits for it; check [source] topics if no connector's Kafka sink writes it"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+struct KafkaSource {
+    cfg: KafkaSourceConfig,
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn preflight(&mut self) -> Result<(), SourceError> {
+        let report = self
+            .cfg
+            .check(None)
+            .await
+            .map_err(|e| SourceError::Fatal(e.message().to_string()))?;
+        report.require_ready(&self.cfg.address())
+    }
+
+    /// Resumes from the group's committed offsets: `resume` (the local checkpoint) is
+    /// at or behind them, as offsets are committed after it is stored.
+    async fn run(
+        &mut self,
+        _resume: Option<Position>,
+        tx: QueueSender,
+        checkpoints: Checkpoints,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
+        let worker = consumer::Worker::new(&self.cfg, tx, checkpoints, shutdown)?;
+        tokio::task::spawn_blocking(move || worker.run())
+            .await
+            .map_err(|e| SourceError::Fatal(format!("the Kafka consumer failed: {e}")))?
+    }
+}
+
+/// The lookup and scan of a kafka source: each call says there is no database.
+struct NoDatabase;
+
+fn refuse<T>(what: &str) -> Result<T, Failure> {
+    Err(Failure::Fatal(NO_DATABASE.replace("{what}", what)))
+}
+
+#[async_trait]
+impl Lookup for NoDatabase {
+    async fn describe(&self, _table: &str) -> Result<Option<Vec<Column>>, Failure> {
+        refuse("the lookup enricher")
+    }
+
+    async fn fetch(&self, _table: &str, _key: &str, _keys: &[Value]) -> Result<Vec<Row>, Failure> {
+        refuse("the lookup enricher")
+    }
+}
+
+#[async_trait]
+impl TableScan for NoDatabase {
+    async fn table(&self, _table: &str) -> Result<Option<ScannedTable>, Failure> {
+        refuse("verify, snapshots or joined documents")
+    }
+
+    async fn chunk(
+        &self,
+        _t: &str,
+        _after: Option<&[Value]>,
+        _limit: u64,
+    ) -> Result<Scanned, Failure> {
+        refuse("verify")
+    }
+
+    async fn rows(&self, _t: &str, _keys: &[Vec<Value>]) -> Result<(Vec<Row>, Window), Failure> {
+        refuse("verify")
+    }
+}
+
+#[cfg(test)]
+mod tests;

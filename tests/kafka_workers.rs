@@ -1,0 +1,404 @@
+//! Kafka source workers against real databases, the Kafka stand-in and the
+//! Elasticsearch stand-in: a worker's sinks get the events a direct run's get, and a
+//! group of workers that lose and gain members keeps an index equal to the source.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value as Json;
+
+/// Appends a Kafka sink writing `topic` (a fixed name) to connector `c`.
+fn add_kafka_sink(c: &Path, brokers: &str, topic: &str, partitions: u32) {
+    let text = std::fs::read_to_string(c).unwrap().replace(
+        "[state]",
+        &format!(
+            "[[sink]]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"{topic}\"\npartitions = {partitions}\ntransactional_id = \"{topic}\"\nprogress_topic = \"{topic}.progress\"\nrequest_timeout_secs = 5\n\n[state]"
+        ),
+    );
+    std::fs::write(c, text).unwrap();
+}
+
+/// A worker's connector file in `dir`: group `group` reading `topic` into `sinks`.
+fn worker(dir: &Path, brokers: &str, group: &str, topic: &str, sinks: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = format!(
+        "name = \"worker\"\n[source]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ngroup = \"{group}\"\ntopics = [\"{topic}\"]\nrequest_timeout_secs = 5\nboundary_records = 100\n\n{sinks}\n[state]\ndir = \"{}\"\n",
+        dir.join("state").display()
+    );
+    let path = dir.join("connector.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits until the worker holds partitions (it joined the group).
+async fn wait_assigned(c: &Path, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = daemon_log(c);
+        if text.contains("kafka partitions assigned") {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("worker exited early ({status}):\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker got no partitions:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The events of a log stream by row key (`after` or `before` id), in log order.
+fn by_key(events: &[Json]) -> BTreeMap<String, Vec<Json>> {
+    let mut out: BTreeMap<String, Vec<Json>> = BTreeMap::new();
+    for e in events {
+        let row = if e["after"].is_null() {
+            &e["before"]
+        } else {
+            &e["after"]
+        };
+        out.entry(row["id"].to_string())
+            .or_default()
+            .push(e.clone());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_kafka_to_a_worker_writes_the_events_a_direct_run_writes() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let pg = pg_admin(PG_PORT).await;
+    let (schema, table) = pg_table(
+        &pg,
+        "kworker",
+        "id INT PRIMARY KEY, v BIGINT NOT NULL, note TEXT, amount NUMERIC(12,3), at TIMESTAMPTZ, tags TEXT[], doc JSONB, raw BYTEA, f DOUBLE PRECISION",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("reader")).unwrap();
+    // The reader writes its own log (the direct run) and the topic.
+    let reader = pg_connector(&dir.path().join("reader"), PG_PORT, &schema, &table, "");
+    let topic = format!("kw.{schema}");
+    add_kafka_sink(&reader, &brokers, &topic, 3);
+    let mut reader_daemon = spawn_daemon(&reader);
+    wait_streaming(&reader, &mut reader_daemon).await;
+
+    let worker_log = dir.path().join("worker").join("log");
+    let w = worker(
+        &dir.path().join("worker"),
+        &brokers,
+        &format!("g-{schema}"),
+        &topic,
+        &format!(
+            "[[sink]]\nkind = \"log\"\ndir = \"{}\"\nsegment_bytes = 1048576\n",
+            worker_log.display()
+        ),
+    );
+    // The worker starts before its topic exists (the sink creates it with its first
+    // record): it waits for it.
+    let mut worker_daemon = spawn_daemon(&w);
+
+    // Inserts, updates, deletes, in transactions of several rows, with every kind of
+    // value the topic must carry exactly.
+    let write = |from: i32, to: i32| {
+        let table = table.clone();
+        async move {
+            let pg = pg_admin(PG_PORT).await;
+            for i in from..to {
+                pg.batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO {table} VALUES ({i}, {i}, 'n{i}', {i}.125, '2026-12-04 10:00:00+02', ARRAY['a','b{i}'], '{{\"k\": {i}}}', '\\x00ff', {i}.5);
+                     UPDATE {table} SET v = v + 1, note = NULL, f = 'NaN' WHERE id = {i} - 1;
+                     DELETE FROM {table} WHERE id = {i} - 3;
+                     COMMIT;"
+                ))
+                .await
+                .unwrap();
+            }
+        }
+    };
+    write(1, 120).await;
+    wait_assigned(&w, &mut worker_daemon).await;
+    let reader_log = dir.path().join("reader").join("log");
+    let want = wait_for_events(&reader_log, 1, Duration::from_secs(5)).await;
+    assert!(want > 0);
+    // Wait until the reader's log stops growing and the worker has as many events.
+    let settle = |log: PathBuf| async move {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let n = read_events(&log).len();
+            if n == last && n > 0 {
+                return n;
+            }
+            last = n;
+        }
+    };
+    let direct = settle(reader_log.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_events(&worker_log).len() < direct && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // A graceful restart of the worker in the middle: it resumes from its group's
+    // offsets and takes nothing twice.
+    assert_eq!(stop(&mut worker_daemon), 0, "{}", daemon_log(&w));
+    write(120, 200).await;
+    let mut worker_daemon = spawn_daemon(&w);
+    wait_assigned(&w, &mut worker_daemon).await;
+    let direct = settle(reader_log.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_events(&worker_log).len() < direct && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let direct = read_events(&reader_log);
+    let through_kafka = read_events(&worker_log);
+    assert_eq!(
+        through_kafka.len(),
+        direct.len(),
+        "the worker's log holds as many events as the direct run's:\n{}",
+        daemon_log(&w)
+    );
+    // The same events, byte for byte as JSON, in the same order per key (partitions
+    // interleave keys freely).
+    assert_eq!(by_key(&through_kafka), by_key(&direct));
+    assert!(direct.iter().any(|e| e["op"] == "d") && direct.iter().any(|e| e["op"] == "u"));
+
+    assert_eq!(stop(&mut worker_daemon), 0, "{}", daemon_log(&w));
+    assert_eq!(stop(&mut reader_daemon), 0, "{}", daemon_log(&reader));
+    pg_drop_slot(&pg, &schema).await;
+}
+
+/// The Kafka stand-in port of the group test, which restarts its broker.
+const GROUP_KAFKA_PORT: u16 = 19372;
+
+/// Restarts the group test's broker (stop: it saves its data; start again).
+fn restart_broker() {
+    for action in ["stop", "start"] {
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("deploy/kafka.sh"))
+            .args([action, &GROUP_KAFKA_PORT.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// One worker's holdings from its log: (partition, from, until) in microseconds since
+/// the epoch; a holding without a revocation lasts until `end`.
+fn holdings(log: &str, end: i64) -> Vec<(String, i64, i64)> {
+    let mut held: BTreeMap<String, i64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let assigned = line.contains("kafka partitions assigned");
+        if !assigned
+            && !line.contains("kafka partitions revoked")
+            && !line.contains("kafka partitions lost")
+        {
+            continue;
+        }
+        let at = line
+            .split_whitespace()
+            .next()
+            .and_then(chrono_micros)
+            .unwrap_or_else(|| panic!("no timestamp in `{line}`"));
+        let list = &line[line.find("partitions=[").expect("a partition list") + 12..];
+        let list = &list[..list.find(']').unwrap()];
+        for p in list.split(", ").filter(|p| !p.is_empty()) {
+            let p = p.trim_matches('"').to_string();
+            if assigned {
+                held.insert(p, at);
+            } else if let Some(from) = held.remove(&p) {
+                out.push((p, from, at));
+            }
+        }
+    }
+    out.extend(held.into_iter().map(|(p, from)| (p, from, end)));
+    out
+}
+
+/// `2026-12-04T05:01:02.123456Z` as microseconds since the epoch.
+fn chrono_micros(t: &str) -> Option<i64> {
+    let t = t.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let h: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let micros: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h[0] * 3600 + h[1] * 60 + h[2]) * 1_000_000) + micros)
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_workers_keeps_the_index_equal_through_a_kill_9_and_a_join() {
+    let brokers = kafka_on(GROUP_KAFKA_PORT);
+    let url = elasticsearch();
+    let db = new_db(
+        "kgroup",
+        &["CREATE TABLE `{db}`.items (id BIGINT UNSIGNED PRIMARY KEY, v BIGINT NOT NULL, note VARCHAR(100) NOT NULL)"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("reader")).unwrap();
+    let reader = connector(&dir.path().join("reader"), SHARED_PORT, &db, "");
+    let topic = format!("kg.{db}");
+    add_kafka_sink(&reader, &brokers, &topic, 6);
+    let mut reader_daemon = spawn_daemon(&reader);
+    wait_streaming(&reader, &mut reader_daemon).await;
+
+    let group = format!("g-{db}");
+    let es_sink = format!(
+        "[[sink]]\nkind = \"elasticsearch\"\nurls = [\"{url}\"]\nbatch_docs = 200\nmax_backoff_secs = 2\n"
+    );
+    let workers: Vec<PathBuf> = (1..=4)
+        .map(|i| {
+            worker(
+                &dir.path().join(format!("w{i}")),
+                &brokers,
+                &group,
+                &topic,
+                &es_sink,
+            )
+        })
+        .collect();
+    let mut running: Vec<Option<std::process::Child>> = Vec::new();
+    for w in &workers[..3] {
+        running.push(Some(spawn_daemon(w)));
+    }
+
+    // The writer: inserts, updates and deletes on 400 keys until told to stop.
+    let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, halt) = (db.clone(), halt.clone());
+        tokio::spawn(async move {
+            let mut conn = admin(SHARED_PORT).await;
+            let mut n = 0u64;
+            while !halt.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let id = 1 + (n * 7919) % 400;
+                exec(
+                    &mut conn,
+                    &format!(
+                        "INSERT INTO `{db}`.items VALUES ({id}, {n}, 'n {n}') ON DUPLICATE KEY UPDATE v = {n}, note = 'u {n}'"
+                    ),
+                )
+                .await;
+                if n % 5 == 0 {
+                    exec(
+                        &mut conn,
+                        &format!("DELETE FROM `{db}`.items WHERE id = {}", 1 + (n * 31) % 400),
+                    )
+                    .await;
+                }
+            }
+            n
+        })
+    };
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+    for (w, child) in workers.iter().zip(running.iter_mut()) {
+        wait_assigned(w, child.as_mut().unwrap()).await;
+    }
+    pause(3000).await;
+
+    // Worker 2 dies on the spot.
+    kill9(running[1].as_mut().unwrap());
+    running[1] = None;
+    let killed_at = now_micros();
+    pause(2000).await;
+
+    // The stand-in never evicts a member killed with -9: restart it (its writer, the
+    // reader, stopped first, as the stand-in loses writes taken while it stops).
+    assert_eq!(stop(&mut reader_daemon), 0, "{}", daemon_log(&reader));
+    let restarted_at = now_micros();
+    restart_broker();
+    let mut reader_daemon = spawn_daemon(&reader);
+    wait_streaming(&reader, &mut reader_daemon).await;
+    pause(3000).await;
+
+    // Worker 4 joins later.
+    let mut fourth = spawn_daemon(&workers[3]);
+    wait_assigned(&workers[3], &mut fourth).await;
+    running.push(Some(fourth));
+    pause(3000).await;
+    halt.store(true, std::sync::atomic::Ordering::SeqCst);
+    let changes = writer.await.unwrap();
+    assert!(changes > 200, "the writer made {changes} changes");
+
+    let alias = format!("{db}_items");
+    until_equal(&url, &alias, &workers[0], || items_rows(&db)).await;
+
+    let end = now_micros();
+    for child in running.iter_mut().flatten() {
+        assert_eq!(stop(child), 0);
+    }
+    assert_eq!(stop(&mut reader_daemon), 0, "{}", daemon_log(&reader));
+
+    // Each partition was held by one worker at a time. The stand-in's restart forgets
+    // the group's members (Kafka keeps them): a member learns it when the group has
+    // already moved on (its partitions `lost`), so what it held before the restart
+    // ends there.
+    let mut all: Vec<(String, i64, i64, usize)> = Vec::new();
+    for (i, w) in workers.iter().enumerate() {
+        let until = if i == 1 { killed_at } else { end };
+        all.extend(
+            holdings(&daemon_log(w), until)
+                .into_iter()
+                .map(|(p, a, b)| {
+                    let b = if a < restarted_at {
+                        b.min(restarted_at)
+                    } else {
+                        b
+                    };
+                    (p, a, b, i + 1)
+                }),
+        );
+    }
+    assert!(all.iter().any(|h| h.3 == 4), "worker 4 held no partition");
+    for a in &all {
+        for b in &all {
+            if a.0 == b.0 && a.3 != b.3 {
+                assert!(
+                    a.2 <= b.1 || b.2 <= a.1,
+                    "partition {} held by workers {} and {} at once: {a:?} {b:?}",
+                    a.0,
+                    a.3,
+                    b.3
+                );
+            }
+        }
+    }
+}
