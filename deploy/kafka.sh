@@ -54,7 +54,14 @@ stop() {
   if [ -f "$dir/pid" ]; then
     local pid; pid=$(cat "$dir/pid")
     kill "-$signal" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # Saving its data takes a while on a busy machine: a stop that returned while the
+    # old process still answered would make the next start a no-op and leave no broker.
+    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "the Kafka stand-in (pid $pid) did not stop within 60 s: killed" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
     rm -f "$dir/pid"
   fi
   echo "Kafka stand-in on port $port stopped" >&2

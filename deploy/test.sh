@@ -25,8 +25,9 @@ bash deploy/kafka.sh install
 # 23074 has its binlogs purged by a test, 23075 restarted under a lookup, 23076 TLS.
 cleanup() {
   for p in 19271 19272; do bash deploy/osmem.sh stop $p >/dev/null 2>&1 || true; done
-  # The Kafka stand-ins (19371; 19372 for the worker group test), their data with them.
-  for port in 19371 19372; do
+  # The Kafka stand-ins (19371; 19372 and 19373 for the tests that restart theirs),
+  # their data with them.
+  for port in 19371 19372 19373; do
     bash deploy/kafka.sh stop $port >/dev/null 2>&1 || true
     rm -rf /tmp/tributary-kafka-$port
   done

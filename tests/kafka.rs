@@ -7,6 +7,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -71,31 +73,27 @@ fn consume(
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
-    let brokers = kafka_on(KAFKA_PORT);
-    let db = new_db(
-        "kafka",
-        &["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, n BIGINT NOT NULL, note VARCHAR(20))"],
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = connector(dir.path(), SHARED_PORT, &db, "");
-    add_kafka_sink(
-        &c,
-        &brokers,
-        &format!("transactional_id = \"test-{db}\"\nprogress_topic = \"test.progress.{db}\""),
-    );
+/// Pauses or ends the writer, and counts the changes it committed.
+#[derive(Clone, Default)]
+struct Gate {
+    paused: Arc<AtomicBool>,
+    halt: Arc<AtomicBool>,
+    changes: Arc<AtomicUsize>,
+}
 
-    // The daemon streams before the first write (so no change is a snapshot read).
-    let mut daemon = spawn_daemon(&c);
-    wait_streaming(&c, &mut daemon).await;
-
+/// Runs `transactions` transactions on `db`.items (columns id, n, note) in the
+/// background (fewer when `gate` halts it), waiting while `gate` is paused; returns
+/// what it did.
+fn spawn_writer(
+    db: String,
+    transactions: usize,
+    gate: Gate,
+) -> tokio::task::JoinHandle<BTreeMap<i64, Vec<(String, i64)>>> {
     // The writer: transactions of one to three statements on 30 keys; every change
     // sets `n` to a sequence number of its own, so each is told apart. What it did,
     // per key: (op, n) in commit order.
-    let writer_db = db.clone();
-    let writer = tokio::spawn(async move {
+    let writer_db = db;
+    tokio::spawn(async move {
         let mut conn = admin(SHARED_PORT).await;
         let mut expected: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
         let mut alive = std::collections::BTreeSet::new();
@@ -107,7 +105,13 @@ async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
             rng ^= rng << 17;
             rng % n
         };
-        for _ in 0..900 {
+        for _ in 0..transactions {
+            if gate.halt.load(Ordering::SeqCst) {
+                break;
+            }
+            while gate.paused.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             conn.query_drop("BEGIN").await.unwrap();
             let mut done = Vec::new();
             for _ in 0..1 + next(3) {
@@ -142,29 +146,32 @@ async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
                 done.push((id, op, seq));
             }
             conn.query_drop("COMMIT").await.unwrap();
+            gate.changes.fetch_add(done.len(), Ordering::SeqCst);
             for (id, op, seq) in done {
                 expected.entry(id).or_default().push((op.to_string(), seq));
             }
             tokio::time::sleep(Duration::from_millis(4)).await;
         }
         expected
-    });
+    })
+}
 
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        kill9(&mut daemon);
-        daemon = spawn_daemon(&c);
-    }
-    let expected = writer.await.unwrap();
+/// A `read_committed` consumer of `topic` sees each change `expected` lists once, per
+/// key in commit order; returns how many records it read.
+async fn assert_exactly_once(
+    brokers: &str,
+    topic: &str,
+    expected: &BTreeMap<i64, Vec<(String, i64)>>,
+    c: &std::path::Path,
+) -> usize {
     let wanted: usize = expected.values().map(Vec::len).sum();
-    let topic = format!("test.{db}.items");
 
     // Read committed: each change once, per key in commit order. A delete carries the
     // row before it (its n is the one the key had: the previous change's).
     let deadline = Instant::now() + Duration::from_secs(90);
-    let mut committed = consume(&brokers, &topic, "read_committed", Duration::from_secs(3));
+    let mut committed = consume(brokers, topic, "read_committed", Duration::from_secs(3));
     while committed.len() < wanted && Instant::now() < deadline {
-        committed = consume(&brokers, &topic, "read_committed", Duration::from_secs(3));
+        committed = consume(brokers, topic, "read_committed", Duration::from_secs(3));
     }
     let mut seen: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
     for (key, value, op) in &committed {
@@ -188,16 +195,49 @@ async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
             (*id, changes)
         })
         .collect();
-    assert_eq!(seen, expected_seen, "{}", daemon_log(&c));
+    assert_eq!(seen, expected_seen, "{}", daemon_log(c));
     assert_eq!(committed.len(), wanted);
+    committed.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let db = new_db(
+        "kafka",
+        &["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, n BIGINT NOT NULL, note VARCHAR(20))"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_kafka_sink(
+        &c,
+        &brokers,
+        &format!("transactional_id = \"test-{db}\"\nprogress_topic = \"test.progress.{db}\""),
+    );
+
+    // The daemon streams before the first write (so no change is a snapshot read).
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    let writer = spawn_writer(db.clone(), 900, Gate::default());
+
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        kill9(&mut daemon);
+        daemon = spawn_daemon(&c);
+    }
+    let expected = writer.await.unwrap();
+    let topic = format!("test.{db}.items");
+    let committed = assert_exactly_once(&brokers, &topic, &expected, &c).await;
 
     // Read uncommitted: the aborted transactions' records too.
     let everything = consume(&brokers, &topic, "read_uncommitted", Duration::from_secs(3));
     assert!(
-        everything.len() > committed.len(),
+        everything.len() > committed,
         "read_uncommitted {} records, read_committed {}: no transaction was aborted by the kills",
         everything.len(),
-        committed.len()
+        committed
     );
     stop(&mut daemon);
 }
@@ -401,4 +441,90 @@ async fn a_flush_commits_at_a_boundary_and_a_restart_skips_what_kafka_holds() {
         "{e}"
     );
     assert_eq!(committed_ids(), vec![1, 2, 3, 4, 5]);
+}
+
+/// The Kafka stand-in port of the outage test, which stops its broker.
+const OUTAGE_KAFKA_PORT: u16 = 19373;
+
+fn signal_broker(port: u16, signal: &str) {
+    let pid = std::fs::read_to_string(format!("/tmp/tributary-kafka-{port}/pid")).unwrap();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_away_for_20_s_twice_loses_and_doubles_nothing() {
+    let brokers = kafka_fresh(OUTAGE_KAFKA_PORT);
+    let db = new_db(
+        "kafkaout",
+        &["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, n BIGINT NOT NULL, note VARCHAR(20))"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    add_kafka_sink(
+        &c,
+        &brokers,
+        &format!("transactional_id = \"out-{db}\"\nprogress_topic = \"test.progress.{db}\""),
+    );
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let gate = Gate::default();
+    let writer = spawn_writer(db.clone(), usize::MAX, gate.clone());
+    let topic = format!("test.{db}.items");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. The broker freezes for 20 s under writes (a long pause or a partition: its
+    //    connections stay open and answer nothing).
+    signal_broker(OUTAGE_KAFKA_PORT, "STOP");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    signal_broker(OUTAGE_KAFKA_PORT, "CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 2. The broker stops for 20 s and starts again. The stand-in loses writes it takes
+    //    while it stops, so the stop comes while nothing writes: the writer pauses and
+    //    Kafka holds everything committed so far; then the writer goes on while the
+    //    broker is away.
+    gate.paused.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = gate.changes.load(Ordering::SeqCst);
+        let have = consume(&brokers, &topic, "read_committed", Duration::from_secs(1)).len();
+        if have >= done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Kafka holds {have} of {done} changes:\n{}",
+            daemon_log(&c)
+        );
+    }
+    kafka_deploy(OUTAGE_KAFKA_PORT, "stop");
+    let before = gate.changes.load(Ordering::SeqCst);
+    gate.paused.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        gate.changes.load(Ordering::SeqCst) > before,
+        "the writer wrote while the broker was away"
+    );
+    kafka_deploy(OUTAGE_KAFKA_PORT, "start");
+    let during = gate.changes.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    gate.halt.store(true, Ordering::SeqCst);
+
+    let expected = writer.await.unwrap();
+    assert!(
+        gate.changes.load(Ordering::SeqCst) > during,
+        "the writer went on after the outages"
+    );
+    assert_exactly_once(&brokers, &topic, &expected, &c).await;
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon rode out both outages:\n{}",
+        daemon_log(&c)
+    );
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
 }

@@ -179,20 +179,12 @@ async fn postgres_to_kafka_to_a_worker_writes_the_events_a_direct_run_writes() {
 /// The Kafka stand-in port of the group test, which restarts its broker.
 const GROUP_KAFKA_PORT: u16 = 19372;
 
-/// Restarts the group test's broker (stop: it saves its data; start again).
+/// Restarts the group test's broker (stop: it saves its data; start again, and wait
+/// until it has loaded it).
 fn restart_broker() {
-    for action in ["stop", "start"] {
-        let out = std::process::Command::new("bash")
-            .arg(repo().join("deploy/kafka.sh"))
-            .args([action, &GROUP_KAFKA_PORT.to_string()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    kafka_deploy(GROUP_KAFKA_PORT, "stop");
+    kafka_deploy(GROUP_KAFKA_PORT, "start");
+    kafka_ready(GROUP_KAFKA_PORT);
 }
 
 /// One worker's holdings from its log: (partition, from, until) in microseconds since
@@ -265,7 +257,7 @@ fn now_micros() -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_workers_keeps_the_index_equal_through_a_kill_9_and_a_join() {
-    let brokers = kafka_on(GROUP_KAFKA_PORT);
+    let brokers = kafka_fresh(GROUP_KAFKA_PORT);
     let url = elasticsearch();
     let db = new_db(
         "kgroup",
@@ -401,4 +393,77 @@ async fn a_group_of_workers_keeps_the_index_equal_through_a_kill_9_and_a_join() 
             }
         }
     }
+}
+
+/// Waits up to 60 s for `child` to exit; its exit code.
+fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_worker_settings_and_foreign_records_are_named() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let dir = tempfile::tempdir().unwrap();
+    let null = "[[sink]]\nkind = \"null\"\n";
+    let group = unique_db("gbad");
+
+    // Brokers nobody answers on.
+    let w = worker(&dir.path().join("a"), "127.0.0.1:1", &group, "t", null);
+    let mut child = spawn_daemon(&w);
+    assert_eq!(exit_code(&mut child), Some(1), "{}", daemon_log(&w));
+    assert!(
+        daemon_log(&w).contains("cannot reach the Kafka brokers 127.0.0.1:1"),
+        "{}",
+        daemon_log(&w)
+    );
+
+    // A login the brokers refuse (the stand-in takes any PLAIN login but no SCRAM one).
+    let w = worker(&dir.path().join("b"), &brokers, &group, "t", null);
+    let text = std::fs::read_to_string(&w).unwrap().replace(
+        "request_timeout_secs",
+        "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\npassword_env = \"TRIBUTARY_TEST_WRONG_KAFKA_PW\"\nrequest_timeout_secs",
+    );
+    std::fs::write(&w, text).unwrap();
+    let mut child = spawn_daemon_env(&w, &[("TRIBUTARY_TEST_WRONG_KAFKA_PW", "wrong")]);
+    assert_eq!(exit_code(&mut child), Some(1), "{}", daemon_log(&w));
+    let log = daemon_log(&w);
+    assert!(log.contains("SASL authentication error"), "{log}");
+    assert!(
+        log.contains("check security_protocol, sasl_mechanism, username and the password"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong"),
+        "the password is never printed: {log}"
+    );
+
+    // A record no tributary sink wrote: named with its place, nothing skipped.
+    let topic = unique_db("foreign");
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(rdkafka::producer::BaseRecord::<str, str>::to(&topic).payload("{\"id\":1}"))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let w = worker(&dir.path().join("c"), &brokers, &group, &topic, null);
+    let mut child = spawn_daemon(&w);
+    assert_eq!(exit_code(&mut child), Some(1), "{}", daemon_log(&w));
+    let log = daemon_log(&w);
+    assert!(
+        log.contains(&format!(
+            "topic {topic} partition 0 offset 0: the record has no `schema` header"
+        )),
+        "{log}"
+    );
 }

@@ -167,20 +167,58 @@ impl Connection {
 }
 
 /// For `tributary check`: the cluster's metadata, when the brokers answer. Blocking:
-/// run it off the async threads.
+/// run it off the async threads. A failure says what librdkafka saw last (a refused
+/// login, a TLS handshake), not only that the metadata did not come.
 pub fn reach(conn: &Connection, section: &str) -> Result<rdkafka::metadata::Metadata, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let brokers = conn.brokers();
-    let consumer: BaseConsumer = conn
+    let consumer: BaseConsumer<LastError> = conn
         .client(section)?
         .set("allow.auto.create.topics", "false")
-        .create()
+        // What the context keeps: librdkafka tells nothing below the `log` crate's
+        // level, which is off in commands that print instead of logging.
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
+        .create_with_context(LastError::default())
         .map_err(|e| format!("{brokers}: {e}"))?;
     let timeout = std::time::Duration::from_secs(conn.request_timeout_secs.clamp(1, 10));
     consumer.fetch_metadata(None, timeout).map_err(|e| {
-        format!(
+        // Errors wait in the client's queue until served.
+        let _ = consumer.poll(std::time::Duration::from_millis(100));
+        let seen = consumer.context().0.lock().expect("not poisoned").take();
+        let mut m = format!(
             "cannot reach the Kafka brokers {brokers}: {}",
             super::errors::explain(&e)
-        )
+        );
+        if let Some(seen) = seen {
+            m.push_str(&format!(" ({seen})"));
+        }
+        if conn.sasl_mechanism.is_some() || conn.security_protocol.is_some() {
+            m.push_str("; if they are up, check security_protocol, sasl_mechanism, username and the password (password_env/password_file), and ca_file");
+        }
+        m
     })
 }
+
+/// A client context that keeps the last error librdkafka reported.
+#[derive(Default)]
+struct LastError(std::sync::Mutex<Option<String>>);
+
+impl rdkafka::ClientContext for LastError {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(fac, message, "librdkafka");
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(
+            level,
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning
+        ) {
+            *self.0.lock().expect("not poisoned") = Some(message.to_string());
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka");
+        *self.0.lock().expect("not poisoned") = Some(reason.to_string());
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastError {}

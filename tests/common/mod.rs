@@ -359,6 +359,53 @@ pub fn kafka_on(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// Runs `deploy/kafka.sh ACTION PORT`.
+pub fn kafka_deploy(port: u16, action: &str) {
+    let out = Command::new("bash")
+        .arg(repo().join("deploy/kafka.sh"))
+        .args([action, &port.to_string()])
+        .output()
+        .expect("run deploy/kafka.sh");
+    assert!(
+        out.status.success(),
+        "deploy/kafka.sh {action} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Kafka stand-in on `port` of the test's own, with no data (a test that restarts
+/// its broker waits for it to load what it holds: only this test's records); its
+/// address once it answers.
+pub fn kafka_fresh(port: u16) -> String {
+    kafka_deploy(port, "stop");
+    let _ = std::fs::remove_dir_all(format!("/tmp/tributary-kafka-{port}"));
+    kafka_deploy(port, "start");
+    kafka_ready(port)
+}
+
+/// Waits until the broker on `port` answers a metadata request (it opens its port
+/// before it has loaded its data); its address.
+pub fn kafka_ready(port: u16) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = format!("127.0.0.1:{port}");
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while consumer
+        .fetch_metadata(None, Duration::from_secs(2))
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka stand-in on {brokers} does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    brokers
+}
+
 /// The stand-in's process id (deploy/osmem.sh keeps it).
 pub fn elasticsearch_pid(port: u16) -> u32 {
     std::fs::read_to_string(format!("/tmp/tributary-osmem-{port}/pid"))
