@@ -1,6 +1,7 @@
 //! What `tributary status` prints and the daemon's `/status` serves: the checkpoint
 //! and its age, each sink's cursor, the schema guard's tables, snapshot and reindex
-//! progress, and (PostgreSQL) the slot as the server sees it.
+//! progress, (PostgreSQL) the slot as the server sees it, and (Kafka) a worker group's
+//! offsets and lag, and what Kafka holds of each Kafka sink.
 //!
 //! A running daemon holds the offsets store, so beside it the report comes from the
 //! `status.json` it writes with every checkpoint (the store stays the truth).
@@ -68,6 +69,25 @@ pub async fn report(cfg: &ConnectorConfig) -> Result<Json, String> {
     }
     if let SourceConfig::Postgres(p) = &cfg.source {
         out["slot"] = slot(p).await?;
+    }
+    if let SourceConfig::Kafka(k) = &cfg.source {
+        out["kafka_group"] = crate::source::kafka::group_status(k)
+            .await
+            .unwrap_or_else(|e| json!({ "error": e }));
+    }
+    // What Kafka holds of each Kafka sink (the brokers' answer, or why there is none:
+    // a status must show even while the brokers are away).
+    let mut kafka = Map::new();
+    for sink in &cfg.sinks {
+        if let crate::config::SinkConfig::Kafka(k) = sink {
+            let v = crate::sink::kafka::status(k, &cfg.connector_name())
+                .await
+                .unwrap_or_else(|e| json!({ "error": e }));
+            kafka.insert(sink.id(), v);
+        }
+    }
+    if !kafka.is_empty() {
+        out["kafka_sinks"] = Json::Object(kafka);
     }
     Ok(out)
 }

@@ -228,5 +228,25 @@ pub async fn ping(cfg: &KafkaSinkConfig) -> Result<String, String> {
     .map_err(|e| e.to_string())?
 }
 
+/// For `tributary status`: the sink's transactional id and the source boundary its
+/// last committed Kafka transaction ends at (what Kafka holds).
+pub async fn status(cfg: &KafkaSinkConfig, connector: &str) -> Result<serde_json::Value, String> {
+    let cfg = cfg.clone();
+    let id = cfg.transactional_id(connector);
+    tokio::task::spawn_blocking(move || {
+        let timeout =
+            std::time::Duration::from_secs(cfg.connection.request_timeout_secs.clamp(1, 10));
+        let held = progress::read(&cfg, &id, timeout)?;
+        Ok(serde_json::json!({
+            "brokers": cfg.connection.brokers(),
+            "transactional_id": id,
+            "progress_topic": cfg.progress_topic,
+            "kafka_holds_through": held,
+        }))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 #[cfg(test)]
 mod tests;

@@ -157,8 +157,32 @@ impl Shared {
     }
 
     /// Puts a boundary after the records handed on (if any), and hands on the batch.
-    fn boundary(&self, state: &mut State) -> Result<(), SourceError> {
-        if state.pending > 0 {
+    ///
+    /// The position of a partition is the consumer's where it is further: past the
+    /// transaction markers after the last record (control records take offsets but
+    /// never reach the worker), so a group that read everything commits the end of the
+    /// partition and shows no lag.
+    fn boundary(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        state: &mut State,
+    ) -> Result<(), SourceError> {
+        let mut advanced = false;
+        if let Ok(positions) = consumer.position() {
+            for e in positions.elements() {
+                let Offset::Offset(at) = e.offset() else {
+                    continue;
+                };
+                let name = partition_name(e.topic(), e.partition());
+                if let Some(mine) = state.offsets.get_mut(&name) {
+                    if at > *mine {
+                        *mine = at;
+                        advanced = true;
+                    }
+                }
+            }
+        }
+        if state.pending > 0 || advanced {
             let pos = Position::Kafka {
                 offsets: Arc::new(state.offsets.clone()),
             };
@@ -226,12 +250,12 @@ impl Shared {
         state: &mut State,
         revoked: &[String],
     ) -> bool {
-        if !state.closing {
+        if !state.closing && self.boundary(consumer, state).is_ok() {
             let target: BTreeMap<String, i64> = revoked
                 .iter()
                 .filter_map(|p| state.offsets.get(p).map(|o| (p.clone(), *o)))
                 .collect();
-            if self.boundary(state).is_ok() && !self.wait_for(state, &target, REVOKE_WAIT) {
+            if !self.wait_for(state, &target, REVOKE_WAIT) {
                 tracing::warn!(group = %self.group, partitions = ?revoked, "the sinks did not acknowledge the revoked partitions' records within {} s: their next owner reads them again", REVOKE_WAIT.as_secs());
             }
         }
@@ -365,13 +389,13 @@ impl Worker {
             match self.consumer.poll(wait) {
                 None => {
                     let mut state = self.reader.shared.state.lock().expect("not poisoned");
-                    self.reader.shared.boundary(&mut state)?;
+                    self.reader.shared.boundary(&self.consumer, &mut state)?;
                 }
                 Some(Ok(m)) => {
                     if down_since.take().is_some() {
                         crate::health::source(crate::health::Source::Streaming);
                     }
-                    self.reader.take(&m)?;
+                    self.reader.take(&self.consumer, &m)?;
                 }
                 Some(Err(e)) if is_retriable(&e) || !is_fatal(&e) => {
                     if down_since.is_none() {
@@ -410,8 +434,8 @@ impl Worker {
     fn leave(self) {
         {
             let mut state = self.reader.shared.state.lock().expect("not poisoned");
-            let target = state.offsets.clone();
-            if self.reader.shared.boundary(&mut state).is_ok() {
+            if self.reader.shared.boundary(&self.consumer, &mut state).is_ok() {
+                let target = state.offsets.clone();
                 self.reader
                     .shared
                     .wait_for(&mut state, &target, REVOKE_WAIT);
@@ -428,7 +452,11 @@ impl Worker {
 
 impl Reader {
     /// One record: the change event it holds, handed on.
-    fn take(&mut self, m: &BorrowedMessage<'_>) -> Result<(), SourceError> {
+    fn take(
+        &mut self,
+        consumer: &BaseConsumer<Context>,
+        m: &BorrowedMessage<'_>,
+    ) -> Result<(), SourceError> {
         let name = partition_name(m.topic(), m.partition());
         let at = || {
             format!(
@@ -484,7 +512,7 @@ impl Reader {
         state.pending += 1;
         crate::metrics::kafka_consumed(&self.group).increment(1);
         if state.pending >= self.boundary_records {
-            self.shared.boundary(&mut state)?;
+            self.shared.boundary(consumer, &mut state)?;
         }
         Ok(())
     }

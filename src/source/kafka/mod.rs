@@ -114,6 +114,86 @@ fn check(cfg: &KafkaSourceConfig) -> Result<CheckReport, Failure> {
     Ok(report)
 }
 
+/// For `tributary status`: per partition of the worker's topics, the group's committed
+/// offset, the partition's end and the lag between them.
+pub async fn group_status(cfg: &KafkaSourceConfig) -> Result<serde_json::Value, String> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || group_offsets(&cfg))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn group_offsets(cfg: &KafkaSourceConfig) -> Result<serde_json::Value, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let md = crate::kafka::connection::reach(&cfg.connection, SECTION)?;
+    let pattern = match cfg.topics.first() {
+        Some(p) if p.starts_with('^') => Some(regex::Regex::new(p).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let mut list = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.error().is_none()) {
+        let wanted = match &pattern {
+            Some(re) => re.is_match(t.name()),
+            None => cfg.topics.iter().any(|n| n == t.name()),
+        };
+        if wanted {
+            for p in t.partitions() {
+                list.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    // A consumer of the group that never subscribes: it reads the group's offsets
+    // without joining (no rebalance of the running workers).
+    let consumer: BaseConsumer = cfg
+        .connection
+        .client(SECTION)?
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| crate::kafka::errors::explain(&e))?;
+    let timeout = std::time::Duration::from_secs(cfg.connection.request_timeout_secs.clamp(1, 10));
+    let committed = consumer.committed_offsets(list, timeout).map_err(|e| {
+        format!(
+            "reading group {}'s offsets: {}",
+            cfg.group,
+            crate::kafka::errors::explain(&e)
+        )
+    })?;
+    let mut partitions = serde_json::Map::new();
+    let mut total_lag = 0i64;
+    for e in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), timeout)
+            .map_err(|err| {
+                format!(
+                    "reading the end of {}/{}: {}",
+                    e.topic(),
+                    e.partition(),
+                    crate::kafka::errors::explain(&err)
+                )
+            })?;
+        let at = match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        // No commit yet: the group starts at the partition's start.
+        let lag = high - at.unwrap_or(low);
+        total_lag += lag.max(0);
+        partitions.insert(
+            format!("{}/{}", e.topic(), e.partition()),
+            serde_json::json!({ "committed": at, "end": high, "lag": lag.max(0) }),
+        );
+    }
+    Ok(serde_json::json!({
+        "group": cfg.group,
+        "brokers": cfg.connection.brokers(),
+        "lag": total_lag,
+        "partitions": partitions,
+    }))
+}
+
 struct KafkaSource {
     cfg: KafkaSourceConfig,
 }
