@@ -7,7 +7,7 @@
 #
 # NAME: run only these (binlog_throughput, pgoutput_throughput, snapshot,
 # huge_transaction, enrich_throughput, elasticsearch_sync, es_ceiling, latency,
-# index_lifecycle, documents, es_encode).
+# index_lifecycle, documents, es_encode, kafka).
 # --quick: a tenth of each workload, for a smoke run; its results go to
 # bench/results/quick/ and are compared with the previous quick run, never with the
 # full figures in bench/results/ (which it leaves as they are).
@@ -26,14 +26,14 @@ for a in "$@"; do
     *) names+=("$a") ;;
   esac
 done
-all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling latency index_lifecycle documents es_encode)
+all=(binlog_throughput pgoutput_throughput snapshot huge_transaction enrich_throughput elasticsearch_sync es_ceiling latency index_lifecycle documents es_encode kafka)
 [ ${#names[@]} -gt 0 ] || names=("${all[@]}")
 
 # Workload sizes: full (the scripts' defaults) and quick.
 args() { # $1 = name
   if [ "$quick" = 0 ]; then return; fi
   case "$1" in
-    binlog_throughput|pgoutput_throughput|enrich_throughput|huge_transaction|es_ceiling) echo 100000 ;;
+    binlog_throughput|pgoutput_throughput|enrich_throughput|huge_transaction|es_ceiling|kafka) echo 100000 ;;
     snapshot) echo "100000 10000" ;;
     elasticsearch_sync) echo 10000 ;;
     latency) echo 5 ;;

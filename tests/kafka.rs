@@ -200,11 +200,20 @@ async fn assert_exactly_once(
     committed.len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
-    let brokers = kafka_on(KAFKA_PORT);
+/// A fresh `<prefix>_..`.items (id, n, note) and a daemon streaming it into Kafka on
+/// `brokers` (topic `test.<db>.items`, its own transactional id and progress topic),
+/// already streaming (so no change is a snapshot read).
+async fn items_into_kafka(
+    prefix: &str,
+    brokers: &str,
+) -> (
+    String,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::process::Child,
+) {
     let db = new_db(
-        "kafka",
+        prefix,
         &["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, n BIGINT NOT NULL, note VARCHAR(20))"],
     )
     .await;
@@ -212,23 +221,48 @@ async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
     let c = connector(dir.path(), SHARED_PORT, &db, "");
     add_kafka_sink(
         &c,
-        &brokers,
+        brokers,
         &format!("transactional_id = \"test-{db}\"\nprogress_topic = \"test.progress.{db}\""),
     );
-
-    // The daemon streams before the first write (so no change is a snapshot read).
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
+    (db, dir, c, daemon)
+}
 
-    let writer = spawn_writer(db.clone(), 900, Gate::default());
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_kafka_exactly_once_through_three_kill_9s() {
+    let brokers = kafka_on(KAFKA_PORT);
+    let (db, _dir, c, mut daemon) = items_into_kafka("kafka", &brokers).await;
 
-    for _ in 0..3 {
+    let gate = Gate::default();
+    let writer = spawn_writer(db.clone(), usize::MAX, gate.clone());
+    let topic = format!("test.{db}.items");
+
+    // Three kills at least; more until one landed inside an open Kafka transaction
+    // (a caught-up daemon commits within milliseconds of producing, so a kill often
+    // finds nothing open): its records are then there for a read_uncommitted reader.
+    let mut kills = 0;
+    loop {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         kill9(&mut daemon);
+        kills += 1;
         daemon = spawn_daemon(&c);
+        if kills >= 3 {
+            // With the writer paused and the daemon caught up, nothing is open: more
+            // records for read_uncommitted are aborted ones.
+            gate.paused.store(true, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            let quiet = Duration::from_millis(500);
+            let aborted = consume(&brokers, &topic, "read_uncommitted", quiet).len()
+                > consume(&brokers, &topic, "read_committed", quiet).len();
+            gate.paused.store(false, Ordering::SeqCst);
+            if aborted || kills >= 12 {
+                break;
+            }
+        }
     }
+    gate.halt.store(true, Ordering::SeqCst);
     let expected = writer.await.unwrap();
-    let topic = format!("test.{db}.items");
     let committed = assert_exactly_once(&brokers, &topic, &expected, &c).await;
 
     // Read uncommitted: the aborted transactions' records too.
@@ -458,20 +492,7 @@ fn signal_broker(port: u16, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_away_for_20_s_twice_loses_and_doubles_nothing() {
     let brokers = kafka_fresh(OUTAGE_KAFKA_PORT);
-    let db = new_db(
-        "kafkaout",
-        &["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, n BIGINT NOT NULL, note VARCHAR(20))"],
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = connector(dir.path(), SHARED_PORT, &db, "");
-    add_kafka_sink(
-        &c,
-        &brokers,
-        &format!("transactional_id = \"out-{db}\"\nprogress_topic = \"test.progress.{db}\""),
-    );
-    let mut daemon = spawn_daemon(&c);
-    wait_streaming(&c, &mut daemon).await;
+    let (db, _dir, c, mut daemon) = items_into_kafka("kafkaout", &brokers).await;
     let gate = Gate::default();
     let writer = spawn_writer(db.clone(), usize::MAX, gate.clone());
     let topic = format!("test.{db}.items");

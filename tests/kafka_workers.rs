@@ -178,14 +178,20 @@ async fn postgres_to_kafka_to_a_worker_writes_the_events_a_direct_run_writes() {
     assert_eq!(code, 0, "{err}");
     let status: Json = serde_json::from_str(&out).unwrap();
     let group = &status["kafka_group"];
-    assert_eq!(group["partitions"].as_object().map(|p| p.len()), Some(3), "{status}");
+    assert_eq!(
+        group["partitions"].as_object().map(|p| p.len()),
+        Some(3),
+        "{status}"
+    );
     assert_eq!(group["lag"], 0, "{status}");
     let (code, out, err) = tributary(&["status", "--connector", reader.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let status: Json = serde_json::from_str(&out).unwrap();
     let sinks = status["kafka_sinks"].as_object().expect("a kafka sink");
     assert!(
-        sinks.values().all(|s| s["kafka_holds_through"]["lsn"].is_string()),
+        sinks
+            .values()
+            .all(|s| s["kafka_holds_through"]["lsn"].is_string()),
         "{status}"
     );
     assert_eq!(stop(&mut reader_daemon), 0, "{}", daemon_log(&reader));

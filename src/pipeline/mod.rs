@@ -123,20 +123,28 @@ pub async fn run(
     drive(source, source_desc, store, stages, loop_cfg, shutdown).await
 }
 
-/// `[pipeline] checkpoint_interval_ms`, at least `CHECKPOINT_FLOOR_MS` when the
-/// connector maintains joined documents (said once at start).
+/// `[pipeline] checkpoint_interval_ms`, raised under a backlog to the floor of what
+/// makes each checkpoint cost more (said once at start): joined documents
+/// (`CHECKPOINT_FLOOR_MS`) and sinks that ask for one (a Kafka sink's
+/// `transaction_interval_ms`). Caught up, checkpoints come at once all the same.
 fn checkpoint_interval(cfg: &ConnectorConfig) -> Duration {
     let ms = cfg.pipeline.checkpoint_interval_ms.max(1);
-    let floor = crate::document::stage::CHECKPOINT_FLOOR_MS;
-    if !cfg.document.is_empty() && ms < floor {
-        tracing::info!(
-            checkpoint_interval_ms = ms,
-            under_backlog_ms = floor,
-            "joined documents: under a backlog, checkpoints come every {floor} ms (each makes the document state durable, rewriting every page changed since the last)"
-        );
-        return Duration::from_millis(floor);
+    let documents = (!cfg.document.is_empty()).then_some((
+        crate::document::stage::CHECKPOINT_FLOOR_MS,
+        "joined documents: each checkpoint makes the document state durable, rewriting every page changed since the last",
+    ));
+    let floors = cfg.sinks.iter().filter_map(|s| s.sink().checkpoint_floor());
+    match documents.into_iter().chain(floors).max_by_key(|(f, _)| *f) {
+        Some((floor, why)) if ms < floor => {
+            tracing::info!(
+                checkpoint_interval_ms = ms,
+                under_backlog_ms = floor,
+                "under a backlog, checkpoints come every {floor} ms ({why})"
+            );
+            Duration::from_millis(floor)
+        }
+        _ => Duration::from_millis(ms),
     }
-    Duration::from_millis(ms)
 }
 
 /// The connector's joined documents: each resolved against its tables as the server

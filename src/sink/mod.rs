@@ -115,6 +115,13 @@ pub trait SinkKind: Send + Sync {
     fn dead_letter_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+
+    /// The shortest interval between checkpoints under a backlog this sink asks for,
+    /// and why (a sink whose every acknowledgement costs a round of its own: a Kafka
+    /// transaction's commit). Caught up, checkpoints come at once all the same.
+    fn checkpoint_floor(&self) -> Option<(u64, &'static str)> {
+        None
+    }
 }
 
 impl<T: SinkKind + ?Sized> SinkKind for Box<T> {
@@ -141,6 +148,10 @@ impl<T: SinkKind + ?Sized> SinkKind for Box<T> {
 
     fn dead_letter_dir(&self) -> Option<std::path::PathBuf> {
         (**self).dead_letter_dir()
+    }
+
+    fn checkpoint_floor(&self) -> Option<(u64, &'static str)> {
+        (**self).checkpoint_floor()
     }
 }
 

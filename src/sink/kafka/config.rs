@@ -45,6 +45,11 @@ pub struct KafkaSinkConfig {
     /// per id; a new one fences the old and aborts its open transaction.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Under a backlog, a Kafka transaction lasts at least this long: each checkpoint
+    /// commits one, and a commit stalls the producer for a round trip to every
+    /// partition written (caught up, it commits at once all the same).
+    #[serde(default = "default_transaction_interval")]
+    pub transaction_interval_ms: u64,
     /// Brokers and security (shared with the Kafka source).
     #[serde(flatten)]
     pub connection: Connection,
@@ -67,6 +72,10 @@ fn default_progress_topic() -> String {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_transaction_interval() -> u64 {
+    1000
 }
 
 fn default_partitions() -> i32 {

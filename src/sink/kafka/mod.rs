@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
 
-use crate::event::{ChangeEvent, Op, PerSchema, Position, SourceMessage, DOCUMENT_KIND};
+use crate::event::{
+    ChangeEvent, Op, PerSchema, Position, SourceMessage, TableSchema, DOCUMENT_KIND,
+};
 use crate::kafka::record;
 use crate::settings::ConfigError;
 use crate::sink::{Ack, Sink, SinkContext, SinkError, SinkKind};
@@ -41,6 +43,13 @@ impl SinkKind for KafkaSinkConfig {
 
     fn validate(&self, path: &std::path::Path, text: &str) -> Result<(), ConfigError> {
         self.validate_section(path, text)
+    }
+
+    fn checkpoint_floor(&self) -> Option<(u64, &'static str)> {
+        Some((
+            self.transaction_interval_ms,
+            "a Kafka sink: each checkpoint commits a Kafka transaction (transaction_interval_ms)",
+        ))
     }
 
     fn open(
@@ -77,8 +86,8 @@ pub struct KafkaSink {
     connector: String,
     work: mpsc::Sender<Work>,
     last_boundary: Option<Position>,
-    /// The `schema` header of each layout, rendered once.
-    layouts: PerSchema<Arc<[u8]>>,
+    /// The `schema` header and the topic of each layout, rendered once.
+    layouts: PerSchema<(Arc<[u8]>, Arc<str>)>,
 }
 
 impl KafkaSink {
@@ -93,25 +102,14 @@ impl KafkaSink {
     /// `tombstones` is set.
     fn records(&mut self, e: &ChangeEvent, out: &mut Vec<Record>) {
         let t = &e.table;
-        let schema = self
+        // Per layout, rendered once: the `schema` header and the topic's name.
+        let (cfg, connector) = (&self.cfg, &self.connector);
+        let (schema, topic) = self
             .layouts
-            .get_or_insert_with(t, || record::schema_header(t).into())
+            .get_or_insert_with(t, || {
+                (record::schema_header(t).into(), topic_of(cfg, connector, t))
+            })
             .clone();
-        let topic = if t.kind == DOCUMENT_KIND {
-            config::topic_name(
-                &self.cfg.document_topic,
-                &[("connector", &self.connector), ("document", &t.table)],
-            )
-        } else {
-            config::topic_name(
-                &self.cfg.topic,
-                &[
-                    ("connector", &self.connector),
-                    ("db", &t.db),
-                    ("table", &t.table),
-                ],
-            )
-        };
         let mut key = Vec::new();
         e.write_key_json(&mut key);
         let key = (key.as_slice() != b"null").then_some(key);
@@ -148,6 +146,22 @@ impl KafkaSink {
             });
         }
     }
+}
+
+/// The topic of table (or joined document) `t`'s records.
+fn topic_of(cfg: &KafkaSinkConfig, connector: &str, t: &TableSchema) -> Arc<str> {
+    let name = if t.kind == DOCUMENT_KIND {
+        config::topic_name(
+            &cfg.document_topic,
+            &[("connector", connector), ("document", &t.table)],
+        )
+    } else {
+        config::topic_name(
+            &cfg.topic,
+            &[("connector", connector), ("db", &t.db), ("table", &t.table)],
+        )
+    };
+    name.into()
 }
 
 #[async_trait]

@@ -29,7 +29,7 @@ use crate::sink::SinkError;
 
 /// A record for a topic, as the sink built it from an event.
 pub struct Record {
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     pub key: Option<Vec<u8>>,
     /// None: a tombstone.
     pub value: Option<Vec<u8>>,
@@ -244,7 +244,7 @@ impl Writer {
     }
 
     fn produce(&mut self, r: Record) -> Result<(), SinkError> {
-        if !self.known_topics.contains(&r.topic) {
+        if !self.known_topics.contains(&*r.topic) {
             self.ensure_topic(&r.topic, false)?;
         }
         if !self.in_transaction {

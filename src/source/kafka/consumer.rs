@@ -434,7 +434,12 @@ impl Worker {
     fn leave(self) {
         {
             let mut state = self.reader.shared.state.lock().expect("not poisoned");
-            if self.reader.shared.boundary(&self.consumer, &mut state).is_ok() {
+            if self
+                .reader
+                .shared
+                .boundary(&self.consumer, &mut state)
+                .is_ok()
+            {
                 let target = state.offsets.clone();
                 self.reader
                     .shared
