@@ -161,29 +161,40 @@ fn group_offsets(cfg: &KafkaSourceConfig) -> Result<serde_json::Value, String> {
             crate::kafka::errors::explain(&e)
         )
     })?;
+    // Every partition's end in one request (timestamp -1: the latest offset; for a
+    // read_committed client, the last stable one), not one round trip per partition.
+    let mut latest = TopicPartitionList::new();
+    for e in committed.elements() {
+        latest
+            .add_partition_offset(e.topic(), e.partition(), Offset::End)
+            .map_err(|err| err.to_string())?;
+    }
+    let ends = consumer.offsets_for_times(latest, timeout).map_err(|e| {
+        format!(
+            "reading the topics' ends: {}",
+            crate::kafka::errors::explain(&e)
+        )
+    })?;
     let mut partitions = serde_json::Map::new();
     let mut total_lag = 0i64;
     for e in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(e.topic(), e.partition(), timeout)
-            .map_err(|err| {
-                format!(
-                    "reading the end of {}/{}: {}",
-                    e.topic(),
-                    e.partition(),
-                    crate::kafka::errors::explain(&err)
-                )
-            })?;
+        let end = ends
+            .find_partition(e.topic(), e.partition())
+            .and_then(|p| match p.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
         let at = match e.offset() {
             Offset::Offset(o) => Some(o),
             _ => None,
         };
-        // No commit yet: the group starts at the partition's start.
-        let lag = high - at.unwrap_or(low);
-        total_lag += lag.max(0);
+        // No commit yet: the whole partition is behind (its start may have been
+        // deleted by retention; the lag is then an upper bound).
+        let lag = end.map(|end| (end - at.unwrap_or(0)).max(0));
+        total_lag += lag.unwrap_or(0);
         partitions.insert(
             format!("{}/{}", e.topic(), e.partition()),
-            serde_json::json!({ "committed": at, "end": high, "lag": lag.max(0) }),
+            serde_json::json!({ "committed": at, "end": end, "lag": lag }),
         );
     }
     Ok(serde_json::json!({
