@@ -122,14 +122,25 @@ impl Connection {
         Ok(())
     }
 
-    /// The password, resolved now (from its env var or file).
-    pub fn secret(&self, section: &str) -> Result<Option<Secret>, String> {
+    /// `password`, `password_env`, `password_file`.
+    pub fn password_setting(&self) -> PasswordSetting<'_> {
         PasswordSetting {
             password: self.password.as_ref(),
             env: self.password_env.as_deref(),
             file: self.password_file.as_deref(),
         }
-        .resolve(&format!("{section} kind = \"kafka\":"))
+    }
+
+    /// The password, resolved now (from its env var or file).
+    pub fn secret(&self, section: &str) -> Result<Option<Secret>, String> {
+        self.password_setting()
+            .resolve(&format!("{section} kind = \"kafka\":"))
+    }
+
+    /// The longest wait for one answer of a command that reads the cluster (`check`,
+    /// `status`): `request_timeout_secs`, at most 10 s.
+    pub fn query_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.request_timeout_secs.clamp(1, 10))
     }
 
     /// The settings every client shares (producer, consumer, admin): brokers and
@@ -180,8 +191,7 @@ pub fn reach(conn: &Connection, section: &str) -> Result<rdkafka::metadata::Meta
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
         .create_with_context(LastError::default())
         .map_err(|e| format!("{brokers}: {e}"))?;
-    let timeout = std::time::Duration::from_secs(conn.request_timeout_secs.clamp(1, 10));
-    consumer.fetch_metadata(None, timeout).map_err(|e| {
+    consumer.fetch_metadata(None, conn.query_timeout()).map_err(|e| {
         // Errors wait in the client's queue until served.
         let _ = consumer.poll(std::time::Duration::from_millis(100));
         let seen = consumer.context().0.lock().expect("not poisoned").take();

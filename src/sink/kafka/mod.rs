@@ -248,9 +248,7 @@ pub async fn status(cfg: &KafkaSinkConfig, connector: &str) -> Result<serde_json
     let cfg = cfg.clone();
     let id = cfg.transactional_id(connector);
     tokio::task::spawn_blocking(move || {
-        let timeout =
-            std::time::Duration::from_secs(cfg.connection.request_timeout_secs.clamp(1, 10));
-        let held = progress::read(&cfg, &id, timeout)?;
+        let held = progress::read(&cfg, &id, cfg.connection.query_timeout())?;
         Ok(serde_json::json!({
             "brokers": cfg.connection.brokers(),
             "transactional_id": id,

@@ -61,16 +61,17 @@ impl KafkaSourceConfig {
                 "[source] topics must list topic names, or one regular expression starting with `^`".into(),
             );
         }
-        if let Some(p) = self.topics.iter().find(|t| t.starts_with('^')) {
-            if self.topics.len() > 1 {
-                return at(
-                    "topics",
-                    "[source] topics: a regular expression (`^...`) stands alone; list names or give one pattern".into(),
-                );
-            }
-            if let Err(e) = regex::Regex::new(p) {
-                return at("topics", format!("[source] topics: `{p}`: {e}"));
-            }
+        if self.topics.len() > 1 && self.topics.iter().any(|t| t.starts_with('^')) {
+            return at(
+                "topics",
+                "[source] topics: a regular expression (`^...`) stands alone; list names or give one pattern".into(),
+            );
+        }
+        if let Err(e) = self.pattern() {
+            return at(
+                "topics",
+                format!("[source] topics: `{}`: {e}", self.topics[0]),
+            );
         }
         if self.boundary_records == 0 {
             return at(
@@ -81,6 +82,23 @@ impl KafkaSourceConfig {
         self.validate_common(path, text)
     }
 
+    /// The topic pattern, when `topics` is one regular expression (`^...`) rather
+    /// than names.
+    pub fn pattern(&self) -> Result<Option<regex::Regex>, regex::Error> {
+        match self.topics.first() {
+            Some(p) if p.starts_with('^') => regex::Regex::new(p).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the worker reads `topic` (its name is listed, or the pattern matches).
+    pub fn reads(&self, pattern: Option<&regex::Regex>, topic: &str) -> bool {
+        match pattern {
+            Some(re) => re.is_match(topic),
+            None => self.topics.iter().any(|t| t == topic),
+        }
+    }
+
     /// `host:port` of the brokers, for messages.
     pub fn address(&self) -> String {
         self.connection.brokers.join(",")
@@ -89,11 +107,7 @@ impl KafkaSourceConfig {
 
 impl CommonSettings for KafkaSourceConfig {
     fn password_setting(&self) -> PasswordSetting<'_> {
-        PasswordSetting {
-            password: self.connection.password.as_ref(),
-            env: self.connection.password_env.as_deref(),
-            file: self.connection.password_file.as_deref(),
-        }
+        self.connection.password_setting()
     }
 
     fn table_filter(&self) -> Result<TableFilter, String> {

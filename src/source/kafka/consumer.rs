@@ -29,7 +29,7 @@ use super::config::KafkaSourceConfig;
 use super::SECTION;
 use crate::event::consumer::ConsumerEvent;
 use crate::event::{Position, SourceMessage};
-use crate::kafka::errors::{explain, is_retriable};
+use crate::kafka::errors::explain;
 use crate::kafka::record::{self, Layouts};
 use crate::queue::QueueSender;
 use crate::source::filter::TableFilter;
@@ -54,7 +54,8 @@ struct Reader {
     layouts: Layouts,
     filter: TableFilter,
     boundary_records: usize,
-    group: String,
+    /// `tributary_kafka_consumed_total` of the group (looked up once, not per record).
+    consumed: metrics::Counter,
 }
 
 /// What the polling loop and the rebalance callback (which runs inside `poll`, on the
@@ -63,6 +64,8 @@ struct Shared {
     state: Mutex<State>,
     runtime: Handle,
     group: String,
+    /// `tributary_kafka_group_commits_total` of the group.
+    commits: metrics::Counter,
 }
 
 struct State {
@@ -102,11 +105,7 @@ impl ClientContext for Context {
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let revoked: Vec<String> = list
-                .elements()
-                .iter()
-                .map(|e| partition_name(e.topic(), e.partition()))
-                .collect();
+            let revoked = partition_names(list);
             let mut state = self.shared.state.lock().expect("not poisoned");
             if consumer.assignment_lost() {
                 // The group went on without this worker (its session expired, the
@@ -125,11 +124,7 @@ impl ConsumerContext for Context {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
-                let assigned: Vec<String> = list
-                    .elements()
-                    .iter()
-                    .map(|e| partition_name(e.topic(), e.partition()))
-                    .collect();
+                let assigned = partition_names(list);
                 tracing::info!(group = %self.shared.group, partitions = ?assigned, "kafka partitions assigned");
             }
             Rebalance::Error(e) => {
@@ -142,6 +137,13 @@ impl ConsumerContext for Context {
 
 fn partition_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
+}
+
+fn partition_names(list: &TopicPartitionList) -> Vec<String> {
+    list.elements()
+        .iter()
+        .map(|e| partition_name(e.topic(), e.partition()))
+        .collect()
 }
 
 fn split_name(name: &str) -> Option<(&str, i32)> {
@@ -230,7 +232,7 @@ impl Shared {
                             .insert(partition_name(e.topic(), e.partition()), at);
                     }
                 }
-                crate::metrics::kafka_group_commits(&self.group).increment(1);
+                self.commits.increment(1);
                 true
             }
             Err(e) => {
@@ -242,25 +244,36 @@ impl Shared {
         }
     }
 
-    /// A revocation: checkpoints what was read of `revoked` (unless the worker is
-    /// leaving), commits it, and forgets the partitions.
+    /// Checkpoints what was read of `partitions` (a boundary, and a wait for the
+    /// pipeline to store it) unless the worker is leaving and did so already, then
+    /// commits what is checkpointed of them; whether the group took it.
+    fn settle(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        state: &mut State,
+        partitions: &[String],
+    ) -> bool {
+        if !state.closing && self.boundary(consumer, state).is_ok() {
+            let target: BTreeMap<String, i64> = partitions
+                .iter()
+                .filter_map(|p| state.offsets.get(p).map(|o| (p.clone(), *o)))
+                .collect();
+            if !self.wait_for(state, &target, REVOKE_WAIT) {
+                tracing::warn!(group = %self.group, partitions = ?partitions, "the sinks did not acknowledge the partitions' records within {} s: their next owner reads them again", REVOKE_WAIT.as_secs());
+            }
+        }
+        let list = Self::stored(state, partitions);
+        self.commit(consumer, state, &list)
+    }
+
+    /// A revocation: the partitions settled, then forgotten.
     fn release(
         &self,
         consumer: &BaseConsumer<Context>,
         state: &mut State,
         revoked: &[String],
     ) -> bool {
-        if !state.closing && self.boundary(consumer, state).is_ok() {
-            let target: BTreeMap<String, i64> = revoked
-                .iter()
-                .filter_map(|p| state.offsets.get(p).map(|o| (p.clone(), *o)))
-                .collect();
-            if !self.wait_for(state, &target, REVOKE_WAIT) {
-                tracing::warn!(group = %self.group, partitions = ?revoked, "the sinks did not acknowledge the revoked partitions' records within {} s: their next owner reads them again", REVOKE_WAIT.as_secs());
-            }
-        }
-        let list = Self::stored(state, revoked);
-        let ok = self.commit(consumer, state, &list);
+        let ok = self.settle(consumer, state, revoked);
         self.forget(state, revoked);
         ok
     }
@@ -320,6 +333,7 @@ impl Worker {
             }),
             runtime: Handle::current(),
             group: cfg.group.clone(),
+            commits: crate::metrics::kafka_group_commits(&cfg.group),
         });
         let fatal = |m: String| SourceError::Fatal(m);
         let mut client = cfg.connection.client(SECTION).map_err(fatal)?;
@@ -357,7 +371,7 @@ impl Worker {
                 layouts: Layouts::default(),
                 filter: cfg.filter(),
                 boundary_records: cfg.boundary_records,
-                group: cfg.group.clone(),
+                consumed: crate::metrics::kafka_consumed(&cfg.group),
             },
             shutdown,
         })
@@ -397,9 +411,10 @@ impl Worker {
                     }
                     self.reader.take(&self.consumer, &m)?;
                 }
-                Some(Err(e)) if is_retriable(&e) || !is_fatal(&e) => {
+                // Brokers away, a coordinator moving: librdkafka reconnects by itself.
+                Some(Err(e)) if !is_fatal(&e) => {
                     if down_since.is_none() {
-                        tracing::warn!(group = %self.reader.group, error = %explain(&e), "kafka consumer: retrying");
+                        tracing::warn!(group = %self.reader.shared.group, error = %explain(&e), "kafka consumer: retrying");
                         crate::health::source(crate::health::Source::Down(explain(&e)));
                         down_since = Some(Instant::now());
                     }
@@ -434,23 +449,11 @@ impl Worker {
     fn leave(self) {
         {
             let mut state = self.reader.shared.state.lock().expect("not poisoned");
-            if self
-                .reader
-                .shared
-                .boundary(&self.consumer, &mut state)
-                .is_ok()
-            {
-                let target = state.offsets.clone();
-                self.reader
-                    .shared
-                    .wait_for(&mut state, &target, REVOKE_WAIT);
-            }
             let held: Vec<String> = state.offsets.keys().cloned().collect();
-            let list = Shared::stored(&state, &held);
-            self.reader.shared.commit(&self.consumer, &mut state, &list);
+            self.reader.shared.settle(&self.consumer, &mut state, &held);
             state.closing = true;
         }
-        tracing::info!(group = %self.reader.group, "leaving the kafka consumer group");
+        tracing::info!(group = %self.reader.shared.group, "leaving the kafka consumer group");
         drop(self.consumer);
     }
 }
@@ -515,7 +518,7 @@ impl Reader {
         }
         state.offsets.insert(name, m.offset() + 1);
         state.pending += 1;
-        crate::metrics::kafka_consumed(&self.group).increment(1);
+        self.consumed.increment(1);
         if state.pending >= self.boundary_records {
             self.shared.boundary(consumer, &mut state)?;
         }

@@ -86,9 +86,9 @@ fn check(cfg: &KafkaSourceConfig) -> Result<CheckReport, Failure> {
         .filter(|t| t.error().is_none())
         .map(|t| t.name())
         .collect();
-    match cfg.topics.first() {
-        Some(p) if p.starts_with('^') => {
-            let re = regex::Regex::new(p).map_err(|e| Failure::Fatal(e.to_string()))?;
+    match cfg.pattern().map_err(|e| Failure::Fatal(e.to_string()))? {
+        Some(re) => {
+            let p = re.as_str();
             let n = have.iter().filter(|t| re.is_match(t)).count();
             if n == 0 {
                 report.warnings.push(format!(
@@ -98,7 +98,7 @@ fn check(cfg: &KafkaSourceConfig) -> Result<CheckReport, Failure> {
                 report.info.push(format!("{n} topic(s) match `{p}`"));
             }
         }
-        _ => {
+        None => {
             for t in &cfg.topics {
                 if have.contains(&t.as_str()) {
                     report.info.push(format!("topic {t} exists"));
@@ -127,17 +127,10 @@ fn group_offsets(cfg: &KafkaSourceConfig) -> Result<serde_json::Value, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let md = crate::kafka::connection::reach(&cfg.connection, SECTION)?;
-    let pattern = match cfg.topics.first() {
-        Some(p) if p.starts_with('^') => Some(regex::Regex::new(p).map_err(|e| e.to_string())?),
-        _ => None,
-    };
+    let pattern = cfg.pattern().map_err(|e| e.to_string())?;
     let mut list = TopicPartitionList::new();
     for t in md.topics().iter().filter(|t| t.error().is_none()) {
-        let wanted = match &pattern {
-            Some(re) => re.is_match(t.name()),
-            None => cfg.topics.iter().any(|n| n == t.name()),
-        };
-        if wanted {
+        if cfg.reads(pattern.as_ref(), t.name()) {
             for p in t.partitions() {
                 list.add_partition(t.name(), p.id());
             }
@@ -153,7 +146,7 @@ fn group_offsets(cfg: &KafkaSourceConfig) -> Result<serde_json::Value, String> {
         .set("isolation.level", "read_committed")
         .create()
         .map_err(|e| crate::kafka::errors::explain(&e))?;
-    let timeout = std::time::Duration::from_secs(cfg.connection.request_timeout_secs.clamp(1, 10));
+    let timeout = cfg.connection.query_timeout();
     let committed = consumer.committed_offsets(list, timeout).map_err(|e| {
         format!(
             "reading group {}'s offsets: {}",
@@ -177,17 +170,15 @@ fn group_offsets(cfg: &KafkaSourceConfig) -> Result<serde_json::Value, String> {
     })?;
     let mut partitions = serde_json::Map::new();
     let mut total_lag = 0i64;
+    let offset = |o: Offset| match o {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    };
     for e in committed.elements() {
         let end = ends
             .find_partition(e.topic(), e.partition())
-            .and_then(|p| match p.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-        let at = match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
-        };
+            .and_then(|p| offset(p.offset()));
+        let at = offset(e.offset());
         // No commit yet: the whole partition is behind (its start may have been
         // deleted by retention; the lag is then an upper bound).
         let lag = end.map(|end| (end - at.unwrap_or(0)).max(0));
