@@ -19,13 +19,12 @@ use serde_json::Value as Json;
 
 /// Appends a Kafka sink (topics `test.{db}.{table}`) to connector `c`.
 fn add_kafka_sink(c: &std::path::Path, brokers: &str, extra: &str) {
-    let text = std::fs::read_to_string(c).unwrap().replace(
-        "[state]",
+    add_sink(
+        c,
         &format!(
-            "[[sink]]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"test.{{db}}.{{table}}\"\npartitions = 3\nrequest_timeout_secs = 5\n{extra}\n\n[state]"
+            "kind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"test.{{db}}.{{table}}\"\npartitions = 3\nrequest_timeout_secs = 5\n{extra}"
         ),
     );
-    std::fs::write(c, text).unwrap();
 }
 
 /// Every record of `topic` from the start, at `isolation`, until none came for `quiet`:
@@ -333,19 +332,6 @@ async fn bad_kafka_settings_are_named() {
     );
 }
 
-/// The daemon's exit code once it exited (None: still running after `limit`, killed).
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    kill9(child);
-    None
-}
-
 /// Table `db.table` with one INT key column `id`.
 fn table(name: &str) -> std::sync::Arc<tributary::event::TableSchema> {
     let (db, table) = name.split_once('.').unwrap();
@@ -482,11 +468,7 @@ const OUTAGE_KAFKA_PORT: u16 = 19373;
 
 fn signal_broker(port: u16, signal: &str) {
     let pid = std::fs::read_to_string(format!("/tmp/tributary-kafka-{port}/pid")).unwrap();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), pid.trim()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(send_signal(pid.trim().parse().unwrap(), signal));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,12 @@ use serde_json::Value as Json;
 
 /// Appends a Kafka sink writing `topic` (a fixed name) to connector `c`.
 fn add_kafka_sink(c: &Path, brokers: &str, topic: &str, partitions: u32) {
-    let text = std::fs::read_to_string(c).unwrap().replace(
-        "[state]",
+    add_sink(
+        c,
         &format!(
-            "[[sink]]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"{topic}\"\npartitions = {partitions}\ntransactional_id = \"{topic}\"\nprogress_topic = \"{topic}.progress\"\nrequest_timeout_secs = 5\n\n[state]"
+            "kind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"{topic}\"\npartitions = {partitions}\ntransactional_id = \"{topic}\"\nprogress_topic = \"{topic}.progress\"\nrequest_timeout_secs = 5"
         ),
     );
-    std::fs::write(c, text).unwrap();
 }
 
 /// A worker's connector file in `dir`: group `group` reading `topic` into `sinks`.
@@ -417,19 +416,6 @@ async fn a_group_of_workers_keeps_the_index_equal_through_a_kill_9_and_a_join() 
     }
 }
 
-/// Waits up to 60 s for `child` to exit; its exit code.
-fn exit_code(child: &mut std::process::Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_worker_settings_and_foreign_records_are_named() {
     let brokers = kafka_on(KAFKA_PORT);
@@ -440,7 +426,12 @@ async fn bad_worker_settings_and_foreign_records_are_named() {
     // Brokers nobody answers on.
     let w = worker(&dir.path().join("a"), "127.0.0.1:1", &group, "t", null);
     let mut child = spawn_daemon(&w);
-    assert_eq!(exit_code(&mut child), Some(1), "{}", daemon_log(&w));
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        daemon_log(&w)
+    );
     assert!(
         daemon_log(&w).contains("cannot reach the Kafka brokers 127.0.0.1:1"),
         "{}",
@@ -455,7 +446,12 @@ async fn bad_worker_settings_and_foreign_records_are_named() {
     );
     std::fs::write(&w, text).unwrap();
     let mut child = spawn_daemon_env(&w, &[("TRIBUTARY_TEST_WRONG_KAFKA_PW", "wrong")]);
-    assert_eq!(exit_code(&mut child), Some(1), "{}", daemon_log(&w));
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        daemon_log(&w)
+    );
     let log = daemon_log(&w);
     assert!(log.contains("SASL authentication error"), "{log}");
     assert!(
@@ -480,7 +476,12 @@ async fn bad_worker_settings_and_foreign_records_are_named() {
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
     let w = worker(&dir.path().join("c"), &brokers, &group, &topic, null);
     let mut child = spawn_daemon(&w);
-    assert_eq!(exit_code(&mut child), Some(1), "{}", daemon_log(&w));
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(60)),
+        Some(1),
+        "{}",
+        daemon_log(&w)
+    );
     let log = daemon_log(&w);
     assert!(
         log.contains(&format!(

@@ -41,10 +41,15 @@ pub fn start_once(port: u16, start: impl FnOnce()) {
 /// Runs `deploy/<script> <action> <port>` with `extra_args` in the environment
 /// variable the script reads them from; fails the test with its output.
 pub fn run_deploy(script: &str, extra_var: &str, port: u16, action: &str, extra_args: &str) {
+    deploy_script(script, port, action, &[(extra_var, extra_args)]);
+}
+
+/// Runs `deploy/<script> <action> <port>` with `env`; fails the test with its output.
+pub fn deploy_script(script: &str, port: u16, action: &str, env: &[(&str, &str)]) {
     let out = Command::new("bash")
         .arg(repo().join("deploy").join(script))
         .args([action, &port.to_string()])
-        .env(extra_var, extra_args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("run deploy/{script}: {e}"));
     assert!(
@@ -195,22 +200,25 @@ pub fn daemon_log(connector: &Path) -> String {
 
 /// Sends SIGTERM and waits for a clean exit.
 pub fn stop(child: &mut Child) -> i32 {
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let status = child.wait().unwrap();
     status.code().unwrap_or(-1)
 }
 
 /// kill -9.
 pub fn kill9(child: &mut Child) {
-    unsafe_kill(child.id(), "KILL");
+    send_signal(child.id(), "KILL");
     let _ = child.wait();
 }
 
-fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
+/// Sends signal `sig` (`TERM`, `KILL`, `STOP`...) to process `pid`; whether it was
+/// delivered.
+pub fn send_signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
-        .status();
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// While `writer` runs, kill -9 the daemon every `base_ms` + 0-499 ms (varied per kill)
@@ -341,36 +349,13 @@ pub const KAFKA_PORT: u16 = 19371;
 
 /// Starts (once per test process) the Kafka stand-in on `port`; its address.
 pub fn kafka_on(port: u16) -> String {
-    static STARTED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut started = STARTED.lock().unwrap();
-    if !started.contains(&port) {
-        let out = Command::new("bash")
-            .arg(repo().join("deploy/kafka.sh"))
-            .args(["start", &port.to_string()])
-            .output()
-            .expect("run deploy/kafka.sh");
-        assert!(
-            out.status.success(),
-            "deploy/kafka.sh start failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        started.push(port);
-    }
+    start_once(port, || kafka_deploy(port, "start"));
     format!("127.0.0.1:{port}")
 }
 
 /// Runs `deploy/kafka.sh ACTION PORT`.
 pub fn kafka_deploy(port: u16, action: &str) {
-    let out = Command::new("bash")
-        .arg(repo().join("deploy/kafka.sh"))
-        .args([action, &port.to_string()])
-        .output()
-        .expect("run deploy/kafka.sh");
-    assert!(
-        out.status.success(),
-        "deploy/kafka.sh {action} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deploy_script("kafka.sh", port, action, &[]);
 }
 
 /// A Kafka stand-in on `port` of the test's own, with no data (a test that restarts
@@ -576,17 +561,38 @@ pub fn limit_body_proxy(
     largest
 }
 
+/// Appends a `[[sink]]` with settings `body` to a connector file written by
+/// `connector` (before its `[state]`).
+pub fn add_sink(connector: &Path, body: &str) {
+    let text = std::fs::read_to_string(connector)
+        .unwrap()
+        .replace("[state]", &format!("[[sink]]\n{body}\n\n[state]"));
+    std::fs::write(connector, text).unwrap();
+}
+
 /// Appends an Elasticsearch sink to a connector file written by `connector`.
 pub fn add_es_sink(connector: &Path, url: &str, extra: &str) {
     let dir = connector.parent().unwrap();
-    let text = std::fs::read_to_string(connector).unwrap().replace(
-        "[state]",
+    add_sink(
+        connector,
         &format!(
-            "[[sink]]\nkind = \"elasticsearch\"\nurls = [\"{url}\"]\ndead_letter_dir = \"{}\"\nbatch_docs = 500\nmax_backoff_secs = 2\n{extra}\n\n[state]",
+            "kind = \"elasticsearch\"\nurls = [\"{url}\"]\ndead_letter_dir = \"{}\"\nbatch_docs = 500\nmax_backoff_secs = 2\n{extra}",
             dir.join("dead-letters").display()
         ),
     );
-    std::fs::write(connector, text).unwrap();
+}
+
+/// The daemon's exit code once it exited (None: still running after `limit`, killed).
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill9(child);
+    None
 }
 
 /// Every document behind `alias`: id -> _source.
