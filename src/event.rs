@@ -9,7 +9,7 @@ mod json;
 mod schema_change;
 pub mod stored;
 
-pub use schema_change::{ChangeKind, SchemaChange};
+pub use schema_change::{ChangeKind, SchemaChange, Stated};
 
 pub use json::write_json_str;
 
@@ -371,7 +371,7 @@ impl Value {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     pub name: String,
-    /// The source's own type name (e.g. `bigint unsigned`, `varchar`), for mappings and docs.
+    /// The source's own type name (e.g. `bigint unsigned`, `varchar(50)`), for mappings and docs.
     pub type_name: String,
 }
 
@@ -647,8 +647,9 @@ pub enum SourceMessage {
     /// The source lost its connection inside a transaction and will resend that
     /// transaction from its start: sinks drop what they got after the last `Commit`.
     Rewind,
-    /// A DDL statement changed a captured table in a way its rows do not show (created,
-    /// dropped, renamed, or a column renamed): for the schema guard; sinks ignore it.
+    /// A DDL statement changed a captured table in a way its rows do not show yet
+    /// (created, dropped, renamed, a column renamed or retyped): for the schema guard;
+    /// sinks ignore it.
     Schema(TableChange),
     /// Snapshot progress as of the next `Commit` (snapshot::State as JSON): stored with
     /// the checkpoint there; sinks ignore it.
@@ -660,7 +661,7 @@ pub enum SourceMessage {
 pub struct TableChange {
     /// `db.table` (MariaDB/MySQL) or `schema.table`.
     pub table: String,
-    pub change: SchemaChange,
+    pub change: Stated,
 }
 
 impl SourceMessage {

@@ -808,6 +808,20 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     let policy = cfg.policy()?;
     let recorded = OffsetStore::recorded_schemas(&cfg.state.dir, cfg.state.file_mode)?;
+    // What the guard accepted as of the last checkpoint is what a restart decides the
+    // live layout against; the history can be ahead of it (the source records a layout
+    // when it reads it, and a halt stops the guard after that). Beside a running
+    // daemon (the store is held) the history's last layout stands in.
+    let accepted = if cfg.state.dir.join("offsets.redb").exists() {
+        OffsetStore::open(&cfg.state.dir, cfg.state.file_mode)
+            .ok()
+            .and_then(|s| s.stage_state(tributary::schema::guard::STATE_ID).ok())
+            .flatten()
+            .map(|g| tributary::schema::guard::accepted(&g))
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
     let live = cfg
         .source
         .source()
@@ -828,17 +842,24 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
         );
     };
     for (table, columns) in &live {
-        match recorded.get(table).and_then(|h| h.last()) {
+        let last = match accepted.get(table) {
+            Some((version, columns, names)) => Some((*version, columns, *names)),
+            None => recorded
+                .get(table)
+                .and_then(|h| h.last())
+                .map(|r| (r.version, &r.columns, r.type_names)),
+        };
+        match last {
             None => {
                 println!("{table}: not captured yet");
                 show(table, &SchemaChange::TableCreated);
             }
-            Some(last) => {
-                let changes = diff_columns(&last.columns, columns);
+            Some((version, last, names)) => {
+                let changes = diff_columns(last, names, columns);
                 if changes.is_empty() {
-                    println!("{table}: no change since schema version {}", last.version);
+                    println!("{table}: no change since schema version {version}");
                 } else {
-                    println!("{table}: since schema version {}", last.version);
+                    println!("{table}: since schema version {version}");
                     for c in &changes {
                         show(table, c);
                     }

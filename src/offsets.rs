@@ -54,6 +54,9 @@ pub struct SchemaRecord {
     pub primary_key: Vec<usize>,
     /// When this version was first seen, ms since the epoch.
     pub at_ms: u64,
+    /// How its type names are spelled (`schema::TYPE_NAMES`; 0 when not recorded).
+    #[serde(default)]
+    pub type_names: u32,
 }
 
 fn history_key(table: &str, version: u32) -> String {
@@ -454,6 +457,7 @@ impl OffsetStore {
             columns: schema.columns.clone(),
             primary_key: schema.primary_key.clone(),
             at_ms: crate::event::now_ms(),
+            type_names: crate::schema::TYPE_NAMES,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| self.err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;

@@ -131,7 +131,7 @@ pub fn commit(lsn: u64) -> SourceMessage {
 pub fn schema_change(table: &str, change: crate::schema::SchemaChange) -> SourceMessage {
     SourceMessage::Schema(TableChange {
         table: table.into(),
-        change,
+        change: crate::event::Stated::Change(change),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The schema guard on a MariaDB stream: DDL-stated renames, created tables the policy
-//! ignores, dropped tables it halts at, each decided with its rule and resumed after
-//! the policy is edited.
+//! ignores, dropped tables it halts at, lengths, precision and sizes that narrow, each
+//! decided with its rule and resumed after the policy is edited.
 
 mod common;
 
@@ -111,6 +111,138 @@ async fn ddl_changes_get_their_verdicts() {
         true,
         "{out}"
     );
+}
+
+/// Type names carry lengths, precision, sizes and fractional digits, the same from the
+/// snapshot (information_schema) and the stream (table maps): a widening flows on, a
+/// narrowing halts at its statement (a row of another table written after it is not
+/// sent), `policy diff` shows every narrowing, and an edited policy lets them through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowed_lengths_halt_at_their_statement() {
+    mariadb(SHARED_PORT, "");
+    let db = unique_db("lengths");
+    let mut conn = admin(SHARED_PORT).await;
+    exec(&mut conn, &format!("CREATE DATABASE `{db}`")).await;
+    let t = format!("`{db}`.t");
+    let o = format!("`{db}`.o");
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(50), amount DECIMAL(12,2), \
+             body TEXT) CHARACTER SET utf8mb4"
+        ),
+    )
+    .await;
+    // Every kind of modifier, in several character sets: the snapshot reads this
+    // table's layout from information_schema, the stream from table maps, and a
+    // difference would be a type change.
+    exec(
+        &mut conn,
+        &format!(
+            "CREATE TABLE {o} (id INT PRIMARY KEY, v3 VARCHAR(7) CHARACTER SET utf8mb3, \
+             l1 CHAR(4) CHARACTER SET latin1, c4 CHAR(9) CHARACTER SET utf8mb4, \
+             vb VARBINARY(12), b BINARY(3), d DECIMAL(5,0) UNSIGNED, f DOUBLE, \
+             bits BIT(10), t6 DATETIME(6), ts TIMESTAMP(3) NULL, tm TIME(2), dt DATETIME, \
+             tt TINYTEXT, mb MEDIUMBLOB, lt LONGTEXT, j JSON)"
+        ),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO {t} VALUES (1, 'one', 1.5, 'x')"),
+    )
+    .await;
+    exec(&mut conn, &format!("INSERT INTO {o} (id) VALUES (1)")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = connector(dir.path(), SHARED_PORT, &db, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    assert_eq!(wait_for_events(&log, 2, Duration::from_secs(30)).await, 2);
+
+    // Widenings flow on.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE {t} MODIFY name VARCHAR(80), MODIFY body MEDIUMTEXT"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO {t} VALUES (2, 'two', 2.5, 'y')"),
+    )
+    .await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO {o} (id, v3, t6) VALUES (2, 'x', NOW(6))"),
+    )
+    .await;
+    assert_eq!(
+        wait_for_events(&log, 4, Duration::from_secs(30)).await,
+        4,
+        "{}",
+        daemon_log(&c)
+    );
+
+    // Narrowings halt at the statement: the row of `o` after it is not sent.
+    exec(
+        &mut conn,
+        &format!(
+            "ALTER TABLE {t} MODIFY name VARCHAR(20), MODIFY amount DECIMAL(10,2), \
+             MODIFY body TINYTEXT"
+        ),
+    )
+    .await;
+    exec(&mut conn, &format!("INSERT INTO {o} (id) VALUES (3)")).await;
+    exec(
+        &mut conn,
+        &format!("INSERT INTO {t} VALUES (3, 'three', 3.5, 'z')"),
+    )
+    .await;
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {db}.t: column `name` changed type from varchar(80) to varchar(20); policy verdict `halt` (built-in add-only default: type_changed = \"halt\")")),
+        "{text}"
+    );
+    assert_eq!(read_events(&log).len(), 4, "nothing past the statement");
+
+    let (code, out, err) = tributary(&["policy", "diff", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}{err}");
+    for change in [
+        "column `name` changed type from varchar(80) to varchar(20)",
+        "column `amount` changed type from decimal(12,2) to decimal(10,2)",
+        "column `body` changed type from mediumtext to tinytext",
+    ] {
+        assert!(out.contains(change), "{change}:\n{out}");
+    }
+    assert!(
+        out.contains(&format!("{db}.o: no change since schema version")),
+        "information_schema and the table maps spell `o` alike:\n{out}"
+    );
+
+    // Allowed now: everything after the statement flows, in order.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[rules]\ntype_changed = \"allow\"\n").unwrap();
+    set_policy(&c, &policy);
+    let mut daemon = spawn_daemon(&c);
+    assert_eq!(
+        wait_for_events(&log, 6, Duration::from_secs(30)).await,
+        6,
+        "{}",
+        daemon_log(&c)
+    );
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let events = read_events(&log);
+    let ids: Vec<(String, i64)> = events[4..]
+        .iter()
+        .map(|e| {
+            (
+                e["source"]["table"].as_str().unwrap().to_string(),
+                e["after"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ids, [("o".to_string(), 3), ("t".to_string(), 3)]);
+    assert_eq!(events[5]["after"]["amount"], "3.50");
 }
 
 /// kill -9 right after a DDL, before the next row: after the restart the rows before

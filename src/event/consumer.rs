@@ -140,7 +140,10 @@ fn holds_text(kind: &str, column: &Column) -> bool {
                 | "timestamp"
                 | "binary"
                 | "varbinary"
+                | "tinyblob"
                 | "blob"
+                | "mediumblob"
+                | "longblob"
                 | "geometry"
                 | "json"
         ),
@@ -214,10 +217,10 @@ mod tests {
         let back = round_trip(
             "mariadb",
             &[
-                ("code", "varchar"),
+                ("code", "varchar(20)"),
                 ("d", "date"),
                 ("x", "double"),
-                ("b", "blob"),
+                ("b", "mediumblob"),
             ],
             vec![
                 Value::String("a\"b".into()),

@@ -35,6 +35,19 @@ pub enum SchemaChange {
     TableDropped,
 }
 
+/// What a DDL statement says about a captured table (`SourceMessage::Schema`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stated {
+    /// A change the statement makes that no row shows: a table created, dropped or
+    /// renamed, a column renamed.
+    Change(SchemaChange),
+    /// The type the statement gives an existing column (named as before it), spelled
+    /// as the table's next layout will spell it. The guard compares it with the type it
+    /// accepted, so that a change its policy halts stops at the statement itself, not
+    /// at the table's next row (with the changes of other tables in between passed).
+    ColumnType { column: String, type_name: String },
+}
+
 /// The kinds a policy gives verdicts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ChangeKind {

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::change::{diff_columns, SchemaChange};
+use super::change::{diff_columns, SchemaChange, TYPE_NAMES};
 use super::policy::{Policy, Ruling, Verdict};
-use crate::event::{ChangeEvent, Column, PerSchema, TableChange};
+use crate::event::{ChangeEvent, Column, PerSchema, Stated, TableChange};
 use crate::offsets::{OffsetError, OffsetStore};
 
 /// The id the guard's state is stored under, next to the sinks' cursors.
@@ -35,6 +35,9 @@ struct Accepted {
     /// their fields; `tributary status` lists them.
     #[serde(default)]
     deprecated: Vec<String>,
+    /// How `columns` spell their types (`TYPE_NAMES`; 0 when not recorded).
+    #[serde(default)]
+    type_names: u32,
 }
 
 /// What the guard keeps, and stores with each checkpoint.
@@ -111,6 +114,17 @@ pub fn summary(state: &serde_json::Value) -> serde_json::Value {
         entry["quarantined"] = serde_json::to_value(q).expect("serializes");
     }
     serde_json::Value::Object(out)
+}
+
+/// Each table's layout as the guard accepted it (version, columns, `TYPE_NAMES`), from
+/// a stored guard state: what a restart decides the live layout against.
+pub fn accepted(state: &serde_json::Value) -> BTreeMap<String, (u32, Vec<Column>, u32)> {
+    let state: State = serde_json::from_value(state.clone()).unwrap_or_default();
+    state
+        .tables
+        .into_iter()
+        .map(|(t, a)| (t, (a.version, a.columns, a.type_names)))
+        .collect()
 }
 
 pub struct Guard {
@@ -220,9 +234,10 @@ impl Guard {
         let mut rebuild = false;
         if let Some(previous) = previous {
             let hints = self.state.renames.get(&table).cloned().unwrap_or_default();
-            for change in
-                with_stated_renames(diff_columns(&previous.columns, &schema.columns), &hints)
-            {
+            for change in with_stated_renames(
+                diff_columns(&previous.columns, previous.type_names, &schema.columns),
+                &hints,
+            ) {
                 let ruling = self.decide(&table, &change)?;
                 match ruling.verdict {
                     Verdict::Deprecate => {
@@ -270,6 +285,7 @@ impl Guard {
                 version: schema.schema_version,
                 columns: schema.columns.clone(),
                 deprecated,
+                type_names: TYPE_NAMES,
             },
         );
         self.dirty = true;
@@ -279,8 +295,14 @@ impl Guard {
     /// A table-level change from DDL (created, dropped, renamed; a column rename the
     /// statement states, which the next layout's diff then reports as certain).
     pub fn table_change(&mut self, tc: &TableChange) -> Result<(), Box<Halt>> {
+        let change = match &tc.change {
+            Stated::Change(change) => change,
+            Stated::ColumnType { column, type_name } => {
+                return self.stated_type(&tc.table, column, type_name)
+            }
+        };
         self.decided.clear();
-        match &tc.change {
+        match change {
             SchemaChange::ColumnRenamed { from, to, .. } => {
                 self.state
                     .renames
@@ -303,6 +325,34 @@ impl Guard {
             }
         }
         self.dirty = true;
+        Ok(())
+    }
+
+    /// A statement gives `column` of `table` the type `type_name`: a change of the type
+    /// the guard accepted that the policy halts stops here, at the statement. Any other
+    /// verdict is left to the table's next layout, which shows the same change (so it
+    /// is decided, logged and counted once).
+    fn stated_type(&self, table: &str, column: &str, type_name: &str) -> Result<(), Box<Halt>> {
+        let Some(accepted) = self.state.tables.get(table) else {
+            return Ok(());
+        };
+        let Some(was) = accepted.columns.iter().find(|c| c.name == column) else {
+            return Ok(());
+        };
+        let now = Column {
+            name: column.to_string(),
+            type_name: type_name.to_string(),
+        };
+        for change in diff_columns(std::slice::from_ref(was), accepted.type_names, &[now]) {
+            let ruling = self.policy.ruling(table, &change);
+            if ruling.verdict == Verdict::Halt {
+                return Err(Box::new(Halt {
+                    table: table.to_string(),
+                    change,
+                    ruling,
+                }));
+            }
+        }
         Ok(())
     }
 
@@ -484,6 +534,47 @@ mod tests {
     }
 
     #[test]
+    fn a_stated_type_the_policy_halts_stops_at_the_statement() {
+        let mut g = Guard::new(Policy::add_only());
+        g.check(&event(1, &[("id", "int"), ("name", "varchar(50)")]))
+            .unwrap();
+        let stated = |type_name: &str| TableChange {
+            table: "s.t".into(),
+            change: Stated::ColumnType {
+                column: "name".into(),
+                type_name: type_name.into(),
+            },
+        };
+        let halt = g.table_change(&stated("varchar(20)")).unwrap_err();
+        assert_eq!(
+            halt.change,
+            SchemaChange::TypeChanged {
+                column: "name".into(),
+                from: "varchar(50)".into(),
+                to: "varchar(20)".into()
+            }
+        );
+        assert_eq!(
+            halt.ruling.origin,
+            super::super::policy::RuleOrigin::BuiltIn
+        );
+        // A widening is left to the next layout; so are columns and tables it has not
+        // accepted.
+        g.table_change(&stated("varchar(80)")).unwrap();
+        g.table_change(&stated("varchar(50)")).unwrap();
+        let mut other = stated("tinytext");
+        other.table = "s.other".into();
+        g.table_change(&other).unwrap();
+        // A layout recorded before names had lengths: `varchar` was any length.
+        g.commit();
+        let mut old = g.state();
+        old["tables"]["s.t"]["columns"][1]["type_name"] = "varchar".into();
+        old["tables"]["s.t"]["type_names"] = 0.into();
+        let legacy = reload(Policy::add_only(), old);
+        legacy.stated_type("s.t", "name", "varchar(20)").unwrap();
+    }
+
+    #[test]
     fn stated_renames_are_certain_and_tables_follow_their_rules() {
         let policy = Policy::parse(
             Path::new("p.toml"),
@@ -494,7 +585,7 @@ mod tests {
         g.check(&event(1, &[("id", "int"), ("a", "int")])).unwrap();
         let tc = |table: &str, change| TableChange {
             table: table.into(),
-            change,
+            change: Stated::Change(change),
         };
         g.table_change(&tc(
             "s.t",

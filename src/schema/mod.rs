@@ -7,6 +7,6 @@ pub mod history;
 pub mod policy;
 pub mod quarantine;
 
-pub use change::{diff, diff_columns, is_widening, ChangeKind, SchemaChange};
+pub use change::{diff, diff_columns, is_widening, ChangeKind, SchemaChange, TYPE_NAMES};
 pub use guard::{Guard, Halt};
 pub use policy::{Policy, RuleOrigin, Ruling, Verdict};

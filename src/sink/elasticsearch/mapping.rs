@@ -75,11 +75,13 @@ pub fn field(type_name: &str, decimal: DecimalMapping) -> Json {
             json!({"type": "date", "format": "strict_date_optional_time_nanos", "ignore_malformed": true})
         }
         "time" | "enum" | "set" => json!({"type": "keyword"}),
-        "char" | "varchar" | "text" | "character varying" | "character" | "name" => {
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext"
+        | "character varying" | "character" | "name" => {
             json!({"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}})
         }
         "json" | "jsonb" => json!({"type": "object"}),
-        "binary" | "varbinary" | "blob" | "geometry" | "bytea" => json!({"type": "binary"}),
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
+        | "bytea" => json!({"type": "binary"}),
         _ => json!({"type": "keyword"}),
     }
 }
@@ -234,6 +236,14 @@ mod tests {
         assert_eq!(field("timestamp", k)["type"], "date");
         assert_eq!(field("json", k)["type"], "object");
         assert_eq!(field("blob", k)["type"], "binary");
+        // MariaDB/MySQL names carry lengths and sizes (`source::mysql::table`).
+        assert_eq!(field("mediumblob", k)["type"], "binary");
+        assert_eq!(field("varbinary(16)", k)["type"], "binary");
+        assert_eq!(field("longtext", k)["type"], "text");
+        assert_eq!(field("varchar(20)", k)["type"], "text");
+        assert_eq!(field("decimal(12,2) unsigned", k)["type"], "keyword");
+        assert_eq!(field("datetime(6)", k)["type"], "date");
+        assert_eq!(field("bit(8)", k)["type"], "unsigned_long");
         assert_eq!(field("es:geo_point", k)["type"], "geo_point");
         assert_eq!(field("es:long", k)["type"], "long");
         assert_eq!(field("es:date", k)["type"], "date");

@@ -42,23 +42,32 @@ pub async fn json_columns(
 }
 
 /// The type name the binlog stream gives a column (see `table::type_name`), from
-/// information_schema's DATA_TYPE and COLUMN_TYPE.
+/// information_schema's DATA_TYPE and COLUMN_TYPE: lengths, precision and
+/// fractional digits as COLUMN_TYPE has them, display widths left out.
 pub fn stream_type_name(data_type: &str, column_type: &str, json: bool) -> String {
-    let base = match data_type.to_ascii_lowercase().as_str() {
-        "tinytext" | "text" | "mediumtext" | "longtext" if json => "json".to_string(),
-        "tinytext" | "text" | "mediumtext" | "longtext" => "text".to_string(),
-        "tinyblob" | "blob" | "mediumblob" | "longblob" => "blob".to_string(),
+    let data_type = data_type.to_ascii_lowercase();
+    let column_type = column_type.to_ascii_lowercase();
+    let base = match data_type.as_str() {
+        "tinytext" | "text" | "mediumtext" | "longtext" if json => "json",
         "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
-        | "geometrycollection" | "geometry" => "geometry".to_string(),
-        "double precision" | "real" => "double".to_string(),
-        "numeric" => "decimal".to_string(),
-        other => other.to_string(),
+        | "geometrycollection" | "geometry" => "geometry",
+        "double precision" | "real" => "double",
+        "numeric" => "decimal",
+        other => other,
     };
-    if column_type.to_ascii_lowercase().contains("unsigned") {
-        format!("{base} unsigned")
-    } else {
-        base
+    let modifier = match base {
+        "varchar" | "char" | "varbinary" | "binary" | "decimal" | "bit" | "time" | "datetime"
+        | "timestamp" => column_type
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(inner, _)| format!("({})", inner.replace(' ', ""))),
+        _ => None,
+    };
+    let mut name = format!("{base}{}", modifier.unwrap_or_default());
+    if column_type.contains("unsigned") {
+        name.push_str(" unsigned");
     }
+    name
 }
 
 /// A MySQL identifier in backquotes.
@@ -136,13 +145,36 @@ mod tests {
             stream_type_name("bigint", "bigint(20) unsigned", false),
             "bigint unsigned"
         );
-        assert_eq!(stream_type_name("varchar", "varchar(20)", false), "varchar");
+        assert_eq!(
+            stream_type_name("varchar", "varchar(20)", false),
+            "varchar(20)"
+        );
+        assert_eq!(stream_type_name("char", "char(3)", false), "char(3)");
         assert_eq!(stream_type_name("longtext", "longtext", true), "json");
-        assert_eq!(stream_type_name("mediumtext", "mediumtext", false), "text");
+        assert_eq!(
+            stream_type_name("mediumtext", "mediumtext", false),
+            "mediumtext"
+        );
+        assert_eq!(stream_type_name("tinyblob", "tinyblob", false), "tinyblob");
         assert_eq!(stream_type_name("point", "point", false), "geometry");
         assert_eq!(
             stream_type_name("decimal", "decimal(10,2)", false),
-            "decimal"
+            "decimal(10,2)"
         );
+        assert_eq!(
+            stream_type_name("decimal", "decimal(10,2) unsigned", false),
+            "decimal(10,2) unsigned"
+        );
+        assert_eq!(
+            stream_type_name("datetime", "datetime(6)", false),
+            "datetime(6)"
+        );
+        assert_eq!(
+            stream_type_name("timestamp", "timestamp", false),
+            "timestamp"
+        );
+        assert_eq!(stream_type_name("bit", "bit(1)", false), "bit(1)");
+        assert_eq!(stream_type_name("int", "int(11)", false), "int");
+        assert_eq!(stream_type_name("double", "double(10,2)", false), "double");
     }
 }

@@ -19,25 +19,38 @@ pub enum Charset {
     Other(&'static encoding_rs::Encoding),
 }
 
-/// Maps collation ids to character sets.
+/// Maps collation ids to character sets and their widest character.
 #[derive(Debug, Clone, Default)]
 pub struct Collations {
-    by_id: HashMap<u16, String>,
+    by_id: HashMap<u16, (String, Option<u8>)>,
 }
 
 impl Collations {
-    pub fn from_server(rows: impl IntoIterator<Item = (u16, String)>) -> Self {
+    /// From the server's collation table: (id, character set, its MAXLEN).
+    pub fn from_server(rows: impl IntoIterator<Item = (u16, String, Option<u8>)>) -> Self {
         Collations {
-            by_id: rows.into_iter().collect(),
+            by_id: rows
+                .into_iter()
+                .map(|(id, cs, max)| (id, (cs, max)))
+                .collect(),
         }
     }
 
     /// Character set name of a collation id (`utf8mb4`, `latin1`, `binary`, ...).
     pub fn charset_name(&self, id: u16) -> String {
-        if let Some(n) = self.by_id.get(&id) {
+        if let Some((n, _)) = self.by_id.get(&id) {
             return n.clone();
         }
         Collation::from(CollationId::from(id)).charset.to_string()
+    }
+
+    /// The most bytes one character of a collation id's character set takes (4 for
+    /// utf8mb4): table maps give text columns' lengths in bytes, DDL in characters.
+    pub fn bytes_per_char(&self, id: u16) -> Option<u8> {
+        if let Some((_, max)) = self.by_id.get(&id) {
+            return *max;
+        }
+        Some(Collation::from(CollationId::from(id)).max_len).filter(|&m| m > 0)
     }
 
     pub fn charset(&self, id: u16) -> Result<Charset, String> {
@@ -112,11 +125,16 @@ mod tests {
         assert_eq!(c.charset(45).unwrap(), Charset::Utf8);
         assert_eq!(c.charset(63).unwrap(), Charset::Binary);
         assert!(Charset::Utf8.decode(vec![0xff]).is_err());
+        // Without the server's table: mysql_common's compiled-in one.
+        assert_eq!(c.bytes_per_char(45), Some(4));
+        assert_eq!(c.bytes_per_char(33), Some(3)); // utf8mb3_general_ci
+        assert_eq!(c.bytes_per_char(63), Some(1));
     }
 
     #[test]
     fn server_table_wins() {
-        let c = Collations::from_server([(2304u16, "utf8mb4".to_string())]);
+        let c = Collations::from_server([(2304u16, "utf8mb4".to_string(), Some(4))]);
         assert_eq!(c.charset(2304).unwrap(), Charset::Utf8);
+        assert_eq!(c.bytes_per_char(2304), Some(4));
     }
 }

@@ -15,7 +15,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_relations, AlterTableOperation, ObjectName, ObjectType, SetExpr, Statement,
+    visit_relations, AlterTableOperation, BinaryLength, CharacterLength, ColumnOption, DataType,
+    ExactNumberInfo, ObjectName, ObjectType, SetExpr, Statement,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
@@ -29,10 +30,14 @@ pub enum Ddl {
     DropTables(Vec<TableName>),
     RenameTables(Vec<(TableName, TableName)>),
     CreateTable(TableName),
-    /// ALTER TABLE, with the column renames it states (RENAME COLUMN, CHANGE a b).
+    /// ALTER TABLE, with the column renames it states (RENAME COLUMN, CHANGE a b) and
+    /// the types it gives existing columns (MODIFY, CHANGE: the column's name before
+    /// the statement, and the type as `table::type_name` will spell it), where the
+    /// statement alone says what the table map will.
     AlterTable {
         table: TableName,
         renamed: Vec<(String, String)>,
+        retyped: Vec<(String, String)>,
     },
     /// Not about tables' data or layout (GRANT, CREATE USER, views, ...).
     Other,
@@ -83,8 +88,17 @@ pub fn parse(sql: &str, default_db: &str) -> Ddl {
         Statement::CreateTable(c) => Ddl::CreateTable(name(&c.name)),
         Statement::AlterTable(a) => {
             let mut renamed = Vec::new();
+            let mut retyped = Vec::new();
             for op in &a.operations {
                 match op {
+                    AlterTableOperation::ModifyColumn {
+                        col_name,
+                        data_type,
+                        options,
+                        ..
+                    } => retyped.extend(
+                        stated_type(data_type, options).map(|t| (col_name.value.clone(), t)),
+                    ),
                     AlterTableOperation::RenameColumn {
                         old_column_name,
                         new_column_name,
@@ -92,9 +106,18 @@ pub fn parse(sql: &str, default_db: &str) -> Ddl {
                         renamed.push((old_column_name.value.clone(), new_column_name.value.clone()))
                     }
                     AlterTableOperation::ChangeColumn {
-                        old_name, new_name, ..
-                    } if old_name.value != new_name.value => {
-                        renamed.push((old_name.value.clone(), new_name.value.clone()))
+                        old_name,
+                        new_name,
+                        data_type,
+                        options,
+                        ..
+                    } => {
+                        if old_name.value != new_name.value {
+                            renamed.push((old_name.value.clone(), new_name.value.clone()));
+                        }
+                        retyped.extend(
+                            stated_type(data_type, options).map(|t| (old_name.value.clone(), t)),
+                        );
                     }
                     AlterTableOperation::RenameTable { table_name } => {
                         let to = match table_name {
@@ -109,10 +132,79 @@ pub fn parse(sql: &str, default_db: &str) -> Ddl {
             Ddl::AlterTable {
                 table: name(&a.name),
                 renamed,
+                retyped,
             }
         }
         _ => Ddl::Other,
     }
+}
+
+/// The type name a column declared as `dt` gets in the table map (`table::type_name`),
+/// when the declaration alone says it: None when a character set option or a
+/// type the server sizes by itself (`TEXT(n)`) leaves it to the table map.
+fn stated_type(dt: &DataType, options: &[ColumnOption]) -> Option<String> {
+    if options
+        .iter()
+        .any(|o| matches!(o, ColumnOption::CharacterSet(_)))
+    {
+        return None;
+    }
+    let chars = |l: &Option<CharacterLength>, default: u64| match l {
+        None => Some(default),
+        Some(CharacterLength::IntegerLength { length, .. }) => Some(*length),
+        Some(CharacterLength::Max) => None,
+    };
+    let decimal = |info: &ExactNumberInfo, unsigned: bool| {
+        let (p, s) = match info {
+            ExactNumberInfo::None => (10, 0),
+            ExactNumberInfo::Precision(p) => (*p, 0),
+            ExactNumberInfo::PrecisionAndScale(p, s) => (*p, u64::try_from(*s).ok()?),
+        };
+        Some(format!(
+            "decimal({p},{s}){}",
+            if unsigned { " unsigned" } else { "" }
+        ))
+    };
+    let fsp = |base: &str, f: &Option<u64>| match f {
+        Some(n) if *n > 0 => format!("{base}({n})"),
+        _ => base.to_string(),
+    };
+    Some(match dt {
+        DataType::TinyInt(_) => "tinyint".into(),
+        DataType::TinyIntUnsigned(_) => "tinyint unsigned".into(),
+        DataType::SmallInt(_) => "smallint".into(),
+        DataType::SmallIntUnsigned(_) => "smallint unsigned".into(),
+        DataType::MediumInt(_) => "mediumint".into(),
+        DataType::MediumIntUnsigned(_) => "mediumint unsigned".into(),
+        DataType::Int(_) | DataType::Integer(_) => "int".into(),
+        DataType::IntUnsigned(_) | DataType::IntegerUnsigned(_) => "int unsigned".into(),
+        DataType::BigInt(_) => "bigint".into(),
+        DataType::BigIntUnsigned(_) => "bigint unsigned".into(),
+        DataType::Decimal(i) | DataType::Dec(i) | DataType::Numeric(i) => decimal(i, false)?,
+        DataType::DecimalUnsigned(i) | DataType::DecUnsigned(i) => decimal(i, true)?,
+        DataType::Varchar(l) | DataType::CharacterVarying(l) | DataType::CharVarying(l) => {
+            format!("varchar({})", chars(l, 0).filter(|_| l.is_some())?)
+        }
+        DataType::Char(l) | DataType::Character(l) => format!("char({})", chars(l, 1)?),
+        DataType::Binary(l) => format!("binary({})", l.unwrap_or(1)),
+        DataType::Varbinary(Some(BinaryLength::IntegerLength { length })) => {
+            format!("varbinary({length})")
+        }
+        DataType::TinyText => "tinytext".into(),
+        DataType::Text => "text".into(),
+        DataType::MediumText => "mediumtext".into(),
+        DataType::LongText => "longtext".into(),
+        DataType::TinyBlob => "tinyblob".into(),
+        DataType::Blob(None) => "blob".into(),
+        DataType::MediumBlob => "mediumblob".into(),
+        DataType::LongBlob => "longblob".into(),
+        DataType::Bit(n) => format!("bit({})", n.unwrap_or(1)),
+        DataType::Date => "date".into(),
+        DataType::Datetime(f) => fsp("datetime", f),
+        DataType::Timestamp(f, _) => fsp("timestamp", f),
+        DataType::Time(f, _) => fsp("time", f),
+        _ => return None,
+    })
 }
 
 /// Whether a statement writes rows (directly, or as the body of a WITH query).
@@ -266,7 +358,8 @@ mod tests {
             ),
             Ddl::AlterTable {
                 table: t("shop", "orders"),
-                renamed: vec![("note".into(), "remark".into())]
+                renamed: vec![("note".into(), "remark".into())],
+                retyped: vec![],
             }
         );
         assert_eq!(
@@ -276,7 +369,8 @@ mod tests {
             ),
             Ddl::AlterTable {
                 table: t("shop", "orders"),
-                renamed: vec![("a".into(), "b".into())]
+                renamed: vec![("a".into(), "b".into())],
+                retyped: vec![("a".into(), "bigint".into()), ("c".into(), "int".into())],
             }
         );
         assert_eq!(
@@ -291,6 +385,56 @@ mod tests {
             parse("ALTER TABLE t ALGORITHM=INSTANT, ADD COLUMN ((", "shop"),
             Ddl::Unparsed(_)
         ));
+    }
+
+    #[test]
+    fn stated_types_are_spelled_as_table_maps_spell_them() {
+        let retyped = |sql: &str| match parse(sql, "shop") {
+            Ddl::AlterTable { retyped, .. } => retyped,
+            other => panic!("{sql}: {other:?}"),
+        };
+        let one = |sql: &str| retyped(sql).into_iter().map(|(_, t)| t).collect::<Vec<_>>();
+        for (decl, name) in [
+            ("VARCHAR(20) NOT NULL", "varchar(20)"),
+            ("CHAR(3)", "char(3)"),
+            ("CHAR", "char(1)"),
+            ("DECIMAL(10,2)", "decimal(10,2)"),
+            ("DECIMAL(10)", "decimal(10,0)"),
+            ("DECIMAL", "decimal(10,0)"),
+            ("DECIMAL(12,4) UNSIGNED", "decimal(12,4) unsigned"),
+            ("INT(11) UNSIGNED", "int unsigned"),
+            ("BIGINT", "bigint"),
+            ("TINYTEXT", "tinytext"),
+            ("TEXT", "text"),
+            ("MEDIUMBLOB", "mediumblob"),
+            ("VARBINARY(16)", "varbinary(16)"),
+            ("BINARY(4)", "binary(4)"),
+            ("DATETIME(6)", "datetime(6)"),
+            ("DATETIME", "datetime"),
+            ("TIMESTAMP(3) NULL", "timestamp(3)"),
+            ("BIT(8)", "bit(8)"),
+        ] {
+            assert_eq!(
+                one(&format!("ALTER TABLE t MODIFY COLUMN c {decl}")),
+                [name],
+                "{decl}"
+            );
+        }
+        // What the table map alone will say: a character set, a sized TEXT, ENUM.
+        for decl in [
+            "VARCHAR(20) CHARACTER SET binary",
+            "TEXT(100)",
+            "ENUM('a','b')",
+        ] {
+            assert!(
+                one(&format!("ALTER TABLE t MODIFY c {decl}")).is_empty(),
+                "{decl}"
+            );
+        }
+        assert_eq!(
+            retyped("ALTER TABLE t CHANGE COLUMN a b VARCHAR(5), ADD COLUMN x INT"),
+            [("a".to_string(), "varchar(5)".to_string())]
+        );
     }
 
     #[test]

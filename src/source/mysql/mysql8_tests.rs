@@ -126,7 +126,13 @@ fn mysql8_table_map_and_v2_rows_with_binary_json() {
         .collect();
     assert_eq!(
         types,
-        ["bigint unsigned", "varchar", "json", "decimal", "datetime"]
+        [
+            "bigint unsigned",
+            "varchar(40)",
+            "json",
+            "decimal(10,2)",
+            "datetime(3)"
+        ]
     );
 
     let rows_bytes = write_rows();

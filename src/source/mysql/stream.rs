@@ -20,8 +20,8 @@ use super::ddl::{self, Control, Ddl};
 use super::decode::read_image;
 use super::mariadb::{self, GtidState};
 use super::table::{ExtraColumnInfo, TableInfo};
-use crate::event::SchemaChange;
 use crate::event::{now_ms, ChangeEvent, Op, Position, SourceMessage, TableChange, TableSchema};
+use crate::event::{SchemaChange, Stated};
 use crate::offsets::OffsetStore;
 
 /// New table ids on one connection before it is renewed at the next transaction
@@ -185,8 +185,13 @@ impl Streamer<'_> {
             Ok(c) => c,
             Err(e) => return e.into(),
         };
-        let collations: Vec<(Option<u16>, Option<String>)> = match meta
-            .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS")
+        let collations: Vec<(Option<u16>, Option<String>, Option<u8>)> = match meta
+            .query(
+                "SELECT co.ID, co.CHARACTER_SET_NAME, cs.MAXLEN \
+                 FROM information_schema.COLLATIONS co \
+                 LEFT JOIN information_schema.CHARACTER_SETS cs \
+                 ON cs.CHARACTER_SET_NAME = co.CHARACTER_SET_NAME",
+            )
             .await
         {
             Ok(r) => r,
@@ -195,7 +200,7 @@ impl Streamer<'_> {
         st.collations = Collations::from_server(
             collations
                 .into_iter()
-                .filter_map(|(id, cs)| Some((id?, cs?))),
+                .filter_map(|(id, cs, max)| Some((id?, cs?, max))),
         );
 
         let checksum: Option<String> =
@@ -807,7 +812,13 @@ impl Streamer<'_> {
             Ddl::AlterTable {
                 table: (db, table),
                 renamed,
+                retyped,
             } => {
+                // Types first: they name the columns as they were before the statement.
+                for (column, type_name) in retyped {
+                    let stated = Stated::ColumnType { column, type_name };
+                    self.stated(tx, &db, &table, stated).await?;
+                }
                 for (from, to) in renamed {
                     let change = SchemaChange::ColumnRenamed {
                         from,
@@ -829,6 +840,17 @@ impl Streamer<'_> {
         db: &str,
         table: &str,
         change: SchemaChange,
+    ) -> Result<(), Stop> {
+        self.stated(tx, db, table, Stated::Change(change)).await
+    }
+
+    /// Hands what a statement says about an included table to the schema guard.
+    async fn stated(
+        &self,
+        tx: &mut QueueSender,
+        db: &str,
+        table: &str,
+        change: Stated,
     ) -> Result<(), Stop> {
         if !self.filter.matches(db, table) {
             return Ok(());

@@ -31,6 +31,9 @@ pub struct ColumnInfo {
     pub fsp: u8,
     /// MariaDB JSON (LONGTEXT with a json_valid check): emitted as nested JSON.
     pub json: bool,
+    /// The most bytes a character of the column's character set takes (the table map
+    /// gives CHAR and VARCHAR lengths in bytes; the type name says characters).
+    pub char_bytes: Option<u8>,
 }
 
 /// A table as the binlog describes it, plus the event-facing schema.
@@ -184,6 +187,7 @@ impl TableInfo {
                 fixed_len: 0,
                 fsp: 0,
                 json: false,
+                char_bytes: None,
             };
             if col_type.is_numeric_type() {
                 info.unsigned = unsigned_flags.get(numeric_k).copied().unwrap_or(false);
@@ -199,6 +203,7 @@ impl TableInfo {
                 None
             };
             if let Some(id) = charset_id {
+                info.char_bytes = collations.bytes_per_char(id);
                 info.charset = Some(
                     collations
                         .charset(id)
@@ -294,43 +299,91 @@ fn string_length(meta: &[u8]) -> usize {
     }
 }
 
-/// A readable type name for the schema (`bigint unsigned`, `varchar`, `json`, ...).
+/// The type name the schema carries, as information_schema's COLUMN_TYPE spells it
+/// without display widths and character sets: `bigint unsigned`, `varchar(50)`,
+/// `decimal(12,2)`, `mediumtext`, `datetime(6)`, `json`. Lengths, precision and sizes
+/// come from the table map's metadata, so a change of any of them is a schema change
+/// the guard sees (`VARCHAR(50)` -> `VARCHAR(20)` loses values).
 pub fn type_name(c: &ColumnInfo) -> String {
     use ColumnType::*;
     let binary = c.charset == Some(Charset::Binary);
-    let base = match c.col_type {
-        MYSQL_TYPE_TINY => "tinyint",
-        MYSQL_TYPE_SHORT => "smallint",
-        MYSQL_TYPE_INT24 => "mediumint",
-        MYSQL_TYPE_LONG => "int",
-        MYSQL_TYPE_LONGLONG => "bigint",
-        MYSQL_TYPE_FLOAT => "float",
-        MYSQL_TYPE_DOUBLE => "double",
-        MYSQL_TYPE_NEWDECIMAL | MYSQL_TYPE_DECIMAL => "decimal",
-        MYSQL_TYPE_BIT => "bit",
-        MYSQL_TYPE_YEAR => "year",
-        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => "date",
-        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => "time",
-        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => "datetime",
-        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => "timestamp",
-        MYSQL_TYPE_ENUM => "enum",
-        MYSQL_TYPE_SET => "set",
-        MYSQL_TYPE_JSON => "json",
-        MYSQL_TYPE_GEOMETRY => "geometry",
-        MYSQL_TYPE_BLOB if c.json => "json",
-        MYSQL_TYPE_BLOB if binary => "blob",
-        MYSQL_TYPE_BLOB => "text",
-        MYSQL_TYPE_STRING if binary => "binary",
-        MYSQL_TYPE_STRING => "char",
-        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING if binary => "varbinary",
-        MYSQL_TYPE_VARCHAR | MYSQL_TYPE_VAR_STRING => "varchar",
-        _ => "unknown",
+    let chars = |bytes: usize| {
+        c.char_bytes
+            .filter(|&b| b > 0)
+            .map(|b| format!("({})", bytes / b as usize))
     };
+    let (base, modifier): (&str, Option<String>) = match c.col_type {
+        MYSQL_TYPE_TINY => ("tinyint", None),
+        MYSQL_TYPE_SHORT => ("smallint", None),
+        MYSQL_TYPE_INT24 => ("mediumint", None),
+        MYSQL_TYPE_LONG => ("int", None),
+        MYSQL_TYPE_LONGLONG => ("bigint", None),
+        MYSQL_TYPE_FLOAT => ("float", None),
+        MYSQL_TYPE_DOUBLE => ("double", None),
+        MYSQL_TYPE_NEWDECIMAL => (
+            "decimal",
+            match c.meta.as_slice() {
+                [p, s, ..] => Some(format!("({p},{s})")),
+                _ => None,
+            },
+        ),
+        MYSQL_TYPE_DECIMAL => ("decimal", None),
+        // Metadata: bits beyond whole bytes, then whole bytes.
+        MYSQL_TYPE_BIT => (
+            "bit",
+            match c.meta.as_slice() {
+                [bits, bytes, ..] => Some(format!("({})", *bytes as u32 * 8 + *bits as u32)),
+                _ => None,
+            },
+        ),
+        MYSQL_TYPE_YEAR => ("year", None),
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => ("date", None),
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => ("time", fsp(c)),
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => ("datetime", fsp(c)),
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => ("timestamp", fsp(c)),
+        MYSQL_TYPE_ENUM => ("enum", None),
+        MYSQL_TYPE_SET => ("set", None),
+        MYSQL_TYPE_JSON => ("json", None),
+        MYSQL_TYPE_GEOMETRY => ("geometry", None),
+        MYSQL_TYPE_BLOB if c.json => ("json", None),
+        // Metadata: how many bytes the value's length takes, which is the size.
+        MYSQL_TYPE_BLOB => {
+            let sizes = if binary {
+                ["tinyblob", "blob", "mediumblob", "longblob"]
+            } else {
+                ["tinytext", "text", "mediumtext", "longtext"]
+            };
+            let at = c.meta.first().map_or(2, |&n| n.clamp(1, 4)) as usize - 1;
+            (sizes[at], None)
+        }
+        MYSQL_TYPE_STRING if binary => ("binary", Some(format!("({})", c.fixed_len))),
+        MYSQL_TYPE_STRING => ("char", chars(c.fixed_len)),
+        // Metadata: the longest value in bytes (two bytes, little-endian).
+        MYSQL_TYPE_VARCHAR => {
+            let bytes = match c.meta.as_slice() {
+                [lo, hi, ..] => Some(u16::from_le_bytes([*lo, *hi]) as usize),
+                _ => None,
+            };
+            if binary {
+                ("varbinary", bytes.map(|b| format!("({b})")))
+            } else {
+                ("varchar", bytes.and_then(chars))
+            }
+        }
+        MYSQL_TYPE_VAR_STRING if binary => ("varbinary", None),
+        MYSQL_TYPE_VAR_STRING => ("varchar", None),
+        _ => ("unknown", None),
+    };
+    let mut name = format!("{base}{}", modifier.unwrap_or_default());
     // The signedness metadata marks YEAR unsigned, but the type has no signed form
     // (information_schema says plain `year`, which `policy diff` compares with).
     if c.unsigned && c.col_type != MYSQL_TYPE_YEAR {
-        format!("{base} unsigned")
-    } else {
-        base.to_string()
+        name.push_str(" unsigned");
     }
+    name
+}
+
+/// Fractional-second digits as COLUMN_TYPE shows them: `(6)`, none when 0.
+fn fsp(c: &ColumnInfo) -> Option<String> {
+    (c.fsp > 0).then(|| format!("({})", c.fsp))
 }
