@@ -35,7 +35,8 @@ pub enum SchemaChange {
     TableDropped,
 }
 
-/// What a DDL statement says about a captured table (`SourceMessage::Schema`).
+/// What a source learned about an included table outside its rows, from a DDL
+/// statement or the catalog (`SourceMessage::Schema`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stated {
     /// A change the statement makes that no row shows: a table created, dropped or
@@ -46,6 +47,12 @@ pub enum Stated {
     /// accepted, so that a change its policy halts stops at the statement itself, not
     /// at the table's next row (with the changes of other tables in between passed).
     ColumnType { column: String, type_name: String },
+    /// An included table the stream does not carry yet (PostgreSQL: found in the
+    /// catalog and not in the publication, or renamed into the include list): decided
+    /// as `table_created`; allowed, it is snapshotted, which first puts it in the
+    /// publication, so its rows from before (the same transaction as its CREATE
+    /// included) come from the snapshot and the later ones from the stream.
+    Uncaptured,
 }
 
 /// The kinds a policy gives verdicts to.

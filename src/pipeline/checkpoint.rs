@@ -243,6 +243,11 @@ pub enum Due {
 pub const CAUGHT_UP_SPACING: Duration = Duration::from_millis(10);
 
 impl Checkpointer {
+    /// The connector's state dir (where on-demand snapshots are requested).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.store.dir()
+    }
+
     pub fn new(
         store: Arc<OffsetStore>,
         source_desc: String,

@@ -31,6 +31,9 @@ pub struct Routed {
     pub commits: u64,
     /// The last of them: where a checkpoint may now be taken.
     pub last_commit: Option<Position>,
+    /// Tables the guard let in that the stream does not carry yet: each wants a
+    /// snapshot (`Stated::Uncaptured`).
+    pub snapshots: Vec<String>,
     pub stop: Option<Stop>,
 }
 
@@ -69,7 +72,13 @@ pub fn route(
                 }
                 Err(h) => Some(h),
             },
-            SourceMessage::Schema(tc) => guard.table_change(tc).err(),
+            SourceMessage::Schema(tc) => match guard.table_change(tc) {
+                Ok(snapshot) => {
+                    r.snapshots.extend(snapshot);
+                    None
+                }
+                Err(h) => Some(h),
+            },
             SourceMessage::SnapshotProgress(v) => {
                 snapshot.update(v.clone());
                 None

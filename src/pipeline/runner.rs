@@ -154,6 +154,17 @@ impl Runner {
                 counters.count(e);
             },
         );
+        for table in &r.snapshots {
+            // The snapshot reader takes requests from these files (also after a
+            // restart); a table it cannot write for is caught again by the source's
+            // next look at the catalog.
+            match crate::snapshot::requests::request(self.checkpoints.state_dir(), table) {
+                Ok(_) => tracing::info!(table = %table, "table let in: snapshot requested"),
+                Err(e) => {
+                    tracing::error!(table = %table, error = %e, "table let in, but its snapshot could not be requested; `tributary snapshot --table` asks again")
+                }
+            }
+        }
         self.stats.transactions += r.commits;
         // Counted once per batch: a metric lookup per transaction costs.
         crate::metrics::transactions(r.commits);

@@ -48,6 +48,11 @@ struct State {
     /// Tables created under a `table_created = "ignore"` verdict: not captured.
     #[serde(default)]
     ignored: BTreeSet<String>,
+    /// Tables dropped under a `deprecate` verdict (their indexes stay): `status` lists
+    /// them, and a source that reports a drop again (PostgreSQL's catalog checks after
+    /// a restart) is not decided twice.
+    #[serde(default)]
+    dropped: BTreeSet<String>,
     /// Column renames a DDL statement stated, for the table's next layout.
     #[serde(default)]
     renames: HashMap<String, Vec<(String, String)>>,
@@ -108,6 +113,10 @@ pub fn summary(state: &serde_json::Value) -> serde_json::Value {
         .collect();
     for t in state.ignored {
         out.insert(t, serde_json::json!({"ignored": true}));
+    }
+    for t in state.dropped {
+        let entry = out.entry(t).or_insert_with(|| serde_json::json!({}));
+        entry["dropped"] = true.into();
     }
     for (t, q) in state.quarantined {
         let entry = out.entry(t).or_insert_with(|| serde_json::json!({}));
@@ -292,40 +301,65 @@ impl Guard {
         Ok(Pass::Yes)
     }
 
-    /// A table-level change from DDL (created, dropped, renamed; a column rename the
-    /// statement states, which the next layout's diff then reports as certain).
-    pub fn table_change(&mut self, tc: &TableChange) -> Result<(), Box<Halt>> {
+    /// A table-level change a source read from DDL or the catalog (created, dropped,
+    /// renamed, found uncaptured; a column rename the statement states, which the next
+    /// layout's diff then reports as certain; a type a statement states). Returns the
+    /// table to snapshot, when an uncaptured table was let in.
+    pub fn table_change(&mut self, tc: &TableChange) -> Result<Option<String>, Box<Halt>> {
+        let table = &tc.table;
         let change = match &tc.change {
             Stated::Change(change) => change,
             Stated::ColumnType { column, type_name } => {
-                return self.stated_type(&tc.table, column, type_name)
+                self.stated_type(table, column, type_name)?;
+                return Ok(None);
+            }
+            Stated::Uncaptured => {
+                // An ignored table stays ignored, said once (a catalog check finds
+                // it again after every restart).
+                if self.state.ignored.contains(table) {
+                    return Ok(None);
+                }
+                self.decided.clear();
+                let verdict = self.decide(table, &SchemaChange::TableCreated)?.verdict;
+                self.state.dropped.remove(table);
+                self.dirty = true;
+                if verdict == Verdict::Ignore {
+                    self.state.ignored.insert(table.clone());
+                    return Ok(None);
+                }
+                return Ok(Some(table.clone()));
             }
         };
+        if *change == SchemaChange::TableDropped && self.state.dropped.contains(table) {
+            return Ok(None);
+        }
         self.decided.clear();
         match change {
             SchemaChange::ColumnRenamed { from, to, .. } => {
                 self.state
                     .renames
-                    .entry(tc.table.clone())
+                    .entry(table.clone())
                     .or_default()
                     .push((from.clone(), to.clone()));
             }
             change @ SchemaChange::TableCreated => {
-                if self.decide(&tc.table, change)?.verdict == Verdict::Ignore {
-                    self.state.ignored.insert(tc.table.clone());
+                self.state.dropped.remove(table);
+                if self.decide(table, change)?.verdict == Verdict::Ignore {
+                    self.state.ignored.insert(table.clone());
                 } else {
-                    self.state.ignored.remove(&tc.table);
+                    self.state.ignored.remove(table);
                 }
             }
             change => {
-                self.decide(&tc.table, change)?;
+                self.decide(table, change)?;
                 if *change == SchemaChange::TableDropped {
-                    self.state.ignored.remove(&tc.table);
+                    self.state.ignored.remove(table);
+                    self.state.dropped.insert(table.clone());
                 }
             }
         }
         self.dirty = true;
-        Ok(())
+        Ok(None)
     }
 
     /// A statement gives `column` of `table` the type `type_name`: a change of the type
@@ -572,6 +606,51 @@ mod tests {
         old["tables"]["s.t"]["type_names"] = 0.into();
         let legacy = reload(Policy::add_only(), old);
         legacy.stated_type("s.t", "name", "varchar(20)").unwrap();
+    }
+
+    #[test]
+    fn uncaptured_tables_are_let_in_for_a_snapshot_and_drops_decided_once() {
+        let policy = Policy::parse(
+            Path::new("p.toml"),
+            "[[table]]\nmatch = \"s.ign\"\ntable_created = \"ignore\"\n",
+        )
+        .unwrap();
+        let mut g = Guard::new(policy);
+        let tc = |table: &str, change| TableChange {
+            table: table.into(),
+            change,
+        };
+        assert_eq!(
+            g.table_change(&tc("s.new", Stated::Uncaptured)).unwrap(),
+            Some("s.new".to_string())
+        );
+        assert_eq!(
+            g.table_change(&tc("s.ign", Stated::Uncaptured)).unwrap(),
+            None
+        );
+        assert_eq!(
+            g.table_change(&tc("s.ign", Stated::Uncaptured)).unwrap(),
+            None
+        );
+        let drop = Stated::Change(SchemaChange::TableDropped);
+        g.table_change(&tc("s.new", drop.clone())).unwrap();
+        g.commit();
+        let s = summary(&g.state());
+        assert_eq!(s["s.ign"]["ignored"], true);
+        assert_eq!(s["s.new"]["dropped"], true);
+        // Reported again (a restart's look at the catalog): not decided again, even
+        // under a policy that halts drops now.
+        let strict =
+            Policy::parse(Path::new("p.toml"), "[rules]\ntable_dropped = \"halt\"\n").unwrap();
+        let mut again = reload(strict, g.state());
+        again.table_change(&tc("s.new", drop.clone())).unwrap();
+        assert!(again.table_change(&tc("s.other", drop)).is_err());
+        // Created again: no longer dropped.
+        again
+            .table_change(&tc("s.new", Stated::Uncaptured))
+            .unwrap();
+        again.commit();
+        assert!(summary(&again.state())["s.new"].get("dropped").is_none());
     }
 
     #[test]

@@ -29,6 +29,16 @@ impl CatalogTable {
     pub fn quoted(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
+
+    /// Whether a publication may include it: UPDATE and DELETE on a published table
+    /// without a key or replica identity fail on the server.
+    pub fn capturable(&self) -> bool {
+        match self.replica_identity {
+            b'f' | b'i' => true,
+            b'd' => self.has_primary_key,
+            _ => false,
+        }
+    }
 }
 
 pub fn quote_ident(s: &str) -> String {

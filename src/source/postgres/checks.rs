@@ -159,12 +159,7 @@ pub async fn check_server(
                 cfg.user
             ));
         }
-        let identity = match t.replica_identity {
-            b'f' | b'i' => true,
-            b'd' => t.has_primary_key,
-            _ => false,
-        };
-        if identity {
+        if t.capturable() {
             capturable.push(t.clone());
         } else {
             r.warnings.push(format!(
@@ -183,6 +178,14 @@ pub async fn check_server(
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    r.info.push(if cfg.catalog_poll_secs > 0 {
+        format!(
+            "tables created, dropped or renamed while streaming are found by a look at the catalog every {} s (catalog_poll_secs; PostgreSQL does not replicate DDL): a schema change decided there may come up to that much after it happened",
+            cfg.catalog_poll_secs
+        )
+    } else {
+        "catalog_poll_secs = 0: tables created, dropped or renamed while streaming are found only when a run starts".to_string()
+    });
 
     // Publication.
     let publication = client
@@ -230,12 +233,24 @@ pub async fn check_server(
                 })
                 .collect();
             if !missing.is_empty() {
-                r.errors.push(format!(
-                    "publication `{}` lacks included table(s) {}: run ALTER PUBLICATION {} ADD TABLE {};",
+                let statement = format!(
+                    "ALTER PUBLICATION {} ADD TABLE {};",
+                    cfg.publication,
+                    missing
+                        .iter()
+                        .map(|t| t.quoted())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let how = if cfg.alter_publication {
+                    "tributary adds each it lets in and snapshots it"
+                } else {
+                    "with [source] alter_publication = false, each one let in waits for its owner to run"
+                };
+                r.warnings.push(format!(
+                    "publication `{}` lacks included table(s) {}: once streaming, the schema policy's `table_created` decides each ({how}: {statement})",
                     cfg.publication,
                     missing.iter().map(|t| t.qualified()).collect::<Vec<_>>().join(", "),
-                    cfg.publication,
-                    missing.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ")
                 ));
             }
         }

@@ -79,6 +79,17 @@ pub struct PostgresSourceConfig {
     /// Tables snapshotted at once (one connection each).
     #[serde(default = "crate::snapshot::default_parallel_tables")]
     pub snapshot_parallel_tables: usize,
+    /// Seconds between looks at the catalog for included tables created, dropped or
+    /// renamed while streaming (PostgreSQL does not replicate DDL); 0: never.
+    #[serde(default = "default_catalog_poll")]
+    pub catalog_poll_secs: u64,
+    /// Whether tributary adds a table the schema guard let in (`table_created =
+    /// "allow"`) to the publication itself (`ALTER PUBLICATION ... ADD TABLE`, which
+    /// needs ownership of both). When false, or when the server refuses, the table's
+    /// snapshot waits, and says every try (at most every 30 s) which statement the
+    /// owner should run.
+    #[serde(default = "default_true")]
+    pub alter_publication: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -113,6 +124,12 @@ fn default_max_backoff() -> u64 {
 }
 fn default_wal_warn_mb() -> u64 {
     1024
+}
+fn default_catalog_poll() -> u64 {
+    30
+}
+fn default_true() -> bool {
+    true
 }
 
 /// `tributary_<name>` as a slot or publication name: lower case, any other character

@@ -4,7 +4,8 @@
 //! connections, error sorting), `tls`, `checks` (server checks, slot and publication
 //! set-up), `catalog` (tables, keys, type resolution), `pgoutput` (the message
 //! decoder), `values` (text values -> event values), `stream` (the session loop),
-//! `snapshot` (chunks read in MVCC snapshots, placed in the stream by markers).
+//! `snapshot` (chunks read in MVCC snapshots, placed in the stream by markers),
+//! `tables` (tables created, dropped and renamed while streaming, from the catalog).
 
 mod auth_probe;
 pub mod catalog;
@@ -15,6 +16,7 @@ mod lookup;
 pub mod pgoutput;
 mod snapshot;
 mod stream;
+mod tables;
 mod tls;
 pub mod values;
 

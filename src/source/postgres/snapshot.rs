@@ -97,6 +97,17 @@ impl ChunkSource for Chunks {
         let Some((oid, schema, name, identity)) = find(conn, table).await.map_err(fail)? else {
             return Ok(None);
         };
+        // A snapshot beside the stream needs the stream to carry the table's later
+        // changes (not lookups and reads of their own, which have no store).
+        if self.store.is_some() {
+            self.publish(
+                conn,
+                oid,
+                table,
+                &format!("{}.{}", quote_ident(&schema), quote_ident(&name)),
+            )
+            .await?;
+        }
         let rows = conn.query(COLUMNS, &[&oid]).await.map_err(fail)?;
         let mut cache = TypeCache::default();
         let mut types = Vec::with_capacity(rows.len());
@@ -199,6 +210,76 @@ impl ChunkSource for Chunks {
 }
 
 impl Chunks {
+    /// Makes sure the publication carries table `oid` (a table the schema guard let in
+    /// after the start: tables.rs), adding it when `alter_publication` allows; then
+    /// waits until every transaction older than the change ended, so that what the
+    /// stream does not carry of the table (changes decoded before it was published)
+    /// is visible to the snapshot's first chunk. Refused, it fails transiently: the
+    /// reader tries again with backoff, naming the statement for the owner.
+    async fn publish(
+        &self,
+        conn: &Client,
+        oid: u32,
+        table: &str,
+        quoted: &str,
+    ) -> Result<(), Failure> {
+        let publication = &self.cfg.publication;
+        let fail = |e: tokio_postgres::Error| {
+            classify(&self.cfg, &e).reword(|m| format!("reading publication `{publication}`: {m}"))
+        };
+        if super::tables::published(conn, publication)
+            .await
+            .map_err(fail)?
+            .contains(&oid)
+        {
+            return Ok(());
+        }
+        let statement = format!(
+            "ALTER PUBLICATION {} ADD TABLE {quoted};",
+            quote_ident(publication)
+        );
+        if !self.cfg.alter_publication {
+            return Err(Failure::Transient(format!(
+                "{table} is not in publication `{publication}` and [source] alter_publication = false: its snapshot waits until the publication's owner runs {statement}"
+            )));
+        }
+        conn.batch_execute(&statement).await.map_err(|e| {
+            Failure::Transient(format!(
+                "adding {table} to publication `{publication}`: {}; its snapshot waits until the owner of the publication and the table runs {statement} (or set [source] user to one)",
+                e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
+            ))
+        })?;
+        tracing::info!(table, publication = %publication, "table added to the publication");
+        let horizon: i64 = conn
+            .query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await
+            .map_err(fail)?
+            .get(0);
+        let began = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            let oldest: i64 = conn
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                    &[],
+                )
+                .await
+                .map_err(fail)?
+                .get(0);
+            if oldest >= horizon {
+                return Ok(());
+            }
+            if !said && began.elapsed() > std::time::Duration::from_secs(10) {
+                said = true;
+                tracing::info!(table, "waiting for transactions older than the publication change to end before its snapshot");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     async fn query_client(&self) -> Result<Client, String> {
         query_client(&self.cfg, self.password.as_ref())
             .await

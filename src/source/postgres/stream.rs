@@ -14,6 +14,7 @@ use super::config::PostgresSourceConfig;
 use super::connect::{classify, classify_stream, query_client, replication_config};
 use super::pgoutput::{decode, Datum, Message, OldTuple, Relation, Tuple};
 use super::snapshot::MARKER_PREFIX;
+use super::tables::Watch;
 use super::values::{decode_text, PgType};
 use crate::event::{
     format_lsn, now_ms, ChangeEvent, Column, Op, Position, Row, SourceMessage, TableSchema, Value,
@@ -65,6 +66,8 @@ struct StreamState {
     merger: Merger,
     /// The snapshot readers may still send requests.
     snapshot_requests_open: bool,
+    /// Included tables created, dropped and renamed (tables.rs).
+    watch: Watch,
 }
 
 impl StreamState {
@@ -114,6 +117,7 @@ impl Streamer<'_> {
             marker: None,
             merger,
             snapshot_requests_open: true,
+            watch: Watch::new(self.cfg.catalog_poll_secs),
         };
         let mut reconnect = Reconnect::new(
             "replication connection",
@@ -173,10 +177,16 @@ impl Streamer<'_> {
         let silence = Duration::from_secs(cfg.status_interval_secs.max(30) * 4);
         loop {
             let input = {
+                // The catalog is looked at between transactions.
+                let look = match st.watch.due_at().filter(|_| !st.in_txn) {
+                    Some(at) => tokio::time::Instant::from_std(at),
+                    None => tokio::time::Instant::now() + Duration::from_secs(86_400 * 365),
+                };
                 let next = async {
                     tokio::select! {
                         biased;
                         changed = checkpoints.changed() => Input::Checkpoint(changed.is_ok()),
+                        _ = tokio::time::sleep_until(look) => Input::Look,
                         ev = client.recv() => Input::Event(ev),
                     }
                 };
@@ -231,6 +241,12 @@ impl Streamer<'_> {
                     continue;
                 }
                 Input::Checkpoint(false) => return Stop::Closed,
+                Input::Look => {
+                    if let Err(stop) = self.look(st, tx, &catalog).await {
+                        return stop;
+                    }
+                    continue;
+                }
                 Input::Event(Ok(Some(ev))) => ev,
                 Input::Event(Ok(None)) => {
                     return Stop::transient(format!(
@@ -401,7 +417,14 @@ impl Streamer<'_> {
                 return Ok(());
             }
             Message::Commit { end_lsn, .. } => return self.commit(st, tx, end_lsn).await,
-            Message::Relation(rel) => return self.relation(st, catalog, rel).await,
+            Message::Relation(rel) => {
+                // A table the stream did not carry (a FOR ALL TABLES publication, or
+                // added by hand): the guard decides it before its first row.
+                if st.watch.unknown(rel.oid) && self.filter.matches(rel.namespace, rel.name) {
+                    self.look(st, tx, catalog).await?;
+                }
+                return self.relation(st, catalog, rel).await;
+            }
             Message::Type { oid, .. } => {
                 st.types.forget(oid);
                 return Ok(());
@@ -508,6 +531,38 @@ impl Streamer<'_> {
         }
     }
 
+    /// Looks at the catalog (tables.rs) and tells the guard what changed.
+    async fn look(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        catalog: &Client,
+    ) -> Result<(), Stop> {
+        let history = || {
+            self.store
+                .schema_history()
+                .map(|h| h.into_keys().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| {
+                    t.split_once('.')
+                        .is_some_and(|(schema, name)| self.filter.matches(schema, name))
+                })
+                .collect()
+        };
+        let changes = st
+            .watch
+            .look(catalog, &self.cfg.publication, &self.filter, history)
+            .await
+            .map_err(|e| Stop::from(classify(self.cfg, &e)))?;
+        for change in changes {
+            tx.send(SourceMessage::Schema(change))
+                .await
+                .map_err(|_| Stop::Closed)?;
+        }
+        Ok(())
+    }
+
     async fn relation(
         &self,
         st: &mut StreamState,
@@ -609,6 +664,8 @@ impl Streamer<'_> {
 enum Input {
     /// The pipeline stored a checkpoint (false: the pipeline is gone).
     Checkpoint(bool),
+    /// Time to look at the catalog (tables.rs).
+    Look,
     Event(pgwire_replication::Result<Option<ReplicationEvent>>),
 }
 

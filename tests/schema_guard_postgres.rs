@@ -1,0 +1,365 @@
+//! The schema guard on a PostgreSQL stream sees tables created, dropped and renamed,
+//! although PostgreSQL does not replicate DDL: a look at the catalog finds them
+//! (`catalog_poll_secs`), `table_created` decides a new one (let in: added to the
+//! publication and snapshotted, so rows written with its CREATE arrive too), a drop
+//! gets `table_dropped`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Keys and final `after` images from the log, for one table; every insert counted.
+fn final_rows(events: &[serde_json::Value], table: &str) -> (BTreeMap<i64, String>, Vec<i64>) {
+    let mut rows = BTreeMap::new();
+    let mut inserts = Vec::new();
+    for e in events.iter().filter(|e| e["source"]["table"] == table) {
+        let id = e["after"]["id"]
+            .as_i64()
+            .or(e["before"]["id"].as_i64())
+            .unwrap();
+        match e["op"].as_str().unwrap() {
+            "d" => {
+                rows.remove(&id);
+            }
+            op => {
+                if op == "c" {
+                    inserts.push(id);
+                }
+                rows.insert(id, e["after"]["v"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    (rows, inserts)
+}
+
+/// A table created while streaming, matching `include`, with rows written in the same
+/// transaction as its CREATE and right after (a writer that does not wait for
+/// tributary): allowed by the default policy, it is added to the publication and
+/// snapshotted, and every row reaches the log and a new index; the log never holds an
+/// insert twice. A table the user may not add to the publication waits, naming the
+/// statement, until its owner runs it. Then a drop: `deprecate` keeps the index, and
+/// `status` lists the table as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_tables_are_snapshotted_and_streamed() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let schema = pg_schema(&client, "created").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        PG_PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "catalog_poll_secs = 1",
+    );
+    add_es_sink(&c, &url, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!("INSERT INTO {schema}.a VALUES (1, 'a1')"))
+        .await
+        .unwrap();
+    assert_eq!(wait_for_events(&log, 1, Duration::from_secs(30)).await, 1);
+
+    // Created with 50 rows in its own transaction, then 250 more as fast as they go.
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             CREATE TABLE {schema}.b (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.b OWNER TO tributary;
+             INSERT INTO {schema}.b SELECT i, 'b' || i FROM generate_series(1, 50) i;
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    for i in 51..=300 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.b VALUES ({i}, 'b{i}'); UPDATE {schema}.b SET v = v || '+' WHERE id = {}",
+                i - 50
+            ))
+            .await
+            .unwrap();
+        if i % 25 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let source: BTreeMap<i64, String> = client
+        .query(&format!("SELECT id::bigint, v FROM {schema}.b"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rows, _) = final_rows(&read_events(&log), "b");
+        if rows == source {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} rows of b in the log:\n{}",
+            rows.len(),
+            source.len(),
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, inserts) = final_rows(&read_events(&log), "b");
+    let mut unique = inserts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        inserts.len(),
+        "an insert came twice: {inserts:?}"
+    );
+    let docs = wait_documents(&url, &format!("{schema}_b"), 300).await;
+    assert_eq!(docs.len(), 300);
+    for (id, v) in &source {
+        assert_eq!(docs[&id.to_string()]["v"], v.as_str(), "document {id}");
+    }
+    let text = daemon_log(&c);
+    assert!(text.contains("table added to the publication"), "{text}");
+
+    // A table tributary may not add (admin owns it): its snapshot waits, naming the
+    // statement, until the owner runs it.
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.c (id int PRIMARY KEY, v text);
+             INSERT INTO {schema}.c VALUES (1, 'c1');"
+        ))
+        .await
+        .unwrap();
+    let statement = format!("ALTER PUBLICATION \"{schema}\" ADD TABLE \"{schema}\".\"c\";");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon_log(&c).contains(&statement) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statement for the owner:\n{}",
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    client.batch_execute(&statement).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while final_rows(&read_events(&log), "c").0.len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Dropped: deprecated, the index stays, status says so.
+    client
+        .batch_execute(&format!("DROP TABLE {schema}.b"))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon_log(&c).contains("table dropped") {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The guard's state reaches the store with the next checkpoint.
+    client
+        .batch_execute(&format!("INSERT INTO {schema}.a VALUES (2, 'a2')"))
+        .await
+        .unwrap();
+    wait_for_events(&log, read_events(&log).len() + 1, Duration::from_secs(30)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let (code, out, _) = tributary(&["status", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        status["tables"][format!("{schema}.b")]["dropped"],
+        true,
+        "{out}"
+    );
+    assert_eq!(
+        wait_documents(&url, &format!("{schema}_b"), 300)
+            .await
+            .len(),
+        300
+    );
+
+    // A restart finds the drop again in the history and does not decide it twice.
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    assert_eq!(
+        daemon_log(&c).matches("table dropped").count(),
+        1,
+        "{}",
+        daemon_log(&c)
+    );
+    pg_drop_slot(&client, &schema).await;
+}
+
+/// `ignore` leaves a created table out (said once); `halt` stops before anything of the
+/// table is sent, naming it, and the next start after the policy is edited takes it
+/// in from its snapshot; a drop the policy halts stops at the next look, naming the
+/// table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_and_dropped_tables_follow_their_rules() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "rules").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        PG_PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "catalog_poll_secs = 1",
+    );
+    let policy = dir.path().join("policy.toml");
+    let rules = |d: &str| {
+        format!(
+            "[rules]\ntable_dropped = \"halt\"\n\n[[table]]\nmatch = \"{schema}.ign\"\ntable_created = \"ignore\"\n\n[[table]]\nmatch = \"{schema}.h\"\ntable_created = \"{d}\"\n"
+        )
+    };
+    std::fs::write(&policy, rules("halt")).unwrap();
+    set_policy(&c, &policy);
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+
+    for t in ["ign", "h"] {
+        client
+            .batch_execute(&format!(
+                "BEGIN; CREATE TABLE {schema}.{t} (id int PRIMARY KEY, v text);
+                 ALTER TABLE {schema}.{t} OWNER TO tributary;
+                 INSERT INTO {schema}.{t} VALUES (1, '{t}1'); COMMIT;"
+            ))
+            .await
+            .unwrap();
+        if t == "ign" {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !daemon_log(&c).contains("table ignored") {
+                assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!(
+            "schema change on {schema}.h: table created; policy verdict `halt` ({}:",
+            policy.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("table ignored").count(), 1, "{text}");
+    assert!(read_events(&log).is_empty(), "{:?}", read_events(&log));
+
+    // Allowed now: `h` comes in from its snapshot; `ign` stays out.
+    std::fs::write(&policy, rules("allow")).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.h VALUES (2, 'h2'); INSERT INTO {schema}.ign VALUES (2, 'ign2')"
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while final_rows(&read_events(&log), "h").0.len() != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(final_rows(&read_events(&log), "ign").0.is_empty());
+
+    // A drop the policy halts: the daemon stops at its next look, naming the table.
+    client
+        .batch_execute(&format!("DROP TABLE {schema}.a"))
+        .await
+        .unwrap();
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {schema}.a: table dropped; policy verdict `halt` ({}:2: table_dropped = \"halt\")", policy.display())),
+        "{text}"
+    );
+    pg_drop_slot(&client, &schema).await;
+}
+
+/// kill -9 right after a CREATE TABLE, before and while its first rows are written:
+/// after the restart every row is there once (as the table's final state), none
+/// missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_a_create_table_and_its_rows_loses_nothing() {
+    let client = pg_admin(PG_PORT).await;
+    let schema = pg_schema(&client, "ckill").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        PG_PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "catalog_poll_secs = 1",
+    );
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.n (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.n OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    send_signal(daemon.id(), "KILL");
+    daemon.wait().unwrap();
+    for i in 1..=100 {
+        client
+            .batch_execute(&format!("INSERT INTO {schema}.n VALUES ({i}, 'n{i}')"))
+            .await
+            .unwrap();
+        if i == 50 {
+            daemon = spawn_daemon(&c);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rows, inserts) = final_rows(&read_events(&log), "n");
+        if rows.len() == 100 {
+            let mut unique = inserts.clone();
+            unique.dedup();
+            assert_eq!(unique.len(), inserts.len(), "{inserts:?}");
+            assert!(rows.iter().all(|(id, v)| *v == format!("n{id}")));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} rows:\n{}",
+            rows.len(),
+            daemon_log(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
+}
