@@ -32,8 +32,8 @@ cleanup() {
     rm -rf /tmp/tributary-kafka-$port
   done
   # PostgreSQL: 25371 shared, 25372 restarted by a test, 25373 wal_level=replica,
-  # 25374 TLS (its test CA next to it).
-  for port in 25371 25372 25373 25374; do
+  # 25374 TLS (its test CA next to it), 25375 with the DDL event trigger.
+  for port in 25371 25372 25373 25374 25375; do
     bash deploy/postgres.sh stop "$port" >/dev/null 2>&1 || true
     rm -rf "/tmp/tributary-postgres-$port" "/tmp/tributary-postgres-$port.lock" "/tmp/tributary-postgres-$port-certs"
   done

@@ -134,6 +134,23 @@ enum Command {
         #[command(subcommand)]
         action: SlotAction,
     },
+    /// The PostgreSQL DDL event trigger: with it, the stream sees CREATE, ALTER and
+    /// DROP TABLE at their exact position (the schema guard decides them there, and a
+    /// column rename is certain); without it, tables created and dropped are found by
+    /// a look at the catalog every `catalog_poll_secs` and column changes at the
+    /// table's next row. One per database serves every connector. Event triggers need
+    /// a superuser.
+    #[command(
+        name = "pg-ddl-trigger",
+        after_long_help = "Examples:
+  tributary pg-ddl-trigger sql -c app.toml | psql -U postgres app   as a superuser
+  tributary pg-ddl-trigger install -c app.toml                      the connector's user is one
+  tributary pg-ddl-trigger uninstall -c app.toml"
+    )]
+    PgDdlTrigger {
+        #[command(subcommand)]
+        action: TriggerAction,
+    },
     /// Show or reset the stored checkpoint.
     #[command(
         after_long_help = "Examples:\n  tributary offsets show -c shop.toml\n  tributary offsets reset -c shop.toml   the next run starts from [source] start (daemon stopped)"
@@ -375,6 +392,25 @@ enum SlotAction {
 }
 
 #[derive(Subcommand)]
+enum TriggerAction {
+    /// Print the SQL that installs it (for a superuser to run).
+    Sql {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+    /// Install (or replace) it, connected as the connector's user.
+    Install {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+    /// Remove it.
+    Uninstall {
+        #[arg(long, short)]
+        connector: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum LogAction {
     /// Print every record of a log stream as JSON lines, verifying each checksum.
     #[command(
@@ -464,6 +500,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Slot {
             action: SlotAction::Drop { connector },
         } => slot_drop(&connector).await,
+        Command::PgDdlTrigger { action } => pg_ddl_trigger(action).await,
         Command::Log {
             action:
                 LogAction::Cat {
@@ -1294,6 +1331,44 @@ async fn postgres_client(
     tributary::source::postgres::connect::query_client(p, password.as_ref())
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message()))
+}
+
+async fn pg_ddl_trigger(action: TriggerAction) -> anyhow::Result<ExitCode> {
+    use tributary::source::postgres::ddl_trigger::{INSTALL, UNINSTALL};
+    let (path, sql, done) = match &action {
+        TriggerAction::Sql { connector } => (connector, INSTALL, None),
+        TriggerAction::Install { connector } => (connector, INSTALL, Some("installed")),
+        TriggerAction::Uninstall { connector } => (connector, UNINSTALL, Some("removed")),
+    };
+    let cfg = load(path)?;
+    let SourceConfig::Postgres(p) = &cfg.source else {
+        anyhow::bail!(
+            "{}: `pg-ddl-trigger` is for [source] kind = \"postgres\" (this one is {})",
+            path.display(),
+            cfg.source.kind()
+        );
+    };
+    let Some(done) = done else {
+        print!("{sql}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let client = postgres_client(p).await?;
+    client.batch_execute(sql).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{} as user `{}` on {}: {} (event triggers need a superuser: run `tributary pg-ddl-trigger sql --connector {}` and give its output to one)",
+            if done == "installed" { "installing the DDL trigger" } else { "removing the DDL trigger" },
+            p.user,
+            p.address(),
+            tributary::source::postgres::checks::db_message(&e),
+            path.display()
+        )
+    })?;
+    println!(
+        "DDL trigger {done} in database `{}` on {}: it serves every connector of that database",
+        p.database,
+        p.address()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn slot_drop(path: &Path) -> anyhow::Result<ExitCode> {

@@ -40,8 +40,8 @@ fn final_rows(events: &[serde_json::Value], table: &str) -> (BTreeMap<i64, Strin
 /// tributary): allowed by the default policy, it is added to the publication and
 /// snapshotted, and every row reaches the log and a new index; the log never holds an
 /// insert twice. A table the user may not add to the publication waits, naming the
-/// statement, until its owner runs it. Then a drop: `deprecate` keeps the index, and
-/// `status` lists the table as dropped.
+/// statement, until its owner runs it. Then a drop: `deprecate` keeps the index, its
+/// `_meta` and `status` say the table was dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_tables_are_snapshotted_and_streamed() {
     let client = pg_admin(PG_PORT).await;
@@ -191,6 +191,9 @@ async fn created_tables_are_snapshotted_and_streamed() {
             .len(),
         300
     );
+    let (_, meta) = mapping_of(&url, &format!("{schema}_b")).await;
+    let dropped_at = meta["source_dropped_ms"].as_u64();
+    assert!(dropped_at.is_some(), "{meta}");
 
     // A restart finds the drop again in the history and does not decide it twice.
     let mut daemon = spawn_daemon(&c);
@@ -202,6 +205,12 @@ async fn created_tables_are_snapshotted_and_streamed() {
         1,
         "{}",
         daemon_log(&c)
+    );
+    let (_, meta) = mapping_of(&url, &format!("{schema}_b")).await;
+    assert_eq!(
+        meta["source_dropped_ms"].as_u64(),
+        dropped_at,
+        "kept from the first time"
     );
     pg_drop_slot(&client, &schema).await;
 }
@@ -361,5 +370,114 @@ async fn kill_9_between_a_create_table_and_its_rows_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    pg_drop_slot(&client, &schema).await;
+}
+
+/// With the DDL event trigger (and no catalog polls, so nothing else could find them):
+/// a CREATE TABLE is decided and snapshotted from its statement, a RENAME COLUMN is a
+/// certain rename decided at the statement itself (no row needed), and a DROP TABLE the
+/// policy halts stops at its statement. Installing it takes a superuser: the
+/// connector's user is told so, with the command that prints the SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ddl_trigger_puts_ddl_at_its_position() {
+    const PORT: u16 = 25375;
+    let client = pg_admin(PORT).await;
+    let schema = pg_schema(&client, "trig").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "catalog_poll_secs = 0",
+    );
+    let conn = c.to_str().unwrap();
+    let (code, _, err) = tributary(&["pg-ddl-trigger", "install", "--connector", conn]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("event triggers need a superuser"), "{err}");
+    let (code, sql, err) = tributary(&["pg-ddl-trigger", "sql", "--connector", conn]);
+    assert_eq!(code, 0, "{err}");
+    client.batch_execute(&sql).await.unwrap();
+    let (_, out, _) = tributary(&["check", "--connector", conn]);
+    assert!(out.contains("DDL trigger installed"), "{out}");
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[rules]\ntable_dropped = \"halt\"\n").unwrap();
+    set_policy(&c, &policy);
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!("INSERT INTO {schema}.a VALUES (1, 'a1')"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "BEGIN; CREATE TABLE {schema}.b (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.b OWNER TO tributary;
+             INSERT INTO {schema}.b VALUES (1, 'b1'), (2, 'b2'); COMMIT;"
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while final_rows(&read_events(&log), "b").0.len() != 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // A rename, with no row after it: decided at the statement, and certain.
+    client
+        .batch_execute(&format!("ALTER TABLE {schema}.a RENAME COLUMN v TO w"))
+        .await
+        .unwrap();
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {schema}.a: column `v` renamed to `w`; policy verdict `halt` (built-in add-only default: column_renamed = \"halt\")")),
+        "{text}"
+    );
+
+    // Deprecated now; a drop halts at its statement.
+    std::fs::write(
+        &policy,
+        "[rules]\ntable_dropped = \"halt\"\ncolumn_renamed = \"deprecate\"\n",
+    )
+    .unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    // (Two statements, two transactions: a halt cuts the whole transaction.)
+    client
+        .batch_execute(&format!("INSERT INTO {schema}.a VALUES (2, 'a2')"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!("DROP TABLE {schema}.b"))
+        .await
+        .unwrap();
+    let text = halted(&c, &mut daemon).await;
+    assert!(
+        text.contains(&format!("schema change on {schema}.b: table dropped; policy verdict `halt` ({}:2: table_dropped = \"halt\")", policy.display())),
+        "{text}"
+    );
+    let a: Vec<_> = read_events(&log)
+        .into_iter()
+        .filter(|e| e["source"]["table"] == "a")
+        .collect();
+    assert_eq!(a.last().unwrap()["after"]["w"], "a2", "{a:?}");
+    let (code, _, err) = tributary(&["pg-ddl-trigger", "uninstall", "--connector", conn]);
+    assert_eq!(code, 1, "{err}");
+    let (code, sql, _) = tributary(&["pg-ddl-trigger", "sql", "--connector", conn]);
+    assert_eq!(code, 0);
+    assert!(sql.contains("CREATE EVENT TRIGGER tributary_ddl_drop"));
+    client
+        .batch_execute(tributary::source::postgres::ddl_trigger::UNINSTALL)
+        .await
+        .unwrap();
     pg_drop_slot(&client, &schema).await;
 }

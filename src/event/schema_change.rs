@@ -53,6 +53,13 @@ pub enum Stated {
     /// publication, so its rows from before (the same transaction as its CREATE
     /// included) come from the snapshot and the later ones from the stream.
     Uncaptured,
+    /// The table's layout right after a statement changed it (PostgreSQL, from the DDL
+    /// trigger), with the schema version the stream gives that layout: decided here,
+    /// at the statement's position, as the table's next row would have been.
+    Layout {
+        version: u32,
+        columns: Vec<crate::event::Column>,
+    },
 }
 
 /// The kinds a policy gives verdicts to.

@@ -223,7 +223,20 @@ impl Guard {
 
     fn decide_schema(&mut self, e: &ChangeEvent) -> Result<Pass, Box<Halt>> {
         let schema = &e.table;
-        let table = schema.qualified_name();
+        self.decide_layout(
+            schema.qualified_name(),
+            schema.schema_version,
+            &schema.columns,
+        )
+    }
+
+    /// Decides a table's layout (`version`, `columns`) against the one it accepted.
+    fn decide_layout(
+        &mut self,
+        table: String,
+        version: u32,
+        columns: &[Column],
+    ) -> Result<Pass, Box<Halt>> {
         if self.state.ignored.contains(&table) {
             return Ok(Pass::Skip);
         }
@@ -231,9 +244,7 @@ impl Guard {
             return Ok(Pass::Quarantine(q.epoch));
         }
         let previous = match self.state.tables.get(&table) {
-            Some(a) if a.version == schema.schema_version && a.columns == schema.columns => {
-                return Ok(Pass::Yes)
-            }
+            Some(a) if a.version == version && a.columns == columns => return Ok(Pass::Yes),
             Some(a) => Some(a),
             // First sight: the table's schema as it is becomes the baseline.
             None => None,
@@ -244,7 +255,7 @@ impl Guard {
         if let Some(previous) = previous {
             let hints = self.state.renames.get(&table).cloned().unwrap_or_default();
             for change in with_stated_renames(
-                diff_columns(&previous.columns, previous.type_names, &schema.columns),
+                diff_columns(&previous.columns, previous.type_names, columns),
                 &hints,
             ) {
                 let ruling = self.decide(&table, &change)?;
@@ -261,7 +272,7 @@ impl Guard {
                             epoch: 0,
                             changes: Vec::new(),
                             rule: ruling.origin.to_string(),
-                            schema_version: schema.schema_version,
+                            schema_version: version,
                             since_ms: crate::event::now_ms(),
                         });
                         q.changes.push(change.to_string());
@@ -291,8 +302,8 @@ impl Guard {
         self.state.tables.insert(
             table,
             Accepted {
-                version: schema.schema_version,
-                columns: schema.columns.clone(),
+                version,
+                columns: columns.to_vec(),
                 deprecated,
                 type_names: TYPE_NAMES,
             },
@@ -311,6 +322,10 @@ impl Guard {
             Stated::Change(change) => change,
             Stated::ColumnType { column, type_name } => {
                 self.stated_type(table, column, type_name)?;
+                return Ok(None);
+            }
+            Stated::Layout { version, columns } => {
+                self.decide_layout(table.clone(), *version, columns)?;
                 return Ok(None);
             }
             Stated::Uncaptured => {

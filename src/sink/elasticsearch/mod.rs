@@ -39,7 +39,9 @@ use self::config::redact;
 use self::response::classify;
 use self::sender::{Rejected, Retry, Sender};
 use super::{Ack, SharedBatch, Sink, SinkContext, SinkError};
-use crate::event::{ChangeEvent, Column, Op, PerSchema, SourceMessage, TableSchema, Value};
+use crate::event::{
+    ChangeEvent, Column, Op, PerSchema, SchemaChange, SourceMessage, Stated, TableSchema, Value,
+};
 use crate::failure::Failure;
 use crate::journal::{Journal, Settings as JournalSettings};
 
@@ -391,6 +393,59 @@ impl ElasticsearchSink {
             table.schema_version,
             Some(fingerprint),
         )))
+    }
+
+    /// A table dropped at the source, under a `deprecate` verdict: its index stays,
+    /// and each concrete index behind its alias records since when its source is gone
+    /// (`_meta.source_dropped_ms`; kept from the first time when told again).
+    async fn mark_dropped(&self, table: &str) -> Result<(), SinkError> {
+        let Some((db, name)) = table.split_once('.') else {
+            return Ok(());
+        };
+        let alias = self.cfg.alias(db, name);
+        if self.tables.as_ref().is_some_and(|t| !t.is_match(table))
+            || !self.alias_exists(&alias).await?
+        {
+            return Ok(());
+        }
+        let client = &self.client;
+        let a = alias.as_str();
+        let current = self
+            .read_json("reading the mapping", || async move {
+                client
+                    .indices()
+                    .get_mapping(IndicesGetMappingParts::Index(&[a]))
+                    .send()
+                    .await
+            })
+            .await?;
+        let now = crate::event::now_ms();
+        for (index, m) in current.as_object().into_iter().flatten() {
+            let mut meta = m["mappings"]["_meta"].clone();
+            if meta["source_table"].as_str() != Some(table) || !meta["source_dropped_ms"].is_null()
+            {
+                continue;
+            }
+            meta["source_dropped_ms"] = now.into();
+            let body = json!({ "_meta": meta });
+            let b = &body;
+            self.retry
+                .run("recording the dropped table", || async move {
+                    ok_attempt(
+                        client
+                            .indices()
+                            .put_mapping(IndicesPutMappingParts::Index(&[index]))
+                            .body(b.clone())
+                            .send()
+                            .await,
+                        false,
+                    )
+                    .await
+                })
+                .await?;
+            tracing::info!(sink = %self.id, alias, index, table, "the source table was dropped: its index is kept, its _meta says so");
+        }
+        Ok(())
     }
 
     /// Whether `alias` exists.
@@ -988,6 +1043,13 @@ impl ElasticsearchSink {
                 SourceMessage::Change(e) => e,
                 SourceMessage::SnapshotProgress(p) => {
                     self.end_resyncs(p).await?;
+                    continue;
+                }
+                // Passed by the guard: deprecated (a halt never reaches a sink).
+                SourceMessage::Schema(tc)
+                    if tc.change == Stated::Change(SchemaChange::TableDropped) =>
+                {
+                    self.mark_dropped(&tc.table).await?;
                     continue;
                 }
                 _ => continue,

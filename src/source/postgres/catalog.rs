@@ -76,6 +76,39 @@ pub async fn included_tables(
         .collect())
 }
 
+/// The key columns events carry, as the stream takes them from a Relation message:
+/// the primary key in key order, else (REPLICA IDENTITY USING INDEX) the identity
+/// index's columns in table order; empty without either.
+pub async fn event_key(client: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    let pk = primary_key(client, oid).await?;
+    if !pk.is_empty() {
+        return Ok(pk);
+    }
+    let identity: String = client
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = $1",
+            &[&oid],
+        )
+        .await?
+        .get(0);
+    if identity != "i" {
+        return Ok(Vec::new());
+    }
+    let columns = index_columns(client, oid, Index::ReplicaIdentity).await?;
+    let order: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+             AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .filter(|n: &String| columns.contains(n))
+        .collect();
+    Ok(order)
+}
+
 /// The primary key's column names in key order (empty without one).
 pub async fn primary_key(client: &Client, oid: u32) -> Result<Vec<String>, tokio_postgres::Error> {
     index_columns(client, oid, Index::Primary).await

@@ -178,13 +178,22 @@ pub async fn check_server(
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    r.info.push(if cfg.catalog_poll_secs > 0 {
+    let polled = if cfg.catalog_poll_secs > 0 {
         format!(
-            "tables created, dropped or renamed while streaming are found by a look at the catalog every {} s (catalog_poll_secs; PostgreSQL does not replicate DDL): a schema change decided there may come up to that much after it happened",
+            "a look at the catalog every {} s (catalog_poll_secs)",
             cfg.catalog_poll_secs
         )
     } else {
-        "catalog_poll_secs = 0: tables created, dropped or renamed while streaming are found only when a run starts".to_string()
+        "a look at the catalog when a run starts (catalog_poll_secs = 0)".to_string()
+    };
+    r.info.push(if super::ddl_trigger::installed(client).await? {
+        format!(
+            "DDL trigger installed: CREATE, ALTER and DROP TABLE reach the stream at their own position, where the schema guard decides them (column renames are certain); {polled} still backs it up"
+        )
+    } else {
+        format!(
+            "no DDL trigger (PostgreSQL does not replicate DDL): tables created, dropped or renamed are found by {polled}, column changes at the table's next row, and a column dropped and one added with the same type is only possibly a rename; `tributary pg-ddl-trigger install` (a superuser) puts DDL into the stream at its position"
+        )
     });
 
     // Publication.

@@ -5,13 +5,15 @@
 //! set-up), `catalog` (tables, keys, type resolution), `pgoutput` (the message
 //! decoder), `values` (text values -> event values), `stream` (the session loop),
 //! `snapshot` (chunks read in MVCC snapshots, placed in the stream by markers),
-//! `tables` (tables created, dropped and renamed while streaming, from the catalog).
+//! `tables` (tables created, dropped and renamed while streaming, from the catalog),
+//! `ddl_trigger` (the optional event trigger that puts DDL into the stream).
 
 mod auth_probe;
 pub mod catalog;
 pub mod checks;
 pub mod config;
 pub mod connect;
+pub mod ddl_trigger;
 mod lookup;
 pub mod pgoutput;
 mod snapshot;

@@ -9,15 +9,17 @@ use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::{primary_key, type_names, TypeCache};
+use super::catalog::{event_key, primary_key, type_names, TypeCache};
 use super::config::PostgresSourceConfig;
 use super::connect::{classify, classify_stream, query_client, replication_config};
+use super::ddl_trigger::{self, DdlMessage};
 use super::pgoutput::{decode, Datum, Message, OldTuple, Relation, Tuple};
 use super::snapshot::MARKER_PREFIX;
 use super::tables::Watch;
 use super::values::{decode_text, PgType};
 use crate::event::{
-    format_lsn, now_ms, ChangeEvent, Column, Op, Position, Row, SourceMessage, TableSchema, Value,
+    format_lsn, now_ms, ChangeEvent, Column, Op, Position, Row, SchemaChange, SourceMessage,
+    Stated, TableChange, TableSchema, Value,
 };
 use crate::failure::Failure;
 use crate::offsets::OffsetStore;
@@ -332,7 +334,10 @@ impl Streamer<'_> {
                 prefix,
                 content,
                 ..
-            } => self.logical_message(st, transactional, &prefix, &content),
+            } => {
+                self.logical_message(st, tx, catalog, transactional, &prefix, &content)
+                    .await?
+            }
             ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(())
@@ -436,8 +441,9 @@ impl Streamer<'_> {
                 content,
                 ..
             } => {
-                self.logical_message(st, transactional, prefix, content);
-                return Ok(());
+                return self
+                    .logical_message(st, tx, catalog, transactional, prefix, content)
+                    .await
             }
             Message::Insert { relation, new } => (Op::Create, relation, None, Some(new)),
             Message::Update { relation, old, new } => (Op::Update, relation, old, Some(new)),
@@ -490,19 +496,111 @@ impl Streamer<'_> {
     }
 
     /// A `pg_logical_emit_message`: a snapshot chunk's marker (transactional: its
-    /// chunk is emitted at the commit); other messages are not row changes.
-    fn logical_message(
+    /// chunk is emitted at the commit), or the DDL trigger's (ddl_trigger.rs); other
+    /// messages are not row changes.
+    async fn logical_message(
         &self,
         st: &mut StreamState,
+        tx: &mut QueueSender,
+        catalog: &Client,
         transactional: bool,
         prefix: &str,
         content: &[u8],
-    ) {
-        if transactional && st.in_txn && prefix == MARKER_PREFIX {
+    ) -> Result<(), Stop> {
+        if !transactional || !st.in_txn {
+            return Ok(());
+        }
+        if prefix == MARKER_PREFIX {
             if let Ok(marker) = std::str::from_utf8(content) {
                 st.marker = Some(marker.to_string());
             }
+        } else if prefix == ddl_trigger::MESSAGE_PREFIX {
+            match DdlMessage::parse(content) {
+                Ok(m) => self.ddl(st, tx, catalog, m).await?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignored: not a message of this release's DDL trigger (run `tributary pg-ddl-trigger install` again)")
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// A DDL statement at its position (the DDL trigger): a table created, dropped or
+    /// renamed is found by a look at the catalog now, so the guard decides it here; an
+    /// ALTER TABLE of a table the stream carries has its layout decided here, its
+    /// stated column renames first (they make the layout's renames certain).
+    async fn ddl(
+        &self,
+        st: &mut StreamState,
+        tx: &mut QueueSender,
+        catalog: &Client,
+        m: DdlMessage,
+    ) -> Result<(), Stop> {
+        let carried = st.watch.name_of(m.oid).map(str::to_string);
+        if carried.is_none() && !self.filter.matches(&m.schema, &m.name) {
+            return Ok(());
+        }
+        let qualified = m.qualified();
+        if m.creates_or_drops() || carried.as_deref() != Some(qualified.as_str()) {
+            return self.look(st, tx, catalog).await;
+        }
+        let Some(columns) = &m.columns else {
+            return Ok(());
+        };
+        let send = |change: Stated| {
+            SourceMessage::Schema(TableChange {
+                table: qualified.clone(),
+                change,
+            })
+        };
+        for (from, to) in m.renamed_columns() {
+            let change = SchemaChange::ColumnRenamed {
+                from,
+                to,
+                certain: true,
+            };
+            tx.send(send(Stated::Change(change)))
+                .await
+                .map_err(|_| Stop::Closed)?;
+        }
+        let columns: Vec<Column> = columns
+            .iter()
+            .map(|(name, type_name)| Column {
+                name: name.clone(),
+                type_name: type_name.clone(),
+            })
+            .collect();
+        let lookup = |e: tokio_postgres::Error| Stop::from(lookup_error(self.cfg, &qualified, e));
+        let key_names = event_key(catalog, m.oid).await.map_err(lookup)?;
+        let mut key: Vec<usize> = key_names
+            .iter()
+            .filter_map(|n| columns.iter().position(|c| c.name == *n))
+            .collect();
+        if key.len() != key_names.len() {
+            key.clear();
+        }
+        let schema = TableSchema::new(
+            self.connector.clone(),
+            "postgres",
+            m.schema.clone(),
+            m.name.clone(),
+            columns,
+            key,
+            0,
+        );
+        let version = self
+            .store
+            .schema_version(&qualified, schema.layout_fingerprint())
+            .map_err(|e| Stop::fatal(e.to_string()))?;
+        let schema = schema.with_version(version);
+        self.store
+            .record_schema(&schema)
+            .map_err(|e| Stop::fatal(e.to_string()))?;
+        let layout = Stated::Layout {
+            version,
+            columns: schema.columns.clone(),
+        };
+        tx.send(send(layout)).await.map_err(|_| Stop::Closed)
     }
 
     fn event(

@@ -61,6 +61,11 @@ impl Watch {
         self.last.is_some() && !self.known.contains_key(&oid)
     }
 
+    /// The name the stream carries table `oid` under, if it does.
+    pub fn name_of(&self, oid: u32) -> Option<&str> {
+        self.known.get(&oid).map(String::as_str)
+    }
+
     /// Reads the catalog and returns what changed since the last look.
     /// `history` lists the tables the schema history knows (read at the first look).
     pub async fn look(
