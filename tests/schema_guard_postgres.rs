@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use common::*;
 
+/// The PostgreSQL server with the DDL trigger installed (deploy/test.sh stops it).
+const TRIGGER_PORT: u16 = 25375;
+
 /// Keys and final `after` images from the log, for one table; every insert counted.
 fn final_rows(events: &[serde_json::Value], table: &str) -> (BTreeMap<i64, String>, Vec<i64>) {
     let mut rows = BTreeMap::new();
@@ -35,43 +38,16 @@ fn final_rows(events: &[serde_json::Value], table: &str) -> (BTreeMap<i64, Strin
     (rows, inserts)
 }
 
-/// A table created while streaming, matching `include`, with rows written in the same
-/// transaction as its CREATE and right after (a writer that does not wait for
-/// tributary): allowed by the default policy, it is added to the publication and
-/// snapshotted, and every row reaches the log and a new index; the log never holds an
-/// insert twice. A table the user may not add to the publication waits, naming the
-/// statement, until its owner runs it. Then a drop: `deprecate` keeps the index, its
-/// `_meta` and `status` say the table was dropped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn created_tables_are_snapshotted_and_streamed() {
-    let client = pg_admin(PG_PORT).await;
-    let url = elasticsearch();
-    let schema = pg_schema(&client, "created").await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
-             ALTER TABLE {schema}.a OWNER TO tributary;"
-        ))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = pg_connector(
-        dir.path(),
-        PG_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "catalog_poll_secs = 1",
-    );
-    add_es_sink(&c, &url, "");
-    let log = dir.path().join("log");
-    let mut daemon = spawn_daemon(&c);
-    wait_streaming(&c, &mut daemon).await;
-    client
-        .batch_execute(&format!("INSERT INTO {schema}.a VALUES (1, 'a1')"))
-        .await
-        .unwrap();
-    assert_eq!(wait_for_events(&log, 1, Duration::from_secs(30)).await, 1);
-
+/// Creates `schema.b` with 50 rows in its CREATE's transaction, then writes 250 more
+/// and updates as fast as they go, and waits until the log and the index `schema_b`
+/// equal the table, with no insert in the log twice.
+async fn created_while_writing(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    c: &std::path::Path,
+    url: &str,
+) {
+    let log = c.parent().unwrap().join("log");
     // Created with 50 rows in its own transaction, then 250 more as fast as they go.
     client
         .batch_execute(&format!(
@@ -113,7 +89,7 @@ async fn created_tables_are_snapshotted_and_streamed() {
             "{} of {} rows of b in the log:\n{}",
             rows.len(),
             source.len(),
-            daemon_log(&c)
+            daemon_log(c)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -126,11 +102,51 @@ async fn created_tables_are_snapshotted_and_streamed() {
         inserts.len(),
         "an insert came twice: {inserts:?}"
     );
-    let docs = wait_documents(&url, &format!("{schema}_b"), 300).await;
+    let docs = wait_documents(url, &format!("{schema}_b"), 300).await;
     assert_eq!(docs.len(), 300);
     for (id, v) in &source {
         assert_eq!(docs[&id.to_string()]["v"], v.as_str(), "document {id}");
     }
+}
+
+/// A table created while streaming, matching `include`, with rows written in the same
+/// transaction as its CREATE and right after (a writer that does not wait for
+/// tributary): allowed by the default policy, it is added to the publication and
+/// snapshotted, and every row reaches the log and a new index; the log never holds an
+/// insert twice. A table the user may not add to the publication waits, naming the
+/// statement, until its owner runs it. Then a drop: `deprecate` keeps the index, its
+/// `_meta` and `status` say the table was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_tables_are_snapshotted_and_streamed() {
+    let client = pg_admin(PG_PORT).await;
+    let url = elasticsearch();
+    let schema = pg_schema(&client, "created").await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        PG_PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "catalog_poll_secs = 1",
+    );
+    add_es_sink(&c, &url, "");
+    let log = dir.path().join("log");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    client
+        .batch_execute(&format!("INSERT INTO {schema}.a VALUES (1, 'a1')"))
+        .await
+        .unwrap();
+    assert_eq!(wait_for_events(&log, 1, Duration::from_secs(30)).await, 1);
+
+    created_while_writing(&client, &schema, &c, &url).await;
     let text = daemon_log(&c);
     assert!(text.contains("table added to the publication"), "{text}");
 
@@ -380,7 +396,7 @@ async fn kill_9_between_a_create_table_and_its_rows_loses_nothing() {
 /// connector's user is told so, with the command that prints the SQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ddl_trigger_puts_ddl_at_its_position() {
-    const PORT: u16 = 25375;
+    const PORT: u16 = TRIGGER_PORT;
     let client = pg_admin(PORT).await;
     let schema = pg_schema(&client, "trig").await;
     client
@@ -404,7 +420,8 @@ async fn the_ddl_trigger_puts_ddl_at_its_position() {
     assert!(err.contains("event triggers need a superuser"), "{err}");
     let (code, sql, err) = tributary(&["pg-ddl-trigger", "sql", "--connector", conn]);
     assert_eq!(code, 0, "{err}");
-    client.batch_execute(&sql).await.unwrap();
+    assert_eq!(sql, tributary::source::postgres::ddl_trigger::INSTALL);
+    install_trigger(&client).await;
     let (_, out, _) = tributary(&["check", "--connector", conn]);
     assert!(out.contains("DDL trigger installed"), "{out}");
 
@@ -475,9 +492,49 @@ async fn the_ddl_trigger_puts_ddl_at_its_position() {
     let (code, sql, _) = tributary(&["pg-ddl-trigger", "sql", "--connector", conn]);
     assert_eq!(code, 0);
     assert!(sql.contains("CREATE EVENT TRIGGER tributary_ddl_drop"));
+    pg_drop_slot(&client, &schema).await;
+}
+
+/// Installs the DDL trigger on the server of `client` once per test process (tests of
+/// this file run at once).
+async fn install_trigger(client: &tokio_postgres::Client) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        client
+            .batch_execute(tributary::source::postgres::ddl_trigger::INSTALL)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// The writer of `created_tables_are_snapshotted_and_streamed`, with the DDL trigger
+/// and no catalog looks: the table is found at its CREATE statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_while_writing_with_the_ddl_trigger() {
+    let client = pg_admin(TRIGGER_PORT).await;
+    install_trigger(&client).await;
+    let url = elasticsearch();
+    let schema = pg_schema(&client, "trigw").await;
     client
-        .batch_execute(tributary::source::postgres::ddl_trigger::UNINSTALL)
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
         .await
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(
+        dir.path(),
+        TRIGGER_PORT,
+        &schema,
+        &format!("{schema}.*"),
+        "catalog_poll_secs = 0",
+    );
+    add_es_sink(&c, &url, "");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    created_while_writing(&client, &schema, &c, &url).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }
