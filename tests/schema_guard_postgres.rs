@@ -14,6 +14,43 @@ use common::*;
 /// The PostgreSQL server with the DDL trigger installed (deploy/test.sh stops it).
 const TRIGGER_PORT: u16 = 25375;
 
+fn assert_no_insert_twice(inserts: &[i64]) {
+    let mut unique = inserts.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        inserts.len(),
+        "an insert came twice: {inserts:?}"
+    );
+}
+
+/// A fresh schema on the server at `port` with table `a` (owned by tributary, which
+/// then creates the publication itself) and a connector including `schema.*`.
+async fn setup(
+    port: u16,
+    prefix: &str,
+    extra: &str,
+) -> (
+    tokio_postgres::Client,
+    String,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let client = pg_admin(port).await;
+    let schema = pg_schema(&client, prefix).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
+             ALTER TABLE {schema}.a OWNER TO tributary;"
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let c = pg_connector(dir.path(), port, &schema, &format!("{schema}.*"), extra);
+    (client, schema, dir, c)
+}
+
 /// Keys and final `after` images from the log, for one table; every insert counted.
 fn final_rows(events: &[serde_json::Value], table: &str) -> (BTreeMap<i64, String>, Vec<i64>) {
     let mut rows = BTreeMap::new();
@@ -78,30 +115,11 @@ async fn created_while_writing(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (rows, _) = final_rows(&read_events(&log), "b");
-        if rows == source {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} rows of b in the log:\n{}",
-            rows.len(),
-            source.len(),
-            daemon_log(c)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let (_, inserts) = final_rows(&read_events(&log), "b");
-    let mut unique = inserts.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(
-        unique.len(),
-        inserts.len(),
-        "an insert came twice: {inserts:?}"
-    );
+    wait_until(c, 60, "every row of b in the log", || {
+        final_rows(&read_events(&log), "b").0 == source
+    })
+    .await;
+    assert_no_insert_twice(&final_rows(&read_events(&log), "b").1);
     let docs = wait_documents(url, &format!("{schema}_b"), 300).await;
     assert_eq!(docs.len(), 300);
     for (id, v) in &source {
@@ -118,24 +136,8 @@ async fn created_while_writing(
 /// `_meta` and `status` say the table was dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_tables_are_snapshotted_and_streamed() {
-    let client = pg_admin(PG_PORT).await;
+    let (client, schema, dir, c) = setup(PG_PORT, "created", "catalog_poll_secs = 1").await;
     let url = elasticsearch();
-    let schema = pg_schema(&client, "created").await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
-             ALTER TABLE {schema}.a OWNER TO tributary;"
-        ))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = pg_connector(
-        dir.path(),
-        PG_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "catalog_poll_secs = 1",
-    );
     add_es_sink(&c, &url, "");
     let log = dir.path().join("log");
     let mut daemon = spawn_daemon(&c);
@@ -160,32 +162,25 @@ async fn created_tables_are_snapshotted_and_streamed() {
         .await
         .unwrap();
     let statement = format!("ALTER PUBLICATION \"{schema}\" ADD TABLE \"{schema}\".\"c\";");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !daemon_log(&c).contains(&statement) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no statement for the owner:\n{}",
-            daemon_log(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(&c, 30, "the statement for the owner", || {
+        daemon_log(&c).contains(&statement)
+    })
+    .await;
     client.batch_execute(&statement).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while final_rows(&read_events(&log), "c").0.len() != 1 {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(&c, 60, "c's row, once the owner added it", || {
+        final_rows(&read_events(&log), "c").0.len() == 1
+    })
+    .await;
 
     // Dropped: deprecated, the index stays, status says so.
     client
         .batch_execute(&format!("DROP TABLE {schema}.b"))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !daemon_log(&c).contains("table dropped") {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(&c, 30, "the drop", || {
+        daemon_log(&c).contains("table dropped")
+    })
+    .await;
     // The guard's state reaches the store with the next checkpoint.
     client
         .batch_execute(&format!("INSERT INTO {schema}.a VALUES (2, 'a2')"))
@@ -237,23 +232,7 @@ async fn created_tables_are_snapshotted_and_streamed() {
 /// table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_and_dropped_tables_follow_their_rules() {
-    let client = pg_admin(PG_PORT).await;
-    let schema = pg_schema(&client, "rules").await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
-             ALTER TABLE {schema}.a OWNER TO tributary;"
-        ))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = pg_connector(
-        dir.path(),
-        PG_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "catalog_poll_secs = 1",
-    );
+    let (client, schema, dir, c) = setup(PG_PORT, "rules", "catalog_poll_secs = 1").await;
     let policy = dir.path().join("policy.toml");
     let rules = |d: &str| {
         format!(
@@ -276,11 +255,10 @@ async fn created_and_dropped_tables_follow_their_rules() {
             .await
             .unwrap();
         if t == "ign" {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !daemon_log(&c).contains("table ignored") {
-                assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            wait_until(&c, 30, "the ignored table", || {
+                daemon_log(&c).contains("table ignored")
+            })
+            .await;
         }
     }
     let text = halted(&c, &mut daemon).await;
@@ -304,11 +282,10 @@ async fn created_and_dropped_tables_follow_their_rules() {
         ))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while final_rows(&read_events(&log), "h").0.len() != 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(&c, 60, "both rows of h", || {
+        final_rows(&read_events(&log), "h").0.len() == 2
+    })
+    .await;
     assert!(final_rows(&read_events(&log), "ign").0.is_empty());
 
     // A drop the policy halts: the daemon stops at its next look, naming the table.
@@ -329,23 +306,7 @@ async fn created_and_dropped_tables_follow_their_rules() {
 /// missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_between_a_create_table_and_its_rows_loses_nothing() {
-    let client = pg_admin(PG_PORT).await;
-    let schema = pg_schema(&client, "ckill").await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
-             ALTER TABLE {schema}.a OWNER TO tributary;"
-        ))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = pg_connector(
-        dir.path(),
-        PG_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "catalog_poll_secs = 1",
-    );
+    let (client, schema, dir, c) = setup(PG_PORT, "ckill", "catalog_poll_secs = 1").await;
     let log = dir.path().join("log");
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
@@ -367,24 +328,13 @@ async fn kill_9_between_a_create_table_and_its_rows_loses_nothing() {
             daemon = spawn_daemon(&c);
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (rows, inserts) = final_rows(&read_events(&log), "n");
-        if rows.len() == 100 {
-            let mut unique = inserts.clone();
-            unique.dedup();
-            assert_eq!(unique.len(), inserts.len(), "{inserts:?}");
-            assert!(rows.iter().all(|(id, v)| *v == format!("n{id}")));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} rows:\n{}",
-            rows.len(),
-            daemon_log(&c)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(&c, 60, "the 100 rows of n", || {
+        final_rows(&read_events(&log), "n").0.len() == 100
+    })
+    .await;
+    let (rows, inserts) = final_rows(&read_events(&log), "n");
+    assert_no_insert_twice(&inserts);
+    assert!(rows.iter().all(|(id, v)| *v == format!("n{id}")));
     assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
     pg_drop_slot(&client, &schema).await;
 }
@@ -397,23 +347,7 @@ async fn kill_9_between_a_create_table_and_its_rows_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ddl_trigger_puts_ddl_at_its_position() {
     const PORT: u16 = TRIGGER_PORT;
-    let client = pg_admin(PORT).await;
-    let schema = pg_schema(&client, "trig").await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
-             ALTER TABLE {schema}.a OWNER TO tributary;"
-        ))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = pg_connector(
-        dir.path(),
-        PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "catalog_poll_secs = 0",
-    );
+    let (client, schema, dir, c) = setup(PORT, "trig", "catalog_poll_secs = 0").await;
     let conn = c.to_str().unwrap();
     let (code, _, err) = tributary(&["pg-ddl-trigger", "install", "--connector", conn]);
     assert_eq!(code, 1, "{err}");
@@ -443,11 +377,10 @@ async fn the_ddl_trigger_puts_ddl_at_its_position() {
         ))
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while final_rows(&read_events(&log), "b").0.len() != 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", daemon_log(&c));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(&c, 60, "both rows of b", || {
+        final_rows(&read_events(&log), "b").0.len() == 2
+    })
+    .await;
 
     // A rename, with no row after it: decided at the statement, and certain.
     client
@@ -514,23 +447,8 @@ async fn install_trigger(client: &tokio_postgres::Client) {
 async fn created_while_writing_with_the_ddl_trigger() {
     let client = pg_admin(TRIGGER_PORT).await;
     install_trigger(&client).await;
+    let (client, schema, _dir, c) = setup(TRIGGER_PORT, "trigw", "catalog_poll_secs = 0").await;
     let url = elasticsearch();
-    let schema = pg_schema(&client, "trigw").await;
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.a (id int PRIMARY KEY, v text);
-             ALTER TABLE {schema}.a OWNER TO tributary;"
-        ))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = pg_connector(
-        dir.path(),
-        TRIGGER_PORT,
-        &schema,
-        &format!("{schema}.*"),
-        "catalog_poll_secs = 0",
-    );
     add_es_sink(&c, &url, "");
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;

@@ -704,6 +704,20 @@ pub async fn wait_documents(
 
 /// Waits (up to 30 s) for a daemon that must stop on its own with a failure (a halt);
 /// returns its log.
+/// Waits (up to `secs`) until `done` holds, checking every 300 ms; else fails with
+/// what it waited for and the daemon's log.
+pub async fn wait_until(connector: &Path, secs: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "waited {secs} s for {what}:\n{}",
+            daemon_log(connector)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 pub async fn halted(connector: &Path, daemon: &mut Child) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -306,31 +306,17 @@ impl ElasticsearchSink {
         deprecated: &[String],
         fingerprint: Option<&str>,
     ) -> Result<(), SinkError> {
-        let client = &self.client;
         let unindexed = self.context.policy.unindexed(&table.qualified_name());
         let options = mapping::FieldOptions {
             decimal: self.cfg.decimal,
             unindexed,
         };
         let body = mapping::update_body(table, added, deprecated, options, fingerprint);
-        let b = &body;
         // An index an online reindex fills gets the fields too (its documents would
         // otherwise have them mapped by guess).
         let filling = self.dual.targets.get(alias).cloned();
         for target in std::iter::once(alias).chain(filling.as_deref()) {
-            self.retry
-                .run("extending the mapping", || async move {
-                    ok_attempt(
-                        client
-                            .indices()
-                            .put_mapping(IndicesPutMappingParts::Index(&[target]))
-                            .body(b.clone())
-                            .send()
-                            .await,
-                        false,
-                    )
-                    .await
-                })
+            self.put_mapping(target, &body, "extending the mapping")
                 .await?;
         }
         let names: Vec<&str> = added.iter().map(|c| c.name.as_str()).collect();
@@ -349,18 +335,9 @@ impl ElasticsearchSink {
         alias: &str,
         table: &TableSchema,
     ) -> Result<Result<(Vec<String>, u32, Option<String>), String>, SinkError> {
-        let client = &self.client;
         if self.alias_exists(alias).await? {
             tracing::info!(sink = %self.id, alias, table = %table.qualified_name(), "adopting existing index alias");
-            let current = self
-                .read_json("reading the mapping", || async move {
-                    client
-                        .indices()
-                        .get_mapping(IndicesGetMappingParts::Index(&[alias]))
-                        .send()
-                        .await
-                })
-                .await?;
+            let current = self.mapping(alias).await?;
             // Every concrete index behind the alias: {"<index>": {"mappings": {...}}}.
             let mut fields = Vec::new();
             let mut fingerprints = std::collections::BTreeSet::new();
@@ -408,17 +385,7 @@ impl ElasticsearchSink {
         {
             return Ok(());
         }
-        let client = &self.client;
-        let a = alias.as_str();
-        let current = self
-            .read_json("reading the mapping", || async move {
-                client
-                    .indices()
-                    .get_mapping(IndicesGetMappingParts::Index(&[a]))
-                    .send()
-                    .await
-            })
-            .await?;
+        let current = self.mapping(&alias).await?;
         let now = crate::event::now_ms();
         for (index, m) in current.as_object().into_iter().flatten() {
             let mut meta = m["mappings"]["_meta"].clone();
@@ -427,25 +394,54 @@ impl ElasticsearchSink {
                 continue;
             }
             meta["source_dropped_ms"] = now.into();
-            let body = json!({ "_meta": meta });
-            let b = &body;
-            self.retry
-                .run("recording the dropped table", || async move {
-                    ok_attempt(
-                        client
-                            .indices()
-                            .put_mapping(IndicesPutMappingParts::Index(&[index]))
-                            .body(b.clone())
-                            .send()
-                            .await,
-                        false,
-                    )
-                    .await
-                })
-                .await?;
+            self.put_mapping(
+                index,
+                &json!({ "_meta": meta }),
+                "recording the dropped table",
+            )
+            .await?;
             tracing::info!(sink = %self.id, alias, index, table, "the source table was dropped: its index is kept, its _meta says so");
         }
         Ok(())
+    }
+
+    /// `GET <alias>/_mapping`: `{"<index>": {"mappings": {...}}}` for each concrete
+    /// index behind it.
+    async fn mapping(&self, alias: &str) -> Result<serde_json::Value, SinkError> {
+        let client = &self.client;
+        self.read_json("reading the mapping", || async move {
+            client
+                .indices()
+                .get_mapping(IndicesGetMappingParts::Index(&[alias]))
+                .send()
+                .await
+        })
+        .await
+    }
+
+    /// `PUT <target>/_mapping` with `body`, retried like every request (`what` names
+    /// it in messages).
+    async fn put_mapping(
+        &self,
+        target: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> Result<(), SinkError> {
+        let client = &self.client;
+        self.retry
+            .run(what, || async move {
+                ok_attempt(
+                    client
+                        .indices()
+                        .put_mapping(IndicesPutMappingParts::Index(&[target]))
+                        .body(body.clone())
+                        .send()
+                        .await,
+                    false,
+                )
+                .await
+            })
+            .await
     }
 
     /// Whether `alias` exists.

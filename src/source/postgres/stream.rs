@@ -579,25 +579,9 @@ impl Streamer<'_> {
         if key.len() != key_names.len() {
             key.clear();
         }
-        let schema = TableSchema::new(
-            self.connector.clone(),
-            "postgres",
-            m.schema.clone(),
-            m.name.clone(),
-            columns,
-            key,
-            0,
-        );
-        let version = self
-            .store
-            .schema_version(&qualified, schema.layout_fingerprint())
-            .map_err(|e| Stop::fatal(e.to_string()))?;
-        let schema = schema.with_version(version);
-        self.store
-            .record_schema(&schema)
-            .map_err(|e| Stop::fatal(e.to_string()))?;
+        let schema = self.versioned(&m.schema, &m.name, columns, key, true)?;
         let layout = Stated::Layout {
-            version,
+            version: schema.schema_version,
             columns: schema.columns.clone(),
         };
         tx.send(send(layout)).await.map_err(|_| Stop::Closed)
@@ -725,27 +709,7 @@ impl Streamer<'_> {
                 tracing::warn!(table = %qualified, "table has no primary key: events carry a null key");
             }
         }
-        // Versions follow what events show (names, type names with modifiers, key),
-        // so a table read from the catalog for a snapshot gets the same one.
-        let schema = TableSchema::new(
-            self.connector.clone(),
-            "postgres",
-            rel.namespace.to_string(),
-            rel.name.to_string(),
-            columns,
-            pk,
-            0,
-        );
-        let version = self
-            .store
-            .schema_version(&qualified, schema.layout_fingerprint())
-            .map_err(|e| Stop::fatal(e.to_string()))?;
-        let schema = schema.with_version(version);
-        if included {
-            self.store
-                .record_schema(&schema)
-                .map_err(|e| Stop::fatal(e.to_string()))?;
-        }
+        let schema = self.versioned(rel.namespace, rel.name, columns, pk, included)?;
         st.relations.insert(
             rel.oid,
             Rel {
@@ -756,6 +720,42 @@ impl Streamer<'_> {
             },
         );
         Ok(())
+    }
+}
+
+impl Streamer<'_> {
+    /// A table layout with its schema version, recorded in the history when the table
+    /// is included. Versions follow what events show (names, type names with
+    /// modifiers, key), so a table read from the catalog for a snapshot, or from the
+    /// DDL trigger's message, gets the same one as from a Relation message.
+    fn versioned(
+        &self,
+        schema: &str,
+        table: &str,
+        columns: Vec<Column>,
+        key: Vec<usize>,
+        record: bool,
+    ) -> Result<TableSchema, Stop> {
+        let layout = TableSchema::new(
+            self.connector.clone(),
+            "postgres",
+            schema.to_string(),
+            table.to_string(),
+            columns,
+            key,
+            0,
+        );
+        let version = self
+            .store
+            .schema_version(&layout.qualified_name(), layout.layout_fingerprint())
+            .map_err(|e| Stop::fatal(e.to_string()))?;
+        let layout = layout.with_version(version);
+        if record {
+            self.store
+                .record_schema(&layout)
+                .map_err(|e| Stop::fatal(e.to_string()))?;
+        }
+        Ok(layout)
     }
 }
 
