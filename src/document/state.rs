@@ -22,16 +22,11 @@ use super::codec;
 use super::tree::{Node, Tree};
 use crate::event::{Row, Value};
 
-/// (node, key) -> the row (`codec`; the render is kept in its `DOWN` entry, not here).
+/// (node, key) -> `Stored`.
 const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("document_rows");
-/// (node, side, join value, key) -> value: `DOWN` indexes a node's rows by its own
-/// `on` columns, each entry holding the row itself (`codec`, with its cached render):
-/// a parent's children are one range read, their entries side by side, instead of a
-/// lookup per child across the whole table; `UP` indexes a node's parent rows by the
-/// parent's `on` columns (empty values).
-const LINKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("document_links_rows");
-/// The index of format 2 and before (values `()`), dropped when a state is rebuilt.
-const OLD_LINKS: TableDefinition<&[u8], ()> = TableDefinition::new("document_links");
+/// (node, side, join value, key) -> (): `DOWN` indexes a node's rows by its own `on`
+/// columns, `UP` a node's parent rows by the parent's `on` columns.
+const LINKS: TableDefinition<&[u8], ()> = TableDefinition::new("document_links");
 const DOWN: u8 = 0;
 const UP: u8 = 1;
 /// root key -> the newest version that changed its document and is not yet written.
@@ -46,9 +41,8 @@ const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
 /// "definition" -> the tree the rows were stored for (`Tree::definition`).
 const META: TableDefinition<&str, &str> = TableDefinition::new("document_meta");
 
-/// The layout of the rows (`codec`) and indexes; a state of another format is rebuilt.
-/// 3: rows below the root in their `DOWN` entries.
-const FORMAT: u32 = 3;
+/// The layout of the rows (`codec`); a state of another format is rebuilt.
+const FORMAT: u32 = 2;
 
 /// redb's page cache per document state (its default, 1 GiB, would grow with the
 /// file and count against the daemon's memory; the operating system caches the rest).
@@ -196,8 +190,6 @@ impl State {
             stale
         };
         if stale {
-            // (A state of format 2 or before: its index has values of another type.)
-            let _ = tx.delete_table(OLD_LINKS);
             tx.delete_table(ROWS).map_err(|e| self.err(e))?;
             tx.delete_table(LINKS).map_err(|e| self.err(e))?;
             tx.delete_table(DIRTY).map_err(|e| self.err(e))?;
@@ -325,8 +317,8 @@ impl State {
         {
             let mut dirty = tx.open_table(DIRTY).map_err(|e| self.err(e))?;
             let mut sent = tx.open_table(SENT).map_err(|e| self.err(e))?;
-            let rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
-            let mut links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
+            let mut rows = tx.open_table(ROWS).map_err(|e| self.err(e))?;
+            let links = tx.open_table(LINKS).map_err(|e| self.err(e))?;
             let mut fill = Fill::new();
             for root in first_keys(&dirty, &[], limit).map_err(|e| self.err(e))? {
                 let version = dirty
@@ -343,16 +335,14 @@ impl State {
                     row,
                     version,
                 });
-                // What was rendered below the root is cached in its rows' entries, so
-                // the next document that holds them (or this one, changed elsewhere)
-                // reuses it.
+                // What was rendered below the root is cached in its rows, so the next
+                // document that holds them (or this one, changed elsewhere) reuses it.
                 for (at, render) in fill.drain(..) {
-                    let Some(mut row) = stored_link(&links, &at).map_err(|e| self.err(e))? else {
+                    let Some(mut row) = stored_row(&rows, &at).map_err(|e| self.err(e))? else {
                         continue;
                     };
                     row.render = Some(render);
-                    links
-                        .insert(at.as_slice(), codec::encode(&row).as_slice())
+                    rows.insert(at.as_slice(), codec::encode(&row).as_slice())
                         .map_err(|e| self.err(e))?;
                 }
             }
@@ -447,7 +437,7 @@ impl State {
     fn root_document(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        links: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         root: &[u8],
     ) -> Result<Option<Built>, StateError> {
         let Some(stored) = stored_row(rows, &row_key(0, root)).map_err(|e| self.err(e))? else {
@@ -477,7 +467,7 @@ impl State {
     fn top_row(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        links: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         root: &[u8],
         fill: &mut Fill,
     ) -> Result<Option<Row>, StateError> {
@@ -506,7 +496,7 @@ impl State {
     fn put(
         &self,
         rows: &mut Table<&'static [u8], &'static [u8]>,
-        links: &mut Table<&'static [u8], &'static [u8]>,
+        links: &mut Table<&'static [u8], ()>,
         n: usize,
         key: &[u8],
         row: Option<(&Row, &Projection)>,
@@ -541,7 +531,7 @@ impl State {
         self.newest.fetch_max(version, Ordering::Relaxed);
         let walk = self.building_since().is_none();
         if let Some(v) = old.as_ref().filter(|_| walk) {
-            self.roots_of(rows, links, n, v, mark)?;
+            self.roots_of(rows, &*links, n, v, mark)?;
         }
         // An update that keeps the row's own join values keeps its parents: one walk
         // marks its documents (and drops their cached renders) for both.
@@ -551,16 +541,16 @@ impl State {
             (Some(o), Some(v)) => node.parent.is_none() || own(o) == own(v),
             _ => false,
         };
+        self.relink(links, n, key, old.as_deref(), new.as_deref())?;
         let stored = codec::Row {
             version,
             values: new,
             render: None,
         };
-        self.relink(links, n, key, old.as_deref(), &stored)?;
         rows.insert(at.as_slice(), codec::encode(&stored).as_slice())
             .map_err(|e| self.err(e))?;
         if let Some(v) = stored.values.as_ref().filter(|_| walk && !same_parents) {
-            self.roots_of(rows, links, n, v, mark)?;
+            self.roots_of(rows, &*links, n, v, mark)?;
         }
         // A root the state never held, deleted: its document may be in the index all
         // the same (written before the state was rebuilt), and goes.
@@ -570,54 +560,39 @@ impl State {
         Ok(())
     }
 
-    /// Moves row `key` of node `n` in the indexes from its old values to `stored`: as a
-    /// child, its `DOWN` entry (by its own `on` columns) holds `stored`; as a parent,
-    /// each child relation's `UP` entry is by the parent's side of the `on` columns.
+    /// Moves row `key` of node `n` in the indexes from its old values to its new ones.
     fn relink(
         &self,
-        links: &mut Table<&'static [u8], &'static [u8]>,
+        links: &mut Table<&'static [u8], ()>,
         n: usize,
         key: &[u8],
         old: Option<&[Value]>,
-        stored: &codec::Row,
+        new: Option<&[Value]>,
     ) -> Result<(), StateError> {
         let node = &self.tree.nodes[n];
-        let new = stored.values.as_deref();
-        let join = |vals: &[Value], cols: &mut dyn Iterator<Item = usize>| {
-            join_bytes(cols.map(|i| &vals[node.slot(i)]))
-        };
+        // As a child: by its own `on` columns. As a parent: by each child's parent side.
+        let mut sides: Vec<(usize, u8, Vec<usize>)> = Vec::new();
         if node.parent.is_some() {
-            let own = |v: &[Value]| join(v, &mut node.on.iter().map(|&(_, own)| own));
-            let (was, is) = (old.and_then(own), new.and_then(own));
-            if let Some(v) = was.as_ref().filter(|w| Some(*w) != is.as_ref()) {
-                links
-                    .remove(link_key(n, DOWN, v, key).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            if let Some(v) = is {
-                links
-                    .insert(
-                        link_key(n, DOWN, &v, key).as_slice(),
-                        codec::encode(stored).as_slice(),
-                    )
-                    .map_err(|e| self.err(e))?;
-            }
+            sides.push((n, DOWN, node.on.iter().map(|&(_, own)| own).collect()));
         }
         for &c in &node.children {
             let child = &self.tree.nodes[c];
-            let side = |v: &[Value]| join(v, &mut child.on.iter().map(|&(parent, _)| parent));
-            let (was, is) = (old.and_then(side), new.and_then(side));
+            sides.push((c, UP, child.on.iter().map(|&(parent, _)| parent).collect()));
+        }
+        for (at, side, cols) in sides {
+            let value = |vals: &[Value]| join_bytes(cols.iter().map(|&i| &vals[node.slot(i)]));
+            let (was, is) = (old.and_then(value), new.and_then(value));
             if was == is {
                 continue;
             }
             if let Some(v) = was {
                 links
-                    .remove(link_key(c, UP, &v, key).as_slice())
+                    .remove(link_key(at, side, &v, key).as_slice())
                     .map_err(|e| self.err(e))?;
             }
             if let Some(v) = is {
                 links
-                    .insert(link_key(c, UP, &v, key).as_slice(), [].as_slice())
+                    .insert(link_key(at, side, &v, key).as_slice(), ())
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -625,13 +600,12 @@ impl State {
     }
 
     /// Marks the root keys of the documents row `values` of node `n` is in, walking the
-    /// parent indexes up one level at a time (in chunks of keys: a fan-out to a million
-    /// documents is never held). The rows passed below the root lose their cached
-    /// render (it shows the row as it was); a root is marked by its key alone.
+    /// parent indexes up one level at a time without collecting them. The rows passed
+    /// on the way lose their cached render (it shows the row as it was).
     fn roots_of(
         &self,
-        rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        links: &mut Table<&'static [u8], &'static [u8]>,
+        rows: &mut Table<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
         mark: &mut dyn FnMut(Vec<u8>) -> Result<(), StateError>,
@@ -645,42 +619,32 @@ impl State {
             return Ok(()); // a NULL join value joins no row
         };
         let prefix = link_key(n, UP, &value, &[]);
-        let parent = &self.tree.nodes[p];
-        let mut from = prefix.clone();
-        loop {
-            let chunk: Vec<Vec<u8>> = first_keys(&*links, &from, 1_000)
-                .map_err(|e| self.err(e))?
-                .into_iter()
-                .filter(|k| *k != from)
-                .take_while(|k| k.starts_with(&prefix))
-                .collect();
-            let Some(last) = chunk.last() else {
-                return Ok(());
+        for item in links.range(prefix.as_slice()..).map_err(|e| self.err(e))? {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let Some(parent_key) = k.value().strip_prefix(prefix.as_slice()) else {
+                break;
             };
-            from = last.clone();
-            for k in &chunk {
-                let parent_key = &k[prefix.len()..];
-                if parent.parent.is_none() {
-                    mark(parent_key.to_vec())?;
-                    continue;
-                }
-                let Some(pv) = row_values(rows, p, parent_key).map_err(|e| self.err(e))? else {
-                    continue;
+            let at = row_key(p, parent_key);
+            let Some(mut parent) = stored_row(&*rows, &at).map_err(|e| self.err(e))? else {
+                continue;
+            };
+            let Some(pv) = parent.values.take() else {
+                continue;
+            };
+            if parent.render.take().is_some() {
+                let stale = codec::Row {
+                    values: Some(pv),
+                    ..parent
                 };
-                let own = join_bytes(parent.on.iter().map(|&(_, own)| &pv[parent.slot(own)]));
-                if let Some(own) = own {
-                    let at = link_key(p, DOWN, &own, parent_key);
-                    if let Some(mut entry) = stored_link(&*links, &at).map_err(|e| self.err(e))? {
-                        if entry.render.take().is_some() {
-                            links
-                                .insert(at.as_slice(), codec::encode(&entry).as_slice())
-                                .map_err(|e| self.err(e))?;
-                        }
-                    }
-                }
+                rows.insert(at.as_slice(), codec::encode(&stale).as_slice())
+                    .map_err(|e| self.err(e))?;
+                let pv = stale.values.expect("set above");
+                self.roots_of(rows, links, p, &pv, mark)?;
+            } else {
                 self.roots_of(rows, links, p, &pv, mark)?;
             }
         }
+        Ok(())
     }
 
     /// The document of root key `root` (from `key_bytes`) as JSON, built from the state;
@@ -703,7 +667,7 @@ impl State {
     fn render_node(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        links: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
         out: &mut String,
@@ -737,7 +701,7 @@ impl State {
     fn render_child(
         &self,
         rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
-        links: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        links: &impl ReadableTable<&'static [u8], ()>,
         n: usize,
         values: &[Value],
         c: usize,
@@ -753,10 +717,13 @@ impl State {
                 .iter()
                 .map(|&(parent, _)| &values[node.slot(parent)]),
         ) {
-            for (at, bytes) in linked(links, c, &value).map_err(|e| self.err(e))? {
-                let row = codec::decode(&bytes).map_err(|e| self.err(e))?;
+            for key in linked(links, c, DOWN, &value).map_err(|e| self.err(e))? {
+                let Some(row) = stored_row(rows, &row_key(c, &key)).map_err(|e| self.err(e))?
+                else {
+                    continue;
+                };
                 if let Some(v) = row.values {
-                    found.push((at, v, row.render));
+                    found.push((key, v, row.render));
                 }
                 if !child.nested {
                     break; // an embed joins the key of its table: one row at most
@@ -788,7 +755,7 @@ impl State {
                     let start = out.len();
                     self.render_node(rows, links, c, v, out, fill)?;
                     if let Some(f) = fill.as_deref_mut() {
-                        f.push((key.clone(), out[start..].to_string()));
+                        f.push((row_key(c, key), out[start..].to_string()));
                     }
                 }
             }
@@ -800,8 +767,7 @@ impl State {
     }
 }
 
-/// Renders made while building documents, to cache in their rows' `DOWN` entries:
-/// (entry key, JSON).
+/// Renders made while building documents, to cache in their rows: (row key, JSON).
 type Fill = Vec<(Vec<u8>, String)>;
 
 /// A batch of changes in one write transaction (see `State::changes`).
@@ -1016,39 +982,26 @@ fn stored_row(
     }
 }
 
-/// (entry key, encoded row) of `DOWN` entries.
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The `DOWN` entries of node `n` under join value `value`.
+/// The row keys linked to `value` on `side` of node `n`.
 fn linked(
-    links: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    links: &impl ReadableTable<&'static [u8], ()>,
     n: usize,
+    side: u8,
     value: &[u8],
-) -> Result<Entries, String> {
-    let prefix = link_key(n, DOWN, value, &[]);
+) -> Result<Vec<Vec<u8>>, String> {
+    let prefix = link_key(n, side, value, &[]);
     let mut out = Vec::new();
     for item in links
         .range(prefix.as_slice()..)
         .map_err(|e| e.to_string())?
     {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        if !k.value().starts_with(prefix.as_slice()) {
+        let (k, _) = item.map_err(|e| e.to_string())?;
+        let Some(key) = k.value().strip_prefix(prefix.as_slice()) else {
             break;
-        }
-        out.push((k.value().to_vec(), v.value().to_vec()));
+        };
+        out.push(key.to_vec());
     }
     Ok(out)
-}
-
-/// The row a `DOWN` entry at `at` holds.
-fn stored_link(
-    links: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    at: &[u8],
-) -> Result<Option<codec::Row>, String> {
-    match links.get(at).map_err(|e| e.to_string())? {
-        Some(v) => codec::decode(v.value()).map(Some),
-        None => Ok(None),
-    }
 }
 
 fn row_key(n: usize, key: &[u8]) -> Vec<u8> {
