@@ -844,21 +844,24 @@ async fn policy_diff(path: &Path) -> anyhow::Result<ExitCode> {
     use tributary::schema::{diff_columns, SchemaChange, Verdict};
     let cfg = load(path)?;
     let policy = cfg.policy()?;
-    let recorded = OffsetStore::recorded_schemas(&cfg.state.dir, cfg.state.file_mode)?;
     // What the guard accepted as of the last checkpoint is what a restart decides the
     // live layout against; the history can be ahead of it (the source records a layout
     // when it reads it, and a halt stops the guard after that). Beside a running
     // daemon (the store is held) the history's last layout stands in.
-    let accepted = if cfg.state.dir.join("offsets.redb").exists() {
-        OffsetStore::open(&cfg.state.dir, cfg.state.file_mode)
-            .ok()
-            .and_then(|s| s.stage_state(tributary::schema::guard::STATE_ID).ok())
-            .flatten()
-            .map(|g| tributary::schema::guard::accepted(&g))
-            .unwrap_or_default()
+    let store = if cfg.state.dir.join("offsets.redb").exists() {
+        OffsetStore::open(&cfg.state.dir, cfg.state.file_mode).ok()
     } else {
-        Default::default()
+        None
     };
+    let recorded = match &store {
+        Some(s) => s.schema_history()?,
+        None => OffsetStore::recorded_schemas(&cfg.state.dir, cfg.state.file_mode)?,
+    };
+    let accepted = store
+        .and_then(|s| s.stage_state(tributary::schema::guard::STATE_ID).ok())
+        .flatten()
+        .map(|g| tributary::schema::guard::accepted(&g))
+        .unwrap_or_default();
     let live = cfg
         .source
         .source()

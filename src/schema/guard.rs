@@ -318,8 +318,8 @@ impl Guard {
     /// table to snapshot, when an uncaptured table was let in.
     pub fn table_change(&mut self, tc: &TableChange) -> Result<Option<String>, Box<Halt>> {
         let table = &tc.table;
-        let change = match &tc.change {
-            Stated::Change(change) => change,
+        let (change, snapshot) = match &tc.change {
+            Stated::Change(change) => (change, false),
             Stated::ColumnType { column, type_name } => {
                 self.stated_type(table, column, type_name)?;
                 return Ok(None);
@@ -328,27 +328,17 @@ impl Guard {
                 self.decide_layout(table.clone(), *version, columns)?;
                 return Ok(None);
             }
-            Stated::Uncaptured => {
-                // An ignored table stays ignored, said once (a catalog check finds
-                // it again after every restart).
-                if self.state.ignored.contains(table) {
-                    return Ok(None);
-                }
-                self.decided.clear();
-                let verdict = self.decide(table, &SchemaChange::TableCreated)?.verdict;
-                self.state.dropped.remove(table);
-                self.dirty = true;
-                if verdict == Verdict::Ignore {
-                    self.state.ignored.insert(table.clone());
-                    return Ok(None);
-                }
-                return Ok(Some(table.clone()));
-            }
+            // A table created that the stream does not carry yet: let in, it wants a
+            // snapshot. An ignored one stays ignored, said once (a catalog check finds
+            // it again after every restart).
+            Stated::Uncaptured if self.state.ignored.contains(table) => return Ok(None),
+            Stated::Uncaptured => (&SchemaChange::TableCreated, true),
         };
         if *change == SchemaChange::TableDropped && self.state.dropped.contains(table) {
             return Ok(None);
         }
         self.decided.clear();
+        let mut wanted = None;
         match change {
             SchemaChange::ColumnRenamed { from, to, .. } => {
                 self.state
@@ -363,6 +353,7 @@ impl Guard {
                     self.state.ignored.insert(table.clone());
                 } else {
                     self.state.ignored.remove(table);
+                    wanted = snapshot.then(|| table.clone());
                 }
             }
             change => {
@@ -374,7 +365,7 @@ impl Guard {
             }
         }
         self.dirty = true;
-        Ok(None)
+        Ok(wanted)
     }
 
     /// A statement gives `column` of `table` the type `type_name`: a change of the type

@@ -227,10 +227,9 @@ impl Chunks {
         let fail = |e: tokio_postgres::Error| {
             classify(&self.cfg, &e).reword(|m| format!("reading publication `{publication}`: {m}"))
         };
-        if super::tables::published(conn, publication)
+        if super::tables::publishes(conn, publication, oid)
             .await
             .map_err(fail)?
-            .contains(&oid)
         {
             return Ok(());
         }

@@ -571,14 +571,7 @@ impl Streamer<'_> {
             })
             .collect();
         let lookup = |e: tokio_postgres::Error| Stop::from(lookup_error(self.cfg, &qualified, e));
-        let key_names = event_key(catalog, m.oid).await.map_err(lookup)?;
-        let mut key: Vec<usize> = key_names
-            .iter()
-            .filter_map(|n| columns.iter().position(|c| c.name == *n))
-            .collect();
-        if key.len() != key_names.len() {
-            key.clear();
-        }
+        let key = positions(&event_key(catalog, m.oid).await.map_err(lookup)?, &columns);
         let schema = self.versioned(&m.schema, &m.name, columns, key, true)?;
         let layout = Stated::Layout {
             version: schema.schema_version,
@@ -682,15 +675,10 @@ impl Streamer<'_> {
                 type_name: t.clone(),
             })
             .collect();
-        let pk_names = primary_key(catalog, rel.oid).await.map_err(lookup)?;
-        let mut pk: Vec<usize> = pk_names
-            .iter()
-            .filter_map(|n| columns.iter().position(|c| c.name == *n))
-            .collect();
-        if pk.len() != pk_names.len() {
-            // The catalog moved on since this change was written: trust the message.
-            pk.clear();
-        }
+        let mut pk = positions(
+            &primary_key(catalog, rel.oid).await.map_err(lookup)?,
+            &columns,
+        );
         if pk.is_empty() && rel.replica_identity == b'i' {
             pk = (0..rel.columns.len())
                 .filter(|&i| rel.columns[i].key)
@@ -756,6 +744,21 @@ impl Streamer<'_> {
                 .map_err(|e| Stop::fatal(e.to_string()))?;
         }
         Ok(layout)
+    }
+}
+
+/// Where key columns `names` (read from the catalog now) stand in `columns`; none when
+/// one is missing (the catalog moved on since the change was written: the message's
+/// own layout is trusted, without a key from the catalog).
+fn positions(names: &[String], columns: &[Column]) -> Vec<usize> {
+    let at: Vec<usize> = names
+        .iter()
+        .filter_map(|n| columns.iter().position(|c| c.name == *n))
+        .collect();
+    if at.len() == names.len() {
+        at
+    } else {
+        Vec::new()
     }
 }
 

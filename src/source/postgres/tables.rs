@@ -138,6 +138,25 @@ pub async fn published(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Whether `publication` publishes table `oid` (one row, not the whole list: every
+/// snapshot asks).
+pub async fn publishes(
+    client: &Client,
+    publication: &str,
+    oid: u32,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables pt \
+             JOIN pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             WHERE pt.pubname = $1 AND c.oid = $2)",
+            &[&publication, &oid],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// `schema.table` of each of `oids` that still exists.
 async fn names(
     client: &Client,
