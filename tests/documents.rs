@@ -1075,3 +1075,206 @@ async fn postgres_an_embed_joined_on_a_unique_index_follows_its_changes() {
     embed_on_a_unique_index(&c, &alias, run, by_sql).await;
     pg_drop_slot(&client, &schema).await;
 }
+
+/// A table a document reads is quarantined by the policy; its changes wait while the
+/// other tables' changes keep rewriting the documents (at newer versions than the
+/// waiting ones). Once the policy lets the change through, `quarantine replay` puts
+/// the waiting changes into the documents' state and writes the documents they
+/// affect, so the index equals SQL without a resync, and stays so after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_table_reaches_its_documents_once_replayed() {
+    let url = elasticsearch();
+    let db = new_db("docquar", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, 11).await;
+    let mut conn = admin(SHARED_PORT).await;
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.orders ADD COLUMN scratch INT"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("quar_{db}");
+    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let c = with_document(dir.path(), &db, &doc);
+    add_es_sink(&c, &url, "tables = \"none\"");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[rules]\ncolumn_dropped = \"quarantine\"\n").unwrap();
+    set_policy(&c, &policy);
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    wait_for_documents(&url, &alias, &documents_by_sql(&db).await, &c).await;
+
+    // A column no document shows is dropped: orders is quarantined.
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE `{db}`.orders DROP COLUMN scratch"),
+    )
+    .await;
+    for q in [
+        "UPDATE `{db}`.orders SET amount = amount + 100 WHERE id <= 10",
+        "UPDATE `{db}`.orders SET customer_id = 2 WHERE id = 11",
+        "DELETE FROM `{db}`.orders WHERE id = 12",
+        "INSERT INTO `{db}`.orders VALUES (500, 3, 7.77, 'late', '2026-05-06 07:08:09.5')",
+        // Later changes of the other tables rewrite the same documents meanwhile.
+        "UPDATE `{db}`.customers SET name = CONCAT(name, '+') WHERE id <= 12",
+        "UPDATE `{db}`.order_items SET qty = qty + 5 WHERE order_id <= 10",
+    ] {
+        exec(&mut conn, &q.replace("{db}", &db)).await;
+    }
+    let renamed = |docs: &BTreeMap<String, Json>| {
+        docs.values()
+            .filter(|d| d["name"].as_str().unwrap_or("").ends_with('+'))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while renamed(&es_documents(&url, &alias).await) < 12 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let log = daemon_log(&c);
+    assert!(log.contains("quarantine"), "{log}");
+    let expected = documents_by_sql(&db).await;
+    let indexed = es_documents(&url, &alias).await;
+    assert_eq!(renamed(&indexed), 12);
+    assert_ne!(
+        indexed, expected,
+        "the quarantined changes are not in the documents yet"
+    );
+
+    std::fs::write(&policy, "[rules]\ncolumn_dropped = \"deprecate\"\n").unwrap();
+    let (code, out, err) = tributary(&["quarantine", "replay", "--connector", c.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The documents are written by the replay itself, with versions the index takes.
+    assert_eq!(es_documents(&url, &alias).await, expected, "{out}\n{err}");
+
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.orders SET status = 'after' WHERE id = 500"),
+    )
+    .await;
+    wait_for_documents(&url, &alias, &documents_by_sql(&db).await, &c).await;
+    let (code, report) = verify_document(&c, &alias, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+}
+
+/// A document the Elasticsearch sink refuses (larger than `max_document_bytes`) goes
+/// to its dead-letter stream as a document; `dead-letters list` names it, and once the
+/// limit is raised `dead-letters replay` indexes it into the document's index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_the_sink_refused_is_replayed_once_fixed() {
+    let url = elasticsearch();
+    let db = new_db("docdead", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, 13).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("dead_{db}");
+    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let c = with_document(dir.path(), &db, &doc);
+    add_es_sink(&c, &url, "tables = \"none\"\nmax_document_bytes = 4096");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    wait_for_documents(&url, &alias, &documents_by_sql(&db).await, &c).await;
+
+    // Customer 5 gets 60 orders: its document grows past the limit.
+    let mut conn = admin(SHARED_PORT).await;
+    let values: Vec<String> = (1000..1060)
+        .map(|o| format!("({o}, 5, 1.00, 'bulk', '2026-01-01 00:00:00')"))
+        .collect();
+    exec(
+        &mut conn,
+        &format!("INSERT INTO `{db}`.orders VALUES {}", values.join(",")),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let dead = loop {
+        let dead = read_events(&dir.path().join("dead-letters"));
+        if !dead.is_empty() || std::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    assert_eq!(dead.len(), 1, "{}", daemon_log(&c));
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let expected = documents_by_sql(&db).await;
+    assert_ne!(es_documents(&url, &alias).await["5"], expected["5"]);
+
+    let cs = c.to_str().unwrap();
+    let (code, out, err) = tributary(&["dead-letters", "list", "--connector", cs]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("document {alias}")), "{out}");
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("max_document_bytes = 4096", "max_document_bytes = 1048576");
+    std::fs::write(&c, text).unwrap();
+    let (code, out, err) = tributary(&["dead-letters", "replay", "--connector", cs]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(es_documents(&url, &alias).await, expected, "{out}\n{err}");
+    assert!(out.contains(&format!("document {alias}")), "{out}");
+}
+
+/// The root's columns in a document are the root table's after its own `[[enrich]]`
+/// steps. A root change an enrichment step refused reaches no document until
+/// `dead-letters replay --stream enrich` sends it through the fixed step, into the
+/// documents' state, and writes its document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enriched_root_columns_and_enrichment_dead_letters_reach_the_documents() {
+    let url = elasticsearch();
+    let db = new_db("docenrich", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, 17).await;
+    let mut conn = admin(SHARED_PORT).await;
+    // Region 0 (no such region) fails the step below; NULLs would too, so none.
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.customers SET region_id = 1 WHERE region_id IS NULL"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("enr_{db}");
+    let step = format!(
+        "\n[[enrich]]\ntable = \"{db}.customers\"\nkind = \"compute\"\nfield = \"per_region\"\nexpr = \"100 / region_id\"\ntype = \"long\"\n"
+    );
+    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let c = with_document(dir.path(), &db, &(step + &doc));
+    add_es_sink(&c, &url, "tables = \"none\"");
+    let expected = |mut docs: BTreeMap<String, Json>| {
+        for d in docs.values_mut() {
+            let r = d["region_id"].as_i64().unwrap();
+            d["per_region"] = Json::from(100 / r.max(1));
+        }
+        docs
+    };
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let all = expected(documents_by_sql(&db).await);
+    let passed: BTreeMap<String, Json> = all
+        .iter()
+        .filter(|(_, d)| d["region_id"] != 0)
+        .map(|(k, d)| (k.clone(), d.clone()))
+        .collect();
+    assert!(passed.len() < all.len());
+    wait_for_documents(&url, &alias, &passed, &c).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        "expr = \"100 / region_id\"",
+        "expr = \"100 / max(region_id, 1)\"",
+    );
+    std::fs::write(&c, text).unwrap();
+    let cs = c.to_str().unwrap();
+    let (code, out, err) = tributary(&[
+        "dead-letters",
+        "replay",
+        "--connector",
+        cs,
+        "--stream",
+        "enrich",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("no dead letters wait"), "{out}\n{err}");
+    assert_eq!(es_documents(&url, &alias).await, all, "{out}\n{err}");
+}

@@ -96,6 +96,8 @@ pub struct Documents {
     closed: Option<u64>,
     /// Whether some document may wait to be built (false once a `take` found none).
     waiting: bool,
+    /// Whether the changes applied reach the states late (`State::late_changes`).
+    late: bool,
 }
 
 impl Documents {
@@ -106,6 +108,7 @@ impl Documents {
             epoch: 0,
             closed: None,
             waiting: false,
+            late: false,
         }
     }
 
@@ -156,6 +159,7 @@ impl Documents {
                 epoch: 0,
                 closed: None,
                 waiting: true,
+                late: false,
             },
             to_fill,
         ))
@@ -176,10 +180,18 @@ impl Documents {
         self.docs.is_empty()
     }
 
+    /// The changes applied from now on reach the states late: a replay of changes a
+    /// quarantine or the enrichment held back (see `State::late_changes`).
+    pub fn late(mut self) -> Self {
+        self.late = true;
+        self
+    }
+
     /// Applies the changes among `messages` to the states of the documents that read
     /// their tables (one write transaction per document, without an fsync: see
     /// `Participant::flush`).
     pub fn apply(&mut self, messages: &[SourceMessage]) -> Result<(), DocumentError> {
+        let late = self.late;
         for d in self.docs.iter_mut() {
             let mut changes = None;
             for m in messages {
@@ -198,6 +210,7 @@ impl Documents {
                 }
                 let c = match &mut changes {
                     Some(c) => c,
+                    None if late => changes.insert(d.state.late_changes()?),
                     None => changes.insert(d.state.changes()?),
                 };
                 let before = c.marked();

@@ -270,7 +270,20 @@ impl State {
             state: self,
             tx,
             marked: 0,
+            floor: 0,
         })
+    }
+
+    /// `changes` for changes that reach the state late: a replay of what a quarantine
+    /// or a failed enrichment held back while the state went on. The index may hold
+    /// the documents they affect at a version newer than theirs already (written for
+    /// a later change of another table), which would refuse them; so they mark those
+    /// documents with at least the newest version the state has applied, the version
+    /// of a document built from everything it holds now.
+    pub fn late_changes(&self) -> Result<Changes<'_>, StateError> {
+        let mut c = self.changes()?;
+        c.floor = self.newest.load(Ordering::Relaxed);
+        Ok(c)
     }
 
     /// Makes every batch committed so far durable.
@@ -775,6 +788,8 @@ pub struct Changes<'s> {
     state: &'s State,
     tx: WriteTransaction,
     marked: u64,
+    /// The least version a document is marked with (`State::late_changes`).
+    floor: u64,
 }
 
 impl Changes<'_> {
@@ -815,7 +830,7 @@ impl Changes<'_> {
         let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
         let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
         let marked = &mut self.marked;
-        let mut mark = marker(&mut dirty, version, marked, &err);
+        let mut mark = marker(&mut dirty, version.max(self.floor), marked, &err);
         let node = &state.tree.nodes[n];
         let key_of = |r: &Row| {
             key_bytes(
@@ -847,7 +862,7 @@ impl Changes<'_> {
         let mut links = self.tx.open_table(LINKS).map_err(|e| err(&e))?;
         let mut dirty = self.tx.open_table(DIRTY).map_err(|e| err(&e))?;
         let marked = &mut self.marked;
-        let mut mark = marker(&mut dirty, version, marked, &err);
+        let mut mark = marker(&mut dirty, version.max(self.floor), marked, &err);
         let prefix = row_key(n, &[]);
         let mut after: Vec<u8> = prefix.clone();
         loop {
@@ -883,8 +898,9 @@ impl Changes<'_> {
     /// roots it marked dirty.
     pub fn commit(self) -> Result<u64, StateError> {
         let state = self.state;
-        if state.building_since().is_some() {
-            // The version the build's end marks every root with, kept over a restart.
+        {
+            // Kept over a restart: the version the build's end marks every root with,
+            // and the floor of late changes (`State::late_changes`).
             let newest = state.newest.load(Ordering::Relaxed).to_string();
             let mut meta = self.tx.open_table(META).map_err(|e| state.err(e))?;
             meta.insert("newest", newest.as_str())

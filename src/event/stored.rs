@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ChangeEvent, Column, Op, Position, Row, TableSchema};
+use super::{ChangeEvent, Column, Op, Position, Row, TableSchema, DOCUMENT_KIND};
 
 /// A `ChangeEvent` without its table schema (stored once per version in the history).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +101,10 @@ pub struct StoredChange {
     pub columns: Vec<Column>,
     pub key: Vec<usize>,
     pub event: StoredEvent,
+    /// `document` for a joined document's event (a table's change: absent, its kind
+    /// is the source's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl StoredChange {
@@ -113,15 +117,32 @@ impl StoredChange {
             .expect("writing to a Vec cannot fail");
         out.extend_from_slice(b",\"event\":");
         write_stored(e, out);
+        if e.table.kind == DOCUMENT_KIND {
+            out.extend_from_slice(b",\"kind\":\"document\"");
+        }
         out.push(b'}');
     }
 
-    /// The change again, its table rebuilt for `connector` (a `kind` source).
+    /// What the change is of, as `dead-letters` names it: `db.table`, or `document
+    /// NAME`.
+    pub fn name(&self) -> String {
+        match self.kind.as_deref() {
+            Some(DOCUMENT_KIND) => format!("{DOCUMENT_KIND} {}", self.event.table),
+            _ => self.event.qualified_name(),
+        }
+    }
+
+    /// The change again, its table rebuilt for `connector` (a `kind` source; a
+    /// document's event keeps its own kind).
     pub fn into_event(
         self,
         connector: Arc<str>,
         kind: &'static str,
     ) -> Result<ChangeEvent, String> {
+        let kind = match self.kind.as_deref() {
+            Some(DOCUMENT_KIND) => DOCUMENT_KIND,
+            _ => kind,
+        };
         let schema = TableSchema::new(
             connector,
             kind,
@@ -336,6 +357,67 @@ mod tests {
         let mut bad: StoredChange = serde_json::from_slice(&change).unwrap();
         bad.key = vec![7];
         assert!(bad.into_event("c".into(), "postgres").is_err());
+    }
+
+    /// A joined document's event comes back as a document's (the sink maps and routes
+    /// it by that kind), named `document NAME`; a table's takes the source's kind.
+    #[test]
+    fn a_stored_document_keeps_its_kind() {
+        let doc = TableSchema::new(
+            "c".into(),
+            DOCUMENT_KIND,
+            String::new(),
+            "customers".into(),
+            vec![
+                Column {
+                    name: "id".into(),
+                    type_name: "int".into(),
+                },
+                Column {
+                    name: "orders".into(),
+                    type_name: "document nested".into(),
+                },
+            ],
+            vec![0],
+            1,
+        );
+        let e = ChangeEvent {
+            op: Op::Create,
+            table: Arc::new(doc),
+            pos: Position::parse("0/16B3748").unwrap(),
+            txid: None,
+            source_ts_ms: 5,
+            before: None,
+            after: Some(vec![
+                Value::Int(1),
+                Value::Json(serde_json::value::RawValue::from_string("[]".into()).unwrap()),
+            ]),
+            version: 9,
+            ts_ms: 6,
+        };
+        let mut stored = Vec::new();
+        StoredChange::write(&e, &mut stored);
+        let back: StoredChange = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back.name(), "document customers");
+        let back = back.into_event("c".into(), "mariadb").unwrap();
+        assert_eq!(back.table.kind, DOCUMENT_KIND);
+        assert_eq!(back.after, e.after);
+
+        let table = crate::testkit::test_schema(4, &[("id", "int")]);
+        let e = ChangeEvent {
+            table: Arc::new(table),
+            after: Some(vec![Value::Int(1)]),
+            ..e
+        };
+        let mut stored = Vec::new();
+        StoredChange::write(&e, &mut stored);
+        assert!(!String::from_utf8_lossy(&stored).contains("\"kind\""));
+        let back: StoredChange = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(back.name(), e.table.qualified_name());
+        assert_eq!(
+            back.into_event("c".into(), "mariadb").unwrap().table.kind,
+            "mariadb"
+        );
     }
 
     /// The written form reads back as the event, every variant included.

@@ -28,11 +28,8 @@ use crate::event::stored::StoredChange;
 use crate::event::SourceMessage;
 use crate::journal::{read_log, LogRecordError, Record};
 use crate::offsets::{OffsetError, OffsetStore, Saved};
-use crate::registry;
-use crate::sink::Sink;
 
-use super::checkpoint::{flush_all, Participant};
-use super::replay::{send, BATCH};
+use super::replay::{Onward, BATCH};
 use super::PipelineError;
 
 /// The name `--stream` takes for the enrichment's stream.
@@ -207,11 +204,7 @@ fn parse(r: &Record) -> Result<(Entry, Option<StoredChange>), String> {
     let (table, op, version) = change
         .as_ref()
         .map_or((String::new(), String::new(), 0), |c| {
-            (
-                c.event.qualified_name(),
-                c.event.op.clone(),
-                c.event.version,
-            )
+            (c.name(), c.event.op.clone(), c.event.version)
         });
     Ok((
         Entry {
@@ -355,16 +348,11 @@ async fn replay_stream(
     tables: &[String],
     report: &mut ReplayReport,
 ) -> Result<(), PipelineError> {
-    let context = registry::sink_context(cfg, cfg.policy()?, Default::default());
     // Opening what the replay writes to cuts each stream (this one included) back to
     // its last checkpoint, before it is read.
-    let mut sinks: Vec<Box<dyn Sink>> = registry::sinks(&cfg.sinks, store, &context)?
-        .into_iter()
-        .filter(|k| s.sink.as_deref().is_none_or(|id| k.id() == id))
-        .collect();
-    let mut enrich = match s.sink {
-        Some(_) => crate::enrich::Stage::none(),
-        None => registry::enrich(cfg, store).await?,
+    let mut onward = match &s.sink {
+        Some(id) => Onward::one_sink(cfg, store, id).await?,
+        None => Onward::every_stage(cfg, store).await?,
     };
     let mark_id = s.mark_id();
     let mut mark: Replayed = match store.sink_cursor(&mark_id)? {
@@ -436,36 +424,31 @@ async fn replay_stream(
     });
     let mut batch: Vec<SourceMessage> = Vec::with_capacity(BATCH + 1);
     while let Some(c) = rx.recv().await {
+        *counts.entry(c.name()).or_default() += 1;
         let e = c
             .into_event(cfg.connector_name().into(), cfg.source.kind())
             .map_err(|why| PipelineError::DeadLetters(format!("{}: {why}", s.name)))?;
-        *counts.entry(e.table.qualified_name()).or_default() += 1;
         batch.push(SourceMessage::Change(e));
         if batch.len() >= BATCH {
-            send(&mut enrich, &mut sinks, &mut batch).await?;
+            onward.send(&mut batch).await?;
         }
     }
     reader.await.map_err(|e| {
         PipelineError::DeadLetters(format!("the reader of {} failed: {e}", s.name))
     })??;
-    send(&mut enrich, &mut sinks, &mut batch).await?;
+    onward.send(&mut batch).await?;
 
     // One commit: the cursors of everything the replay wrote (the enrichment's state
-    // and its dead letters included) and the mark past the replayed records.
-    let mut parts: Vec<&mut dyn Participant> = Vec::new();
-    if !enrich.is_empty() {
-        parts.push(&mut enrich);
-    }
-    for k in sinks.iter_mut() {
-        parts.push(k);
-    }
-    let mut saved = flush_all(parts).await?.await?;
+    // and its dead letters, the documents' states) and the mark past the replayed
+    // records.
+    let mut saved = onward.flush(Vec::new()).await?;
     mark.advance(end, tables);
     saved.push(Saved::Cursor(
         mark_id,
         serde_json::to_value(&mark).expect("a mark serializes"),
     ));
     store.commit(None, &saved)?;
+    onward.stored()?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::ConnectorConfig;
+use crate::document::stage::{Documents, Shapes, PAGE};
 use crate::event::{ChangeEvent, SourceMessage};
 use crate::journal::LogRecordError;
 use crate::offsets::{OffsetError, OffsetStore, Saved};
@@ -24,7 +25,7 @@ use crate::schema::history::Schemas;
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
 use crate::sink::Sink;
 
-use super::checkpoint::{flush_all, Participant};
+use super::checkpoint::{flush_all, Participant, SnapshotProgress};
 use super::PipelineError;
 
 /// Events handed to the sinks per batch.
@@ -116,14 +117,9 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
 
     // Second pass: send them on, in stream order.
     let mut guard = release(Guard::restore(policy.clone(), &store)?, &chosen);
-    let mut sinks = registry::sinks(
-        &cfg.sinks,
-        &store,
-        &registry::sink_context(cfg, policy, Default::default()),
-    )?;
-    // The same enrichment as the live stream (its state and dead letters stored with
-    // the replay's commit).
-    let mut enrich = registry::enrich(cfg, &store)
+    // The same enrichment and joined documents as the live stream (their state and
+    // dead letters stored with the replay's commit).
+    let mut onward = Onward::every_stage(cfg, &store)
         .await
         .map_err(|e| PipelineError::Replay(e.to_string()))?;
     for t in chosen.keys() {
@@ -140,22 +136,18 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
                 .expect("a chosen table") += 1;
             batch.push(SourceMessage::Change(e));
             if batch.len() >= BATCH {
-                send(&mut enrich, &mut sinks, &mut batch).await?;
+                onward.send(&mut batch).await?;
             }
         }
     }
     finish(reader).await?;
-    send(&mut enrich, &mut sinks, &mut batch).await?;
+    onward.send(&mut batch).await?;
 
     // One commit: the sinks' cursors past the replayed changes, the enrichment's state
-    // and dead letters, and the guard with the tables released and their new layout
-    // accepted.
+    // and dead letters, the documents' states, and the guard with the tables released
+    // and their new layout accepted.
     guard.commit();
-    let mut parts: Vec<&mut dyn Participant> = vec![&mut guard, &mut enrich];
-    for s in sinks.iter_mut() {
-        parts.push(s);
-    }
-    let mut saved = flush_all(parts).await?.await?;
+    let mut saved = onward.flush(vec![&mut guard]).await?;
     report.remaining = guard.quarantined().keys().cloned().collect();
     let emptied = report.remaining.is_empty();
     if emptied {
@@ -165,6 +157,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
         ));
     }
     store.commit(None, &saved)?;
+    onward.stored()?;
     if emptied {
         // Nothing waits any more: opening at the empty cursor removes the records.
         drop(QuarantineStream::open(
@@ -175,25 +168,120 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     Ok(report)
 }
 
-/// Sends a batch of replayed changes through the enrichment to the sinks, closed by a
-/// commit at its last change: sinks flush up to a boundary (a replay is stored as a
-/// whole at its end, so where the boundaries fall does not matter). Shared by both
-/// replays (`dead_letters`).
-pub(super) async fn send(
-    enrich: &mut crate::enrich::Stage,
-    sinks: &mut [Box<dyn Sink>],
-    batch: &mut Vec<SourceMessage>,
-) -> Result<(), PipelineError> {
-    let Some(SourceMessage::Change(last)) = batch.last() else {
-        return Ok(());
-    };
-    let pos = last.pos.clone();
-    batch.push(SourceMessage::Commit(pos));
-    let enriched = enrich.apply(std::mem::take(batch)).await?;
-    for s in sinks.iter_mut() {
-        s.accept(&enriched).await?;
+/// Where a replay sends changes on, as the live pipeline would have: through the
+/// enrichment and the joined documents to the sinks (changes that reached none of
+/// them: quarantined, or refused by an enrichment step), or to one sink alone (what
+/// that sink refused; the rest of the pipeline has it). Shared by both replays
+/// (`dead_letters`).
+pub(super) struct Onward {
+    enrich: crate::enrich::Stage,
+    documents: Documents,
+    sinks: Vec<Box<dyn Sink>>,
+    snapshot: SnapshotProgress,
+}
+
+impl Onward {
+    /// Every stage after the guard.
+    pub async fn every_stage(
+        cfg: &ConnectorConfig,
+        store: &Arc<OffsetStore>,
+    ) -> Result<Self, PipelineError> {
+        let mut enrich = registry::enrich(cfg, store).await?;
+        let (documents, shapes) = super::open_documents(cfg, store, &mut enrich).await?;
+        let sinks = registry::sinks(
+            &cfg.sinks,
+            store,
+            &registry::sink_context(cfg, cfg.policy()?, shapes),
+        )?;
+        Ok(Onward {
+            enrich,
+            // The documents' states went on without these changes.
+            documents: documents.late(),
+            sinks,
+            snapshot: SnapshotProgress::new(store.stage_state(crate::snapshot::STATE_ID)?),
+        })
     }
-    Ok(())
+
+    /// The sink `id` alone. It maps a document it refused from the document's shape,
+    /// read from the server as the daemon reads it.
+    pub async fn one_sink(
+        cfg: &ConnectorConfig,
+        store: &Arc<OffsetStore>,
+        id: &str,
+    ) -> Result<Self, PipelineError> {
+        let shapes = if cfg.document.is_empty() {
+            Shapes::default()
+        } else {
+            let mut enrich = registry::enrich(cfg, store).await?;
+            Arc::new(super::document_shapes(cfg, &mut enrich).await?)
+        };
+        // Opening what the replay writes to cuts its stream back to its last
+        // checkpoint, before it is read.
+        let sinks = registry::sinks(
+            &cfg.sinks,
+            store,
+            &registry::sink_context(cfg, cfg.policy()?, shapes),
+        )?
+        .into_iter()
+        .filter(|k| k.id() == id)
+        .collect();
+        Ok(Onward {
+            enrich: crate::enrich::Stage::none(),
+            documents: Documents::none(),
+            sinks,
+            snapshot: SnapshotProgress::default(),
+        })
+    }
+
+    /// Sends a batch of replayed changes on, closed by a commit at its last change, and
+    /// after it the documents they affected: sinks flush up to a boundary (a replay is
+    /// stored as a whole at its end, so where the boundaries fall does not matter).
+    pub async fn send(&mut self, batch: &mut Vec<SourceMessage>) -> Result<(), PipelineError> {
+        let Some(SourceMessage::Change(last)) = batch.last() else {
+            return Ok(());
+        };
+        let (pos, ts) = (last.pos.clone(), last.source_ts_ms);
+        batch.push(SourceMessage::Commit(pos.clone()));
+        let enriched = self.enrich.apply(std::mem::take(batch)).await?;
+        self.documents.apply(&enriched)?;
+        self.deliver(&enriched).await?;
+        loop {
+            let mut page = self.documents.take(PAGE, &pos, ts, &self.snapshot)?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            page.push(SourceMessage::Commit(pos.clone()));
+            self.deliver(&page).await?;
+        }
+    }
+
+    async fn deliver(&mut self, messages: &[SourceMessage]) -> Result<(), PipelineError> {
+        for s in self.sinks.iter_mut() {
+            s.accept(messages).await?;
+        }
+        Ok(())
+    }
+
+    /// Flushes `first` and every stage the replay wrote to: what to store in the
+    /// replay's one commit. `stored` must follow that commit.
+    pub async fn flush<'a>(
+        &'a mut self,
+        mut first: Vec<&'a mut dyn Participant>,
+    ) -> Result<Vec<Saved>, PipelineError> {
+        if !self.enrich.is_empty() {
+            first.push(&mut self.enrich);
+        }
+        first.push(&mut self.documents);
+        for s in self.sinks.iter_mut() {
+            first.push(s);
+        }
+        Ok(flush_all(first).await?.await?)
+    }
+
+    /// The replay's commit is stored: the documents it built are delivered.
+    pub fn stored(&mut self) -> Result<(), PipelineError> {
+        Ok(self.documents.stored()?)
+    }
 }
 
 /// The records of the chosen tables' current epochs, in stream order, read on a
