@@ -1278,3 +1278,101 @@ async fn enriched_root_columns_and_enrichment_dead_letters_reach_the_documents()
     assert!(out.contains("no dead letters wait"), "{out}\n{err}");
     assert_eq!(es_documents(&url, &alias).await, all, "{out}\n{err}");
 }
+
+/// A document whose definition changes between two runs (a nest added) gets a new
+/// index with the new mapping, filled beside the stream, and the alias moves to it:
+/// the documents equal SQL with the new shape, and a customer deleted while the daemon
+/// was stopped has no document left behind. The next start rebuilds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_definition_gets_a_new_index_swapped_in_by_the_daemon() {
+    let url = elasticsearch();
+    let db = new_db("docredef", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, 19).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("redef_{db}");
+    let full = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let items_at = full.find("\n[[document.nest.nest]]").unwrap();
+    let without_items = full[..items_at].to_string() + "\n";
+    let c = with_document(dir.path(), &db, &without_items);
+    add_es_sink(&c, &url, "tables = \"none\"");
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    let mut first = documents_by_sql(&db).await;
+    for d in first.values_mut() {
+        for o in d["orders"].as_array_mut().unwrap() {
+            o.as_object_mut().unwrap().remove("items");
+        }
+    }
+    wait_for_documents(&url, &alias, &first, &c).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+
+    // While it is stopped: a customer goes, and the definition gains the items.
+    let mut conn = admin(SHARED_PORT).await;
+    exec(
+        &mut conn,
+        &format!("DELETE FROM `{db}`.customers WHERE id = 3"),
+    )
+    .await;
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace(&without_items, &full);
+    std::fs::write(&c, text).unwrap();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    exec(
+        &mut conn,
+        &format!("UPDATE `{db}`.order_items SET qty = qty + 1 WHERE order_id <= 5"),
+    )
+    .await;
+    let expected = documents_by_sql(&db).await;
+    assert!(!expected.contains_key("3"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while (behind(&url, &alias).await != [format!("{alias}_v2")]
+        || es_documents(&url, &alias).await != expected)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        behind(&url, &alias).await,
+        [format!("{alias}_v2")],
+        "{}",
+        daemon_log(&c)
+    );
+    assert_eq!(
+        es_documents(&url, &alias).await,
+        expected,
+        "{}",
+        daemon_log(&c)
+    );
+    let mapping: Json = es(&url)
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            &alias,
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orders = &mapping[format!("{alias}_v2")]["mappings"]["properties"]["orders"];
+    assert_eq!(orders["properties"]["items"]["type"], "nested", "{mapping}");
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let log = daemon_log(&c);
+    assert!(log.contains("the document's definition changed"), "{log}");
+
+    // Rebuilt once: the next start keeps the index (the log is appended to).
+    let before = log.matches("the document's definition changed").count();
+    let mut daemon = spawn_daemon(&c);
+    wait_streaming(&c, &mut daemon).await;
+    assert_eq!(stop(&mut daemon), 0, "{}", daemon_log(&c));
+    let log = daemon_log(&c);
+    assert_eq!(
+        log.matches("the document's definition changed").count(),
+        before,
+        "{log}"
+    );
+    assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
+}

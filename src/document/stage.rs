@@ -14,7 +14,7 @@
 //! checkpoint stores) and, once stored, tells the state the epoch is delivered. What a
 //! crash leaves undelivered is built again on the next start.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,6 +98,8 @@ pub struct Documents {
     waiting: bool,
     /// Whether the changes applied reach the states late (`State::late_changes`).
     late: bool,
+    /// `reindex_wanted`.
+    reindex: BTreeSet<String>,
 }
 
 impl Documents {
@@ -109,6 +111,7 @@ impl Documents {
             closed: None,
             waiting: false,
             late: false,
+            reindex: BTreeSet::new(),
         }
     }
 
@@ -125,6 +128,7 @@ impl Documents {
     ) -> Result<(Self, Vec<String>), DocumentError> {
         let mut docs = Vec::new();
         let mut to_fill = Vec::new();
+        let mut reindex = BTreeSet::new();
         for def in defs {
             let name = def.name.get_ref();
             let shape = shapes.get(name).ok_or_else(|| DocumentError::Definition {
@@ -142,8 +146,13 @@ impl Documents {
                 to_fill.extend(def.tables().into_iter().map(str::to_string));
             }
             crate::health::documents_built(name, 0, state.dirty_count()?);
+            let schema = Arc::new(document_schema(connector, shape)?);
+            if state.reindex_wanted()? {
+                tracing::info!(document = %name, "the document's definition changed: its index is rebuilt with the new mapping beside the stream, and the alias moved to it once filled");
+                reindex.insert(rebuild_name(&schema));
+            }
             docs.push(Maintained {
-                schema: Arc::new(document_schema(connector, shape)?),
+                schema,
                 tables: def.tables().into_iter().map(str::to_string).collect(),
                 state,
                 projections: PerSchema::default(),
@@ -160,6 +169,7 @@ impl Documents {
                 closed: None,
                 waiting: true,
                 late: false,
+                reindex,
             },
             to_fill,
         ))
@@ -178,6 +188,22 @@ impl Documents {
 
     pub fn is_empty(&self) -> bool {
         self.docs.is_empty()
+    }
+
+    /// The documents whose index was built for another definition and wants a new one
+    /// (see `State::reindex_wanted`), as `document NAME` (how rebuilds name them).
+    pub fn reindex_wanted(&self) -> &BTreeSet<String> {
+        &self.reindex
+    }
+
+    /// `name` (`document NAME`)'s index was rebuilt for its current definition.
+    pub fn reindexed(&mut self, name: &str) -> Result<(), DocumentError> {
+        if self.reindex.remove(name) {
+            for d in self.docs.iter().filter(|d| rebuild_name(&d.schema) == name) {
+                d.state.reindexed()?;
+            }
+        }
+        Ok(())
     }
 
     /// The changes applied from now on reach the states late: a replay of changes a
@@ -402,6 +428,16 @@ pub(crate) fn event(
         version: b.version,
         ts_ms: now_ms(),
     }
+}
+
+/// How index rebuilds name a document: `document NAME`.
+pub fn rebuild_name(schema: &TableSchema) -> String {
+    format!("{DOCUMENT_KIND} {}", schema.table)
+}
+
+/// The document an index rebuild's name (`rebuild_name`) names, if it names one.
+pub fn rebuilt_document(name: &str) -> Option<&str> {
+    name.strip_prefix(DOCUMENT_KIND)?.strip_prefix(' ')
 }
 
 /// Where a connector keeps its documents' states.

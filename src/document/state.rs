@@ -41,6 +41,9 @@ const SENT: TableDefinition<&[u8], u64> = TableDefinition::new("document_sent");
 /// "definition" -> the tree the rows were stored for (`Tree::definition`).
 const META: TableDefinition<&str, &str> = TableDefinition::new("document_meta");
 
+/// The META key set while the document's index wants rebuilding (`State::reindex_wanted`).
+const REINDEX: &str = "reindex";
+
 /// The layout of the rows (`codec`); a state of another format is rebuilt.
 const FORMAT: u32 = 2;
 
@@ -179,6 +182,15 @@ impl State {
                 .map_err(|e| self.err(e))?
                 .map(|v| v.value().to_string());
             let stale = held.as_deref() != Some(definition.as_str());
+            // Another definition (not only another format of the rows): the index was
+            // built for it, with its mapping, and gets a new one (`reindex_wanted`).
+            let redefined = held
+                .as_deref()
+                .and_then(|h| h.split_once(": "))
+                .is_some_and(|(_, d)| d != self.tree.definition());
+            if redefined {
+                meta.insert(REINDEX, "1").map_err(|e| self.err(e))?;
+            }
             if stale {
                 let since = crate::event::now_ms().max(1);
                 meta.insert("definition", definition.as_str())
@@ -201,6 +213,28 @@ impl State {
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(stale)
+    }
+
+    /// Whether the document's index was built for another definition and wants a new
+    /// one (`prepare` found the definition changed; kept until `reindexed`).
+    pub fn reindex_wanted(&self) -> Result<bool, StateError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = match tx.open_table(META) {
+            Ok(m) => m,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(self.err(e)),
+        };
+        Ok(meta.get(REINDEX).map_err(|e| self.err(e))?.is_some())
+    }
+
+    /// The document's index was rebuilt for the current definition.
+    pub fn reindexed(&self) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.open_table(META)
+            .map_err(|e| self.err(e))?
+            .remove(REINDEX)
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Marks dirty again every document handed on without a stored checkpoint after it

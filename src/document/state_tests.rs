@@ -622,3 +622,33 @@ fn late_changes_mark_documents_with_the_newest_version_applied() {
     assert_eq!(late(&s, order(13, 1, "2.00"), 6), [(key(1), 11)]);
     assert!(s.render(&key(1)).unwrap().unwrap().contains(r#""id":13"#));
 }
+
+/// A state opened for another definition of its document wants a new index, kept
+/// over a reopen until `reindexed`; a first state and an unchanged one want none.
+#[test]
+fn a_changed_definition_wants_a_new_index_until_reindexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |doc: &str| {
+        let def = &crate::testkit::documents(doc).unwrap()[0];
+        let schemas = crate::document::tests::shop_schemas();
+        let lookup = |name: &str| {
+            schemas
+                .iter()
+                .find(|t| t.qualified_name() == name)
+                .map(|t| &**t)
+        };
+        let tree = Tree::resolve(def, &lookup).unwrap();
+        let s = State::open(&dir.path().join("documents.redb"), tree).unwrap();
+        s.prepare().unwrap();
+        s
+    };
+    assert!(!open(&shop()).reindex_wanted().unwrap());
+    assert!(!open(&shop()).reindex_wanted().unwrap());
+    let other = shop().replace(r#"columns = ["sku", "qty"]"#, r#"columns = ["sku"]"#);
+    assert!(open(&other).reindex_wanted().unwrap());
+    let s = open(&other);
+    assert!(s.reindex_wanted().unwrap(), "kept until reindexed");
+    s.reindexed().unwrap();
+    drop(s);
+    assert!(!open(&other).reindex_wanted().unwrap());
+}

@@ -296,7 +296,7 @@ pub async fn drive(
     let mut runner = Runner::new(stages, checkpointer, cfg.until.take());
     runner.resumed_at(resumed_at);
     let mut rebuilds = rebuild::Rebuilds::new(cfg.reindexer.take());
-    rebuilds.start(runner.guard().reindex_wanted());
+    rebuilds.start(&runner.rebuilds_wanted());
 
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,7 +314,7 @@ pub async fn drive(
                     if runner.on_batch(batch, caught_up).await? == Flow::Stop {
                         break;
                     }
-                    rebuilds.start(runner.guard().reindex_wanted());
+                    rebuilds.start(&runner.rebuilds_wanted());
                 }
                 stored = runner.checkpoint_stored() => {
                     runner.on_stored(stored?)?;
@@ -326,14 +326,14 @@ pub async fn drive(
                 Some(()) = cfg.hangups.recv() => runner.on_reload((cfg.reload)()),
                 (table, result) = rebuilds.ended() => {
                     if rebuilds.settle(&table, result) {
-                        runner.guard_mut().reindexed(&table);
+                        runner.rebuilt(&table)?;
                     }
-                    rebuilds.start(runner.guard().reindex_wanted());
+                    rebuilds.start(&runner.rebuilds_wanted());
                 }
                 _ = ticker.tick() => {
                     crate::notify::keep_alive();
                     runner.on_tick().await?;
-                    rebuilds.start(runner.guard().reindex_wanted());
+                    rebuilds.start(&runner.rebuilds_wanted());
                 }
             }
         }

@@ -1,9 +1,11 @@
-//! Index rebuilds a schema-guard `reindex` verdict asks for. The guard keeps the tables
-//! in its state (stored with each checkpoint, so a restart starts an unfinished rebuild
-//! again); the loop runs them one at a time beside the stream through `Reindexer`
-//! (the daemon's: `tributary reindex`'s fill beside the running daemon, whose sinks
-//! write the table's changes to the new index meanwhile), and tells the guard when one
-//! finished. A rebuild that fails is logged and tried again a minute later.
+//! Index rebuilds the daemon runs itself: of a table a schema-guard `reindex` verdict
+//! names (the guard keeps it in its state, stored with each checkpoint), and of a
+//! joined document whose definition changed (`document NAME`; its state keeps the
+//! want). Either way a restart starts an unfinished rebuild again. The loop runs them
+//! one at a time beside the stream through `Reindexer` (the daemon's: `tributary
+//! reindex`'s fill beside the running daemon, whose sinks write the changes to the new
+//! index meanwhile), and tells the guard or the documents when one finished. A rebuild
+//! that fails is logged and tried again a minute later.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-/// Rebuilds the index of `db.table` (every sink that keeps one).
+/// Rebuilds the index of `db.table` or `document NAME` (every sink that keeps one).
 pub type Reindexer = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 const RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -54,7 +56,7 @@ impl Rebuilds {
         else {
             return;
         };
-        tracing::info!(table = %table, "rebuilding the table's index (schema guard: reindex)");
+        tracing::info!(index_of = %table, "rebuilding the index beside the stream");
         let (table, run, done) = (
             table.clone(),
             reindexer(table.clone()),
@@ -77,11 +79,15 @@ impl Rebuilds {
         match result {
             Ok(()) => {
                 self.retry_at.remove(table);
-                tracing::info!(table, "the table's index was rebuilt");
+                tracing::info!(index_of = table, "the index was rebuilt");
                 true
             }
             Err(e) => {
-                tracing::error!(table, error = %e, retry_in_s = RETRY_AFTER.as_secs(), "rebuilding the table's index failed (the index keeps being written; `tributary reindex --table {table}` runs it by hand)");
+                let by_hand = match crate::document::stage::rebuilt_document(table) {
+                    Some(d) => format!("--document {d}"),
+                    None => format!("--table {table}"),
+                };
+                tracing::error!(index_of = table, error = %e, retry_in_s = RETRY_AFTER.as_secs(), "rebuilding the index failed (it keeps being written; `tributary reindex {by_hand}` runs it by hand)");
                 self.retry_at
                     .insert(table.to_string(), Instant::now() + RETRY_AFTER);
                 false

@@ -128,8 +128,25 @@ impl Runner {
         &self.stages.guard
     }
 
-    pub fn guard_mut(&mut self) -> &mut crate::schema::guard::Guard {
-        &mut self.stages.guard
+    /// The indexes to rebuild beside the stream: tables a schema-guard `reindex`
+    /// verdict named, and documents whose definition changed (`document NAME`).
+    pub fn rebuilds_wanted(&self) -> std::borrow::Cow<'_, std::collections::BTreeSet<String>> {
+        let tables = self.stages.guard.reindex_wanted();
+        let documents = self.stages.documents.reindex_wanted();
+        if documents.is_empty() {
+            return std::borrow::Cow::Borrowed(tables);
+        }
+        std::borrow::Cow::Owned(tables.union(documents).cloned().collect())
+    }
+
+    /// The index of `name` (a table, or `document NAME`) was rebuilt.
+    pub fn rebuilt(&mut self, name: &str) -> Result<(), PipelineError> {
+        if crate::document::stage::rebuilt_document(name).is_some() {
+            self.stages.documents.reindexed(name)?;
+        } else {
+            self.stages.guard.reindexed(name);
+        }
+        Ok(())
     }
 
     /// Routes a batch, sends what passed to the enrichment stage and the sinks, and

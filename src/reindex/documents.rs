@@ -57,6 +57,12 @@ pub(super) async fn reindex(
     let schema = Arc::new(document_schema(&cfg.connector_name(), shape).map_err(err)?);
     let alias = name.to_lowercase();
     let previous = view.behind(&alias).await.map_err(VerifyError)?;
+    if previous.is_empty() && opts.if_indexed {
+        return Ok(Report {
+            alias,
+            ..Report::default()
+        });
+    }
     if previous.is_empty() {
         return Err(VerifyError(format!(
             "there is no index alias {alias} yet (the daemon creates it with the document's first build): nothing to reindex"

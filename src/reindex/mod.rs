@@ -383,9 +383,10 @@ pub(crate) async fn end(
     Ok(())
 }
 
-/// What the daemon runs for a schema-guard `reindex` verdict: the table's index in
-/// every Elasticsearch sink rebuilt beside the stream, as `tributary reindex` does
-/// beside a running daemon (the previous index is kept).
+/// What the daemon runs for a schema-guard `reindex` verdict, and for a joined document
+/// whose definition changed (`document NAME`): the index in every Elasticsearch sink
+/// rebuilt beside the stream, as `tributary reindex` does beside a running daemon (the
+/// previous index is kept).
 pub fn for_the_daemon(cfg: &ConnectorConfig) -> crate::pipeline::rebuild::Reindexer {
     let cfg = Arc::new(cfg.clone());
     Arc::new(move |table: String| {
@@ -396,6 +397,7 @@ pub fn for_the_daemon(cfg: &ConnectorConfig) -> crate::pipeline::rebuild::Reinde
                     continue;
                 }
                 let opts = Options {
+                    document: crate::document::stage::rebuilt_document(&table).map(str::to_string),
                     table: table.clone(),
                     sink: Some(sink.id()),
                     if_indexed: true,
@@ -403,7 +405,7 @@ pub fn for_the_daemon(cfg: &ConnectorConfig) -> crate::pipeline::rebuild::Reinde
                 };
                 let r = reindex(&cfg, &opts).await.map_err(|e| e.to_string())?;
                 if !r.index.is_empty() {
-                    tracing::info!(table, alias = %r.alias, index = %r.index, documents = r.documents, "schema guard: index rebuilt");
+                    tracing::info!(index_of = %table, alias = %r.alias, index = %r.index, documents = r.documents, "index rebuilt beside the stream");
                 }
             }
             Ok(())
