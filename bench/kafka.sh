@@ -9,7 +9,8 @@
 #     committed at each checkpoint): changes/s, peak RSS, CPU seconds
 #   - the broker's own ingest rate: the same records (key, value, headers) from a log
 #     stream of the same changes, produced by a plain producer
-#     (examples/kafka_plain_producer.rs: idempotent, acks=all, no transactions)
+#     (examples/kafka_plain_producer.rs: idempotent, acks=all, no transactions,
+#     the sink's compression: COMPRESSION, default lz4, pinned for both)
 #   - Kafka -> 1, 2 and 3 workers (one consumer group each) -> null sink: wall time
 #     until the group's lag is 0, changes/s, and the workers' CPU per change (what
 #     the sizing uses: the machine has 2 cores, which the broker shares). The workers
@@ -25,6 +26,9 @@ W=${2:-500000}
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 KPORT=${TRIBUTARY_BENCH_KAFKA_PORT:-19391}
+# The sink's batch compression, pinned (the plain producer sends alike).
+COMPRESSION=${COMPRESSION:-lz4}
+export KAFKA_COMPRESSION=$COMPRESSION
 BROKERS=127.0.0.1:$KPORT
 bench_cleanup() {
   for p in "${workers[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -55,7 +59,8 @@ topic = \"$topic\"
 partitions = 6
 transactional_id = \"bench.kafka\"
 progress_topic = \"bench.progress\"
-transaction_interval_ms = ${TRANSACTION_MS:-1000}"
+transaction_interval_ms = ${TRANSACTION_MS:-1000}
+compression = \"$COMPRESSION\""
 mkdir -p "$work/kafka"
 cat > "$work/kafka/c.toml" <<TOML
 name = "bench"
@@ -152,8 +157,8 @@ res = {
   "broker": "noida-db 0.2.3 (deploy/kafka.sh), on the same 2 cores",
   "tributary_to_kafka": {"seconds": sink_s, "changes_per_s": sink_rate, "peak_rss_mib": round(sink_rss / 1024, 1),
     "cpu_seconds": round(su + ss, 2), "cpu_us_per_change": round((su + ss) * 1e6 / ev, 2),
-    "settings": "6 partitions, exactly-once transactions, checkpoint_interval_ms 200, transaction_interval_ms " + os.environ.get("TRANSACTION_MS", "1000")},
-  "plain_producer": {"seconds": plain_s, "changes_per_s": plain_rate},
+    "settings": "6 partitions, exactly-once transactions, checkpoint_interval_ms 200, transaction_interval_ms " + os.environ.get("TRANSACTION_MS", "1000") + ", compression " + os.environ["KAFKA_COMPRESSION"]},
+  "plain_producer": {"seconds": plain_s, "changes_per_s": plain_rate, "compression": os.environ["KAFKA_COMPRESSION"]},
   "ratio_tributary_vs_plain_producer": round(sink_rate / plain_rate, 2),
   "target": "at least min(200,000 changes/s, the plain producer's rate)",
   "of_target": round(sink_rate / min(200000, plain_rate), 2),

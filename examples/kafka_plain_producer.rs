@@ -12,6 +12,8 @@
 //! records' values); SOURCE_TOPIC gives the headers of one record of the sink (the
 //! `schema` header is the same for every record of a layout). The log is read into
 //! memory first, so reading it is not measured. Prints `records seconds`.
+//! KAFKA_COMPRESSION sets the batches' compression (default none), as the sink's
+//! `compression` does.
 
 use std::time::{Duration, Instant};
 
@@ -97,11 +99,14 @@ fn main() {
     })
     .expect("reading the log");
 
+    // The sink's compression (bench/kafka.sh pins both): the same records, sent alike.
+    let compression = std::env::var("KAFKA_COMPRESSION").unwrap_or_else(|_| "none".into());
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .set("queue.buffering.max.kbytes", "65536")
+        .set("compression.type", &compression)
         .create()
         .expect("producer");
     let started = Instant::now();

@@ -1376,3 +1376,70 @@ async fn a_changed_definition_gets_a_new_index_swapped_in_by_the_daemon() {
     );
     assert_eq!(behind(&url, &alias).await, [format!("{alias}_v2")]);
 }
+
+/// A reader's joined documents go through Kafka (their own topic) to a worker that
+/// never defined them: the records carry the document's shape, so the worker's
+/// Elasticsearch sink maps nests as `nested`, and its index equals SQL through
+/// changes of every table and a deleted customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_through_kafka_reach_a_worker_that_maps_them() {
+    let url = elasticsearch();
+    let brokers = kafka_on(KAFKA_PORT);
+    let db = new_db("dockafka", TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, 23).await;
+    let dir = tempfile::tempdir().unwrap();
+    let alias = format!("kdoc_{db}");
+    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let reader_dir = dir.path().join("reader");
+    std::fs::create_dir_all(&reader_dir).unwrap();
+    let reader = with_document(&reader_dir, &db, &doc);
+    let topic = format!("docs.{alias}");
+    add_sink(
+        &reader,
+        &format!(
+            "kind = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"tables.{db}.{{table}}\"\ndocument_topic = \"{topic}\"\npartitions = 2\ntransactional_id = \"{topic}\"\nprogress_topic = \"{topic}.progress\"\nrequest_timeout_secs = 5"
+        ),
+    );
+    let mut reader_daemon = spawn_daemon(&reader);
+    wait_streaming(&reader, &mut reader_daemon).await;
+    let w = kafka_worker(
+        &dir.path().join("worker"),
+        &brokers,
+        &format!("g-{alias}"),
+        &topic,
+        "",
+    );
+    add_es_sink(&w, &url, "");
+    let mut worker_daemon = spawn_daemon(&w);
+    wait_for_documents(&url, &alias, &documents_by_sql(&db).await, &w).await;
+
+    let mut conn = admin(SHARED_PORT).await;
+    for q in [
+        "UPDATE `{db}`.regions SET name = 'Renamed' WHERE id = 2",
+        "UPDATE `{db}`.order_items SET qty = qty + 3 WHERE order_id <= 6",
+        "UPDATE `{db}`.orders SET customer_id = 4 WHERE id = 7",
+        "DELETE FROM `{db}`.customers WHERE id = 9",
+    ] {
+        exec(&mut conn, &q.replace("{db}", &db)).await;
+    }
+    let expected = documents_by_sql(&db).await;
+    assert!(!expected.contains_key("9"));
+    wait_for_documents(&url, &alias, &expected, &w).await;
+    let mapping: Json = es(&url)
+        .indices()
+        .get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&[
+            &alias,
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let props = &mapping[format!("{alias}_v1")]["mappings"]["properties"];
+    assert_eq!(props["orders"]["type"], "nested", "{mapping}");
+    assert_eq!(props["orders"]["properties"]["items"]["type"], "nested");
+    assert_eq!(stop(&mut worker_daemon), 0, "{}", daemon_log(&w));
+    assert_eq!(stop(&mut reader_daemon), 0, "{}", daemon_log(&reader));
+}

@@ -21,37 +21,6 @@ fn add_kafka_sink(c: &Path, brokers: &str, topic: &str, partitions: u32) {
     );
 }
 
-/// A worker's connector file in `dir`: group `group` reading `topic` into `sinks`.
-fn worker(dir: &Path, brokers: &str, group: &str, topic: &str, sinks: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let text = format!(
-        "name = \"worker\"\n[source]\nkind = \"kafka\"\nbrokers = [\"{brokers}\"]\ngroup = \"{group}\"\ntopics = [\"{topic}\"]\nrequest_timeout_secs = 5\nboundary_records = 100\n\n{sinks}\n[state]\ndir = \"{}\"\n",
-        dir.join("state").display()
-    );
-    let path = dir.join("connector.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Waits until the worker holds partitions (it joined the group).
-async fn wait_assigned(c: &Path, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = daemon_log(c);
-        if text.contains("kafka partitions assigned") {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("worker exited early ({status}):\n{text}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker got no partitions:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The events of a log stream by row key (`after` or `before` id), in log order.
 fn by_key(events: &[Json]) -> BTreeMap<String, Vec<Json>> {
     let mut out: BTreeMap<String, Vec<Json>> = BTreeMap::new();
@@ -88,7 +57,7 @@ async fn postgres_to_kafka_to_a_worker_writes_the_events_a_direct_run_writes() {
     wait_streaming(&reader, &mut reader_daemon).await;
 
     let worker_log = dir.path().join("worker").join("log");
-    let w = worker(
+    let w = kafka_worker(
         &dir.path().join("worker"),
         &brokers,
         &format!("g-{schema}"),
@@ -299,7 +268,7 @@ async fn a_group_of_workers_keeps_the_index_equal_through_a_kill_9_and_a_join() 
     );
     let workers: Vec<PathBuf> = (1..=4)
         .map(|i| {
-            worker(
+            kafka_worker(
                 &dir.path().join(format!("w{i}")),
                 &brokers,
                 &group,
@@ -424,7 +393,7 @@ async fn bad_worker_settings_and_foreign_records_are_named() {
     let group = unique_db("gbad");
 
     // Brokers nobody answers on.
-    let w = worker(&dir.path().join("a"), "127.0.0.1:1", &group, "t", null);
+    let w = kafka_worker(&dir.path().join("a"), "127.0.0.1:1", &group, "t", null);
     let mut child = spawn_daemon(&w);
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(60)),
@@ -439,7 +408,7 @@ async fn bad_worker_settings_and_foreign_records_are_named() {
     );
 
     // A login the brokers refuse (the stand-in takes any PLAIN login but no SCRAM one).
-    let w = worker(&dir.path().join("b"), &brokers, &group, "t", null);
+    let w = kafka_worker(&dir.path().join("b"), &brokers, &group, "t", null);
     let text = std::fs::read_to_string(&w).unwrap().replace(
         "request_timeout_secs",
         "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\npassword_env = \"TRIBUTARY_TEST_WRONG_KAFKA_PW\"\nrequest_timeout_secs",
@@ -474,7 +443,7 @@ async fn bad_worker_settings_and_foreign_records_are_named() {
         .map_err(|(e, _)| e)
         .unwrap();
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
-    let w = worker(&dir.path().join("c"), &brokers, &group, &topic, null);
+    let w = kafka_worker(&dir.path().join("c"), &brokers, &group, &topic, null);
     let mut child = spawn_daemon(&w);
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(60)),

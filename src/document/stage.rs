@@ -65,6 +65,28 @@ impl Shape {
 /// The documents' shapes by name: what the sinks are told (`SinkContext::documents`).
 pub type Shapes = Arc<BTreeMap<String, Shape>>;
 
+/// Shapes of documents this process did not define but reads events of (a Kafka
+/// worker, from the records' `schema` headers), by name: one connector per process,
+/// so one document per name.
+static LEARNED: std::sync::RwLock<BTreeMap<String, Arc<Shape>>> =
+    std::sync::RwLock::new(BTreeMap::new());
+
+/// Keeps `shape` for the sinks (see `shape_of`).
+pub fn learn_shape(shape: Shape) {
+    LEARNED
+        .write()
+        .expect("not poisoned")
+        .insert(shape.tree.name.clone(), Arc::new(shape));
+}
+
+/// The shape of document `name`: the connector's own definition, or one learned.
+pub fn shape_of(defined: &Shapes, name: &str) -> Option<Arc<Shape>> {
+    match defined.get(name) {
+        Some(s) => Some(Arc::new(s.clone())),
+        None => LEARNED.read().expect("not poisoned").get(name).cloned(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
     #[error(transparent)]

@@ -5,7 +5,7 @@ use super::{DocumentConfig, RelationConfig, Shape};
 use crate::event::TableSchema;
 
 /// One table's place in a document.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     /// `db.table`.
     pub table: String,
@@ -55,8 +55,9 @@ impl Node {
     }
 }
 
-/// A document's nodes; `nodes[0]` is the root.
-#[derive(Debug, Clone)]
+/// A document's nodes; `nodes[0]` is the root. It travels in a Kafka record's
+/// `schema` header (`kafka::record`), so a worker maps documents it never defined.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Tree {
     pub name: String,
     pub nodes: Vec<Node>,

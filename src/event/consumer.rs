@@ -60,8 +60,8 @@ impl ConsumerEvent {
             .ok_or_else(|| format!("unknown op `{}`", self.op))?;
         Ok(ChangeEvent {
             op,
-            before: row(&schema, self.before)?,
-            after: row(&schema, self.after)?,
+            before: row(&schema, schema.kind, self.before)?,
+            after: row(&schema, schema.kind, self.after)?,
             table: schema,
             pos: self.source.pos,
             txid: self.source.txid,
@@ -72,8 +72,66 @@ impl ConsumerEvent {
     }
 }
 
+/// A joined document's record (`doc` / `doc_delete`), its fields still as written.
+#[derive(Debug, Deserialize)]
+pub struct ConsumerDocument {
+    pub op: String,
+    #[serde(default)]
+    key: Option<HashMap<String, Box<RawValue>>>,
+    #[serde(default)]
+    doc: Option<HashMap<String, Box<RawValue>>>,
+    pub version: u64,
+    pub ts_ms: u64,
+}
+
+impl ConsumerDocument {
+    pub fn parse(json: &str) -> Result<Self, String> {
+        serde_json::from_str(json).map_err(|e| format!("not a document event: {e}"))
+    }
+
+    /// The document's event with `schema` (the document's own: the root's columns,
+    /// then one per embed or nest, read back as JSON), its root columns read as a
+    /// `root_kind` source's; `pos` is where it was read. A `doc_delete` carries the
+    /// key in its row, as the document stage makes it.
+    pub fn into_event(
+        self,
+        schema: Arc<TableSchema>,
+        root_kind: &str,
+        pos: Position,
+    ) -> Result<ChangeEvent, String> {
+        let (op, before, after) = match (self.op.as_str(), self.doc) {
+            ("doc", Some(doc)) => (Op::Create, None, row(&schema, root_kind, Some(doc))?),
+            ("doc_delete", _) => {
+                let mut key = self.key.unwrap_or_default();
+                let mut row: Row = vec![Value::Null; schema.columns.len()];
+                for &i in &schema.primary_key {
+                    let c = &schema.columns[i];
+                    let raw = key
+                        .remove(&c.name)
+                        .ok_or_else(|| format!("the key lacks column {}", c.name))?;
+                    row[i] = value(root_kind, c, raw)?;
+                }
+                (Op::Delete, Some(row), None)
+            }
+            (op, _) => return Err(format!("not a document event: op `{op}`")),
+        };
+        Ok(ChangeEvent {
+            op,
+            table: schema,
+            pos,
+            txid: None,
+            source_ts_ms: self.ts_ms,
+            before,
+            after,
+            version: self.version,
+            ts_ms: self.ts_ms,
+        })
+    }
+}
+
 fn row(
     schema: &TableSchema,
+    kind: &str,
     written: Option<HashMap<String, Box<RawValue>>>,
 ) -> Result<Option<Row>, String> {
     let Some(mut written) = written else {
@@ -83,7 +141,7 @@ fn row(
         .columns
         .iter()
         .map(|c| match written.remove(&c.name) {
-            Some(raw) => value(schema.kind, c, raw),
+            Some(raw) => value(kind, c, raw),
             None => Ok(Value::Absent),
         })
         .collect::<Result<Row, String>>()?;

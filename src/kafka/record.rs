@@ -9,11 +9,14 @@
 //! record of one layout: the sink renders it once per layout, the source parses it
 //! once per layout, and batch compression takes its repeats away on the wire.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::stage::Shape;
+use crate::document::tree::Tree;
 use crate::event::{Column, TableSchema, DOCUMENT_KIND};
 
 pub const OP: &str = "op";
@@ -27,20 +30,29 @@ pub const DOC_OPS: [&str; 2] = ["doc", "doc_delete"];
 /// The `schema` header's JSON.
 #[derive(Serialize, Deserialize)]
 struct Layout<'a> {
-    connector: std::borrow::Cow<'a, str>,
-    kind: std::borrow::Cow<'a, str>,
-    db: std::borrow::Cow<'a, str>,
-    table: std::borrow::Cow<'a, str>,
+    connector: Cow<'a, str>,
+    kind: Cow<'a, str>,
+    db: Cow<'a, str>,
+    table: Cow<'a, str>,
     schema_version: u32,
     /// `[name, type]` pairs, in column order.
-    columns: Vec<(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+    columns: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// The key's column names, in key order.
-    key: Vec<std::borrow::Cow<'a, str>>,
+    key: Vec<Cow<'a, str>>,
+    /// A joined document's: its tree and the layouts of its tables, what a worker's
+    /// sinks map the document from (nests as `nested`, leaves by their columns' types).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    document: Option<DocumentLayout<'a>>,
 }
 
-/// The `schema` header of `t`'s records.
-pub fn schema_header(t: &TableSchema) -> Vec<u8> {
-    let layout = Layout {
+#[derive(Serialize, Deserialize)]
+struct DocumentLayout<'a> {
+    tree: Cow<'a, Tree>,
+    tables: Vec<Layout<'a>>,
+}
+
+fn layout(t: &TableSchema) -> Layout<'_> {
+    Layout {
         connector: (&*t.connector).into(),
         kind: t.kind.into(),
         db: (&*t.db).into(),
@@ -56,8 +68,54 @@ pub fn schema_header(t: &TableSchema) -> Vec<u8> {
             .iter()
             .map(|&i| (&*t.columns[i].name).into())
             .collect(),
-    };
-    serde_json::to_vec(&layout).expect("a layout always renders")
+        document: None,
+    }
+}
+
+/// The `schema` header of `t`'s records; a joined document's carries its `shape`.
+pub fn schema_header(t: &TableSchema, shape: Option<&Shape>) -> Vec<u8> {
+    let mut out = layout(t);
+    out.document = shape.map(|s| DocumentLayout {
+        tree: Cow::Borrowed(&s.tree),
+        tables: s.schemas.values().map(|t| layout(t)).collect(),
+    });
+    serde_json::to_vec(&out).expect("a layout always renders")
+}
+
+/// The schema a layout describes.
+fn table_schema(layout: Layout<'_>) -> Result<TableSchema, String> {
+    let kind = source_kind(&layout.kind).ok_or_else(|| {
+        format!(
+            "the `schema` header names source kind `{}`, which this tributary does not know",
+            layout.kind
+        )
+    })?;
+    let columns: Vec<Column> = layout
+        .columns
+        .iter()
+        .map(|(n, t)| Column {
+            name: n.to_string(),
+            type_name: t.to_string(),
+        })
+        .collect();
+    let key = layout
+        .key
+        .iter()
+        .map(|k| {
+            columns.iter().position(|c| c.name == *k).ok_or_else(|| {
+                format!("the `schema` header's key column `{k}` is not among its columns")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TableSchema::new(
+        Arc::from(&*layout.connector),
+        kind,
+        layout.db.into_owned(),
+        layout.table.into_owned(),
+        columns,
+        key,
+        layout.schema_version,
+    ))
 }
 
 /// Layouts a consumer keeps before it starts over (each is a few hundred bytes).
@@ -72,45 +130,27 @@ pub struct Layouts {
 }
 
 impl Layouts {
-    /// The schema a `schema` header describes.
+    /// The schema a `schema` header describes. A joined document's shape, when the
+    /// header carries one, is kept for the sinks (`document::stage::learn_shape`).
     pub fn schema(&mut self, header: &[u8]) -> Result<Arc<TableSchema>, String> {
         if let Some(s) = self.seen.get(header) {
             return Ok(s.clone());
         }
-        let layout: Layout<'_> = serde_json::from_slice(header)
+        let mut layout: Layout<'_> = serde_json::from_slice(header)
             .map_err(|e| format!("the `schema` header is not a tributary layout: {e}"))?;
-        let kind = source_kind(&layout.kind).ok_or_else(|| {
-            format!(
-                "the `schema` header names source kind `{}`, which this tributary does not know",
-                layout.kind
-            )
-        })?;
-        let columns: Vec<Column> = layout
-            .columns
-            .iter()
-            .map(|(n, t)| Column {
-                name: n.to_string(),
-                type_name: t.to_string(),
-            })
-            .collect();
-        let key = layout
-            .key
-            .iter()
-            .map(|k| {
-                columns.iter().position(|c| c.name == *k).ok_or_else(|| {
-                    format!("the `schema` header's key column `{k}` is not among its columns")
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let schema = Arc::new(TableSchema::new(
-            Arc::from(&*layout.connector),
-            kind,
-            layout.db.into_owned(),
-            layout.table.into_owned(),
-            columns,
-            key,
-            layout.schema_version,
-        ));
+        let document = layout.document.take();
+        let schema = Arc::new(table_schema(layout)?);
+        if let Some(d) = document {
+            let mut schemas = std::collections::BTreeMap::new();
+            for t in d.tables {
+                let t = table_schema(t)?;
+                schemas.insert(t.qualified_name(), Arc::new(t));
+            }
+            crate::document::stage::learn_shape(Shape {
+                tree: d.tree.into_owned(),
+                schemas,
+            });
+        }
         if self.seen.len() >= MAX_LAYOUTS {
             self.seen.clear();
         }
@@ -156,11 +196,50 @@ mod tests {
             vec![1, 0],
             3,
         );
-        let header = schema_header(&t);
+        let header = schema_header(&t, None);
         let mut layouts = Layouts::default();
         let back = layouts.schema(&header).unwrap();
         assert_eq!(*back, t);
         assert!(Arc::ptr_eq(&back, &layouts.schema(&header).unwrap()));
+    }
+
+    /// A document's header carries its shape: a consumer learns it whole (the tree and
+    /// its tables' layouts), so its sinks map the document as the reader's would.
+    #[test]
+    fn a_document_header_carries_its_shape() {
+        let def = &crate::testkit::documents(crate::document::tests::SHOP).unwrap()[0];
+        let schemas = crate::document::tests::shop_schemas();
+        let lookup = |name: &str| {
+            schemas
+                .iter()
+                .find(|t| t.qualified_name() == name)
+                .map(|t| &**t)
+        };
+        let tree = Tree::resolve(def, &lookup).unwrap();
+        let shape = Shape {
+            tree: Tree {
+                name: "learned_customers".into(),
+                ..tree
+            },
+            schemas: schemas
+                .iter()
+                .map(|t| (t.qualified_name(), t.clone()))
+                .collect(),
+        };
+        let doc = crate::document::stage::document_schema("shop", &shape).unwrap();
+        let header = schema_header(&doc, Some(&shape));
+        let mut layouts = Layouts::default();
+        let back = layouts.schema(&header).unwrap();
+        assert_eq!(*back, doc);
+        let learned =
+            crate::document::stage::shape_of(&Default::default(), "learned_customers").unwrap();
+        assert_eq!(learned.tree.definition(), shape.tree.definition());
+        for (name, t) in &shape.schemas {
+            assert_eq!(learned.schemas[name], *t, "{name}");
+        }
+        // A table's header carries none.
+        let table = schema_header(&schemas[0], None);
+        assert!(!String::from_utf8_lossy(&table).contains("\"document\""));
     }
 
     #[test]
@@ -177,7 +256,7 @@ mod tests {
             vec![],
             1,
         );
-        let e = layouts.schema(&schema_header(&t)).unwrap_err();
+        let e = layouts.schema(&schema_header(&t, None)).unwrap_err();
         assert!(e.contains("source kind `oracle`"), "{e}");
     }
 }

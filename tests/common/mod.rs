@@ -12,8 +12,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 use serde_json::Value as Json;
 
+mod kafka;
 mod pg;
 mod snapshot;
+#[allow(unused_imports)]
+pub use kafka::*;
 #[allow(unused_imports)]
 pub use pg::*;
 #[allow(unused_imports)]

@@ -21,14 +21,14 @@ impl ElasticsearchSink {
         schema: &Arc<TableSchema>,
     ) -> Result<Target, SinkError> {
         let name = &schema.table;
-        let Some(shape) = self.context.documents.get(name) else {
+        let Some(shape) = crate::document::stage::shape_of(&self.context.documents, name) else {
             return Err(self.err(format!(
                 "document `{name}` has no definition in this connector (its events come from another configuration)"
             )));
         };
         let alias = name.to_lowercase();
         if !self.alias_exists(&alias).await? {
-            let body = document_index_body(&self.cfg, name, shape)
+            let body = document_index_body(&self.cfg, name, &shape)
                 .map_err(|m| self.err(format!("document `{name}`: {m}")))?;
             let concrete = format!("{alias}_v1");
             self.create_index_with(&concrete, &body).await?;

@@ -76,6 +76,7 @@ impl SinkKind for KafkaSinkConfig {
             work: tx,
             last_boundary: None,
             layouts: PerSchema::default(),
+            documents: context.documents.clone(),
         }))
     }
 }
@@ -88,6 +89,8 @@ pub struct KafkaSink {
     last_boundary: Option<Position>,
     /// The `schema` header and the topic of each layout, rendered once.
     layouts: PerSchema<(Arc<[u8]>, Arc<str>)>,
+    /// The joined documents' shapes, for their `schema` headers.
+    documents: crate::document::stage::Shapes,
 }
 
 impl KafkaSink {
@@ -103,11 +106,15 @@ impl KafkaSink {
     fn records(&mut self, e: &ChangeEvent, out: &mut Vec<Record>) {
         let t = &e.table;
         // Per layout, rendered once: the `schema` header and the topic's name.
-        let (cfg, connector) = (&self.cfg, &self.connector);
+        let (cfg, connector, documents) = (&self.cfg, &self.connector, &self.documents);
         let (schema, topic) = self
             .layouts
             .get_or_insert_with(t, || {
-                (record::schema_header(t).into(), topic_of(cfg, connector, t))
+                let shape = (t.kind == DOCUMENT_KIND)
+                    .then(|| documents.get(&*t.table))
+                    .flatten();
+                let header = record::schema_header(t, shape);
+                (header.into(), topic_of(cfg, connector, t))
             })
             .clone();
         let mut key = Vec::new();

@@ -89,8 +89,12 @@ impl Writer {
         let admin: AdminClient<DefaultClientContext> = client
             .create()
             .map_err(|e| err(format!("the Kafka admin client: {e}")))?;
-        let producer: ThreadedProducer<DefaultProducerContext> = client
-            .clone()
+        let mut producer = client.clone();
+        // (A `compression.type` among `properties` is the user's word over ours.)
+        if !cfg.connection.properties.contains_key("compression.type") {
+            producer.set("compression.type", &cfg.compression);
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = producer
             .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
             // The Java clients' partitioner: every Kafka client agrees where a key lives.

@@ -52,6 +52,10 @@ fn mistakes_name_their_setting_and_line() {
             "is a fixed name: no `{connector}`",
         ),
         (
+            "compression = \"brotli\"",
+            "c.toml:3:1: [[sink]] compression must be one of \"lz4\", \"zstd\", \"snappy\", \"gzip\", \"none\" (got \"brotli\")",
+        ),
+        (
             "partitions = 0",
             "c.toml:3:1: [[sink]] partitions and replication_factor must be at least 1",
         ),

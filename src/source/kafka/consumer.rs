@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::KafkaSourceConfig;
 use super::SECTION;
-use crate::event::consumer::ConsumerEvent;
-use crate::event::{Position, SourceMessage};
+use crate::event::consumer::{ConsumerDocument, ConsumerEvent};
+use crate::event::{ChangeEvent, Position, SourceMessage, TableSchema};
 use crate::kafka::errors::explain;
 use crate::kafka::record::{self, Layouts};
 use crate::queue::QueueSender;
@@ -482,14 +482,8 @@ impl Reader {
             // A tombstone (`tombstones = true`): the delete before it carried the change.
             None => None,
             Some(value) => {
-                if let Some(op) = header(record::OP) {
-                    if record::DOC_OPS.iter().any(|d| d.as_bytes() == op) {
-                        return Err(SourceError::Fatal(format!(
-                            "{}: a joined document's event; a kafka source reads table changes: leave the document topics out of [source] topics",
-                            at()
-                        )));
-                    }
-                }
+                let document = header(record::OP)
+                    .is_some_and(|op| record::DOC_OPS.iter().any(|d| d.as_bytes() == op));
                 let schema = header(record::SCHEMA).ok_or_else(|| {
                     SourceError::Fatal(format!(
                         "{}: the record has no `schema` header: it was not written by a tributary Kafka sink (or by one older than the kafka source)",
@@ -500,7 +494,17 @@ impl Reader {
                     .layouts
                     .schema(schema)
                     .map_err(|e| SourceError::Fatal(format!("{}: {e}", at())))?;
-                if self.filter.matches(&schema.db, &schema.table) {
+                if document {
+                    // (The topics choose the documents: `include` names tables.)
+                    let text = std::str::from_utf8(value)
+                        .map_err(|e| SourceError::Fatal(format!("{}: {e}", at())))?;
+                    let pos = Position::Kafka {
+                        offsets: Arc::new([(name.clone(), m.offset() + 1)].into()),
+                    };
+                    let event = document_event(text, schema, pos)
+                        .map_err(|e| SourceError::Fatal(format!("{}: {e}", at())))?;
+                    Some(event)
+                } else if self.filter.matches(&schema.db, &schema.table) {
                     let text = std::str::from_utf8(value)
                         .map_err(|e| SourceError::Fatal(format!("{}: {e}", at())))?;
                     let event = ConsumerEvent::parse(text)
@@ -524,6 +528,26 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// A joined document's record as the document's event; its shape came with the
+/// record's `schema` header (the sinks map the document from it).
+fn document_event(
+    text: &str,
+    schema: Arc<TableSchema>,
+    pos: Position,
+) -> Result<ChangeEvent, String> {
+    let shape = crate::document::stage::shape_of(&Default::default(), &schema.table)
+        .ok_or_else(|| {
+            format!(
+                "document `{}`: the `schema` header carries no shape (written by a tributary older than workers of documents)",
+                schema.table
+            )
+        })?;
+    let root_kind = shape
+        .schema_of(&shape.tree.nodes[0].table)
+        .map_or(schema.kind, |t| t.kind);
+    ConsumerDocument::parse(text)?.into_event(schema, root_kind, pos)
 }
 
 /// Errors a consumer cannot get past by waiting: the user must act.
