@@ -10,6 +10,9 @@
 #   - tributary streaming it to the null sink (decode + pipeline cost)
 #   - tributary streaming it to the log sink (fsync before each checkpoint)
 #   - pg_recvlogical (pgoutput, same publication) writing to /dev/null
+#   - pg_recvlogical again in pgoutput's binary mode (`binary=true`, PostgreSQL 14+):
+#     the walsender's CPU per change in each mode (issue 20's question whether binary
+#     mode would relieve the server-side bound)
 # Prints events/s, wall time, peak RSS and CPU seconds of each, the CPU seconds of the
 # walsender serving each (the server-side bound), and the ratio to pg_recvlogical.
 # Results go to bench/results/pgoutput_throughput.json.
@@ -22,7 +25,7 @@ BENCH_SOURCE=postgres
 start_bench_postgres
 
 echo "loading $N rows (inserts, updates, deletes in transactions of 1000)..." >&2
-reset_pg_bench_table bench bench_null bench_log bench_recv
+reset_pg_bench_table bench bench_null bench_log bench_recv bench_recvbin
 python3 - "$N" > "$work/load.sql" <<'PY'
 import sys
 n = int(sys.argv[1]); step = 1000
@@ -81,12 +84,18 @@ walsender_start pg_recvlogical
 recv_ws=$(walsender_stop pg_recvlogical)
 read -r recv_s recv_rss recv_user recv_sys < "$work/recv.time"
 recv_cpu=$(python3 -c "print(round($recv_user + $recv_sys, 2))")
+echo "pg_recvlogical, binary mode..." >&2
+walsender_start pg_recvlogical
+/usr/bin/time -f "%e %M %U %S" -o "$work/recvbin.time" pg_recvlogical -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app \
+  --slot bench_recvbin --start --endpos "$until" -o proto_version=1 -o publication_names=bench -o binary=true -f /dev/null
+bin_ws=$(walsender_stop pg_recvlogical)
+read -r bin_s _ _ _ < "$work/recvbin.time"
 "${P[@]}" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'bench_%'" >/dev/null
 
-python3 - "$N" "$expected" "$wal_bytes" "$null_s" "$null_rss" "$log_s" "$log_rss" "$recv_s" "$recv_rss" "$load_s" "$null_cpu" "$log_cpu" "$recv_cpu" "$null_ws" "$log_ws" "$recv_ws" <<'PY'
+python3 - "$N" "$expected" "$wal_bytes" "$null_s" "$null_rss" "$log_s" "$log_rss" "$recv_s" "$recv_rss" "$load_s" "$null_cpu" "$log_cpu" "$recv_cpu" "$null_ws" "$log_ws" "$recv_ws" "$bin_s" "$bin_ws" <<'PY'
 import json, sys, time, platform, os
 n, ev, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-null_s, null_rss, log_s, log_rss, rv_s, rv_rss, load_s, null_cpu, log_cpu, rv_cpu, null_ws, log_ws, rv_ws = map(float, sys.argv[4:17])
+null_s, null_rss, log_s, log_rss, rv_s, rv_rss, load_s, null_cpu, log_cpu, rv_cpu, null_ws, log_ws, rv_ws, bin_s, bin_ws = map(float, sys.argv[4:19])
 res = {
   "benchmark": "pgoutput_throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
   "machine": f"{os.cpu_count()} cores, {platform.machine()}", "rows": n, "row_changes": ev,
@@ -95,6 +104,8 @@ res = {
   "tributary_log": {"seconds": log_s, "events_per_s": round(ev / log_s), "peak_rss_mib": round(log_rss / 1024, 1), "cpu_seconds": log_cpu, "walsender_cpu_seconds": log_ws},
   "pg_recvlogical": {"seconds": rv_s, "events_per_s": round(ev / rv_s), "peak_rss_mib": round(rv_rss / 1024, 1), "cpu_seconds": rv_cpu, "walsender_cpu_seconds": rv_ws},
 }
+res["pg_recvlogical_binary"] = {"seconds": bin_s, "events_per_s": round(ev / bin_s), "walsender_cpu_seconds": bin_ws}
+res["walsender_us_per_change"] = {"text": round(rv_ws * 1e6 / ev, 2), "binary": round(bin_ws * 1e6 / ev, 2)}
 res["ratio_null_vs_pg_recvlogical"] = round(rv_s / null_s, 2)
 res["ratio_log_vs_pg_recvlogical"] = round(rv_s / log_s, 2)
 os.makedirs("bench/results", exist_ok=True)
@@ -103,5 +114,7 @@ with open("bench/results/pgoutput_throughput.json", "w") as f:
 print(f"{'':24}{'seconds':>9}{'events/s':>12}{'peak RSS MiB':>14}{'CPU s':>8}{'walsender CPU s':>17}")
 for k, label in [("tributary_null", "tributary -> null"), ("tributary_log", "tributary -> log"), ("pg_recvlogical", "pg_recvlogical")]:
     r = res[k]; print(f"{label:24}{r['seconds']:>9}{r['events_per_s']:>12}{r['peak_rss_mib']:>14}{r['cpu_seconds']:>8}{r['walsender_cpu_seconds']:>17}")
+w = res["walsender_us_per_change"]
+print(f"walsender CPU per change read by pg_recvlogical: text {w['text']} us, binary mode {w['binary']} us ({res['pg_recvlogical_binary']['events_per_s']} events/s)")
 print(f"speed vs pg_recvlogical: null sink x{res['ratio_null_vs_pg_recvlogical']}, log sink x{res['ratio_log_vs_pg_recvlogical']}  ({ev} row changes, {size} WAL bytes)")
 PY

@@ -448,7 +448,7 @@ async fn postgres_guard_reindex_verdict_rebuilds_the_index_with_the_new_type() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let log = daemon_log(&c);
-    assert!(log.contains("schema guard: index rebuilt"), "{log}");
+    assert!(log.contains("index rebuilt beside the stream"), "{log}");
     // int -> bigint: the field is `long` either way, so nothing is rebuilt.
     client
         .batch_execute(&format!("ALTER TABLE {table} ALTER COLUMN id TYPE bigint; INSERT INTO {table} VALUES (5000, 2.5)"))
