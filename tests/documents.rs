@@ -49,6 +49,20 @@ columns = ["sku", "qty", "price"]
     )
 }
 
+/// The document of `db` under the alias `alias`.
+fn document_named(db: &str, alias: &str) -> String {
+    document(db).replace("name = \"customers\"", &format!("name = \"{alias}\""))
+}
+
+/// A new database (`prefix`) with the four tables seeded by `random_writes` (40
+/// customers, 120 orders, 240 items from `seed`) and no transactions after.
+async fn seeded_db(prefix: &str, seed: u64) -> String {
+    let db = new_db(prefix, TABLES).await;
+    let session = Session::MariaDb(admin(SHARED_PORT).await);
+    random_writes(session, db.clone(), 0, seed).await;
+    db
+}
+
 /// The connector with `doc` appended; returns its path.
 fn with_document(dir: &std::path::Path, db: &str, doc: &str) -> std::path::PathBuf {
     let c = connector(dir, SHARED_PORT, db, "");
@@ -565,14 +579,10 @@ async fn a_region_rename_rewrites_all_20000_documents_of_its_customers_in_bounde
         .await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let c = with_document(dir.path(), &db, &document(&db));
+    let alias = format!("fan_{db}");
+    let c = with_document(dir.path(), &db, &document_named(&db, &alias));
     // Documents only: the tables get no index of their own.
     add_es_sink(&c, &url, "tables = \"none\"");
-    let alias = format!("fan_{db}");
-    let text = std::fs::read_to_string(&c)
-        .unwrap()
-        .replace("name = \"customers\"", &format!("name = \"{alias}\""));
-    std::fs::write(&c, text).unwrap();
     let http = add_listener(&c, "http", "");
     let mut daemon = spawn_daemon(&c);
 
@@ -644,10 +654,7 @@ async fn a_region_rename_rewrites_all_20000_documents_of_its_customers_in_bounde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_added_to_a_running_connector_is_built_from_requested_snapshots() {
     let url = elasticsearch();
-    let db = new_db("docadd", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    // Seeded (40 customers, 120 orders, 240 items) with no transactions after.
-    random_writes(session, db.clone(), 0, 7).await;
+    let db = seeded_db("docadd", 7).await;
     let dir = tempfile::tempdir().unwrap();
     let c = connector(dir.path(), SHARED_PORT, &db, "");
     add_es_sink(&c, &url, "");
@@ -658,7 +665,7 @@ async fn a_document_added_to_a_running_connector_is_built_from_requested_snapsho
     stop(&mut daemon);
 
     let alias = format!("added_{db}");
-    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let doc = document_named(&db, &alias);
     let text = std::fs::read_to_string(&c).unwrap() + &doc;
     std::fs::write(&c, text).unwrap();
     let mut daemon = spawn_daemon(&c);
@@ -756,17 +763,11 @@ async fn order_writer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_and_reindex_of_a_document_beside_a_writer() {
     let url = elasticsearch();
-    let db = new_db("docverify", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    random_writes(session, db.clone(), 0, 1).await; // the seed rows only
+    let db = seeded_db("docverify", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = with_document(dir.path(), &db, &document(&db));
-    add_es_sink(&c, &url, "tables = \"none\"");
     let alias = format!("verify_{db}");
-    let text = std::fs::read_to_string(&c)
-        .unwrap()
-        .replace("name = \"customers\"", &format!("name = \"{alias}\""));
-    std::fs::write(&c, text).unwrap();
+    let c = with_document(dir.path(), &db, &document_named(&db, &alias));
+    add_es_sink(&c, &url, "tables = \"none\"");
     let mut daemon = spawn_daemon(&c);
     let expected = documents_by_sql(&db).await;
     wait_for_documents(&url, &alias, &expected, &c).await;
@@ -1084,9 +1085,7 @@ async fn postgres_an_embed_joined_on_a_unique_index_follows_its_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_table_reaches_its_documents_once_replayed() {
     let url = elasticsearch();
-    let db = new_db("docquar", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    random_writes(session, db.clone(), 0, 11).await;
+    let db = seeded_db("docquar", 11).await;
     let mut conn = admin(SHARED_PORT).await;
     exec(
         &mut conn,
@@ -1095,7 +1094,7 @@ async fn a_quarantined_table_reaches_its_documents_once_replayed() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let alias = format!("quar_{db}");
-    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let doc = document_named(&db, &alias);
     let c = with_document(dir.path(), &db, &doc);
     add_es_sink(&c, &url, "tables = \"none\"");
     let policy = dir.path().join("policy.toml");
@@ -1167,12 +1166,10 @@ async fn a_quarantined_table_reaches_its_documents_once_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_the_sink_refused_is_replayed_once_fixed() {
     let url = elasticsearch();
-    let db = new_db("docdead", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    random_writes(session, db.clone(), 0, 13).await;
+    let db = seeded_db("docdead", 13).await;
     let dir = tempfile::tempdir().unwrap();
     let alias = format!("dead_{db}");
-    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let doc = document_named(&db, &alias);
     let c = with_document(dir.path(), &db, &doc);
     add_es_sink(&c, &url, "tables = \"none\"\nmax_document_bytes = 4096");
     let mut daemon = spawn_daemon(&c);
@@ -1223,9 +1220,7 @@ async fn a_document_the_sink_refused_is_replayed_once_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enriched_root_columns_and_enrichment_dead_letters_reach_the_documents() {
     let url = elasticsearch();
-    let db = new_db("docenrich", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    random_writes(session, db.clone(), 0, 17).await;
+    let db = seeded_db("docenrich", 17).await;
     let mut conn = admin(SHARED_PORT).await;
     // Region 0 (no such region) fails the step below; NULLs would too, so none.
     exec(
@@ -1238,7 +1233,7 @@ async fn enriched_root_columns_and_enrichment_dead_letters_reach_the_documents()
     let step = format!(
         "\n[[enrich]]\ntable = \"{db}.customers\"\nkind = \"compute\"\nfield = \"per_region\"\nexpr = \"100 / region_id\"\ntype = \"long\"\n"
     );
-    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let doc = document_named(&db, &alias);
     let c = with_document(dir.path(), &db, &(step + &doc));
     add_es_sink(&c, &url, "tables = \"none\"");
     let expected = |mut docs: BTreeMap<String, Json>| {
@@ -1286,12 +1281,10 @@ async fn enriched_root_columns_and_enrichment_dead_letters_reach_the_documents()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_definition_gets_a_new_index_swapped_in_by_the_daemon() {
     let url = elasticsearch();
-    let db = new_db("docredef", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    random_writes(session, db.clone(), 0, 19).await;
+    let db = seeded_db("docredef", 19).await;
     let dir = tempfile::tempdir().unwrap();
     let alias = format!("redef_{db}");
-    let full = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let full = document_named(&db, &alias);
     let items_at = full.find("\n[[document.nest.nest]]").unwrap();
     let without_items = full[..items_at].to_string() + "\n";
     let c = with_document(dir.path(), &db, &without_items);
@@ -1385,12 +1378,10 @@ async fn a_changed_definition_gets_a_new_index_swapped_in_by_the_daemon() {
 async fn documents_through_kafka_reach_a_worker_that_maps_them() {
     let url = elasticsearch();
     let brokers = kafka_on(KAFKA_PORT);
-    let db = new_db("dockafka", TABLES).await;
-    let session = Session::MariaDb(admin(SHARED_PORT).await);
-    random_writes(session, db.clone(), 0, 23).await;
+    let db = seeded_db("dockafka", 23).await;
     let dir = tempfile::tempdir().unwrap();
     let alias = format!("kdoc_{db}");
-    let doc = document(&db).replace("name = \"customers\"", &format!("name = \"{alias}\""));
+    let doc = document_named(&db, &alias);
     let reader_dir = dir.path().join("reader");
     std::fs::create_dir_all(&reader_dir).unwrap();
     let reader = with_document(&reader_dir, &db, &doc);

@@ -1,5 +1,4 @@
 use super::*;
-use crate::document::tree::Tree;
 
 /// The issue's document, showing fewer columns and orders by amount.
 fn shop() -> String {
@@ -18,15 +17,7 @@ order_by = ["amount"]"#,
 }
 
 fn state(dir: &std::path::Path) -> State {
-    let def = &crate::testkit::documents(&shop()).unwrap()[0];
-    let schemas = crate::document::tests::shop_schemas();
-    let lookup = |name: &str| {
-        schemas
-            .iter()
-            .find(|t| t.qualified_name() == name)
-            .map(|t| &**t)
-    };
-    let tree = Tree::resolve(def, &lookup).unwrap();
+    let tree = crate::document::tests::shop_tree(&shop());
     State::open(&dir.join("documents.redb"), tree).unwrap()
 }
 
@@ -629,15 +620,7 @@ fn late_changes_mark_documents_with_the_newest_version_applied() {
 fn a_changed_definition_wants_a_new_index_until_reindexed() {
     let dir = tempfile::tempdir().unwrap();
     let open = |doc: &str| {
-        let def = &crate::testkit::documents(doc).unwrap()[0];
-        let schemas = crate::document::tests::shop_schemas();
-        let lookup = |name: &str| {
-            schemas
-                .iter()
-                .find(|t| t.qualified_name() == name)
-                .map(|t| &**t)
-        };
-        let tree = Tree::resolve(def, &lookup).unwrap();
+        let tree = crate::document::tests::shop_tree(doc);
         let s = State::open(&dir.path().join("documents.redb"), tree).unwrap();
         s.prepare().unwrap();
         s

@@ -173,6 +173,20 @@ fn unknown_keys_are_errors() {
     assert!(e.to_string().contains("orderby"), "{e}");
 }
 
+/// The first document of `text` (a connector file's `[[document]]`s) resolved against
+/// the shop's tables.
+pub(crate) fn shop_tree(text: &str) -> crate::document::tree::Tree {
+    let def = &crate::testkit::documents(text).unwrap()[0];
+    let schemas = shop_schemas();
+    let lookup = |name: &str| {
+        schemas
+            .iter()
+            .find(|t| t.qualified_name() == name)
+            .map(|t| &**t)
+    };
+    crate::document::tree::Tree::resolve(def, &lookup).unwrap()
+}
+
 /// The shop's tables (`keys`: each table's key columns).
 /// (The state's tests use them too: regions keyed by an unsigned id, which joins the
 /// customers' int `region_id`.)

@@ -207,15 +207,8 @@ mod tests {
     /// its tables' layouts), so its sinks map the document as the reader's would.
     #[test]
     fn a_document_header_carries_its_shape() {
-        let def = &crate::testkit::documents(crate::document::tests::SHOP).unwrap()[0];
+        let tree = crate::document::tests::shop_tree(crate::document::tests::SHOP);
         let schemas = crate::document::tests::shop_schemas();
-        let lookup = |name: &str| {
-            schemas
-                .iter()
-                .find(|t| t.qualified_name() == name)
-                .map(|t| &**t)
-        };
-        let tree = Tree::resolve(def, &lookup).unwrap();
         let shape = Shape {
             tree: Tree {
                 name: "learned_customers".into(),
