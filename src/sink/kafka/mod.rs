@@ -110,10 +110,11 @@ impl KafkaSink {
         let (schema, topic) = self
             .layouts
             .get_or_insert_with(t, || {
+                // (A worker passing documents on carries the shape it learned.)
                 let shape = (t.kind == DOCUMENT_KIND)
-                    .then(|| documents.get(&*t.table))
+                    .then(|| crate::document::stage::shape_of(documents, &t.table))
                     .flatten();
-                let header = record::schema_header(t, shape);
+                let header = record::schema_header(t, shape.as_deref());
                 (header.into(), topic_of(cfg, connector, t))
             })
             .clone();
