@@ -441,6 +441,7 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    lazy_arena_commit();
     let cli = Cli::parse();
     init_tracing(&cli);
     // One TLS crypto provider for every client that asks rustls for the default
@@ -1562,6 +1563,33 @@ fn log_cat(dir: &Path) -> anyhow::Result<ExitCode> {
     let n = result?;
     eprintln!("{n} record(s), all checksums valid");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The variable that makes mimalloc commit its arenas' memory as it is used instead of
+/// all at once.
+const ARENA_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+
+/// Runs the process again with `MIMALLOC_ARENA_EAGER_COMMIT=0`, unless the environment
+/// says otherwise already. mimalloc reads the option once, when it reserves its first
+/// arena while the program loads, before `main` (setting it from code then is too
+/// late, and its compiled-in default is a C define cargo cannot pass to that crate
+/// alone); eager commit kept 15-30 MiB of arena pages resident that were never used:
+/// the catch-up with a snapshot peaked at 65-86 MiB with it and 50-54 MiB without, at
+/// the same speed (bench/binlog_throughput.sh's run, docs/DESIGN.md). An `exec` keeps
+/// the pid (systemd's notify and watchdog follow it); if it fails, this run goes on.
+fn lazy_arena_commit() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(ARENA_EAGER_COMMIT).is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env(ARENA_EAGER_COMMIT, "0")
+        .exec();
+    tracing::debug!(error = %err, "running on with mimalloc's eager arena commit");
 }
 
 /// mimalloc: events are allocated on the source thread and freed on the sink thread;
