@@ -218,12 +218,9 @@ impl State {
     /// Whether the document's index was built for another definition and wants a new
     /// one (`prepare` found the definition changed; kept until `reindexed`).
     pub fn reindex_wanted(&self) -> Result<bool, StateError> {
+        // (`open_with` created the meta table.)
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let meta = match tx.open_table(META) {
-            Ok(m) => m,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(self.err(e)),
-        };
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
         Ok(meta.get(REINDEX).map_err(|e| self.err(e))?.is_some())
     }
 

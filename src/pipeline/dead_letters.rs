@@ -350,9 +350,10 @@ async fn replay_stream(
 ) -> Result<(), PipelineError> {
     // Opening what the replay writes to cuts each stream (this one included) back to
     // its last checkpoint, before it is read.
+    let policy = cfg.policy()?;
     let mut onward = match &s.sink {
-        Some(id) => Onward::one_sink(cfg, store, id).await?,
-        None => Onward::every_stage(cfg, store).await?,
+        Some(id) => Onward::one_sink(cfg, store, policy, id).await?,
+        None => Onward::every_stage(cfg, store, policy).await?,
     };
     let mark_id = s.mark_id();
     let mut mark: Replayed = match store.sink_cursor(&mark_id)? {

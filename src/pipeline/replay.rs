@@ -23,6 +23,7 @@ use crate::registry;
 use crate::schema::guard::{Guard, Pass};
 use crate::schema::history::Schemas;
 use crate::schema::quarantine::{self, QuarantineRecord, QuarantineStream};
+use crate::schema::Policy;
 use crate::sink::Sink;
 
 use super::checkpoint::{flush_all, Participant, SnapshotProgress};
@@ -119,7 +120,7 @@ pub async fn replay(cfg: &ConnectorConfig, only: &[String]) -> Result<ReplayRepo
     let mut guard = release(Guard::restore(policy.clone(), &store)?, &chosen);
     // The same enrichment and joined documents as the live stream (their state and
     // dead letters stored with the replay's commit).
-    let mut onward = Onward::every_stage(cfg, &store)
+    let mut onward = Onward::every_stage(cfg, &store, policy)
         .await
         .map_err(|e| PipelineError::Replay(e.to_string()))?;
     for t in chosen.keys() {
@@ -185,13 +186,14 @@ impl Onward {
     pub async fn every_stage(
         cfg: &ConnectorConfig,
         store: &Arc<OffsetStore>,
+        policy: Policy,
     ) -> Result<Self, PipelineError> {
         let mut enrich = registry::enrich(cfg, store).await?;
         let (documents, shapes) = super::open_documents(cfg, store, &mut enrich).await?;
         let sinks = registry::sinks(
             &cfg.sinks,
             store,
-            &registry::sink_context(cfg, cfg.policy()?, shapes),
+            &registry::sink_context(cfg, policy, shapes),
         )?;
         Ok(Onward {
             enrich,
@@ -207,12 +209,18 @@ impl Onward {
     pub async fn one_sink(
         cfg: &ConnectorConfig,
         store: &Arc<OffsetStore>,
+        policy: Policy,
         id: &str,
     ) -> Result<Self, PipelineError> {
         let shapes = if cfg.document.is_empty() {
             Shapes::default()
         } else {
-            let mut enrich = registry::enrich(cfg, store).await?;
+            // The enrichment only for the layouts it gives the tables: no stream of
+            // its own is opened (this replay writes none).
+            let lookups = cfg.source.source().lookup(&cfg.connector_name());
+            let mut enrich =
+                crate::enrich::Stage::detached(&cfg.enrich, &cfg.path, || lookups, Some(store))
+                    .await?;
             Arc::new(super::document_shapes(cfg, &mut enrich).await?)
         };
         // Opening what the replay writes to cuts its stream back to its last
@@ -220,7 +228,7 @@ impl Onward {
         let sinks = registry::sinks(
             &cfg.sinks,
             store,
-            &registry::sink_context(cfg, cfg.policy()?, shapes),
+            &registry::sink_context(cfg, policy, shapes),
         )?
         .into_iter()
         .filter(|k| k.id() == id)
