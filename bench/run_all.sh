@@ -15,6 +15,10 @@
 # or bench/results/quick/SUMMARY.md. Each benchmark pins the settings it measures
 # (snapshot = "never" for streaming runs, and so on), so a new default does not change
 # what it measures unnoticed. Takes about 35 minutes in full on 2 cores.
+# Before each benchmark a fixed reference workload (gzip -6 of `seq 1 5000000`, code
+# that is not ours) is timed and recorded in its results as `machine_pace_seconds`:
+# this machine's pace changes by up to 2x from hour to hour, and the summary names the
+# benchmarks whose figures were taken at a slower pace than the previous run's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -51,8 +55,19 @@ previous=$(mktemp -d /tmp/tributary-bench-previous.XXXXXX)
 trap 'rm -rf "$previous"' EXIT
 cp "$out"/*.json "$previous"/ 2>/dev/null || true
 
+# Seconds of the reference workload: the machine's pace right now.
+pace() {
+  python3 - <<'PY'
+import subprocess, time
+t = time.monotonic()
+subprocess.run("seq 1 5000000 | gzip -6 > /dev/null", shell=True, check=True)
+print(round(time.monotonic() - t, 2))
+PY
+}
+
 failed=()
 for name in "${names[@]}"; do
+  pace_s=$(pace)
   echo "== $name $(args "$name")" >&2
   # A full run writes where the scripts write; a quick one keeps the full figures and
   # moves its own aside.
@@ -63,6 +78,17 @@ for name in "${names[@]}"; do
   else
     bash "bench/$name.sh" $(args "$name") >&2 || failed+=("$name")
   fi
+  # (Only into results this run wrote: a failed benchmark leaves the old ones.)
+  [[ " ${failed[*]-} " != *" $name "* ]] && [ -f "$results/$name.json" ] && python3 - "$results/$name.json" "$pace_s" <<'PY'
+import json, sys
+path, pace = sys.argv[1], float(sys.argv[2])
+with open(path) as f:
+    res = json.load(f)
+res["machine_pace_seconds"] = pace
+with open(path, "w") as f:
+    json.dump(res, f, indent=2)
+    f.write("\n")
+PY
   if [ "$quick" = 1 ] && [ -f "$results/$name.json" ]; then
     mv "$results/$name.json" "$out/$name.json"
     if [ -f "$previous/$name.full" ]; then cp "$previous/$name.full" "$results/$name.json"; fi

@@ -6,6 +6,10 @@ to its target (targets.json) and the previous result, flagged when more than 20%
 Whether more is better follows from the figure's name: rates (`per_s`) and ratios
 higher, times, latencies and memory lower; other numbers (counts, settings) are shown
 without a verdict.
+
+`machine_pace_seconds` (set by run_all.sh) is a fixed reference workload timed just
+before the benchmark: when it took more than 20% longer than before the previous run,
+the machine was slower, and the benchmark's worse figures are marked so.
 """
 import fnmatch
 import json
@@ -28,6 +32,8 @@ def leaves(value, path=()):
 
 def direction(path):
     last = path.split(".")[-1]
+    if last == "machine_pace_seconds":
+        return 0  # the machine's, not ours: shown, never flagged
     if "per_s" in last or last.startswith("ratio") or last.endswith("_vs_plain"):
         return 1
     if last in ("p50", "p99") or last.endswith(("seconds", "_mib", "_ms")) or "latency" in path:
@@ -63,7 +69,7 @@ def main():
     previous_dir, results_dir, targets_path, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
     targets = load(targets_path) or {}
     lines = ["| benchmark | figure | now | previous | change | target | |", "|---|---|---|---|---|---|---|"]
-    flagged, missed = [], []
+    flagged, missed, slower = [], [], []
     for name in names:
         now = load(os.path.join(results_dir, name + ".json"))
         if now is None:
@@ -71,6 +77,11 @@ def main():
             flagged.append(f"{name}: no results")
             continue
         before = dict(leaves(load(os.path.join(previous_dir, name + ".json")) or {}))
+        pace, pace_before = now.get("machine_pace_seconds"), before.get("machine_pace_seconds")
+        slow = ""
+        if pace and pace_before and pace > pace_before * (1 + WORSE):
+            slow = f" (machine {pace / pace_before:.1f}x slower)"
+            slower.append(f"{name} ({pace} s against {pace_before} s)")
         for path, value in leaves(now):
             d = direction(path)
             old = before.get(path)
@@ -79,8 +90,8 @@ def main():
                 delta = (value - old) / abs(old)
                 change = f"{delta:+.0%}"
                 if d * delta < -WORSE:
-                    mark = "WORSE"
-                    flagged.append(f"{name} {path}: {fmt(value)} (was {fmt(old)})")
+                    mark = "WORSE" + slow
+                    flagged.append(f"{name} {path}: {fmt(value)} (was {fmt(old)}){slow}")
             target = ""
             for pattern, t in targets.get(name, {}).items():
                 if fnmatch.fnmatch(path, pattern):
@@ -88,13 +99,18 @@ def main():
                     if not ok:
                         mark = (mark + " MISSED").strip()
                         missed.append(f"{name} {path}: {fmt(value)} (target {target})")
-            if d == 0 and not target:
+            if path == "machine_pace_seconds" and old not in (None, 0):
+                change = f"{(value - old) / abs(old):+.0%}"
+            elif d == 0 and not target:
                 continue
             lines.append(f"| {name} | {path} | {fmt(value)} | {fmt(old)} | {change} | {target} | {mark} |")
     print("\n".join(lines))
     print()
     print(f"More than {WORSE:.0%} worse than the previous run: " + ("; ".join(flagged) if flagged else "none"))
     print("Targets missed: " + ("; ".join(missed) if missed else "none"))
+    if slower:
+        print("Taken while the machine was more than 20% slower than for the previous run "
+              "(the reference workload's seconds): " + "; ".join(slower))
 
 
 if __name__ == "__main__":
