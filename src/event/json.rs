@@ -458,7 +458,7 @@ mod tests {
                 offset: 0,
                 gtid: None,
             },
-            Position::Wal { lsn: 0x16_B374_8 },
+            Position::Wal { lsn: 0x016B_3748 },
             Position::Wal { lsn: u64::MAX },
             Position::Kafka {
                 offsets: std::sync::Arc::new(offsets),
