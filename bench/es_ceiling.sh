@@ -14,7 +14,9 @@
 # the load) with the sink's `concurrency` at 1, 2 and 4 (batch_docs = 1000,
 # batch_bytes = 5 MiB, linger_ms = 50 pinned), each into an emptied endpoint, and
 # checks that the index then holds exactly the table's rows. Prints changes/s, peak
-# RSS, tributary's CPU seconds and the endpoint's, bulk bytes per change; writes
+# RSS, tributary's CPU seconds, the endpoint's and the source server's (mariadbd's
+# whole process; PostgreSQL's walsender serving the run), bulk bytes per change: the
+# three share the 2 cores, so their CPU per change bounds the rate. Writes
 # bench/results/es_ceiling.json.
 set -euo pipefail
 N=${1:-1000000}
@@ -33,30 +35,42 @@ read -r -a levels <<< "${LEVELS:-1 2 4}"
 sources=" ${SOURCES:-mariadb postgres} "
 
 stats() { curl -fs "$ES/_instant/stats"; }
+# CPU seconds mariadbd has used so far.
+mariadbd_cpu() {
+  awk '{print ($14 + $15) / 100}' "/proc/$(pgrep -f "mariadbd.*--port=$PORT" | head -1)/stat"
+}
 
 # One measured run into an emptied endpoint at concurrency $2 for source $1; appends
 # a JSON line of its figures to $work/runs.
 measure() { # $1 = mariadb | postgres, $2 = concurrency, $3 = rows in the table
   curl -fs -XPOST "$ES/_instant/reset" >/dev/null
   rm -rf "$work/elasticsearch"
-  local before after
+  local before after server
   before=$(stats)
+  if [ "$1" = postgres ]; then walsender_start tributary; else server=$(mariadbd_cpu); fi
   read -r secs rss cpu < <(sink_toml_extra="concurrency = $2
 batch_docs = 1000
 batch_bytes = 5242880
 linger_ms = 50" run_tributary elasticsearch)
   after=$(stats)
-  python3 - "$1" "$2" "$3" "$N" "$secs" "$rss" "$cpu" "$before" "$after" >> "$work/runs" <<'PY'
+  if [ "$1" = postgres ]; then
+    server=$(walsender_stop tributary)
+  else
+    server=$(python3 -c "print(round($(mariadbd_cpu) - $server, 2))")
+  fi
+  python3 - "$1" "$2" "$3" "$N" "$secs" "$rss" "$cpu" "$before" "$after" "$server" >> "$work/runs" <<'PY'
 import json, sys
 source, conc, rows, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 secs, rss, cpu = float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
 before, after = json.loads(sys.argv[8]), json.loads(sys.argv[9])
+server = float(sys.argv[10])
 docs = after["indexes"].get("bench_orders_v1", {}).get("documents")
 if docs != rows:
     sys.exit(f"{source}, concurrency {conc}: the index holds {docs} documents, the table {rows} rows")
 print(json.dumps({"source": source, "concurrency": conc, "seconds": secs,
     "changes_per_s": round(n / secs), "peak_rss_mib": round(rss / 1024, 1),
     "tributary_cpu_s": cpu, "endpoint_cpu_s": round(after["cpu_seconds"] - before["cpu_seconds"], 2),
+    "server_cpu_s": server,
     "bulk_requests": after["bulk_requests"], "bulk_items": after["items"],
     "bulk_bytes_per_change": round(after["bulk_bytes"] / n, 1)}))
 PY
@@ -105,9 +119,9 @@ for r in runs:
 os.makedirs("bench/results", exist_ok=True)
 with open("bench/results/es_ceiling.json", "w") as f:
     json.dump(res, f, indent=2); f.write("\n")
-print(f"{'':26}{'seconds':>9}{'changes/s':>11}{'peak RSS MiB':>14}{'CPU s':>8}{'endpoint CPU s':>16}{'bytes/change':>14}")
+print(f"{'':26}{'seconds':>9}{'changes/s':>11}{'peak RSS MiB':>14}{'CPU s':>8}{'endpoint CPU s':>16}{'server CPU s':>14}{'bytes/change':>14}")
 for r in runs:
     label = f"{r['source']} concurrency {r['concurrency']}"
-    print(f"{label:26}{r['seconds']:>9}{r['changes_per_s']:>11}{r['peak_rss_mib']:>14}{r['tributary_cpu_s']:>8}{r['endpoint_cpu_s']:>16}{r['bulk_bytes_per_change']:>14}")
+    print(f"{label:26}{r['seconds']:>9}{r['changes_per_s']:>11}{r['peak_rss_mib']:>14}{r['tributary_cpu_s']:>8}{r['endpoint_cpu_s']:>16}{r['server_cpu_s']:>14}{r['bulk_bytes_per_change']:>14}")
 print(f"{n} changes per source into the instant-answer endpoint; every run's index equals its table")
 PY

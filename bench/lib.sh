@@ -148,6 +148,24 @@ start_bench_postgres() {
   P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
 }
 
+# The server side of a PostgreSQL run: CPU seconds of the walsender serving it, sampled from
+# /proc while it lives (the last sample is within 0.2 s of its end).
+walsender_start() { # $1 = application_name of the reader
+  rm -f "$work/ws.$1"
+  ( while :; do
+      pid=$("${P[@]}" -tA -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'" </dev/null)
+      # (written aside, then renamed: a sampler killed mid-write leaves the last sample)
+      [ -n "$pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$pid/stat" > "$work/ws.$1.new" 2>/dev/null \
+        && mv "$work/ws.$1.new" "$work/ws.$1"
+      sleep 0.2
+    done ) &
+  sampler=$!
+}
+walsender_stop() { # prints the walsender's CPU seconds
+  kill "$sampler"; wait "$sampler" 2>/dev/null || true
+  cat "$work/ws.$1" 2>/dev/null || echo 0
+}
+
 # The instant-answer endpoint (examples/instant_es.rs) on port $1, with the endpoint's
 # further arguments after it; sets `instant` (its pid, for bench_cleanup) and ES.
 start_instant_es() { # $1 = port, then instant_es options

@@ -53,22 +53,6 @@ wal_bytes=$("${P[@]}" -tA -c "SELECT pg_wal_lsn_diff('$until', restart_lsn) FROM
 echo "loaded in ${load_s}s: $expected row changes, $wal_bytes WAL bytes up to $until" >&2
 
 source_toml=$(pg_source_toml "bench_@SINK@" bench)
-# The server side of each run: CPU seconds of the walsender serving it, sampled from
-# /proc while it lives (the last sample is within 0.2 s of its end).
-walsender_start() { # $1 = application_name of the reader
-  ( while :; do
-      pid=$("${P[@]}" -tA -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'" </dev/null)
-      # (written aside, then renamed: a sampler killed mid-write leaves the last sample)
-      [ -n "$pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$pid/stat" > "$work/ws.$1.new" 2>/dev/null \
-        && mv "$work/ws.$1.new" "$work/ws.$1"
-      sleep 0.2
-    done ) &
-  sampler=$!
-}
-walsender_stop() { # prints the walsender's CPU seconds
-  kill "$sampler"; wait "$sampler" 2>/dev/null || true
-  cat "$work/ws.$1" 2>/dev/null || echo 0
-}
 echo "tributary -> null sink..." >&2
 walsender_start tributary
 read -r null_s null_rss null_cpu < <(run_tributary null)
