@@ -17,6 +17,8 @@ import os
 import sys
 
 WORSE = 0.20
+# Figures of the machine, not of tributary (its pace, its disk): shown, never flagged.
+MACHINE = ("machine_pace_seconds", "disk_write_seconds")
 
 
 def leaves(value, path=()):
@@ -32,8 +34,10 @@ def leaves(value, path=()):
 
 def direction(path):
     last = path.split(".")[-1]
-    if last == "machine_pace_seconds":
-        return 0  # the machine's, not ours: shown, never flagged
+    if last in MACHINE:
+        return 0
+    if last.endswith("bytes_per_change"):
+        return -1
     if "per_s" in last or last.startswith("ratio") or last.endswith("_vs_plain"):
         return 1
     if last in ("p50", "p99") or last.endswith(("seconds", "_mib", "_ms")) or "latency" in path:
@@ -99,9 +103,9 @@ def main():
                     if not ok:
                         mark = (mark + " MISSED").strip()
                         missed.append(f"{name} {path}: {fmt(value)} (target {target})")
-            if path == "machine_pace_seconds" and old not in (None, 0):
+            if path.split(".")[-1] in MACHINE and old not in (None, 0):
                 change = f"{(value - old) / abs(old):+.0%}"
-            elif d == 0 and not target:
+            elif d == 0 and not target and path.split(".")[-1] not in MACHINE:
                 continue
             lines.append(f"| {name} | {path} | {fmt(value)} | {fmt(old)} | {change} | {target} | {mark} |")
     print("\n".join(lines))
