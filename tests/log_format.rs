@@ -12,10 +12,9 @@ use tributary::journal::{read_log, Journal, Settings};
 
 /// The ```python block of docs/log-format.md.
 fn documented_reader() -> String {
-    let doc = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/log-format.md"),
-    )
-    .unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/log-format.md"))
+            .unwrap();
     let block = doc
         .split("```python\n")
         .nth(1)
