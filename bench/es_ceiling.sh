@@ -37,7 +37,7 @@ sources=" ${SOURCES:-mariadb postgres} "
 stats() { curl -fs "$ES/_instant/stats"; }
 # CPU seconds mariadbd has used so far.
 mariadbd_cpu() {
-  awk '{print ($14 + $15) / 100}' "/proc/$(pgrep -f "mariadbd.*--port=$PORT" | head -1)/stat"
+  cpu_seconds_of "$(pgrep -f "mariadbd.*--port=$PORT" | head -1)"
 }
 
 # One measured run into an emptied endpoint at concurrency $2 for source $1; appends

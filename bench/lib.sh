@@ -148,6 +148,11 @@ start_bench_postgres() {
   P=(psql -h 127.0.0.1 -p "$PGPORT_BENCH" -U admin -d app -v ON_ERROR_STOP=1 -q -X)
 }
 
+# CPU seconds (user + system) process $1 has used so far.
+cpu_seconds_of() { # $1 = pid
+  awk '{print ($14 + $15) / 100}' "/proc/$1/stat"
+}
+
 # The server side of a PostgreSQL run: CPU seconds of the walsender serving it, sampled from
 # /proc while it lives (the last sample is within 0.2 s of its end).
 walsender_start() { # $1 = application_name of the reader
@@ -155,7 +160,7 @@ walsender_start() { # $1 = application_name of the reader
   ( while :; do
       pid=$("${P[@]}" -tA -c "SELECT pid FROM pg_stat_replication WHERE application_name = '$1'" </dev/null)
       # (written aside, then renamed: a sampler killed mid-write leaves the last sample)
-      [ -n "$pid" ] && awk '{print ($14 + $15) / 100}' "/proc/$pid/stat" > "$work/ws.$1.new" 2>/dev/null \
+      [ -n "$pid" ] && cpu_seconds_of "$pid" > "$work/ws.$1.new" 2>/dev/null \
         && mv "$work/ws.$1.new" "$work/ws.$1"
       sleep 0.2
     done ) &

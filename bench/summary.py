@@ -87,6 +87,7 @@ def main():
             slow = f" (machine {pace / pace_before:.1f}x slower)"
             slower.append(f"{name} ({pace} s against {pace_before} s)")
         for path, value in leaves(now):
+            machine = path.split(".")[-1] in MACHINE
             d = direction(path)
             old = before.get(path)
             change, mark = "", ""
@@ -103,9 +104,9 @@ def main():
                     if not ok:
                         mark = (mark + " MISSED").strip()
                         missed.append(f"{name} {path}: {fmt(value)} (target {target})")
-            if path.split(".")[-1] in MACHINE and old not in (None, 0):
+            if machine and old not in (None, 0):
                 change = f"{(value - old) / abs(old):+.0%}"
-            elif d == 0 and not target and path.split(".")[-1] not in MACHINE:
+            elif d == 0 and not target and not machine:
                 continue
             lines.append(f"| {name} | {path} | {fmt(value)} | {fmt(old)} | {change} | {target} | {mark} |")
     print("\n".join(lines))
