@@ -89,7 +89,7 @@ res = {
   "binlog_bytes": size, "load_seconds": load_s,
   "tributary_null": {"seconds": null_s, "events_per_s": round(ev / null_s), "peak_rss_mib": round(null_rss / 1024, 1)},
   "tributary_log": {"seconds": log_s, "events_per_s": round(ev / log_s), "peak_rss_mib": round(log_rss / 1024, 1),
-    "bytes_per_change": round(log_bytes / ev, 1),
+    "compression": os.environ.get("LOG_COMPRESSION", "zstd"), "bytes_per_change": round(log_bytes / ev, 1),
     "disk_write_seconds": disk_s, "disk_note": "dd of the log's bytes with fdatasync, same filesystem, right after: the disk's pace for them (not a floor: the log overlaps writing with decoding)"},
   "tributary_null_initial_snapshot": {"seconds": snap_s, "events_per_s": round(ev / snap_s), "peak_rss_mib": round(snap_rss / 1024, 1),
     "snapshot_rows_emitted": snap_changes - ev, "target": "at least 1,000,000 changes/s, under 64 MiB"},

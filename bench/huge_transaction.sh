@@ -21,7 +21,7 @@ import json, sys, time, os
 n, s, rss = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 res = {"benchmark": "huge_transaction", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
        "rows_in_one_transaction": n, "seconds": s, "events_per_s": round(n / s),
-       "peak_rss_mib": round(rss / 1024, 1)}
+       "peak_rss_mib": round(rss / 1024, 1), "compression": os.environ.get("LOG_COMPRESSION", "zstd")}
 os.makedirs("bench/results", exist_ok=True)
 with open("bench/results/huge_transaction.json", "w") as f:
     json.dump(res, f, indent=2); f.write("\n")

@@ -92,13 +92,18 @@ snapshot = \"${3:-never}\""
 }
 
 # A connector file $2/c.toml: [source] $3, one sink of kind $1 (null, log or
-# elasticsearch at $ES) with the settings in $sink_toml_extra (optional), state in
+# elasticsearch at $ES; the log with compression $LOG_COMPRESSION, default zstd) with
+# the settings in $sink_toml_extra (optional), state in
 # $2/state, and the checkpoint interval pinned: $CHECKPOINT_MS, else 200 ms (what
 # every figure before the default's change was measured with).
 write_connector() {
   local sink="kind = \"null\""
+  # The log's compression pinned (the default since 2026-12-04), so that a later
+  # default cannot change what the log figures measure; LOG_COMPRESSION=none for the
+  # plain form.
   [ "$1" = log ] && sink="kind = \"log\"
-dir = \"$2/log\""
+dir = \"$2/log\"
+compression = \"${LOG_COMPRESSION:-zstd}\""
   [ "$1" = elasticsearch ] && sink="kind = \"elasticsearch\"
 urls = [\"$ES\"]
 dead_letter_dir = \"$2/dead-letters\""

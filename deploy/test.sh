@@ -17,6 +17,16 @@ if ! dpkg -s libssl-dev >/dev/null 2>&1; then
   apt-get update -qq >&2 && apt-get install -y -qq libssl-dev >&2
 fi
 bash deploy/kafka.sh install
+# The Python reader of docs/log-format.md decompresses zstd blocks with the zstandard
+# package (Python 3.14 has zstd built in); tests/log_format.rs runs that reader with
+# this interpreter.
+reader_venv=/tmp/tributary-reader-venv
+if ! "$reader_venv/bin/python" -c "import zstandard" 2>/dev/null; then
+  echo "installing zstandard into $reader_venv (the documented log reader's zstd)..." >&2
+  python3 -m venv "$reader_venv" >&2
+  "$reader_venv/bin/pip" install -q zstandard==0.23.0 >&2
+fi
+export TRIBUTARY_READER_PYTHON="$reader_venv/bin/python"
 
 # Every server port here, in bench/ and in the demo is below 32768, outside Linux's
 # ephemeral range (32768-60999): a port in that range can be taken at random by an

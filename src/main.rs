@@ -423,14 +423,15 @@ enum LogAction {
         /// until interrupted.
         #[arg(long)]
         follow: bool,
-        /// Start after this record: `SEGMENT:LINE`, as `--positions` prints them.
+        /// Start after this record: `SEGMENT:RECORD`, as `--positions` prints them.
         #[arg(long)]
         from: Option<String>,
         /// Only records tributary read at or after this time: RFC 3339 UTC
         /// (`2026-12-01T00:00:00Z`) or milliseconds since the epoch.
         #[arg(long)]
         from_time: Option<String>,
-        /// Print each record's position (`SEGMENT:LINE`) and a tab before it.
+        /// Print each record's position (`SEGMENT:RECORD`: the segment and the record's
+        /// number in it, its line in an uncompressed segment) and a tab before it.
         #[arg(long)]
         positions: bool,
     },
@@ -1460,7 +1461,7 @@ fn log_tail(
         .map(|p| {
             let (s, l) = p
                 .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("--from {p}: expected SEGMENT:LINE"))?;
+                .ok_or_else(|| anyhow::anyhow!("--from {p}: expected SEGMENT:RECORD"))?;
             Ok::<_, anyhow::Error>((
                 s.parse().with_context(|| format!("--from {p}: segment"))?,
                 l.parse().with_context(|| format!("--from {p}: line"))?,

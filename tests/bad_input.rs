@@ -181,8 +181,9 @@ fn malformed_connector_files_name_file_line_and_column() {
     }
 }
 
-/// Builds a small log stream by running the daemon on a few changes.
-async fn small_log(dir: &Path) -> std::path::PathBuf {
+/// Builds a small log stream by running the daemon on a few changes, the log sink
+/// written with `compression`.
+async fn small_log(dir: &Path, compression: &str) -> std::path::PathBuf {
     mariadb(SHARED_PORT, "");
     let db = unique_db("corrupt");
     let mut conn = admin(SHARED_PORT).await;
@@ -193,6 +194,11 @@ async fn small_log(dir: &Path) -> std::path::PathBuf {
     )
     .await;
     let c = connector(dir, SHARED_PORT, &db, "");
+    let text = std::fs::read_to_string(&c).unwrap().replace(
+        "segment_bytes = 1048576",
+        &format!("segment_bytes = 1048576\ncompression = \"{compression}\""),
+    );
+    std::fs::write(&c, text).unwrap();
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
     for i in 0..20 {
@@ -211,7 +217,7 @@ async fn small_log(dir: &Path) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupted_log_segment_is_reported_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let log = small_log(dir.path()).await;
+    let log = small_log(dir.path(), "none").await;
     let seg = log.join("00000000000000000000.log");
     let (code, out, _) = tributary(&["log", "cat", log.to_str().unwrap()]);
     assert_eq!(code, 0);
@@ -252,10 +258,42 @@ async fn a_corrupted_log_segment_is_reported_with_file_and_line() {
     assert!(err.contains(":20: incomplete record"), "{err}");
 }
 
+/// A compressed log: damage inside a block stops `log cat` at that block, naming the
+/// segment and the number of the block's first record, after the records before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_compressed_block_is_reported_with_file_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = small_log(dir.path(), "zstd").await;
+    let seg = log.join("00000000000000000000.log");
+    let (code, out, _) = tributary(&["log", "cat", log.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 20);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    assert!(bytes.starts_with(b"#zstd "), "blocks, not lines");
+    // The last block's frame: flip a byte in its middle.
+    let header = bytes.windows(6).rposition(|w| w == b"#zstd ").unwrap();
+    let frame = header + bytes[header..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    let at = frame + (bytes.len() - frame) / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, out, err) = tributary(&["log", "cat", log.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let printed = out.lines().count();
+    assert!(printed < 20, "{out}");
+    assert!(
+        err.contains(&format!(
+            "{}:{}: block CRC mismatch",
+            seg.display(),
+            printed + 1
+        )),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_log_shorter_than_its_checkpoint_stops_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let log = small_log(dir.path()).await;
+    let log = small_log(dir.path(), "zstd").await;
     let seg = log.join("00000000000000000000.log");
     let len = std::fs::metadata(&seg).unwrap().len();
     std::fs::OpenOptions::new()

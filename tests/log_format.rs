@@ -1,14 +1,16 @@
 //! docs/log-format.md describes the log stream well enough to read it without
 //! tributary: its Python reader, run on segments tributary's journal wrote (several
-//! rotations, strings that need escaping), gives every record `read_log` gives, in the
-//! same order and at the same positions, and stops where `read_log` stops on a
-//! corrupt record. No servers: the journal is written directly.
+//! rotations, strings that need escaping; plain record lines and compressed blocks),
+//! gives every record `read_log` gives, in the same order and at the same positions,
+//! and stops where `read_log` stops on a corrupt record or block. No servers: the
+//! journal is written directly. The reader runs with `TRIBUTARY_READER_PYTHON`
+//! (deploy/test.sh sets it to an interpreter with the zstandard package), else python3.
 
 use std::path::Path;
 use std::process::Command;
 
 use tributary::files::FileMode;
-use tributary::journal::{read_log, Journal, Settings};
+use tributary::journal::{read_log, Compression, Journal, Settings};
 
 /// The ```python block of docs/log-format.md.
 fn documented_reader() -> String {
@@ -26,7 +28,8 @@ fn documented_reader() -> String {
 fn run_reader(dir: &Path) -> (Vec<String>, bool, String) {
     let script = dir.parent().unwrap().join("reader.py");
     std::fs::write(&script, documented_reader()).unwrap();
-    let out = Command::new("python3")
+    let python = std::env::var("TRIBUTARY_READER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
         .arg(&script)
         .arg(dir)
         .output()
@@ -62,10 +65,24 @@ fn expected(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn the_documented_reader_reads_what_the_journal_writes() {
+    documented_reader_reads(Compression::None, 2_000, "2: CRC mismatch").await;
+}
+
+#[tokio::test]
+async fn the_documented_reader_reads_compressed_blocks() {
+    // A block per ten records (each flush writes one), a segment per few blocks.
+    documented_reader_reads(Compression::Zstd, 600, "1: block CRC mismatch").await;
+}
+
+/// Writes 100 records with `compression`, rotating at `segment_bytes`, and checks the
+/// documented reader against `read_log`, then with a byte flipped early in the third
+/// segment, where the reader must report `<segment>:<broken>`.
+async fn documented_reader_reads(compression: Compression, segment_bytes: u64, broken: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
     let settings = Settings {
-        segment_bytes: 2_000,
+        segment_bytes,
+        compression,
         ..Settings::at(&dir, FileMode::default())
     };
     let mut journal = Journal::open("log-format".into(), &settings, None).unwrap();
@@ -81,9 +98,9 @@ async fn the_documented_reader_reads_what_the_journal_writes() {
         journal.append_record(&record, &mut scratch).unwrap();
         if i % 10 == 9 {
             journal.mark_boundary();
+            journal.flush().await.unwrap().await.unwrap();
         }
     }
-    journal.flush().await.unwrap().await.unwrap();
     drop(journal);
 
     let want = expected(&dir);
@@ -96,7 +113,11 @@ async fn the_documented_reader_reads_what_the_journal_writes() {
     assert!(ok, "the documented reader failed: {stderr}");
     assert_eq!(got, want);
 
-    // A flipped byte in a later segment: both readers stop at that record.
+    if compression == Compression::Zstd {
+        let first = std::fs::read(dir.join(tributary::journal::segment_name(0))).unwrap();
+        assert!(first.starts_with(b"#zstd "), "blocks were written");
+    }
+    // A flipped byte in a later segment: both readers stop at that record (block).
     let segments = tributary::journal::list_segments(&dir).unwrap();
     let victim = dir.join(tributary::journal::segment_name(segments[2]));
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -108,7 +129,7 @@ async fn the_documented_reader_reads_what_the_journal_writes() {
     assert!(!ok, "the documented reader read past a corrupt record");
     assert!(
         stderr.contains(&format!(
-            "{}:2: CRC mismatch",
+            "{}:{broken}",
             tributary::journal::segment_name(segments[2])
         )),
         "{stderr}"

@@ -66,7 +66,8 @@ async fn retention_deletes_old_segments_but_never_what_a_restart_needs() {
     let db = table("retention").await;
     let dir = tempfile::tempdir().unwrap();
     let c = connector(dir.path(), SHARED_PORT, &db, "");
-    small_segments(&c, "retention_bytes = 16384");
+    // Plain records: the sizes below count them.
+    small_segments(&c, "retention_bytes = 16384\ncompression = \"none\"");
     let log = dir.path().join("log");
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
@@ -127,10 +128,22 @@ async fn retention_deletes_old_segments_but_never_what_a_restart_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_prints_every_record_once_across_rotations_and_resumes() {
-    let db = table("follow").await;
+    follow("none", 20).await;
+}
+
+/// The same over compressed blocks (the default): a follower decompresses each block
+/// as it lands and resumes after a record inside one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_reads_compressed_blocks_as_they_land() {
+    follow("zstd", 1).await;
+}
+
+/// Follows a log written with `compression` that rotates past `rotations` segments.
+async fn follow(compression: &str, rotations: usize) {
+    let db = table(&format!("follow_{compression}")).await;
     let dir = tempfile::tempdir().unwrap();
     let c = connector(dir.path(), SHARED_PORT, &db, "");
-    small_segments(&c, "");
+    small_segments(&c, &format!("compression = \"{compression}\""));
     let log = dir.path().join("log");
     let mut daemon = spawn_daemon(&c);
     wait_streaming(&c, &mut daemon).await;
@@ -166,7 +179,11 @@ async fn follow_prints_every_record_once_across_rotations_and_resumes() {
     let lines = lines.join().unwrap();
     follower.kill().unwrap();
     let _ = follower.wait();
-    assert!(segments(&log).len() > 20, "rotated: {:?}", segments(&log));
+    assert!(
+        segments(&log).len() > rotations,
+        "rotated: {:?}",
+        segments(&log)
+    );
     let ids: Vec<i64> = lines
         .iter()
         .filter_map(|l| {

@@ -3,10 +3,13 @@
 //! the enrichment and Elasticsearch dead-letter streams.
 //!
 //! Record format, one per line: 8 lowercase hex digits of the CRC32C of the JSON, one
-//! space, the JSON, `\n`. Segments are `<index:020>.log` and rotate by size. A journal
-//! is opened at the cursor stored with the last checkpoint and cuts everything past
-//! it, so after any crash it holds each record once, in order.
+//! space, the JSON, `\n`; with `compression = "zstd"`, runs of such lines compressed as
+//! blocks (`block`). Segments are `<index:020>.log` and rotate by size. A journal is
+//! opened at the cursor stored with the last checkpoint and cuts everything past it,
+//! so after any crash it holds each record once, in order. docs/log-format.md is the
+//! specification for readers in other languages.
 
+mod block;
 mod reader;
 mod retention;
 mod writer;
@@ -49,6 +52,17 @@ pub enum Fsync {
     Checkpoint,
     /// Leave it to the OS (survives a process crash, not a power loss).
     Never,
+}
+
+/// How a journal stores its records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// One record per line, readable with any text tool.
+    #[default]
+    None,
+    /// Records in zstd-compressed blocks (`block`).
+    Zstd,
 }
 
 /// A journal could not be written, named by its id.

@@ -1,10 +1,10 @@
 //! Reads a log stream back, verifying every record's CRC (`tributary log cat`, replay).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use super::{list_segments, segment_name};
+use super::{block, list_segments, segment_name};
 
 /// One verified record: the JSON text of a change event.
 #[derive(Debug, Clone)]
@@ -58,33 +58,46 @@ pub fn read_log(dir: &Path, mut f: impl FnMut(Record) -> bool) -> Result<u64, Lo
             Err(e) => return Err(io(&path, e)),
         };
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut line = Vec::new();
+        let mut unit = Vec::new();
         let mut n = 0u64;
         loop {
-            line.clear();
-            let read = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| io(&path, e))?;
-            if read == 0 {
+            unit.clear();
+            block::read_unit(&mut reader, &mut unit).map_err(|e| io(&path, e))?;
+            if unit.is_empty() {
                 break;
             }
-            n += 1;
-            let json = verified(&line).map_err(|message| LogRecordError::Corrupt {
-                path: path.clone(),
-                line: n,
-                message: message.to_string(),
-            })?;
-            count += 1;
-            if !f(Record {
-                segment: s,
-                line: n,
-                json,
-            }) {
-                return Ok(count);
+            for json in records_of(&unit, &path, n)? {
+                n += 1;
+                count += 1;
+                if !f(Record {
+                    segment: s,
+                    line: n,
+                    json,
+                }) {
+                    return Ok(count);
+                }
             }
         }
     }
     Ok(count)
+}
+
+/// The records of one unit of segment `path` (a record line or a block) whose first
+/// record is number `before + 1`, each verified; an error names the record, or a
+/// damaged block by its first record's number.
+fn records_of(unit: &[u8], path: &Path, before: u64) -> Result<Vec<String>, LogRecordError> {
+    let corrupt = |line: u64, message: &str| LogRecordError::Corrupt {
+        path: path.to_path_buf(),
+        line,
+        message: message.to_string(),
+    };
+    let lines = block::record_lines(unit).map_err(|m| corrupt(before + 1, m))?;
+    let mut out = Vec::new();
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let n = before + 1 + out.len() as u64;
+        out.push(verified(line).map_err(|m| corrupt(n, m))?);
+    }
+    Ok(out)
 }
 
 /// The JSON of one line (`<crc32c hex> <json>\n`) once its checksum matches.
@@ -118,7 +131,10 @@ pub struct Tail {
     /// Records up to this place are skipped (`--from`: resume after it).
     after: Option<(u64, u64)>,
     reader: Option<(BufReader<File>, u64)>,
+    /// The unit (record line or block) being read, until it is complete.
     partial: Vec<u8>,
+    /// Records of the last block read, not handed out yet.
+    ready: std::collections::VecDeque<Record>,
 }
 
 impl Tail {
@@ -131,6 +147,7 @@ impl Tail {
             after,
             reader: None,
             partial: Vec::new(),
+            ready: Default::default(),
         }
     }
 
@@ -140,6 +157,15 @@ impl Tail {
             message: e.to_string(),
         };
         loop {
+            if let Some(r) = self.ready.pop_front() {
+                if self
+                    .after
+                    .is_some_and(|(s, l)| (r.segment, r.line) <= (s, l))
+                {
+                    continue;
+                }
+                return Ok(Some(r));
+            }
             if self.reader.is_none() {
                 let path = self.dir.join(segment_name(self.segment));
                 match File::open(&path) {
@@ -178,31 +204,20 @@ impl Tail {
                 *offset = len;
                 self.partial.clear();
             }
-            if self.partial.last() != Some(&b'\n') {
-                let read = reader
-                    .read_until(b'\n', &mut self.partial)
-                    .map_err(|e| io(&path, e))?;
-                *offset += read as u64;
-            }
-            if self.partial.last() == Some(&b'\n') {
-                self.line += 1;
-                let line = std::mem::take(&mut self.partial);
-                let json = verified(&line).map_err(|message| LogRecordError::Corrupt {
-                    path: path.clone(),
-                    line: self.line,
-                    message: message.to_string(),
-                })?;
-                if self
-                    .after
-                    .is_some_and(|(s, l)| (self.segment, self.line) <= (s, l))
-                {
-                    continue;
+            let had = self.partial.len();
+            let complete = block::read_unit(reader, &mut self.partial).map_err(|e| io(&path, e))?;
+            *offset += (self.partial.len() - had) as u64;
+            if complete {
+                let unit = std::mem::take(&mut self.partial);
+                for json in records_of(&unit, &path, self.line)? {
+                    self.line += 1;
+                    self.ready.push_back(Record {
+                        segment: self.segment,
+                        line: self.line,
+                        json,
+                    });
                 }
-                return Ok(Some(Record {
-                    segment: self.segment,
-                    line: self.line,
-                    json,
-                }));
+                continue;
             }
             // At the end: the next segment, once the writer rotated to it.
             let rotated = list_segments(&self.dir)
@@ -211,13 +226,13 @@ impl Tail {
                 .any(|s| s > self.segment);
             if rotated && self.partial.is_empty() {
                 // Read once more: the last records may have landed after the check.
-                let read = reader
-                    .read_until(b'\n', &mut self.partial)
-                    .map_err(|e| io(&path, e))?;
-                if read > 0 {
-                    *offset += read as u64;
-                    // A complete line is taken at the top of the loop.
-                    if self.partial.last() == Some(&b'\n') {
+                let complete =
+                    block::read_unit(reader, &mut self.partial).map_err(|e| io(&path, e))?;
+                *offset += self.partial.len() as u64;
+                if complete || !self.partial.is_empty() {
+                    // A complete unit is taken at the top of the loop; a partial one
+                    // is waited for.
+                    if complete {
                         continue;
                     }
                     return Ok(None);

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::event::SourceMessage;
-use crate::journal::{Fsync, Journal, Retention, Settings};
+use crate::journal::{Compression, Fsync, Journal, Retention, Settings};
 use crate::metrics::AckLatency;
 use crate::settings::ConfigError;
 use crate::sink::{Ack, Sink, SinkError, SinkKind};
@@ -41,6 +41,14 @@ pub struct LogSinkConfig {
     /// Delete segments last written longer ago than this (off when absent).
     #[serde(default)]
     pub retention_hours: Option<u64>,
+    /// `zstd`: records in compressed blocks of about 256 KiB (docs/log-format.md);
+    /// `none`: one JSON record per line.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+}
+
+fn default_compression() -> Compression {
+    Compression::Zstd
 }
 
 fn default_segment_bytes() -> u64 {
@@ -54,6 +62,7 @@ impl LogSinkConfig {
             segment_bytes: self.segment_bytes,
             fsync: self.fsync,
             file_mode: self.file_mode,
+            compression: self.compression,
         }
     }
 
