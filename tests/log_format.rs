@@ -110,7 +110,11 @@ async fn documented_reader_reads(compression: Compression, segment_bytes: u64, b
         "the records span several segments: {want:?}"
     );
     let (got, ok, stderr) = run_reader(&dir);
-    assert!(ok, "the documented reader failed: {stderr}");
+    assert!(
+        ok,
+        "the documented reader failed (for compressed logs it needs the zstandard package: \
+         set TRIBUTARY_READER_PYTHON to a python3 that has it, as deploy/test.sh does): {stderr}"
+    );
     assert_eq!(got, want);
 
     if compression == Compression::Zstd {

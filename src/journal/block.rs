@@ -56,6 +56,51 @@ impl Encoder {
     }
 }
 
+/// An `Encoder` on a thread of its own, one block at a time: the pipeline gathers the
+/// next block's records while the previous one is compressed (zstd was a sixth of the
+/// log sink's CPU on the pipeline's thread).
+pub struct Compressor {
+    to: std::sync::mpsc::SyncSender<Vec<u8>>,
+    from: std::sync::mpsc::Receiver<std::io::Result<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl Compressor {
+    pub fn new() -> std::io::Result<Self> {
+        let mut encoder = Encoder::new()?;
+        let (to, records) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let (done, from) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("tributary-zstd".into())
+            .spawn(move || {
+                // Ends when the journal drops its end of the channel.
+                for records in records {
+                    let mut block = Vec::with_capacity(records.len() / 8 + 64);
+                    let made = encoder
+                        .write(&records, &mut block)
+                        .map(|_| (block, records));
+                    if done.send(made).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Compressor { to, from })
+    }
+
+    /// Hands over whole record lines to compress; `take` returns their block.
+    pub fn give(&self, records: Vec<u8>) -> std::io::Result<()> {
+        self.to.send(records).map_err(|_| gone())
+    }
+
+    /// The block of the records given last (waiting for it), and their buffer back.
+    pub fn take(&self) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        self.from.recv().map_err(|_| gone())?
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::other("the zstd thread ended")
+}
+
 /// A block's header line (with its `\n`): the frame's length and CRC. None when the
 /// line is not a block header (a record line); an error for a damaged header.
 fn header(line: &[u8]) -> Option<Result<(usize, u32), &'static str>> {

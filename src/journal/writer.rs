@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::future::BoxFuture;
 
-use super::block::{Encoder, BLOCK_BYTES};
+use super::block::{Compressor, BLOCK_BYTES};
 use super::{list_segments, segment_name, Compression, Cursor, Fsync, JournalError};
 use crate::files::FileMode;
 
@@ -66,11 +66,14 @@ pub struct Journal {
 }
 
 struct Blocks {
-    encoder: Encoder,
+    compressor: Compressor,
     pending: Vec<u8>,
     pending_boundary: Option<usize>,
-    /// The block being written, reused.
-    out: Vec<u8>,
+    /// A block given to the compressor and not written yet: whether it ends at the
+    /// last boundary.
+    in_flight: Option<bool>,
+    /// A buffer of records the compressor gave back, for the next pending records.
+    spare: Vec<u8>,
 }
 
 impl Journal {
@@ -153,10 +156,12 @@ impl Journal {
         let blocks = match cfg.compression {
             Compression::None => None,
             Compression::Zstd => Some(Blocks {
-                encoder: Encoder::new().map_err(|e| err(format!("cannot start zstd: {e}")))?,
+                compressor: Compressor::new()
+                    .map_err(|e| err(format!("cannot start zstd: {e}")))?,
                 pending: Vec::with_capacity(BLOCK_BYTES + (64 << 10)),
                 pending_boundary: None,
-                out: Vec::new(),
+                in_flight: None,
+                spare: Vec::new(),
             }),
         };
         Ok(Journal {
@@ -259,9 +264,10 @@ impl Journal {
         Ok(())
     }
 
-    /// Compresses the first `upto` bytes of the pending records (all of them when
-    /// `upto` is past their end) and writes them as a block.
+    /// Gives the first `upto` bytes of the pending records (all of them when `upto`
+    /// is past their end) to the compressor, once the block before is written.
     fn write_block(&mut self, upto: usize) -> Result<(), JournalError> {
+        self.finish_block()?;
         let Some(b) = &mut self.blocks else {
             return Ok(());
         };
@@ -269,24 +275,45 @@ impl Journal {
         if upto == 0 {
             return Ok(());
         }
-        b.out.clear();
-        b.encoder
-            .write(&b.pending[..upto], &mut b.out)
-            .map_err(|e| JournalError::new(&self.id, format!("zstd: {e}")))?;
-        self.out.write_all(&b.out).map_err(|e| {
-            JournalError::new(&self.id, format!("write to {}: {e}", self.dir.display()))
-        })?;
-        self.end.offset += b.out.len() as u64;
-        b.pending.drain(..upto);
-        match b.pending_boundary {
-            // The block ends at the boundary: it is on disk now.
-            Some(at) if at == upto => {
-                b.pending_boundary = None;
-                self.boundary = self.end;
-            }
+        let rest = b.pending[upto..].to_vec();
+        let mut records = std::mem::replace(&mut b.pending, std::mem::take(&mut b.spare));
+        records.truncate(upto);
+        b.pending.clear();
+        b.pending.extend_from_slice(&rest);
+        let at_boundary = match b.pending_boundary.take() {
+            Some(at) if at == upto => true,
             // Callers write up to the boundary or, without one, everything.
             Some(at) => unreachable!("a block past the boundary at {at} of {upto}"),
-            None => {}
+            None => false,
+        };
+        b.compressor
+            .give(records)
+            .map_err(|e| JournalError::new(&self.id, format!("zstd: {e}")))?;
+        b.in_flight = Some(at_boundary);
+        Ok(())
+    }
+
+    /// Writes the block the compressor is working on, if any (waiting for it).
+    fn finish_block(&mut self) -> Result<(), JournalError> {
+        let Some(b) = &mut self.blocks else {
+            return Ok(());
+        };
+        let Some(at_boundary) = b.in_flight.take() else {
+            return Ok(());
+        };
+        let (block, mut records) = b
+            .compressor
+            .take()
+            .map_err(|e| JournalError::new(&self.id, format!("zstd: {e}")))?;
+        records.clear();
+        b.spare = records;
+        self.out.write_all(&block).map_err(|e| {
+            JournalError::new(&self.id, format!("write to {}: {e}", self.dir.display()))
+        })?;
+        self.end.offset += block.len() as u64;
+        if at_boundary {
+            // The block ends at the boundary: it is on disk now.
+            self.boundary = self.end;
         }
         if self.end.offset >= self.segment_bytes {
             self.rotate()?;
@@ -298,12 +325,15 @@ impl Journal {
     pub fn mark_boundary(&mut self) {
         match &mut self.blocks {
             Some(b) if !b.pending.is_empty() => b.pending_boundary = Some(b.pending.len()),
+            // At the end of the block being compressed.
+            Some(b) if b.in_flight.is_some() => b.in_flight = Some(true),
             _ => self.boundary = self.end,
         }
     }
 
     /// Drops records after the last boundary (a transaction the source will resend).
     pub fn rewind(&mut self) -> Result<(), JournalError> {
+        self.finish_block()?;
         if let Some(b) = &mut self.blocks {
             match b.pending_boundary {
                 // Nothing after the boundary reached the disk.
@@ -355,6 +385,7 @@ impl Journal {
         if let Some(at) = self.blocks.as_ref().and_then(|b| b.pending_boundary) {
             self.write_block(at)?;
         }
+        self.finish_block()?;
         self.out
             .flush()
             .map_err(|e| self.err(format!("write: {e}")))?;
@@ -484,6 +515,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A boundary right after a block went to the compressor (nothing pending) is at
+    /// that block's end: the checkpoint keeps it, and what follows is cut.
+    #[tokio::test]
+    async fn a_boundary_after_a_whole_block_is_that_blocks_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Settings {
+            compression: Compression::Zstd,
+            ..Settings::at(&tmp.path().join("log"), FileMode::default())
+        };
+        let big = |c: char| format!("{{\"pad\":\"{}\"}}", c.to_string().repeat(BLOCK_BYTES));
+        let mut j = Journal::open("t".into(), &cfg, None).unwrap();
+        j.append_json(big('a').as_bytes()).unwrap();
+        assert!(
+            j.blocks.as_ref().unwrap().pending.is_empty(),
+            "given to the compressor"
+        );
+        j.mark_boundary();
+        let cursor = j.flush().await.unwrap().await.unwrap();
+        j.append_json(big('b').as_bytes()).unwrap();
+        j.append_json(b"{\"c\":1}").unwrap();
+        drop(j);
+        let j = Journal::open("t".into(), &cfg, Some(cursor)).unwrap();
+        assert_eq!(records(&cfg.dir), [big('a')]);
+        drop(j);
     }
 
     /// A follower of a compressed log gets every record once, in order, as blocks

@@ -225,8 +225,10 @@ impl Sink for LogSink {
                 }
             }
         }
-        self.stored = Some(self.journal.boundary_segment());
         let flushed = self.journal.flush().await?;
+        // The segment of the cursor this flush stores (a compressed log's last block
+        // reaches the file in the flush).
+        self.stored = Some(self.journal.boundary_segment());
         // The changes up to the boundary are acknowledged once the flush is durable.
         let runs: Vec<Run> = self.runs.drain(..self.runs_committed).collect();
         self.runs_committed = 0;
