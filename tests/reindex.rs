@@ -707,7 +707,9 @@ async fn mariadb_reindex_from_a_log_stream() {
     let text = std::fs::read_to_string(&c).unwrap().replace(
         "[state]",
         &format!(
-            "[[sink]]\nkind = \"log\"\nname = \"late\"\ndir = \"{}\"\nsegment_bytes = 4096\n\n[state]",
+            // Plain records, so that 100 updates fill several 4 KiB segments (below,
+            // retention takes the first).
+            "[[sink]]\nkind = \"log\"\nname = \"late\"\ndir = \"{}\"\nsegment_bytes = 4096\ncompression = \"none\"\n\n[state]",
             late.display()
         ),
     );
