@@ -49,7 +49,9 @@ impl Encoder {
         let crc = crc32c::crc32c(&self.frame);
         out.extend_from_slice(MARK);
         out.extend_from_slice(itoa::Buffer::new().format(self.frame.len()).as_bytes());
-        out.extend_from_slice(format!(" {crc:08x}\n").as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&super::crc_hex(crc));
+        out.push(b'\n');
         out.extend_from_slice(&self.frame);
         out.push(b'\n');
         Ok(())

@@ -99,6 +99,13 @@ pub fn created_ms(dir: &Path) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(&text).ok()?["created_ms"].as_u64()
 }
 
+/// A CRC-32C as the journal writes it: 8 lowercase hex digits (a record's and a
+/// block's header).
+fn crc_hex(v: u32) -> [u8; 8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    std::array::from_fn(|i| HEX[((v >> (28 - 4 * i)) & 0xf) as usize])
+}
+
 /// `00000000000000000007.log` for segment 7.
 pub fn segment_name(index: u64) -> String {
     format!("{index:020}.log")

@@ -229,12 +229,12 @@ impl Tail {
                 let complete =
                     block::read_unit(reader, &mut self.partial).map_err(|e| io(&path, e))?;
                 *offset += self.partial.len() as u64;
-                if complete || !self.partial.is_empty() {
-                    // A complete unit is taken at the top of the loop; a partial one
-                    // is waited for.
-                    if complete {
-                        continue;
-                    }
+                // A complete unit is taken at the top of the loop; a partial one is
+                // waited for.
+                if complete {
+                    continue;
+                }
+                if !self.partial.is_empty() {
                     return Ok(None);
                 }
                 self.segment += 1;

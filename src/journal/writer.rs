@@ -236,7 +236,7 @@ impl Journal {
     pub fn append_json(&mut self, json: &[u8]) -> Result<(), JournalError> {
         let crc = crc32c::crc32c(json);
         let mut head = [0u8; 9];
-        write_hex(crc, &mut head);
+        head[..8].copy_from_slice(&super::crc_hex(crc));
         head[8] = b' ';
         if let Some(b) = &mut self.blocks {
             b.pending.extend_from_slice(&head);
@@ -275,11 +275,11 @@ impl Journal {
         if upto == 0 {
             return Ok(());
         }
-        let rest = b.pending[upto..].to_vec();
-        let mut records = std::mem::replace(&mut b.pending, std::mem::take(&mut b.spare));
-        records.truncate(upto);
-        b.pending.clear();
-        b.pending.extend_from_slice(&rest);
+        // The records after `upto` go on in the spare buffer; the block's records move.
+        let mut next = std::mem::take(&mut b.spare);
+        next.extend_from_slice(&b.pending[upto..]);
+        b.pending.truncate(upto);
+        let records = std::mem::replace(&mut b.pending, next);
         let at_boundary = match b.pending_boundary.take() {
             Some(at) if at == upto => true,
             // Callers write up to the boundary or, without one, everything.
@@ -363,13 +363,6 @@ impl Journal {
         self.out = BufWriter::with_capacity(1 << 20, file);
         self.end = self.boundary;
         Ok(())
-    }
-}
-
-fn write_hex(v: u32, out: &mut [u8; 9]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in 0..8 {
-        out[i] = HEX[((v >> (28 - 4 * i)) & 0xf) as usize];
     }
 }
 
